@@ -1,0 +1,265 @@
+//! The command line as typed (clap derive): raw flags only. `app` resolves them against
+//! the config; nothing here does I/O.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "btrfs_to_s3",
+    version,
+    about = "Back up btrfs subvolumes to S3 with btrfs send, and restore them verified",
+    long_about = "Back up btrfs subvolumes to S3 with btrfs send, and restore them verified.\n\n\
+                  Exit codes: 0 success (including nothing due), 1 a backup or restore failed \
+                  (or the lock is held), 2 bad config or usage, 3 archive restores requested \
+                  and not waited for (rerun restore later)."
+)]
+pub struct Cli {
+    /// Path of the TOML config file (required)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Log level; overrides global.log_level (RUST_LOG overrides both)
+    #[arg(long, global = true, value_name = "L", value_enum, ignore_case = true)]
+    pub log_level: Option<LogLevelArg>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Snapshot, send and upload every subvolume that is due per the schedule
+    Backup(BackupArgs),
+    /// Restore a subvolume from S3 into a new writable subvolume at --target
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct BackupArgs {
+    /// Print the plan (what is due and why) and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Back up only this subvolume (by name, the last path component); repeatable
+    #[arg(long = "subvolume", value_name = "NAME")]
+    pub subvolumes: Vec<String>,
+
+    /// Ignore the schedule: full if there is no usable parent, else incremental
+    #[arg(long)]
+    pub once: bool,
+
+    /// Create and prune snapshots without uploading anything (a local diagnostic)
+    #[arg(long)]
+    pub no_s3: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RestoreArgs {
+    /// Name of the subvolume to restore (the last component of its configured path)
+    #[arg(long, value_name = "NAME")]
+    pub subvolume: String,
+
+    /// Where the restored subvolume goes; must not exist yet
+    #[arg(long, value_name = "PATH")]
+    pub target: PathBuf,
+
+    /// Restore this manifest (an S3 key) instead of the one current.json points to
+    #[arg(long, value_name = "KEY")]
+    pub manifest_key: Option<String>,
+
+    /// Give up waiting for archive restores after this many seconds
+    /// (overrides restore.restore_timeout_seconds)
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub restore_timeout: Option<u64>,
+
+    /// Wait for archive-class (GLACIER, DEEP_ARCHIVE) chunks to become readable
+    #[arg(long, conflicts_with = "no_wait_restore")]
+    pub wait_restore: bool,
+
+    /// Only request archive restores, then exit with code 3; rerun later
+    #[arg(long)]
+    pub no_wait_restore: bool,
+
+    /// How to verify the result (overrides restore.verify_mode)
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub verify: Option<VerifyArg>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevelArg {
+    Debug,
+    Info,
+    Warning,
+    Error,
+    Critical,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VerifyArg {
+    Full,
+    Sample,
+    None,
+}
+
+impl RestoreArgs {
+    /// `Some(true)` for --wait-restore, `Some(false)` for --no-wait-restore.
+    pub fn wait_override(&self) -> Option<bool> {
+        match (self.wait_restore, self.no_wait_restore) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("btrfs_to_s3").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn backup_every_flag() {
+        let cli = parse(&[
+            "backup",
+            "--config",
+            "/etc/c.toml",
+            "--log-level",
+            "debug",
+            "--dry-run",
+            "--subvolume",
+            "a",
+            "--subvolume",
+            "b",
+            "--once",
+            "--no-s3",
+        ])
+        .unwrap();
+        assert_eq!(cli.config, Some(PathBuf::from("/etc/c.toml")));
+        assert_eq!(cli.log_level, Some(LogLevelArg::Debug));
+        let Command::Backup(b) = cli.command else {
+            panic!("not backup")
+        };
+        assert!(b.dry_run && b.once && b.no_s3);
+        assert_eq!(b.subvolumes, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn globals_before_subcommand() {
+        let cli = parse(&["--config", "/c", "--log-level", "WARNING", "backup"]).unwrap();
+        assert_eq!(cli.config, Some(PathBuf::from("/c")));
+        assert_eq!(cli.log_level, Some(LogLevelArg::Warning));
+        let Command::Backup(b) = cli.command else {
+            panic!("not backup")
+        };
+        assert!(!b.dry_run && !b.once && !b.no_s3 && b.subvolumes.is_empty());
+    }
+
+    #[test]
+    fn restore_every_flag() {
+        let cli = parse(&[
+            "restore",
+            "--config",
+            "/c",
+            "--subvolume",
+            "data",
+            "--target",
+            "/srv/restore/data",
+            "--manifest-key",
+            "p/subvol/data/full/manifest-20250101T020000Z.json",
+            "--restore-timeout",
+            "60",
+            "--no-wait-restore",
+            "--verify",
+            "sample",
+            "--log-level",
+            "error",
+        ])
+        .unwrap();
+        let Command::Restore(r) = cli.command else {
+            panic!("not restore")
+        };
+        assert_eq!(r.subvolume, "data");
+        assert_eq!(r.target, PathBuf::from("/srv/restore/data"));
+        assert_eq!(
+            r.manifest_key.as_deref(),
+            Some("p/subvol/data/full/manifest-20250101T020000Z.json")
+        );
+        assert_eq!(r.restore_timeout, Some(60));
+        assert_eq!(r.wait_override(), Some(false));
+        assert_eq!(r.verify, Some(VerifyArg::Sample));
+        assert_eq!(cli.log_level, Some(LogLevelArg::Error));
+
+        let cli = parse(&[
+            "restore",
+            "--subvolume",
+            "d",
+            "--target",
+            "/t",
+            "--wait-restore",
+        ])
+        .unwrap();
+        let Command::Restore(r) = cli.command else {
+            panic!("not restore")
+        };
+        assert_eq!(r.wait_override(), Some(true));
+        assert_eq!(r.verify, None);
+        let cli = parse(&["restore", "--subvolume", "d", "--target", "/t"]).unwrap();
+        let Command::Restore(r) = cli.command else {
+            panic!("not restore")
+        };
+        assert_eq!(r.wait_override(), None);
+    }
+
+    #[test]
+    fn usage_errors() {
+        for bad in [
+            &["restore", "--subvolume", "d"][..],
+            &["restore", "--target", "/t"],
+            &[
+                "restore",
+                "--subvolume",
+                "d",
+                "--target",
+                "/t",
+                "--wait-restore",
+                "--no-wait-restore",
+            ],
+            &[
+                "restore",
+                "--subvolume",
+                "d",
+                "--target",
+                "/t",
+                "--restore-timeout",
+                "0",
+            ],
+            &[
+                "restore",
+                "--subvolume",
+                "d",
+                "--target",
+                "/t",
+                "--verify",
+                "quick",
+            ],
+            &["backup", "--log-level", "loud"],
+            &["backup", "--bogus"],
+            &["frobnicate"],
+            &[],
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

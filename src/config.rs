@@ -1,0 +1,638 @@
+//! The TOML config of CONTRACT.md turned into a validated [`Config`]: every key, every
+//! default, `~` expansion, range checks, and an error naming the key for anything wrong.
+//! CLI overrides are applied by `app`, not here; nothing here touches btrfs or S3.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub const KIB: u64 = 1024;
+pub const MIB: u64 = 1024 * KIB;
+pub const GIB: u64 = 1024 * MIB;
+
+/// Smallest part S3 accepts (except for the last part of an upload).
+pub const MIN_PART_SIZE: u64 = 5 * MIB;
+/// Largest part S3 accepts.
+pub const MAX_PART_SIZE: u64 = 5 * GIB;
+/// Default part size (extension key `s3.part_size_bytes`).
+pub const DEFAULT_PART_SIZE: u64 = 16 * MIB;
+
+/// Storage classes S3 knows (the AWS list).
+pub const STORAGE_CLASSES: &[&str] = &[
+    "STANDARD",
+    "REDUCED_REDUNDANCY",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER",
+    "DEEP_ARCHIVE",
+    "OUTPOSTS",
+    "GLACIER_IR",
+    "SNOW",
+    "EXPRESS_ONEZONE",
+];
+
+/// Server-side encryption values S3 accepts in `x-amz-server-side-encryption`.
+pub const SSE_VALUES: &[&str] = &["AES256", "aws:kms", "aws:kms:dsse"];
+
+/// A config problem: exit code 2, and the message names the key and the bad value.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warning,
+    Error,
+    Critical,
+}
+
+impl LogLevel {
+    pub const NAMES: &'static [&'static str] = &["debug", "info", "warning", "error", "critical"];
+
+    pub fn parse(s: &str) -> Option<LogLevel> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "debug" => LogLevel::Debug,
+            "info" => LogLevel::Info,
+            "warning" | "warn" => LogLevel::Warning,
+            "error" => LogLevel::Error,
+            "critical" => LogLevel::Critical,
+            _ => return None,
+        })
+    }
+
+    pub fn to_filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Warning => log::LevelFilter::Warn,
+            LogLevel::Error | LogLevel::Critical => log::LevelFilter::Error,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerifyMode {
+    Full,
+    Sample,
+    None,
+}
+
+impl VerifyMode {
+    pub const NAMES: &'static [&'static str] = &["full", "sample", "none"];
+
+    pub fn parse(s: &str) -> Option<VerifyMode> {
+        Some(match s {
+            "full" => VerifyMode::Full,
+            "sample" => VerifyMode::Sample,
+            "none" => VerifyMode::None,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestoreTier {
+    Standard,
+    Bulk,
+    Expedited,
+}
+
+impl RestoreTier {
+    pub const NAMES: &'static [&'static str] = &["Standard", "Bulk", "Expedited"];
+
+    pub fn parse(s: &str) -> Option<RestoreTier> {
+        Some(match s {
+            "Standard" => RestoreTier::Standard,
+            "Bulk" => RestoreTier::Bulk,
+            "Expedited" => RestoreTier::Expedited,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestoreTier::Standard => "Standard",
+            RestoreTier::Bulk => "Bulk",
+            RestoreTier::Expedited => "Expedited",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Global {
+    pub log_level: LogLevel,
+    pub state_path: PathBuf,
+    pub lock_path: PathBuf,
+    pub spool_dir: PathBuf,
+    pub spool_size_bytes: u64,
+    /// Extension: Prometheus textfile written after each backup run.
+    pub metrics_path: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    pub full_every_days: u64,
+    pub incremental_every_days: u64,
+    /// `(hour, minute)`; informational for the timer, validated here.
+    pub run_at: (u8, u8),
+}
+
+#[derive(Clone, Debug)]
+pub struct Snapshots {
+    pub base_dir: PathBuf,
+    pub retain: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subvolume {
+    /// Last path component; names the subvolume in S3 keys, snapshots and state.
+    pub name: String,
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub struct S3 {
+    pub bucket: String,
+    pub region: String,
+    pub prefix: String,
+    pub chunk_size_bytes: u64,
+    pub storage_class_chunks: String,
+    pub storage_class_manifest: String,
+    pub concurrency: usize,
+    pub spool_enabled: bool,
+    pub sse: String,
+    /// Extension: custom endpoint (config, else `AWS_ENDPOINT_URL_S3`, else
+    /// `AWS_ENDPOINT_URL`); a custom endpoint uses path-style addressing.
+    pub endpoint_url: Option<String>,
+    /// Extension: multipart part size before the automatic raise for 10,000 parts.
+    pub part_size_bytes: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Restore {
+    pub target_base_dir: PathBuf,
+    pub verify_mode: VerifyMode,
+    pub sample_max_files: u64,
+    pub wait_for_restore: bool,
+    pub restore_timeout_seconds: u64,
+    pub restore_tier: RestoreTier,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub global: Global,
+    pub schedule: Schedule,
+    pub snapshots: Snapshots,
+    pub subvolumes: Vec<Subvolume>,
+    pub s3: S3,
+    pub restore: Restore,
+}
+
+/// Every section and key the config may hold; anything else is an error naming it.
+const SCHEMA: &[(&str, &[&str])] = &[
+    (
+        "global",
+        &[
+            "log_level",
+            "state_path",
+            "lock_path",
+            "spool_dir",
+            "spool_size_bytes",
+            "metrics_path",
+        ],
+    ),
+    (
+        "schedule",
+        &["full_every_days", "incremental_every_days", "run_at"],
+    ),
+    ("snapshots", &["base_dir", "retain"]),
+    ("subvolumes", &["paths"]),
+    (
+        "s3",
+        &[
+            "bucket",
+            "region",
+            "prefix",
+            "chunk_size_bytes",
+            "storage_class_chunks",
+            "storage_class_manifest",
+            "concurrency",
+            "spool_enabled",
+            "sse",
+            "endpoint_url",
+            "part_size_bytes",
+        ],
+    ),
+    (
+        "restore",
+        &[
+            "target_base_dir",
+            "verify_mode",
+            "sample_max_files",
+            "wait_for_restore",
+            "restore_timeout_seconds",
+            "restore_tier",
+        ],
+    ),
+];
+
+/// The environment a config is resolved in: `HOME` for `~` and the endpoint variables.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                return err(format!(
+                    "cannot read config file {}: {e} (pass an existing file with --config)",
+                    path.display()
+                ))
+            }
+        };
+        Config::parse(&text, env)
+            .map_err(|e| ConfigError(format!("config {}: {}", path.display(), e.0)))
+    }
+
+    /// Validates TOML text.
+    pub fn parse(text: &str, env: &dyn Env) -> Result<Config, ConfigError> {
+        let doc: toml::Table = match text.parse() {
+            Ok(d) => d,
+            Err(e) => {
+                let msg = e.to_string().replace('\n', " ");
+                return err(format!("not valid TOML: {}", msg.trim()));
+            }
+        };
+        check_known_keys(&doc)?;
+        let r = Reader { doc: &doc, env };
+
+        let global = Global {
+            log_level: r.log_level("global", "log_level", "info")?,
+            state_path: r.path(
+                "global",
+                "state_path",
+                Some("~/.local/state/btrfs_to_s3/state.json"),
+            )?,
+            lock_path: r.path("global", "lock_path", Some("/var/lock/btrfs_to_s3.lock"))?,
+            spool_dir: r.path("global", "spool_dir", Some("/mnt/ssd/btrfs_to_s3_spool"))?,
+            spool_size_bytes: r.positive("global", "spool_size_bytes", 200 * GIB)?,
+            metrics_path: r.opt_path("global", "metrics_path")?,
+        };
+        let schedule = Schedule {
+            full_every_days: r.positive("schedule", "full_every_days", 180)?,
+            incremental_every_days: r.positive("schedule", "incremental_every_days", 7)?,
+            run_at: r.run_at("schedule", "run_at", "02:00")?,
+        };
+        let snapshots = Snapshots {
+            base_dir: r.path("snapshots", "base_dir", Some("/srv/snapshots"))?,
+            retain: r.positive("snapshots", "retain", 2)? as usize,
+        };
+        let subvolumes = r.subvolumes()?;
+        let s3 = S3 {
+            bucket: r.required_str("s3", "bucket")?,
+            region: r.required_str("s3", "region")?,
+            prefix: r.string("s3", "prefix", None)?,
+            chunk_size_bytes: r.positive("s3", "chunk_size_bytes", 200 * GIB)?,
+            storage_class_chunks: r.one_of(
+                "s3",
+                "storage_class_chunks",
+                "DEEP_ARCHIVE",
+                STORAGE_CLASSES,
+            )?,
+            storage_class_manifest: r.one_of(
+                "s3",
+                "storage_class_manifest",
+                "STANDARD",
+                STORAGE_CLASSES,
+            )?,
+            concurrency: r.positive("s3", "concurrency", 4)? as usize,
+            spool_enabled: r.boolean("s3", "spool_enabled", false)?,
+            sse: r.one_of("s3", "sse", "AES256", SSE_VALUES)?,
+            endpoint_url: r.endpoint()?,
+            part_size_bytes: r.part_size()?,
+        };
+        if s3.bucket.is_empty() {
+            return err("s3.bucket = \"\": must name a bucket");
+        }
+        if s3.region.is_empty() {
+            return err("s3.region = \"\": must name a region (e.g. \"us-east-1\")");
+        }
+        let restore = Restore {
+            target_base_dir: r.path("restore", "target_base_dir", Some("/srv/restore"))?,
+            verify_mode: {
+                let v = r.one_of("restore", "verify_mode", "full", VerifyMode::NAMES)?;
+                VerifyMode::parse(&v).unwrap_or(VerifyMode::Full)
+            },
+            sample_max_files: r.positive("restore", "sample_max_files", 1000)?,
+            wait_for_restore: r.boolean("restore", "wait_for_restore", true)?,
+            restore_timeout_seconds: r.positive("restore", "restore_timeout_seconds", 259_200)?,
+            restore_tier: {
+                let v = r.one_of("restore", "restore_tier", "Standard", RestoreTier::NAMES)?;
+                RestoreTier::parse(&v).unwrap_or(RestoreTier::Standard)
+            },
+        };
+        Ok(Config {
+            global,
+            schedule,
+            snapshots,
+            subvolumes,
+            s3,
+            restore,
+        })
+    }
+
+    /// `P` of the S3 layout: the prefix without trailing `/`, plus `/` when not empty.
+    pub fn key_prefix(&self) -> String {
+        let p = self.s3.prefix.trim_end_matches('/');
+        if p.is_empty() {
+            String::new()
+        } else {
+            format!("{p}/")
+        }
+    }
+}
+
+fn check_known_keys(doc: &toml::Table) -> Result<(), ConfigError> {
+    for (section, value) in doc {
+        let Some((_, keys)) = SCHEMA.iter().find(|(s, _)| s == section) else {
+            let known: Vec<&str> = SCHEMA.iter().map(|(s, _)| *s).collect();
+            return err(format!(
+                "unknown section [{section}] (known sections: {})",
+                known.join(", ")
+            ));
+        };
+        let Some(table) = value.as_table() else {
+            return err(format!("{section} must be a table ([{section}])"));
+        };
+        for key in table.keys() {
+            if !keys.contains(&key.as_str()) {
+                return err(format!(
+                    "unknown key {section}.{key} (known keys in [{section}]: {}); check the spelling",
+                    keys.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Reader<'a> {
+    doc: &'a toml::Table,
+    env: &'a dyn Env,
+}
+
+fn type_name(v: &toml::Value) -> &'static str {
+    v.type_str()
+}
+
+impl Reader<'_> {
+    fn get(&self, section: &str, key: &str) -> Option<&toml::Value> {
+        self.doc.get(section)?.as_table()?.get(key)
+    }
+
+    fn string(
+        &self,
+        section: &str,
+        key: &str,
+        default: Option<&str>,
+    ) -> Result<String, ConfigError> {
+        match self.get(section, key) {
+            Some(toml::Value::String(s)) => Ok(s.clone()),
+            Some(v) => err(format!(
+                "{section}.{key} = {v}: must be a string, not a {}",
+                type_name(v)
+            )),
+            None => match default {
+                Some(d) => Ok(d.to_string()),
+                None => err(format!(
+                    "{section}.{key} is required but missing: add it under [{section}]"
+                )),
+            },
+        }
+    }
+
+    fn required_str(&self, section: &str, key: &str) -> Result<String, ConfigError> {
+        self.string(section, key, None)
+    }
+
+    fn one_of(
+        &self,
+        section: &str,
+        key: &str,
+        default: &str,
+        allowed: &[&str],
+    ) -> Result<String, ConfigError> {
+        let v = self.string(section, key, Some(default))?;
+        if allowed.contains(&v.as_str()) {
+            Ok(v)
+        } else {
+            err(format!(
+                "{section}.{key} = {v:?}: must be one of {}",
+                allowed.join(", ")
+            ))
+        }
+    }
+
+    fn log_level(&self, section: &str, key: &str, default: &str) -> Result<LogLevel, ConfigError> {
+        let v = self.string(section, key, Some(default))?;
+        LogLevel::parse(&v).map_or_else(
+            || {
+                err(format!(
+                    "{section}.{key} = {v:?}: must be one of {}",
+                    LogLevel::NAMES.join(", ")
+                ))
+            },
+            Ok,
+        )
+    }
+
+    fn boolean(&self, section: &str, key: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(section, key) {
+            None => Ok(default),
+            Some(toml::Value::Boolean(b)) => Ok(*b),
+            Some(v) => err(format!(
+                "{section}.{key} = {v}: must be true or false, not a {}",
+                type_name(v)
+            )),
+        }
+    }
+
+    fn positive(&self, section: &str, key: &str, default: u64) -> Result<u64, ConfigError> {
+        match self.get(section, key) {
+            None => Ok(default),
+            Some(toml::Value::Integer(i)) if *i > 0 => Ok(*i as u64),
+            Some(toml::Value::Integer(i)) => {
+                err(format!("{section}.{key} = {i}: must be greater than 0"))
+            }
+            Some(v) => err(format!(
+                "{section}.{key} = {v}: must be a whole number greater than 0, not a {}",
+                type_name(v)
+            )),
+        }
+    }
+
+    fn expand(&self, section: &str, key: &str, raw: &str) -> Result<PathBuf, ConfigError> {
+        let expanded = if raw == "~" || raw.starts_with("~/") {
+            let Some(home) = self.env.var("HOME") else {
+                return err(format!(
+                    "{section}.{key} = {raw:?}: cannot expand ~ because HOME is not set; use an absolute path"
+                ));
+            };
+            format!("{}{}", home.trim_end_matches('/'), &raw[1..])
+        } else {
+            raw.to_string()
+        };
+        let p = PathBuf::from(&expanded);
+        if !p.is_absolute() {
+            return err(format!(
+                "{section}.{key} = {raw:?}: must be an absolute path (start with / or ~/)"
+            ));
+        }
+        Ok(p)
+    }
+
+    fn path(
+        &self,
+        section: &str,
+        key: &str,
+        default: Option<&str>,
+    ) -> Result<PathBuf, ConfigError> {
+        let raw = self.string(section, key, default)?;
+        self.expand(section, key, &raw)
+    }
+
+    fn opt_path(&self, section: &str, key: &str) -> Result<Option<PathBuf>, ConfigError> {
+        match self.get(section, key) {
+            None => Ok(None),
+            Some(_) => self.path(section, key, None).map(Some),
+        }
+    }
+
+    fn run_at(&self, section: &str, key: &str, default: &str) -> Result<(u8, u8), ConfigError> {
+        let v = self.string(section, key, Some(default))?;
+        parse_hhmm(&v).map_or_else(
+            || {
+                err(format!(
+                    "{section}.{key} = {v:?}: must be a 24-hour time HH:MM between 00:00 and 23:59"
+                ))
+            },
+            Ok,
+        )
+    }
+
+    fn subvolumes(&self) -> Result<Vec<Subvolume>, ConfigError> {
+        let Some(v) = self.get("subvolumes", "paths") else {
+            return err(
+                "subvolumes.paths is required but missing: add [subvolumes] paths = [\"/data\"]",
+            );
+        };
+        let Some(arr) = v.as_array() else {
+            return err(format!(
+                "subvolumes.paths = {v}: must be a list of absolute paths"
+            ));
+        };
+        if arr.is_empty() {
+            return err("subvolumes.paths = []: list at least one subvolume path");
+        }
+        let mut out: Vec<Subvolume> = Vec::new();
+        let mut names = BTreeSet::new();
+        for item in arr {
+            let Some(raw) = item.as_str() else {
+                return err(format!(
+                    "subvolumes.paths: entry {item} must be a string path"
+                ));
+            };
+            let path = self.expand("subvolumes", "paths", raw)?;
+            let name = subvolume_name(&path).ok_or_else(|| {
+                ConfigError(format!(
+                    "subvolumes.paths: {raw:?} has no usable last path component to name it"
+                ))
+            })?;
+            if !names.insert(name.clone()) {
+                return err(format!(
+                    "subvolumes.paths: two paths share the name {name:?} (the last path component names a subvolume in S3 and must be unique)"
+                ));
+            }
+            out.push(Subvolume { name, path });
+        }
+        Ok(out)
+    }
+
+    fn endpoint(&self) -> Result<Option<String>, ConfigError> {
+        let (value, source) = match self.get("s3", "endpoint_url") {
+            Some(_) => (self.string("s3", "endpoint_url", None)?, "s3.endpoint_url"),
+            None => match self.env.var("AWS_ENDPOINT_URL_S3") {
+                Some(v) => (v, "AWS_ENDPOINT_URL_S3"),
+                None => match self.env.var("AWS_ENDPOINT_URL") {
+                    Some(v) => (v, "AWS_ENDPOINT_URL"),
+                    None => return Ok(None),
+                },
+            },
+        };
+        let rest = value
+            .strip_prefix("http://")
+            .or_else(|| value.strip_prefix("https://"));
+        match rest {
+            Some(host) if !host.is_empty() && !host.starts_with('/') => {
+                Ok(Some(value.trim_end_matches('/').to_string()))
+            }
+            _ => err(format!(
+                "{source} = {value:?}: must be an http:// or https:// URL with a host"
+            )),
+        }
+    }
+
+    fn part_size(&self) -> Result<u64, ConfigError> {
+        let v = self.positive("s3", "part_size_bytes", DEFAULT_PART_SIZE)?;
+        if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&v) {
+            return err(format!(
+                "s3.part_size_bytes = {v}: must be between {MIN_PART_SIZE} (5 MiB) and {MAX_PART_SIZE} (5 GiB), the limits of S3 multipart uploads"
+            ));
+        }
+        Ok(v)
+    }
+}
+
+fn parse_hhmm(v: &str) -> Option<(u8, u8)> {
+    let (h, m) = v.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 || !h.bytes().chain(m.bytes()).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (h, m): (u8, u8) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60).then_some((h, m))
+}
+
+/// The name of a subvolume: its last path component.
+pub fn subvolume_name(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?.to_string();
+    (!name.is_empty()).then_some(name)
+}
+
+#[cfg(test)]
+mod tests;

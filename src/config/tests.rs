@@ -1,0 +1,403 @@
+//! Unit tests of config parsing: defaults, `~`, the environment, and one case per rule.
+
+use super::*;
+use std::collections::HashMap;
+
+pub struct MapEnv(pub HashMap<String, String>);
+
+impl Env for MapEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
+    }
+}
+
+fn env() -> MapEnv {
+    MapEnv(HashMap::from([("HOME".to_string(), "/home/u".to_string())]))
+}
+
+const MINIMAL: &str = r#"
+[subvolumes]
+paths = ["/data"]
+[s3]
+bucket = "b"
+region = "eu-west-1"
+prefix = "backups/"
+"#;
+
+fn with(extra: &str) -> String {
+    // Later keys in the same section are appended by re-opening the section, which TOML
+    // forbids; so tests build whole documents from a minimal base plus other sections.
+    format!("{MINIMAL}\n{extra}")
+}
+
+fn parse_err(text: &str) -> String {
+    match Config::parse(text, &env()) {
+        Ok(_) => panic!("expected an error for:\n{text}"),
+        Err(e) => e.0,
+    }
+}
+
+#[test]
+fn defaults_match_contract() {
+    let c = Config::parse(MINIMAL, &env()).unwrap();
+    assert_eq!(c.global.log_level, LogLevel::Info);
+    assert_eq!(
+        c.global.state_path,
+        PathBuf::from("/home/u/.local/state/btrfs_to_s3/state.json")
+    );
+    assert_eq!(
+        c.global.lock_path,
+        PathBuf::from("/var/lock/btrfs_to_s3.lock")
+    );
+    assert_eq!(
+        c.global.spool_dir,
+        PathBuf::from("/mnt/ssd/btrfs_to_s3_spool")
+    );
+    assert_eq!(c.global.spool_size_bytes, 200 * GIB);
+    assert_eq!(c.global.metrics_path, None);
+    assert_eq!(c.schedule.full_every_days, 180);
+    assert_eq!(c.schedule.incremental_every_days, 7);
+    assert_eq!(c.schedule.run_at, (2, 0));
+    assert_eq!(c.snapshots.base_dir, PathBuf::from("/srv/snapshots"));
+    assert_eq!(c.snapshots.retain, 2);
+    assert_eq!(
+        c.subvolumes,
+        vec![Subvolume {
+            name: "data".into(),
+            path: "/data".into()
+        }]
+    );
+    assert_eq!(c.s3.chunk_size_bytes, 200 * GIB);
+    assert_eq!(c.s3.storage_class_chunks, "DEEP_ARCHIVE");
+    assert_eq!(c.s3.storage_class_manifest, "STANDARD");
+    assert_eq!(c.s3.concurrency, 4);
+    assert!(!c.s3.spool_enabled);
+    assert_eq!(c.s3.sse, "AES256");
+    assert_eq!(c.s3.endpoint_url, None);
+    assert_eq!(c.s3.part_size_bytes, DEFAULT_PART_SIZE);
+    assert_eq!(c.restore.target_base_dir, PathBuf::from("/srv/restore"));
+    assert_eq!(c.restore.verify_mode, VerifyMode::Full);
+    assert_eq!(c.restore.sample_max_files, 1000);
+    assert!(c.restore.wait_for_restore);
+    assert_eq!(c.restore.restore_timeout_seconds, 259_200);
+    assert_eq!(c.restore.restore_tier, RestoreTier::Standard);
+    assert_eq!(c.key_prefix(), "backups/");
+}
+
+#[test]
+fn every_key_set() {
+    let text = r#"
+[global]
+log_level = "debug"
+state_path = "~/state.json"
+lock_path = "/run/l.lock"
+spool_dir = "/spool"
+spool_size_bytes = 1000
+metrics_path = "/var/lib/node_exporter/b.prom"
+[schedule]
+full_every_days = 30
+incremental_every_days = 1
+run_at = "23:59"
+[snapshots]
+base_dir = "/snaps"
+retain = 5
+[subvolumes]
+paths = ["/mnt/pool/home", "~/data/"]
+[s3]
+bucket = "b"
+region = "us-east-1"
+prefix = ""
+chunk_size_bytes = 1048576
+storage_class_chunks = "GLACIER_IR"
+storage_class_manifest = "STANDARD_IA"
+concurrency = 8
+spool_enabled = true
+sse = "aws:kms"
+endpoint_url = "http://127.0.0.1:9000/"
+part_size_bytes = 8388608
+[restore]
+target_base_dir = "/restore"
+verify_mode = "sample"
+sample_max_files = 10
+wait_for_restore = false
+restore_timeout_seconds = 60
+restore_tier = "Bulk"
+"#;
+    let c = Config::parse(text, &env()).unwrap();
+    assert_eq!(c.global.log_level, LogLevel::Debug);
+    assert_eq!(c.global.state_path, PathBuf::from("/home/u/state.json"));
+    assert_eq!(c.global.spool_size_bytes, 1000);
+    assert_eq!(
+        c.global.metrics_path,
+        Some(PathBuf::from("/var/lib/node_exporter/b.prom"))
+    );
+    assert_eq!(c.schedule.run_at, (23, 59));
+    assert_eq!(c.snapshots.retain, 5);
+    assert_eq!(c.subvolumes[0].name, "home");
+    assert_eq!(c.subvolumes[1].name, "data");
+    assert_eq!(c.subvolumes[1].path, PathBuf::from("/home/u/data/"));
+    assert_eq!(c.s3.concurrency, 8);
+    assert!(c.s3.spool_enabled);
+    assert_eq!(c.s3.sse, "aws:kms");
+    assert_eq!(c.s3.endpoint_url.as_deref(), Some("http://127.0.0.1:9000"));
+    assert_eq!(c.s3.part_size_bytes, 8 * MIB);
+    assert_eq!(c.restore.verify_mode, VerifyMode::Sample);
+    assert!(!c.restore.wait_for_restore);
+    assert_eq!(c.restore.restore_tier, RestoreTier::Bulk);
+    assert_eq!(c.key_prefix(), "");
+}
+
+#[test]
+fn endpoint_from_environment() {
+    let mut e = env();
+    e.0.insert("AWS_ENDPOINT_URL".into(), "http://generic:1".into());
+    let c = Config::parse(MINIMAL, &e).unwrap();
+    assert_eq!(c.s3.endpoint_url.as_deref(), Some("http://generic:1"));
+    e.0.insert("AWS_ENDPOINT_URL_S3".into(), "https://s3only:2".into());
+    let c = Config::parse(MINIMAL, &e).unwrap();
+    assert_eq!(c.s3.endpoint_url.as_deref(), Some("https://s3only:2"));
+    // The config key wins over both.
+    let text = MINIMAL.replace(
+        "prefix = \"backups/\"",
+        "prefix = \"x\"\nendpoint_url = \"http://cfg:3\"",
+    );
+    let c = Config::parse(&text, &e).unwrap();
+    assert_eq!(c.s3.endpoint_url.as_deref(), Some("http://cfg:3"));
+    assert_eq!(c.key_prefix(), "x/");
+    e.0.insert("AWS_ENDPOINT_URL_S3".into(), "ftp://nope".into());
+    let msg = Config::parse(MINIMAL, &e).unwrap_err().0;
+    assert!(msg.contains("AWS_ENDPOINT_URL_S3"), "{msg}");
+}
+
+#[test]
+fn tilde_without_home_is_an_error() {
+    let e = MapEnv(HashMap::new());
+    let msg = Config::parse(MINIMAL, &e).unwrap_err().0;
+    assert!(
+        msg.contains("global.state_path") && msg.contains("HOME"),
+        "{msg}"
+    );
+}
+
+/// One bad value per rule: (extra TOML or whole document, words the message must hold).
+#[test]
+fn each_rule_names_key_and_value() {
+    let base_s3 = "[subvolumes]\npaths = [\"/data\"]\n";
+    let cases: Vec<(String, &[&str])> = vec![
+        (
+            with("[global]\nlog_level = \"loud\""),
+            &["global.log_level", "loud"],
+        ),
+        (
+            with("[global]\nstate_path = \"rel/state.json\""),
+            &["global.state_path", "rel/state.json", "absolute"],
+        ),
+        (
+            with("[global]\nlock_path = \"lock\""),
+            &["global.lock_path", "absolute"],
+        ),
+        (
+            with("[global]\nspool_dir = \"spool\""),
+            &["global.spool_dir", "absolute"],
+        ),
+        (
+            with("[global]\nspool_size_bytes = 0"),
+            &["global.spool_size_bytes", "0", "greater than 0"],
+        ),
+        (
+            with("[global]\nspool_size_bytes = -5"),
+            &["global.spool_size_bytes", "-5"],
+        ),
+        (
+            with("[global]\nmetrics_path = \"m.prom\""),
+            &["global.metrics_path", "absolute"],
+        ),
+        (
+            with("[global]\nstate_path = 3"),
+            &["global.state_path", "string"],
+        ),
+        (
+            with("[schedule]\nfull_every_days = 0"),
+            &["schedule.full_every_days", "0"],
+        ),
+        (
+            with("[schedule]\nfull_every_days = 1.5"),
+            &["schedule.full_every_days", "1.5"],
+        ),
+        (
+            with("[schedule]\nincremental_every_days = -1"),
+            &["schedule.incremental_every_days", "-1"],
+        ),
+        (
+            with("[schedule]\nrun_at = \"24:00\""),
+            &["schedule.run_at", "24:00"],
+        ),
+        (
+            with("[schedule]\nrun_at = \"2:00\""),
+            &["schedule.run_at", "2:00"],
+        ),
+        (
+            with("[schedule]\nrun_at = \"02:60\""),
+            &["schedule.run_at", "02:60"],
+        ),
+        (with("[schedule]\nrun_at = \"ab:cd\""), &["schedule.run_at"]),
+        (
+            with("[snapshots]\nbase_dir = \"snaps\""),
+            &["snapshots.base_dir", "absolute"],
+        ),
+        (with("[snapshots]\nretain = 0"), &["snapshots.retain", "0"]),
+        (
+            with("[restore]\ntarget_base_dir = \"r\""),
+            &["restore.target_base_dir", "absolute"],
+        ),
+        (
+            with("[restore]\nverify_mode = \"quick\""),
+            &["restore.verify_mode", "quick", "full, sample, none"],
+        ),
+        (
+            with("[restore]\nsample_max_files = 0"),
+            &["restore.sample_max_files"],
+        ),
+        (
+            with("[restore]\nwait_for_restore = \"yes\""),
+            &["restore.wait_for_restore", "true or false"],
+        ),
+        (
+            with("[restore]\nrestore_timeout_seconds = 0"),
+            &["restore.restore_timeout_seconds"],
+        ),
+        (
+            with("[restore]\nrestore_tier = \"Fast\""),
+            &["restore.restore_tier", "Fast", "Standard, Bulk, Expedited"],
+        ),
+        (
+            with("[global]\nlogg_level = \"info\""),
+            &["unknown key global.logg_level", "log_level"],
+        ),
+        (with("[backup]\nx = 1"), &["unknown section [backup]"]),
+        (
+            format!("global = 3\n{MINIMAL}"),
+            &["global must be a table"],
+        ),
+        (
+            format!("{base_s3}[s3]\nregion = \"r\"\nprefix = \"p\""),
+            &["s3.bucket", "required"],
+        ),
+        (
+            format!("{base_s3}[s3]\nbucket = \"b\"\nprefix = \"p\""),
+            &["s3.region", "required"],
+        ),
+        (
+            format!("{base_s3}[s3]\nbucket = \"b\"\nregion = \"r\""),
+            &["s3.prefix", "required"],
+        ),
+        (
+            format!("{base_s3}[s3]\nbucket = \"\"\nregion = \"r\"\nprefix = \"p\""),
+            &["s3.bucket"],
+        ),
+        (
+            format!("{base_s3}[s3]\nbucket = \"b\"\nregion = \"\"\nprefix = \"p\""),
+            &["s3.region"],
+        ),
+        (
+            s3_with("chunk_size_bytes = 0"),
+            &["s3.chunk_size_bytes", "0"],
+        ),
+        (
+            s3_with("storage_class_chunks = \"COLD\""),
+            &["s3.storage_class_chunks", "COLD", "DEEP_ARCHIVE"],
+        ),
+        (
+            s3_with("storage_class_manifest = \"glacier\""),
+            &["s3.storage_class_manifest", "glacier"],
+        ),
+        (s3_with("concurrency = 0"), &["s3.concurrency", "0"]),
+        (s3_with("spool_enabled = 1"), &["s3.spool_enabled"]),
+        (s3_with("sse = \"rot13\""), &["s3.sse", "rot13", "AES256"]),
+        (
+            s3_with("endpoint_url = \"localhost:9000\""),
+            &["s3.endpoint_url", "localhost:9000"],
+        ),
+        (
+            s3_with("part_size_bytes = 1024"),
+            &["s3.part_size_bytes", "1024", "5 MiB"],
+        ),
+        (
+            s3_with("part_size_bytes = 6442450944"),
+            &["s3.part_size_bytes", "5 GiB"],
+        ),
+        (s3_with("colour = \"blue\""), &["unknown key s3.colour"]),
+        (
+            "[s3]\nbucket = \"b\"\nregion = \"r\"\nprefix = \"p\"".to_string(),
+            &["subvolumes.paths", "required"],
+        ),
+        (
+            s3_only("[subvolumes]\npaths = []"),
+            &["subvolumes.paths", "at least one"],
+        ),
+        (
+            s3_only("[subvolumes]\npaths = \"/data\""),
+            &["subvolumes.paths", "list"],
+        ),
+        (
+            s3_only("[subvolumes]\npaths = [\"data\"]"),
+            &["subvolumes.paths", "\"data\"", "absolute"],
+        ),
+        (
+            s3_only("[subvolumes]\npaths = [1]"),
+            &["subvolumes.paths", "string"],
+        ),
+        (
+            s3_only("[subvolumes]\npaths = [\"/\"]"),
+            &["subvolumes.paths", "\"/\""],
+        ),
+        (
+            s3_only("[subvolumes]\npaths = [\"/a/data\", \"/b/data\"]"),
+            &["subvolumes.paths", "\"data\"", "unique"],
+        ),
+        ("this is = = not toml".to_string(), &["not valid TOML"]),
+    ];
+    for (text, words) in cases {
+        let msg = parse_err(&text);
+        for w in words {
+            assert!(msg.contains(w), "message {msg:?} lacks {w:?} for:\n{text}");
+        }
+        assert!(!msg.contains('\n'), "multi-line message {msg:?}");
+    }
+}
+
+fn s3_with(line: &str) -> String {
+    format!("[subvolumes]\npaths = [\"/data\"]\n[s3]\nbucket = \"b\"\nregion = \"r\"\nprefix = \"p\"\n{line}\n")
+}
+
+fn s3_only(extra: &str) -> String {
+    format!("[s3]\nbucket = \"b\"\nregion = \"r\"\nprefix = \"p\"\n{extra}\n")
+}
+
+#[test]
+fn load_names_the_file() {
+    let msg = Config::load(Path::new("/nonexistent/btrfs_to_s3.toml"), &env())
+        .unwrap_err()
+        .0;
+    assert!(msg.contains("/nonexistent/btrfs_to_s3.toml"), "{msg}");
+    let dir = std::env::temp_dir().join(format!("b2s3-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("c.toml");
+    std::fs::write(&f, "[subvolumes]\npaths = [\"/d\"]\n[s3]\nbucket = 1").unwrap();
+    let msg = Config::load(&f, &env()).unwrap_err().0;
+    assert!(msg.contains("c.toml") && msg.contains("s3.bucket"), "{msg}");
+    std::fs::write(&f, MINIMAL).unwrap();
+    assert!(Config::load(&f, &env()).is_ok());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn level_names() {
+    assert_eq!(LogLevel::parse("WARNING"), Some(LogLevel::Warning));
+    assert_eq!(LogLevel::Critical.to_filter(), log::LevelFilter::Error);
+    assert_eq!(LogLevel::Warning.to_filter(), log::LevelFilter::Warn);
+    assert_eq!(LogLevel::Debug.to_filter(), log::LevelFilter::Debug);
+    assert_eq!(LogLevel::Info.to_filter(), log::LevelFilter::Info);
+    assert_eq!(RestoreTier::Expedited.as_str(), "Expedited");
+    assert_eq!(VerifyMode::parse("none"), Some(VerifyMode::None));
+}

@@ -1,0 +1,12 @@
+//! btrfs_to_s3: nightly read-only btrfs snapshots streamed with `btrfs send` into S3, and
+//! verified restores. The binary (`main.rs`) is a thin shell around [`app::main`]; see
+//! DESIGN.md for the architecture and the invariants each module keeps.
+
+pub mod app;
+pub mod atomic;
+pub mod cli;
+pub mod config;
+pub mod lock;
+pub mod logging;
+pub mod state;
+pub mod ts;

@@ -1,0 +1,5 @@
+//! The `btrfs_to_s3` binary: everything happens in [`btrfs_to_s3::app::main`].
+
+fn main() -> std::process::ExitCode {
+    btrfs_to_s3::app::main()
+}

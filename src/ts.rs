@@ -1,0 +1,127 @@
+//! UTC timestamps in the contract's `YYYYMMDDTHHMMSSZ` form (`TS`), with the ISO form
+//! `2025-01-01T02:00:00Z` accepted when reading files written by the older tool.
+
+use std::fmt;
+
+use anyhow::{bail, Result};
+use time::macros::format_description;
+use time::{OffsetDateTime, PrimitiveDateTime};
+
+/// A whole-second UTC instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ts(i64);
+
+impl Ts {
+    pub fn now() -> Ts {
+        Ts(OffsetDateTime::now_utc().unix_timestamp())
+    }
+
+    pub fn from_unix(secs: i64) -> Ts {
+        Ts(secs)
+    }
+
+    pub fn unix(self) -> i64 {
+        self.0
+    }
+
+    /// Parses `20250101T020000Z` or `2025-01-01T02:00:00Z`.
+    pub fn parse(s: &str) -> Result<Ts> {
+        let compact = format_description!("[year][month][day]T[hour][minute][second]Z");
+        let iso = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+        let parsed = PrimitiveDateTime::parse(s, compact)
+            .or_else(|_| PrimitiveDateTime::parse(s, iso))
+            .or_else(|_| {
+                // ISO with fractional seconds, e.g. 2025-01-01T02:00:00.123456Z
+                let frac = format_description!(
+                    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond]Z"
+                );
+                PrimitiveDateTime::parse(s, frac)
+            });
+        match parsed {
+            Ok(p) => Ok(Ts(p.assume_utc().unix_timestamp())),
+            Err(_) => bail!("invalid timestamp {s:?}: expected YYYYMMDDTHHMMSSZ"),
+        }
+    }
+
+    pub fn add_secs(self, secs: i64) -> Ts {
+        Ts(self.0 + secs)
+    }
+
+    fn datetime(self) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(self.0).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    }
+
+    /// `2025-01-01T02:00:00Z`, for log lines.
+    pub fn iso(self) -> String {
+        let d = self.datetime();
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            d.year(),
+            u8::from(d.month()),
+            d.day(),
+            d.hour(),
+            d.minute(),
+            d.second()
+        )
+    }
+
+    pub fn to_offset_datetime(self) -> OffsetDateTime {
+        self.datetime()
+    }
+}
+
+impl fmt::Display for Ts {
+    /// The contract's `YYYYMMDDTHHMMSSZ`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.datetime();
+        write!(
+            f,
+            "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+            d.year(),
+            u8::from(d.month()),
+            d.day(),
+            d.hour(),
+            d.minute(),
+            d.second()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_compact() {
+        let t = Ts::parse("20250101T020000Z").unwrap();
+        assert_eq!(t.to_string(), "20250101T020000Z");
+        assert_eq!(t.iso(), "2025-01-01T02:00:00Z");
+        assert_eq!(t.unix(), 1735696800);
+    }
+
+    #[test]
+    fn accepts_iso() {
+        assert_eq!(
+            Ts::parse("2025-01-01T02:00:00Z").unwrap(),
+            Ts::parse("20250101T020000Z").unwrap()
+        );
+        assert_eq!(
+            Ts::parse("2025-01-01T02:00:00.5Z").unwrap(),
+            Ts::parse("20250101T020000Z").unwrap()
+        );
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        for bad in ["", "2025", "20250101T020000", "20251301T020000Z", "x"] {
+            assert!(Ts::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ordering_and_add() {
+        let t = Ts::from_unix(100);
+        assert!(t.add_secs(1) > t);
+        assert_eq!(t.add_secs(86400).unix(), 86500);
+    }
+}
