@@ -4,9 +4,13 @@
 
 pub mod app;
 pub mod atomic;
+pub mod chunker;
 pub mod cli;
 pub mod config;
 pub mod lock;
 pub mod logging;
+pub mod pipeline;
+pub mod retry;
 pub mod state;
+pub mod store;
 pub mod ts;

@@ -1,0 +1,212 @@
+//! Cuts a byte stream into chunks of `chunk_size` and parts of at most `part_size`, and
+//! hashes as it goes: SHA-256 per chunk and of the whole stream. Bytes in, [`ChunkDone`]
+//! out; no threads, no I/O (the pipeline feeds it).
+
+use sha2::{Digest, Sha256};
+
+/// Lowercase hex of a byte string.
+pub fn hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(HEX[(b >> 4) as usize] as char);
+        s.push(HEX[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// A finished chunk: its index in stream order, length and SHA-256.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkDone {
+    pub index: u64,
+    pub len: u64,
+    pub sha256: String,
+}
+
+/// Totals of a whole stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamSummary {
+    pub total_bytes: u64,
+    pub sha256: String,
+}
+
+pub struct Cutter {
+    chunk_size: u64,
+    part_size: u64,
+    index: u64,
+    in_chunk: u64,
+    total: u64,
+    chunk_hash: Sha256,
+    stream_hash: Sha256,
+}
+
+impl Cutter {
+    /// `chunk_size` and `part_size` must be > 0 (the config guarantees it).
+    pub fn new(chunk_size: u64, part_size: u64) -> Cutter {
+        Cutter {
+            chunk_size: chunk_size.max(1),
+            part_size: part_size.max(1),
+            index: 0,
+            in_chunk: 0,
+            total: 0,
+            chunk_hash: Sha256::new(),
+            stream_hash: Sha256::new(),
+        }
+    }
+
+    /// How many bytes the next part may hold: a full part, or what is left of the chunk.
+    pub fn next_part_len(&self) -> usize {
+        self.part_size.min(self.chunk_size - self.in_chunk) as usize
+    }
+
+    /// Index of the chunk the next bytes belong to.
+    pub fn chunk_index(&self) -> u64 {
+        self.index
+    }
+
+    /// Bytes already in the current chunk.
+    pub fn in_chunk(&self) -> u64 {
+        self.in_chunk
+    }
+
+    /// Takes one part's bytes (at most [`Self::next_part_len`]); returns the chunk when
+    /// these bytes complete it.
+    pub fn feed(&mut self, bytes: &[u8]) -> Option<ChunkDone> {
+        debug_assert!(bytes.len() <= self.next_part_len());
+        self.chunk_hash.update(bytes);
+        self.stream_hash.update(bytes);
+        self.in_chunk += bytes.len() as u64;
+        self.total += bytes.len() as u64;
+        (self.in_chunk == self.chunk_size).then(|| self.close_chunk())
+    }
+
+    fn close_chunk(&mut self) -> ChunkDone {
+        let hash = std::mem::replace(&mut self.chunk_hash, Sha256::new());
+        let done = ChunkDone {
+            index: self.index,
+            len: self.in_chunk,
+            sha256: hex(&hash.finalize()),
+        };
+        self.index += 1;
+        self.in_chunk = 0;
+        done
+    }
+
+    /// At end of stream: the last, shorter chunk if it has bytes, and the totals.
+    pub fn finish(mut self) -> (Option<ChunkDone>, StreamSummary) {
+        let last = (self.in_chunk > 0).then(|| self.close_chunk());
+        let summary = StreamSummary {
+            total_bytes: self.total,
+            sha256: hex(&self.stream_hash.finalize()),
+        };
+        (last, summary)
+    }
+}
+
+/// Cuts a whole buffer (tests and small streams): chunks with their part lengths.
+pub fn cut(
+    data: &[u8],
+    chunk_size: u64,
+    part_size: u64,
+) -> (Vec<(ChunkDone, Vec<usize>)>, StreamSummary) {
+    let mut c = Cutter::new(chunk_size, part_size);
+    let mut out = Vec::new();
+    let mut parts = Vec::new();
+    let mut rest = data;
+    while !rest.is_empty() {
+        let n = c.next_part_len().min(rest.len());
+        parts.push(n);
+        if let Some(done) = c.feed(&rest[..n]) {
+            out.push((done, std::mem::take(&mut parts)));
+        }
+        rest = &rest[n..];
+    }
+    let (last, summary) = c.finish();
+    if let Some(done) = last {
+        out.push((done, parts));
+    }
+    (out, summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha(b: &[u8]) -> String {
+        hex(&Sha256::digest(b))
+    }
+
+    fn data(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    fn check(n: usize, chunk: u64, part: u64, want_lens: &[u64], want_parts: &[&[usize]]) {
+        let d = data(n);
+        let (chunks, summary) = cut(&d, chunk, part);
+        let lens: Vec<u64> = chunks.iter().map(|(c, _)| c.len).collect();
+        assert_eq!(
+            lens, want_lens,
+            "chunk lengths for n={n} chunk={chunk} part={part}"
+        );
+        let parts: Vec<&[usize]> = chunks.iter().map(|(_, p)| p.as_slice()).collect();
+        assert_eq!(parts, want_parts);
+        let mut off = 0usize;
+        for (i, (c, _)) in chunks.iter().enumerate() {
+            assert_eq!(c.index, i as u64);
+            assert_eq!(c.sha256, sha(&d[off..off + c.len as usize]));
+            off += c.len as usize;
+        }
+        assert_eq!(summary.total_bytes, n as u64);
+        assert_eq!(summary.sha256, sha(&d));
+    }
+
+    #[test]
+    fn exact_multiple() {
+        check(
+            30,
+            10,
+            4,
+            &[10, 10, 10],
+            &[&[4, 4, 2], &[4, 4, 2], &[4, 4, 2]],
+        );
+    }
+
+    #[test]
+    fn one_byte_over() {
+        check(
+            31,
+            10,
+            4,
+            &[10, 10, 10, 1],
+            &[&[4, 4, 2], &[4, 4, 2], &[4, 4, 2], &[1]],
+        );
+    }
+
+    #[test]
+    fn one_byte_under() {
+        check(29, 10, 5, &[10, 10, 9], &[&[5, 5], &[5, 5], &[5, 4]]);
+    }
+
+    #[test]
+    fn empty_stream() {
+        let (chunks, summary) = cut(&[], 10, 4);
+        assert!(chunks.is_empty());
+        assert_eq!(summary.total_bytes, 0);
+        assert_eq!(summary.sha256, sha(&[]));
+    }
+
+    #[test]
+    fn chunk_smaller_than_part() {
+        check(25, 10, 64, &[10, 10, 5], &[&[10], &[10], &[5]]);
+    }
+
+    #[test]
+    fn single_byte_chunks() {
+        check(3, 1, 5, &[1, 1, 1], &[&[1], &[1], &[1]]);
+    }
+
+    #[test]
+    fn hex_is_lowercase() {
+        assert_eq!(hex(&[0x00, 0xab, 0xff]), "00abff");
+    }
+}

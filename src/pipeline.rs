@@ -1,0 +1,510 @@
+//! The upload pipeline: the calling thread reads the send stream, cuts and hashes it
+//! (`chunker`), and hands parts to a pool of `concurrency` uploader threads over bounded
+//! crossbeam channels. Buffers circulate: at most `concurrency + 2` part buffers exist,
+//! which is the memory bound. A chunk that fits in one part is one PutObject; a larger one
+//! is a multipart upload whose parts go up in parallel. On any failure the pool drains,
+//! every open multipart upload is aborted, and the first error is returned.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context, Result};
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use crate::chunker::{ChunkDone, Cutter, StreamSummary};
+use crate::config::{MAX_PART_SIZE, MIB, MIN_PART_SIZE};
+use crate::event;
+use crate::retry::Retrier;
+use crate::store::{ObjectStore, PutOptions};
+
+/// S3's limit on parts per multipart upload.
+pub const MAX_PARTS: u64 = 10_000;
+
+/// Part size for a chunk size: the configured one, raised (to whole MiB) so a chunk needs
+/// at most 10,000 parts, and never above 5 GiB. `None` when even 5 GiB parts are too few.
+pub fn effective_part_size(configured: u64, chunk_size: u64) -> Option<u64> {
+    let needed = chunk_size.div_ceil(MAX_PARTS);
+    let mut p = configured.max(MIN_PART_SIZE);
+    if needed > p {
+        p = needed.div_ceil(MIB) * MIB;
+    }
+    (p <= MAX_PART_SIZE).then_some(p)
+}
+
+#[derive(Clone, Debug)]
+pub struct PipelineConfig {
+    pub chunk_size: u64,
+    pub part_size: u64,
+    pub concurrency: usize,
+    pub chunk_opts: PutOptions,
+}
+
+impl PipelineConfig {
+    /// Part buffers that can exist at once: one per uploader, one being filled, one held
+    /// back while deciding whether a chunk needs a multipart upload.
+    pub fn max_buffers(&self) -> usize {
+        self.concurrency + 2
+    }
+}
+
+/// One uploaded chunk, as the manifest records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkRecord {
+    pub key: String,
+    pub size: u64,
+    pub sha256: String,
+    pub etag: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub chunks: Vec<ChunkRecord>,
+    pub summary: StreamSummary,
+    pub parts: u64,
+}
+
+enum Job {
+    Put {
+        chunk: u64,
+        key: Arc<str>,
+        buf: Vec<u8>,
+    },
+    Part {
+        chunk: u64,
+        key: Arc<str>,
+        upload_id: Arc<str>,
+        part: u32,
+        buf: Vec<u8>,
+    },
+}
+
+struct Done {
+    chunk: u64,
+    part: u32,
+    result: Result<String>,
+    buf: Vec<u8>,
+}
+
+#[derive(Default)]
+struct OpenChunk {
+    key: Arc<str>,
+    upload_id: Option<Arc<str>>,
+    etags: BTreeMap<u32, String>,
+    outstanding: usize,
+    next_part: u32,
+    closed: Option<ChunkDone>,
+    etag: Option<String>,
+    finished: bool,
+}
+
+/// Uploads everything `input` yields; `key_for(i)` names chunk `i`.
+pub fn upload_stream(
+    input: &mut dyn Read,
+    store: Arc<dyn ObjectStore>,
+    retrier: Arc<Retrier>,
+    cfg: &PipelineConfig,
+    key_for: &dyn Fn(u64) -> String,
+) -> Result<Outcome> {
+    let (job_tx, job_rx) = bounded::<Job>(cfg.max_buffers());
+    let (done_tx, done_rx) = bounded::<Done>(cfg.max_buffers());
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..cfg.concurrency.max(1))
+        .map(|i| {
+            let (rx, tx) = (job_rx.clone(), done_tx.clone());
+            let (store, retrier, stop) = (store.clone(), retrier.clone(), stop.clone());
+            let opts = cfg.chunk_opts.clone();
+            std::thread::Builder::new()
+                .name(format!("uploader-{i}"))
+                .spawn(move || worker(rx, tx, store.as_ref(), &retrier, &opts, &stop))
+        })
+        .collect::<std::io::Result<_>>()
+        .context("starting uploader threads")?;
+    drop((job_rx, done_tx));
+
+    let mut run = Run {
+        store: store.as_ref(),
+        retrier: &retrier,
+        cfg,
+        jobs: Some(job_tx),
+        done: done_rx,
+        free: Vec::new(),
+        allocated: 0,
+        open: BTreeMap::new(),
+        in_flight: 0,
+        parts: AtomicU64::new(0),
+        error: None,
+    };
+    let result = run.read_all(input, key_for);
+    let result = match (result, run.error.take()) {
+        (_, Some(e)) | (Err(e), None) => Err(e),
+        (Ok(o), None) => Ok(o),
+    };
+    if result.is_err() {
+        stop.store(true, Ordering::SeqCst);
+    }
+    run.jobs = None;
+    run.drain();
+    for w in workers {
+        let _ = w.join();
+    }
+    match result {
+        Ok(o) => Ok(o),
+        Err(e) => {
+            run.abort_open();
+            Err(e)
+        }
+    }
+}
+
+fn worker(
+    jobs: Receiver<Job>,
+    done: Sender<Done>,
+    store: &dyn ObjectStore,
+    retrier: &Retrier,
+    opts: &PutOptions,
+    stop: &AtomicBool,
+) {
+    for job in jobs {
+        let (chunk, part, key, result, buf) = match job {
+            Job::Put { chunk, key, buf } => {
+                let r = if stop.load(Ordering::SeqCst) {
+                    Err(anyhow!("cancelled"))
+                } else {
+                    retrier
+                        .run(|| store.put_object(&key, &buf, opts))
+                        .map_err(anyhow::Error::from)
+                };
+                (chunk, 0, key, r, buf)
+            }
+            Job::Part {
+                chunk,
+                key,
+                upload_id,
+                part,
+                buf,
+            } => {
+                let r = if stop.load(Ordering::SeqCst) {
+                    Err(anyhow!("cancelled"))
+                } else {
+                    retrier
+                        .run(|| store.upload_part(&key, &upload_id, part, &buf))
+                        .map_err(anyhow::Error::from)
+                };
+                (chunk, part, key, r, buf)
+            }
+        };
+        let result = result.with_context(|| match part {
+            0 => format!("uploading chunk {key}"),
+            n => format!("uploading part {n} of chunk {key}"),
+        });
+        if done
+            .send(Done {
+                chunk,
+                part,
+                result,
+                buf,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+struct Run<'a> {
+    store: &'a dyn ObjectStore,
+    retrier: &'a Retrier,
+    cfg: &'a PipelineConfig,
+    jobs: Option<Sender<Job>>,
+    done: Receiver<Done>,
+    free: Vec<Vec<u8>>,
+    allocated: usize,
+    open: BTreeMap<u64, OpenChunk>,
+    in_flight: usize,
+    parts: AtomicU64,
+    error: Option<anyhow::Error>,
+}
+
+/// Reads until `buf` holds `want` bytes or the input ends; returns the bytes read.
+fn fill(input: &mut dyn Read, buf: &mut Vec<u8>, want: usize) -> std::io::Result<usize> {
+    buf.clear();
+    buf.resize(want, 0);
+    let mut n = 0;
+    while n < want {
+        match input.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                buf.truncate(n);
+                return Err(e);
+            }
+        }
+    }
+    buf.truncate(n);
+    Ok(n)
+}
+
+impl Run<'_> {
+    fn read_all(
+        &mut self,
+        input: &mut dyn Read,
+        key_for: &dyn Fn(u64) -> String,
+    ) -> Result<Outcome> {
+        let mut cutter = Cutter::new(self.cfg.chunk_size, self.cfg.part_size);
+        // First part of the current chunk, held until we know whether more follows.
+        let mut held: Option<Vec<u8>> = None;
+        loop {
+            if self.error.is_some() {
+                return Err(anyhow!("upload failed"));
+            }
+            let want = cutter.next_part_len();
+            let index = cutter.chunk_index();
+            let first_part = cutter.in_chunk() == 0;
+            let mut buf = self.buffer()?;
+            let n = fill(input, &mut buf, want).context("reading the btrfs send stream")?;
+            if n == 0 {
+                self.free.push(buf);
+                if let Some(h) = held.take() {
+                    self.put(index, key_for(index), h)?;
+                }
+                break;
+            }
+            let done = cutter.feed(&buf);
+            let eof = n < want;
+            if let Some(h) = held.take() {
+                self.start_multipart(index, key_for(index))?;
+                self.part(index, h)?;
+                self.part(index, buf)?;
+            } else if first_part {
+                if done.is_some() || eof {
+                    self.put(index, key_for(index), buf)?;
+                } else {
+                    held = Some(buf);
+                }
+            } else {
+                self.part(index, buf)?;
+            }
+            if let Some(d) = done {
+                self.close(d)?;
+            }
+            if eof {
+                break;
+            }
+        }
+        let (last, summary) = cutter.finish();
+        if let Some(d) = last {
+            self.close(d)?;
+        }
+        while self.in_flight > 0 {
+            self.wait_one()?;
+        }
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        let mut chunks = Vec::with_capacity(self.open.len());
+        for (i, c) in std::mem::take(&mut self.open) {
+            let d = c
+                .closed
+                .ok_or_else(|| anyhow!("internal: chunk {i} was never closed"))?;
+            if !c.finished {
+                return Err(anyhow!("internal: chunk {} was never finished", c.key));
+            }
+            chunks.push(ChunkRecord {
+                key: c.key.to_string(),
+                size: d.len,
+                sha256: d.sha256,
+                etag: c.etag,
+            });
+        }
+        Ok(Outcome {
+            chunks,
+            summary,
+            parts: self.parts.load(Ordering::Relaxed),
+        })
+    }
+
+    /// A free buffer, allocating up to the bound, else waiting for an upload to finish.
+    fn buffer(&mut self) -> Result<Vec<u8>> {
+        loop {
+            if let Some(b) = self.free.pop() {
+                return Ok(b);
+            }
+            if self.allocated < self.cfg.max_buffers() {
+                self.allocated += 1;
+                return Ok(Vec::with_capacity(self.cfg.part_size as usize));
+            }
+            self.wait_one()?;
+            if self.error.is_some() {
+                return Err(anyhow!("upload failed"));
+            }
+        }
+    }
+
+    fn send(&mut self, job: Job) -> Result<()> {
+        let tx = self
+            .jobs
+            .as_ref()
+            .ok_or_else(|| anyhow!("internal: job channel closed"))?;
+        tx.send(job)
+            .map_err(|_| anyhow!("uploader threads stopped unexpectedly"))?;
+        self.in_flight += 1;
+        self.parts.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn put(&mut self, index: u64, key: String, buf: Vec<u8>) -> Result<()> {
+        let key: Arc<str> = key.into();
+        let c = self.open.entry(index).or_default();
+        c.key = key.clone();
+        c.outstanding += 1;
+        self.send(Job::Put {
+            chunk: index,
+            key,
+            buf,
+        })
+    }
+
+    fn start_multipart(&mut self, index: u64, key: String) -> Result<()> {
+        let opts = self.cfg.chunk_opts.clone();
+        let id = self
+            .retrier
+            .run(|| self.store.create_multipart(&key, &opts))
+            .with_context(|| format!("starting the multipart upload of chunk {key}"))?;
+        event!(Debug, "multipart_started", key = key, upload_id = id);
+        let c = self.open.entry(index).or_default();
+        c.key = key.into();
+        c.upload_id = Some(id.into());
+        c.next_part = 1;
+        Ok(())
+    }
+
+    fn part(&mut self, index: u64, buf: Vec<u8>) -> Result<()> {
+        let c = self
+            .open
+            .get_mut(&index)
+            .ok_or_else(|| anyhow!("internal: part for unknown chunk {index}"))?;
+        let upload_id = c
+            .upload_id
+            .clone()
+            .ok_or_else(|| anyhow!("internal: part for chunk {index} without an upload"))?;
+        let part = c.next_part;
+        c.next_part += 1;
+        c.outstanding += 1;
+        let key = c.key.clone();
+        self.send(Job::Part {
+            chunk: index,
+            key,
+            upload_id,
+            part,
+            buf,
+        })
+    }
+
+    fn close(&mut self, d: ChunkDone) -> Result<()> {
+        let index = d.index;
+        if let Some(c) = self.open.get_mut(&index) {
+            c.closed = Some(d);
+        }
+        self.try_finish(index)
+    }
+
+    /// Completes a multipart chunk once it is closed and all its parts are in.
+    fn try_finish(&mut self, index: u64) -> Result<()> {
+        let Some(c) = self.open.get_mut(&index) else {
+            return Ok(());
+        };
+        if c.finished || c.closed.is_none() || c.outstanding > 0 {
+            return Ok(());
+        }
+        if let Some(id) = c.upload_id.clone() {
+            let parts: Vec<(u32, String)> = c.etags.iter().map(|(n, e)| (*n, e.clone())).collect();
+            let key = c.key.clone();
+            let etag = self
+                .retrier
+                .run(|| self.store.complete_multipart(&key, &id, &parts))
+                .with_context(|| format!("completing the multipart upload of chunk {key}"))?;
+            let c = self
+                .open
+                .get_mut(&index)
+                .ok_or_else(|| anyhow!("internal: chunk {index} vanished"))?;
+            c.etag = Some(etag);
+            c.upload_id = None;
+            c.finished = true;
+        } else {
+            c.finished = true;
+        }
+        Ok(())
+    }
+
+    /// Takes one finished upload off the done channel.
+    fn wait_one(&mut self) -> Result<()> {
+        let d = self
+            .done
+            .recv()
+            .map_err(|_| anyhow!("uploader threads stopped unexpectedly"))?;
+        self.in_flight -= 1;
+        self.free.push(d.buf);
+        match d.result {
+            Err(e) => {
+                if self.error.is_none() {
+                    self.error = Some(e);
+                }
+            }
+            Ok(etag) => {
+                if let Some(c) = self.open.get_mut(&d.chunk) {
+                    c.outstanding -= 1;
+                    if d.part == 0 {
+                        c.etag = Some(etag);
+                    } else {
+                        c.etags.insert(d.part, etag);
+                    }
+                }
+                if self.error.is_none() {
+                    if let Err(e) = self.try_finish(d.chunk) {
+                        self.error = Some(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After the job channel is closed: collect what is still in flight.
+    fn drain(&mut self) {
+        while self.in_flight > 0 {
+            match self.done.recv() {
+                Ok(d) => {
+                    self.in_flight -= 1;
+                    if let (Err(e), None) = (d.result, &self.error) {
+                        self.error = Some(e);
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Aborts every multipart upload this run started and did not complete.
+    fn abort_open(&mut self) {
+        for c in self.open.values() {
+            if let Some(id) = &c.upload_id {
+                match self.retrier.run(|| self.store.abort_multipart(&c.key, id)) {
+                    Ok(()) => event!(Info, "multipart_aborted", key = c.key, upload_id = id),
+                    Err(e) => event!(
+                        Error,
+                        "multipart_abort_failed",
+                        key = c.key,
+                        upload_id = id,
+                        error = e
+                    ),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,238 @@
+//! Pipeline tests against the in-memory store: single PUTs, multipart chunks, boundaries,
+//! retries, and abort on failure.
+
+use super::*;
+use crate::retry::Policy;
+use crate::store::memory::MemoryStore;
+use crate::store::ErrorKind;
+use sha2::{Digest, Sha256};
+
+fn retrier() -> Arc<Retrier> {
+    Arc::new(Retrier::with_sleep(
+        Policy::default(),
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(|_| {}),
+    ))
+}
+
+fn cfg(chunk: u64, part: u64, conc: usize) -> PipelineConfig {
+    PipelineConfig {
+        chunk_size: chunk,
+        part_size: part,
+        concurrency: conc,
+        chunk_opts: PutOptions {
+            storage_class: "DEEP_ARCHIVE".into(),
+            sse: "AES256".into(),
+            content_type: "application/octet-stream",
+        },
+    }
+}
+
+fn data(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 31 % 253) as u8).collect()
+}
+
+fn key(i: u64) -> String {
+    format!("p/chunk-{i}.bin")
+}
+
+fn run(store: &Arc<MemoryStore>, d: &[u8], c: &PipelineConfig) -> Result<Outcome> {
+    let s: Arc<dyn ObjectStore> = store.clone();
+    upload_stream(&mut &d[..], s, retrier(), c, &key)
+}
+
+fn reassemble(store: &MemoryStore, o: &Outcome) -> Vec<u8> {
+    let mut all = Vec::new();
+    for c in &o.chunks {
+        let obj = store.object(&c.key).unwrap();
+        assert_eq!(obj.data.len() as u64, c.size);
+        assert_eq!(crate::chunker::hex(&Sha256::digest(&obj.data)), c.sha256);
+        assert_eq!(obj.opts.storage_class, "DEEP_ARCHIVE");
+        assert_eq!(obj.opts.sse, "AES256");
+        assert_eq!(Some(obj.etag.clone()), c.etag);
+        all.extend_from_slice(&obj.data);
+    }
+    all
+}
+
+fn count(log: &[String], what: &str) -> usize {
+    log.iter().filter(|l| l.starts_with(what)).count()
+}
+
+#[test]
+fn small_chunks_are_single_puts() {
+    let store = Arc::new(MemoryStore::new());
+    let d = data(1000);
+    let o = run(&store, &d, &cfg(300, 512, 3)).unwrap();
+    assert_eq!(o.chunks.len(), 4);
+    assert_eq!(o.chunks[3].size, 100);
+    assert_eq!(reassemble(&store, &o), d);
+    assert_eq!(o.summary.total_bytes, 1000);
+    assert_eq!(o.summary.sha256, crate::chunker::hex(&Sha256::digest(&d)));
+    let log = store.log();
+    assert_eq!(count(&log, "PUT "), 4);
+    assert_eq!(count(&log, "CreateMultipartUpload"), 0);
+    assert_eq!(o.parts, 4);
+}
+
+#[test]
+fn large_chunks_are_multipart() {
+    let store = Arc::new(MemoryStore::new());
+    let d = data(2500);
+    let o = run(&store, &d, &cfg(1000, 300, 4)).unwrap();
+    assert_eq!(
+        o.chunks.iter().map(|c| c.size).collect::<Vec<_>>(),
+        vec![1000, 1000, 500]
+    );
+    assert_eq!(reassemble(&store, &o), d);
+    let log = store.log();
+    assert_eq!(count(&log, "CreateMultipartUpload"), 3);
+    assert_eq!(count(&log, "CompleteMultipartUpload"), 3);
+    // 1000 = 300+300+300+100 (4 parts) twice, 500 = 300+200.
+    assert_eq!(count(&log, "UploadPart"), 10);
+    assert_eq!(store.open_uploads(), 0);
+}
+
+#[test]
+fn last_chunk_of_exactly_one_part_is_a_put() {
+    let store = Arc::new(MemoryStore::new());
+    // Chunk 0 is multipart (1000 > 300); chunk 1 holds exactly one full part and then EOF.
+    let d = data(1300);
+    let o = run(&store, &d, &cfg(1000, 300, 2)).unwrap();
+    assert_eq!(reassemble(&store, &o), d);
+    let log = store.log();
+    assert_eq!(count(&log, "CreateMultipartUpload"), 1);
+    assert!(log.contains(&"PUT p/chunk-1.bin".to_string()), "{log:?}");
+}
+
+#[test]
+fn exact_multiple_and_one_byte_over() {
+    for (n, chunks) in [(2000usize, 2usize), (2001, 3)] {
+        let store = Arc::new(MemoryStore::new());
+        let d = data(n);
+        let o = run(&store, &d, &cfg(1000, 250, 1)).unwrap();
+        assert_eq!(o.chunks.len(), chunks);
+        assert_eq!(reassemble(&store, &o), d);
+    }
+}
+
+#[test]
+fn empty_stream_uploads_nothing() {
+    let store = Arc::new(MemoryStore::new());
+    let o = run(&store, &[], &cfg(1000, 250, 2)).unwrap();
+    assert!(o.chunks.is_empty());
+    assert_eq!(o.summary.total_bytes, 0);
+    assert!(store.log().is_empty());
+}
+
+#[test]
+fn transient_part_failure_is_retried() {
+    let store = Arc::new(MemoryStore::new());
+    store.fail("UploadPart p/chunk-0.bin part 2", ErrorKind::Transient, 2);
+    store.fail("PUT p/chunk-1.bin", ErrorKind::Transient, 1);
+    let d = data(1100);
+    let r = retrier();
+    let s: Arc<dyn ObjectStore> = store.clone();
+    let o = upload_stream(&mut &d[..], s, r.clone(), &cfg(1000, 300, 3), &key).unwrap();
+    assert_eq!(reassemble(&store, &o), d);
+    assert_eq!(r.retries(), 3);
+}
+
+#[test]
+fn exhausted_part_aborts_the_upload() {
+    let store = Arc::new(MemoryStore::new());
+    store.fail("UploadPart p/chunk-1.bin part 1", ErrorKind::Transient, 5);
+    let d = data(5000);
+    let e = run(&store, &d, &cfg(1000, 300, 2)).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("part 1 of chunk p/chunk-1.bin"), "{msg}");
+    assert!(msg.contains("after 5 attempts"), "{msg}");
+    assert_eq!(store.open_uploads(), 0, "{:?}", store.log());
+    assert!(count(&store.log(), "AbortMultipartUpload") >= 1);
+}
+
+#[test]
+fn forbidden_is_not_retried() {
+    let store = Arc::new(MemoryStore::new());
+    store.fail("PUT p/chunk-0.bin", ErrorKind::Permanent, 1);
+    let r = retrier();
+    let s: Arc<dyn ObjectStore> = store.clone();
+    let e = upload_stream(&mut &data(10)[..], s, r.clone(), &cfg(100, 50, 2), &key).unwrap_err();
+    assert!(format!("{e:#}").contains("HTTP 403"), "{e:#}");
+    assert_eq!(r.retries(), 0);
+}
+
+#[test]
+fn failing_create_and_complete_abort() {
+    let store = Arc::new(MemoryStore::new());
+    store.fail(
+        "CreateMultipartUpload p/chunk-1.bin",
+        ErrorKind::Permanent,
+        1,
+    );
+    let e = run(&store, &data(3000), &cfg(1000, 300, 2)).unwrap_err();
+    assert!(format!("{e:#}").contains("starting the multipart upload of chunk p/chunk-1.bin"));
+    assert_eq!(store.open_uploads(), 0);
+
+    let store = Arc::new(MemoryStore::new());
+    store.fail(
+        "CompleteMultipartUpload p/chunk-0.bin",
+        ErrorKind::Permanent,
+        1,
+    );
+    let e = run(&store, &data(3000), &cfg(1000, 300, 2)).unwrap_err();
+    assert!(format!("{e:#}").contains("completing the multipart upload of chunk p/chunk-0.bin"));
+    assert_eq!(store.open_uploads(), 0);
+}
+
+#[test]
+fn read_error_fails_and_aborts() {
+    struct Broken(usize);
+    impl Read for Broken {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0 == 0 {
+                return Err(std::io::Error::other("disk on fire"));
+            }
+            let n = buf.len().min(self.0);
+            buf[..n].fill(1);
+            self.0 -= n;
+            Ok(n)
+        }
+    }
+    let store = Arc::new(MemoryStore::new());
+    let s: Arc<dyn ObjectStore> = store.clone();
+    let e = upload_stream(&mut Broken(700), s, retrier(), &cfg(1000, 300, 2), &key).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("reading the btrfs send stream") && msg.contains("disk on fire"),
+        "{msg}"
+    );
+    assert_eq!(store.open_uploads(), 0);
+}
+
+#[test]
+fn part_size_raise() {
+    assert_eq!(effective_part_size(16 * MIB, 100 * MIB), Some(16 * MIB));
+    assert_eq!(effective_part_size(MIB, 10 * MIB), Some(5 * MIB));
+    // 200 GiB / 10,000 = 20.48 MiB -> 21 MiB.
+    assert_eq!(
+        effective_part_size(16 * MIB, 200 * 1024 * MIB),
+        Some(21 * MIB)
+    );
+    assert_eq!(
+        effective_part_size(16 * MIB, 10_000 * 16 * MIB),
+        Some(16 * MIB)
+    );
+    assert_eq!(
+        effective_part_size(16 * MIB, 10_000 * 16 * MIB + 1),
+        Some(17 * MIB)
+    );
+    assert_eq!(
+        effective_part_size(16 * MIB, MAX_PART_SIZE * 10_000),
+        Some(MAX_PART_SIZE)
+    );
+    assert_eq!(
+        effective_part_size(16 * MIB, MAX_PART_SIZE * 10_000 + 1),
+        None
+    );
+}

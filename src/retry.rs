@@ -1,0 +1,232 @@
+//! Our retry policy for every S3 request: up to 5 attempts, exponential backoff from 1 s,
+//! capped at 30 s, with jitter, and only for transient failures (5xx, 429, timeouts,
+//! resets). A 4xx such as 403 fails at once. The sleep is injectable for tests.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::event;
+use crate::store::{StoreError, StoreResult};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub attempts: u32,
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            attempts: 5,
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Policy {
+    /// Delay before attempt `failed + 1`: half of `min(cap, base * 2^(failed-1))` fixed,
+    /// the other half random.
+    pub fn delay(&self, failed: u32, random: u64) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(1u32 << (failed.saturating_sub(1)).min(20))
+            .min(self.cap);
+        let half = exp / 2;
+        let span = half.as_millis() as u64;
+        let jitter = if span == 0 { 0 } else { random % (span + 1) };
+        half + Duration::from_millis(jitter)
+    }
+}
+
+pub type Sleep = Arc<dyn Fn(Duration) + Send + Sync>;
+
+/// Runs requests under a [`Policy`], counting retries; stops early once `cancel` is set.
+pub struct Retrier {
+    policy: Policy,
+    sleep: Sleep,
+    retries: AtomicU64,
+    cancel: Arc<AtomicBool>,
+    seed: AtomicU64,
+}
+
+impl Retrier {
+    pub fn new(policy: Policy, cancel: Arc<AtomicBool>) -> Retrier {
+        Retrier::with_sleep(policy, cancel, Arc::new(std::thread::sleep))
+    }
+
+    pub fn with_sleep(policy: Policy, cancel: Arc<AtomicBool>, sleep: Sleep) -> Retrier {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x9E37_79B9_7F4A_7C15)
+            | 1;
+        Retrier {
+            policy,
+            sleep,
+            retries: AtomicU64::new(0),
+            cancel,
+            seed: AtomicU64::new(seed),
+        }
+    }
+
+    /// Retries done so far (attempts beyond the first).
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    pub fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
+    }
+
+    fn random(&self) -> u64 {
+        // xorshift64*: jitter only, not security.
+        let mut x = self.seed.load(Ordering::Relaxed);
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.seed.store(x, Ordering::Relaxed);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn run<T>(&self, mut request: impl FnMut() -> StoreResult<T>) -> StoreResult<T> {
+        let mut failed = 0;
+        loop {
+            match request() {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    failed += 1;
+                    if !e.is_transient() || failed >= self.policy.attempts || self.cancelled() {
+                        return Err(exhausted(e, failed));
+                    }
+                    let delay = self.policy.delay(failed, self.random());
+                    event!(
+                        Warn,
+                        "s3_retry",
+                        op = e.op,
+                        attempt = failed,
+                        of = self.policy.attempts,
+                        delay_ms = delay.as_millis(),
+                        error = e.message,
+                    );
+                    self.retries.fetch_add(1, Ordering::Relaxed);
+                    (self.sleep)(delay);
+                }
+            }
+        }
+    }
+}
+
+fn exhausted(mut e: StoreError, attempts: u32) -> StoreError {
+    if attempts > 1 {
+        e.message = format!("{} (after {attempts} attempts)", e.message);
+    }
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ErrorKind;
+    use std::sync::Mutex;
+
+    fn retrier() -> (Retrier, Arc<Mutex<Vec<Duration>>>) {
+        let slept = Arc::new(Mutex::new(Vec::new()));
+        let s = slept.clone();
+        let r = Retrier::with_sleep(
+            Policy::default(),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(move |d| s.lock().unwrap().push(d)),
+        );
+        (r, slept)
+    }
+
+    fn fail(kind: ErrorKind) -> StoreError {
+        StoreError::new(kind, "PUT k", "boom")
+    }
+
+    #[test]
+    fn transient_then_success() {
+        let (r, slept) = retrier();
+        let mut n = 0;
+        let v = r
+            .run(|| {
+                n += 1;
+                if n < 3 {
+                    Err(fail(ErrorKind::Transient))
+                } else {
+                    Ok(n)
+                }
+            })
+            .unwrap();
+        assert_eq!(v, 3);
+        assert_eq!(r.retries(), 2);
+        let s = slept.lock().unwrap();
+        assert_eq!(s.len(), 2);
+        assert!(s[0] >= Duration::from_millis(500) && s[0] <= Duration::from_secs(1));
+        assert!(s[1] >= Duration::from_secs(1) && s[1] <= Duration::from_secs(2));
+    }
+
+    #[test]
+    fn exhaustion_after_five_attempts() {
+        let (r, slept) = retrier();
+        let mut n = 0;
+        let e = r
+            .run(|| -> StoreResult<()> {
+                n += 1;
+                Err(fail(ErrorKind::Transient))
+            })
+            .unwrap_err();
+        assert_eq!(n, 5);
+        assert_eq!(slept.lock().unwrap().len(), 4);
+        assert!(e.message.contains("after 5 attempts"), "{}", e.message);
+    }
+
+    #[test]
+    fn permanent_is_not_retried() {
+        for kind in [
+            ErrorKind::Permanent,
+            ErrorKind::NotFound,
+            ErrorKind::Archived,
+        ] {
+            let (r, slept) = retrier();
+            let mut n = 0;
+            let e = r
+                .run(|| -> StoreResult<()> {
+                    n += 1;
+                    Err(fail(kind))
+                })
+                .unwrap_err();
+            assert_eq!(n, 1);
+            assert_eq!(e.kind, kind);
+            assert!(slept.lock().unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn cancel_stops_retrying() {
+        let (r, _) = retrier();
+        r.cancel.store(true, Ordering::SeqCst);
+        let mut n = 0;
+        let _ = r.run(|| -> StoreResult<()> {
+            n += 1;
+            Err(fail(ErrorKind::Transient))
+        });
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn delays_grow_and_cap() {
+        let p = Policy::default();
+        for failed in 1..=10 {
+            for random in [0, 1, 12345, u64::MAX] {
+                let d = p.delay(failed, random);
+                let exp = Duration::from_secs(1 << (failed - 1).min(5)).min(p.cap);
+                assert!(d >= exp / 2 && d <= exp, "failed={failed} d={d:?}");
+            }
+        }
+        assert_eq!(p.delay(20, 0), Duration::from_secs(15));
+    }
+}

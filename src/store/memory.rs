@@ -1,0 +1,293 @@
+//! [`MemoryStore`]: an in-memory [`ObjectStore`] for unit tests, with a log of every call
+//! and injectable failures, so retry, abort and publish order can be checked without a
+//! server. Archive classes behave like S3: GET fails until a restore has completed.
+
+use std::collections::BTreeMap;
+use std::io::{Cursor, Read};
+use std::sync::Mutex;
+
+use super::{ErrorKind, ObjectMeta, ObjectStore, OpenUpload, PutOptions, StoreError, StoreResult};
+
+#[derive(Clone, Debug)]
+pub struct StoredObject {
+    pub data: Vec<u8>,
+    pub opts: PutOptions,
+    pub etag: String,
+    /// For archive classes: `None` not requested, `Some(n)` ready after `n` more HEADs.
+    pub restore_after_heads: Option<u32>,
+}
+
+struct Upload {
+    key: String,
+    opts: PutOptions,
+    parts: BTreeMap<u32, Vec<u8>>,
+}
+
+struct Fault {
+    op_contains: String,
+    kind: ErrorKind,
+    times: u32,
+}
+
+#[derive(Default)]
+struct Inner {
+    objects: BTreeMap<String, StoredObject>,
+    uploads: BTreeMap<String, Upload>,
+    log: Vec<String>,
+    next_id: u64,
+    faults: Vec<Fault>,
+    /// HEADs an archive restore takes to finish.
+    restore_delay_heads: u32,
+}
+
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+fn is_archive(class: &str) -> bool {
+    class == "GLACIER" || class == "DEEP_ARCHIVE"
+}
+
+impl MemoryStore {
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A test thread that panicked while holding the lock leaves usable data.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next `times` calls whose operation text contains `op_contains` fail with `kind`.
+    pub fn fail(&self, op_contains: &str, kind: ErrorKind, times: u32) {
+        self.lock().faults.push(Fault {
+            op_contains: op_contains.to_string(),
+            kind,
+            times,
+        });
+    }
+
+    pub fn set_restore_delay_heads(&self, n: u32) {
+        self.lock().restore_delay_heads = n;
+    }
+
+    /// Every call so far, e.g. `PUT k`, `UploadPart k 1`, in order.
+    pub fn log(&self) -> Vec<String> {
+        self.lock().log.clone()
+    }
+
+    pub fn object(&self, key: &str) -> Option<StoredObject> {
+        self.lock().objects.get(key).cloned()
+    }
+
+    pub fn keys(&self) -> Vec<String> {
+        self.lock().objects.keys().cloned().collect()
+    }
+
+    pub fn insert(&self, key: &str, data: &[u8], opts: PutOptions) {
+        self.lock().objects.insert(
+            key.to_string(),
+            StoredObject {
+                data: data.to_vec(),
+                opts,
+                etag: format!("\"{}\"", data.len()),
+                restore_after_heads: None,
+            },
+        );
+    }
+
+    pub fn remove(&self, key: &str) {
+        self.lock().objects.remove(key);
+    }
+
+    pub fn open_uploads(&self) -> usize {
+        self.lock().uploads.len()
+    }
+
+    /// Logs the call and returns an injected failure if one matches.
+    fn enter(&self, op: String) -> StoreResult<std::sync::MutexGuard<'_, Inner>> {
+        let mut g = self.lock();
+        g.log.push(op.clone());
+        if let Some(f) = g
+            .faults
+            .iter_mut()
+            .find(|f| f.times > 0 && op.contains(&f.op_contains))
+        {
+            f.times -= 1;
+            let kind = f.kind;
+            return Err(StoreError {
+                kind,
+                op,
+                status: Some(match kind {
+                    ErrorKind::Transient => 503,
+                    ErrorKind::Permanent => 403,
+                    ErrorKind::NotFound => 404,
+                    ErrorKind::Archived => 403,
+                }),
+                message: "injected failure".into(),
+            });
+        }
+        Ok(g)
+    }
+}
+
+fn not_found(op: String) -> StoreError {
+    StoreError {
+        kind: ErrorKind::NotFound,
+        op,
+        status: Some(404),
+        message: "NoSuchKey".into(),
+    }
+}
+
+impl ObjectStore for MemoryStore {
+    fn put_object(&self, key: &str, body: &[u8], opts: &PutOptions) -> StoreResult<String> {
+        let mut g = self.enter(format!("PUT {key}"))?;
+        let etag = format!("\"put-{}\"", body.len());
+        g.objects.insert(
+            key.to_string(),
+            StoredObject {
+                data: body.to_vec(),
+                opts: opts.clone(),
+                etag: etag.clone(),
+                restore_after_heads: None,
+            },
+        );
+        Ok(etag)
+    }
+
+    fn create_multipart(&self, key: &str, opts: &PutOptions) -> StoreResult<String> {
+        let mut g = self.enter(format!("CreateMultipartUpload {key}"))?;
+        g.next_id += 1;
+        let id = format!("upload-{}", g.next_id);
+        g.uploads.insert(
+            id.clone(),
+            Upload {
+                key: key.to_string(),
+                opts: opts.clone(),
+                parts: BTreeMap::new(),
+            },
+        );
+        Ok(id)
+    }
+
+    fn upload_part(&self, key: &str, upload_id: &str, n: u32, body: &[u8]) -> StoreResult<String> {
+        let op = format!("UploadPart {key} part {n}");
+        let mut g = self.enter(op.clone())?;
+        let u = g.uploads.get_mut(upload_id).ok_or_else(|| not_found(op))?;
+        u.parts.insert(n, body.to_vec());
+        Ok(format!("\"part-{n}-{}\"", body.len()))
+    }
+
+    fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(u32, String)],
+    ) -> StoreResult<String> {
+        let op = format!("CompleteMultipartUpload {key}");
+        let mut g = self.enter(op.clone())?;
+        let u = g
+            .uploads
+            .remove(upload_id)
+            .ok_or_else(|| not_found(op.clone()))?;
+        let mut data = Vec::new();
+        for (i, (n, _)) in parts.iter().enumerate() {
+            if *n as usize != i + 1 {
+                return Err(StoreError::new(
+                    ErrorKind::Permanent,
+                    op,
+                    "InvalidPartOrder",
+                ));
+            }
+            let p = u
+                .parts
+                .get(n)
+                .ok_or_else(|| StoreError::new(ErrorKind::Permanent, op.clone(), "InvalidPart"))?;
+            data.extend_from_slice(p);
+        }
+        let etag = format!("\"mpu-{}\"", parts.len());
+        g.objects.insert(
+            u.key,
+            StoredObject {
+                data,
+                opts: u.opts,
+                etag: etag.clone(),
+                restore_after_heads: None,
+            },
+        );
+        Ok(etag)
+    }
+
+    fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
+        let mut g = self.enter(format!("AbortMultipartUpload {key}"))?;
+        g.uploads.remove(upload_id);
+        Ok(())
+    }
+
+    fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<OpenUpload>> {
+        let g = self.enter(format!("ListMultipartUploads {prefix}"))?;
+        Ok(g.uploads
+            .iter()
+            .filter(|(_, u)| u.key.starts_with(prefix))
+            .map(|(id, u)| OpenUpload {
+                key: u.key.clone(),
+                upload_id: id.clone(),
+            })
+            .collect())
+    }
+
+    fn head(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
+        let mut g = self.enter(format!("HEAD {key}"))?;
+        let Some(o) = g.objects.get_mut(key) else {
+            return Ok(None);
+        };
+        let restore = match &mut o.restore_after_heads {
+            None => None,
+            Some(0) => Some(
+                "ongoing-request=\"false\", expiry-date=\"Fri, 01 Jan 2100 00:00:00 GMT\""
+                    .to_string(),
+            ),
+            Some(n) => {
+                *n -= 1;
+                Some("ongoing-request=\"true\"".to_string())
+            }
+        };
+        let class = o.opts.storage_class.clone();
+        Ok(Some(ObjectMeta {
+            size: o.data.len() as u64,
+            etag: Some(o.etag.clone()),
+            storage_class: (class != "STANDARD").then_some(class),
+            sse: Some(o.opts.sse.clone()),
+            restore,
+        }))
+    }
+
+    fn get(&self, key: &str, offset: u64) -> StoreResult<Box<dyn Read + Send>> {
+        let op = format!("GET {key}");
+        let g = self.enter(op.clone())?;
+        let o = g.objects.get(key).ok_or_else(|| not_found(op.clone()))?;
+        if is_archive(&o.opts.storage_class) && o.restore_after_heads != Some(0) {
+            return Err(StoreError {
+                kind: ErrorKind::Archived,
+                op,
+                status: Some(403),
+                message: "InvalidObjectState".into(),
+            });
+        }
+        let start = (offset as usize).min(o.data.len());
+        Ok(Box::new(Cursor::new(o.data[start..].to_vec())))
+    }
+
+    fn restore_object(&self, key: &str, _days: u32, _tier: &str) -> StoreResult<()> {
+        let op = format!("RestoreObject {key}");
+        let mut g = self.enter(op.clone())?;
+        let delay = g.restore_delay_heads;
+        let o = g.objects.get_mut(key).ok_or_else(|| not_found(op))?;
+        if o.restore_after_heads.is_none() {
+            o.restore_after_heads = Some(delay);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,143 @@
+//! The object store seam: an [`ObjectStore`] trait with the few S3 operations this tool
+//! needs, a typed [`StoreError`] that says whether a failure is worth retrying, and two
+//! implementations: [`s3::S3Store`] (the only network code) and [`memory::MemoryStore`]
+//! (tests).
+
+pub mod memory;
+pub mod s3;
+mod sigv4;
+mod xml;
+
+use std::fmt;
+use std::io::Read;
+
+/// Whether a failed request may succeed if sent again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// 5xx, 429, timeouts, resets, refused connections: retry with backoff.
+    Transient,
+    /// 4xx (403, 400, ...): retrying cannot help.
+    Permanent,
+    /// 404 / NoSuchKey / NoSuchUpload.
+    NotFound,
+    /// The object is in an archive class and not restored (403 InvalidObjectState).
+    Archived,
+}
+
+#[derive(Clone, Debug)]
+pub struct StoreError {
+    pub kind: ErrorKind,
+    /// The operation and key, e.g. `PUT p/subvol/data/full/chunk-...-0.bin`.
+    pub op: String,
+    pub status: Option<u16>,
+    pub message: String,
+}
+
+impl StoreError {
+    pub fn new(kind: ErrorKind, op: impl Into<String>, message: impl Into<String>) -> Self {
+        StoreError {
+            kind,
+            op: op.into(),
+            status: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        self.kind == ErrorKind::Transient
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.status {
+            Some(s) => write!(f, "{}: HTTP {s}: {}", self.op, self.message),
+            None => write!(f, "{}: {}", self.op, self.message),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Headers that go with a new object (PutObject or CreateMultipartUpload).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PutOptions {
+    pub storage_class: String,
+    pub sse: String,
+    pub content_type: &'static str,
+}
+
+/// What HEAD tells about an object.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub size: u64,
+    pub etag: Option<String>,
+    /// `None` means STANDARD (S3 omits the header for it).
+    pub storage_class: Option<String>,
+    pub sse: Option<String>,
+    /// The raw `x-amz-restore` header, e.g. `ongoing-request="false", expiry-date="..."`.
+    pub restore: Option<String>,
+}
+
+impl ObjectMeta {
+    pub fn storage_class_or_standard(&self) -> &str {
+        self.storage_class.as_deref().unwrap_or("STANDARD")
+    }
+}
+
+/// An open multipart upload, as listed by ListMultipartUploads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenUpload {
+    pub key: String,
+    pub upload_id: String,
+}
+
+/// The S3 operations btrfs_to_s3 uses. Implementations make one attempt per call; the
+/// retry policy lives in `retry`, above this trait.
+pub trait ObjectStore: Send + Sync {
+    /// PutObject; returns the ETag.
+    fn put_object(&self, key: &str, body: &[u8], opts: &PutOptions) -> StoreResult<String>;
+    /// CreateMultipartUpload; returns the upload id.
+    fn create_multipart(&self, key: &str, opts: &PutOptions) -> StoreResult<String>;
+    /// UploadPart; returns the part's ETag.
+    fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: &[u8],
+    ) -> StoreResult<String>;
+    /// CompleteMultipartUpload with `(part number, ETag)` in order; returns the ETag.
+    fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(u32, String)],
+    ) -> StoreResult<String>;
+    /// AbortMultipartUpload.
+    fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()>;
+    /// ListMultipartUploads under a prefix (all pages).
+    fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<OpenUpload>>;
+    /// HeadObject; `Ok(None)` when the object does not exist.
+    fn head(&self, key: &str) -> StoreResult<Option<ObjectMeta>>;
+    /// GetObject from byte `offset` on, as a stream.
+    fn get(&self, key: &str, offset: u64) -> StoreResult<Box<dyn Read + Send>>;
+    /// RestoreObject for `days` with a retrieval tier; an already running restore is Ok.
+    fn restore_object(&self, key: &str, days: u32, tier: &str) -> StoreResult<()>;
+}
+
+/// Reads a whole (small) object, e.g. a manifest or `current.json`.
+pub fn get_all(store: &dyn ObjectStore, key: &str) -> StoreResult<Vec<u8>> {
+    let mut r = store.get(key, 0)?;
+    let mut buf = Vec::new();
+    r.read_to_end(&mut buf).map_err(|e| {
+        StoreError::new(
+            ErrorKind::Transient,
+            format!("GET {key}"),
+            format!("reading body: {e}"),
+        )
+    })?;
+    Ok(buf)
+}

@@ -1,0 +1,383 @@
+//! [`S3Store`]: the real object store, and the only code that talks to the network.
+//! Requests are signed with SigV4 (`sigv4.rs`, on rust-s3's helpers and credential chain)
+//! and carried by one keep-alive `ureq` agent shared by all threads. One attempt per call:
+//! the retry policy is ours (`retry.rs`), so the transport never retries on its own.
+
+use std::io::Read;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use url::Url;
+
+use super::sigv4::{Signer, EMPTY_SHA256, UNSIGNED_PAYLOAD};
+use super::{
+    xml, ErrorKind, ObjectMeta, ObjectStore, OpenUpload, PutOptions, StoreError, StoreResult,
+};
+use crate::config;
+
+/// Bodies up to this size are hashed and signed; larger ones go as UNSIGNED-PAYLOAD.
+const SIGN_BODY_LIMIT: usize = 1 << 20;
+
+pub struct S3Store {
+    agent: ureq::Agent,
+    signer: Signer,
+    /// `scheme://host[:port]` and, for path-style addressing, `/bucket`.
+    base: String,
+}
+
+/// Where and how to reach the bucket.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub bucket: String,
+    pub region: String,
+    pub endpoint_url: Option<String>,
+}
+
+impl Endpoint {
+    pub fn from_config(s3: &config::S3) -> Endpoint {
+        Endpoint {
+            bucket: s3.bucket.clone(),
+            region: s3.region.clone(),
+            endpoint_url: s3.endpoint_url.clone(),
+        }
+    }
+
+    /// A custom endpoint uses path-style addressing; AWS uses virtual-hosted style unless
+    /// the bucket name has a dot (which breaks TLS name checks).
+    fn base(&self) -> String {
+        match &self.endpoint_url {
+            Some(e) => format!("{}/{}", e.trim_end_matches('/'), self.bucket),
+            None if self.bucket.contains('.') => {
+                format!("https://s3.{}.amazonaws.com/{}", self.region, self.bucket)
+            }
+            None => format!("https://{}.s3.{}.amazonaws.com", self.bucket, self.region),
+        }
+    }
+}
+
+impl S3Store {
+    /// `connections` is the keep-alive pool size (uploader threads plus a little).
+    pub fn new(ep: &Endpoint, connections: usize) -> Result<S3Store, String> {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(10))
+            .timeout_read(Duration::from_secs(120))
+            .timeout_write(Duration::from_secs(120))
+            .redirects(0)
+            .max_idle_connections_per_host(connections.max(2))
+            .user_agent(concat!("btrfs_to_s3/", env!("CARGO_PKG_VERSION")))
+            .build();
+        Ok(S3Store {
+            agent,
+            signer: Signer::from_environment(&ep.region)?,
+            base: ep.base(),
+        })
+    }
+
+    fn url(&self, key: &str, query: &str) -> Result<Url, StoreError> {
+        let path = if key.is_empty() {
+            String::new()
+        } else {
+            format!("/{}", s3::signing::uri_encode(key, false))
+        };
+        let q = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{query}")
+        };
+        let s = format!("{}{path}{q}", self.base);
+        Url::parse(&s).map_err(|e| {
+            StoreError::new(
+                ErrorKind::Permanent,
+                format!("URL for {key}"),
+                e.to_string(),
+            )
+        })
+    }
+
+    /// Sends one signed request and returns the response for 2xx, a typed error otherwise.
+    fn send(
+        &self,
+        op: &str,
+        method: &str,
+        url: &Url,
+        headers: &[(&str, String)],
+        body: Option<&[u8]>,
+    ) -> StoreResult<ureq::Response> {
+        let payload_hash = match body {
+            None => EMPTY_SHA256.to_string(),
+            Some(b) if b.len() <= SIGN_BODY_LIMIT => crate::chunker::hex(&Sha256::digest(b)),
+            Some(_) => UNSIGNED_PAYLOAD.to_string(),
+        };
+        let signed = self
+            .signer
+            .sign(method, url, headers, &payload_hash)
+            .map_err(|e| StoreError::new(ErrorKind::Permanent, op, e))?;
+        let mut req = self.agent.request_url(method, url);
+        for (k, v) in &signed {
+            req = req.set(k, v);
+        }
+        let result = match body {
+            Some(b) => req.send_bytes(b),
+            None => req.call(),
+        };
+        match result {
+            Ok(resp) => Ok(resp),
+            Err(ureq::Error::Status(code, resp)) => Err(status_error(op, code, resp)),
+            Err(ureq::Error::Transport(t)) => {
+                let kind = match t.kind() {
+                    ureq::ErrorKind::InvalidUrl
+                    | ureq::ErrorKind::UnknownScheme
+                    | ureq::ErrorKind::InvalidProxyUrl
+                    | ureq::ErrorKind::InsecureRequestHttpsOnly => ErrorKind::Permanent,
+                    _ => ErrorKind::Transient,
+                };
+                Err(StoreError::new(kind, op, t.to_string()))
+            }
+        }
+    }
+}
+
+fn status_error(op: &str, code: u16, resp: ureq::Response) -> StoreError {
+    let body = resp.into_string().unwrap_or_default();
+    let s3_code = xml::tag(&body, "Code").unwrap_or("").to_string();
+    let message = xml::tag(&body, "Message")
+        .map(xml::unescape)
+        .unwrap_or_default();
+    let kind = match (code, s3_code.as_str()) {
+        (404, _) | (_, "NoSuchKey") | (_, "NoSuchUpload") => ErrorKind::NotFound,
+        (403, "InvalidObjectState") => ErrorKind::Archived,
+        (408 | 429, _) | (500..=599, _) => ErrorKind::Transient,
+        (400, "RequestTimeout") => ErrorKind::Transient,
+        _ => ErrorKind::Permanent,
+    };
+    let text = match (s3_code.is_empty(), message.is_empty()) {
+        (true, _) => "no error details in the reply".to_string(),
+        (false, true) => s3_code,
+        (false, false) => format!("{s3_code}: {message}"),
+    };
+    StoreError {
+        kind,
+        op: op.to_string(),
+        status: Some(code),
+        message: text,
+    }
+}
+
+fn etag_of(resp: &ureq::Response) -> String {
+    resp.header("etag").unwrap_or_default().to_string()
+}
+
+fn read_body(op: &str, resp: ureq::Response) -> StoreResult<String> {
+    resp.into_string()
+        .map_err(|e| StoreError::new(ErrorKind::Transient, op, format!("reading reply: {e}")))
+}
+
+fn object_headers(opts: &PutOptions) -> Vec<(&'static str, String)> {
+    vec![
+        ("content-type", opts.content_type.to_string()),
+        ("x-amz-server-side-encryption", opts.sse.clone()),
+        ("x-amz-storage-class", opts.storage_class.clone()),
+    ]
+}
+
+fn encode_query(v: &str) -> String {
+    s3::signing::uri_encode(v, true)
+}
+
+impl ObjectStore for S3Store {
+    fn put_object(&self, key: &str, body: &[u8], opts: &PutOptions) -> StoreResult<String> {
+        let op = format!("PUT {key}");
+        let url = self.url(key, "")?;
+        let resp = self.send(&op, "PUT", &url, &object_headers(opts), Some(body))?;
+        Ok(etag_of(&resp))
+    }
+
+    fn create_multipart(&self, key: &str, opts: &PutOptions) -> StoreResult<String> {
+        let op = format!("CreateMultipartUpload {key}");
+        let url = self.url(key, "uploads")?;
+        let resp = self.send(&op, "POST", &url, &object_headers(opts), None)?;
+        let body = read_body(&op, resp)?;
+        xml::tag(&body, "UploadId")
+            .map(xml::unescape)
+            .ok_or_else(|| StoreError::new(ErrorKind::Transient, op, "reply has no UploadId"))
+    }
+
+    fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: &[u8],
+    ) -> StoreResult<String> {
+        let op = format!("UploadPart {key} part {part_number}");
+        let url = self.url(
+            key,
+            &format!(
+                "partNumber={part_number}&uploadId={}",
+                encode_query(upload_id)
+            ),
+        )?;
+        let resp = self.send(&op, "PUT", &url, &[], Some(body))?;
+        let etag = etag_of(&resp);
+        if etag.is_empty() {
+            return Err(StoreError::new(
+                ErrorKind::Transient,
+                op,
+                "reply has no ETag",
+            ));
+        }
+        Ok(etag)
+    }
+
+    fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(u32, String)],
+    ) -> StoreResult<String> {
+        let op = format!("CompleteMultipartUpload {key}");
+        let url = self.url(key, &format!("uploadId={}", encode_query(upload_id)))?;
+        let mut body = String::from("<CompleteMultipartUpload>");
+        for (n, etag) in parts {
+            body.push_str(&format!(
+                "<Part><PartNumber>{n}</PartNumber><ETag>{}</ETag></Part>",
+                xml::escape(etag)
+            ));
+        }
+        body.push_str("</CompleteMultipartUpload>");
+        let headers = [("content-type", "application/xml".to_string())];
+        let resp = self.send(&op, "POST", &url, &headers, Some(body.as_bytes()))?;
+        let reply = read_body(&op, resp)?;
+        // S3 may answer 200 and still fail: the error is then in the body.
+        if reply.contains("<Error>") {
+            let code = xml::tag(&reply, "Code").unwrap_or("unknown").to_string();
+            return Err(StoreError {
+                kind: ErrorKind::Transient,
+                op,
+                status: Some(200),
+                message: format!("error in reply: {code}"),
+            });
+        }
+        Ok(xml::tag(&reply, "ETag")
+            .map(xml::unescape)
+            .unwrap_or_default())
+    }
+
+    fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
+        let op = format!("AbortMultipartUpload {key}");
+        let url = self.url(key, &format!("uploadId={}", encode_query(upload_id)))?;
+        match self.send(&op, "DELETE", &url, &[], None) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<OpenUpload>> {
+        let op = format!("ListMultipartUploads {prefix}");
+        let mut out = Vec::new();
+        let mut markers: Option<(String, String)> = None;
+        loop {
+            let mut q = format!("prefix={}&uploads", encode_query(prefix));
+            if let Some((k, u)) = &markers {
+                q.push_str(&format!(
+                    "&key-marker={}&upload-id-marker={}",
+                    encode_query(k),
+                    encode_query(u)
+                ));
+            }
+            let url = self.url("", &q)?;
+            let resp = self.send(&op, "GET", &url, &[], None)?;
+            let body = read_body(&op, resp)?;
+            for b in xml::blocks(&body, "Upload") {
+                if let (Some(k), Some(u)) = (xml::tag(b, "Key"), xml::tag(b, "UploadId")) {
+                    out.push(OpenUpload {
+                        key: xml::unescape(k),
+                        upload_id: xml::unescape(u),
+                    });
+                }
+            }
+            let truncated = xml::tag(&body, "IsTruncated") == Some("true");
+            let next = (
+                xml::tag(&body, "NextKeyMarker").map(xml::unescape),
+                xml::tag(&body, "NextUploadIdMarker").map(xml::unescape),
+            );
+            match (truncated, next) {
+                (true, (Some(k), Some(u)))
+                    if Some((&k, &u)) != markers.as_ref().map(|(a, b)| (a, b)) =>
+                {
+                    markers = Some((k, u))
+                }
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    fn head(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
+        let op = format!("HEAD {key}");
+        let url = self.url(key, "")?;
+        let resp = match self.send(&op, "HEAD", &url, &[], None) {
+            Ok(r) => r,
+            Err(e) if e.kind == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let h = |n: &str| resp.header(n).map(str::to_string);
+        Ok(Some(ObjectMeta {
+            size: h("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            etag: h("etag"),
+            storage_class: h("x-amz-storage-class"),
+            sse: h("x-amz-server-side-encryption"),
+            restore: h("x-amz-restore"),
+        }))
+    }
+
+    fn get(&self, key: &str, offset: u64) -> StoreResult<Box<dyn Read + Send>> {
+        let op = format!("GET {key}");
+        let url = self.url(key, "")?;
+        let headers: Vec<(&str, String)> = if offset > 0 {
+            vec![("range", format!("bytes={offset}-"))]
+        } else {
+            vec![]
+        };
+        let resp = self.send(&op, "GET", &url, &headers, None)?;
+        Ok(Box::new(resp.into_reader()))
+    }
+
+    fn restore_object(&self, key: &str, days: u32, tier: &str) -> StoreResult<()> {
+        let op = format!("RestoreObject {key}");
+        let url = self.url(key, "restore")?;
+        let body = format!(
+            "<RestoreRequest xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Days>{days}</Days>\
+             <GlacierJobParameters><Tier>{tier}</Tier></GlacierJobParameters></RestoreRequest>"
+        );
+        let headers = [("content-type", "application/xml".to_string())];
+        match self.send(&op, "POST", &url, &headers, Some(body.as_bytes())) {
+            Ok(_) => Ok(()),
+            // RestoreAlreadyInProgress: the earlier request will do.
+            Err(e) if e.status == Some(409) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addressing() {
+        let mut ep = Endpoint {
+            bucket: "b".into(),
+            region: "eu-west-1".into(),
+            endpoint_url: None,
+        };
+        assert_eq!(ep.base(), "https://b.s3.eu-west-1.amazonaws.com");
+        ep.bucket = "b.with.dots".into();
+        assert_eq!(ep.base(), "https://s3.eu-west-1.amazonaws.com/b.with.dots");
+        ep.endpoint_url = Some("http://127.0.0.1:9000/".into());
+        assert_eq!(ep.base(), "http://127.0.0.1:9000/b.with.dots");
+    }
+}
