@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod atomic;
+pub mod btrfs;
 pub mod chunker;
 pub mod cli;
 pub mod config;

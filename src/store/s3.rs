@@ -58,6 +58,30 @@ impl Endpoint {
 impl S3Store {
     /// `connections` is the keep-alive pool size (uploader threads plus a little).
     pub fn new(ep: &Endpoint, connections: usize) -> Result<S3Store, String> {
+        Ok(S3Store::with_signer(
+            ep,
+            connections,
+            Signer::from_environment(&ep.region)?,
+        ))
+    }
+
+    /// With explicit static credentials (tests, tools).
+    pub fn with_keys(
+        ep: &Endpoint,
+        connections: usize,
+        access: &str,
+        secret: &str,
+    ) -> Result<S3Store, String> {
+        let creds = s3::creds::Credentials::new(Some(access), Some(secret), None, None, None)
+            .map_err(|e| e.to_string())?;
+        Ok(S3Store::with_signer(
+            ep,
+            connections,
+            Signer::new(creds, &ep.region),
+        ))
+    }
+
+    fn with_signer(ep: &Endpoint, connections: usize, signer: Signer) -> S3Store {
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(10))
             .timeout_read(Duration::from_secs(120))
@@ -66,11 +90,11 @@ impl S3Store {
             .max_idle_connections_per_host(connections.max(2))
             .user_agent(concat!("btrfs_to_s3/", env!("CARGO_PKG_VERSION")))
             .build();
-        Ok(S3Store {
+        S3Store {
             agent,
-            signer: Signer::from_environment(&ep.region)?,
+            signer,
             base: ep.base(),
-        })
+        }
     }
 
     fn url(&self, key: &str, query: &str) -> Result<Url, StoreError> {

@@ -38,13 +38,17 @@ impl Signer {
                  or AWS_PROFILE with ~/.aws/credentials, or run with an instance role"
             )
         })?;
-        Ok(Signer {
+        Ok(Signer::new(creds, region))
+    }
+
+    pub fn new(creds: Credentials, region: &str) -> Signer {
+        Signer {
             creds: Mutex::new((creds, Instant::now())),
             region: Region::Custom {
                 region: region.to_string(),
                 endpoint: String::new(),
             },
-        })
+        }
     }
 
     fn credentials(&self) -> Result<Credentials, String> {

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The one command that runs every test on a fresh Debian machine, as root:
+#   bash contrib/test.sh
+# It installs what is missing (btrfs-progs, a Python venv with moto[server]==5.1.22 in
+# .test-tools/venv, systemd for `systemd-analyze verify`), then runs cargo fmt --check,
+# cargo clippy -D warnings, and every unit and integration test. Nothing is skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '==> %s\n' "$*"; }
+
+if [ "$(id -u)" != 0 ]; then
+  echo "contrib/test.sh: the integration tests mount loop devices: run as root (sudo bash contrib/test.sh)" >&2
+  exit 1
+fi
+
+need_apt=()
+command -v mkfs.btrfs >/dev/null || need_apt+=(btrfs-progs)
+command -v losetup >/dev/null || need_apt+=(util-linux)
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+command -v getfattr >/dev/null || need_apt+=(attr)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  say "installing ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+venv=.test-tools/venv
+if ! "$venv/bin/python" -c 'import moto, sys; sys.exit(moto.__version__ != "5.1.22")' 2>/dev/null; then
+  say "installing moto[server]==5.1.22 into $venv"
+  rm -rf "$venv"
+  mkdir -p .test-tools
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q 'moto[server]==5.1.22'
+fi
+export BTRFS_TO_S3_MOTO_SERVER="$PWD/$venv/bin/moto_server"
+unset BTRFS_TO_S3_SKIP_ROOT_TESTS
+
+say "cargo fmt --check"
+cargo fmt --check
+say "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+say "no async runtime in the normal dependency tree"
+if cargo tree -e normal | grep -Eq '(^|[^a-z_])(tokio|async-std|smol|futures-executor) v'; then
+  echo "an async runtime is in cargo tree -e normal: the design is synchronous threads" >&2
+  exit 1
+fi
+say "cargo test (unit and integration)"
+cargo test --all-targets -- --test-threads="${TEST_THREADS:-2}"

@@ -1,0 +1,392 @@
+//! The `Btrfs` trait and the real `btrfs` CLI behind it: the only code that spawns
+//! processes. Child processes are finished, not forgotten: after EOF we wait for them,
+//! check the exit status and report their stderr (kept in a bounded buffer); on failure
+//! downstream they are killed and reaped.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::thread::JoinHandle;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// What `btrfs subvolume show` tells about a subvolume.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SubvolInfo {
+    pub uuid: Option<String>,
+    pub parent_uuid: Option<String>,
+    pub received_uuid: Option<String>,
+}
+
+/// A running `btrfs send`: read it to EOF, then [`SendStream::finish`].
+pub trait SendStream: Read + Send {
+    /// Waits for the process and fails with its stderr if it did not succeed.
+    fn finish(self: Box<Self>) -> Result<()>;
+    /// Kills and reaps the process (after a failure downstream).
+    fn kill(self: Box<Self>);
+}
+
+/// A running `btrfs receive`: write the stream, then [`ReceiveSink::finish`].
+pub trait ReceiveSink: Write + Send {
+    /// Closes stdin, waits, and fails with stderr if the receive did not succeed.
+    fn finish(self: Box<Self>) -> Result<()>;
+    fn kill(self: Box<Self>);
+}
+
+pub trait Btrfs: Send + Sync {
+    /// `btrfs subvolume snapshot -r SOURCE DEST`.
+    fn snapshot_readonly(&self, source: &Path, dest: &Path) -> Result<()>;
+    /// `btrfs subvolume delete PATH`.
+    fn delete_subvolume(&self, path: &Path) -> Result<()>;
+    /// `btrfs subvolume show PATH`; fails if PATH is not a subvolume.
+    fn show(&self, path: &Path) -> Result<SubvolInfo>;
+    /// `btrfs send [-p PARENT] SNAPSHOT`.
+    fn send(&self, snapshot: &Path, parent: Option<&Path>) -> Result<Box<dyn SendStream>>;
+    /// `btrfs receive DIR`.
+    fn receive(&self, dir: &Path) -> Result<Box<dyn ReceiveSink>>;
+    /// `btrfs property set -ts PATH ro false` (after a receive).
+    fn make_writable(&self, path: &Path) -> Result<()>;
+}
+
+/// The `btrfs` command line tool.
+#[derive(Clone, Debug)]
+pub struct BtrfsCli {
+    pub program: PathBuf,
+}
+
+impl Default for BtrfsCli {
+    fn default() -> Self {
+        BtrfsCli {
+            program: PathBuf::from("btrfs"),
+        }
+    }
+}
+
+/// The last `STDERR_KEEP` bytes of a child's stderr are kept for error messages.
+const STDERR_KEEP: usize = 16 * 1024;
+
+fn collect_stderr(mut r: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut kept: Vec<u8> = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    kept.extend_from_slice(&buf[..n]);
+                    if kept.len() > 2 * STDERR_KEEP {
+                        kept.drain(..kept.len() - STDERR_KEEP);
+                    }
+                }
+            }
+        }
+        if kept.len() > STDERR_KEEP {
+            kept.drain(..kept.len() - STDERR_KEEP);
+        }
+        kept
+    })
+}
+
+fn stderr_text(h: Option<JoinHandle<Vec<u8>>>) -> String {
+    let bytes = h.and_then(|h| h.join().ok()).unwrap_or_default();
+    let s = String::from_utf8_lossy(&bytes);
+    let s = s.trim();
+    if s.is_empty() {
+        "no output on stderr".to_string()
+    } else {
+        s.lines().collect::<Vec<_>>().join(" | ")
+    }
+}
+
+fn check_status(what: &str, status: ExitStatus, stderr: String) -> Result<()> {
+    if status.success() {
+        Ok(())
+    } else {
+        bail!("{what} failed ({status}): {stderr}")
+    }
+}
+
+impl BtrfsCli {
+    fn command(&self) -> Command {
+        Command::new(&self.program)
+    }
+
+    fn spawn_err(&self, e: std::io::Error) -> anyhow::Error {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            anyhow!(
+                "cannot run {}: not found (install btrfs-progs, e.g. apt-get install btrfs-progs)",
+                self.program.display()
+            )
+        } else {
+            anyhow!("cannot run {}: {e}", self.program.display())
+        }
+    }
+
+    /// Runs to completion; returns stdout, or an error with stderr.
+    fn run(&self, args: &[&std::ffi::OsStr]) -> Result<String> {
+        let what = format!(
+            "btrfs {}",
+            args.iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let out = self
+            .command()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| self.spawn_err(e))?;
+        let stderr = String::from_utf8_lossy(&out.stderr)
+            .trim()
+            .replace('\n', " | ");
+        check_status(&what, out.status, stderr)?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// Parses `btrfs subvolume show` output.
+pub fn parse_show(out: &str) -> SubvolInfo {
+    let field = |name: &str| {
+        out.lines().find_map(|l| {
+            let (k, v) = l.trim().split_once(':')?;
+            (k.trim() == name).then(|| v.trim().to_string())
+        })
+    };
+    let uuid = |v: Option<String>| v.filter(|s| !s.is_empty() && s != "-");
+    SubvolInfo {
+        uuid: uuid(field("UUID")),
+        parent_uuid: uuid(field("Parent UUID")),
+        received_uuid: uuid(field("Received UUID")),
+    }
+}
+
+impl Btrfs for BtrfsCli {
+    fn snapshot_readonly(&self, source: &Path, dest: &Path) -> Result<()> {
+        self.run(&[
+            "subvolume".as_ref(),
+            "snapshot".as_ref(),
+            "-r".as_ref(),
+            source.as_os_str(),
+            dest.as_os_str(),
+        ])
+        .map(|_| ())
+    }
+
+    fn delete_subvolume(&self, path: &Path) -> Result<()> {
+        self.run(&["subvolume".as_ref(), "delete".as_ref(), path.as_os_str()])
+            .map(|_| ())
+    }
+
+    fn show(&self, path: &Path) -> Result<SubvolInfo> {
+        let out = self.run(&["subvolume".as_ref(), "show".as_ref(), path.as_os_str()])?;
+        Ok(parse_show(&out))
+    }
+
+    fn send(&self, snapshot: &Path, parent: Option<&Path>) -> Result<Box<dyn SendStream>> {
+        let mut cmd = self.command();
+        cmd.arg("send");
+        if let Some(p) = parent {
+            cmd.arg("-p").arg(p);
+        }
+        cmd.arg(snapshot)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| self.spawn_err(e))?;
+        let stdout = child.stdout.take().context("btrfs send: no stdout")?;
+        let stderr = child.stderr.take().map(collect_stderr);
+        Ok(Box::new(ChildSend {
+            what: format!("btrfs send of {}", snapshot.display()),
+            child,
+            stdout,
+            stderr,
+        }))
+    }
+
+    fn receive(&self, dir: &Path) -> Result<Box<dyn ReceiveSink>> {
+        let mut child = self
+            .command()
+            .arg("receive")
+            .arg(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| self.spawn_err(e))?;
+        let stdin = child.stdin.take().context("btrfs receive: no stdin")?;
+        let stderr = child.stderr.take().map(collect_stderr);
+        Ok(Box::new(ChildReceive {
+            what: format!("btrfs receive into {}", dir.display()),
+            child,
+            stdin: Some(stdin),
+            stderr,
+        }))
+    }
+
+    fn make_writable(&self, path: &Path) -> Result<()> {
+        self.run(&[
+            "property".as_ref(),
+            "set".as_ref(),
+            "-f".as_ref(),
+            "-ts".as_ref(),
+            path.as_os_str(),
+            "ro".as_ref(),
+            "false".as_ref(),
+        ])
+        .map(|_| ())
+    }
+}
+
+struct ChildSend {
+    what: String,
+    child: Child,
+    stdout: ChildStdout,
+    stderr: Option<JoinHandle<Vec<u8>>>,
+}
+
+impl Read for ChildSend {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.stdout.read(buf)
+    }
+}
+
+impl SendStream for ChildSend {
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        let status = self
+            .child
+            .wait()
+            .with_context(|| format!("waiting for {}", self.what))?;
+        check_status(&self.what, status, stderr_text(self.stderr.take()))
+    }
+
+    fn kill(mut self: Box<Self>) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = self.stderr.take().map(|h| h.join());
+    }
+}
+
+struct ChildReceive {
+    what: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stderr: Option<JoinHandle<Vec<u8>>>,
+}
+
+impl Write for ChildReceive {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match &mut self.stdin {
+            Some(s) => s.write(buf),
+            None => Err(std::io::Error::other("stdin closed")),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.stdin {
+            Some(s) => s.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl ReceiveSink for ChildReceive {
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        drop(self.stdin.take());
+        let status = self
+            .child
+            .wait()
+            .with_context(|| format!("waiting for {}", self.what))?;
+        check_status(&self.what, status, stderr_text(self.stderr.take()))
+    }
+
+    fn kill(mut self: Box<Self>) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = self.stderr.take().map(|h| h.join());
+    }
+}
+
+impl Drop for ChildSend {
+    fn drop(&mut self) {
+        // finish() or kill() reaped it already; this only catches early returns.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Drop for ChildReceive {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_show() {
+        let out = "data\n\tName: \t\t\tdata\n\tUUID: \t\t\t1c0b1f0e-aaaa-bbbb-cccc-000000000001\n\
+                   \tParent UUID: \t\t-\n\tReceived UUID: \t\t-\n\tCreation time: \t\t2025-01-01 02:00:00 +0000\n";
+        let i = parse_show(out);
+        assert_eq!(
+            i.uuid.as_deref(),
+            Some("1c0b1f0e-aaaa-bbbb-cccc-000000000001")
+        );
+        assert_eq!(i.parent_uuid, None);
+        assert_eq!(i.received_uuid, None);
+        let out2 = "\tUUID: a\n\tParent UUID: b\n\tReceived UUID: c\n";
+        let i = parse_show(out2);
+        assert_eq!(
+            (
+                i.uuid.as_deref(),
+                i.parent_uuid.as_deref(),
+                i.received_uuid.as_deref()
+            ),
+            (Some("a"), Some("b"), Some("c"))
+        );
+    }
+
+    #[test]
+    fn missing_program_says_how_to_install() {
+        let b = BtrfsCli {
+            program: "/nonexistent/btrfs".into(),
+        };
+        let e = b.show(Path::new("/")).unwrap_err();
+        assert!(e.to_string().contains("apt-get install btrfs-progs"), "{e}");
+        let e = b.send(Path::new("/x"), None).err().unwrap();
+        assert!(e.to_string().contains("not found"));
+    }
+
+    #[test]
+    fn child_failure_reports_stderr() {
+        // `sh` stands in for btrfs: the status and stderr handling are what is tested.
+        let b = BtrfsCli {
+            program: "/bin/sh".into(),
+        };
+        let e = b
+            .run(&["-c".as_ref(), "echo bad thing >&2; exit 3".as_ref()])
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("bad thing") && e.to_string().contains("3"),
+            "{e}"
+        );
+        assert_eq!(b.run(&["-c".as_ref(), "echo ok".as_ref()]).unwrap(), "ok\n");
+    }
+
+    #[test]
+    fn stderr_is_bounded() {
+        let h = collect_stderr(std::io::repeat(b'x').take(200_000));
+        let kept = h.join().unwrap();
+        assert_eq!(kept.len(), STDERR_KEEP);
+        assert_eq!(stderr_text(None), "no output on stderr");
+    }
+}

@@ -1,0 +1,126 @@
+//! The binary's surface without root: version, help, usage and config errors (exit 2 with
+//! a one-line message naming the key), and the exit code table.
+
+use crate::support::*;
+
+fn write_config(dir: &TempDir, body: &str) -> String {
+    let p = dir.path().join("config.toml");
+    std::fs::write(&p, body).unwrap();
+    p.display().to_string()
+}
+
+const GOOD: &str = r#"
+[global]
+state_path = "/tmp/b2s3-never/state.json"
+lock_path = "/tmp/b2s3-never/lock"
+[subvolumes]
+paths = ["/data"]
+[s3]
+bucket = "b"
+region = "us-east-1"
+prefix = "p"
+"#;
+
+#[test]
+fn version_and_help() {
+    let r = run_bin(&["--version"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.starts_with("btrfs_to_s3 "), "{r:?}");
+    let r = run_bin(&["--help"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    for word in ["backup", "restore", "--config", "--log-level", "Exit codes"] {
+        assert!(r.stdout.contains(word), "help lacks {word}: {r:?}");
+    }
+    let r = run_bin(&["backup", "--help"]);
+    for word in ["--dry-run", "--subvolume", "--once", "--no-s3"] {
+        assert!(r.stdout.contains(word), "backup help lacks {word}: {r:?}");
+    }
+    let r = run_bin(&["restore", "--help"]);
+    for word in [
+        "--subvolume",
+        "--target",
+        "--manifest-key",
+        "--restore-timeout",
+        "--wait-restore",
+        "--no-wait-restore",
+        "--verify",
+    ] {
+        assert!(r.stdout.contains(word), "restore help lacks {word}: {r:?}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        &["backup"][..],
+        &["backup", "--bogus"],
+        &["restore", "--config", "/x"],
+        &["nonsense"],
+    ] {
+        let r = run_bin(args);
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+    }
+    let r = run_bin(&["backup"]);
+    assert!(r.stderr.contains("--config PATH is required"), "{r:?}");
+}
+
+#[test]
+fn config_errors_exit_2_with_the_key() {
+    let dir = TempDir::new("cfg");
+    let cases: &[(&str, &str)] = &[
+        (
+            "[s3]\nbucket = \"b\"\nregion = \"r\"\nprefix = \"p\"\n",
+            "subvolumes.paths",
+        ),
+        (
+            &GOOD.replace("prefix = \"p\"", "prefix = \"p\"\nconcurrency = 0"),
+            "s3.concurrency",
+        ),
+        (
+            &GOOD.replace(
+                "[subvolumes]",
+                "[schedule]\nrun_at = \"25:00\"\n[subvolumes]",
+            ),
+            "schedule.run_at",
+        ),
+        (
+            &GOOD.replace("state_path", "stat_path"),
+            "unknown key global.stat_path",
+        ),
+        (&GOOD.replace("\"/data\"", "\"data\""), "absolute"),
+        (
+            &GOOD.replace(
+                "[subvolumes]",
+                "[restore]\nverify_mode = \"fast\"\n[subvolumes]",
+            ),
+            "restore.verify_mode",
+        ),
+        (&GOOD.replace("bucket = \"b\"\n", ""), "s3.bucket"),
+    ];
+    for (body, word) in cases {
+        let cfg = write_config(&dir, body);
+        for cmd in [
+            &["backup", "--config", &cfg][..],
+            &[
+                "restore",
+                "--config",
+                &cfg,
+                "--subvolume",
+                "data",
+                "--target",
+                "/tmp/x",
+            ],
+        ] {
+            let r = run_bin(cmd);
+            assert_eq!(r.code, 2, "{body}: {r:?}");
+            assert!(r.stderr.contains(word), "{body}: {r:?}");
+            assert_eq!(r.stderr.trim().lines().count(), 1, "one line: {r:?}");
+            assert!(r.stderr.contains(&cfg), "names the file: {r:?}");
+        }
+    }
+    let r = run_bin(&["backup", "--config", "/nonexistent/c.toml"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("/nonexistent/c.toml"), "{r:?}");
+    // Nothing was created for a bad config: no lock file, no state.
+    assert!(!std::path::Path::new("/tmp/b2s3-never").exists());
+}

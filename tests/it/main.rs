@@ -1,0 +1,7 @@
+//! The one integration test binary (see DESIGN.md, "Tests"): `support` is the rig; each
+//! module tests one area against the built binary, real btrfs and a real S3 server.
+
+mod support;
+
+mod cli;
+mod rig;

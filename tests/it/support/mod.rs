@@ -1,0 +1,368 @@
+//! Test rig: real btrfs filesystems on loop devices, a real S3 server (moto) on
+//! 127.0.0.1, and a runner for the built binary. Every fixture undoes itself on drop
+//! (unmount, detach, kill), also when the test panics.
+//!
+//! Tests that need root, btrfs or moto fail with a message saying how to get them. They
+//! are skipped only when BTRFS_TO_S3_SKIP_ROOT_TESTS=1 is set, which CI never does.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use btrfs_to_s3::store::s3::{Endpoint, S3Store};
+
+pub const BUCKET: &str = "itest";
+pub const REGION: &str = "us-east-1";
+pub const ACCESS_KEY: &str = "testing";
+pub const SECRET_KEY: &str = "testing-secret";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The repository root (where Cargo.toml is).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fresh scratch directory under /tmp, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("b2s3-it-{}-{n}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("creating a scratch directory under /tmp");
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// True when root-only tests should run; false (with a note) only when explicitly skipped.
+pub fn require_root(test: &str) -> bool {
+    if std::env::var("BTRFS_TO_S3_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
+        eprintln!("SKIPPED {test}: BTRFS_TO_S3_SKIP_ROOT_TESTS=1");
+        return false;
+    }
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .expect("running id -u");
+    let uid = String::from_utf8_lossy(&uid.stdout).trim().to_string();
+    assert_eq!(
+        uid, "0",
+        "{test} needs root (mkfs.btrfs, mount -o loop): run the suite as root with `bash contrib/test.sh`, \
+         or set BTRFS_TO_S3_SKIP_ROOT_TESTS=1 to skip it knowingly"
+    );
+    for tool in ["mkfs.btrfs", "btrfs", "losetup", "mount"] {
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "{test} needs {tool}: install it with `apt-get install btrfs-progs util-linux` (contrib/test.sh does)"
+        );
+    }
+    true
+}
+
+pub fn sh(cmd: &str) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd}: {e}"))
+}
+
+/// Runs a shell command and panics with its output if it fails.
+pub fn run(cmd: &str) -> String {
+    let out = sh(cmd);
+    assert!(
+        out.status.success(),
+        "command failed: {cmd}\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A btrfs filesystem in a sparse file, loop-mounted; unmounted and detached on drop.
+pub struct BtrfsFs {
+    pub dir: TempDir,
+    pub image: PathBuf,
+    pub mnt: PathBuf,
+}
+
+impl BtrfsFs {
+    pub fn new(size_mib: u64) -> BtrfsFs {
+        let dir = TempDir::new("btrfs");
+        let image = dir.path().join("fs.img");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir_all(&mnt).expect("mkdir mnt");
+        run(&format!("truncate -s {size_mib}M {}", image.display()));
+        run(&format!("mkfs.btrfs -q -f {}", image.display()));
+        let fs = BtrfsFs { dir, image, mnt };
+        run(&format!(
+            "mount -o loop {} {}",
+            fs.image.display(),
+            fs.mnt.display()
+        ));
+        fs
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    pub fn subvolume(&self, rel: &str) -> PathBuf {
+        let p = self.path(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir for subvolume");
+        }
+        run(&format!("btrfs subvolume create {}", p.display()));
+        p
+    }
+}
+
+impl Drop for BtrfsFs {
+    fn drop(&mut self) {
+        let m = self.mnt.display().to_string();
+        for _ in 0..20 {
+            if sh(&format!("umount {m}")).status.success() {
+                break;
+            }
+            if !sh(&format!("mountpoint -q {m}")).status.success() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        if sh(&format!("mountpoint -q {m}")).status.success() {
+            let _ = sh(&format!("umount -l {m}"));
+        }
+        // mount -o loop sets autoclear; detach anything still bound to the image.
+        let _ = sh(&format!(
+            "losetup -j {} -O NAME -n | xargs -r -n1 losetup -d",
+            self.image.display()
+        ));
+    }
+}
+
+/// A moto S3 server on a free 127.0.0.1 port with one bucket; killed on drop.
+pub struct Moto {
+    child: Child,
+    pub port: u16,
+    pub endpoint: String,
+    _log: TempDir,
+}
+
+pub fn moto_server_path() -> PathBuf {
+    if let Ok(p) = std::env::var("BTRFS_TO_S3_MOTO_SERVER") {
+        return PathBuf::from(p);
+    }
+    repo().join(".test-tools/venv/bin/moto_server")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("finding a free port on 127.0.0.1")
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        Moto::start_with_env(&[])
+    }
+
+    pub fn start_with_env(env: &[(&str, &str)]) -> Moto {
+        let bin = moto_server_path();
+        assert!(
+            bin.exists(),
+            "moto server not found at {}: run `bash contrib/test.sh` (it installs moto[server]==5.1.22 \
+             into .test-tools/venv), or set BTRFS_TO_S3_MOTO_SERVER",
+            bin.display()
+        );
+        let log = TempDir::new("moto");
+        let port = free_port();
+        let out = std::fs::File::create(log.path().join("moto.log")).expect("moto log file");
+        let mut cmd = Command::new(&bin);
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup log"))
+            .stderr(out);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("starting moto_server");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let m = Moto {
+            child,
+            port,
+            endpoint,
+            _log: log,
+        };
+        m.wait_ready();
+        m.create_bucket(BUCKET);
+        m
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
+                let _ = s.write_all(b"GET /moto-api/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+                let mut buf = [0u8; 12];
+                if s.read(&mut buf).map(|n| n > 0).unwrap_or(false) {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "moto_server did not answer on port {} within 60 s",
+            self.port
+        );
+    }
+
+    pub fn create_bucket(&self, name: &str) {
+        let r = ureq::put(&format!("{}/{name}", self.endpoint)).call();
+        assert!(r.is_ok(), "creating bucket {name} on moto: {r:?}");
+    }
+
+    pub fn store(&self) -> S3Store {
+        S3Store::with_keys(
+            &Endpoint {
+                bucket: BUCKET.into(),
+                region: REGION.into(),
+                endpoint_url: Some(self.endpoint.clone()),
+            },
+            4,
+            ACCESS_KEY,
+            SECRET_KEY,
+        )
+        .expect("S3 store for moto")
+    }
+
+    /// Every key in the bucket (ListObjectsV2, unsigned: moto does not check by default).
+    pub fn list_keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut url = format!("{}/{BUCKET}?list-type=2", self.endpoint);
+            if let Some(t) = &token {
+                url.push_str(&format!("&continuation-token={}", urlencode(t)));
+            }
+            let body = ureq::get(&url)
+                .call()
+                .expect("listing bucket")
+                .into_string()
+                .expect("list body");
+            let mut rest = body.as_str();
+            while let Some(i) = rest.find("<Key>") {
+                let after = &rest[i + 5..];
+                let j = after.find("</Key>").expect("closing Key");
+                keys.push(after[..j].to_string());
+                rest = &after[j..];
+            }
+            match (
+                body.contains("<IsTruncated>true</IsTruncated>"),
+                body.find("<NextContinuationToken>"),
+            ) {
+                (true, Some(i)) => {
+                    let after = &body[i + 23..];
+                    let j = after.find("</NextContinuationToken>").expect("token end");
+                    token = Some(after[..j].to_string());
+                }
+                _ => break,
+            }
+        }
+        keys
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The built binary.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_btrfs_to_s3"))
+}
+
+/// A command for the binary with test credentials and a clean S3 environment.
+pub fn btrfs_to_s3() -> Command {
+    let mut c = Command::new(bin());
+    c.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_ENDPOINT_URL_S3")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    c
+}
+
+pub struct RunResult {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl std::fmt::Debug for RunResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+pub fn run_bin(args: &[&str]) -> RunResult {
+    output(btrfs_to_s3().args(args))
+}
+
+pub fn output(cmd: &mut Command) -> RunResult {
+    let out = cmd.output().expect("running btrfs_to_s3");
+    RunResult {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
