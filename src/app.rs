@@ -3,13 +3,26 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{anyhow, Context, Result};
 use clap::Parser;
 
-use crate::cli::{Cli, Command, LogLevelArg};
-use crate::config::{Config, ConfigError, LogLevel, ProcessEnv};
+use crate::backup::{Backup, Outcome};
+use crate::btrfs::BtrfsCli;
+use crate::cli::{BackupArgs, Cli, Command, LogLevelArg};
+use crate::config::{Config, ConfigError, LogLevel, ProcessEnv, Subvolume};
 use crate::event;
+use crate::lock::RunLock;
+use crate::manifest::Layout;
+use crate::metrics::{write_textfile, Metrics, SubvolResult};
+use crate::planner::plan;
+use crate::retry::{Policy, Retrier};
+use crate::state::{State, SubvolState};
+use crate::store::s3::{Endpoint, S3Store};
+use crate::store::ObjectStore;
+use crate::ts::Ts;
 
 /// Exit codes (also in DESIGN.md and `--help`).
 pub mod exit {
@@ -81,15 +94,228 @@ pub fn run(cli: Cli) -> Result<u8> {
         subvolumes = config.subvolumes.len()
     );
     match cli.command {
-        Command::Backup(args) => {
-            let _ = args;
-            let _lock = crate::lock::RunLock::acquire(&config.global.lock_path)?;
-            Ok(exit::OK)
-        }
-        Command::Restore(args) => {
-            let _ = args;
-            let _lock = crate::lock::RunLock::acquire(&config.global.lock_path)?;
-            Ok(exit::OK)
+        Command::Backup(args) => backup(&config, &args),
+        Command::Restore(args) => crate::restore::command(&config, &args),
+    }
+}
+
+/// The configured subvolumes named by `--subvolume` (all when none is given).
+pub fn select<'a>(config: &'a Config, names: &[String]) -> Result<Vec<&'a Subvolume>> {
+    if names.is_empty() {
+        return Ok(config.subvolumes.iter().collect());
+    }
+    let mut out = Vec::new();
+    for n in names {
+        match config.subvolumes.iter().find(|s| &s.name == n) {
+            Some(s) if !out.contains(&s) => out.push(s),
+            Some(_) => {}
+            None => {
+                let known: Vec<&str> = config.subvolumes.iter().map(|s| s.name.as_str()).collect();
+                return Err(UsageError(format!(
+                    "--subvolume {n}: no configured subvolume has that name (configured: {})",
+                    known.join(", ")
+                ))
+                .into());
+            }
         }
     }
+    Ok(out)
+}
+
+/// A store for the configured bucket, with the keep-alive pool sized for the uploaders.
+pub fn s3_store(config: &Config) -> Result<Arc<dyn ObjectStore>> {
+    let store = S3Store::new(
+        &Endpoint::from_config(&config.s3),
+        config.s3.concurrency + 2,
+    )
+    .map_err(|e| anyhow!(e))?;
+    Ok(Arc::new(store))
+}
+
+fn backup(config: &Config, args: &BackupArgs) -> Result<u8> {
+    let selected = select(config, &args.subvolumes)?;
+    let cancel = crate::signals::install()?;
+    let retrier = Arc::new(Retrier::new(Policy::default(), cancel));
+    let btrfs = BtrfsCli::default();
+    if config.s3.spool_enabled && !args.no_s3 {
+        event!(
+            Warn,
+            "spool_not_used",
+            reason =
+                "this version keeps parts in memory (bounded by (s3.concurrency + 2) x part size)",
+        );
+    }
+    // --dry-run reads only: no lock, no writes, not even the lock file's contents.
+    let _lock = if args.dry_run {
+        None
+    } else {
+        Some(RunLock::acquire(&config.global.lock_path)?)
+    };
+    let state_path = &config.global.state_path;
+    let mut state = State::load(state_path)?;
+    let store = if args.no_s3 {
+        None
+    } else {
+        Some(s3_store(config)?)
+    };
+    let b = Backup {
+        cfg: config,
+        btrfs: &btrfs,
+        store,
+        retrier: retrier.clone(),
+        layout: Layout::new(&config.s3.prefix),
+    };
+    if args.dry_run {
+        return dry_run(&b, &state, &selected, args.once);
+    }
+    let run_ts = crate::backup::run_timestamp(config, &selected, &Ts::now)?;
+    let started = Instant::now();
+    let mut failed: Vec<String> = Vec::new();
+    let mut total = Metrics::default();
+    let mut results: Vec<(String, bool, Option<Metrics>)> = Vec::new();
+    for sv in &selected {
+        if retrier.cancelled() {
+            event!(
+                Error,
+                "backup_not_started",
+                subvolume = sv.name,
+                reason = "interrupted"
+            );
+            failed.push(sv.name.clone());
+            results.push((sv.name.clone(), false, None));
+            continue;
+        }
+        let entry = state.subvolumes.get(&sv.name).cloned().unwrap_or_default();
+        let r = one_subvolume(&b, sv, &entry, args.once, run_ts).and_then(|o| match o {
+            Outcome::Published(p) => {
+                crate::backup::record(&mut state, state_path, &sv.name, p.state.clone())
+                    .context("the backup is published but the state file was not updated")?;
+                event!(
+                    Info,
+                    "backup_published",
+                    subvolume = sv.name,
+                    manifest = p.manifest_key
+                );
+                p.metrics.log("backup_metrics", &sv.name);
+                let snap = p.state.last_snapshot.as_deref().map(std::path::Path::new);
+                b.prune(sv, snap)
+                    .context("the backup is published but pruning old snapshots failed")?;
+                Ok(Some(p.metrics))
+            }
+            Outcome::SnapshotOnly(path) => {
+                event!(
+                    Info,
+                    "snapshot_only",
+                    subvolume = sv.name,
+                    path = path.display()
+                );
+                Ok(None)
+            }
+            Outcome::Skipped(_) => Ok(None),
+        });
+        match r {
+            Ok(m) => {
+                if let Some(m) = &m {
+                    total.add(m);
+                }
+                results.push((sv.name.clone(), true, m));
+            }
+            Err(e) => {
+                event!(
+                    Error,
+                    "backup_failed",
+                    subvolume = sv.name,
+                    error = format!("{e:#}")
+                );
+                failed.push(sv.name.clone());
+                results.push((sv.name.clone(), false, None));
+            }
+        }
+    }
+    state.last_run_at = Some(run_ts.to_string());
+    state.save(state_path)?;
+    total.elapsed = started.elapsed();
+    event!(
+        Info,
+        "backup_summary",
+        subvolumes = selected.len(),
+        failed = failed.len(),
+        total_bytes = total.bytes,
+        elapsed_seconds = format!("{:.3}", total.elapsed.as_secs_f64()),
+        throughput = format!("{:.1}MB/s", total.throughput() / 1e6),
+        chunks = total.chunks,
+        parts = total.parts,
+        retries = total.retries,
+    );
+    if let Some(path) = &config.global.metrics_path {
+        let rs: Vec<SubvolResult<'_>> = results
+            .iter()
+            .map(|(n, ok, m)| SubvolResult {
+                name: n,
+                ok: *ok,
+                metrics: m.as_ref(),
+            })
+            .collect();
+        if let Err(e) = write_textfile(path, &state, &rs) {
+            event!(
+                Error,
+                "metrics_textfile_failed",
+                path = path.display(),
+                error = format!("{e:#}")
+            );
+        }
+    }
+    if failed.is_empty() {
+        Ok(exit::OK)
+    } else {
+        Err(anyhow!(
+            "backup failed for {} of {} subvolumes: {} (see the event=backup_failed lines above)",
+            failed.len(),
+            selected.len(),
+            failed.join(", ")
+        ))
+    }
+}
+
+fn one_subvolume(
+    b: &Backup<'_>,
+    sv: &Subvolume,
+    entry: &SubvolState,
+    once: bool,
+    run_ts: Ts,
+) -> Result<Outcome> {
+    b.btrfs.show(&sv.path).with_context(|| {
+        format!(
+            "subvolume {}: {} is not a readable btrfs subvolume; check subvolumes.paths",
+            sv.name,
+            sv.path.display()
+        )
+    })?;
+    b.sweep_stale_uploads(sv)?;
+    let facts = b.facts(sv, entry)?;
+    let d = plan(&facts, &b.cfg.schedule, run_ts, once);
+    event!(
+        Info,
+        "plan",
+        subvolume = sv.name,
+        action = d.action.as_str(),
+        reason = d.reason
+    );
+    b.run_one(sv, entry, &d, run_ts)
+}
+
+fn dry_run(b: &Backup<'_>, state: &State, selected: &[&Subvolume], once: bool) -> Result<u8> {
+    let now = Ts::now();
+    for sv in selected {
+        let entry = state.subvolumes.get(&sv.name).cloned().unwrap_or_default();
+        let line = match b.facts(sv, &entry) {
+            Ok(f) => {
+                let d = plan(&f, &b.cfg.schedule, now, once);
+                format!("{}: {} ({})", sv.name, d.action.as_str(), d.reason)
+            }
+            Err(e) => format!("{}: unknown ({e:#})", sv.name),
+        };
+        println!("{line}");
+    }
+    Ok(exit::OK)
 }

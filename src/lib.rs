@@ -4,14 +4,21 @@
 
 pub mod app;
 pub mod atomic;
+pub mod backup;
 pub mod btrfs;
 pub mod chunker;
 pub mod cli;
 pub mod config;
 pub mod lock;
 pub mod logging;
+pub mod manifest;
+pub mod metrics;
 pub mod pipeline;
+pub mod planner;
+pub mod restore;
 pub mod retry;
+pub mod signals;
+pub mod snapshots;
 pub mod state;
 pub mod store;
 pub mod ts;

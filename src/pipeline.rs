@@ -229,8 +229,12 @@ struct Run<'a> {
 
 /// Reads until `buf` holds `want` bytes or the input ends; returns the bytes read.
 fn fill(input: &mut dyn Read, buf: &mut Vec<u8>, want: usize) -> std::io::Result<usize> {
-    buf.clear();
-    buf.resize(want, 0);
+    // Reuse what the buffer already holds; only growth is zero-filled.
+    if buf.len() < want {
+        buf.resize(want, 0);
+    } else {
+        buf.truncate(want);
+    }
     let mut n = 0;
     while n < want {
         match input.read(&mut buf[n..]) {
@@ -259,6 +263,9 @@ impl Run<'_> {
         loop {
             if self.error.is_some() {
                 return Err(anyhow!("upload failed"));
+            }
+            if self.retrier.cancelled() {
+                return Err(anyhow!("interrupted by a signal; uploads aborted"));
             }
             let want = cutter.next_part_len();
             let index = cutter.chunk_index();

@@ -168,16 +168,26 @@ fn status_error(op: &str, code: u16, resp: ureq::Response) -> StoreError {
         .map(xml::unescape)
         .unwrap_or_default();
     let kind = match (code, s3_code.as_str()) {
+        (_, "NoSuchBucket") => ErrorKind::Permanent,
         (404, _) | (_, "NoSuchKey") | (_, "NoSuchUpload") => ErrorKind::NotFound,
         (403, "InvalidObjectState") => ErrorKind::Archived,
         (408 | 429, _) | (500..=599, _) => ErrorKind::Transient,
         (400, "RequestTimeout") => ErrorKind::Transient,
         _ => ErrorKind::Permanent,
     };
+    let hint = match (code, s3_code.as_str()) {
+        (_, "NoSuchBucket") => " (check s3.bucket and s3.region)",
+        (_, "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken") => {
+            " (check the AWS credentials in the environment)"
+        }
+        (403, "AccessDenied") | (403, "") => " (check the credentials and the bucket policy)",
+        (301 | 307, _) => " (the bucket is in another region: check s3.region)",
+        _ => "",
+    };
     let text = match (s3_code.is_empty(), message.is_empty()) {
-        (true, _) => "no error details in the reply".to_string(),
-        (false, true) => s3_code,
-        (false, false) => format!("{s3_code}: {message}"),
+        (true, _) => format!("no error details in the reply{hint}"),
+        (false, true) => format!("{s3_code}{hint}"),
+        (false, false) => format!("{s3_code}: {message}{hint}"),
     };
     StoreError {
         kind,

@@ -26,6 +26,13 @@ pub fn blocks<'a>(body: &'a str, name: &str) -> Vec<&'a str> {
 }
 
 pub fn unescape(s: &str) -> String {
+    let s = s.trim();
+    if let Some(inner) = s
+        .strip_prefix("<![CDATA[")
+        .and_then(|r| r.strip_suffix("]]>"))
+    {
+        return inner.to_string();
+    }
     s.replace("&quot;", "\"")
         .replace("&apos;", "'")
         .replace("&lt;", "<")
@@ -52,6 +59,7 @@ mod tests {
         let ups = blocks(b, "Upload");
         assert_eq!(ups.len(), 2);
         assert_eq!(unescape(tag(ups[0], "Key").unwrap()), "a&b");
+        assert_eq!(unescape("<![CDATA[a <b>]]>"), "a <b>");
         assert_eq!(escape("\"x\"&<"), "&quot;x&quot;&amp;&lt;");
         assert!(blocks("<Upload>unclosed", "Upload").is_empty());
     }

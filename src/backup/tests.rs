@@ -1,0 +1,2 @@
+//! Backup orchestration tests with fakes.
+use super::*;
