@@ -21,4 +21,6 @@ pub mod signals;
 pub mod snapshots;
 pub mod state;
 pub mod store;
+#[cfg(test)]
+pub mod testing;
 pub mod ts;

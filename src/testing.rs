@@ -1,0 +1,175 @@
+//! Test doubles shared by unit tests: a `FakeBtrfs` that keeps snapshots as plain
+//! directories and send streams in memory, and a scratch directory helper.
+
+use std::collections::HashMap;
+use std::io::{Cursor, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Result};
+
+use crate::btrfs::{Btrfs, ReceiveSink, SendStream, SubvolInfo};
+
+/// A scratch directory removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "b2s3-unit-{}-{}-{tag}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Scratch(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[derive(Default)]
+pub struct FakeBtrfs {
+    /// Bytes `send` yields for a snapshot path (default: derived from the path).
+    pub streams: Mutex<HashMap<PathBuf, Vec<u8>>>,
+    /// Every call, e.g. `snapshot /a /b`, `send /b parent=/a`.
+    pub log: Mutex<Vec<String>>,
+    /// When set, `send` ends with this error after yielding its bytes.
+    pub send_error: Mutex<Option<String>>,
+    /// Streams written to `receive`, by target directory.
+    pub received: Arc<Mutex<Vec<(PathBuf, Vec<u8>)>>>,
+}
+
+impl FakeBtrfs {
+    pub fn calls(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn push(&self, s: String) {
+        self.log.lock().unwrap().push(s);
+    }
+
+    /// A deterministic stream of `len` bytes for a snapshot.
+    pub fn set_stream(&self, snapshot: &Path, len: usize) {
+        let seed = snapshot.display().to_string().len();
+        let bytes = (0..len).map(|i| ((i * 13 + seed) % 251) as u8).collect();
+        self.streams
+            .lock()
+            .unwrap()
+            .insert(snapshot.to_path_buf(), bytes);
+    }
+}
+
+struct FakeSend {
+    data: Cursor<Vec<u8>>,
+    error: Option<String>,
+}
+
+impl Read for FakeSend {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.data.read(buf)
+    }
+}
+
+impl SendStream for FakeSend {
+    fn finish(self: Box<Self>) -> Result<()> {
+        match self.error {
+            Some(e) => bail!("btrfs send failed: {e}"),
+            None => Ok(()),
+        }
+    }
+    fn kill(self: Box<Self>) {}
+}
+
+struct FakeReceive {
+    dir: PathBuf,
+    buf: Vec<u8>,
+    out: Arc<Mutex<Vec<(PathBuf, Vec<u8>)>>>,
+}
+
+impl Write for FakeReceive {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ReceiveSink for FakeReceive {
+    fn finish(self: Box<Self>) -> Result<()> {
+        self.out.lock().unwrap().push((self.dir, self.buf));
+        Ok(())
+    }
+    fn kill(self: Box<Self>) {}
+}
+
+impl Btrfs for FakeBtrfs {
+    fn snapshot_readonly(&self, source: &Path, dest: &Path) -> Result<()> {
+        self.push(format!("snapshot {} {}", source.display(), dest.display()));
+        if dest.exists() {
+            bail!("{} exists", dest.display());
+        }
+        std::fs::create_dir_all(dest)?;
+        if !self.streams.lock().unwrap().contains_key(dest) {
+            self.set_stream(dest, 1000);
+        }
+        Ok(())
+    }
+
+    fn delete_subvolume(&self, path: &Path) -> Result<()> {
+        self.push(format!("delete {}", path.display()));
+        std::fs::remove_dir_all(path)?;
+        Ok(())
+    }
+
+    fn show(&self, path: &Path) -> Result<SubvolInfo> {
+        if !path.exists() {
+            bail!("ERROR: cannot find {}", path.display());
+        }
+        Ok(SubvolInfo {
+            uuid: Some(format!("uuid-{}", path.display())),
+            parent_uuid: Some("uuid-source".into()),
+            received_uuid: None,
+        })
+    }
+
+    fn send(&self, snapshot: &Path, parent: Option<&Path>) -> Result<Box<dyn SendStream>> {
+        self.push(match parent {
+            Some(p) => format!("send {} parent={}", snapshot.display(), p.display()),
+            None => format!("send {}", snapshot.display()),
+        });
+        let data = self
+            .streams
+            .lock()
+            .unwrap()
+            .get(snapshot)
+            .cloned()
+            .unwrap_or_default();
+        Ok(Box::new(FakeSend {
+            data: Cursor::new(data),
+            error: self.send_error.lock().unwrap().clone(),
+        }))
+    }
+
+    fn receive(&self, dir: &Path) -> Result<Box<dyn ReceiveSink>> {
+        self.push(format!("receive {}", dir.display()));
+        Ok(Box::new(FakeReceive {
+            dir: dir.to_path_buf(),
+            buf: Vec::new(),
+            out: self.received.clone(),
+        }))
+    }
+
+    fn make_writable(&self, path: &Path) -> Result<()> {
+        self.push(format!("writable {}", path.display()));
+        Ok(())
+    }
+}
