@@ -34,6 +34,9 @@ impl Drop for Scratch {
     }
 }
 
+/// Streams written to `receive`, by target directory.
+pub type Received = Arc<Mutex<Vec<(PathBuf, Vec<u8>)>>>;
+
 #[derive(Default)]
 pub struct FakeBtrfs {
     /// Bytes `send` yields for a snapshot path (default: derived from the path).
@@ -43,7 +46,7 @@ pub struct FakeBtrfs {
     /// When set, `send` ends with this error after yielding its bytes.
     pub send_error: Mutex<Option<String>>,
     /// Streams written to `receive`, by target directory.
-    pub received: Arc<Mutex<Vec<(PathBuf, Vec<u8>)>>>,
+    pub received: Received,
 }
 
 impl FakeBtrfs {
@@ -90,7 +93,7 @@ impl SendStream for FakeSend {
 struct FakeReceive {
     dir: PathBuf,
     buf: Vec<u8>,
-    out: Arc<Mutex<Vec<(PathBuf, Vec<u8>)>>>,
+    out: Received,
 }
 
 impl Write for FakeReceive {
