@@ -3,5 +3,7 @@
 
 mod support;
 
+mod backup;
 mod cli;
+mod lock;
 mod rig;

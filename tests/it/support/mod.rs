@@ -366,3 +366,145 @@ pub fn output(cmd: &mut Command) -> RunResult {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// A btrfs filesystem, a moto server and a config file for them.
+pub struct Setup {
+    pub moto: Moto,
+    pub fs: BtrfsFs,
+    pub cfg: PathBuf,
+    pub state: PathBuf,
+    pub snaps: PathBuf,
+    pub lock: PathBuf,
+    pub prefix: String,
+}
+
+pub struct SetupOpts<'a> {
+    pub subvolumes: &'a [&'a str],
+    pub fs_mib: u64,
+    pub chunk_size: u64,
+    pub part_size: u64,
+    pub storage_class_chunks: &'a str,
+    pub concurrency: u32,
+    pub extra: &'a str,
+}
+
+impl Default for SetupOpts<'_> {
+    fn default() -> Self {
+        SetupOpts {
+            subvolumes: &["data"],
+            fs_mib: 512,
+            chunk_size: 12 * 1024 * 1024,
+            part_size: 5 * 1024 * 1024,
+            storage_class_chunks: "GLACIER_IR",
+            concurrency: 3,
+            extra: "",
+        }
+    }
+}
+
+impl Setup {
+    pub fn new(o: SetupOpts<'_>) -> Setup {
+        let moto = Moto::start();
+        let fs = BtrfsFs::new(o.fs_mib);
+        let paths: Vec<String> = o
+            .subvolumes
+            .iter()
+            .map(|s| format!("\"{}\"", fs.subvolume(&format!("vol/{s}")).display()))
+            .collect();
+        let work = fs.dir.path().to_path_buf();
+        let state = work.join("state/state.json");
+        let lock = work.join("run/btrfs_to_s3.lock");
+        let snaps = fs.path("snapshots");
+        let prefix = "backups/".to_string();
+        let cfg = work.join("config.toml");
+        let text = format!(
+            r#"[global]
+log_level = "debug"
+state_path = "{state}"
+lock_path = "{lock}"
+{extra}
+[schedule]
+full_every_days = 30
+incremental_every_days = 1
+[snapshots]
+base_dir = "{snaps}"
+retain = 2
+[subvolumes]
+paths = [{paths}]
+[s3]
+bucket = "{BUCKET}"
+region = "{REGION}"
+prefix = "{prefix}"
+endpoint_url = "{endpoint}"
+chunk_size_bytes = {chunk}
+part_size_bytes = {part}
+storage_class_chunks = "{class}"
+concurrency = {conc}
+"#,
+            state = state.display(),
+            lock = lock.display(),
+            extra = o.extra,
+            snaps = snaps.display(),
+            paths = paths.join(", "),
+            endpoint = moto.endpoint,
+            chunk = o.chunk_size,
+            part = o.part_size,
+            class = o.storage_class_chunks,
+            conc = o.concurrency,
+        );
+        std::fs::write(&cfg, text).expect("writing config");
+        Setup {
+            moto,
+            fs,
+            cfg,
+            state,
+            snaps,
+            lock,
+            prefix,
+        }
+    }
+
+    pub fn vol(&self, name: &str) -> PathBuf {
+        self.fs.path(&format!("vol/{name}"))
+    }
+
+    pub fn backup(&self, extra: &[&str]) -> RunResult {
+        let cfg = self.cfg.display().to_string();
+        let mut args = vec!["backup", "--config", &cfg];
+        args.extend_from_slice(extra);
+        run_bin(&args)
+    }
+
+    pub fn backup_cmd(&self, extra: &[&str]) -> Command {
+        let mut c = btrfs_to_s3();
+        c.args(["backup", "--config"]).arg(&self.cfg).args(extra);
+        c
+    }
+
+    pub fn state_json(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(&self.state).expect("reading state"))
+            .expect("state JSON")
+    }
+
+    pub fn get_json(&self, key: &str) -> serde_json::Value {
+        use btrfs_to_s3::store::get_all;
+        serde_json::from_slice(&get_all(&self.moto.store(), key).expect("GET")).expect("JSON")
+    }
+
+    pub fn snapshot_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.snaps)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+/// Writes `len` pseudo-random bytes to `path`.
+pub fn random_file(path: &Path, len: usize) {
+    run(&format!("head -c {len} /dev/urandom > {}", path.display()));
+}
