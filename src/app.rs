@@ -51,7 +51,8 @@ pub fn main() -> ExitCode {
         Err(e) => {
             let code = exit_code_for(&e);
             // One line: the whole context chain, outermost first.
-            eprintln!("btrfs_to_s3: error: {e:#}");
+            let what = if code == exit::RESTORE_PENDING { "waiting" } else { "error" };
+            eprintln!("btrfs_to_s3: {what}: {e:#}");
             ExitCode::from(code)
         }
     }
@@ -62,6 +63,9 @@ pub fn exit_code_for(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
         if cause.is::<ConfigError>() || cause.is::<UsageError>() {
             return exit::USAGE;
+        }
+        if cause.is::<crate::restore::ArchivePending>() {
+            return exit::RESTORE_PENDING;
         }
     }
     exit::FAILED

@@ -24,3 +24,4 @@ pub mod store;
 #[cfg(test)]
 pub mod testing;
 pub mod ts;
+pub mod verify;

@@ -264,8 +264,11 @@ impl ObjectStore for MemoryStore {
         }))
     }
 
-    fn get(&self, key: &str, offset: u64) -> StoreResult<Box<dyn Read + Send>> {
-        let op = format!("GET {key}");
+    fn get(&self, key: &str, range: Option<(u64, u64)>) -> StoreResult<Box<dyn Read + Send>> {
+        let op = match range {
+            None => format!("GET {key}"),
+            Some((off, len)) => format!("GET {key} bytes {off}+{len}"),
+        };
         let g = self.enter(op.clone())?;
         let o = g.objects.get(key).ok_or_else(|| not_found(op.clone()))?;
         if is_archive(&o.opts.storage_class) && o.restore_after_heads != Some(0) {
@@ -276,8 +279,14 @@ impl ObjectStore for MemoryStore {
                 message: "InvalidObjectState".into(),
             });
         }
-        let start = (offset as usize).min(o.data.len());
-        Ok(Box::new(Cursor::new(o.data[start..].to_vec())))
+        let (start, end) = match range {
+            None => (0, o.data.len()),
+            Some((off, len)) => {
+                let start = (off as usize).min(o.data.len());
+                (start, (start + len as usize).min(o.data.len()))
+            }
+        };
+        Ok(Box::new(Cursor::new(o.data[start..end].to_vec())))
     }
 
     fn restore_object(&self, key: &str, _days: u32, _tier: &str) -> StoreResult<()> {

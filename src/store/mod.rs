@@ -122,15 +122,15 @@ pub trait ObjectStore: Send + Sync {
     fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<OpenUpload>>;
     /// HeadObject; `Ok(None)` when the object does not exist.
     fn head(&self, key: &str) -> StoreResult<Option<ObjectMeta>>;
-    /// GetObject from byte `offset` on, as a stream.
-    fn get(&self, key: &str, offset: u64) -> StoreResult<Box<dyn Read + Send>>;
+    /// GetObject, whole or `range = (offset, len)`, as a stream.
+    fn get(&self, key: &str, range: Option<(u64, u64)>) -> StoreResult<Box<dyn Read + Send>>;
     /// RestoreObject for `days` with a retrieval tier; an already running restore is Ok.
     fn restore_object(&self, key: &str, days: u32, tier: &str) -> StoreResult<()>;
 }
 
 /// Reads a whole (small) object, e.g. a manifest or `current.json`.
 pub fn get_all(store: &dyn ObjectStore, key: &str) -> StoreResult<Vec<u8>> {
-    let mut r = store.get(key, 0)?;
+    let mut r = store.get(key, None)?;
     let mut buf = Vec::new();
     r.read_to_end(&mut buf).map_err(|e| {
         StoreError::new(

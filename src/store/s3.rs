@@ -368,13 +368,15 @@ impl ObjectStore for S3Store {
         }))
     }
 
-    fn get(&self, key: &str, offset: u64) -> StoreResult<Box<dyn Read + Send>> {
-        let op = format!("GET {key}");
+    fn get(&self, key: &str, range: Option<(u64, u64)>) -> StoreResult<Box<dyn Read + Send>> {
+        let op = match range {
+            None => format!("GET {key}"),
+            Some((off, len)) => format!("GET {key} bytes {off}+{len}"),
+        };
         let url = self.url(key, "")?;
-        let headers: Vec<(&str, String)> = if offset > 0 {
-            vec![("range", format!("bytes={offset}-"))]
-        } else {
-            vec![]
+        let headers: Vec<(&str, String)> = match range {
+            Some((off, len)) if len > 0 => vec![("range", format!("bytes={off}-{}", off + len - 1))],
+            _ => vec![],
         };
         let resp = self.send(&op, "GET", &url, &headers, None)?;
         Ok(Box::new(resp.into_reader()))

@@ -1,0 +1,239 @@
+//! Chain resolution: from `current.json` (or `--manifest-key`) follow `parent_manifest`
+//! back to a `full`, refusing loops, chains that do not end in a full, manifests of
+//! another subvolume, and missing or unparsable manifests, each naming the key.
+
+use std::collections::HashSet;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::manifest::{Kind, Layout, Manifest, Pointer};
+use crate::retry::Retrier;
+use crate::store::{get_all, ErrorKind, ObjectStore};
+
+/// No real chain is this long; a longer one is treated as damage.
+pub const MAX_CHAIN: usize = 10_000;
+
+/// A resolved chain, oldest (the full) first, with each manifest's key.
+#[derive(Clone, Debug)]
+pub struct Chain {
+    pub links: Vec<(String, Manifest)>,
+}
+
+impl Chain {
+    pub fn newest(&self) -> &(String, Manifest) {
+        // A chain always has at least its full.
+        &self.links[self.links.len() - 1]
+    }
+
+    pub fn chunk_count(&self) -> usize {
+        self.links.iter().map(|(_, m)| m.chunks.len()).sum()
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.links.iter().map(|(_, m)| m.total_bytes).sum()
+    }
+}
+
+fn fetch_json<T: serde::de::DeserializeOwned>(
+    store: &dyn ObjectStore,
+    retrier: &Retrier,
+    key: &str,
+    what: &str,
+) -> Result<T> {
+    let bytes = retrier.run(|| get_all(store, key)).map_err(|e| {
+        if e.kind == ErrorKind::NotFound {
+            anyhow!("{what} {key} is missing from the bucket")
+        } else {
+            anyhow::Error::from(e).context(format!("reading {what} {key}"))
+        }
+    })?;
+    serde_json::from_slice(&bytes).with_context(|| format!("{what} {key} is not valid JSON of the expected shape"))
+}
+
+/// The key of the manifest to restore: `--manifest-key`, else what `current.json` names.
+pub fn start_key(
+    store: &dyn ObjectStore,
+    retrier: &Retrier,
+    layout: &Layout,
+    subvolume: &str,
+    manifest_key: Option<&str>,
+) -> Result<String> {
+    if let Some(k) = manifest_key {
+        return Ok(k.to_string());
+    }
+    let pkey = layout.pointer_key(subvolume);
+    let p: Pointer = fetch_json(store, retrier, &pkey, "pointer").map_err(|e| {
+        e.context(format!(
+            "no published backup of subvolume {subvolume} under this prefix (check --subvolume and s3.prefix)"
+        ))
+    })?;
+    Ok(p.manifest_key)
+}
+
+/// Follows `parent_manifest` from `key` back to a full.
+pub fn resolve(store: &dyn ObjectStore, retrier: &Retrier, subvolume: &str, key: &str) -> Result<Chain> {
+    let mut links: Vec<(String, Manifest)> = Vec::new();
+    let mut seen = HashSet::new();
+    let mut next = Some(key.to_string());
+    while let Some(k) = next.take() {
+        if !seen.insert(k.clone()) {
+            bail!("manifest chain loops: {k} is its own ancestor");
+        }
+        if links.len() >= MAX_CHAIN {
+            bail!("manifest chain from {key} is longer than {MAX_CHAIN} links");
+        }
+        let m: Manifest = fetch_json(store, retrier, &k, "manifest")?;
+        if m.subvolume != subvolume {
+            bail!(
+                "manifest {k} belongs to subvolume {:?}, not {subvolume:?}",
+                m.subvolume
+            );
+        }
+        if m.version != 1 {
+            bail!("manifest {k} has version {}, this tool reads version 1", m.version);
+        }
+        match (m.kind, &m.parent_manifest) {
+            (Kind::Full, _) => {}
+            (Kind::Incremental, Some(p)) => next = Some(p.clone()),
+            (Kind::Incremental, None) => {
+                bail!("manifest {k} is incremental but names no parent_manifest: the chain does not end in a full")
+            }
+        }
+        links.push((k, m));
+    }
+    links.reverse();
+    Ok(Chain { links })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{ChunkEntry, S3Info, SnapshotRef};
+    use crate::retry::Policy;
+    use crate::store::memory::MemoryStore;
+    use crate::store::PutOptions;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    fn retrier() -> Retrier {
+        Retrier::with_sleep(Policy::default(), Arc::new(AtomicBool::new(false)), Arc::new(|_| {}))
+    }
+
+    fn opts() -> PutOptions {
+        PutOptions {
+            storage_class: "STANDARD".into(),
+            sse: "AES256".into(),
+            content_type: "application/json",
+        }
+    }
+
+    fn manifest(sub: &str, kind: Kind, parent: Option<&str>) -> Manifest {
+        Manifest {
+            version: 1,
+            subvolume: sub.into(),
+            kind,
+            created_at: "20250101T020000Z".into(),
+            snapshot: SnapshotRef {
+                name: "s".into(),
+                path: "/s".into(),
+                uuid: None,
+                parent_uuid: None,
+                extra: Default::default(),
+            },
+            parent_manifest: parent.map(str::to_string),
+            chunks: vec![ChunkEntry {
+                key: "c".into(),
+                size: 1,
+                sha256: "x".into(),
+                etag: None,
+                extra: Default::default(),
+            }],
+            total_bytes: 1,
+            chunk_size: 1,
+            s3: S3Info {
+                storage_class: "STANDARD".into(),
+                extra: Default::default(),
+            },
+            stream_sha256: None,
+            extra: Default::default(),
+        }
+    }
+
+    fn put(s: &MemoryStore, key: &str, m: &Manifest) {
+        s.insert(key, &m.to_json(), opts());
+    }
+
+    #[test]
+    fn full_plus_two_incrementals() {
+        let s = MemoryStore::new();
+        put(&s, "f", &manifest("data", Kind::Full, None));
+        put(&s, "i1", &manifest("data", Kind::Incremental, Some("f")));
+        put(&s, "i2", &manifest("data", Kind::Incremental, Some("i1")));
+        let c = resolve(&s, &retrier(), "data", "i2").unwrap();
+        let keys: Vec<&str> = c.links.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["f", "i1", "i2"]);
+        assert_eq!(c.newest().0, "i2");
+        assert_eq!(c.chunk_count(), 3);
+        assert_eq!(c.total_bytes(), 3);
+        // From an older key.
+        let c = resolve(&s, &retrier(), "data", "i1").unwrap();
+        assert_eq!(c.links.len(), 2);
+    }
+
+    #[test]
+    fn refusals_name_the_key() {
+        let s = MemoryStore::new();
+        put(&s, "a", &manifest("data", Kind::Incremental, Some("b")));
+        put(&s, "b", &manifest("data", Kind::Incremental, Some("a")));
+        put(&s, "orphan", &manifest("data", Kind::Incremental, None));
+        put(&s, "other", &manifest("home", Kind::Full, None));
+        put(&s, "to-missing", &manifest("data", Kind::Incremental, Some("gone")));
+        s.insert("junk", b"{not json", opts());
+        put(&s, "to-junk", &manifest("data", Kind::Incremental, Some("junk")));
+        let mut v2 = manifest("data", Kind::Full, None);
+        v2.version = 2;
+        put(&s, "v2", &v2);
+        for (start, words) in [
+            ("a", &["loops", "a"][..]),
+            ("orphan", &["orphan", "does not end in a full"]),
+            ("other", &["other", "home"]),
+            ("to-missing", &["manifest gone is missing"]),
+            ("to-junk", &["manifest junk is not valid JSON"]),
+            ("v2", &["version 2"]),
+        ] {
+            let e = format!("{:#}", resolve(&s, &retrier(), "data", start).unwrap_err());
+            for w in words {
+                assert!(e.contains(w), "{start}: {e:?} lacks {w:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn start_from_pointer_or_flag() {
+        let s = MemoryStore::new();
+        let layout = Layout::new("p");
+        let r = retrier();
+        let e = format!("{:#}", start_key(&s, &r, &layout, "data", None).unwrap_err());
+        assert!(e.contains("p/subvol/data/current.json is missing") && e.contains("no published backup"), "{e}");
+        s.insert(
+            "p/subvol/data/current.json",
+            br#"{"manifest_key": "m", "kind": "full", "created_at": "20250101T020000Z"}"#,
+            opts(),
+        );
+        assert_eq!(start_key(&s, &r, &layout, "data", None).unwrap(), "m");
+        assert_eq!(start_key(&s, &r, &layout, "data", Some("x")).unwrap(), "x");
+        s.insert("p/subvol/data/current.json", b"[]", opts());
+        assert!(start_key(&s, &r, &layout, "data", None).is_err());
+    }
+
+    #[test]
+    fn transient_errors_are_retried_then_reported() {
+        let s = MemoryStore::new();
+        put(&s, "f", &manifest("data", Kind::Full, None));
+        s.fail("GET f", ErrorKind::Transient, 2);
+        assert!(resolve(&s, &retrier(), "data", "f").is_ok());
+        s.fail("GET f", ErrorKind::Permanent, 1);
+        let e = format!("{:#}", resolve(&s, &retrier(), "data", "f").unwrap_err());
+        assert!(e.contains("reading manifest f"), "{e}");
+    }
+}

@@ -1,0 +1,1 @@
+//! Restore orchestration with fakes.

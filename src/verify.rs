@@ -1,0 +1,237 @@
+//! Verification of a restored tree against the source snapshot: the same set of paths,
+//! file types, symlink targets and file sizes, and SHA-256 of file contents (every file
+//! in `full` mode, up to `sample_max_files` spread evenly in `sample` mode). Walks both
+//! trees in lockstep, one directory at a time, so memory stays small. The first
+//! difference, in sorted path order, fails with that path.
+
+use std::fs::{self, File, Metadata};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+use crate::config::VerifyMode;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub entries: u64,
+    pub files: u64,
+    pub files_hashed: u64,
+    pub bytes_hashed: u64,
+}
+
+fn kind(m: &Metadata) -> &'static str {
+    let t = m.file_type();
+    if t.is_dir() {
+        "directory"
+    } else if t.is_file() {
+        "file"
+    } else if t.is_symlink() {
+        "symlink"
+    } else {
+        "special file"
+    }
+}
+
+fn sorted_names(dir: &Path) -> Result<Vec<std::ffi::OsString>> {
+    let mut v: Vec<_> = fs::read_dir(dir)
+        .with_context(|| format!("reading directory {}", dir.display()))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("reading directory {}", dir.display()))?;
+    v.sort();
+    Ok(v)
+}
+
+fn hash_file(p: &Path) -> Result<(String, u64)> {
+    let mut f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf).with_context(|| format!("reading {}", p.display()))?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((crate::chunker::hex(&h.finalize()), n))
+}
+
+struct Walk<'a> {
+    src: &'a Path,
+    dst: &'a Path,
+    /// Hash every `stride`-th regular file (1 = all, 0 = none).
+    stride: u64,
+    report: Report,
+}
+
+impl Walk<'_> {
+    fn fail(&self, rel: &Path, what: &str) -> anyhow::Error {
+        anyhow::anyhow!("verification failed at {}: {what}", if rel.as_os_str().is_empty() { Path::new("/") } else { rel }.display())
+    }
+
+    fn dir(&mut self, rel: &Path) -> Result<()> {
+        let (a, b) = (sorted_names(&self.src.join(rel))?, sorted_names(&self.dst.join(rel))?);
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() || j < b.len() {
+            match (a.get(i), b.get(j)) {
+                (Some(x), Some(y)) if x == y => {
+                    self.entry(&rel.join(x))?;
+                    i += 1;
+                    j += 1;
+                }
+                (Some(x), Some(y)) if x < y => return Err(self.fail(&rel.join(x), "missing from the restored tree")),
+                (Some(_), Some(y)) => return Err(self.fail(&rel.join(y), "not in the source snapshot")),
+                (Some(x), None) => return Err(self.fail(&rel.join(x), "missing from the restored tree")),
+                (None, Some(y)) => return Err(self.fail(&rel.join(y), "not in the source snapshot")),
+                (None, None) => break,
+            }
+        }
+        Ok(())
+    }
+
+    fn entry(&mut self, rel: &Path) -> Result<()> {
+        let (sp, dp) = (self.src.join(rel), self.dst.join(rel));
+        let sm = fs::symlink_metadata(&sp).with_context(|| format!("stat {}", sp.display()))?;
+        let dm = fs::symlink_metadata(&dp).with_context(|| format!("stat {}", dp.display()))?;
+        self.report.entries += 1;
+        if kind(&sm) != kind(&dm) {
+            return Err(self.fail(rel, &format!("a {} in the source, a {} restored", kind(&sm), kind(&dm))));
+        }
+        let t = sm.file_type();
+        if t.is_dir() {
+            return self.dir(rel);
+        }
+        if t.is_symlink() {
+            let (x, y) = (fs::read_link(&sp)?, fs::read_link(&dp)?);
+            if x != y {
+                return Err(self.fail(rel, &format!("symlink to {} in the source, to {} restored", x.display(), y.display())));
+            }
+            return Ok(());
+        }
+        if t.is_file() {
+            if sm.len() != dm.len() {
+                return Err(self.fail(rel, &format!("{} bytes in the source, {} restored", sm.len(), dm.len())));
+            }
+            self.report.files += 1;
+            if self.stride > 0 && (self.report.files - 1) % self.stride == 0 {
+                let (x, n) = hash_file(&sp)?;
+                let (y, _) = hash_file(&dp)?;
+                if x != y {
+                    return Err(self.fail(rel, "content differs (SHA-256)"));
+                }
+                self.report.files_hashed += 1;
+                self.report.bytes_hashed += n;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn count_files(dir: &Path) -> Result<u64> {
+    let mut n = 0;
+    let mut stack: Vec<PathBuf> = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).with_context(|| format!("reading directory {}", d.display()))? {
+            let e = e?;
+            let t = e.file_type()?;
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Compares `restored` with `source`; `VerifyMode::None` checks nothing.
+pub fn compare(source: &Path, restored: &Path, mode: VerifyMode, sample_max_files: u64) -> Result<Report> {
+    let stride = match mode {
+        VerifyMode::None => return Ok(Report::default()),
+        VerifyMode::Full => 1,
+        VerifyMode::Sample => {
+            let files = count_files(source)?;
+            files.div_ceil(sample_max_files.max(1)).max(1)
+        }
+    };
+    if !restored.is_dir() {
+        bail!("verification failed: {} is not a directory", restored.display());
+    }
+    let mut w = Walk {
+        src: source,
+        dst: restored,
+        stride,
+        report: Report::default(),
+    };
+    w.dir(Path::new(""))?;
+    Ok(w.report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::Scratch;
+    use std::os::unix::fs::symlink;
+
+    fn tree(root: &Path) {
+        fs::create_dir_all(root.join("d/e")).unwrap();
+        fs::write(root.join("a.txt"), "alpha").unwrap();
+        fs::write(root.join("d/b.bin"), vec![1u8; 5000]).unwrap();
+        fs::write(root.join("d/e/empty"), "").unwrap();
+        symlink("../a.txt", root.join("d/link")).unwrap();
+        for i in 0..20 {
+            fs::write(root.join(format!("d/e/f{i:02}")), format!("file {i}")).unwrap();
+        }
+    }
+
+    fn pair() -> (Scratch, PathBuf, PathBuf) {
+        let s = Scratch::new("verify");
+        let (a, b) = (s.0.join("src"), s.0.join("dst"));
+        tree(&a);
+        tree(&b);
+        (s, a, b)
+    }
+
+    fn err(a: &Path, b: &Path, mode: VerifyMode) -> String {
+        format!("{:#}", compare(a, b, mode, 5).unwrap_err())
+    }
+
+    #[test]
+    fn identical_trees_pass() {
+        let (_s, a, b) = pair();
+        let r = compare(&a, &b, VerifyMode::Full, 5).unwrap();
+        assert_eq!(r.files, 23);
+        assert_eq!(r.files_hashed, 23);
+        let r = compare(&a, &b, VerifyMode::Sample, 5).unwrap();
+        assert!(r.files_hashed <= 5 && r.files_hashed >= 4, "{r:?}");
+        assert_eq!(compare(&a, &b, VerifyMode::None, 5).unwrap(), Report::default());
+    }
+
+    #[test]
+    fn differences_name_the_first_path() {
+        let (_s, a, b) = pair();
+        fs::write(b.join("d/e/f03"), "file X").unwrap();
+        assert!(err(&a, &b, VerifyMode::Full).contains("d/e/f03: content differs"));
+        fs::write(b.join("d/e/f03"), "file 3").unwrap();
+        fs::write(b.join("d/b.bin"), vec![1u8; 4999]).unwrap();
+        assert!(err(&a, &b, VerifyMode::Sample).contains("d/b.bin: 5000 bytes in the source, 4999 restored"));
+        fs::write(b.join("d/b.bin"), vec![1u8; 5000]).unwrap();
+        fs::remove_file(b.join("d/link")).unwrap();
+        symlink("a.txt", b.join("d/link")).unwrap();
+        assert!(err(&a, &b, VerifyMode::Sample).contains("d/link: symlink to ../a.txt in the source, to a.txt restored"));
+        fs::remove_file(b.join("d/link")).unwrap();
+        assert!(err(&a, &b, VerifyMode::Full).contains("d/link: missing from the restored tree"));
+        symlink("../a.txt", b.join("d/link")).unwrap();
+        fs::write(b.join("extra"), "").unwrap();
+        assert!(err(&a, &b, VerifyMode::Full).contains("extra: not in the source snapshot"));
+        fs::remove_file(b.join("extra")).unwrap();
+        fs::remove_file(b.join("a.txt")).unwrap();
+        fs::create_dir(b.join("a.txt")).unwrap();
+        assert!(err(&a, &b, VerifyMode::Full).contains("a.txt: a file in the source, a directory restored"));
+        assert!(compare(&a, &b.join("nope"), VerifyMode::Full, 5).is_err());
+    }
+}
