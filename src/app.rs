@@ -51,7 +51,11 @@ pub fn main() -> ExitCode {
         Err(e) => {
             let code = exit_code_for(&e);
             // One line: the whole context chain, outermost first.
-            let what = if code == exit::RESTORE_PENDING { "waiting" } else { "error" };
+            let what = if code == exit::RESTORE_PENDING {
+                "waiting"
+            } else {
+                "error"
+            };
             eprintln!("btrfs_to_s3: {what}: {e:#}");
             ExitCode::from(code)
         }

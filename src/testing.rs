@@ -107,7 +107,15 @@ impl Write for FakeReceive {
 }
 
 impl ReceiveSink for FakeReceive {
+    /// Like `btrfs receive`, creates the subvolume the stream names: here, its first line.
     fn finish(self: Box<Self>) -> Result<()> {
+        if let Some(name) = self.buf.split(|b| *b == b'\n').next() {
+            if let Ok(name) = std::str::from_utf8(name) {
+                if !name.is_empty() {
+                    std::fs::create_dir_all(self.dir.join(name))?;
+                }
+            }
+        }
         self.out.lock().unwrap().push((self.dir, self.buf));
         Ok(())
     }
@@ -173,6 +181,9 @@ impl Btrfs for FakeBtrfs {
 
     fn make_writable(&self, path: &Path) -> Result<()> {
         self.push(format!("writable {}", path.display()));
+        if !path.exists() {
+            bail!("{} does not exist", path.display());
+        }
         Ok(())
     }
 }

@@ -50,7 +50,9 @@ fn hash_file(p: &Path) -> Result<(String, u64)> {
     let mut buf = vec![0u8; 1 << 20];
     let mut n = 0u64;
     loop {
-        let k = f.read(&mut buf).with_context(|| format!("reading {}", p.display()))?;
+        let k = f
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", p.display()))?;
         if k == 0 {
             break;
         }
@@ -70,11 +72,22 @@ struct Walk<'a> {
 
 impl Walk<'_> {
     fn fail(&self, rel: &Path, what: &str) -> anyhow::Error {
-        anyhow::anyhow!("verification failed at {}: {what}", if rel.as_os_str().is_empty() { Path::new("/") } else { rel }.display())
+        anyhow::anyhow!(
+            "verification failed at {}: {what}",
+            if rel.as_os_str().is_empty() {
+                Path::new("/")
+            } else {
+                rel
+            }
+            .display()
+        )
     }
 
     fn dir(&mut self, rel: &Path) -> Result<()> {
-        let (a, b) = (sorted_names(&self.src.join(rel))?, sorted_names(&self.dst.join(rel))?);
+        let (a, b) = (
+            sorted_names(&self.src.join(rel))?,
+            sorted_names(&self.dst.join(rel))?,
+        );
         let (mut i, mut j) = (0, 0);
         while i < a.len() || j < b.len() {
             match (a.get(i), b.get(j)) {
@@ -83,10 +96,18 @@ impl Walk<'_> {
                     i += 1;
                     j += 1;
                 }
-                (Some(x), Some(y)) if x < y => return Err(self.fail(&rel.join(x), "missing from the restored tree")),
-                (Some(_), Some(y)) => return Err(self.fail(&rel.join(y), "not in the source snapshot")),
-                (Some(x), None) => return Err(self.fail(&rel.join(x), "missing from the restored tree")),
-                (None, Some(y)) => return Err(self.fail(&rel.join(y), "not in the source snapshot")),
+                (Some(x), Some(y)) if x < y => {
+                    return Err(self.fail(&rel.join(x), "missing from the restored tree"))
+                }
+                (Some(_), Some(y)) => {
+                    return Err(self.fail(&rel.join(y), "not in the source snapshot"))
+                }
+                (Some(x), None) => {
+                    return Err(self.fail(&rel.join(x), "missing from the restored tree"))
+                }
+                (None, Some(y)) => {
+                    return Err(self.fail(&rel.join(y), "not in the source snapshot"))
+                }
                 (None, None) => break,
             }
         }
@@ -99,7 +120,10 @@ impl Walk<'_> {
         let dm = fs::symlink_metadata(&dp).with_context(|| format!("stat {}", dp.display()))?;
         self.report.entries += 1;
         if kind(&sm) != kind(&dm) {
-            return Err(self.fail(rel, &format!("a {} in the source, a {} restored", kind(&sm), kind(&dm))));
+            return Err(self.fail(
+                rel,
+                &format!("a {} in the source, a {} restored", kind(&sm), kind(&dm)),
+            ));
         }
         let t = sm.file_type();
         if t.is_dir() {
@@ -108,13 +132,23 @@ impl Walk<'_> {
         if t.is_symlink() {
             let (x, y) = (fs::read_link(&sp)?, fs::read_link(&dp)?);
             if x != y {
-                return Err(self.fail(rel, &format!("symlink to {} in the source, to {} restored", x.display(), y.display())));
+                return Err(self.fail(
+                    rel,
+                    &format!(
+                        "symlink to {} in the source, to {} restored",
+                        x.display(),
+                        y.display()
+                    ),
+                ));
             }
             return Ok(());
         }
         if t.is_file() {
             if sm.len() != dm.len() {
-                return Err(self.fail(rel, &format!("{} bytes in the source, {} restored", sm.len(), dm.len())));
+                return Err(self.fail(
+                    rel,
+                    &format!("{} bytes in the source, {} restored", sm.len(), dm.len()),
+                ));
             }
             self.report.files += 1;
             if self.stride > 0 && (self.report.files - 1) % self.stride == 0 {
@@ -149,7 +183,12 @@ fn count_files(dir: &Path) -> Result<u64> {
 }
 
 /// Compares `restored` with `source`; `VerifyMode::None` checks nothing.
-pub fn compare(source: &Path, restored: &Path, mode: VerifyMode, sample_max_files: u64) -> Result<Report> {
+pub fn compare(
+    source: &Path,
+    restored: &Path,
+    mode: VerifyMode,
+    sample_max_files: u64,
+) -> Result<Report> {
     let stride = match mode {
         VerifyMode::None => return Ok(Report::default()),
         VerifyMode::Full => 1,
@@ -159,7 +198,10 @@ pub fn compare(source: &Path, restored: &Path, mode: VerifyMode, sample_max_file
         }
     };
     if !restored.is_dir() {
-        bail!("verification failed: {} is not a directory", restored.display());
+        bail!(
+            "verification failed: {} is not a directory",
+            restored.display()
+        );
     }
     let mut w = Walk {
         src: source,
@@ -208,7 +250,10 @@ mod tests {
         assert_eq!(r.files_hashed, 23);
         let r = compare(&a, &b, VerifyMode::Sample, 5).unwrap();
         assert!(r.files_hashed <= 5 && r.files_hashed >= 4, "{r:?}");
-        assert_eq!(compare(&a, &b, VerifyMode::None, 5).unwrap(), Report::default());
+        assert_eq!(
+            compare(&a, &b, VerifyMode::None, 5).unwrap(),
+            Report::default()
+        );
     }
 
     #[test]
@@ -218,11 +263,13 @@ mod tests {
         assert!(err(&a, &b, VerifyMode::Full).contains("d/e/f03: content differs"));
         fs::write(b.join("d/e/f03"), "file 3").unwrap();
         fs::write(b.join("d/b.bin"), vec![1u8; 4999]).unwrap();
-        assert!(err(&a, &b, VerifyMode::Sample).contains("d/b.bin: 5000 bytes in the source, 4999 restored"));
+        assert!(err(&a, &b, VerifyMode::Sample)
+            .contains("d/b.bin: 5000 bytes in the source, 4999 restored"));
         fs::write(b.join("d/b.bin"), vec![1u8; 5000]).unwrap();
         fs::remove_file(b.join("d/link")).unwrap();
         symlink("a.txt", b.join("d/link")).unwrap();
-        assert!(err(&a, &b, VerifyMode::Sample).contains("d/link: symlink to ../a.txt in the source, to a.txt restored"));
+        assert!(err(&a, &b, VerifyMode::Sample)
+            .contains("d/link: symlink to ../a.txt in the source, to a.txt restored"));
         fs::remove_file(b.join("d/link")).unwrap();
         assert!(err(&a, &b, VerifyMode::Full).contains("d/link: missing from the restored tree"));
         symlink("../a.txt", b.join("d/link")).unwrap();
@@ -231,7 +278,8 @@ mod tests {
         fs::remove_file(b.join("extra")).unwrap();
         fs::remove_file(b.join("a.txt")).unwrap();
         fs::create_dir(b.join("a.txt")).unwrap();
-        assert!(err(&a, &b, VerifyMode::Full).contains("a.txt: a file in the source, a directory restored"));
+        assert!(err(&a, &b, VerifyMode::Full)
+            .contains("a.txt: a file in the source, a directory restored"));
         assert!(compare(&a, &b.join("nope"), VerifyMode::Full, 5).is_err());
     }
 }

@@ -47,7 +47,8 @@ fn fetch_json<T: serde::de::DeserializeOwned>(
             anyhow::Error::from(e).context(format!("reading {what} {key}"))
         }
     })?;
-    serde_json::from_slice(&bytes).with_context(|| format!("{what} {key} is not valid JSON of the expected shape"))
+    serde_json::from_slice(&bytes)
+        .with_context(|| format!("{what} {key} is not valid JSON of the expected shape"))
 }
 
 /// The key of the manifest to restore: `--manifest-key`, else what `current.json` names.
@@ -71,7 +72,12 @@ pub fn start_key(
 }
 
 /// Follows `parent_manifest` from `key` back to a full.
-pub fn resolve(store: &dyn ObjectStore, retrier: &Retrier, subvolume: &str, key: &str) -> Result<Chain> {
+pub fn resolve(
+    store: &dyn ObjectStore,
+    retrier: &Retrier,
+    subvolume: &str,
+    key: &str,
+) -> Result<Chain> {
     let mut links: Vec<(String, Manifest)> = Vec::new();
     let mut seen = HashSet::new();
     let mut next = Some(key.to_string());
@@ -90,7 +96,10 @@ pub fn resolve(store: &dyn ObjectStore, retrier: &Retrier, subvolume: &str, key:
             );
         }
         if m.version != 1 {
-            bail!("manifest {k} has version {}, this tool reads version 1", m.version);
+            bail!(
+                "manifest {k} has version {}, this tool reads version 1",
+                m.version
+            );
         }
         match (m.kind, &m.parent_manifest) {
             (Kind::Full, _) => {}
@@ -116,7 +125,11 @@ mod tests {
     use std::sync::Arc;
 
     fn retrier() -> Retrier {
-        Retrier::with_sleep(Policy::default(), Arc::new(AtomicBool::new(false)), Arc::new(|_| {}))
+        Retrier::with_sleep(
+            Policy::default(),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(|_| {}),
+        )
     }
 
     fn opts() -> PutOptions {
@@ -187,9 +200,17 @@ mod tests {
         put(&s, "b", &manifest("data", Kind::Incremental, Some("a")));
         put(&s, "orphan", &manifest("data", Kind::Incremental, None));
         put(&s, "other", &manifest("home", Kind::Full, None));
-        put(&s, "to-missing", &manifest("data", Kind::Incremental, Some("gone")));
+        put(
+            &s,
+            "to-missing",
+            &manifest("data", Kind::Incremental, Some("gone")),
+        );
         s.insert("junk", b"{not json", opts());
-        put(&s, "to-junk", &manifest("data", Kind::Incremental, Some("junk")));
+        put(
+            &s,
+            "to-junk",
+            &manifest("data", Kind::Incremental, Some("junk")),
+        );
         let mut v2 = manifest("data", Kind::Full, None);
         v2.version = 2;
         put(&s, "v2", &v2);
@@ -213,8 +234,15 @@ mod tests {
         let s = MemoryStore::new();
         let layout = Layout::new("p");
         let r = retrier();
-        let e = format!("{:#}", start_key(&s, &r, &layout, "data", None).unwrap_err());
-        assert!(e.contains("p/subvol/data/current.json is missing") && e.contains("no published backup"), "{e}");
+        let e = format!(
+            "{:#}",
+            start_key(&s, &r, &layout, "data", None).unwrap_err()
+        );
+        assert!(
+            e.contains("p/subvol/data/current.json is missing")
+                && e.contains("no published backup"),
+            "{e}"
+        );
         s.insert(
             "p/subvol/data/current.json",
             br#"{"manifest_key": "m", "kind": "full", "created_at": "20250101T020000Z"}"#,

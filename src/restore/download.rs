@@ -50,13 +50,22 @@ fn fetch(store: &dyn ObjectStore, retrier: &Retrier, p: &Piece) -> Result<Vec<u8
         let r = store.get(&p.key, Some((p.offset, p.len)))?;
         let mut buf = Vec::with_capacity(p.len as usize);
         r.take(p.len + 1).read_to_end(&mut buf).map_err(|e| {
-            StoreError::new(ErrorKind::Transient, format!("GET {}", p.key), format!("reading body: {e}"))
+            StoreError::new(
+                ErrorKind::Transient,
+                format!("GET {}", p.key),
+                format!("reading body: {e}"),
+            )
         })?;
         if buf.len() as u64 != p.len {
             return Err(StoreError::new(
                 ErrorKind::Transient,
                 format!("GET {}", p.key),
-                format!("expected {} bytes at offset {}, got {}", p.len, p.offset, buf.len()),
+                format!(
+                    "expected {} bytes at offset {}, got {}",
+                    p.len,
+                    p.offset,
+                    buf.len()
+                ),
             ));
         }
         Ok(buf)
@@ -134,7 +143,12 @@ fn consume(
     let mut next_chunk = 0usize;
     for (seq, p) in pieces.iter().enumerate() {
         while next_chunk < p.chunk {
-            finish_chunk(&chunks[next_chunk], &mut hasher, &mut in_chunk, &write_error)?;
+            finish_chunk(
+                &chunks[next_chunk],
+                &mut hasher,
+                &mut in_chunk,
+                &write_error,
+            )?;
             next_chunk += 1;
         }
         let buf = loop {
@@ -147,7 +161,9 @@ fn consume(
             let (s, r) = res_rx
                 .recv()
                 .map_err(|_| anyhow!("downloader threads stopped unexpectedly"))?;
-            let b = r.map_err(|e| anyhow::Error::from(e).context(format!("downloading chunk {}", pieces[s].key)))?;
+            let b = r.map_err(|e| {
+                anyhow::Error::from(e).context(format!("downloading chunk {}", pieces[s].key))
+            })?;
             ready.insert(s, b);
         };
         send(job_tx, seq + window)?;
@@ -165,7 +181,12 @@ fn consume(
         }
     }
     while next_chunk < chunks.len() {
-        finish_chunk(&chunks[next_chunk], &mut hasher, &mut in_chunk, &write_error)?;
+        finish_chunk(
+            &chunks[next_chunk],
+            &mut hasher,
+            &mut in_chunk,
+            &write_error,
+        )?;
         next_chunk += 1;
     }
     Ok(written)
@@ -180,7 +201,11 @@ fn finish_chunk(
     let got = hex(&std::mem::replace(hasher, Sha256::new()).finalize());
     let size = std::mem::replace(in_chunk, 0);
     if size != c.size {
-        bail!("chunk {}: size mismatch (manifest {} bytes, downloaded {size})", c.key, c.size);
+        bail!(
+            "chunk {}: size mismatch (manifest {} bytes, downloaded {size})",
+            c.key,
+            c.size
+        );
     }
     if !got.eq_ignore_ascii_case(&c.sha256) {
         bail!(
@@ -190,7 +215,10 @@ fn finish_chunk(
         );
     }
     if let Some(e) = write_error {
-        bail!("btrfs receive stopped taking the stream at chunk {} ({e})", c.key);
+        bail!(
+            "btrfs receive stopped taking the stream at chunk {} ({e})",
+            c.key
+        );
     }
     Ok(())
 }
@@ -204,7 +232,11 @@ mod tests {
     use std::sync::atomic::AtomicBool;
 
     fn retrier() -> Arc<Retrier> {
-        Arc::new(Retrier::with_sleep(Policy::default(), Arc::new(AtomicBool::new(false)), Arc::new(|_| {})))
+        Arc::new(Retrier::with_sleep(
+            Policy::default(),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(|_| {}),
+        ))
     }
 
     fn setup(sizes: &[usize]) -> (Arc<MemoryStore>, Vec<ChunkEntry>, Vec<u8>) {
@@ -214,8 +246,22 @@ mod tests {
         for (i, n) in sizes.iter().enumerate() {
             let data: Vec<u8> = (0..*n).map(|j| ((i * 7 + j * 3) % 256) as u8).collect();
             let key = format!("c{i}");
-            s.insert(&key, &data, PutOptions { storage_class: "STANDARD".into(), sse: "AES256".into(), content_type: "x" });
-            chunks.push(ChunkEntry { key, size: *n as u64, sha256: hex(&Sha256::digest(&data)), etag: None, extra: Default::default() });
+            s.insert(
+                &key,
+                &data,
+                PutOptions {
+                    storage_class: "STANDARD".into(),
+                    sse: "AES256".into(),
+                    content_type: "x",
+                },
+            );
+            chunks.push(ChunkEntry {
+                key,
+                size: *n as u64,
+                sha256: hex(&Sha256::digest(&data)),
+                etag: None,
+                extra: Default::default(),
+            });
             all.extend(data);
         }
         (s, chunks, all)
@@ -245,14 +291,35 @@ mod tests {
         let (s, mut chunks, _) = setup(&[500, 500]);
         let mut bad = s.object("c1").unwrap().data;
         bad[250] ^= 1;
-        s.insert("c1", &bad, PutOptions { storage_class: "STANDARD".into(), sse: "AES256".into(), content_type: "x" });
+        s.insert(
+            "c1",
+            &bad,
+            PutOptions {
+                storage_class: "STANDARD".into(),
+                sse: "AES256".into(),
+                content_type: "x",
+            },
+        );
         let mut out = Vec::new();
-        let e = format!("{:#}", stream_chunks(s.clone(), retrier(), &chunks, 64, 3, &mut out).unwrap_err());
-        assert!(e.contains("chunk c1: SHA-256 mismatch") && e.contains(&chunks[1].sha256), "{e}");
-        assert_eq!(out.len(), 1000, "the bad chunk was streamed, the error came at its end");
+        let e = format!(
+            "{:#}",
+            stream_chunks(s.clone(), retrier(), &chunks, 64, 3, &mut out).unwrap_err()
+        );
+        assert!(
+            e.contains("chunk c1: SHA-256 mismatch") && e.contains(&chunks[1].sha256),
+            "{e}"
+        );
+        assert_eq!(
+            out.len(),
+            1000,
+            "the bad chunk was streamed, the error came at its end"
+        );
         // A manifest that says a chunk is bigger than it is.
         chunks[0].size = 501;
-        let e = format!("{:#}", stream_chunks(s, retrier(), &chunks, 64, 2, &mut Vec::new()).unwrap_err());
+        let e = format!(
+            "{:#}",
+            stream_chunks(s, retrier(), &chunks, 64, 2, &mut Vec::new()).unwrap_err()
+        );
         assert!(e.contains("c0"), "{e}");
     }
 
@@ -262,7 +329,10 @@ mod tests {
         impl Write for Dies {
             fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
                 if self.0 == 0 {
-                    return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "broken pipe"));
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::BrokenPipe,
+                        "broken pipe",
+                    ));
                 }
                 self.0 -= 1;
                 Ok(b.len())
@@ -274,13 +344,30 @@ mod tests {
         let (s, chunks, _) = setup(&[300, 300]);
         let mut bad = s.object("c0").unwrap().data;
         bad[0] ^= 0xff;
-        s.insert("c0", &bad, PutOptions { storage_class: "STANDARD".into(), sse: "AES256".into(), content_type: "x" });
-        let e = format!("{:#}", stream_chunks(s.clone(), retrier(), &chunks, 50, 2, &mut Dies(1)).unwrap_err());
+        s.insert(
+            "c0",
+            &bad,
+            PutOptions {
+                storage_class: "STANDARD".into(),
+                sse: "AES256".into(),
+                content_type: "x",
+            },
+        );
+        let e = format!(
+            "{:#}",
+            stream_chunks(s.clone(), retrier(), &chunks, 50, 2, &mut Dies(1)).unwrap_err()
+        );
         assert!(e.contains("chunk c0: SHA-256 mismatch"), "{e}");
         // With good data the writer's failure is reported.
         let (s, chunks, _) = setup(&[300]);
-        let e = format!("{:#}", stream_chunks(s, retrier(), &chunks, 50, 2, &mut Dies(1)).unwrap_err());
-        assert!(e.contains("btrfs receive stopped") && e.contains("broken pipe"), "{e}");
+        let e = format!(
+            "{:#}",
+            stream_chunks(s, retrier(), &chunks, 50, 2, &mut Dies(1)).unwrap_err()
+        );
+        assert!(
+            e.contains("btrfs receive stopped") && e.contains("broken pipe"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -291,7 +378,10 @@ mod tests {
         stream_chunks(s.clone(), retrier(), &chunks, 64, 2, &mut out).unwrap();
         assert!(out == all);
         s.remove("c1");
-        let e = format!("{:#}", stream_chunks(s, retrier(), &chunks, 64, 2, &mut Vec::new()).unwrap_err());
+        let e = format!(
+            "{:#}",
+            stream_chunks(s, retrier(), &chunks, 64, 2, &mut Vec::new()).unwrap_err()
+        );
         assert!(e.contains("downloading chunk c1"), "{e}");
     }
 }

@@ -103,7 +103,13 @@ impl Restorer<'_> {
         let started = Instant::now();
         let target = check_target(&req.target)?;
         let store = self.store.as_ref();
-        let key = chain::start_key(store, &self.retrier, &self.layout, &req.subvolume, req.manifest_key.as_deref())?;
+        let key = chain::start_key(
+            store,
+            &self.retrier,
+            &self.layout,
+            &req.subvolume,
+            req.manifest_key.as_deref(),
+        )?;
         let chain = chain::resolve(store, &self.retrier, &req.subvolume, &key)?;
         event!(
             Info,
@@ -136,8 +142,19 @@ impl Restorer<'_> {
                 }
                 .into());
             }
-            archive_wait = archive::wait_all(store, &self.retrier, pending, req.timeout, &std::thread::sleep, &Instant::now)?;
-            event!(Info, "archive_restores_ready", waited_seconds = archive_wait.as_secs());
+            archive_wait = archive::wait_all(
+                store,
+                &self.retrier,
+                pending,
+                req.timeout,
+                &std::thread::sleep,
+                &Instant::now,
+            )?;
+            event!(
+                Info,
+                "archive_restores_ready",
+                waited_seconds = archive_wait.as_secs()
+            );
         }
 
         let parent_dir = target.parent().unwrap_or(Path::new("/"));
@@ -182,11 +199,26 @@ impl Restorer<'_> {
         let piece = self.cfg.s3.part_size_bytes;
         let conc = self.cfg.s3.concurrency;
         for (key, m) in &chain.links {
-            event!(Info, "restore_receive", manifest = key, kind = m.kind.as_str(), chunks = m.chunks.len(), total_bytes = m.total_bytes);
+            event!(
+                Info,
+                "restore_receive",
+                manifest = key,
+                kind = m.kind.as_str(),
+                chunks = m.chunks.len(),
+                total_bytes = m.total_bytes
+            );
             let mut recv = self.btrfs.receive(staging)?;
-            match download::stream_chunks(self.store.clone(), self.retrier.clone(), &m.chunks, piece, conc, &mut recv) {
+            match download::stream_chunks(
+                self.store.clone(),
+                self.retrier.clone(),
+                &m.chunks,
+                piece,
+                conc,
+                &mut recv,
+            ) {
                 Ok(n) => {
-                    recv.finish().with_context(|| format!("replaying manifest {key}"))?;
+                    recv.finish()
+                        .with_context(|| format!("replaying manifest {key}"))?;
                     bytes += n;
                 }
                 Err(e) => {
@@ -216,29 +248,46 @@ impl Restorer<'_> {
             for e in entries.flatten() {
                 let p = e.path();
                 if let Err(err) = self.btrfs.delete_subvolume(&p) {
-                    event!(Warn, "staging_delete_failed", path = p.display(), error = format!("{err:#}"));
+                    event!(
+                        Warn,
+                        "staging_delete_failed",
+                        path = p.display(),
+                        error = format!("{err:#}")
+                    );
                     let _ = std::fs::remove_dir_all(&p);
                 }
             }
         }
         if let Err(e) = std::fs::remove_dir(staging) {
-            event!(Warn, "staging_remove_failed", path = staging.display(), error = e);
+            event!(
+                Warn,
+                "staging_remove_failed",
+                path = staging.display(),
+                error = e
+            );
         }
     }
 
     fn remove_target(&self, target: &Path) {
         match self.btrfs.delete_subvolume(target) {
             Ok(()) => event!(Info, "restore_target_removed", path = target.display()),
-            Err(e) => event!(Error, "restore_target_remove_failed", path = target.display(), error = format!("{e:#}")),
+            Err(e) => event!(
+                Error,
+                "restore_target_remove_failed",
+                path = target.display(),
+                error = format!("{e:#}")
+            ),
         }
     }
 
     /// Metadata always; content when the source snapshot is still here.
     fn verify(&self, chain: &chain::Chain, target: &Path, mode: VerifyMode) -> Result<u64> {
-        let info = self
-            .btrfs
-            .show(target)
-            .with_context(|| format!("verification: {} is not a btrfs subvolume", target.display()))?;
+        let info = self.btrfs.show(target).with_context(|| {
+            format!(
+                "verification: {} is not a btrfs subvolume",
+                target.display()
+            )
+        })?;
         if info.uuid.is_none() {
             bail!("verification: {} has no subvolume UUID", target.display());
         }
@@ -247,11 +296,24 @@ impl Restorer<'_> {
         }
         let source = PathBuf::from(&chain.newest().1.snapshot.path);
         if !source.is_dir() {
-            event!(Info, "verify_content_skipped", reason = "the source snapshot is not on this machine", source = source.display());
+            event!(
+                Info,
+                "verify_content_skipped",
+                reason = "the source snapshot is not on this machine",
+                source = source.display()
+            );
             return Ok(0);
         }
         let r = crate::verify::compare(&source, target, mode, self.cfg.restore.sample_max_files)?;
-        event!(Info, "verify_ok", mode = format!("{mode:?}").to_lowercase(), entries = r.entries, files = r.files, files_hashed = r.files_hashed, bytes_hashed = r.bytes_hashed);
+        event!(
+            Info,
+            "verify_ok",
+            mode = format!("{mode:?}").to_lowercase(),
+            entries = r.entries,
+            files = r.files,
+            files_hashed = r.files_hashed,
+            bytes_hashed = r.bytes_hashed
+        );
         Ok(r.files_hashed)
     }
 }
@@ -262,8 +324,13 @@ pub fn command(config: &Config, args: &RestoreArgs) -> Result<u8> {
         subvolume: args.subvolume.clone(),
         manifest_key: args.manifest_key.clone(),
         target: check_target(&args.target)?,
-        wait: args.wait_override().unwrap_or(config.restore.wait_for_restore),
-        timeout: Duration::from_secs(args.restore_timeout.unwrap_or(config.restore.restore_timeout_seconds)),
+        wait: args
+            .wait_override()
+            .unwrap_or(config.restore.wait_for_restore),
+        timeout: Duration::from_secs(
+            args.restore_timeout
+                .unwrap_or(config.restore.restore_timeout_seconds),
+        ),
         verify: match args.verify {
             Some(VerifyArg::Full) => VerifyMode::Full,
             Some(VerifyArg::Sample) => VerifyMode::Sample,
@@ -302,7 +369,14 @@ pub fn command(config: &Config, args: &RestoreArgs) -> Result<u8> {
         chunks = report.chunks,
         total_bytes = report.bytes,
         elapsed_seconds = format!("{secs:.3}"),
-        throughput = format!("{:.1}MB/s", if secs > 0.0 { report.bytes as f64 / secs / 1e6 } else { 0.0 }),
+        throughput = format!(
+            "{:.1}MB/s",
+            if secs > 0.0 {
+                report.bytes as f64 / secs / 1e6
+            } else {
+                0.0
+            }
+        ),
         archive_wait_seconds = report.archive_wait.as_secs(),
         verified_files = report.verified_files,
     );

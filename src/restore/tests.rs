@@ -1,1 +1,244 @@
-//! Restore orchestration with fakes.
+//! Restore orchestration with a fake btrfs and the in-memory store: replay order,
+//! placement, cleanup on failure, and archive chunks without waiting.
+
+use super::*;
+use crate::chunker::hex;
+use crate::config::ProcessEnv;
+use crate::manifest::{ChunkEntry, Kind, Manifest, S3Info, SnapshotRef};
+use crate::store::memory::MemoryStore;
+use crate::store::PutOptions;
+use crate::testing::{FakeBtrfs, Scratch};
+use sha2::{Digest, Sha256};
+use std::sync::atomic::AtomicBool;
+
+fn config(dir: &Path) -> Config {
+    let text = format!(
+        "[global]\nstate_path = \"{d}/s.json\"\nlock_path = \"{d}/l\"\n[subvolumes]\npaths = [\"{d}/data\"]\n\
+         [s3]\nbucket = \"b\"\nregion = \"r\"\nprefix = \"p\"\nconcurrency = 2\n",
+        d = dir.display()
+    );
+    Config::parse(&text, &ProcessEnv).unwrap()
+}
+
+fn opts(class: &str) -> PutOptions {
+    PutOptions {
+        storage_class: class.into(),
+        sse: "AES256".into(),
+        content_type: "x",
+    }
+}
+
+/// Stores a manifest whose stream starts with the snapshot name (the fake receive uses it).
+fn put_backup(
+    s: &MemoryStore,
+    key: &str,
+    name: &str,
+    kind: Kind,
+    parent: Option<&str>,
+    class: &str,
+) -> Vec<u8> {
+    let stream = format!("{name}\n{}", "x".repeat(50)).into_bytes();
+    let mut chunks = Vec::new();
+    for (i, part) in stream.chunks(20).enumerate() {
+        let ck = format!("{key}.chunk{i}");
+        s.insert(&ck, part, opts(class));
+        chunks.push(ChunkEntry {
+            key: ck,
+            size: part.len() as u64,
+            sha256: hex(&Sha256::digest(part)),
+            etag: None,
+            extra: Default::default(),
+        });
+    }
+    let m = Manifest {
+        version: 1,
+        subvolume: "data".into(),
+        kind,
+        created_at: "20250101T020000Z".into(),
+        snapshot: SnapshotRef {
+            name: name.into(),
+            path: "/nonexistent/snapshot".into(),
+            uuid: None,
+            parent_uuid: None,
+            extra: Default::default(),
+        },
+        parent_manifest: parent.map(str::to_string),
+        total_bytes: stream.len() as u64,
+        chunks,
+        chunk_size: 20,
+        s3: S3Info {
+            storage_class: class.into(),
+            extra: Default::default(),
+        },
+        stream_sha256: None,
+        extra: Default::default(),
+    };
+    s.insert(key, &m.to_json(), opts("STANDARD"));
+    stream
+}
+
+struct Rig {
+    dir: Scratch,
+    cfg: Config,
+    btrfs: FakeBtrfs,
+    store: Arc<MemoryStore>,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let dir = Scratch::new("restore");
+        let cfg = config(&dir.0);
+        Rig {
+            dir,
+            cfg,
+            btrfs: FakeBtrfs::default(),
+            store: Arc::new(MemoryStore::new()),
+        }
+    }
+
+    fn run(&self, target: &Path, key: Option<&str>, wait: bool) -> Result<Report> {
+        let r = Restorer {
+            cfg: &self.cfg,
+            btrfs: &self.btrfs,
+            store: self.store.clone(),
+            retrier: Arc::new(Retrier::with_sleep(
+                Policy::default(),
+                Arc::new(AtomicBool::new(false)),
+                Arc::new(|_| {}),
+            )),
+            layout: Layout::new("p"),
+        };
+        r.run(&Request {
+            subvolume: "data".into(),
+            manifest_key: key.map(str::to_string),
+            target: target.to_path_buf(),
+            wait,
+            timeout: Duration::from_secs(10),
+            verify: VerifyMode::Full,
+        })
+    }
+}
+
+#[test]
+fn replays_oldest_first_and_places_the_newest() {
+    let rig = Rig::new();
+    let s1 = put_backup(
+        &rig.store,
+        "m1",
+        "data__1__full",
+        Kind::Full,
+        None,
+        "STANDARD",
+    );
+    let s2 = put_backup(
+        &rig.store,
+        "m2",
+        "data__2__inc",
+        Kind::Incremental,
+        Some("m1"),
+        "STANDARD",
+    );
+    rig.store.insert(
+        "p/subvol/data/current.json",
+        br#"{"manifest_key": "m2", "kind": "incremental", "created_at": "x"}"#,
+        opts("STANDARD"),
+    );
+    let target = rig.dir.0.join("restored");
+    let rep = rig.run(&target, None, true).unwrap();
+    assert_eq!(rep.manifests, 2);
+    assert_eq!(rep.bytes, (s1.len() + s2.len()) as u64);
+    let got = rig.btrfs.received.lock().unwrap().clone();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].1, s1);
+    assert_eq!(got[1].1, s2);
+    assert!(target.is_dir());
+    let calls = rig.btrfs.calls();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.starts_with("writable") && c.ends_with("data__2__inc")),
+        "{calls:?}"
+    );
+    // The staging directory and the intermediate subvolume are gone.
+    let left: Vec<_> = std::fs::read_dir(&rig.dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("restored")]);
+    // The target now exists: a second restore is refused before anything is read.
+    let before = rig.store.log().len();
+    assert!(format!("{:#}", rig.run(&target, None, true).unwrap_err()).contains("already exists"));
+    assert_eq!(rig.store.log().len(), before);
+}
+
+#[test]
+fn tampered_chunk_leaves_nothing() {
+    let rig = Rig::new();
+    put_backup(
+        &rig.store,
+        "m1",
+        "data__1__full",
+        Kind::Full,
+        None,
+        "STANDARD",
+    );
+    put_backup(
+        &rig.store,
+        "m2",
+        "data__2__inc",
+        Kind::Incremental,
+        Some("m1"),
+        "STANDARD",
+    );
+    let mut bad = rig.store.object("m2.chunk1").unwrap().data;
+    bad[3] ^= 1;
+    rig.store.insert("m2.chunk1", &bad, opts("STANDARD"));
+    let target = rig.dir.0.join("restored");
+    let e = format!("{:#}", rig.run(&target, Some("m2"), true).unwrap_err());
+    assert!(e.contains("chunk m2.chunk1: SHA-256 mismatch"), "{e}");
+    let left: Vec<_> = std::fs::read_dir(&rig.dir.0).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn archive_chunks_pending_without_wait() {
+    let rig = Rig::new();
+    put_backup(
+        &rig.store,
+        "m1",
+        "data__1__full",
+        Kind::Full,
+        None,
+        "DEEP_ARCHIVE",
+    );
+    rig.store.set_restore_delay_heads(1);
+    let target = rig.dir.0.join("restored");
+    let e = rig.run(&target, Some("m1"), false).unwrap_err();
+    let p = e.downcast_ref::<ArchivePending>().expect("ArchivePending");
+    assert_eq!(p.chunks, 4);
+    assert_eq!(
+        crate::app::exit_code_for(&e),
+        crate::app::exit::RESTORE_PENDING
+    );
+    assert!(!target.exists());
+    // Waiting: HEAD reports ongoing once, then done; the restore completes.
+    let rep = rig.run(&target, Some("m1"), true).unwrap();
+    assert_eq!(rep.chunks, 4);
+    assert!(target.is_dir());
+}
+
+#[test]
+fn target_checks() {
+    let rig = Rig::new();
+    let e = check_target(&rig.dir.0.join("no/such/parent/t")).unwrap_err();
+    assert!(
+        e.to_string().contains("does not exist; create it first"),
+        "{e}"
+    );
+    assert!(check_target(&rig.dir.0)
+        .unwrap_err()
+        .to_string()
+        .contains("already exists"));
+    let rel = check_target(Path::new("relative-target-that-does-not-exist")).unwrap();
+    assert!(rel.is_absolute());
+}

@@ -293,7 +293,19 @@ impl ObjectStore for MemoryStore {
         let op = format!("RestoreObject {key}");
         let mut g = self.enter(op.clone())?;
         let delay = g.restore_delay_heads;
-        let o = g.objects.get_mut(key).ok_or_else(|| not_found(op))?;
+        let o = g
+            .objects
+            .get_mut(key)
+            .ok_or_else(|| not_found(op.clone()))?;
+        if !is_archive(&o.opts.storage_class) {
+            // As S3: "Restore is not allowed for the object's current storage class".
+            return Err(StoreError {
+                kind: ErrorKind::Archived,
+                op,
+                status: Some(403),
+                message: "InvalidObjectState".into(),
+            });
+        }
         if o.restore_after_heads.is_none() {
             o.restore_after_heads = Some(delay);
         }

@@ -375,7 +375,9 @@ impl ObjectStore for S3Store {
         };
         let url = self.url(key, "")?;
         let headers: Vec<(&str, String)> = match range {
-            Some((off, len)) if len > 0 => vec![("range", format!("bytes={off}-{}", off + len - 1))],
+            Some((off, len)) if len > 0 => {
+                vec![("range", format!("bytes={off}-{}", off + len - 1))]
+            }
             _ => vec![],
         };
         let resp = self.send(&op, "GET", &url, &headers, None)?;

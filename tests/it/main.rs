@@ -6,4 +6,5 @@ mod support;
 mod backup;
 mod cli;
 mod lock;
+mod restore;
 mod rig;

@@ -67,7 +67,14 @@ pub fn require_root(test: &str) -> bool {
         "{test} needs root (mkfs.btrfs, mount -o loop): run the suite as root with `bash contrib/test.sh`, \
          or set BTRFS_TO_S3_SKIP_ROOT_TESTS=1 to skip it knowingly"
     );
-    for tool in ["mkfs.btrfs", "btrfs", "losetup", "mount"] {
+    for tool in [
+        "mkfs.btrfs",
+        "btrfs",
+        "losetup",
+        "mount",
+        "getfattr",
+        "setfattr",
+    ] {
         let ok = Command::new("sh")
             .arg("-c")
             .arg(format!("command -v {tool}"))
@@ -77,7 +84,7 @@ pub fn require_root(test: &str) -> bool {
             .unwrap_or(false);
         assert!(
             ok,
-            "{test} needs {tool}: install it with `apt-get install btrfs-progs util-linux` (contrib/test.sh does)"
+            "{test} needs {tool}: install it with `apt-get install btrfs-progs util-linux attr` (contrib/test.sh does)"
         );
     }
     true
@@ -385,6 +392,7 @@ pub struct SetupOpts<'a> {
     pub part_size: u64,
     pub storage_class_chunks: &'a str,
     pub concurrency: u32,
+    pub retain: u32,
     pub extra: &'a str,
 }
 
@@ -397,6 +405,7 @@ impl Default for SetupOpts<'_> {
             part_size: 5 * 1024 * 1024,
             storage_class_chunks: "GLACIER_IR",
             concurrency: 3,
+            retain: 2,
             extra: "",
         }
     }
@@ -428,7 +437,7 @@ full_every_days = 30
 incremental_every_days = 1
 [snapshots]
 base_dir = "{snaps}"
-retain = 2
+retain = {retain}
 [subvolumes]
 paths = [{paths}]
 [s3]
@@ -451,6 +460,7 @@ concurrency = {conc}
             part = o.part_size,
             class = o.storage_class_chunks,
             conc = o.concurrency,
+            retain = o.retain,
         );
         std::fs::write(&cfg, text).expect("writing config");
         Setup {
@@ -507,4 +517,75 @@ concurrency = {conc}
 /// Writes `len` pseudo-random bytes to `path`.
 pub fn random_file(path: &Path, len: usize) {
     run(&format!("head -c {len} /dev/urandom > {}", path.display()));
+}
+
+impl Setup {
+    pub fn restore(&self, extra: &[&str]) -> RunResult {
+        let cfg = self.cfg.display().to_string();
+        let mut args = vec!["restore", "--config", &cfg];
+        args.extend_from_slice(extra);
+        run_bin(&args)
+    }
+
+    /// Leftover restore staging directories in `dir`.
+    pub fn staging_left(&self, dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".btrfs_to_s3-restore"))
+            .collect()
+    }
+}
+
+/// A description of a tree by tools independent of btrfs_to_s3: types, modes, owners,
+/// sizes, link counts, mtimes and symlink targets (find), and extended attributes
+/// (getfattr).
+pub fn describe_tree(dir: &Path) -> String {
+    let d = dir.display();
+    let files = run(&format!(
+        "cd {d} && find . -mindepth 1 ! -type d -printf '%p %y %m %U:%G %s %n %T@ %l\\n' | sort"
+    ));
+    let dirs = run(&format!(
+        "cd {d} && find . -mindepth 1 -type d -printf '%p %m %U:%G\\n' | sort"
+    ));
+    let xattrs = run(&format!(
+        "cd {d} && find . | sort | xargs -d '\\n' getfattr -h -d -m - 2>/dev/null || true"
+    ));
+    format!("{files}\n--dirs--\n{dirs}\n--xattrs--\n{xattrs}")
+}
+
+/// Fails unless `a` and `b` hold the same tree: `diff -r` on contents plus
+/// [`describe_tree`] on metadata.
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let out = sh(&format!(
+        "diff -r --no-dereference {} {}",
+        a.display(),
+        b.display()
+    ));
+    assert!(
+        out.status.success(),
+        "diff -r {} {}:\n{}{}",
+        a.display(),
+        b.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (x, y) = (describe_tree(a), describe_tree(b));
+    if x != y {
+        let only = |p: &str, q: &str| -> Vec<String> {
+            let other: std::collections::HashSet<&str> = q.lines().collect();
+            p.lines()
+                .filter(|l| !other.contains(l))
+                .map(str::to_string)
+                .collect()
+        };
+        panic!(
+            "metadata differs between {} and {}:\nonly in the source: {:#?}\nonly restored: {:#?}",
+            a.display(),
+            b.display(),
+            only(&x, &y),
+            only(&y, &x)
+        );
+    }
 }

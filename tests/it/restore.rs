@@ -1,0 +1,309 @@
+//! `btrfs_to_s3 restore` end to end: a tree with every kind of file, a full and two
+//! incrementals, restored from `current.json` and from an older `--manifest-key`, each
+//! checked against its source snapshot by `diff -r`, `find -printf` and `getfattr`; and
+//! the refusals: a tampered chunk, a missing chunk, an existing target, archive classes.
+
+use btrfs_to_s3::store::{get_all, ErrorKind, ObjectStore, PutOptions};
+
+use crate::support::*;
+
+const MIB: usize = 1024 * 1024;
+
+fn sh_in(dir: &std::path::Path, script: &str) {
+    run(&format!("cd {} && {script}", dir.display()));
+}
+
+/// Version 1 of the tree: regular, empty, sparse, large files, hardlinks, symlinks,
+/// xattrs, odd permissions and ownership.
+fn make_tree(v: &std::path::Path) {
+    random_file(&v.join("large.bin"), 20 * MIB);
+    sh_in(
+        v,
+        "mkdir -p docs/deep/er empty-dir && echo hello > docs/a.txt && : > docs/empty \
+         && truncate -s 64M sparse.img && printf 'middle' | dd of=sparse.img bs=1 seek=33554432 conv=notrunc status=none \
+         && ln docs/a.txt docs/hardlink-to-a && ln -s docs/a.txt link-rel && ln -s /etc/hostname link-abs \
+         && setfattr -n user.colour -v blue docs/a.txt && setfattr -n user.empty docs/empty \
+         && chmod 0600 docs/empty && chmod 4755 large.bin && chmod 1777 empty-dir && chmod 0750 docs/deep \
+         && chown 1234:5678 docs/a.txt && chown 42:42 docs/deep/er \
+         && for i in $(seq 1 50); do echo file $i > docs/deep/er/f$i; done",
+    );
+}
+
+/// Version 2: a large file changed in the middle, a rename, a deletion, new files.
+fn change_tree_1(v: &std::path::Path) {
+    sh_in(
+        v,
+        "head -c 4096 /dev/urandom | dd of=large.bin bs=1 seek=10485760 conv=notrunc status=none \
+         && mv docs/deep/er/f1 docs/renamed && rm docs/deep/er/f2 && echo new > new.txt \
+         && setfattr -n user.colour -v green docs/a.txt && chmod 0644 docs/empty",
+    );
+}
+
+/// Version 3: more renames and deletions, a directory removed, a hardlink added.
+fn change_tree_2(v: &std::path::Path) {
+    sh_in(
+        v,
+        "rm -r empty-dir && mv docs/deep docs/moved && ln new.txt new-hard \
+         && printf 'tail' >> large.bin && rm link-abs && ln -s new.txt link-abs",
+    );
+}
+
+fn manifest_key(s: &Setup, name: &str) -> String {
+    s.get_json(&format!("backups/subvol/{name}/current.json"))["manifest_key"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn full_and_two_incrementals_round_trip() {
+    if !require_root("full_and_two_incrementals_round_trip") {
+        return;
+    }
+    let s = Setup::new(SetupOpts {
+        storage_class_chunks: "STANDARD_IA",
+        retain: 3,
+        ..Default::default()
+    });
+    let v = s.vol("data");
+    make_tree(&v);
+    let r = s.backup(&[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let full = manifest_key(&s, "data");
+    change_tree_1(&v);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(s.backup(&["--once"]).code, 0);
+    let inc1 = manifest_key(&s, "data");
+    change_tree_2(&v);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(s.backup(&["--once"]).code, 0);
+    let inc2 = manifest_key(&s, "data");
+    assert!(inc1.contains("/incremental/") && inc2.contains("/incremental/"));
+
+    // From current.json (the chain full -> inc1 -> inc2).
+    let t = s.fs.path("restored-current");
+    let r = s.restore(&["--subvolume", "data", "--target", t.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains("event=restore_metrics subvolume=data"),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("manifests=3"), "{r:?}");
+    assert!(r.stderr.contains("event=verify_ok mode=full"), "{r:?}");
+    let src = std::path::PathBuf::from(s.get_json(&inc2)["snapshot"]["path"].as_str().unwrap());
+    assert_same_tree(&src, &t);
+    let described = describe_tree(&t);
+    assert!(
+        described.contains("user.colour=\"green\"") && described.contains("4755"),
+        "{described}"
+    );
+    assert_eq!(
+        run(&format!("btrfs property get {} ro", t.display())).trim(),
+        "ro=false"
+    );
+    let ino = |p: &str| run(&format!("stat -c %i {}", t.join(p).display()));
+    assert_eq!(ino("new.txt"), ino("new-hard"), "hardlink kept");
+    assert!(s.staging_left(&s.fs.mnt).is_empty());
+
+    // From older manifests, each against its own snapshot.
+    for (key, tag) in [(&inc1, "inc1"), (&full, "full")] {
+        let t = s.fs.path(&format!("restored-{tag}"));
+        let r = s.restore(&[
+            "--subvolume",
+            "data",
+            "--target",
+            t.to_str().unwrap(),
+            "--manifest-key",
+            key,
+            "--verify",
+            "sample",
+        ]);
+        assert_eq!(r.code, 0, "{tag}: {r:?}");
+        let src = std::path::PathBuf::from(s.get_json(key)["snapshot"]["path"].as_str().unwrap());
+        assert_same_tree(&src, &t);
+    }
+
+    // An existing target is refused, and left alone.
+    let before = describe_tree(&t);
+    let r = s.restore(&["--subvolume", "data", "--target", t.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("already exists"), "{r:?}");
+    assert_eq!(describe_tree(&t), before);
+
+    // A manifest of another subvolume, and a missing manifest key, name the key.
+    let r = s.restore(&[
+        "--subvolume",
+        "other",
+        "--target",
+        "/tmp/x",
+        "--manifest-key",
+        &full,
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains(&full) && r.stderr.contains("belongs to subvolume"),
+        "{r:?}"
+    );
+    let t2 = s.fs.path("never");
+    let r = s.restore(&[
+        "--subvolume",
+        "data",
+        "--target",
+        t2.to_str().unwrap(),
+        "--manifest-key",
+        "backups/nope.json",
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("backups/nope.json is missing"), "{r:?}");
+    assert!(!t2.exists());
+}
+
+fn flip_byte(store: &dyn ObjectStore, key: &str, at: usize) {
+    let mut data = get_all(store, key).unwrap();
+    data[at] ^= 0x01;
+    let opts = PutOptions {
+        storage_class: "STANDARD".into(),
+        sse: "AES256".into(),
+        content_type: "application/octet-stream",
+    };
+    store.put_object(key, &data, &opts).unwrap();
+}
+
+#[test]
+fn tampered_or_missing_chunks_fail_and_leave_nothing() {
+    if !require_root("tampered_or_missing_chunks_fail_and_leave_nothing") {
+        return;
+    }
+    let s = Setup::new(SetupOpts {
+        storage_class_chunks: "STANDARD",
+        ..Default::default()
+    });
+    make_tree(&s.vol("data"));
+    assert_eq!(s.backup(&[]).code, 0);
+    let key = manifest_key(&s, "data");
+    let m = s.get_json(&key);
+    let chunks: Vec<(String, String)> = m["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["key"].as_str().unwrap().into(),
+                c["sha256"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(chunks.len() >= 2);
+    let store = s.moto.store();
+    let target = s.fs.path("restored");
+    let t = target.to_str().unwrap();
+
+    // One byte flipped in the middle of the second chunk (same size).
+    flip_byte(&store, &chunks[1].0, 6 * MIB + 17);
+    let r = s.restore(&["--subvolume", "data", "--target", t]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains(&format!(
+            "chunk {}: SHA-256 mismatch (manifest {}",
+            chunks[1].0, chunks[1].1
+        )),
+        "{r:?}"
+    );
+    assert!(
+        !target.exists() && s.staging_left(&s.fs.mnt).is_empty(),
+        "{r:?}"
+    );
+    flip_byte(&store, &chunks[1].0, 6 * MIB + 17);
+
+    // The first byte of the stream: btrfs receive fails before the chunk's hash is known.
+    flip_byte(&store, &chunks[0].0, 0);
+    let r = s.restore(&["--subvolume", "data", "--target", t]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr
+            .contains(&format!("chunk {}: SHA-256 mismatch", chunks[0].0)),
+        "{r:?}"
+    );
+    assert!(
+        !target.exists() && s.staging_left(&s.fs.mnt).is_empty(),
+        "{r:?}"
+    );
+    flip_byte(&store, &chunks[0].0, 0);
+
+    // A missing chunk: a manifest naming a chunk that is not in the bucket.
+    let mut doctored = m.clone();
+    doctored["chunks"][1]["key"] = serde_json::json!("backups/subvol/data/full/chunk-gone.bin");
+    let dkey = "backups/subvol/data/full/manifest-doctored.json";
+    let opts = PutOptions {
+        storage_class: "STANDARD".into(),
+        sse: "AES256".into(),
+        content_type: "application/json",
+    };
+    store
+        .put_object(dkey, &serde_json::to_vec(&doctored).unwrap(), &opts)
+        .unwrap();
+    let r = s.restore(&["--subvolume", "data", "--target", t, "--manifest-key", dkey]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("chunk backups/subvol/data/full/chunk-gone.bin is missing"),
+        "{r:?}"
+    );
+    assert!(!target.exists());
+
+    // With the damage undone the same restore works.
+    let r = s.restore(&["--subvolume", "data", "--target", t]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_same_tree(
+        &std::path::PathBuf::from(m["snapshot"]["path"].as_str().unwrap()),
+        &target,
+    );
+}
+
+#[test]
+fn deep_archive_chunks_go_through_the_archive_path() {
+    if !require_root("deep_archive_chunks_go_through_the_archive_path") {
+        return;
+    }
+    let s = Setup::new(SetupOpts {
+        storage_class_chunks: "DEEP_ARCHIVE",
+        ..Default::default()
+    });
+    std::fs::write(s.vol("data").join("f"), vec![5u8; 3 * MIB]).unwrap();
+    assert_eq!(s.backup(&[]).code, 0);
+    let m = s.get_json(&manifest_key(&s, "data"));
+    let chunk = m["chunks"][0]["key"].as_str().unwrap().to_string();
+    let store = s.moto.store();
+    // moto, like S3, refuses to read an archived object.
+    let e = get_all(&store, &chunk).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Archived, "{e}");
+
+    let target = s.fs.path("restored");
+    let t = target.to_str().unwrap();
+    let r = s.restore(&["--subvolume", "data", "--target", t, "--no-wait-restore"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(
+        r.stderr.contains("rerun the same restore command later"),
+        "{r:?}"
+    );
+    assert!(
+        r.stderr.contains("event=archive_restore_requested"),
+        "{r:?}"
+    );
+    assert!(!target.exists());
+
+    let r = s.restore(&[
+        "--subvolume",
+        "data",
+        "--target",
+        t,
+        "--restore-timeout",
+        "120",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("archive_wait_seconds="), "{r:?}");
+    assert_same_tree(
+        &std::path::PathBuf::from(m["snapshot"]["path"].as_str().unwrap()),
+        &target,
+    );
+}
