@@ -5,6 +5,7 @@ mod support;
 
 mod backup;
 mod cli;
+mod contrib;
 mod lock;
 mod restore;
 mod rig;
