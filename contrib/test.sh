@@ -14,28 +14,8 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-need_apt=()
-command -v mkfs.btrfs >/dev/null || need_apt+=(btrfs-progs)
-command -v losetup >/dev/null || need_apt+=(util-linux)
-command -v systemd-analyze >/dev/null || need_apt+=(systemd)
-command -v getfattr >/dev/null || need_apt+=(attr)
-python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
-if [ ${#need_apt[@]} -gt 0 ]; then
-  say "installing ${need_apt[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
-
-venv=.test-tools/venv
-if ! "$venv/bin/python" -c 'import moto, sys; sys.exit(moto.__version__ != "5.1.22")' 2>/dev/null; then
-  say "installing moto[server]==5.1.22 into $venv"
-  rm -rf "$venv"
-  mkdir -p .test-tools
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q 'moto[server]==5.1.22'
-fi
-export BTRFS_TO_S3_MOTO_SERVER="$PWD/$venv/bin/moto_server"
+moto=$(bash contrib/install-test-tools.sh | tail -n 1)
+export BTRFS_TO_S3_MOTO_SERVER="$moto"
 unset BTRFS_TO_S3_SKIP_ROOT_TESTS
 
 say "cargo fmt --check"

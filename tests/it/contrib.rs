@@ -82,3 +82,21 @@ fn example_config_shows_the_defaults() {
         assert!(text.contains(&format!("{key} = ")), "example lacks {key}");
     }
 }
+
+#[test]
+fn e2e_harness_runs_against_the_local_server() {
+    if !require_root("e2e_harness_runs_against_the_local_server") {
+        return;
+    }
+    let out = std::process::Command::new("bash")
+        .arg(repo().join("contrib/e2e.sh"))
+        .env("E2E_BIN", bin())
+        .env("E2E_DATA_MIB", "8")
+        .env_remove("E2E_BUCKET")
+        .env_remove("E2E_ENDPOINT_URL")
+        .output()
+        .unwrap();
+    let (o, e) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && o.contains("E2E OK"), "stdout:\n{o}\nstderr:\n{e}");
+    assert!(o.contains("action=incremental") && o.contains("event=verify_ok"), "{o}");
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what the tests, the demo and the e2e harness need on a fresh Debian machine
+# (as root): btrfs-progs, util-linux, attr, systemd, python3-venv, and moto[server]==5.1.22
+# in .test-tools/venv. Prints the moto_server path on its last line.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v mkfs.btrfs >/dev/null || need_apt+=(btrfs-progs)
+command -v losetup >/dev/null || need_apt+=(util-linux)
+command -v getfattr >/dev/null || need_apt+=(attr)
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "==> installing ${need_apt[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+venv=.test-tools/venv
+if ! "$venv/bin/python" -c 'import moto, sys; sys.exit(moto.__version__ != "5.1.22")' 2>/dev/null; then
+  echo "==> installing moto[server]==5.1.22 into $venv" >&2
+  rm -rf "$venv"
+  mkdir -p .test-tools
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q 'moto[server]==5.1.22' >&2
+fi
+echo "$PWD/$venv/bin/moto_server"
