@@ -124,3 +124,68 @@ fn config_errors_exit_2_with_the_key() {
     // Nothing was created for a bad config: no lock file, no state.
     assert!(!std::path::Path::new("/tmp/b2s3-never").exists());
 }
+
+#[test]
+fn log_level_precedence_and_dry_run_output() {
+    let dir = TempDir::new("loglevel");
+    let body = GOOD
+        .replace("/tmp/b2s3-never", &dir.path().display().to_string())
+        .replace("[global]", "[global]\nlog_level = \"error\"");
+    let cfg = write_config(&dir, &body);
+    // Config says error: no debug event.
+    let r = run_bin(&["backup", "--config", &cfg, "--dry-run"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        r.stdout.trim(),
+        "data: full (no previous backup recorded in the state file)"
+    );
+    assert!(!r.stderr.contains("event=config_loaded"), "{r:?}");
+    // --log-level (before the subcommand) overrides the config.
+    let r = run_bin(&[
+        "--log-level",
+        "debug",
+        "backup",
+        "--config",
+        &cfg,
+        "--dry-run",
+    ]);
+    assert!(r.stderr.contains("DEBUG event=config_loaded"), "{r:?}");
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.contains("event=config_loaded"))
+        .unwrap();
+    let ts = line.split(' ').next().unwrap();
+    assert!(
+        ts.len() == 20 && ts.ends_with('Z') && ts.contains('T'),
+        "UTC timestamp: {line}"
+    );
+    // Secrets never appear in the log, even at debug level.
+    assert!(!r.stderr.contains(SECRET_KEY), "{r:?}");
+    // RUST_LOG overrides both.
+    let r = output(btrfs_to_s3().env("RUST_LOG", "error").args([
+        "backup",
+        "--config",
+        &cfg,
+        "--dry-run",
+        "--log-level",
+        "debug",
+    ]));
+    assert!(!r.stderr.contains("event=config_loaded"), "{r:?}");
+    // Dry run wrote nothing: no lock file, no state.
+    assert!(!dir.path().join("lock").exists() && !dir.path().join("state.json").exists());
+    // An unknown --subvolume is a usage error.
+    let r = run_bin(&[
+        "backup",
+        "--config",
+        &cfg,
+        "--dry-run",
+        "--subvolume",
+        "nope",
+    ]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("--subvolume nope") && r.stderr.contains("configured: data"),
+        "{r:?}"
+    );
+}

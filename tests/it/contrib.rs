@@ -10,11 +10,16 @@ use crate::support::*;
 #[test]
 fn systemd_units_verify() {
     let ok = sh("command -v systemd-analyze").status.success();
-    assert!(ok, "systemd-analyze is missing: apt-get install systemd (contrib/test.sh does)");
+    assert!(
+        ok,
+        "systemd-analyze is missing: apt-get install systemd (contrib/test.sh does)"
+    );
     let dir = TempDir::new("units");
     let unit = std::fs::read_to_string(repo().join("contrib/systemd/btrfs_to_s3.service")).unwrap();
     assert!(unit.contains("Type=oneshot"));
-    assert!(unit.contains("ExecStart=/usr/local/bin/btrfs_to_s3 backup --config /etc/btrfs_to_s3/config.toml"));
+    assert!(unit.contains(
+        "ExecStart=/usr/local/bin/btrfs_to_s3 backup --config /etc/btrfs_to_s3/config.toml"
+    ));
     // verify checks that ExecStart exists: point it at the binary under test.
     let unit = unit.replace("/usr/local/bin/btrfs_to_s3", &bin().display().to_string());
     std::fs::write(dir.path().join("btrfs_to_s3.service"), unit).unwrap();
@@ -26,8 +31,14 @@ fn systemd_units_verify() {
         d = dir.path().display()
     ));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "systemd-analyze verify failed: {stderr}");
-    assert!(stderr.trim().is_empty(), "systemd-analyze verify warned: {stderr}");
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed: {stderr}"
+    );
+    assert!(
+        stderr.trim().is_empty(),
+        "systemd-analyze verify warned: {stderr}"
+    );
 }
 
 fn config_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -48,7 +59,12 @@ fn config_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn every_config_file_parses() {
     let mut files = Vec::new();
     config_files(&repo(), &mut files);
-    assert!(files.iter().any(|f| f.ends_with("contrib/config.example.toml")), "{files:?}");
+    assert!(
+        files
+            .iter()
+            .any(|f| f.ends_with("contrib/config.example.toml")),
+        "{files:?}"
+    );
     for f in &files {
         if let Err(e) = Config::load(f, &ProcessEnv) {
             panic!("{}: {e}", f.display());
@@ -64,20 +80,55 @@ fn example_config_shows_the_defaults() {
         &ProcessEnv,
     )
     .unwrap();
-    assert_eq!(format!("{:?}", example.global), format!("{:?}", minimal.global));
-    assert_eq!(format!("{:?}", example.schedule), format!("{:?}", minimal.schedule));
-    assert_eq!(format!("{:?}", example.snapshots), format!("{:?}", minimal.snapshots));
+    assert_eq!(
+        format!("{:?}", example.global),
+        format!("{:?}", minimal.global)
+    );
+    assert_eq!(
+        format!("{:?}", example.schedule),
+        format!("{:?}", minimal.schedule)
+    );
+    assert_eq!(
+        format!("{:?}", example.snapshots),
+        format!("{:?}", minimal.snapshots)
+    );
     assert_eq!(format!("{:?}", example.s3), format!("{:?}", minimal.s3));
-    assert_eq!(format!("{:?}", example.restore), format!("{:?}", minimal.restore));
+    assert_eq!(
+        format!("{:?}", example.restore),
+        format!("{:?}", minimal.restore)
+    );
     // Every key of the schema appears in the example (set or commented out).
     let text = std::fs::read_to_string(repo().join("contrib/config.example.toml")).unwrap();
     for key in [
-        "log_level", "state_path", "lock_path", "spool_dir", "spool_size_bytes", "metrics_path",
-        "full_every_days", "incremental_every_days", "run_at", "base_dir", "retain", "paths",
-        "bucket", "region", "prefix", "chunk_size_bytes", "storage_class_chunks",
-        "storage_class_manifest", "concurrency", "spool_enabled", "sse", "endpoint_url",
-        "part_size_bytes", "target_base_dir", "verify_mode", "sample_max_files",
-        "wait_for_restore", "restore_timeout_seconds", "restore_tier",
+        "log_level",
+        "state_path",
+        "lock_path",
+        "spool_dir",
+        "spool_size_bytes",
+        "metrics_path",
+        "full_every_days",
+        "incremental_every_days",
+        "run_at",
+        "base_dir",
+        "retain",
+        "paths",
+        "bucket",
+        "region",
+        "prefix",
+        "chunk_size_bytes",
+        "storage_class_chunks",
+        "storage_class_manifest",
+        "concurrency",
+        "spool_enabled",
+        "sse",
+        "endpoint_url",
+        "part_size_bytes",
+        "target_base_dir",
+        "verify_mode",
+        "sample_max_files",
+        "wait_for_restore",
+        "restore_timeout_seconds",
+        "restore_tier",
     ] {
         assert!(text.contains(&format!("{key} = ")), "example lacks {key}");
     }
@@ -96,7 +147,16 @@ fn e2e_harness_runs_against_the_local_server() {
         .env_remove("E2E_ENDPOINT_URL")
         .output()
         .unwrap();
-    let (o, e) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && o.contains("E2E OK"), "stdout:\n{o}\nstderr:\n{e}");
-    assert!(o.contains("action=incremental") && o.contains("event=verify_ok"), "{o}");
+    let (o, e) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success() && o.contains("E2E OK"),
+        "stdout:\n{o}\nstderr:\n{e}"
+    );
+    assert!(
+        o.contains("action=incremental") && o.contains("event=verify_ok"),
+        "{o}"
+    );
 }

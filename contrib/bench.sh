@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Benchmark (as root; not part of CI): one table from one run comparing
+#   btrfs_to_s3 backup, btrfs send > /dev/null, btrfs send | aws s3 cp -, btrfs send | rclone rcat,
+#   and btrfs_to_s3 restore,
+# on a loop-device btrfs holding GIB GiB (default 2) of mixed data, uploading to a local
+# s3s-fs 0.14.1 on 127.0.0.1. Columns: MB/s of the send stream, CPU seconds (user+sys, the
+# btrfs send child included) per GiB of stream, peak RSS. A 200 MiB subvolume is backed up
+# too, to show that peak RSS does not grow with the stream.
+#
+#   bash contrib/bench.sh [GIB]
+# Env: BENCH_DIR (/var/tmp/btrfs_to_s3-bench), CONCURRENCY (4), PART_MIB (16).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+gib=${1:-2}
+conc=${CONCURRENCY:-4}
+part_mib=${PART_MIB:-16}
+dir=${BENCH_DIR:-/var/tmp/btrfs_to_s3-bench}
+
+[ "$(id -u)" = 0 ] || { echo "bench.sh: run as root" >&2; exit 1; }
+need=()
+command -v rclone >/dev/null || need+=(rclone)
+[ -x /usr/bin/time ] || need+=(time)
+command -v mkfs.btrfs >/dev/null || need+=(btrfs-progs)
+if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; fi
+if ! command -v aws >/dev/null; then
+  python3 -m venv .test-tools/awscli && .test-tools/awscli/bin/pip install -q awscli
+  PATH=$repo/.test-tools/awscli/bin:$PATH
+fi
+s3s=${S3S_FS:-$repo/.test-tools/s3s-fs/bin/s3s-fs}
+if [ ! -x "$s3s" ]; then
+  echo "==> installing s3s-fs 0.14.1 (about 5 minutes)"
+  cargo install s3s-fs@0.14.1 --features binary --root "$repo/.test-tools/s3s-fs" --quiet
+fi
+cargo build --release --quiet
+bin=$repo/target/release/btrfs_to_s3
+
+mnt=$dir/mnt
+s3pid=
+cleanup() {
+  set +e
+  [ -n "$s3pid" ] && kill "$s3pid" 2>/dev/null && wait "$s3pid" 2>/dev/null
+  mountpoint -q "$mnt" && { umount "$mnt" || umount -l "$mnt"; }
+  losetup -j "$dir/fs.img" -O NAME -n 2>/dev/null | xargs -r -n1 losetup -d
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+cleanup
+mkdir -p "$mnt" "$dir/s3data/bench"
+
+echo "==> building a ${gib} GiB btrfs with mixed data"
+truncate -s "$(( gib * 2 + 2 ))G" "$dir/fs.img"
+mkfs.btrfs -q -f "$dir/fs.img" >/dev/null 2>&1
+mount -o loop "$dir/fs.img" "$mnt"
+rnd() { { openssl enc -aes-128-ctr -pass "pass:$1" -nosalt -pbkdf2 < /dev/zero 2>/dev/null || true; } | head -c "$2"; }
+btrfs -q subvolume create "$mnt/big"
+total=$(( gib * 1024 * 1024 * 1024 ))
+# 70% large random files, 20% compressible text, 10% many small files.
+rnd big1 $(( total * 35 / 100 )) > "$mnt/big/random1.bin"
+rnd big2 $(( total * 35 / 100 )) > "$mnt/big/random2.bin"
+yes "btrfs_to_s3 benchmark line of compressible text" | head -c $(( total * 20 / 100 )) > "$mnt/big/text.log"
+mkdir -p "$mnt/big/small"
+rnd small $(( total * 10 / 100 )) | split -b 64k - "$mnt/big/small/f"
+btrfs -q subvolume create "$mnt/small"
+rnd s200 $(( 200 * 1024 * 1024 )) > "$mnt/small/random.bin"
+sync
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret AWS_DEFAULT_REGION=us-east-1
+"$s3s" --host 127.0.0.1 --port "$port" --access-key bench --secret-key benchsecret "$dir/s3data" > "$dir/s3s.log" 2>&1 &
+s3pid=$!
+for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+endpoint=http://127.0.0.1:$port
+
+cfg() { # $1 = subvolume, $2 = state file
+  cat > "$dir/$1.toml" <<TOML
+[global]
+state_path = "$dir/$2"
+lock_path = "$dir/lock"
+[snapshots]
+base_dir = "$mnt/snapshots"
+[subvolumes]
+paths = ["$mnt/$1"]
+[s3]
+bucket = "bench"
+region = "us-east-1"
+prefix = "bench-$1"
+endpoint_url = "$endpoint"
+storage_class_chunks = "STANDARD"
+concurrency = $conc
+part_size_bytes = $(( part_mib * 1024 * 1024 ))
+[restore]
+verify_mode = "none"
+TOML
+}
+cfg big state-big.json
+cfg small state-small.json
+
+# measure NAME BYTES CMD...: runs CMD under /usr/bin/time, prints a table row.
+rows=()
+measure() {
+  local name=$1 bytes=$2; shift 2
+  sync; echo 3 > /proc/sys/vm/drop_caches
+  /usr/bin/time -f '%e %U %S %M' -o "$dir/time" "$@" > "$dir/out.log" 2>&1 || { cat "$dir/out.log"; echo "$name failed" >&2; exit 1; }
+  read -r el us sy rss < "$dir/time"
+  rows+=("$(python3 - "$name" "$bytes" "$el" "$us" "$sy" "$rss" "$dir/out.log" <<'PY'
+import re, sys
+name, b, el, us, sy, rss = sys.argv[1], sys.argv[2], *map(float, sys.argv[3:7])
+# "log": the stream size is the total_bytes btrfs_to_s3 logged.
+b = int(re.search(r"total_bytes=(\d+)", open(sys.argv[7]).read()).group(1)) if b == "log" else int(b)
+gib = b / 2**30
+print(f"| {name} | {b/1e6/el:8.1f} | {(us+sy)/gib:6.2f} | {rss/1024:8.1f} | {el:7.1f} |")
+PY
+)")
+}
+
+echo "==> measuring (each run starts with dropped caches)"
+"$bin" backup --config "$dir/big.toml" --no-s3 --once > /dev/null 2>&1
+snap=$(ls -d "$mnt"/snapshots/big__* | tail -n 1)
+stream=$(btrfs send -q "$snap" | wc -c)
+measure "btrfs send > /dev/null" "$stream" sh -c "btrfs send -q '$snap' > /dev/null"
+measure "btrfs send | aws s3 cp -" "$stream" sh -c "btrfs send -q '$snap' | aws --endpoint-url '$endpoint' s3 cp - s3://bench/aws.bin --only-show-errors"
+rm -rf "$dir/s3data/bench/aws.bin"
+measure "btrfs send | rclone rcat" "$stream" env -u AWS_CA_BUNDLE RCLONE_CONFIG_B_TYPE=s3 RCLONE_CONFIG_B_PROVIDER=Other \
+  RCLONE_CONFIG_B_ENDPOINT="$endpoint" RCLONE_CONFIG_B_ACCESS_KEY_ID=bench RCLONE_CONFIG_B_SECRET_ACCESS_KEY=benchsecret \
+  sh -c "btrfs send -q '$snap' | rclone rcat b:bench/rclone.bin"
+rm -rf "$dir/s3data/bench/rclone.bin"
+btrfs -q subvolume delete "$snap"
+measure "btrfs_to_s3 backup (${gib} GiB)" log "$bin" backup --config "$dir/big.toml" --once
+grep -o 'event=backup_metrics.*' "$dir/out.log"
+measure "btrfs_to_s3 restore (${gib} GiB)" "$stream" "$bin" restore --config "$dir/big.toml" --subvolume big --target "$mnt/restored-big"
+grep -o 'event=restore_metrics.*' "$dir/out.log"
+measure "btrfs_to_s3 backup (200 MiB)" log "$bin" backup --config "$dir/small.toml" --once
+grep -o 'event=backup_metrics.*' "$dir/out.log"
+
+echo
+echo "stream ${stream} bytes; concurrency ${conc}, part ${part_mib} MiB; memory bound (concurrency+2) x part = $(( (conc + 2) * part_mib )) MiB + overhead"
+echo "| command | MB/s | CPU s/GiB | peak RSS MiB | seconds |"
+echo "| --- | ---: | ---: | ---: | ---: |"
+printf '%s\n' "${rows[@]}"
