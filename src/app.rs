@@ -145,14 +145,6 @@ fn backup(config: &Config, args: &BackupArgs) -> Result<u8> {
     let cancel = crate::signals::install()?;
     let retrier = Arc::new(Retrier::new(Policy::default(), cancel));
     let btrfs = BtrfsCli::default();
-    if config.s3.spool_enabled && !args.no_s3 {
-        event!(
-            Warn,
-            "spool_not_used",
-            reason =
-                "this version keeps parts in memory (bounded by (s3.concurrency + 2) x part size)",
-        );
-    }
     // --dry-run reads only: no lock, no writes, not even the lock file's contents.
     let _lock = if args.dry_run {
         None

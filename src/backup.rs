@@ -20,7 +20,7 @@ use crate::planner::{Action, Decision, Facts};
 use crate::retry::Retrier;
 use crate::snapshots::{self, SnapKind, SnapName};
 use crate::state::{State, SubvolState};
-use crate::store::{ObjectStore, PutOptions};
+use crate::store::{Body, ObjectStore, PutOptions};
 use crate::ts::Ts;
 
 /// What a backup run works with. `store` is `None` with `--no-s3`.
@@ -236,6 +236,10 @@ impl Backup<'_> {
             part_size,
             concurrency: self.cfg.s3.concurrency,
             chunk_opts: chunk_opts(self.cfg),
+            spool: self.cfg.s3.spool_enabled.then(|| pipeline::Spool {
+                dir: self.cfg.global.spool_dir.clone(),
+                max_bytes: self.cfg.global.spool_size_bytes,
+            }),
         };
         event!(
             Info,
@@ -248,6 +252,8 @@ impl Backup<'_> {
                 .unwrap_or_else(|| "none".into()),
             part_size = part_size,
             concurrency = pcfg.concurrency,
+            buffers = pcfg.max_buffers(),
+            spool = pcfg.spool.is_some(),
         );
         let mut send = self.btrfs.send(snap_path, parent)?;
         let key_for = |i| self.layout.chunk_key(&sv.name, kind, run_ts, i);
@@ -361,7 +367,7 @@ pub fn publish(
 ) -> Result<()> {
     let body = manifest.to_json();
     retrier
-        .run(|| store.put_object(manifest_key, &body, opts))
+        .run(|| store.put_object(manifest_key, Body::Bytes(&body), opts))
         .with_context(|| format!("uploading manifest {manifest_key}"))?;
     let pointer = Pointer {
         manifest_key: manifest_key.to_string(),
@@ -371,7 +377,7 @@ pub fn publish(
     };
     let body = pointer.to_json();
     retrier
-        .run(|| store.put_object(pointer_key, &body, opts))
+        .run(|| store.put_object(pointer_key, Body::Bytes(&body), opts))
         .with_context(|| format!("publishing {pointer_key}"))?;
     Ok(())
 }

@@ -3,10 +3,14 @@
 //! crossbeam channels. Buffers circulate: at most `concurrency + 2` part buffers exist,
 //! which is the memory bound. A chunk that fits in one part is one PutObject; a larger one
 //! is a multipart upload whose parts go up in parallel. On any failure the pool drains,
-//! every open multipart upload is aborted, and the first error is returned.
+//! every open multipart upload is aborted, and the first error is returned. With a spool,
+//! part buffers are unlinked files in the spool directory instead of memory.
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -17,7 +21,7 @@ use crate::chunker::{ChunkDone, Cutter, StreamSummary};
 use crate::config::{MAX_PART_SIZE, MIB, MIN_PART_SIZE};
 use crate::event;
 use crate::retry::Retrier;
-use crate::store::{ObjectStore, PutOptions};
+use crate::store::{Body, ObjectStore, PutOptions};
 
 /// S3's limit on parts per multipart upload.
 pub const MAX_PARTS: u64 = 10_000;
@@ -33,21 +37,52 @@ pub fn effective_part_size(configured: u64, chunk_size: u64) -> Option<u64> {
     (p <= MAX_PART_SIZE).then_some(p)
 }
 
+/// Spool parts to files in `dir`, using at most `max_bytes` of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spool {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+}
+
 #[derive(Clone, Debug)]
 pub struct PipelineConfig {
     pub chunk_size: u64,
     pub part_size: u64,
     pub concurrency: usize,
     pub chunk_opts: PutOptions,
+    pub spool: Option<Spool>,
 }
 
 impl PipelineConfig {
     /// Part buffers that can exist at once: one per uploader, one being filled, one held
-    /// back while deciding whether a chunk needs a multipart upload.
+    /// back while deciding whether a chunk needs a multipart upload. A spool holds at most
+    /// as many as fit in its size.
     pub fn max_buffers(&self) -> usize {
-        self.concurrency + 2
+        let n = self.concurrency.max(1) + 2;
+        match &self.spool {
+            None => n,
+            Some(s) => n.min((s.max_bytes / self.part_size.max(1)) as usize),
+        }
     }
 }
+
+/// One part's bytes: in memory, or in an (already unlinked) spool file.
+enum PartBuf {
+    Mem(Vec<u8>),
+    Spool { file: File, len: u64 },
+}
+
+impl PartBuf {
+    fn body(&self) -> Body<'_> {
+        match self {
+            PartBuf::Mem(v) => Body::Bytes(v),
+            PartBuf::Spool { file, len } => Body::File { file, len: *len },
+        }
+    }
+}
+
+/// Size of the bounce buffer used to copy the stream into spool files.
+const SPOOL_COPY: usize = 1 << 20;
 
 /// One uploaded chunk, as the manifest records it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,14 +104,14 @@ enum Job {
     Put {
         chunk: u64,
         key: Arc<str>,
-        buf: Vec<u8>,
+        buf: PartBuf,
     },
     Part {
         chunk: u64,
         key: Arc<str>,
         upload_id: Arc<str>,
         part: u32,
-        buf: Vec<u8>,
+        buf: PartBuf,
     },
 }
 
@@ -84,7 +119,7 @@ struct Done {
     chunk: u64,
     part: u32,
     result: Result<String>,
-    buf: Vec<u8>,
+    buf: PartBuf,
 }
 
 #[derive(Default)]
@@ -107,6 +142,13 @@ pub fn upload_stream(
     cfg: &PipelineConfig,
     key_for: &dyn Fn(u64) -> String,
 ) -> Result<Outcome> {
+    if cfg.max_buffers() < 2 {
+        let spool = cfg.spool.as_ref().map(|s| s.max_bytes).unwrap_or(0);
+        return Err(anyhow!(
+            "global.spool_size_bytes = {spool} holds fewer than two parts of {} bytes; raise it",
+            cfg.part_size
+        ));
+    }
     let (job_tx, job_rx) = bounded::<Job>(cfg.max_buffers());
     let (done_tx, done_rx) = bounded::<Done>(cfg.max_buffers());
     let stop = Arc::new(AtomicBool::new(false));
@@ -131,6 +173,7 @@ pub fn upload_stream(
         done: done_rx,
         free: Vec::new(),
         allocated: 0,
+        bounce: Vec::new(),
         open: BTreeMap::new(),
         in_flight: 0,
         parts: AtomicU64::new(0),
@@ -173,7 +216,7 @@ fn worker(
                     Err(anyhow!("cancelled"))
                 } else {
                     retrier
-                        .run(|| store.put_object(&key, &buf, opts))
+                        .run(|| store.put_object(&key, buf.body(), opts))
                         .map_err(anyhow::Error::from)
                 };
                 (chunk, 0, key, r, buf)
@@ -189,7 +232,7 @@ fn worker(
                     Err(anyhow!("cancelled"))
                 } else {
                     retrier
-                        .run(|| store.upload_part(&key, &upload_id, part, &buf))
+                        .run(|| store.upload_part(&key, &upload_id, part, buf.body()))
                         .map_err(anyhow::Error::from)
                 };
                 (chunk, part, key, r, buf)
@@ -219,16 +262,35 @@ struct Run<'a> {
     cfg: &'a PipelineConfig,
     jobs: Option<Sender<Job>>,
     done: Receiver<Done>,
-    free: Vec<Vec<u8>>,
+    free: Vec<PartBuf>,
     allocated: usize,
+    bounce: Vec<u8>,
     open: BTreeMap<u64, OpenChunk>,
     in_flight: usize,
     parts: AtomicU64,
     error: Option<anyhow::Error>,
 }
 
+/// A new spool file in `dir`, unlinked at once: its space is freed when the run ends,
+/// however it ends.
+fn spool_file(dir: &std::path::Path, n: usize) -> Result<PartBuf> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating global.spool_dir {}", dir.display()))?;
+    let path = dir.join(format!(".btrfs_to_s3-{}-{n}.part", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .with_context(|| format!("creating spool file {} (global.spool_dir)", path.display()))?;
+    std::fs::remove_file(&path)
+        .with_context(|| format!("unlinking spool file {}", path.display()))?;
+    Ok(PartBuf::Spool { file, len: 0 })
+}
+
 /// Reads until `buf` holds `want` bytes or the input ends; returns the bytes read.
-fn fill(input: &mut dyn Read, buf: &mut Vec<u8>, want: usize) -> std::io::Result<usize> {
+fn fill_mem(input: &mut dyn Read, buf: &mut Vec<u8>, want: usize) -> std::io::Result<usize> {
     // Reuse what the buffer already holds; only growth is zero-filled.
     if buf.len() < want {
         buf.resize(want, 0);
@@ -251,6 +313,42 @@ fn fill(input: &mut dyn Read, buf: &mut Vec<u8>, want: usize) -> std::io::Result
     Ok(n)
 }
 
+/// Fills one part (memory or spool file) with up to `want` bytes, feeding the cutter;
+/// returns the bytes read and the chunk these bytes completed, if any.
+fn fill(
+    input: &mut dyn Read,
+    buf: &mut PartBuf,
+    want: usize,
+    cutter: &mut Cutter,
+    bounce: &mut Vec<u8>,
+) -> Result<(usize, Option<ChunkDone>)> {
+    match buf {
+        PartBuf::Mem(v) => {
+            let n = fill_mem(input, v, want).context("reading the btrfs send stream")?;
+            let done = if n > 0 { cutter.feed(v) } else { None };
+            Ok((n, done))
+        }
+        PartBuf::Spool { file, len } => {
+            bounce.resize(SPOOL_COPY, 0);
+            let mut n = 0;
+            let mut done = None;
+            while n < want {
+                let k = fill_mem(input, bounce, (want - n).min(SPOOL_COPY))
+                    .context("reading the btrfs send stream")?;
+                if k == 0 {
+                    break;
+                }
+                file.write_all_at(&bounce[..k], n as u64)
+                    .context("writing a part to the spool file (global.spool_dir)")?;
+                done = cutter.feed(&bounce[..k]);
+                n += k;
+            }
+            *len = n as u64;
+            Ok((n, done))
+        }
+    }
+}
+
 impl Run<'_> {
     fn read_all(
         &mut self,
@@ -259,7 +357,7 @@ impl Run<'_> {
     ) -> Result<Outcome> {
         let mut cutter = Cutter::new(self.cfg.chunk_size, self.cfg.part_size);
         // First part of the current chunk, held until we know whether more follows.
-        let mut held: Option<Vec<u8>> = None;
+        let mut held: Option<PartBuf> = None;
         loop {
             if self.error.is_some() {
                 return Err(anyhow!("upload failed"));
@@ -271,7 +369,7 @@ impl Run<'_> {
             let index = cutter.chunk_index();
             let first_part = cutter.in_chunk() == 0;
             let mut buf = self.buffer()?;
-            let n = fill(input, &mut buf, want).context("reading the btrfs send stream")?;
+            let (n, done) = fill(input, &mut buf, want, &mut cutter, &mut self.bounce)?;
             if n == 0 {
                 self.free.push(buf);
                 if let Some(h) = held.take() {
@@ -279,7 +377,6 @@ impl Run<'_> {
                 }
                 break;
             }
-            let done = cutter.feed(&buf);
             let eof = n < want;
             if let Some(h) = held.take() {
                 self.start_multipart(index, key_for(index))?;
@@ -334,14 +431,19 @@ impl Run<'_> {
     }
 
     /// A free buffer, allocating up to the bound, else waiting for an upload to finish.
-    fn buffer(&mut self) -> Result<Vec<u8>> {
+    fn buffer(&mut self) -> Result<PartBuf> {
         loop {
             if let Some(b) = self.free.pop() {
                 return Ok(b);
             }
             if self.allocated < self.cfg.max_buffers() {
                 self.allocated += 1;
-                return Ok(Vec::with_capacity(self.cfg.part_size as usize));
+                return match &self.cfg.spool {
+                    None => Ok(PartBuf::Mem(Vec::with_capacity(
+                        self.cfg.part_size as usize,
+                    ))),
+                    Some(s) => spool_file(&s.dir, self.allocated),
+                };
             }
             self.wait_one()?;
             if self.error.is_some() {
@@ -362,7 +464,7 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn put(&mut self, index: u64, key: String, buf: Vec<u8>) -> Result<()> {
+    fn put(&mut self, index: u64, key: String, buf: PartBuf) -> Result<()> {
         let key: Arc<str> = key.into();
         let c = self.open.entry(index).or_default();
         c.key = key.clone();
@@ -388,7 +490,7 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn part(&mut self, index: u64, buf: Vec<u8>) -> Result<()> {
+    fn part(&mut self, index: u64, buf: PartBuf) -> Result<()> {
         let c = self
             .open
             .get_mut(&index)

@@ -25,6 +25,7 @@ fn cfg(chunk: u64, part: u64, conc: usize) -> PipelineConfig {
             sse: "AES256".into(),
             content_type: "application/octet-stream",
         },
+        spool: None,
     }
 }
 
@@ -235,4 +236,70 @@ fn part_size_raise() {
         effective_part_size(16 * MIB, MAX_PART_SIZE * 10_000 + 1),
         None
     );
+}
+
+fn spooled(
+    chunk: u64,
+    part: u64,
+    conc: usize,
+    dir: &std::path::Path,
+    max_bytes: u64,
+) -> PipelineConfig {
+    PipelineConfig {
+        spool: Some(Spool {
+            dir: dir.to_path_buf(),
+            max_bytes,
+        }),
+        ..cfg(chunk, part, conc)
+    }
+}
+
+#[test]
+fn spool_carries_parts_through_unlinked_files() {
+    let dir = crate::testing::Scratch::new("spool");
+    let spool = dir.0.join("spool");
+    for (n, chunk, part) in [(2500usize, 1000u64, 300u64), (1000, 300, 512), (0, 100, 50)] {
+        let store = Arc::new(MemoryStore::new());
+        let d = data(n);
+        // A transient failure makes the file body be sent twice.
+        store.fail("part 2", ErrorKind::Transient, 1);
+        let c = spooled(chunk, part, 3, &spool, 10 * part);
+        let o = run(&store, &d, &c).unwrap();
+        assert_eq!(reassemble(&store, &o), d);
+        assert_eq!(o.summary.total_bytes, n as u64);
+        // The spool files were unlinked when created: nothing stays behind.
+        if spool.exists() {
+            assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0);
+        }
+    }
+}
+
+#[test]
+fn spool_size_bounds_the_buffers() {
+    let dir = crate::testing::Scratch::new("spool-size");
+    // Room for 3 parts: fewer buffers than concurrency + 2, still correct.
+    let c = spooled(1000, 100, 4, &dir.0, 300);
+    assert_eq!(c.max_buffers(), 3);
+    let store = Arc::new(MemoryStore::new());
+    let d = data(2345);
+    let o = run(&store, &d, &c).unwrap();
+    assert_eq!(reassemble(&store, &o), d);
+    // Room for one part is refused with the key to raise.
+    let c = spooled(1000, 100, 4, &dir.0, 150);
+    let e = run(&Arc::new(MemoryStore::new()), &d, &c).unwrap_err();
+    assert!(
+        e.to_string().contains("global.spool_size_bytes = 150"),
+        "{e}"
+    );
+    // An unusable spool directory is named.
+    let c = spooled(
+        1000,
+        100,
+        2,
+        std::path::Path::new("/proc/no-such-dir"),
+        1000,
+    );
+    let e = run(&Arc::new(MemoryStore::new()), &d, &c).unwrap_err();
+    assert!(format!("{e:#}").contains("global.spool_dir"), "{e:#}");
+    assert_eq!(cfg(1, 1, 4).max_buffers(), 6);
 }

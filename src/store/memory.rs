@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::io::{Cursor, Read};
 use std::sync::Mutex;
 
-use super::{ErrorKind, ObjectMeta, ObjectStore, OpenUpload, PutOptions, StoreError, StoreResult};
+use super::{
+    Body, ErrorKind, ObjectMeta, ObjectStore, OpenUpload, PutOptions, StoreError, StoreResult,
+};
 
 #[derive(Clone, Debug)]
 pub struct StoredObject {
@@ -142,13 +144,17 @@ fn not_found(op: String) -> StoreError {
 }
 
 impl ObjectStore for MemoryStore {
-    fn put_object(&self, key: &str, body: &[u8], opts: &PutOptions) -> StoreResult<String> {
-        let mut g = self.enter(format!("PUT {key}"))?;
+    fn put_object(&self, key: &str, body: Body<'_>, opts: &PutOptions) -> StoreResult<String> {
+        let op = format!("PUT {key}");
+        let body = body
+            .to_vec()
+            .map_err(|e| StoreError::new(ErrorKind::Transient, op.clone(), e.to_string()))?;
+        let mut g = self.enter(op)?;
         let etag = format!("\"put-{}\"", body.len());
         g.objects.insert(
             key.to_string(),
             StoredObject {
-                data: body.to_vec(),
+                data: body,
                 opts: opts.clone(),
                 etag: etag.clone(),
                 restore_after_heads: None,
@@ -172,12 +178,22 @@ impl ObjectStore for MemoryStore {
         Ok(id)
     }
 
-    fn upload_part(&self, key: &str, upload_id: &str, n: u32, body: &[u8]) -> StoreResult<String> {
+    fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        n: u32,
+        body: Body<'_>,
+    ) -> StoreResult<String> {
         let op = format!("UploadPart {key} part {n}");
+        let body = body
+            .to_vec()
+            .map_err(|e| StoreError::new(ErrorKind::Transient, op.clone(), e.to_string()))?;
         let mut g = self.enter(op.clone())?;
         let u = g.uploads.get_mut(upload_id).ok_or_else(|| not_found(op))?;
-        u.parts.insert(n, body.to_vec());
-        Ok(format!("\"part-{n}-{}\"", body.len()))
+        let etag = format!("\"part-{n}-{}\"", body.len());
+        u.parts.insert(n, body);
+        Ok(etag)
     }
 
     fn complete_multipart(

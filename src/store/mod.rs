@@ -69,6 +69,67 @@ pub struct PutOptions {
     pub content_type: &'static str,
 }
 
+/// A request body: bytes in memory, or the first `len` bytes of a (spool) file, read
+/// with positioned reads so a retry can send it again.
+#[derive(Clone, Copy, Debug)]
+pub enum Body<'a> {
+    Bytes(&'a [u8]),
+    File { file: &'a std::fs::File, len: u64 },
+}
+
+impl<'a> Body<'a> {
+    pub fn len(&self) -> u64 {
+        match self {
+            Body::Bytes(b) => b.len() as u64,
+            Body::File { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A fresh reader over the whole body.
+    pub fn reader(&self) -> Box<dyn Read + Send + 'a> {
+        match *self {
+            Body::Bytes(b) => Box::new(b),
+            Body::File { file, len } => Box::new(FileRange { file, pos: 0, len }),
+        }
+    }
+
+    /// The whole body in memory (the in-memory store; small bodies).
+    pub fn to_vec(&self) -> std::io::Result<Vec<u8>> {
+        let mut v = Vec::with_capacity(self.len() as usize);
+        self.reader().read_to_end(&mut v)?;
+        Ok(v)
+    }
+}
+
+struct FileRange<'a> {
+    file: &'a std::fs::File,
+    pos: u64,
+    len: u64,
+}
+
+impl Read for FileRange<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let want = (self.len - self.pos).min(buf.len() as u64) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "spool file is shorter than the part",
+            ));
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
 /// What HEAD tells about an object.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ObjectMeta {
@@ -98,7 +159,7 @@ pub struct OpenUpload {
 /// retry policy lives in `retry`, above this trait.
 pub trait ObjectStore: Send + Sync {
     /// PutObject; returns the ETag.
-    fn put_object(&self, key: &str, body: &[u8], opts: &PutOptions) -> StoreResult<String>;
+    fn put_object(&self, key: &str, body: Body<'_>, opts: &PutOptions) -> StoreResult<String>;
     /// CreateMultipartUpload; returns the upload id.
     fn create_multipart(&self, key: &str, opts: &PutOptions) -> StoreResult<String>;
     /// UploadPart; returns the part's ETag.
@@ -107,7 +168,7 @@ pub trait ObjectStore: Send + Sync {
         key: &str,
         upload_id: &str,
         part_number: u32,
-        body: &[u8],
+        body: Body<'_>,
     ) -> StoreResult<String>;
     /// CompleteMultipartUpload with `(part number, ETag)` in order; returns the ETag.
     fn complete_multipart(

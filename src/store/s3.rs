@@ -11,7 +11,7 @@ use url::Url;
 
 use super::sigv4::{Signer, EMPTY_SHA256, UNSIGNED_PAYLOAD};
 use super::{
-    xml, ErrorKind, ObjectMeta, ObjectStore, OpenUpload, PutOptions, StoreError, StoreResult,
+    xml, Body, ErrorKind, ObjectMeta, ObjectStore, OpenUpload, PutOptions, StoreError, StoreResult,
 };
 use crate::config;
 
@@ -125,11 +125,13 @@ impl S3Store {
         method: &str,
         url: &Url,
         headers: &[(&str, String)],
-        body: Option<&[u8]>,
+        body: Option<Body<'_>>,
     ) -> StoreResult<ureq::Response> {
         let payload_hash = match body {
             None => EMPTY_SHA256.to_string(),
-            Some(b) if b.len() <= SIGN_BODY_LIMIT => crate::chunker::hex(&Sha256::digest(b)),
+            Some(Body::Bytes(b)) if b.len() <= SIGN_BODY_LIMIT => {
+                crate::chunker::hex(&Sha256::digest(b))
+            }
             Some(_) => UNSIGNED_PAYLOAD.to_string(),
         };
         let signed = self
@@ -141,7 +143,11 @@ impl S3Store {
             req = req.set(k, v);
         }
         let result = match body {
-            Some(b) => req.send_bytes(b),
+            Some(Body::Bytes(b)) => req.send_bytes(b),
+            // An explicit Content-Length makes ureq send the reader as a plain sized body.
+            Some(b @ Body::File { len, .. }) => {
+                req.set("content-length", &len.to_string()).send(b.reader())
+            }
             None => req.call(),
         };
         match result {
@@ -219,7 +225,7 @@ fn encode_query(v: &str) -> String {
 }
 
 impl ObjectStore for S3Store {
-    fn put_object(&self, key: &str, body: &[u8], opts: &PutOptions) -> StoreResult<String> {
+    fn put_object(&self, key: &str, body: Body<'_>, opts: &PutOptions) -> StoreResult<String> {
         let op = format!("PUT {key}");
         let url = self.url(key, "")?;
         let resp = self.send(&op, "PUT", &url, &object_headers(opts), Some(body))?;
@@ -241,7 +247,7 @@ impl ObjectStore for S3Store {
         key: &str,
         upload_id: &str,
         part_number: u32,
-        body: &[u8],
+        body: Body<'_>,
     ) -> StoreResult<String> {
         let op = format!("UploadPart {key} part {part_number}");
         let url = self.url(
@@ -280,7 +286,13 @@ impl ObjectStore for S3Store {
         }
         body.push_str("</CompleteMultipartUpload>");
         let headers = [("content-type", "application/xml".to_string())];
-        let resp = self.send(&op, "POST", &url, &headers, Some(body.as_bytes()))?;
+        let resp = self.send(
+            &op,
+            "POST",
+            &url,
+            &headers,
+            Some(Body::Bytes(body.as_bytes())),
+        )?;
         let reply = read_body(&op, resp)?;
         // S3 may answer 200 and still fail: the error is then in the body.
         if reply.contains("<Error>") {
@@ -392,7 +404,13 @@ impl ObjectStore for S3Store {
              <GlacierJobParameters><Tier>{tier}</Tier></GlacierJobParameters></RestoreRequest>"
         );
         let headers = [("content-type", "application/xml".to_string())];
-        match self.send(&op, "POST", &url, &headers, Some(body.as_bytes())) {
+        match self.send(
+            &op,
+            "POST",
+            &url,
+            &headers,
+            Some(Body::Bytes(body.as_bytes())),
+        ) {
             Ok(_) => Ok(()),
             // RestoreAlreadyInProgress: the earlier request will do.
             Err(e) if e.status == Some(409) => Ok(()),

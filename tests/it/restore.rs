@@ -3,7 +3,7 @@
 //! checked against its source snapshot by `diff -r`, `find -printf` and `getfattr`; and
 //! the refusals: a tampered chunk, a missing chunk, an existing target, archive classes.
 
-use btrfs_to_s3::store::{get_all, ErrorKind, ObjectStore, PutOptions};
+use btrfs_to_s3::store::{get_all, Body, ErrorKind, ObjectStore, PutOptions};
 
 use crate::support::*;
 
@@ -60,15 +60,24 @@ fn full_and_two_incrementals_round_trip() {
     if !require_root("full_and_two_incrementals_round_trip") {
         return;
     }
+    // Parts go through the spool in this test (spool_dir is set in [global] below).
+    let spool = TempDir::new("spool");
+    let global = format!(
+        "spool_dir = \"{}\"\nspool_size_bytes = 20971520",
+        spool.path().display()
+    );
     let s = Setup::new(SetupOpts {
         storage_class_chunks: "STANDARD_IA",
         retain: 3,
+        extra: &global,
+        s3_extra: "spool_enabled = true",
         ..Default::default()
     });
     let v = s.vol("data");
     make_tree(&v);
     let r = s.backup(&[]);
     assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("buffers=4 spool=true"), "{r:?}");
     let full = manifest_key(&s, "data");
     change_tree_1(&v);
     std::thread::sleep(std::time::Duration::from_millis(1100));
@@ -166,7 +175,7 @@ fn flip_byte(store: &dyn ObjectStore, key: &str, at: usize) {
         sse: "AES256".into(),
         content_type: "application/octet-stream",
     };
-    store.put_object(key, &data, &opts).unwrap();
+    store.put_object(key, Body::Bytes(&data), &opts).unwrap();
 }
 
 #[test]
@@ -240,7 +249,11 @@ fn tampered_or_missing_chunks_fail_and_leave_nothing() {
         content_type: "application/json",
     };
     store
-        .put_object(dkey, &serde_json::to_vec(&doctored).unwrap(), &opts)
+        .put_object(
+            dkey,
+            Body::Bytes(&serde_json::to_vec(&doctored).unwrap()),
+            &opts,
+        )
         .unwrap();
     let r = s.restore(&["--subvolume", "data", "--target", t, "--manifest-key", dkey]);
     assert_eq!(r.code, 1, "{r:?}");

@@ -4,7 +4,7 @@
 use std::io::Read;
 
 use btrfs_to_s3::btrfs::{Btrfs, BtrfsCli};
-use btrfs_to_s3::store::{get_all, ObjectStore, PutOptions};
+use btrfs_to_s3::store::{get_all, Body, ObjectStore, PutOptions};
 
 use crate::support::*;
 
@@ -37,7 +37,7 @@ fn btrfs_send_bytes_round_trip_through_moto() {
         content_type: "application/octet-stream",
     };
     let etag = store
-        .put_object("smoke/stream.bin", &stream, &opts)
+        .put_object("smoke/stream.bin", Body::Bytes(&stream), &opts)
         .unwrap();
     assert!(!etag.is_empty());
     assert_eq!(get_all(&store, "smoke/stream.bin").unwrap(), stream);

@@ -393,7 +393,10 @@ pub struct SetupOpts<'a> {
     pub storage_class_chunks: &'a str,
     pub concurrency: u32,
     pub retain: u32,
+    /// Extra lines for [global].
     pub extra: &'a str,
+    /// Extra lines for [s3].
+    pub s3_extra: &'a str,
 }
 
 impl Default for SetupOpts<'_> {
@@ -407,6 +410,7 @@ impl Default for SetupOpts<'_> {
             concurrency: 3,
             retain: 2,
             extra: "",
+            s3_extra: "",
         }
     }
 }
@@ -449,6 +453,7 @@ chunk_size_bytes = {chunk}
 part_size_bytes = {part}
 storage_class_chunks = "{class}"
 concurrency = {conc}
+{s3_extra}
 "#,
             state = state.display(),
             lock = lock.display(),
@@ -461,6 +466,7 @@ concurrency = {conc}
             class = o.storage_class_chunks,
             conc = o.concurrency,
             retain = o.retain,
+            s3_extra = o.s3_extra,
         );
         std::fs::write(&cfg, text).expect("writing config");
         Setup {
