@@ -134,7 +134,7 @@ measure "btrfs_to_s3 backup (200 MiB)" log "$bin" backup --config "$dir/small.to
 grep -o 'event=backup_metrics.*' "$dir/out.log"
 
 echo
-echo "stream ${stream} bytes; concurrency ${conc}, part ${part_mib} MiB; memory bound (concurrency+2) x part = $(( (conc + 2) * part_mib )) MiB + overhead"
+echo "stream ${stream} bytes; concurrency ${conc}, part ${part_mib} MiB; buffers (concurrency+1) x part = $(( (conc + 1) * part_mib )) MiB; RSS target concurrency x part + 64 = $(( conc * part_mib + 64 )) MiB"
 echo "| command | MB/s | CPU s/GiB | peak RSS MiB | seconds |"
 echo "| --- | ---: | ---: | ---: | ---: |"
 printf '%s\n' "${rows[@]}"

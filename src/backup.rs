@@ -100,10 +100,24 @@ impl Backup<'_> {
             return Ok(());
         };
         let prefix = self.layout.subvolume_prefix(&sv.name);
-        let open = self
-            .retrier
-            .run(|| store.list_multipart_uploads(&prefix))
-            .with_context(|| format!("listing open multipart uploads under {prefix}"))?;
+        let open = match self.retrier.run(|| store.list_multipart_uploads(&prefix)) {
+            Ok(open) => open,
+            // Hygiene only: a service without ListMultipartUploads (or a policy without
+            // s3:ListBucketMultipartUploads) must not block backups.
+            Err(e) if !e.is_transient() => {
+                event!(
+                    Warn,
+                    "stale_upload_sweep_skipped",
+                    prefix = prefix,
+                    error = e
+                );
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(anyhow::Error::from(e))
+                    .with_context(|| format!("listing open multipart uploads under {prefix}"))
+            }
+        };
         for u in open {
             self.retrier
                 .run(|| store.abort_multipart(&u.key, &u.upload_id))

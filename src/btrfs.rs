@@ -145,6 +145,15 @@ impl BtrfsCli {
     }
 }
 
+/// Pipe buffer asked for on the send pipe: fewer, larger transfers and wake-ups than the
+/// default 64 KiB (the kernel may give less; that only costs speed).
+const PIPE_SIZE: libc::c_int = 1 << 20;
+
+fn grow_pipe(fd: &impl std::os::fd::AsRawFd) {
+    // SAFETY: fcntl on a pipe fd we own, with an integer argument; no memory is passed.
+    let _ = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+}
+
 /// Parses `btrfs subvolume show` output.
 pub fn parse_show(out: &str) -> SubvolInfo {
     let field = |name: &str| {
@@ -195,6 +204,7 @@ impl Btrfs for BtrfsCli {
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|e| self.spawn_err(e))?;
         let stdout = child.stdout.take().context("btrfs send: no stdout")?;
+        grow_pipe(&stdout);
         let stderr = child.stderr.take().map(collect_stderr);
         Ok(Box::new(ChildSend {
             what: format!("btrfs send of {}", snapshot.display()),
@@ -215,6 +225,7 @@ impl Btrfs for BtrfsCli {
             .spawn()
             .map_err(|e| self.spawn_err(e))?;
         let stdin = child.stdin.take().context("btrfs receive: no stdin")?;
+        grow_pipe(&stdin);
         let stderr = child.stderr.take().map(collect_stderr);
         Ok(Box::new(ChildReceive {
             what: format!("btrfs receive into {}", dir.display()),

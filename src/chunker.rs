@@ -1,6 +1,10 @@
 //! Cuts a byte stream into chunks of `chunk_size` and parts of at most `part_size`, and
 //! hashes as it goes: SHA-256 per chunk and of the whole stream. Bytes in, [`ChunkDone`]
 //! out; no threads, no I/O (the pipeline feeds it).
+//!
+//! The first chunk is a prefix of the stream, so while in it one hasher serves both: the
+//! chunk's hash is a copy of the stream hasher's state finalised at the chunk's end. Only
+//! later chunks cost a second pass (with the default 200 GiB chunks, most streams have one).
 
 use sha2::{Digest, Sha256};
 
@@ -36,7 +40,8 @@ pub struct Cutter {
     index: u64,
     in_chunk: u64,
     total: u64,
-    chunk_hash: Sha256,
+    /// `None` while in the first chunk, whose hash is the stream hasher's.
+    chunk_hash: Option<Sha256>,
     stream_hash: Sha256,
 }
 
@@ -49,7 +54,7 @@ impl Cutter {
             index: 0,
             in_chunk: 0,
             total: 0,
-            chunk_hash: Sha256::new(),
+            chunk_hash: None,
             stream_hash: Sha256::new(),
         }
     }
@@ -73,7 +78,9 @@ impl Cutter {
     /// these bytes complete it.
     pub fn feed(&mut self, bytes: &[u8]) -> Option<ChunkDone> {
         debug_assert!(bytes.len() <= self.next_part_len());
-        self.chunk_hash.update(bytes);
+        if let Some(h) = &mut self.chunk_hash {
+            h.update(bytes);
+        }
         self.stream_hash.update(bytes);
         self.in_chunk += bytes.len() as u64;
         self.total += bytes.len() as u64;
@@ -81,11 +88,14 @@ impl Cutter {
     }
 
     fn close_chunk(&mut self) -> ChunkDone {
-        let hash = std::mem::replace(&mut self.chunk_hash, Sha256::new());
+        let hash = match self.chunk_hash.replace(Sha256::new()) {
+            Some(h) => h.finalize(),
+            None => self.stream_hash.clone().finalize(),
+        };
         let done = ChunkDone {
             index: self.index,
             len: self.in_chunk,
-            sha256: hex(&hash.finalize()),
+            sha256: hex(&hash),
         };
         self.index += 1;
         self.in_chunk = 0;

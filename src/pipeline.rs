@@ -1,6 +1,6 @@
 //! The upload pipeline: the calling thread reads the send stream, cuts and hashes it
 //! (`chunker`), and hands parts to a pool of `concurrency` uploader threads over bounded
-//! crossbeam channels. Buffers circulate: at most `concurrency + 2` part buffers exist,
+//! crossbeam channels. Buffers circulate: at most `concurrency + 1` part buffers exist,
 //! which is the memory bound. A chunk that fits in one part is one PutObject; a larger one
 //! is a multipart upload whose parts go up in parallel. On any failure the pool drains,
 //! every open multipart upload is aborted, and the first error is returned. With a spool,
@@ -54,11 +54,10 @@ pub struct PipelineConfig {
 }
 
 impl PipelineConfig {
-    /// Part buffers that can exist at once: one per uploader, one being filled, one held
-    /// back while deciding whether a chunk needs a multipart upload. A spool holds at most
-    /// as many as fit in its size.
+    /// Part buffers that can exist at once: one per uploader and one being filled. A spool
+    /// holds at most as many as fit in its size.
     pub fn max_buffers(&self) -> usize {
-        let n = self.concurrency.max(1) + 2;
+        let n = self.concurrency.max(1) + 1;
         match &self.spool {
             None => n,
             Some(s) => n.min((s.max_bytes / self.part_size.max(1)) as usize),
@@ -142,10 +141,10 @@ pub fn upload_stream(
     cfg: &PipelineConfig,
     key_for: &dyn Fn(u64) -> String,
 ) -> Result<Outcome> {
-    if cfg.max_buffers() < 2 {
+    if cfg.max_buffers() < 1 {
         let spool = cfg.spool.as_ref().map(|s| s.max_bytes).unwrap_or(0);
         return Err(anyhow!(
-            "global.spool_size_bytes = {spool} holds fewer than two parts of {} bytes; raise it",
+            "global.spool_size_bytes = {spool} cannot hold one part of {} bytes; raise it",
             cfg.part_size
         ));
     }
@@ -271,6 +270,48 @@ struct Run<'a> {
     error: Option<anyhow::Error>,
 }
 
+/// The input with one byte of look-ahead.
+struct Peek<'a> {
+    inner: &'a mut dyn Read,
+    byte: Option<u8>,
+}
+
+impl Peek<'_> {
+    /// True when the input has ended; otherwise keeps the next byte for the next read.
+    fn at_eof(&mut self) -> std::io::Result<bool> {
+        if self.byte.is_some() {
+            return Ok(false);
+        }
+        let mut b = [0u8; 1];
+        loop {
+            match self.inner.read(&mut b) {
+                Ok(0) => return Ok(true),
+                Ok(_) => {
+                    self.byte = Some(b[0]);
+                    return Ok(false);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Read for Peek<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        match self.byte.take() {
+            Some(b) => {
+                buf[0] = b;
+                Ok(1)
+            }
+            None => self.inner.read(buf),
+        }
+    }
+}
+
 /// A new spool file in `dir`, unlinked at once: its space is freed when the run ends,
 /// however it ends.
 fn spool_file(dir: &std::path::Path, n: usize) -> Result<PartBuf> {
@@ -356,8 +397,10 @@ impl Run<'_> {
         key_for: &dyn Fn(u64) -> String,
     ) -> Result<Outcome> {
         let mut cutter = Cutter::new(self.cfg.chunk_size, self.cfg.part_size);
-        // First part of the current chunk, held until we know whether more follows.
-        let mut held: Option<PartBuf> = None;
+        let mut input = Peek {
+            inner: input,
+            byte: None,
+        };
         loop {
             if self.error.is_some() {
                 return Err(anyhow!("upload failed"));
@@ -369,24 +412,23 @@ impl Run<'_> {
             let index = cutter.chunk_index();
             let first_part = cutter.in_chunk() == 0;
             let mut buf = self.buffer()?;
-            let (n, done) = fill(input, &mut buf, want, &mut cutter, &mut self.bounce)?;
+            let (n, done) = fill(&mut input, &mut buf, want, &mut cutter, &mut self.bounce)?;
             if n == 0 {
                 self.free.push(buf);
-                if let Some(h) = held.take() {
-                    self.put(index, key_for(index), h)?;
-                }
                 break;
             }
             let eof = n < want;
-            if let Some(h) = held.take() {
-                self.start_multipart(index, key_for(index))?;
-                self.part(index, h)?;
-                self.part(index, buf)?;
-            } else if first_part {
-                if done.is_some() || eof {
+            if first_part {
+                // A chunk that fits in this one part is a single PUT. When the part is full
+                // and the chunk could go on, one byte of look-ahead tells.
+                let single = done.is_some()
+                    || eof
+                    || input.at_eof().context("reading the btrfs send stream")?;
+                if single {
                     self.put(index, key_for(index), buf)?;
                 } else {
-                    held = Some(buf);
+                    self.start_multipart(index, key_for(index))?;
+                    self.part(index, buf)?;
                 }
             } else {
                 self.part(index, buf)?;

@@ -30,10 +30,16 @@ fn with(extra: &str) -> String {
     format!("{MINIMAL}\n{extra}")
 }
 
+/// The message of a config error, after checking it maps to exit code 2.
 fn parse_err(text: &str) -> String {
     match Config::parse(text, &env()) {
         Ok(_) => panic!("expected an error for:\n{text}"),
-        Err(e) => e.0,
+        Err(e) => {
+            let msg = e.0.clone();
+            let wrapped = anyhow::Error::from(e).context("loading the config");
+            assert_eq!(crate::app::exit_code_for(&wrapped), 2, "{msg}");
+            msg
+        }
     }
 }
 

@@ -277,18 +277,23 @@ fn spool_carries_parts_through_unlinked_files() {
 #[test]
 fn spool_size_bounds_the_buffers() {
     let dir = crate::testing::Scratch::new("spool-size");
-    // Room for 3 parts: fewer buffers than concurrency + 2, still correct.
+    // Room for 3 parts: fewer buffers than concurrency + 1, still correct.
     let c = spooled(1000, 100, 4, &dir.0, 300);
     assert_eq!(c.max_buffers(), 3);
     let store = Arc::new(MemoryStore::new());
     let d = data(2345);
     let o = run(&store, &d, &c).unwrap();
     assert_eq!(reassemble(&store, &o), d);
-    // Room for one part is refused with the key to raise.
+    // Room for one part: one buffer, uploads one at a time, still correct.
     let c = spooled(1000, 100, 4, &dir.0, 150);
+    assert_eq!(c.max_buffers(), 1);
+    let o = run(&store, &d, &c).unwrap();
+    assert_eq!(reassemble(&store, &o), d);
+    // Room for less than a part is refused with the key to raise.
+    let c = spooled(1000, 100, 4, &dir.0, 50);
     let e = run(&Arc::new(MemoryStore::new()), &d, &c).unwrap_err();
     assert!(
-        e.to_string().contains("global.spool_size_bytes = 150"),
+        e.to_string().contains("global.spool_size_bytes = 50"),
         "{e}"
     );
     // An unusable spool directory is named.
@@ -301,5 +306,5 @@ fn spool_size_bounds_the_buffers() {
     );
     let e = run(&Arc::new(MemoryStore::new()), &d, &c).unwrap_err();
     assert!(format!("{e:#}").contains("global.spool_dir"), "{e:#}");
-    assert_eq!(cfg(1, 1, 4).max_buffers(), 6);
+    assert_eq!(cfg(1, 1, 4).max_buffers(), 5);
 }

@@ -177,6 +177,8 @@ fn status_error(op: &str, code: u16, resp: ureq::Response) -> StoreError {
         (_, "NoSuchBucket") => ErrorKind::Permanent,
         (404, _) | (_, "NoSuchKey") | (_, "NoSuchUpload") => ErrorKind::NotFound,
         (403, "InvalidObjectState") => ErrorKind::Archived,
+        // 501 NotImplemented: the service lacks the operation; asking again cannot help.
+        (501, _) | (_, "NotImplemented") => ErrorKind::Permanent,
         (408 | 429, _) | (500..=599, _) => ErrorKind::Transient,
         (400, "RequestTimeout") => ErrorKind::Transient,
         _ => ErrorKind::Permanent,
