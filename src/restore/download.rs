@@ -1,6 +1,7 @@
 //! Verified streaming download: the chunks of one manifest are fetched in stream order as
 //! ranged GETs of at most `piece_size` bytes by `concurrency` threads, with a window of
-//! `concurrency + 1` pieces (the memory bound). Each chunk is hashed as it streams into
+//! `concurrency + 1` pieces in flight and one being written: `concurrency + 2` buffers,
+//! allocated once and reused (the memory bound). Each chunk is hashed as it streams into
 //! the writer (`btrfs receive`); a size or SHA-256 mismatch stops the restore at once,
 //! and is reported even when the writer already failed on the bad bytes.
 
@@ -45,32 +46,45 @@ pub fn plan_pieces(chunks: &[ChunkEntry], piece_size: u64) -> Vec<Piece> {
     out
 }
 
-fn fetch(store: &dyn ObjectStore, retrier: &Retrier, p: &Piece) -> Result<Vec<u8>, StoreError> {
+/// Fetches one piece into `buf` (resized to exactly the piece: no over-allocation).
+fn fetch(
+    store: &dyn ObjectStore,
+    retrier: &Retrier,
+    p: &Piece,
+    buf: &mut Vec<u8>,
+) -> Result<(), StoreError> {
+    let op = || format!("GET {}", p.key);
     retrier.run(|| {
-        let r = store.get(&p.key, Some((p.offset, p.len)))?;
-        let mut buf = Vec::with_capacity(p.len as usize);
-        r.take(p.len + 1).read_to_end(&mut buf).map_err(|e| {
-            StoreError::new(
-                ErrorKind::Transient,
-                format!("GET {}", p.key),
-                format!("reading body: {e}"),
-            )
-        })?;
-        if buf.len() as u64 != p.len {
-            return Err(StoreError::new(
-                ErrorKind::Transient,
-                format!("GET {}", p.key),
-                format!(
-                    "expected {} bytes at offset {}, got {}",
-                    p.len,
-                    p.offset,
-                    buf.len()
-                ),
-            ));
+        let mut r = store.get(&p.key, Some((p.offset, p.len)))?;
+        buf.resize(p.len as usize, 0);
+        let mut n = 0;
+        while n < buf.len() {
+            match r.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let msg = format!("reading body: {e}");
+                    return Err(StoreError::new(ErrorKind::Transient, op(), msg));
+                }
+            }
         }
-        Ok(buf)
+        let extra = r.read(&mut [0u8; 1]).unwrap_or(0);
+        if n != buf.len() || extra != 0 {
+            let msg = format!(
+                "expected {} bytes at offset {}, got {}",
+                p.len,
+                p.offset,
+                n + extra
+            );
+            return Err(StoreError::new(ErrorKind::Transient, op(), msg));
+        }
+        Ok(())
     })
 }
+
+type Job = (usize, Piece, Vec<u8>);
+type Fetched = (usize, Result<(), StoreError>, Vec<u8>);
 
 /// Downloads `chunks` in order into `out`, verifying each chunk's size and SHA-256.
 /// Returns the bytes written.
@@ -84,8 +98,8 @@ pub fn stream_chunks(
 ) -> Result<u64> {
     let pieces = plan_pieces(chunks, piece_size);
     let window = concurrency.max(1) + 1;
-    let (job_tx, job_rx) = bounded::<(usize, Piece)>(window);
-    let (res_tx, res_rx) = bounded::<(usize, Result<Vec<u8>, StoreError>)>(window);
+    let (job_tx, job_rx) = bounded::<Job>(window);
+    let (res_tx, res_rx) = bounded::<Fetched>(window);
     let workers: Vec<_> = (0..concurrency.max(1))
         .map(|i| {
             let (rx, tx) = (job_rx.clone(), res_tx.clone());
@@ -93,9 +107,9 @@ pub fn stream_chunks(
             std::thread::Builder::new()
                 .name(format!("downloader-{i}"))
                 .spawn(move || {
-                    for (seq, p) in rx {
-                        let r = fetch(store.as_ref(), &retrier, &p);
-                        if tx.send((seq, r)).is_err() {
+                    for (seq, p, mut buf) in rx {
+                        let r = fetch(store.as_ref(), &retrier, &p, &mut buf);
+                        if tx.send((seq, r, buf)).is_err() {
                             return;
                         }
                     }
@@ -119,20 +133,27 @@ fn consume(
     pieces: &[Piece],
     chunks: &[ChunkEntry],
     window: usize,
-    job_tx: &mut Option<crossbeam_channel::Sender<(usize, Piece)>>,
-    res_rx: &crossbeam_channel::Receiver<(usize, Result<Vec<u8>, StoreError>)>,
+    job_tx: &mut Option<crossbeam_channel::Sender<Job>>,
+    res_rx: &crossbeam_channel::Receiver<Fetched>,
     retrier: &Retrier,
     out: &mut dyn Write,
 ) -> Result<u64> {
-    let send = |tx: &Option<crossbeam_channel::Sender<(usize, Piece)>>, seq: usize| -> Result<()> {
+    // Buffers are allocated here, at most `window + 1`, and reused: no allocator churn
+    // across threads.
+    let mut free: Vec<Vec<u8>> = Vec::new();
+    let send = |tx: &Option<crossbeam_channel::Sender<Job>>,
+                free: &mut Vec<Vec<u8>>,
+                seq: usize|
+     -> Result<()> {
         if let (Some(tx), Some(p)) = (tx, pieces.get(seq)) {
-            tx.send((seq, p.clone()))
+            let buf = free.pop().unwrap_or_default();
+            tx.send((seq, p.clone(), buf))
                 .map_err(|_| anyhow!("downloader threads stopped unexpectedly"))?;
         }
         Ok(())
     };
     for seq in 0..window.min(pieces.len()) {
-        send(job_tx, seq)?;
+        send(job_tx, &mut free, seq)?;
     }
     let mut ready: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
     let mut written = 0u64;
@@ -158,15 +179,15 @@ fn consume(
             if retrier.cancelled() {
                 bail!("interrupted by a signal");
             }
-            let (s, r) = res_rx
+            let (s, r, b) = res_rx
                 .recv()
                 .map_err(|_| anyhow!("downloader threads stopped unexpectedly"))?;
-            let b = r.map_err(|e| {
+            r.map_err(|e| {
                 anyhow::Error::from(e).context(format!("downloading chunk {}", pieces[s].key))
             })?;
             ready.insert(s, b);
         };
-        send(job_tx, seq + window)?;
+        send(job_tx, &mut free, seq + window)?;
         hasher.update(&buf);
         in_chunk += buf.len() as u64;
         if write_error.is_none() {
@@ -175,6 +196,7 @@ fn consume(
                 Err(e) => write_error = Some(e),
             }
         }
+        free.push(buf);
         if in_chunk == chunks[p.chunk].size {
             finish_chunk(&chunks[p.chunk], &mut hasher, &mut in_chunk, &write_error)?;
             next_chunk = p.chunk + 1;
