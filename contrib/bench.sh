@@ -127,6 +127,7 @@ measure "btrfs send | rclone rcat" "$stream" env -u AWS_CA_BUNDLE RCLONE_CONFIG_
 rm -rf "$dir/s3data/bench/rclone.bin"
 btrfs -q subvolume delete "$snap"
 measure "btrfs_to_s3 backup (${gib} GiB)" log "$bin" backup --config "$dir/big.toml" --once
+cp "$dir/out.log" "$dir/backup-big.log"
 grep -o 'event=backup_metrics.*' "$dir/out.log"
 measure "btrfs_to_s3 restore (${gib} GiB)" "$stream" "$bin" restore --config "$dir/big.toml" --subvolume big --target "$mnt/restored-big"
 grep -o 'event=restore_metrics.*' "$dir/out.log"
@@ -134,7 +135,10 @@ measure "btrfs_to_s3 backup (200 MiB)" log "$bin" backup --config "$dir/small.to
 grep -o 'event=backup_metrics.*' "$dir/out.log"
 
 echo
-echo "stream ${stream} bytes; concurrency ${conc}, part ${part_mib} MiB; buffers (concurrency+1) x part = $(( (conc + 1) * part_mib )) MiB; RSS target concurrency x part + 64 = $(( conc * part_mib + 64 )) MiB"
+eff=$(grep -o 'part_size=[0-9]*' "$dir/backup-big.log" | head -n 1 | cut -d= -f2)
+eff_mib=$(( eff / 1024 / 1024 ))
+echo "stream ${stream} bytes; concurrency ${conc}; part size ${eff_mib} MiB (configured ${part_mib} MiB, raised for the 200 GiB default chunk to stay within 10,000 parts)"
+echo "buffers (concurrency+1) x part = $(( (conc + 1) * eff_mib )) MiB; RSS target concurrency x part + 64 = $(( conc * eff_mib + 64 )) MiB"
 echo "| command | MB/s | CPU s/GiB | peak RSS MiB | seconds |"
 echo "| --- | ---: | ---: | ---: | ---: |"
 printf '%s\n' "${rows[@]}"
