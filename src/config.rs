@@ -203,7 +203,7 @@ pub struct Config {
 }
 
 /// Every section and key the config may hold; anything else is an error naming it.
-const SCHEMA: &[(&str, &[&str])] = &[
+pub const SCHEMA: &[(&str, &[&str])] = &[
     (
         "global",
         &[

@@ -9,6 +9,16 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Result};
 
 use crate::btrfs::{Btrfs, ReceiveSink, SendStream, SubvolInfo};
+use crate::retry::{Policy, Retrier};
+
+/// The default retry policy, without the sleeping.
+pub fn retrier() -> Retrier {
+    Retrier::with_sleep(
+        Policy::default(),
+        Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        Arc::new(|_| {}),
+    )
+}
 
 /// A scratch directory removed on drop.
 pub struct Scratch(pub PathBuf);

@@ -4,11 +4,9 @@
 use super::*;
 use crate::config::{Config, ProcessEnv};
 use crate::planner::plan;
-use crate::retry::Policy;
 use crate::store::memory::MemoryStore;
 use crate::store::{get_all, ErrorKind};
 use crate::testing::{FakeBtrfs, Scratch};
-use std::sync::atomic::AtomicBool;
 
 fn config(dir: &Path) -> Config {
     let text = format!(
@@ -59,11 +57,7 @@ impl Rig {
             cfg: &self.cfg,
             btrfs: &self.btrfs,
             store: Some(self.store.clone()),
-            retrier: Arc::new(Retrier::with_sleep(
-                Policy::default(),
-                Arc::new(AtomicBool::new(false)),
-                Arc::new(|_| {}),
-            )),
+            retrier: Arc::new(crate::testing::retrier()),
             layout: Layout::new(&self.cfg.s3.prefix),
         }
     }

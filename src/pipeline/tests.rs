@@ -2,17 +2,12 @@
 //! retries, and abort on failure.
 
 use super::*;
-use crate::retry::Policy;
 use crate::store::memory::MemoryStore;
 use crate::store::ErrorKind;
 use sha2::{Digest, Sha256};
 
 fn retrier() -> Arc<Retrier> {
-    Arc::new(Retrier::with_sleep(
-        Policy::default(),
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(|_| {}),
-    ))
+    Arc::new(crate::testing::retrier())
 }
 
 fn cfg(chunk: u64, part: u64, conc: usize) -> PipelineConfig {

@@ -171,19 +171,12 @@ pub fn wait_all(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::retry::Policy;
     use crate::store::memory::MemoryStore;
     use crate::store::PutOptions;
     use std::cell::Cell;
-    use std::sync::atomic::AtomicBool;
-    use std::sync::Arc;
 
     fn retrier() -> Retrier {
-        Retrier::with_sleep(
-            Policy::default(),
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(|_| {}),
-        )
+        crate::testing::retrier()
     }
 
     fn put(s: &MemoryStore, key: &str, class: &str) {

@@ -118,18 +118,11 @@ pub fn resolve(
 mod tests {
     use super::*;
     use crate::manifest::{ChunkEntry, S3Info, SnapshotRef};
-    use crate::retry::Policy;
     use crate::store::memory::MemoryStore;
     use crate::store::PutOptions;
-    use std::sync::atomic::AtomicBool;
-    use std::sync::Arc;
 
     fn retrier() -> Retrier {
-        Retrier::with_sleep(
-            Policy::default(),
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(|_| {}),
-        )
+        crate::testing::retrier()
     }
 
     fn opts() -> PutOptions {

@@ -248,17 +248,11 @@ fn finish_chunk(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::retry::Policy;
     use crate::store::memory::MemoryStore;
     use crate::store::PutOptions;
-    use std::sync::atomic::AtomicBool;
 
     fn retrier() -> Arc<Retrier> {
-        Arc::new(Retrier::with_sleep(
-            Policy::default(),
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(|_| {}),
-        ))
+        Arc::new(crate::testing::retrier())
     }
 
     fn setup(sizes: &[usize]) -> (Arc<MemoryStore>, Vec<ChunkEntry>, Vec<u8>) {

@@ -9,7 +9,6 @@ use crate::store::memory::MemoryStore;
 use crate::store::PutOptions;
 use crate::testing::{FakeBtrfs, Scratch};
 use sha2::{Digest, Sha256};
-use std::sync::atomic::AtomicBool;
 
 fn config(dir: &Path) -> Config {
     let text = format!(
@@ -101,11 +100,7 @@ impl Rig {
             cfg: &self.cfg,
             btrfs: &self.btrfs,
             store: self.store.clone(),
-            retrier: Arc::new(Retrier::with_sleep(
-                Policy::default(),
-                Arc::new(AtomicBool::new(false)),
-                Arc::new(|_| {}),
-            )),
+            retrier: Arc::new(crate::testing::retrier()),
             layout: Layout::new("p"),
         };
         r.run(&Request {

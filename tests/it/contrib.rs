@@ -99,37 +99,10 @@ fn example_config_shows_the_defaults() {
     );
     // Every key of the schema appears in the example (set or commented out).
     let text = std::fs::read_to_string(repo().join("contrib/config.example.toml")).unwrap();
-    for key in [
-        "log_level",
-        "state_path",
-        "lock_path",
-        "spool_dir",
-        "spool_size_bytes",
-        "metrics_path",
-        "full_every_days",
-        "incremental_every_days",
-        "run_at",
-        "base_dir",
-        "retain",
-        "paths",
-        "bucket",
-        "region",
-        "prefix",
-        "chunk_size_bytes",
-        "storage_class_chunks",
-        "storage_class_manifest",
-        "concurrency",
-        "spool_enabled",
-        "sse",
-        "endpoint_url",
-        "part_size_bytes",
-        "target_base_dir",
-        "verify_mode",
-        "sample_max_files",
-        "wait_for_restore",
-        "restore_timeout_seconds",
-        "restore_tier",
-    ] {
+    for key in btrfs_to_s3::config::SCHEMA
+        .iter()
+        .flat_map(|(_, keys)| keys.iter())
+    {
         assert!(text.contains(&format!("{key} = ")), "example lacks {key}");
     }
 }
