@@ -233,6 +233,22 @@ fn wait_for_open_upload(
     }
 }
 
+/// Starts a backup in the background with its log going to a file (a pipe could fill up).
+fn spawn_logged(s: &Setup, args: &[&str]) -> (std::process::Child, std::path::PathBuf) {
+    let log =
+        s.fs.dir
+            .path()
+            .join(format!("backup-{}.log", std::process::id()));
+    let file = std::fs::File::create(&log).unwrap();
+    let child = s
+        .backup_cmd(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    (child, log)
+}
+
 fn big_setup(tag: &str) -> Option<Setup> {
     if !require_root(tag) {
         return None;
@@ -268,12 +284,7 @@ fn kill_9_mid_upload_keeps_old_pointer_and_next_run_succeeds() {
     BtrfsCli::default()
         .delete_subvolume(std::path::Path::new(&parent))
         .unwrap();
-    let mut child = s
-        .backup_cmd(&["--once"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut child, _log) = spawn_logged(&s, &["--once"]);
     let store = s.moto.store();
     wait_for_open_upload(&store, "backups/", &mut child, 60);
     child.kill().unwrap(); // SIGKILL
@@ -300,19 +311,14 @@ fn server_stopped_mid_run_fails_and_publishes_nothing() {
     let Some(mut s) = big_setup("server_stopped_mid_run_fails_and_publishes_nothing") else {
         return;
     };
-    let mut child = s
-        .backup_cmd(&[])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut child, log) = spawn_logged(&s, &[]);
     let store = s.moto.store();
     wait_for_open_upload(&store, "backups/", &mut child, 60);
     s.moto.kill();
     let started = Instant::now();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let status = child.wait().unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("event=backup_failed subvolume=data"),
         "{stderr}"
@@ -330,18 +336,13 @@ fn sigterm_aborts_uploads_and_publishes_nothing() {
     let Some(s) = big_setup("sigterm_aborts_uploads_and_publishes_nothing") else {
         return;
     };
-    let mut child = s
-        .backup_cmd(&[])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut child, log) = spawn_logged(&s, &[]);
     let store = s.moto.store();
     wait_for_open_upload(&store, "backups/", &mut child, 60);
     run(&format!("kill -TERM {}", child.id()));
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    let status = child.wait().unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert_ne!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
     assert!(
         store.list_multipart_uploads("backups/").unwrap().is_empty(),
