@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests, the demo and the e2e harness need on a fresh Debian machine
-# (as root): btrfs-progs, util-linux, attr, systemd, python3-venv, and moto[server]==5.1.22
+# (as root): btrfs-progs, util-linux, attr, systemd, curl, openssl, python3-venv, and
+# moto[server]==5.1.22
 # in .test-tools/venv. Prints the moto_server path on its last line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,8 @@ command -v mkfs.btrfs >/dev/null || need_apt+=(btrfs-progs)
 command -v losetup >/dev/null || need_apt+=(util-linux)
 command -v getfattr >/dev/null || need_apt+=(attr)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+command -v curl >/dev/null || need_apt+=(curl)
+command -v openssl >/dev/null || need_apt+=(openssl)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing ${need_apt[*]}" >&2
