@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests, the demo and the e2e harness need on a fresh Debian machine
 # (as root): btrfs-progs, util-linux, attr, systemd, curl, openssl, python3-venv, and
-# moto[server]==5.1.22
-# in .test-tools/venv. Prints the moto_server path on its last line.
+# moto[server]==5.1.22 in .test-tools/venv. Prints the moto_server path on its last line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
