@@ -207,10 +207,12 @@ impl Btrfs for BtrfsCli {
         grow_pipe(&stdout);
         let stderr = child.stderr.take().map(collect_stderr);
         Ok(Box::new(ChildSend {
-            what: format!("btrfs send of {}", snapshot.display()),
-            child,
             stdout,
-            stderr,
+            proc: Proc {
+                what: format!("btrfs send of {}", snapshot.display()),
+                child,
+                stderr,
+            },
         }))
     }
 
@@ -228,10 +230,12 @@ impl Btrfs for BtrfsCli {
         grow_pipe(&stdin);
         let stderr = child.stderr.take().map(collect_stderr);
         Ok(Box::new(ChildReceive {
-            what: format!("btrfs receive into {}", dir.display()),
-            child,
             stdin: Some(stdin),
-            stderr,
+            proc: Proc {
+                what: format!("btrfs receive into {}", dir.display()),
+                child,
+                stderr,
+            },
         }))
     }
 
@@ -249,11 +253,42 @@ impl Btrfs for BtrfsCli {
     }
 }
 
-struct ChildSend {
+/// A running child: waited for and checked by `finish`, killed and reaped by `kill`, and
+/// killed on drop if neither happened (an early return).
+struct Proc {
     what: String,
     child: Child,
-    stdout: ChildStdout,
     stderr: Option<JoinHandle<Vec<u8>>>,
+}
+
+impl Proc {
+    fn finish(&mut self) -> Result<()> {
+        let status = self
+            .child
+            .wait()
+            .with_context(|| format!("waiting for {}", self.what))?;
+        check_status(&self.what, status, stderr_text(self.stderr.take()))
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = self.stderr.take().map(|h| h.join());
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+struct ChildSend {
+    stdout: ChildStdout,
+    proc: Proc,
 }
 
 impl Read for ChildSend {
@@ -264,25 +299,18 @@ impl Read for ChildSend {
 
 impl SendStream for ChildSend {
     fn finish(mut self: Box<Self>) -> Result<()> {
-        let status = self
-            .child
-            .wait()
-            .with_context(|| format!("waiting for {}", self.what))?;
-        check_status(&self.what, status, stderr_text(self.stderr.take()))
+        self.proc.finish()
     }
 
     fn kill(mut self: Box<Self>) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = self.stderr.take().map(|h| h.join());
+        self.proc.kill()
     }
 }
 
+/// Fields drop in order: stdin closes before the process is reaped.
 struct ChildReceive {
-    what: String,
-    child: Child,
     stdin: Option<ChildStdin>,
-    stderr: Option<JoinHandle<Vec<u8>>>,
+    proc: Proc,
 }
 
 impl Write for ChildReceive {
@@ -304,38 +332,12 @@ impl Write for ChildReceive {
 impl ReceiveSink for ChildReceive {
     fn finish(mut self: Box<Self>) -> Result<()> {
         drop(self.stdin.take());
-        let status = self
-            .child
-            .wait()
-            .with_context(|| format!("waiting for {}", self.what))?;
-        check_status(&self.what, status, stderr_text(self.stderr.take()))
+        self.proc.finish()
     }
 
     fn kill(mut self: Box<Self>) {
         drop(self.stdin.take());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = self.stderr.take().map(|h| h.join());
-    }
-}
-
-impl Drop for ChildSend {
-    fn drop(&mut self) {
-        // finish() or kill() reaped it already; this only catches early returns.
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Drop for ChildReceive {
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        self.proc.kill()
     }
 }
 
