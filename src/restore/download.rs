@@ -157,21 +157,16 @@ fn consume(
     }
     let mut ready: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
     let mut written = 0u64;
-    let mut write_error: Option<std::io::Error> = None;
-    let mut hasher = Sha256::new();
-    let mut in_chunk = 0u64;
-    // Zero-length chunks have no pieces: check them as they come up.
-    let mut next_chunk = 0usize;
+    let mut check = ChunkCheck {
+        chunks,
+        next: 0,
+        hasher: Sha256::new(),
+        in_chunk: 0,
+        write_error: None,
+    };
     for (seq, p) in pieces.iter().enumerate() {
-        while next_chunk < p.chunk {
-            finish_chunk(
-                &chunks[next_chunk],
-                &mut hasher,
-                &mut in_chunk,
-                &write_error,
-            )?;
-            next_chunk += 1;
-        }
+        // Zero-length chunks have no pieces: they are checked as they come up.
+        check.finish_until(p.chunk)?;
         let buf = loop {
             if let Some(b) = ready.remove(&seq) {
                 break b;
@@ -188,61 +183,64 @@ fn consume(
             ready.insert(s, b);
         };
         send(job_tx, &mut free, seq + window)?;
-        hasher.update(&buf);
-        in_chunk += buf.len() as u64;
-        if write_error.is_none() {
+        check.hasher.update(&buf);
+        check.in_chunk += buf.len() as u64;
+        if check.write_error.is_none() {
             match out.write_all(&buf) {
                 Ok(()) => written += buf.len() as u64,
-                Err(e) => write_error = Some(e),
+                Err(e) => check.write_error = Some(e),
             }
         }
         free.push(buf);
-        if in_chunk == chunks[p.chunk].size {
-            finish_chunk(&chunks[p.chunk], &mut hasher, &mut in_chunk, &write_error)?;
-            next_chunk = p.chunk + 1;
+        if check.in_chunk == chunks[p.chunk].size {
+            check.finish_until(p.chunk + 1)?;
         }
     }
-    while next_chunk < chunks.len() {
-        finish_chunk(
-            &chunks[next_chunk],
-            &mut hasher,
-            &mut in_chunk,
-            &write_error,
-        )?;
-        next_chunk += 1;
-    }
+    check.finish_until(chunks.len())?;
     Ok(written)
 }
 
-fn finish_chunk(
-    c: &ChunkEntry,
-    hasher: &mut Sha256,
-    in_chunk: &mut u64,
-    write_error: &Option<std::io::Error>,
-) -> Result<()> {
-    let got = hex(&std::mem::replace(hasher, Sha256::new()).finalize());
-    let size = std::mem::replace(in_chunk, 0);
-    if size != c.size {
-        bail!(
-            "chunk {}: size mismatch (manifest {} bytes, downloaded {size})",
-            c.key,
-            c.size
-        );
+/// Per-chunk verification state while streaming: the running hash of the current chunk,
+/// its bytes so far, and whether the writer has failed.
+struct ChunkCheck<'a> {
+    chunks: &'a [ChunkEntry],
+    next: usize,
+    hasher: Sha256,
+    in_chunk: u64,
+    write_error: Option<std::io::Error>,
+}
+
+impl ChunkCheck<'_> {
+    /// Checks size and SHA-256 of every chunk before index `end` not checked yet.
+    fn finish_until(&mut self, end: usize) -> Result<()> {
+        while self.next < end {
+            let c = &self.chunks[self.next];
+            self.next += 1;
+            let got = hex(&std::mem::replace(&mut self.hasher, Sha256::new()).finalize());
+            let size = std::mem::replace(&mut self.in_chunk, 0);
+            if size != c.size {
+                bail!(
+                    "chunk {}: size mismatch (manifest {} bytes, downloaded {size})",
+                    c.key,
+                    c.size
+                );
+            }
+            if !got.eq_ignore_ascii_case(&c.sha256) {
+                bail!(
+                    "chunk {}: SHA-256 mismatch (manifest {}, downloaded {got}): the object was changed or damaged",
+                    c.key,
+                    c.sha256
+                );
+            }
+            if let Some(e) = &self.write_error {
+                bail!(
+                    "btrfs receive stopped taking the stream at chunk {} ({e})",
+                    c.key
+                );
+            }
+        }
+        Ok(())
     }
-    if !got.eq_ignore_ascii_case(&c.sha256) {
-        bail!(
-            "chunk {}: SHA-256 mismatch (manifest {}, downloaded {got}): the object was changed or damaged",
-            c.key,
-            c.sha256
-        );
-    }
-    if let Some(e) = write_error {
-        bail!(
-            "btrfs receive stopped taking the stream at chunk {} ({e})",
-            c.key
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]
