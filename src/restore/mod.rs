@@ -87,14 +87,13 @@ pub fn check_target(target: &Path) -> Result<PathBuf> {
             target.display()
         );
     }
-    let parent = target
+    target
         .parent()
         .filter(|p| p.is_dir())
         .ok_or_else(|| anyhow!("the parent directory of --target {} does not exist; create it first (on the btrfs filesystem to restore into)", target.display()))?;
     if target.file_name().is_none() {
         bail!("--target {} has no final name", target.display());
     }
-    let _ = parent;
     Ok(target)
 }
 
