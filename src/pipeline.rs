@@ -2,9 +2,13 @@
 //! (`chunker`), and hands parts to a pool of `concurrency` uploader threads over bounded
 //! crossbeam channels. Buffers circulate: at most `concurrency + 1` part buffers exist,
 //! which is the memory bound. A chunk that fits in one part is one PutObject; a larger one
-//! is a multipart upload whose parts go up in parallel. On any failure the pool drains,
-//! every open multipart upload is aborted, and the first error is returned. With a spool,
-//! part buffers are unlinked files in the spool directory instead of memory.
+//! is a multipart upload whose parts go up in parallel. Completing a multipart upload is a
+//! job for the pool too, so the reader goes on with the next chunk while the service
+//! assembles the last one. Only part jobs carry a buffer; the channels are unbounded because
+//! the buffers, not the queue, bound memory (a queued completion is a list of part ETags).
+//! On any failure the pool drains, every open multipart upload is aborted, and the first
+//! error is returned. With a spool, part buffers are unlinked files in the spool directory
+//! instead of memory.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -15,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use crate::chunker::{ChunkDone, Cutter, StreamSummary};
 use crate::config::{MAX_PART_SIZE, MIB, MIN_PART_SIZE};
@@ -112,13 +116,27 @@ enum Job {
         part: u32,
         buf: PartBuf,
     },
+    Complete {
+        chunk: u64,
+        key: Arc<str>,
+        upload_id: Arc<str>,
+        parts: Vec<(u32, String)>,
+    },
+}
+
+/// What a finished job did.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Did {
+    Put,
+    Part(u32),
+    Complete,
 }
 
 struct Done {
     chunk: u64,
-    part: u32,
+    did: Did,
     result: Result<String>,
-    buf: PartBuf,
+    buf: Option<PartBuf>,
 }
 
 #[derive(Default)]
@@ -130,6 +148,8 @@ struct OpenChunk {
     next_part: u32,
     closed: Option<ChunkDone>,
     etag: Option<String>,
+    /// A CompleteMultipartUpload job is queued or running.
+    completing: bool,
     finished: bool,
 }
 
@@ -148,8 +168,8 @@ pub fn upload_stream(
             cfg.part_size
         ));
     }
-    let (job_tx, job_rx) = bounded::<Job>(cfg.max_buffers());
-    let (done_tx, done_rx) = bounded::<Done>(cfg.max_buffers());
+    let (job_tx, job_rx) = unbounded::<Job>();
+    let (done_tx, done_rx) = unbounded::<Done>();
     let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = (0..cfg.concurrency.max(1))
         .map(|i| {
@@ -209,16 +229,17 @@ fn worker(
     stop: &AtomicBool,
 ) {
     for job in jobs {
-        let (chunk, part, key, result, buf) = match job {
+        let cancelled = || Err(anyhow!("cancelled"));
+        let (chunk, did, key, result, buf) = match job {
             Job::Put { chunk, key, buf } => {
                 let r = if stop.load(Ordering::SeqCst) {
-                    Err(anyhow!("cancelled"))
+                    cancelled()
                 } else {
                     retrier
                         .run(|| store.put_object(&key, buf.body(), opts))
                         .map_err(anyhow::Error::from)
                 };
-                (chunk, 0, key, r, buf)
+                (chunk, Did::Put, key, r, Some(buf))
             }
             Job::Part {
                 chunk,
@@ -228,23 +249,39 @@ fn worker(
                 buf,
             } => {
                 let r = if stop.load(Ordering::SeqCst) {
-                    Err(anyhow!("cancelled"))
+                    cancelled()
                 } else {
                     retrier
                         .run(|| store.upload_part(&key, &upload_id, part, buf.body()))
                         .map_err(anyhow::Error::from)
                 };
-                (chunk, part, key, r, buf)
+                (chunk, Did::Part(part), key, r, Some(buf))
+            }
+            Job::Complete {
+                chunk,
+                key,
+                upload_id,
+                parts,
+            } => {
+                let r = if stop.load(Ordering::SeqCst) {
+                    cancelled()
+                } else {
+                    retrier
+                        .run(|| store.complete_multipart(&key, &upload_id, &parts))
+                        .map_err(anyhow::Error::from)
+                };
+                (chunk, Did::Complete, key, r, None)
             }
         };
-        let result = result.with_context(|| match part {
-            0 => format!("uploading chunk {key}"),
-            n => format!("uploading part {n} of chunk {key}"),
+        let result = result.with_context(|| match did {
+            Did::Put => format!("uploading chunk {key}"),
+            Did::Part(n) => format!("uploading part {n} of chunk {key}"),
+            Did::Complete => format!("completing the multipart upload of chunk {key}"),
         });
         if done
             .send(Done {
                 chunk,
-                part,
+                did,
                 result,
                 buf,
             })
@@ -499,10 +536,12 @@ impl Run<'_> {
             .jobs
             .as_ref()
             .ok_or_else(|| anyhow!("internal: job channel closed"))?;
+        if !matches!(job, Job::Complete { .. }) {
+            self.parts.fetch_add(1, Ordering::Relaxed);
+        }
         tx.send(job)
             .map_err(|_| anyhow!("uploader threads stopped unexpectedly"))?;
         self.in_flight += 1;
-        self.parts.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -562,65 +601,82 @@ impl Run<'_> {
         self.try_finish(index)
     }
 
-    /// Completes a multipart chunk once it is closed and all its parts are in.
+    /// Queues the completion of a multipart chunk once it is closed and all its parts are
+    /// in; a chunk that was a single PUT is finished then.
     fn try_finish(&mut self, index: u64) -> Result<()> {
         let Some(c) = self.open.get_mut(&index) else {
             return Ok(());
         };
-        if c.finished || c.closed.is_none() || c.outstanding > 0 {
+        if c.finished || c.completing || c.closed.is_none() || c.outstanding > 0 {
             return Ok(());
         }
-        if let Some(id) = c.upload_id.clone() {
-            let parts: Vec<(u32, String)> = c.etags.iter().map(|(n, e)| (*n, e.clone())).collect();
-            let key = c.key.clone();
-            let etag = self
-                .retrier
-                .run(|| self.store.complete_multipart(&key, &id, &parts))
-                .with_context(|| format!("completing the multipart upload of chunk {key}"))?;
-            let c = self
-                .open
-                .get_mut(&index)
-                .ok_or_else(|| anyhow!("internal: chunk {index} vanished"))?;
-            c.etag = Some(etag);
-            c.upload_id = None;
+        let Some(upload_id) = c.upload_id.clone() else {
             c.finished = true;
-        } else {
-            c.finished = true;
-        }
-        Ok(())
+            return Ok(());
+        };
+        c.completing = true;
+        let parts: Vec<(u32, String)> = c.etags.iter().map(|(n, e)| (*n, e.clone())).collect();
+        let key = c.key.clone();
+        self.send(Job::Complete {
+            chunk: index,
+            key,
+            upload_id,
+            parts,
+        })
     }
 
-    /// Takes one finished upload off the done channel.
+    /// Takes one finished job off the done channel.
     fn wait_one(&mut self) -> Result<()> {
         let d = self
             .done
             .recv()
             .map_err(|_| anyhow!("uploader threads stopped unexpectedly"))?;
+        let index = d.chunk;
+        if self.record(d) && self.error.is_none() {
+            if let Err(e) = self.try_finish(index) {
+                self.error = Some(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Books a finished job: frees its buffer, files its ETag, keeps the first error.
+    /// Returns true when the job succeeded.
+    fn record(&mut self, d: Done) -> bool {
         self.in_flight -= 1;
-        self.free.push(d.buf);
-        match d.result {
+        if let Some(buf) = d.buf {
+            self.free.push(buf);
+        }
+        let etag = match d.result {
+            Ok(etag) => etag,
             Err(e) => {
                 if self.error.is_none() {
                     self.error = Some(e);
                 }
+                return false;
             }
-            Ok(etag) => {
-                if let Some(c) = self.open.get_mut(&d.chunk) {
-                    c.outstanding -= 1;
-                    if d.part == 0 {
-                        c.etag = Some(etag);
-                    } else {
-                        c.etags.insert(d.part, etag);
-                    }
-                }
-                if self.error.is_none() {
-                    if let Err(e) = self.try_finish(d.chunk) {
-                        self.error = Some(e);
-                    }
-                }
+        };
+        let Some(c) = self.open.get_mut(&d.chunk) else {
+            return true;
+        };
+        match d.did {
+            Did::Put => {
+                c.outstanding -= 1;
+                c.etag = Some(etag);
+            }
+            Did::Part(n) => {
+                c.outstanding -= 1;
+                c.etags.insert(n, etag);
+            }
+            Did::Complete => {
+                // Completed: nothing left to abort for this chunk.
+                c.etag = Some(etag);
+                c.upload_id = None;
+                c.completing = false;
+                c.finished = true;
             }
         }
-        Ok(())
+        true
     }
 
     /// After the job channel is closed: collect what is still in flight.
@@ -628,10 +684,7 @@ impl Run<'_> {
         while self.in_flight > 0 {
             match self.done.recv() {
                 Ok(d) => {
-                    self.in_flight -= 1;
-                    if let (Err(e), None) = (d.result, &self.error) {
-                        self.error = Some(e);
-                    }
+                    self.record(d);
                 }
                 Err(_) => break,
             }

@@ -303,3 +303,115 @@ fn spool_size_bounds_the_buffers() {
     assert!(format!("{e:#}").contains("global.spool_dir"), "{e:#}");
     assert_eq!(cfg(1, 1, 4).max_buffers(), 5);
 }
+
+/// Set once the input has returned EOF; shared by [`EofReader`] and [`SlowComplete`].
+type EofFlag = Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>;
+
+/// The input, raising the flag when it reaches its end.
+struct EofReader<'a> {
+    data: &'a [u8],
+    eof: EofFlag,
+}
+
+impl Read for EofReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.data.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            *self.eof.0.lock().unwrap() = true;
+            self.eof.1.notify_all();
+        }
+        Ok(n)
+    }
+}
+
+/// A store whose CompleteMultipartUpload of chunk 0 holds until the whole input has been
+/// read, the way a real service takes its time to assemble a large object. A pipeline
+/// whose reader waits for the completion never gets there.
+struct SlowComplete {
+    inner: MemoryStore,
+    eof: EofFlag,
+}
+
+impl ObjectStore for SlowComplete {
+    fn put_object(
+        &self,
+        key: &str,
+        body: Body<'_>,
+        opts: &PutOptions,
+    ) -> crate::store::StoreResult<String> {
+        self.inner.put_object(key, body, opts)
+    }
+    fn create_multipart(&self, key: &str, opts: &PutOptions) -> crate::store::StoreResult<String> {
+        self.inner.create_multipart(key, opts)
+    }
+    fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Body<'_>,
+    ) -> crate::store::StoreResult<String> {
+        self.inner.upload_part(key, upload_id, part_number, body)
+    }
+    fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(u32, String)],
+    ) -> crate::store::StoreResult<String> {
+        if key == "p/chunk-0.bin" {
+            let seen = self.eof.0.lock().unwrap();
+            let (seen, _) = self
+                .eof
+                .1
+                .wait_timeout_while(seen, std::time::Duration::from_secs(10), |s| !*s)
+                .unwrap();
+            if !*seen {
+                return Err(crate::store::StoreError::new(
+                    ErrorKind::Permanent,
+                    "CompleteMultipartUpload",
+                    "the input stopped being read while chunk 0 was being completed",
+                ));
+            }
+        }
+        self.inner.complete_multipart(key, upload_id, parts)
+    }
+    fn abort_multipart(&self, key: &str, upload_id: &str) -> crate::store::StoreResult<()> {
+        self.inner.abort_multipart(key, upload_id)
+    }
+    fn list_multipart_uploads(
+        &self,
+        prefix: &str,
+    ) -> crate::store::StoreResult<Vec<crate::store::OpenUpload>> {
+        self.inner.list_multipart_uploads(prefix)
+    }
+    fn head(&self, key: &str) -> crate::store::StoreResult<Option<crate::store::ObjectMeta>> {
+        self.inner.head(key)
+    }
+    fn get(
+        &self,
+        key: &str,
+        range: Option<(u64, u64)>,
+    ) -> crate::store::StoreResult<Box<dyn Read + Send>> {
+        self.inner.get(key, range)
+    }
+    fn restore_object(&self, key: &str, days: u32, tier: &str) -> crate::store::StoreResult<()> {
+        self.inner.restore_object(key, days, tier)
+    }
+}
+
+#[test]
+fn completing_a_chunk_does_not_stop_the_reader() {
+    let eof: EofFlag = Default::default();
+    let slow = Arc::new(SlowComplete {
+        inner: MemoryStore::new(),
+        eof: eof.clone(),
+    });
+    let d = data(1200);
+    let mut input = EofReader { data: &d, eof };
+    let s: Arc<dyn ObjectStore> = slow.clone();
+    let o = upload_stream(&mut input, s, retrier(), &cfg(600, 300, 2), &key).unwrap();
+    assert_eq!(reassemble(&slow.inner, &o), d);
+    assert_eq!(o.parts, 4);
+    assert_eq!(slow.inner.open_uploads(), 0);
+}
