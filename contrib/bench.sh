@@ -5,16 +5,24 @@
 # on a loop-device btrfs holding GIB GiB (default 2) of mixed data, uploading to a local
 # s3s-fs 0.14.1 on 127.0.0.1. Columns: MB/s of the send stream, CPU seconds (user+sys, the
 # btrfs send child included) per GiB of stream, peak RSS. A 200 MiB subvolume is backed up
-# too, to show that peak RSS does not grow with the stream.
+# too, to show that peak RSS does not grow with the stream. The big stream is also backed up
+# with CHUNK_MIB chunks instead of the contract's 200 GiB default, to show what overlapping
+# one chunk's CompleteMultipartUpload with the next chunk's parts buys and costs (chunks
+# after the first cost a second SHA-256 pass, for the stream hash).
+# A second table compares the two S3 transports on the same parts: rust-s3's own request
+# path and ours (SigV4 from rust-s3's helpers, bytes over ureq), see
+# examples/transport_bench.rs.
 #
 #   bash contrib/bench.sh [GIB]
-# Env: BENCH_DIR (/var/tmp/btrfs_to_s3-bench), CONCURRENCY (4), PART_MIB (16).
+# Env: BENCH_DIR (/var/tmp/btrfs_to_s3-bench), CONCURRENCY (4), PART_MIB (16),
+#      CHUNK_MIB (512).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 gib=${1:-2}
 conc=${CONCURRENCY:-4}
 part_mib=${PART_MIB:-16}
+chunk_mib=${CHUNK_MIB:-512}
 dir=${BENCH_DIR:-/var/tmp/btrfs_to_s3-bench}
 
 [ "$(id -u)" = 0 ] || { echo "bench.sh: run as root" >&2; exit 1; }
@@ -32,7 +40,7 @@ if [ ! -x "$s3s" ]; then
   echo "==> installing s3s-fs 0.14.1 (about 5 minutes)"
   cargo install s3s-fs@0.14.1 --features binary --root "$repo/.test-tools/s3s-fs" --quiet
 fi
-cargo build --release --quiet
+cargo build --release --quiet --bin btrfs_to_s3 --example transport_bench
 bin=$repo/target/release/btrfs_to_s3
 
 mnt=$dir/mnt
@@ -72,8 +80,8 @@ s3pid=$!
 for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
 endpoint=http://127.0.0.1:$port
 
-cfg() { # $1 = subvolume, $2 = state file
-  cat > "$dir/$1.toml" <<TOML
+cfg() { # $1 = subvolume, $2 = state file, $3 = config name, $4 = extra [s3] line
+  cat > "$dir/${3:-$1}.toml" <<TOML
 [global]
 state_path = "$dir/$2"
 lock_path = "$dir/lock"
@@ -84,17 +92,19 @@ paths = ["$mnt/$1"]
 [s3]
 bucket = "bench"
 region = "us-east-1"
-prefix = "bench-$1"
+prefix = "bench-${3:-$1}"
 endpoint_url = "$endpoint"
 storage_class_chunks = "STANDARD"
 concurrency = $conc
 part_size_bytes = $(( part_mib * 1024 * 1024 ))
+${4:-}
 [restore]
 verify_mode = "none"
 TOML
 }
 cfg big state-big.json
 cfg small state-small.json
+cfg big state-chunked.json chunked "chunk_size_bytes = $(( chunk_mib * 1024 * 1024 ))"
 
 # measure NAME BYTES CMD...: runs CMD under /usr/bin/time, prints a table row.
 rows=()
@@ -133,6 +143,11 @@ measure "btrfs_to_s3 restore (${gib} GiB)" "$stream" "$bin" restore --config "$d
 grep -o 'event=restore_metrics.*' "$dir/out.log"
 measure "btrfs_to_s3 backup (200 MiB)" log "$bin" backup --config "$dir/small.toml" --once
 grep -o 'event=backup_metrics.*' "$dir/out.log"
+measure "btrfs_to_s3 backup (${gib} GiB, ${chunk_mib} MiB chunks)" log "$bin" backup --config "$dir/chunked.toml" --once
+grep -o 'event=backup_metrics.*' "$dir/out.log"
+rm -rf "$dir/s3data/bench/"*
+echo "==> transports: 48 parts of ${part_mib} MiB on ${conc} threads, one multipart upload each"
+transport=$("$repo/target/release/examples/transport_bench" "$endpoint" bench 48 "$part_mib" "$conc")
 
 echo
 eff=$(grep -o 'part_size=[0-9]*' "$dir/backup-big.log" | head -n 1 | cut -d= -f2)
@@ -142,3 +157,7 @@ echo "buffers (concurrency+1) x part = $(( (conc + 1) * eff_mib )) MiB; RSS targ
 echo "| command | MB/s | CPU s/GiB | peak RSS MiB | seconds |"
 echo "| --- | ---: | ---: | ---: | ---: |"
 printf '%s\n' "${rows[@]}"
+echo
+echo "| transport (client CPU only) | MB/s | CPU s/GiB |"
+echo "| --- | ---: | ---: |"
+echo "$transport"
