@@ -1,11 +1,13 @@
 //! Verification of a restored tree against the source snapshot: the same set of paths,
-//! file types, symlink targets and file sizes, and SHA-256 of file contents (every file
+//! file types, permission bits (with setuid/setgid/sticky), owners, symlink targets and
+//! file sizes, and SHA-256 of file contents (every file
 //! in `full` mode, up to `sample_max_files` spread evenly in `sample` mode). Walks both
 //! trees in lockstep, one directory at a time, so memory stays small. The first
 //! difference, in sorted path order, fails with that path.
 
 use std::fs::{self, File, Metadata};
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -125,7 +127,30 @@ impl Walk<'_> {
                 &format!("a {} in the source, a {} restored", kind(&sm), kind(&dm)),
             ));
         }
+        if (sm.uid(), sm.gid()) != (dm.uid(), dm.gid()) {
+            return Err(self.fail(
+                rel,
+                &format!(
+                    "owner {}:{} in the source, {}:{} restored",
+                    sm.uid(),
+                    sm.gid(),
+                    dm.uid(),
+                    dm.gid()
+                ),
+            ));
+        }
         let t = sm.file_type();
+        // Symlink permission bits carry no meaning on Linux.
+        if !t.is_symlink() && sm.mode() & 0o7777 != dm.mode() & 0o7777 {
+            return Err(self.fail(
+                rel,
+                &format!(
+                    "mode {:04o} in the source, {:04o} restored",
+                    sm.mode() & 0o7777,
+                    dm.mode() & 0o7777
+                ),
+            ));
+        }
         if t.is_dir() {
             return self.dir(rel);
         }
@@ -281,5 +306,21 @@ mod tests {
         assert!(err(&a, &b, VerifyMode::Full)
             .contains("a.txt: a file in the source, a directory restored"));
         assert!(compare(&a, &b.join("nope"), VerifyMode::Full, 5).is_err());
+    }
+
+    #[test]
+    fn permission_bits_are_compared() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_s, a, b) = pair();
+        let set = |p: &Path, m: u32| fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
+        set(&a.join("d/e/f05"), 0o4755);
+        set(&b.join("d/e/f05"), 0o0755);
+        assert!(err(&a, &b, VerifyMode::Sample)
+            .contains("d/e/f05: mode 4755 in the source, 0755 restored"));
+        set(&b.join("d/e/f05"), 0o4755);
+        set(&a.join("d/e"), 0o1777);
+        assert!(err(&a, &b, VerifyMode::Sample).contains("d/e: mode 1777 in the source"));
+        set(&b.join("d/e"), 0o1777);
+        compare(&a, &b, VerifyMode::Full, 5).unwrap();
     }
 }

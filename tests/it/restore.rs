@@ -1,7 +1,8 @@
 //! `btrfs_to_s3 restore` end to end: a tree with every kind of file, a full and two
 //! incrementals, restored from `current.json` and from an older `--manifest-key`, each
 //! checked against its source snapshot by `diff -r`, `find -printf` and `getfattr`; and
-//! the refusals: a tampered chunk, a missing chunk, an existing target, archive classes.
+//! the refusals: a tampered chunk, a missing chunk, an existing target, archive classes;
+//! and the verifier catching a changed owner (chown needs root).
 
 use btrfs_to_s3::store::{get_all, Body, ErrorKind, ObjectStore, PutOptions};
 
@@ -319,4 +320,32 @@ fn deep_archive_chunks_go_through_the_archive_path() {
         &std::path::PathBuf::from(m["snapshot"]["path"].as_str().unwrap()),
         &target,
     );
+}
+
+#[test]
+fn verifier_names_owner_differences() {
+    if !require_root("verifier_names_owner_differences") {
+        return;
+    }
+    use btrfs_to_s3::config::VerifyMode;
+    use btrfs_to_s3::verify::compare;
+    let t = TempDir::new("verify-owner");
+    let (a, b) = (t.path().join("src"), t.path().join("dst"));
+    for d in [&a, &b] {
+        std::fs::create_dir_all(d.join("sub")).unwrap();
+        std::fs::write(d.join("sub/f"), "x").unwrap();
+        std::os::unix::fs::symlink("f", d.join("sub/l")).unwrap();
+    }
+    std::os::unix::fs::chown(a.join("sub/f"), Some(1234), Some(5678)).unwrap();
+    let e = format!("{:#}", compare(&a, &b, VerifyMode::Sample, 5).unwrap_err());
+    assert!(
+        e.contains("sub/f: owner 1234:5678 in the source, 0:0 restored"),
+        "{e}"
+    );
+    std::os::unix::fs::chown(b.join("sub/f"), Some(1234), Some(5678)).unwrap();
+    std::os::unix::fs::lchown(a.join("sub/l"), Some(42), Some(42)).unwrap();
+    let e = format!("{:#}", compare(&a, &b, VerifyMode::Full, 5).unwrap_err());
+    assert!(e.contains("sub/l: owner 42:42 in the source"), "{e}");
+    std::os::unix::fs::lchown(b.join("sub/l"), Some(42), Some(42)).unwrap();
+    compare(&a, &b, VerifyMode::Full, 5).unwrap();
 }
