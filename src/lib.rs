@@ -25,3 +25,4 @@ pub mod store;
 pub mod testing;
 pub mod ts;
 pub mod verify;
+pub mod xattr;

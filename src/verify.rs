@@ -1,6 +1,6 @@
 //! Verification of a restored tree against the source snapshot: the same set of paths,
-//! file types, permission bits (with setuid/setgid/sticky), owners, symlink targets and
-//! file sizes, and SHA-256 of file contents (every file
+//! file types, permission bits (with setuid/setgid/sticky), owners, extended attributes,
+//! symlink targets and file sizes, and SHA-256 of file contents (every file
 //! in `full` mode, up to `sample_max_files` spread evenly in `sample` mode). Walks both
 //! trees in lockstep, one directory at a time, so memory stays small. The first
 //! difference, in sorted path order, fails with that path.
@@ -14,6 +14,7 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 use crate::config::VerifyMode;
+use crate::xattr;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Report {
@@ -148,6 +149,17 @@ impl Walk<'_> {
                     "mode {:04o} in the source, {:04o} restored",
                     sm.mode() & 0o7777,
                     dm.mode() & 0o7777
+                ),
+            ));
+        }
+        let xa = xattr::list(&sp).with_context(|| format!("listing xattrs of {}", sp.display()))?;
+        let xb = xattr::list(&dp).with_context(|| format!("listing xattrs of {}", dp.display()))?;
+        if let Some(n) = xattr::first_difference(&xa, &xb) {
+            return Err(self.fail(
+                rel,
+                &format!(
+                    "extended attribute {} differs or is missing on one side",
+                    xattr::name(&n)
                 ),
             ));
         }
@@ -306,6 +318,21 @@ mod tests {
         assert!(err(&a, &b, VerifyMode::Full)
             .contains("a.txt: a file in the source, a directory restored"));
         assert!(compare(&a, &b.join("nope"), VerifyMode::Full, 5).is_err());
+    }
+
+    #[test]
+    fn extended_attributes_are_compared() {
+        let (_s, a, b) = pair();
+        crate::xattr::set(&a.join("d/b.bin"), "user.tag", b"one").unwrap();
+        assert!(err(&a, &b, VerifyMode::Sample)
+            .contains("d/b.bin: extended attribute user.tag differs or is missing"));
+        crate::xattr::set(&b.join("d/b.bin"), "user.tag", b"two").unwrap();
+        assert!(err(&a, &b, VerifyMode::Sample).contains("extended attribute user.tag"));
+        crate::xattr::set(&b.join("d/b.bin"), "user.tag", b"one").unwrap();
+        crate::xattr::set(&b.join("d"), "user.dir", b"").unwrap();
+        assert!(err(&a, &b, VerifyMode::Sample).contains("d: extended attribute user.dir"));
+        crate::xattr::set(&a.join("d"), "user.dir", b"").unwrap();
+        compare(&a, &b, VerifyMode::Full, 5).unwrap();
     }
 
     #[test]
