@@ -61,7 +61,8 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "NAME")]
     pub subvolume: String,
 
-    /// Where the restored subvolume goes; must not exist yet
+    /// Where the restored subvolume goes; must not exist yet. A relative path is taken
+    /// under restore.target_base_dir
     #[arg(long, value_name = "PATH")]
     pub target: PathBuf,
 

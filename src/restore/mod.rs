@@ -72,15 +72,10 @@ pub struct Restorer<'a> {
     pub layout: Layout,
 }
 
-/// Checks `--target` before anything else happens: absolute, new, parent exists.
-pub fn check_target(target: &Path) -> Result<PathBuf> {
-    let target = if target.is_absolute() {
-        target.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .context("reading the current directory")?
-            .join(target)
-    };
+/// Checks `--target` before anything else happens: new, parent exists. A relative target
+/// is taken under `base` (`restore.target_base_dir`), not the current directory.
+pub fn check_target(target: &Path, base: &Path) -> Result<PathBuf> {
+    let target = base.join(target);
     if target.symlink_metadata().is_ok() {
         bail!(
             "--target {} already exists; restore never overwrites: choose a new path",
@@ -100,7 +95,8 @@ pub fn check_target(target: &Path) -> Result<PathBuf> {
 impl Restorer<'_> {
     pub fn run(&self, req: &Request) -> Result<Report> {
         let started = Instant::now();
-        let target = check_target(&req.target)?;
+        // command() has resolved a relative --target already; check again right before use.
+        let target = check_target(&req.target, Path::new("/"))?;
         let store = self.store.as_ref();
         let key = chain::start_key(
             store,
@@ -322,7 +318,7 @@ pub fn command(config: &Config, args: &RestoreArgs) -> Result<u8> {
     let req = Request {
         subvolume: args.subvolume.clone(),
         manifest_key: args.manifest_key.clone(),
-        target: check_target(&args.target)?,
+        target: check_target(&args.target, &config.restore.target_base_dir)?,
         wait: args
             .wait_override()
             .unwrap_or(config.restore.wait_for_restore),

@@ -225,15 +225,25 @@ fn archive_chunks_pending_without_wait() {
 #[test]
 fn target_checks() {
     let rig = Rig::new();
-    let e = check_target(&rig.dir.0.join("no/such/parent/t")).unwrap_err();
+    let base = Path::new("/nonexistent-base");
+    let e = check_target(&rig.dir.0.join("no/such/parent/t"), base).unwrap_err();
     assert!(
         e.to_string().contains("does not exist; create it first"),
         "{e}"
     );
-    assert!(check_target(&rig.dir.0)
+    assert!(check_target(&rig.dir.0, base)
         .unwrap_err()
         .to_string()
         .contains("already exists"));
-    let rel = check_target(Path::new("relative-target-that-does-not-exist")).unwrap();
-    assert!(rel.is_absolute());
+    // A relative target goes under restore.target_base_dir.
+    assert_eq!(
+        check_target(Path::new("new-target"), &rig.dir.0).unwrap(),
+        rig.dir.0.join("new-target")
+    );
+    let e = check_target(Path::new("data"), base).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("--target /nonexistent-base/data does not exist; create it first"),
+        "{e}"
+    );
 }

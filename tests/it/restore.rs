@@ -115,14 +115,19 @@ fn full_and_two_incrementals_round_trip() {
     assert_eq!(ino("new.txt"), ino("new-hard"), "hardlink kept");
     assert!(s.staging_left(&s.fs.mnt).is_empty());
 
-    // From older manifests, each against its own snapshot.
+    // From older manifests, each against its own snapshot. The inc1 target is relative:
+    // it lands under restore.target_base_dir (the test filesystem), not the current dir.
     for (key, tag) in [(&inc1, "inc1"), (&full, "full")] {
         let t = s.fs.path(&format!("restored-{tag}"));
+        let arg = match tag {
+            "inc1" => format!("restored-{tag}"),
+            _ => t.display().to_string(),
+        };
         let r = s.restore(&[
             "--subvolume",
             "data",
             "--target",
-            t.to_str().unwrap(),
+            &arg,
             "--manifest-key",
             key,
             "--verify",

@@ -454,6 +454,8 @@ part_size_bytes = {part}
 storage_class_chunks = "{class}"
 concurrency = {conc}
 {s3_extra}
+[restore]
+target_base_dir = "{mnt}"
 "#,
             state = state.display(),
             lock = lock.display(),
@@ -467,6 +469,7 @@ concurrency = {conc}
             conc = o.concurrency,
             retain = o.retain,
             s3_extra = o.s3_extra,
+            mnt = fs.mnt.display(),
         );
         std::fs::write(&cfg, text).expect("writing config");
         Setup {
