@@ -15,7 +15,9 @@
 #
 #   bash contrib/bench.sh [GIB]
 # Env: BENCH_DIR (/var/tmp/btrfs_to_s3-bench), CONCURRENCY (4), PART_MIB (16),
-#      CHUNK_MIB (512).
+#      CHUNK_MIB (512), ROUNDS (1): with ROUNDS=N the aws CLI row and both big backups are
+#      measured N times, interleaved, and the ratio to the aws CLI is printed per round
+#      (this shared machine varies by 10-20 % from run to run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -23,6 +25,7 @@ gib=${1:-2}
 conc=${CONCURRENCY:-4}
 part_mib=${PART_MIB:-16}
 chunk_mib=${CHUNK_MIB:-512}
+rounds=${ROUNDS:-1}
 dir=${BENCH_DIR:-/var/tmp/btrfs_to_s3-bench}
 
 [ "$(id -u)" = 0 ] || { echo "bench.sh: run as root" >&2; exit 1; }
@@ -124,12 +127,20 @@ PY
 )")
 }
 
+# last_mbps: the MB/s column of the last row measured.
+last_mbps() { awk -F'|' '{v = $(NF - 4); gsub(/ /, "", v); print v}' <<< "${rows[-1]}"; }
+ratios=()
+
 echo "==> measuring (each run starts with dropped caches)"
 "$bin" backup --config "$dir/big.toml" --no-s3 --once > /dev/null 2>&1
 snap=$(ls -d "$mnt"/snapshots/big__* | tail -n 1)
 stream=$(btrfs send -q "$snap" | wc -c)
 measure "btrfs send > /dev/null" "$stream" sh -c "btrfs send -q '$snap' > /dev/null"
-measure "btrfs send | aws s3 cp -" "$stream" sh -c "btrfs send -q '$snap' | aws --endpoint-url '$endpoint' s3 cp - s3://bench/aws.bin --only-show-errors"
+aws_cp() { # $1 = read-only snapshot; prints the pipeline for sh -c
+  echo "btrfs send -q '$1' | aws --endpoint-url '$endpoint' s3 cp - s3://bench/aws.bin --only-show-errors"
+}
+measure "btrfs send | aws s3 cp -" "$stream" sh -c "$(aws_cp "$snap")"
+aws_mbps=$(last_mbps)
 rm -rf "$dir/s3data/bench/aws.bin"
 measure "btrfs send | rclone rcat" "$stream" env -u AWS_CA_BUNDLE RCLONE_CONFIG_B_TYPE=s3 RCLONE_CONFIG_B_PROVIDER=Other \
   RCLONE_CONFIG_B_ENDPOINT="$endpoint" RCLONE_CONFIG_B_ACCESS_KEY_ID=bench RCLONE_CONFIG_B_SECRET_ACCESS_KEY=benchsecret \
@@ -137,6 +148,7 @@ measure "btrfs send | rclone rcat" "$stream" env -u AWS_CA_BUNDLE RCLONE_CONFIG_
 rm -rf "$dir/s3data/bench/rclone.bin"
 btrfs -q subvolume delete "$snap"
 measure "btrfs_to_s3 backup (${gib} GiB)" log "$bin" backup --config "$dir/big.toml" --once
+big_mbps=$(last_mbps)
 cp "$dir/out.log" "$dir/backup-big.log"
 grep -o 'event=backup_metrics.*' "$dir/out.log"
 measure "btrfs_to_s3 restore (${gib} GiB)" "$stream" "$bin" restore --config "$dir/big.toml" --subvolume big --target "$mnt/restored-big"
@@ -145,6 +157,29 @@ measure "btrfs_to_s3 backup (200 MiB)" log "$bin" backup --config "$dir/small.to
 grep -o 'event=backup_metrics.*' "$dir/out.log"
 measure "btrfs_to_s3 backup (${gib} GiB, ${chunk_mib} MiB chunks)" log "$bin" backup --config "$dir/chunked.toml" --once
 grep -o 'event=backup_metrics.*' "$dir/out.log"
+ratios+=("round 1: $(python3 -c "print(f'{$big_mbps/$aws_mbps:.2f}x default, {$(last_mbps)/$aws_mbps:.2f}x ${chunk_mib} MiB chunks')")")
+
+# Later rounds: each backup starts again from no state (a full), like round 1.
+fresh() { # $1 = state file, $2 = prefix
+  rm -f "$dir/$1"; rm -rf "$dir/s3data/bench/$2"
+  for s in "$mnt"/snapshots/big__*; do [ -e "$s" ] && btrfs -q subvolume delete "$s"; done
+}
+if [ "$rounds" -gt 1 ]; then
+  btrfs -q subvolume snapshot -r "$mnt/big" "$mnt/aws-snap"
+  aws_stream=$(btrfs send -q "$mnt/aws-snap" | wc -c)
+fi
+for r in $(seq 2 "$rounds"); do
+  echo "==> round $r of $rounds"
+  measure "btrfs send | aws s3 cp - (round $r)" "$aws_stream" sh -c "$(aws_cp "$mnt/aws-snap")"
+  aws_mbps=$(last_mbps)
+  rm -rf "$dir/s3data/bench/aws.bin"
+  fresh state-big.json bench-big
+  measure "btrfs_to_s3 backup (${gib} GiB) (round $r)" log "$bin" backup --config "$dir/big.toml" --once
+  big_mbps=$(last_mbps)
+  fresh state-chunked.json bench-chunked
+  measure "btrfs_to_s3 backup (${gib} GiB, ${chunk_mib} MiB chunks) (round $r)" log "$bin" backup --config "$dir/chunked.toml" --once
+  ratios+=("round $r: $(python3 -c "print(f'{$big_mbps/$aws_mbps:.2f}x default, {$(last_mbps)/$aws_mbps:.2f}x ${chunk_mib} MiB chunks')")")
+done
 rm -rf "$dir/s3data/bench/"*
 echo "==> transports: 48 parts of ${part_mib} MiB on ${conc} threads, one multipart upload each"
 transport=$("$repo/target/release/examples/transport_bench" "$endpoint" bench 48 "$part_mib" "$conc")
@@ -157,6 +192,9 @@ echo "buffers (concurrency+1) x part = $(( (conc + 1) * eff_mib )) MiB; RSS targ
 echo "| command | MB/s | CPU s/GiB | peak RSS MiB | seconds |"
 echo "| --- | ---: | ---: | ---: | ---: |"
 printf '%s\n' "${rows[@]}"
+echo
+echo "btrfs_to_s3 backup throughput over the aws CLI's in the same round:"
+printf '  %s\n' "${ratios[@]}"
 echo
 echo "| transport (client CPU only) | MB/s | CPU s/GiB |"
 echo "| --- | ---: | ---: |"
