@@ -108,37 +108,28 @@ fn main() -> Result<()> {
     let rb = s3::Bucket::new(bucket, region, creds)
         .context("rust-s3 bucket")?
         .with_path_style();
-    let key = "transport-bench/rust-s3.bin";
-    let id = store.create_multipart(key, &opts)?;
-    let cpu0 = cpu_seconds();
-    let secs = drive(parts, threads, &|n| {
-        rb.put_multipart_chunk(&body, key, n, &id, "application/octet-stream")
-            .map(|_| ())
-            .with_context(|| format!("rust-s3 part {n}"))
+    // One multipart upload per path, aborted afterwards; prints the path's row.
+    let measure = |name: &str, upload: &(dyn Fn(&str, &str, u32) -> Result<()> + Sync)| {
+        let key = format!(
+            "transport-bench/{}.bin",
+            name.split(' ').next().unwrap_or("x")
+        );
+        let id = store.create_multipart(&key, &opts)?;
+        let cpu0 = cpu_seconds();
+        let secs = drive(parts, threads, &|n| {
+            upload(&key, &id, n).with_context(|| format!("{name}: part {n}"))
+        })?;
+        row(name, bytes, secs, cpu_seconds() - cpu0);
+        store.abort_multipart(&key, &id)?;
+        anyhow::Ok(())
+    };
+    measure("rust-s3 put_multipart_chunk", &|key, id, n| {
+        rb.put_multipart_chunk(&body, key, n, id, "application/octet-stream")?;
+        Ok(())
     })?;
-    row(
-        "rust-s3 put_multipart_chunk",
-        bytes,
-        secs,
-        cpu_seconds() - cpu0,
-    );
-    store.abort_multipart(key, &id)?;
-
-    let key = "transport-bench/ureq.bin";
-    let id = store.create_multipart(key, &opts)?;
-    let cpu0 = cpu_seconds();
-    let secs = drive(parts, threads, &|n| {
-        store
-            .upload_part(key, &id, n, Body::Bytes(&body))
-            .map(|_| ())
-            .with_context(|| format!("ureq part {n}"))
+    measure("btrfs_to_s3 S3Store::upload_part (ureq)", &|key, id, n| {
+        store.upload_part(key, id, n, Body::Bytes(&body))?;
+        Ok(())
     })?;
-    row(
-        "btrfs_to_s3 S3Store::upload_part (ureq)",
-        bytes,
-        secs,
-        cpu_seconds() - cpu0,
-    );
-    store.abort_multipart(key, &id)?;
     Ok(())
 }

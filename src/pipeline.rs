@@ -25,7 +25,7 @@ use crate::chunker::{ChunkDone, Cutter, StreamSummary};
 use crate::config::{MAX_PART_SIZE, MIB, MIN_PART_SIZE};
 use crate::event;
 use crate::retry::Retrier;
-use crate::store::{Body, ObjectStore, PutOptions};
+use crate::store::{Body, ObjectStore, PutOptions, StoreResult};
 
 /// S3's limit on parts per multipart upload.
 pub const MAX_PARTS: u64 = 10_000;
@@ -228,17 +228,17 @@ fn worker(
     opts: &PutOptions,
     stop: &AtomicBool,
 ) {
+    // One request under the retry policy, unless the run is being stopped.
+    let attempt = |request: &mut dyn FnMut() -> StoreResult<String>| -> Result<String> {
+        if stop.load(Ordering::SeqCst) {
+            return Err(anyhow!("cancelled"));
+        }
+        Ok(retrier.run(request)?)
+    };
     for job in jobs {
-        let cancelled = || Err(anyhow!("cancelled"));
         let (chunk, did, key, result, buf) = match job {
             Job::Put { chunk, key, buf } => {
-                let r = if stop.load(Ordering::SeqCst) {
-                    cancelled()
-                } else {
-                    retrier
-                        .run(|| store.put_object(&key, buf.body(), opts))
-                        .map_err(anyhow::Error::from)
-                };
+                let r = attempt(&mut || store.put_object(&key, buf.body(), opts));
                 (chunk, Did::Put, key, r, Some(buf))
             }
             Job::Part {
@@ -248,13 +248,7 @@ fn worker(
                 part,
                 buf,
             } => {
-                let r = if stop.load(Ordering::SeqCst) {
-                    cancelled()
-                } else {
-                    retrier
-                        .run(|| store.upload_part(&key, &upload_id, part, buf.body()))
-                        .map_err(anyhow::Error::from)
-                };
+                let r = attempt(&mut || store.upload_part(&key, &upload_id, part, buf.body()));
                 (chunk, Did::Part(part), key, r, Some(buf))
             }
             Job::Complete {
@@ -263,13 +257,7 @@ fn worker(
                 upload_id,
                 parts,
             } => {
-                let r = if stop.load(Ordering::SeqCst) {
-                    cancelled()
-                } else {
-                    retrier
-                        .run(|| store.complete_multipart(&key, &upload_id, &parts))
-                        .map_err(anyhow::Error::from)
-                };
+                let r = attempt(&mut || store.complete_multipart(&key, &upload_id, &parts));
                 (chunk, Did::Complete, key, r, None)
             }
         };
