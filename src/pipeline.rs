@@ -1,5 +1,5 @@
 //! The upload pipeline: the calling thread reads the send stream, cuts and hashes it
-//! (`chunker`), and hands parts to a pool of `concurrency` uploader threads over bounded
+//! (`chunker`), and hands parts to a pool of `concurrency` uploader threads over
 //! crossbeam channels. Buffers circulate: at most `concurrency + 1` part buffers exist,
 //! which is the memory bound. A chunk that fits in one part is one PutObject; a larger one
 //! is a multipart upload whose parts go up in parallel. Completing a multipart upload is a

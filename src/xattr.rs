@@ -4,7 +4,7 @@
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 /// Calls `f(buf)` (a list/get syscall that returns a length or -1) until the value fits:
@@ -91,8 +91,8 @@ pub fn first_difference(a: &[(OsString, Vec<u8>)], b: &[(OsString, Vec<u8>)]) ->
 }
 
 /// Lossy display of an attribute name for messages.
-pub fn name(n: &OsString) -> String {
-    String::from_utf8_lossy(&n.clone().into_vec()).into_owned()
+pub fn name(n: &OsStr) -> String {
+    n.to_string_lossy().into_owned()
 }
 
 /// Sets one attribute (tests only; the tool never writes xattrs itself).
