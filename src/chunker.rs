@@ -3,10 +3,12 @@
 //! out; no threads, no I/O (the pipeline feeds it).
 //!
 //! The first chunk is a prefix of the stream, so while in it one hasher serves both: the
-//! chunk's hash is a copy of the stream hasher's state finalised at the chunk's end. Only
-//! later chunks cost a second pass (with the default 200 GiB chunks, most streams have one).
+//! chunk's hash is the stream hasher's state finalised at the chunk's end. Later chunks
+//! need a second hash over the same bytes; [`sha256x2::update_both`] runs the two in one
+//! pass when the chunk starts on a 64-byte boundary, as it does for any chunk size that is
+//! a multiple of 64 (and with the default 200 GiB chunks most streams have one chunk).
 
-use sha2::{Digest, Sha256};
+use crate::sha256x2::{self, Hasher};
 
 /// Lowercase hex of a byte string.
 pub fn hex(bytes: &[u8]) -> String {
@@ -41,8 +43,8 @@ pub struct Cutter {
     in_chunk: u64,
     total: u64,
     /// `None` while in the first chunk, whose hash is the stream hasher's.
-    chunk_hash: Option<Sha256>,
-    stream_hash: Sha256,
+    chunk_hash: Option<Hasher>,
+    stream_hash: Hasher,
 }
 
 impl Cutter {
@@ -55,7 +57,7 @@ impl Cutter {
             in_chunk: 0,
             total: 0,
             chunk_hash: None,
-            stream_hash: Sha256::new(),
+            stream_hash: Hasher::new(),
         }
     }
 
@@ -78,19 +80,19 @@ impl Cutter {
     /// these bytes complete it.
     pub fn feed(&mut self, bytes: &[u8]) -> Option<ChunkDone> {
         debug_assert!(bytes.len() <= self.next_part_len());
-        if let Some(h) = &mut self.chunk_hash {
-            h.update(bytes);
+        match &mut self.chunk_hash {
+            Some(h) => sha256x2::update_both(&mut self.stream_hash, h, bytes),
+            None => self.stream_hash.update(bytes),
         }
-        self.stream_hash.update(bytes);
         self.in_chunk += bytes.len() as u64;
         self.total += bytes.len() as u64;
         (self.in_chunk == self.chunk_size).then(|| self.close_chunk())
     }
 
     fn close_chunk(&mut self) -> ChunkDone {
-        let hash = match self.chunk_hash.replace(Sha256::new()) {
+        let hash = match self.chunk_hash.replace(Hasher::new()) {
             Some(h) => h.finalize(),
-            None => self.stream_hash.clone().finalize(),
+            None => self.stream_hash.finalize(),
         };
         let done = ChunkDone {
             index: self.index,
@@ -141,6 +143,7 @@ pub fn cut(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     fn sha(b: &[u8]) -> String {
         hex(&Sha256::digest(b))
@@ -213,6 +216,31 @@ mod tests {
     #[test]
     fn single_byte_chunks() {
         check(3, 1, 5, &[1, 1, 1], &[&[1], &[1], &[1]]);
+    }
+
+    #[test]
+    fn chunks_on_64_byte_boundaries_hash_in_one_pass_and_match() {
+        // 256-byte chunks start on block boundaries: later chunks take the paired path.
+        check(
+            700,
+            256,
+            100,
+            &[256, 256, 188],
+            &[&[100, 100, 56], &[100, 100, 56], &[100, 88]],
+        );
+        // A 4 KiB chunk in parts that are not block multiples.
+        let d = data(3 * 4096 + 1);
+        let (chunks, summary) = cut(&d, 4096, 1000);
+        assert_eq!(chunks.len(), 4);
+        for (i, (c, _)) in chunks.iter().enumerate() {
+            let start = i * 4096;
+            assert_eq!(
+                c.sha256,
+                sha(&d[start..start + c.len as usize]),
+                "chunk {i}"
+            );
+        }
+        assert_eq!(summary.sha256, sha(&d));
     }
 
     #[test]

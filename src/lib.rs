@@ -17,6 +17,7 @@ pub mod pipeline;
 pub mod planner;
 pub mod restore;
 pub mod retry;
+pub mod sha256x2;
 pub mod signals;
 pub mod snapshots;
 pub mod state;

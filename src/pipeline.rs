@@ -355,8 +355,18 @@ fn spool_file(dir: &std::path::Path, n: usize) -> Result<PartBuf> {
     Ok(PartBuf::Spool { file, len: 0 })
 }
 
-/// Reads until `buf` holds `want` bytes or the input ends; returns the bytes read.
-fn fill_mem(input: &mut dyn Read, buf: &mut Vec<u8>, want: usize) -> std::io::Result<usize> {
+/// Reads until `buf` holds `want` bytes or the input ends, feeding each read's bytes to
+/// the cutter at once; returns the bytes read and the chunk they completed, if any.
+///
+/// Hashing each read while it is still in cache, instead of the whole part after it is
+/// full, also lets `btrfs send` refill the pipe meanwhile: the next read finds more bytes,
+/// and the two processes wake each other less often.
+fn fill_mem(
+    input: &mut dyn Read,
+    buf: &mut Vec<u8>,
+    want: usize,
+    cutter: &mut Cutter,
+) -> std::io::Result<(usize, Option<ChunkDone>)> {
     // Reuse what the buffer already holds; only growth is zero-filled.
     if buf.len() < want {
         buf.resize(want, 0);
@@ -364,10 +374,14 @@ fn fill_mem(input: &mut dyn Read, buf: &mut Vec<u8>, want: usize) -> std::io::Re
         buf.truncate(want);
     }
     let mut n = 0;
+    let mut done = None;
     while n < want {
         match input.read(&mut buf[n..]) {
             Ok(0) => break,
-            Ok(k) => n += k,
+            Ok(k) => {
+                done = cutter.feed(&buf[n..n + k]);
+                n += k;
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
                 buf.truncate(n);
@@ -376,7 +390,7 @@ fn fill_mem(input: &mut dyn Read, buf: &mut Vec<u8>, want: usize) -> std::io::Re
         }
     }
     buf.truncate(n);
-    Ok(n)
+    Ok((n, done))
 }
 
 /// Fills one part (memory or spool file) with up to `want` bytes, feeding the cutter;
@@ -390,23 +404,21 @@ fn fill(
 ) -> Result<(usize, Option<ChunkDone>)> {
     match buf {
         PartBuf::Mem(v) => {
-            let n = fill_mem(input, v, want).context("reading the btrfs send stream")?;
-            let done = if n > 0 { cutter.feed(v) } else { None };
-            Ok((n, done))
+            fill_mem(input, v, want, cutter).context("reading the btrfs send stream")
         }
         PartBuf::Spool { file, len } => {
             bounce.resize(SPOOL_COPY, 0);
             let mut n = 0;
             let mut done = None;
             while n < want {
-                let k = fill_mem(input, bounce, (want - n).min(SPOOL_COPY))
+                let (k, d) = fill_mem(input, bounce, (want - n).min(SPOOL_COPY), cutter)
                     .context("reading the btrfs send stream")?;
                 if k == 0 {
                     break;
                 }
                 file.write_all_at(&bounce[..k], n as u64)
                     .context("writing a part to the spool file (global.spool_dir)")?;
-                done = cutter.feed(&bounce[..k]);
+                done = d.or(done);
                 n += k;
             }
             *len = n as u64;

@@ -1,6 +1,7 @@
 //! Reads the extended attributes of a path, without following a symlink (`llistxattr`,
-//! `lgetxattr`), for the verifier. With `F_SETPIPE_SZ` in `btrfs.rs`, the only `unsafe`
-//! in the crate; a file system without xattr support reads as having none.
+//! `lgetxattr`), for the verifier. With `F_SETPIPE_SZ` in `btrfs.rs` and the SHA-256
+//! kernel in `sha256x2.rs`, the only `unsafe` in the crate; a file system without xattr
+//! support reads as having none.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
