@@ -3,20 +3,21 @@
 //! `concurrency + 1` pieces in flight and one being written: `concurrency + 2` buffers,
 //! allocated once and reused (the memory bound). Each chunk is hashed as it streams into
 //! the writer (`btrfs receive`); a size or SHA-256 mismatch stops the restore at once,
-//! and is reported even when the writer already failed on the bad bytes.
+//! and is reported even when the writer already failed on the bad bytes. When the manifest
+//! records `stream_sha256`, the whole stream is hashed too (in the same pass, see
+//! `sha256x2`) and checked at its end.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Result};
-use crossbeam_channel::bounded;
-use sha2::{Digest, Sha256};
-
 use crate::chunker::hex;
 use crate::manifest::ChunkEntry;
 use crate::retry::Retrier;
+use crate::sha256x2::{self, Hasher};
 use crate::store::{ErrorKind, ObjectStore, StoreError};
+use anyhow::{anyhow, bail, Result};
+use crossbeam_channel::bounded;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Piece {
@@ -86,12 +87,14 @@ fn fetch(
 type Job = (usize, Piece, Vec<u8>);
 type Fetched = (usize, Result<(), StoreError>, Vec<u8>);
 
-/// Downloads `chunks` in order into `out`, verifying each chunk's size and SHA-256.
+/// Downloads `chunks` in order into `out`, verifying each chunk's size and SHA-256, and
+/// the whole stream's SHA-256 against `stream_sha256` when the manifest has one.
 /// Returns the bytes written.
 pub fn stream_chunks(
     store: Arc<dyn ObjectStore>,
     retrier: Arc<Retrier>,
     chunks: &[ChunkEntry],
+    stream_sha256: Option<&str>,
     piece_size: u64,
     concurrency: usize,
     out: &mut dyn Write,
@@ -120,7 +123,13 @@ pub fn stream_chunks(
     drop((job_rx, res_tx));
 
     let mut job_tx = Some(job_tx);
-    let result = consume(&pieces, chunks, window, &mut job_tx, &res_rx, &retrier, out);
+    let result = consume(&pieces, chunks, window, &mut job_tx, &res_rx, &retrier, out)
+        .and_then(|(written, got)| match stream_sha256 {
+            Some(want) if !got.eq_ignore_ascii_case(want) => bail!(
+                "the stream's SHA-256 is {got}, the manifest's stream_sha256 {want}: every chunk matched its own hash, so the manifest's chunk list does not describe the stream it was written for"
+            ),
+            _ => Ok(written),
+        });
     drop(job_tx);
     for _ in res_rx.iter() {}
     for w in workers {
@@ -137,7 +146,7 @@ fn consume(
     res_rx: &crossbeam_channel::Receiver<Fetched>,
     retrier: &Retrier,
     out: &mut dyn Write,
-) -> Result<u64> {
+) -> Result<(u64, String)> {
     // Buffers are allocated here, at most `window + 1`, and reused: no allocator churn
     // across threads.
     let mut free: Vec<Vec<u8>> = Vec::new();
@@ -160,7 +169,8 @@ fn consume(
     let mut check = ChunkCheck {
         chunks,
         next: 0,
-        hasher: Sha256::new(),
+        stream: Hasher::new(),
+        chunk: None,
         in_chunk: 0,
         write_error: None,
     };
@@ -183,7 +193,7 @@ fn consume(
             ready.insert(s, b);
         };
         send(job_tx, &mut free, seq + window)?;
-        check.hasher.update(&buf);
+        check.hash(&buf);
         check.in_chunk += buf.len() as u64;
         if check.write_error.is_none() {
             match out.write_all(&buf) {
@@ -197,26 +207,39 @@ fn consume(
         }
     }
     check.finish_until(chunks.len())?;
-    Ok(written)
+    Ok((written, hex(&check.stream.finalize())))
 }
 
-/// Per-chunk verification state while streaming: the running hash of the current chunk,
-/// its bytes so far, and whether the writer has failed.
+/// Verification state while streaming: the running hashes of the stream and of the current
+/// chunk, the chunk's bytes so far, and whether the writer has failed.
 struct ChunkCheck<'a> {
     chunks: &'a [ChunkEntry],
     next: usize,
-    hasher: Sha256,
+    /// The whole stream's hash; while in the first chunk, also that chunk's.
+    stream: Hasher,
+    /// The current chunk's hash, `None` while in the first chunk (a prefix of the stream).
+    chunk: Option<Hasher>,
     in_chunk: u64,
     write_error: Option<std::io::Error>,
 }
 
 impl ChunkCheck<'_> {
+    fn hash(&mut self, bytes: &[u8]) {
+        match &mut self.chunk {
+            Some(h) => sha256x2::update_both(&mut self.stream, h, bytes),
+            None => self.stream.update(bytes),
+        }
+    }
+
     /// Checks size and SHA-256 of every chunk before index `end` not checked yet.
     fn finish_until(&mut self, end: usize) -> Result<()> {
         while self.next < end {
             let c = &self.chunks[self.next];
             self.next += 1;
-            let got = hex(&std::mem::replace(&mut self.hasher, Sha256::new()).finalize());
+            let got = match self.chunk.replace(Hasher::new()) {
+                Some(h) => hex(&h.finalize()),
+                None => hex(&self.stream.finalize()),
+            };
             let size = std::mem::replace(&mut self.in_chunk, 0);
             if size != c.size {
                 bail!(
@@ -248,6 +271,7 @@ mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
     use crate::store::PutOptions;
+    use sha2::{Digest, Sha256};
 
     fn retrier() -> Arc<Retrier> {
         Arc::new(crate::testing::retrier())
@@ -294,9 +318,36 @@ mod tests {
         let (s, chunks, all) = setup(&[1000, 0, 333, 4096, 1]);
         for conc in [1, 2, 4] {
             let mut out = Vec::new();
-            let n = stream_chunks(s.clone(), retrier(), &chunks, 100, conc, &mut out).unwrap();
+            let n =
+                stream_chunks(s.clone(), retrier(), &chunks, None, 100, conc, &mut out).unwrap();
             assert_eq!(n, all.len() as u64);
             assert!(out == all);
+        }
+    }
+
+    #[test]
+    fn the_stream_hash_is_checked_when_the_manifest_has_one() {
+        // 640 and 128 bytes: later chunks start on 64-byte boundaries (one pass); 77: not.
+        for sizes in [&[640, 128, 0, 77, 64][..], &[1000, 333, 4096, 1][..]] {
+            let (s, chunks, all) = setup(sizes);
+            let want = hex(&Sha256::digest(&all));
+            for w in [want.clone(), want.to_uppercase()] {
+                let mut out = Vec::new();
+                stream_chunks(s.clone(), retrier(), &chunks, Some(&w), 100, 2, &mut out).unwrap();
+                assert!(out == all);
+            }
+            // Chunks that are each intact, listed in the wrong order.
+            let mut swapped = chunks.clone();
+            swapped.swap(0, 1);
+            let e = format!(
+                "{:#}",
+                stream_chunks(s, retrier(), &swapped, Some(&want), 100, 2, &mut Vec::new())
+                    .unwrap_err()
+            );
+            assert!(
+                e.contains("manifest's stream_sha256") && e.contains(&want),
+                "{e}"
+            );
         }
     }
 
@@ -317,7 +368,7 @@ mod tests {
         let mut out = Vec::new();
         let e = format!(
             "{:#}",
-            stream_chunks(s.clone(), retrier(), &chunks, 64, 3, &mut out).unwrap_err()
+            stream_chunks(s.clone(), retrier(), &chunks, None, 64, 3, &mut out).unwrap_err()
         );
         assert!(
             e.contains("chunk c1: SHA-256 mismatch") && e.contains(&chunks[1].sha256),
@@ -332,7 +383,7 @@ mod tests {
         chunks[0].size = 501;
         let e = format!(
             "{:#}",
-            stream_chunks(s, retrier(), &chunks, 64, 2, &mut Vec::new()).unwrap_err()
+            stream_chunks(s, retrier(), &chunks, None, 64, 2, &mut Vec::new()).unwrap_err()
         );
         assert!(e.contains("c0"), "{e}");
     }
@@ -369,14 +420,14 @@ mod tests {
         );
         let e = format!(
             "{:#}",
-            stream_chunks(s.clone(), retrier(), &chunks, 50, 2, &mut Dies(1)).unwrap_err()
+            stream_chunks(s.clone(), retrier(), &chunks, None, 50, 2, &mut Dies(1)).unwrap_err()
         );
         assert!(e.contains("chunk c0: SHA-256 mismatch"), "{e}");
         // With good data the writer's failure is reported.
         let (s, chunks, _) = setup(&[300]);
         let e = format!(
             "{:#}",
-            stream_chunks(s, retrier(), &chunks, 50, 2, &mut Dies(1)).unwrap_err()
+            stream_chunks(s, retrier(), &chunks, None, 50, 2, &mut Dies(1)).unwrap_err()
         );
         assert!(
             e.contains("btrfs receive stopped") && e.contains("broken pipe"),
@@ -389,12 +440,12 @@ mod tests {
         let (s, chunks, all) = setup(&[200, 200]);
         s.fail("GET c1 bytes", ErrorKind::Transient, 2);
         let mut out = Vec::new();
-        stream_chunks(s.clone(), retrier(), &chunks, 64, 2, &mut out).unwrap();
+        stream_chunks(s.clone(), retrier(), &chunks, None, 64, 2, &mut out).unwrap();
         assert!(out == all);
         s.remove("c1");
         let e = format!(
             "{:#}",
-            stream_chunks(s, retrier(), &chunks, 64, 2, &mut Vec::new()).unwrap_err()
+            stream_chunks(s, retrier(), &chunks, None, 64, 2, &mut Vec::new()).unwrap_err()
         );
         assert!(e.contains("downloading chunk c1"), "{e}");
     }

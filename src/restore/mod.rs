@@ -207,6 +207,7 @@ impl Restorer<'_> {
                 self.store.clone(),
                 self.retrier.clone(),
                 &m.chunks,
+                m.stream_sha256.as_deref(),
                 piece,
                 conc,
                 &mut recv,
