@@ -2,13 +2,12 @@
 //! hashes as it goes: SHA-256 per chunk and of the whole stream. Bytes in, [`ChunkDone`]
 //! out; no threads, no I/O (the pipeline feeds it).
 //!
-//! The first chunk is a prefix of the stream, so while in it one hasher serves both: the
-//! chunk's hash is the stream hasher's state finalised at the chunk's end. Later chunks
-//! need a second hash over the same bytes; [`sha256x2::update_both`] runs the two in one
-//! pass when the chunk starts on a 64-byte boundary, as it does for any chunk size that is
-//! a multiple of 64 (and with the default 200 GiB chunks most streams have one chunk).
+//! Both hashes come from one pass over the bytes ([`StreamHashes`]): the first chunk's
+//! hash is the stream's at the chunk's end, and later chunks share the pass when they
+//! start on a 64-byte boundary, as they do for any chunk size that is a multiple of 64
+//! (and with the default 200 GiB chunks most streams have one chunk).
 
-use crate::sha256x2::{self, Hasher};
+use crate::sha256x2::StreamHashes;
 
 /// Lowercase hex of a byte string.
 pub fn hex(bytes: &[u8]) -> String {
@@ -42,9 +41,7 @@ pub struct Cutter {
     index: u64,
     in_chunk: u64,
     total: u64,
-    /// `None` while in the first chunk, whose hash is the stream hasher's.
-    chunk_hash: Option<Hasher>,
-    stream_hash: Hasher,
+    hashes: StreamHashes,
 }
 
 impl Cutter {
@@ -56,8 +53,7 @@ impl Cutter {
             index: 0,
             in_chunk: 0,
             total: 0,
-            chunk_hash: None,
-            stream_hash: Hasher::new(),
+            hashes: StreamHashes::default(),
         }
     }
 
@@ -80,20 +76,14 @@ impl Cutter {
     /// these bytes complete it.
     pub fn feed(&mut self, bytes: &[u8]) -> Option<ChunkDone> {
         debug_assert!(bytes.len() <= self.next_part_len());
-        match &mut self.chunk_hash {
-            Some(h) => sha256x2::update_both(&mut self.stream_hash, h, bytes),
-            None => self.stream_hash.update(bytes),
-        }
+        self.hashes.update(bytes);
         self.in_chunk += bytes.len() as u64;
         self.total += bytes.len() as u64;
         (self.in_chunk == self.chunk_size).then(|| self.close_chunk())
     }
 
     fn close_chunk(&mut self) -> ChunkDone {
-        let hash = match self.chunk_hash.replace(Hasher::new()) {
-            Some(h) => h.finalize(),
-            None => self.stream_hash.finalize(),
-        };
+        let hash = self.hashes.end_chunk();
         let done = ChunkDone {
             index: self.index,
             len: self.in_chunk,
@@ -109,7 +99,7 @@ impl Cutter {
         let last = (self.in_chunk > 0).then(|| self.close_chunk());
         let summary = StreamSummary {
             total_bytes: self.total,
-            sha256: hex(&self.stream_hash.finalize()),
+            sha256: hex(&self.hashes.stream()),
         };
         (last, summary)
     }

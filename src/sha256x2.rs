@@ -91,6 +91,38 @@ impl Hasher {
     }
 }
 
+/// The hashes of a stream cut into chunks: the whole stream's and the current chunk's, over
+/// bytes fed once. The first chunk is a prefix of the stream, so while in it the stream
+/// hasher serves both; later chunks go through [`update_both`].
+#[derive(Clone, Default)]
+pub struct StreamHashes {
+    stream: Hasher,
+    /// `None` while in the first chunk.
+    chunk: Option<Hasher>,
+}
+
+impl StreamHashes {
+    pub fn update(&mut self, bytes: &[u8]) {
+        match &mut self.chunk {
+            Some(h) => update_both(&mut self.stream, h, bytes),
+            None => self.stream.update(bytes),
+        }
+    }
+
+    /// The current chunk's digest; the next bytes start a new chunk.
+    pub fn end_chunk(&mut self) -> [u8; 32] {
+        match self.chunk.replace(Hasher::new()) {
+            Some(h) => h.finalize(),
+            None => self.stream.finalize(),
+        }
+    }
+
+    /// The digest of the whole stream so far.
+    pub fn stream(&self) -> [u8; 32] {
+        self.stream.finalize()
+    }
+}
+
 /// Feeds `data` to both hashers; in one pass when their partial blocks are the same bytes
 /// (true for the stream and a chunk that starts at a multiple of 64 bytes), else in two.
 pub fn update_both(a: &mut Hasher, b: &mut Hasher, data: &[u8]) {
@@ -337,6 +369,27 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn stream_hashes_give_each_chunk_and_the_stream() {
+        let data = bytes(1000, 9);
+        // Chunk ends: 0 (an empty first chunk), 128, 128 (empty), 640, 777 (unaligned), 1000.
+        let ends = [0, 128, 128, 640, 777, 1000];
+        let mut h = StreamHashes::default();
+        let mut start = 0;
+        for end in ends {
+            for piece in data[start..end].chunks(50) {
+                h.update(piece);
+            }
+            assert_eq!(
+                h.end_chunk(),
+                reference(&data[start..end]),
+                "chunk {start}..{end}"
+            );
+            start = end;
+        }
+        assert_eq!(h.stream(), reference(&data));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crate::chunker::hex;
 use crate::manifest::ChunkEntry;
 use crate::retry::Retrier;
-use crate::sha256x2::{self, Hasher};
+use crate::sha256x2::StreamHashes;
 use crate::store::{ErrorKind, ObjectStore, StoreError};
 use anyhow::{anyhow, bail, Result};
 use crossbeam_channel::bounded;
@@ -169,8 +169,7 @@ fn consume(
     let mut check = ChunkCheck {
         chunks,
         next: 0,
-        stream: Hasher::new(),
-        chunk: None,
+        hashes: StreamHashes::default(),
         in_chunk: 0,
         write_error: None,
     };
@@ -193,7 +192,7 @@ fn consume(
             ready.insert(s, b);
         };
         send(job_tx, &mut free, seq + window)?;
-        check.hash(&buf);
+        check.hashes.update(&buf);
         check.in_chunk += buf.len() as u64;
         if check.write_error.is_none() {
             match out.write_all(&buf) {
@@ -207,7 +206,7 @@ fn consume(
         }
     }
     check.finish_until(chunks.len())?;
-    Ok((written, hex(&check.stream.finalize())))
+    Ok((written, hex(&check.hashes.stream())))
 }
 
 /// Verification state while streaming: the running hashes of the stream and of the current
@@ -215,31 +214,18 @@ fn consume(
 struct ChunkCheck<'a> {
     chunks: &'a [ChunkEntry],
     next: usize,
-    /// The whole stream's hash; while in the first chunk, also that chunk's.
-    stream: Hasher,
-    /// The current chunk's hash, `None` while in the first chunk (a prefix of the stream).
-    chunk: Option<Hasher>,
+    hashes: StreamHashes,
     in_chunk: u64,
     write_error: Option<std::io::Error>,
 }
 
 impl ChunkCheck<'_> {
-    fn hash(&mut self, bytes: &[u8]) {
-        match &mut self.chunk {
-            Some(h) => sha256x2::update_both(&mut self.stream, h, bytes),
-            None => self.stream.update(bytes),
-        }
-    }
-
     /// Checks size and SHA-256 of every chunk before index `end` not checked yet.
     fn finish_until(&mut self, end: usize) -> Result<()> {
         while self.next < end {
             let c = &self.chunks[self.next];
             self.next += 1;
-            let got = match self.chunk.replace(Hasher::new()) {
-                Some(h) => hex(&h.finalize()),
-                None => hex(&self.stream.finalize()),
-            };
+            let got = hex(&self.hashes.end_chunk());
             let size = std::mem::replace(&mut self.in_chunk, 0);
             if size != c.size {
                 bail!(
