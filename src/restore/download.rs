@@ -126,7 +126,7 @@ pub fn stream_chunks(
     let result = consume(&pieces, chunks, window, &mut job_tx, &res_rx, &retrier, out)
         .and_then(|(written, got)| match stream_sha256 {
             Some(want) if !got.eq_ignore_ascii_case(want) => bail!(
-                "the stream's SHA-256 is {got}, the manifest's stream_sha256 {want}: every chunk matched its own hash, so the manifest's chunk list does not describe the stream it was written for"
+                "the whole stream's SHA-256 is {got}, but the manifest's stream_sha256 is {want}: every chunk matched its own hash, so the manifest itself is inconsistent (damaged or edited)"
             ),
             _ => Ok(written),
         });

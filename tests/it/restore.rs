@@ -270,6 +270,30 @@ fn tampered_or_missing_chunks_fail_and_leave_nothing() {
     );
     assert!(!target.exists());
 
+    // A manifest whose stream hash disagrees with its (intact) chunks.
+    let mut doctored = m.clone();
+    let wrong = "0".repeat(64);
+    doctored["stream_sha256"] = serde_json::json!(wrong);
+    let dkey = "backups/subvol/data/full/manifest-bad-stream.json";
+    store
+        .put_object(
+            dkey,
+            Body::Bytes(&serde_json::to_vec(&doctored).unwrap()),
+            &opts,
+        )
+        .unwrap();
+    let r = s.restore(&["--subvolume", "data", "--target", t, "--manifest-key", dkey]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr
+            .contains(&format!("the manifest's stream_sha256 is {wrong}")),
+        "{r:?}"
+    );
+    assert!(
+        !target.exists() && s.staging_left(&s.fs.mnt).is_empty(),
+        "{r:?}"
+    );
+
     // With the damage undone the same restore works.
     let r = s.restore(&["--subvolume", "data", "--target", t]);
     assert_eq!(r.code, 0, "{r:?}");
