@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Benchmark (as root; not part of CI): one table from one run comparing
 #   btrfs_to_s3 backup, btrfs send > /dev/null, btrfs send | aws s3 cp -, btrfs send | rclone rcat,
-#   and btrfs_to_s3 restore,
+#   and btrfs_to_s3 restore (of the default and of the chunked backup),
 # on a loop-device btrfs holding GIB GiB (default 2) of mixed data, uploading to a local
 # s3s-fs 0.14.1 on 127.0.0.1. Columns: MB/s of the send stream, CPU seconds (user+sys, the
 # btrfs send child included) per GiB of stream, peak RSS. A 200 MiB subvolume is backed up
 # too, to show that peak RSS does not grow with the stream. The big stream is also backed up
 # with CHUNK_MIB chunks instead of the contract's 200 GiB default, to show what overlapping
 # one chunk's CompleteMultipartUpload with the next chunk's parts buys and costs (chunks
-# after the first cost a second SHA-256 pass, for the stream hash).
+# after the first need a second SHA-256, for the stream hash, computed in the same pass).
 # A second table compares the two S3 transports on the same parts: rust-s3's own request
 # path and ours (SigV4 from rust-s3's helpers, bytes over ureq), see
 # examples/transport_bench.rs.
@@ -60,7 +60,7 @@ cleanup
 mkdir -p "$mnt" "$dir/s3data/bench"
 
 echo "==> building a ${gib} GiB btrfs with mixed data"
-truncate -s "$(( gib * 2 + 2 ))G" "$dir/fs.img"
+truncate -s "$(( gib * 3 + 2 ))G" "$dir/fs.img"
 mkfs.btrfs -q -f "$dir/fs.img" >/dev/null 2>&1
 mount -o loop "$dir/fs.img" "$mnt"
 rnd() { { openssl enc -aes-128-ctr -pass "pass:$1" -nosalt -pbkdf2 < /dev/zero 2>/dev/null || true; } | head -c "$2"; }
@@ -158,6 +158,12 @@ grep -o 'event=backup_metrics.*' "$dir/out.log"
 measure "btrfs_to_s3 backup (${gib} GiB, ${chunk_mib} MiB chunks)" log "$bin" backup --config "$dir/chunked.toml" --once
 grep -o 'event=backup_metrics.*' "$dir/out.log"
 ratios+=("round 1: $(python3 -c "print(f'{$big_mbps/$aws_mbps:.2f}x default, {$(last_mbps)/$aws_mbps:.2f}x ${chunk_mib} MiB chunks')")")
+# Restoring the chunked backup checks every chunk's hash and the stream's, in one pass.
+btrfs -q subvolume delete "$mnt/restored-big"
+btrfs subvolume sync "$mnt" > /dev/null
+measure "btrfs_to_s3 restore (${gib} GiB, ${chunk_mib} MiB chunks)" "$stream" "$bin" restore --config "$dir/chunked.toml" --subvolume big --target "$mnt/restored-chunked"
+grep -o 'event=restore_metrics.*' "$dir/out.log"
+btrfs -q subvolume delete "$mnt/restored-chunked"
 
 # Later rounds: each backup starts again from no state (a full), like round 1.
 fresh() { # $1 = state file, $2 = prefix

@@ -30,7 +30,10 @@ pub trait SendStream: Read + Send {
 pub trait ReceiveSink: Write + Send {
     /// Closes stdin, waits, and fails with stderr if the receive did not succeed.
     fn finish(self: Box<Self>) -> Result<()>;
-    fn kill(self: Box<Self>);
+    /// Kills and reaps the process (after a failure); returns what it had written to
+    /// stderr, empty if nothing. When the receive died on its own (a full disk, say),
+    /// that is the reason the stream stopped being taken.
+    fn kill(self: Box<Self>) -> String;
 }
 
 pub trait Btrfs: Send + Sync {
@@ -87,14 +90,19 @@ fn collect_stderr(mut r: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
     })
 }
 
-fn stderr_text(h: Option<JoinHandle<Vec<u8>>>) -> String {
+/// The kept stderr on one line (lines joined with " | "); empty if there was none.
+fn stderr_line(h: Option<JoinHandle<Vec<u8>>>) -> String {
     let bytes = h.and_then(|h| h.join().ok()).unwrap_or_default();
     let s = String::from_utf8_lossy(&bytes);
-    let s = s.trim();
+    s.trim().lines().collect::<Vec<_>>().join(" | ")
+}
+
+fn stderr_text(h: Option<JoinHandle<Vec<u8>>>) -> String {
+    let s = stderr_line(h);
     if s.is_empty() {
         "no output on stderr".to_string()
     } else {
-        s.lines().collect::<Vec<_>>().join(" | ")
+        s
     }
 }
 
@@ -270,10 +278,11 @@ impl Proc {
         check_status(&self.what, status, stderr_text(self.stderr.take()))
     }
 
-    fn kill(&mut self) {
+    /// Kills and reaps; returns the kept stderr (empty if none).
+    fn kill(&mut self) -> String {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = self.stderr.take().map(|h| h.join());
+        stderr_line(self.stderr.take())
     }
 }
 
@@ -303,7 +312,7 @@ impl SendStream for ChildSend {
     }
 
     fn kill(mut self: Box<Self>) {
-        self.proc.kill()
+        self.proc.kill();
     }
 }
 
@@ -335,7 +344,7 @@ impl ReceiveSink for ChildReceive {
         self.proc.finish()
     }
 
-    fn kill(mut self: Box<Self>) {
+    fn kill(mut self: Box<Self>) -> String {
         drop(self.stdin.take());
         self.proc.kill()
     }
@@ -393,6 +402,37 @@ mod tests {
             "{e}"
         );
         assert_eq!(b.run(&["-c".as_ref(), "echo ok".as_ref()]).unwrap(), "ok\n");
+    }
+
+    #[test]
+    fn a_receive_that_dies_on_its_own_says_why_when_killed() {
+        // A script stands in for btrfs: it takes a little of the stream, then fails as
+        // `btrfs receive` does on a full disk.
+        let dir = std::env::temp_dir().join(format!("btrfs_to_s3-recv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("fake-btrfs");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\nhead -c 10 >/dev/null\necho 'ERROR: write failed: No space left on device' >&2\nexit 1\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let b = BtrfsCli { program: script };
+        let mut r = b.receive(&dir).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        let mut failed = false;
+        // The pipe takes up to 1 MiB before the write that fails.
+        for _ in 0..10_000 {
+            if r.write_all(&block).is_err() {
+                failed = true;
+                break;
+            }
+        }
+        assert!(failed, "writes to a dead receive fail");
+        let said = r.kill();
+        assert_eq!(said, "ERROR: write failed: No space left on device");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -129,7 +129,9 @@ impl ReceiveSink for FakeReceive {
         self.out.lock().unwrap().push((self.dir, self.buf));
         Ok(())
     }
-    fn kill(self: Box<Self>) {}
+    fn kill(self: Box<Self>) -> String {
+        String::new()
+    }
 }
 
 impl Btrfs for FakeBtrfs {

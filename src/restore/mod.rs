@@ -218,7 +218,12 @@ impl Restorer<'_> {
                     bytes += n;
                 }
                 Err(e) => {
-                    recv.kill();
+                    let said = recv.kill();
+                    let e = if said.is_empty() {
+                        e
+                    } else {
+                        e.context(format!("btrfs receive: {said}"))
+                    };
                     return Err(e.context(format!("restoring manifest {key}")));
                 }
             }

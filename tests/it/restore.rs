@@ -378,3 +378,36 @@ fn verifier_names_owner_differences() {
     std::os::unix::fs::lchown(b.join("sub/l"), Some(42), Some(42)).unwrap();
     compare(&a, &b, VerifyMode::Full, 5).unwrap();
 }
+
+#[test]
+fn a_full_target_filesystem_is_named_and_leaves_nothing() {
+    if !require_root("a_full_target_filesystem_is_named_and_leaves_nothing") {
+        return;
+    }
+    let s = Setup::new(SetupOpts::default());
+    let data = s.vol("data");
+    random_file(&data.join("big.bin"), 200 * MIB);
+    assert_eq!(s.backup(&[]).code, 0);
+    // The stream is larger than this whole file system.
+    let small = BtrfsFs::new(128);
+    let target = small.path("restored");
+    let r = s.restore(&["--subvolume", "data", "--target", target.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("btrfs receive: ") && r.stderr.contains("No space left on device"),
+        "the error says what btrfs receive said: {r:?}"
+    );
+    assert_eq!(
+        r.stderr
+            .trim()
+            .lines()
+            .last()
+            .map(|l| l.starts_with("btrfs_to_s3: error: ")),
+        Some(true),
+        "{r:?}"
+    );
+    assert!(
+        !target.exists() && s.staging_left(&small.mnt).is_empty(),
+        "{r:?}"
+    );
+}
