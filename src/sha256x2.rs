@@ -148,13 +148,20 @@ pub fn update_both(a: &mut Hasher, b: &mut Hasher, data: &[u8]) {
     b.buf[..tail].copy_from_slice(&rest[full..]);
 }
 
+// `compress` views bytes as blocks; this holds the layout it relies on to the compiler.
+const _: () = assert!(
+    std::mem::size_of::<GenericArray<u8, U64>>() == 64
+        && std::mem::align_of::<GenericArray<u8, U64>>() == 1
+);
+
 /// Compresses whole 64-byte blocks into one state with sha2's `compress256`.
 fn compress(state: &mut [u32; 8], blocks: &[u8]) {
     debug_assert_eq!(blocks.len() % 64, 0);
     let n = blocks.len() / 64;
-    // SAFETY: `GenericArray<u8, U64>` is `#[repr(transparent)]` over `[u8; 64]` (size 64,
-    // alignment 1), and `blocks` holds exactly `n * 64` initialised bytes that outlive the
-    // borrow.
+    // SAFETY: `GenericArray<u8, U64>` has the layout of `[u8; 64]` (it is
+    // `#[repr(transparent)]` over nested `#[repr(C)]` halves of `u8`s; size 64 and
+    // alignment 1, asserted above), which is how generic-array's own `from_slice` casts.
+    // `blocks` holds exactly `n * 64` initialised bytes that outlive the borrow.
     let blocks: &[GenericArray<u8, U64>] =
         unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast(), n) };
     sha2::compress256(state, blocks);
