@@ -11,13 +11,14 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::sync::Arc;
 
+use anyhow::{anyhow, bail, Result};
+use crossbeam_channel::bounded;
+
 use crate::chunker::hex;
 use crate::manifest::ChunkEntry;
 use crate::retry::Retrier;
 use crate::sha256x2::StreamHashes;
 use crate::store::{ErrorKind, ObjectStore, StoreError};
-use anyhow::{anyhow, bail, Result};
-use crossbeam_channel::bounded;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Piece {
