@@ -245,23 +245,32 @@ fn tampered_or_missing_chunks_fail_and_leave_nothing() {
     );
     flip_byte(&store, &chunks[0].0, 0);
 
-    // A missing chunk: a manifest naming a chunk that is not in the bucket.
-    let mut doctored = m.clone();
-    doctored["chunks"][1]["key"] = serde_json::json!("backups/subvol/data/full/chunk-gone.bin");
-    let dkey = "backups/subvol/data/full/manifest-doctored.json";
-    let opts = PutOptions {
-        storage_class: "STANDARD".into(),
-        sse: "AES256".into(),
-        content_type: "application/json",
+    // A doctored copy of the manifest, under its own key, restored by that key.
+    let restore_doctored = |name: &str, edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut doctored = m.clone();
+        edit(&mut doctored);
+        let dkey = format!("backups/subvol/data/full/{name}");
+        let opts = PutOptions {
+            storage_class: "STANDARD".into(),
+            sse: "AES256".into(),
+            content_type: "application/json",
+        };
+        let body = serde_json::to_vec(&doctored).unwrap();
+        store.put_object(&dkey, Body::Bytes(&body), &opts).unwrap();
+        s.restore(&[
+            "--subvolume",
+            "data",
+            "--target",
+            t,
+            "--manifest-key",
+            &dkey,
+        ])
     };
-    store
-        .put_object(
-            dkey,
-            Body::Bytes(&serde_json::to_vec(&doctored).unwrap()),
-            &opts,
-        )
-        .unwrap();
-    let r = s.restore(&["--subvolume", "data", "--target", t, "--manifest-key", dkey]);
+
+    // A missing chunk: a manifest naming a chunk that is not in the bucket.
+    let r = restore_doctored("manifest-doctored.json", &|d| {
+        d["chunks"][1]["key"] = serde_json::json!("backups/subvol/data/full/chunk-gone.bin");
+    });
     assert_eq!(r.code, 1, "{r:?}");
     assert!(
         r.stderr
@@ -271,18 +280,10 @@ fn tampered_or_missing_chunks_fail_and_leave_nothing() {
     assert!(!target.exists());
 
     // A manifest whose stream hash disagrees with its (intact) chunks.
-    let mut doctored = m.clone();
     let wrong = "0".repeat(64);
-    doctored["stream_sha256"] = serde_json::json!(wrong);
-    let dkey = "backups/subvol/data/full/manifest-bad-stream.json";
-    store
-        .put_object(
-            dkey,
-            Body::Bytes(&serde_json::to_vec(&doctored).unwrap()),
-            &opts,
-        )
-        .unwrap();
-    let r = s.restore(&["--subvolume", "data", "--target", t, "--manifest-key", dkey]);
+    let r = restore_doctored("manifest-bad-stream.json", &|d| {
+        d["stream_sha256"] = serde_json::json!(wrong);
+    });
     assert_eq!(r.code, 1, "{r:?}");
     assert!(
         r.stderr
