@@ -211,15 +211,9 @@ mod shani {
             && std::is_x86_feature_detected!("sse4.1")
     }
 
-    // `load`, `store` and `pair` are `unsafe fn`s rather than safe `#[target_feature]`
-    // functions, which need Rust 1.86; the crate builds with 1.80.
-
     /// The state as the two registers `sha256rnds2` works on: (ABEF, CDGH).
-    ///
-    /// # Safety
-    /// As for [`pair`]: the CPU must have the features.
     #[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
-    unsafe fn load(s: &[u32; 8]) -> (__m128i, __m128i) {
+    fn load(s: &[u32; 8]) -> (__m128i, __m128i) {
         // SAFETY: both 16-byte unaligned loads are within the 32 bytes of `s`.
         let (dcba, hgfe) = unsafe {
             (
@@ -235,12 +229,8 @@ mod shani {
         )
     }
 
-    /// The (ABEF, CDGH) registers back into the state's word order.
-    ///
-    /// # Safety
-    /// As for [`pair`]: the CPU must have the features.
     #[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
-    unsafe fn store(s: &mut [u32; 8], abef: __m128i, cdgh: __m128i) {
+    fn store(s: &mut [u32; 8], abef: __m128i, cdgh: __m128i) {
         let feba = _mm_shuffle_epi32(abef, 0x1B);
         let dchg = _mm_shuffle_epi32(cdgh, 0xB1);
         let dcba = _mm_blend_epi16(feba, dchg, 0xF0);
@@ -259,10 +249,8 @@ mod shani {
     pub unsafe fn pair(a: &mut [u32; 8], b: &mut [u32; 8], blocks: &[u8]) {
         // Byte swap of each 32-bit word: the message is big-endian.
         let swap = _mm_set_epi64x(0x0C0D_0E0F_0809_0A0B, 0x0405_0607_0001_0203);
-        // SAFETY: the caller guarantees the CPU features.
-        let (mut abef_a, mut cdgh_a) = unsafe { load(a) };
-        // SAFETY: as above.
-        let (mut abef_b, mut cdgh_b) = unsafe { load(b) };
+        let (mut abef_a, mut cdgh_a) = load(a);
+        let (mut abef_b, mut cdgh_b) = load(b);
         for block in blocks.chunks_exact(64) {
             let saved = (abef_a, cdgh_a, abef_b, cdgh_b);
             // The message schedule, four words per register, computed once for both.
@@ -296,11 +284,8 @@ mod shani {
             abef_b = _mm_add_epi32(abef_b, saved.2);
             cdgh_b = _mm_add_epi32(cdgh_b, saved.3);
         }
-        // SAFETY: the caller guarantees the CPU features.
-        unsafe {
-            store(a, abef_a, cdgh_a);
-            store(b, abef_b, cdgh_b);
-        }
+        store(a, abef_a, cdgh_a);
+        store(b, abef_b, cdgh_b);
     }
 }
 
