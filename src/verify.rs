@@ -188,7 +188,7 @@ impl Walk<'_> {
                 ));
             }
             self.report.files += 1;
-            if self.stride > 0 && (self.report.files - 1) % self.stride == 0 {
+            if self.stride > 0 && (self.report.files - 1).is_multiple_of(self.stride) {
                 let (x, n) = hash_file(&sp)?;
                 let (y, _) = hash_file(&dp)?;
                 if x != y {
