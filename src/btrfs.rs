@@ -31,8 +31,8 @@ pub trait ReceiveSink: Write + Send {
     /// Closes stdin, waits, and fails with stderr if the receive did not succeed.
     fn finish(self: Box<Self>) -> Result<()>;
     /// Kills and reaps the process (after a failure); returns what it had written to
-    /// stderr, empty if nothing. When the receive died on its own (a full disk, say),
-    /// that is the reason the stream stopped being taken.
+    /// stderr besides its progress lines, on one line, empty if nothing. When the receive
+    /// died on its own (a full disk, say), that is why the stream stopped being taken.
     fn kill(self: Box<Self>) -> String;
 }
 
@@ -90,19 +90,24 @@ fn collect_stderr(mut r: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
     })
 }
 
-/// The kept stderr on one line (lines joined with " | "); empty if there was none.
-fn stderr_line(h: Option<JoinHandle<Vec<u8>>>) -> String {
+/// The kept stderr's non-blank lines, trimmed.
+fn stderr_lines(h: Option<JoinHandle<Vec<u8>>>) -> Vec<String> {
     let bytes = h.and_then(|h| h.join().ok()).unwrap_or_default();
-    let s = String::from_utf8_lossy(&bytes);
-    s.trim().lines().collect::<Vec<_>>().join(" | ")
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
 }
 
+/// The kept stderr on one line (lines joined with " | ").
 fn stderr_text(h: Option<JoinHandle<Vec<u8>>>) -> String {
-    let s = stderr_line(h);
-    if s.is_empty() {
+    let lines = stderr_lines(h);
+    if lines.is_empty() {
         "no output on stderr".to_string()
     } else {
-        s
+        lines.join(" | ")
     }
 }
 
@@ -278,11 +283,11 @@ impl Proc {
         check_status(&self.what, status, stderr_text(self.stderr.take()))
     }
 
-    /// Kills and reaps; returns the kept stderr (empty if none).
-    fn kill(&mut self) -> String {
+    /// Kills and reaps; returns the kept stderr's lines.
+    fn kill(&mut self) -> Vec<String> {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        stderr_line(self.stderr.take())
+        stderr_lines(self.stderr.take())
     }
 }
 
@@ -346,7 +351,14 @@ impl ReceiveSink for ChildReceive {
 
     fn kill(mut self: Box<Self>) -> String {
         drop(self.stdin.take());
-        self.proc.kill()
+        let lines = self.proc.kill();
+        // Without its progress lines ("At subvol NAME", "At snapshot NAME"), what is left
+        // is why it stopped, if it stopped on its own.
+        lines
+            .into_iter()
+            .filter(|l| !l.starts_with("At subvol ") && !l.starts_with("At snapshot "))
+            .collect::<Vec<_>>()
+            .join(" | ")
     }
 }
 
@@ -413,7 +425,7 @@ mod tests {
         let script = dir.join("fake-btrfs");
         std::fs::write(
             &script,
-            "#!/bin/sh\nhead -c 10 >/dev/null\necho 'ERROR: write failed: No space left on device' >&2\nexit 1\n",
+            "#!/bin/sh\necho 'At subvol data__20261124T000000Z__full' >&2\nhead -c 10 >/dev/null\necho 'ERROR: write failed: No space left on device' >&2\nexit 1\n",
         )
         .unwrap();
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
