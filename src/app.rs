@@ -56,7 +56,8 @@ pub fn main() -> ExitCode {
             } else {
                 "error"
             };
-            eprintln!("btrfs_to_s3: {what}: {e:#}");
+            let line = crate::logging::redact(&format!("{e:#}"));
+            eprintln!("btrfs_to_s3: {what}: {line}");
             ExitCode::from(code)
         }
     }

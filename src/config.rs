@@ -32,6 +32,28 @@ pub const STORAGE_CLASSES: &[&str] = &[
     "EXPRESS_ONEZONE",
 ];
 
+/// Upper bounds checked at validation, so that arithmetic on config values cannot
+/// overflow and the memory bound stays reasonable (DESIGN.md, "Config schema").
+pub mod limits {
+    use super::GIB;
+    /// Day counts: 100 years; `days × 86400` fits an `i64` many times over.
+    pub const MAX_DAYS: u64 = 36_500;
+    /// Snapshots kept per subvolume.
+    pub const MAX_RETAIN: u64 = 10_000;
+    /// S3's largest object: 5 TiB.
+    pub const MAX_CHUNK_SIZE: u64 = 5 * 1024 * GIB;
+    /// Uploader (and downloader) threads.
+    pub const MAX_CONCURRENCY: u64 = 64;
+    /// Part buffers held in memory, `(concurrency + 1) × part size`, without a spool.
+    pub const MAX_BUFFER_BYTES: u64 = 8 * GIB;
+    /// Spool: 1 PiB.
+    pub const MAX_SPOOL_BYTES: u64 = 1024 * 1024 * GIB;
+    /// Files hashed in sample verification.
+    pub const MAX_SAMPLE_FILES: u64 = 1_000_000_000;
+    /// Waiting for archive restores: 30 days (Bulk from DEEP_ARCHIVE takes up to 48 h).
+    pub const MAX_RESTORE_TIMEOUT_SECONDS: u64 = 30 * 86_400;
+}
+
 /// Server-side encryption values S3 accepts in `x-amz-server-side-encryption`.
 pub const SSE_VALUES: &[&str] = &["AES256", "aws:kms", "aws:kms:dsse"];
 
@@ -301,24 +323,39 @@ impl Config {
             )?,
             lock_path: r.path("global", "lock_path", Some("/var/lock/btrfs_to_s3.lock"))?,
             spool_dir: r.path("global", "spool_dir", Some("/mnt/ssd/btrfs_to_s3_spool"))?,
-            spool_size_bytes: r.positive("global", "spool_size_bytes", 200 * GIB)?,
+            spool_size_bytes: r.bounded(
+                "global",
+                "spool_size_bytes",
+                200 * GIB,
+                limits::MAX_SPOOL_BYTES,
+            )?,
             metrics_path: r.opt_path("global", "metrics_path")?,
         };
         let schedule = Schedule {
-            full_every_days: r.positive("schedule", "full_every_days", 180)?,
-            incremental_every_days: r.positive("schedule", "incremental_every_days", 7)?,
+            full_every_days: r.bounded("schedule", "full_every_days", 180, limits::MAX_DAYS)?,
+            incremental_every_days: r.bounded(
+                "schedule",
+                "incremental_every_days",
+                7,
+                limits::MAX_DAYS,
+            )?,
             run_at: r.run_at("schedule", "run_at", "02:00")?,
         };
         let snapshots = Snapshots {
             base_dir: r.path("snapshots", "base_dir", Some("/srv/snapshots"))?,
-            retain: r.positive("snapshots", "retain", 2)? as usize,
+            retain: r.bounded("snapshots", "retain", 2, limits::MAX_RETAIN)? as usize,
         };
         let subvolumes = r.subvolumes()?;
         let s3 = S3 {
-            bucket: r.required_str("s3", "bucket")?,
-            region: r.required_str("s3", "region")?,
-            prefix: r.string("s3", "prefix", None)?,
-            chunk_size_bytes: r.positive("s3", "chunk_size_bytes", 200 * GIB)?,
+            bucket: r.bucket()?,
+            region: r.region()?,
+            prefix: r.prefix()?,
+            chunk_size_bytes: r.bounded(
+                "s3",
+                "chunk_size_bytes",
+                200 * GIB,
+                limits::MAX_CHUNK_SIZE,
+            )?,
             storage_class_chunks: r.one_of(
                 "s3",
                 "storage_class_chunks",
@@ -331,27 +368,32 @@ impl Config {
                 "STANDARD",
                 STORAGE_CLASSES,
             )?,
-            concurrency: r.positive("s3", "concurrency", 4)? as usize,
+            concurrency: r.bounded("s3", "concurrency", 4, limits::MAX_CONCURRENCY)? as usize,
             spool_enabled: r.boolean("s3", "spool_enabled", false)?,
             sse: r.one_of("s3", "sse", "AES256", SSE_VALUES)?,
             endpoint_url: r.endpoint()?,
             part_size_bytes: r.part_size()?,
         };
-        if s3.bucket.is_empty() {
-            return err("s3.bucket = \"\": must name a bucket");
-        }
-        if s3.region.is_empty() {
-            return err("s3.region = \"\": must name a region (e.g. \"us-east-1\")");
-        }
+        check_buffer_bound(&s3)?;
         let restore = Restore {
             target_base_dir: r.path("restore", "target_base_dir", Some("/srv/restore"))?,
             verify_mode: {
                 let v = r.one_of("restore", "verify_mode", "full", VerifyMode::NAMES)?;
                 VerifyMode::parse(&v).unwrap_or(VerifyMode::Full)
             },
-            sample_max_files: r.positive("restore", "sample_max_files", 1000)?,
+            sample_max_files: r.bounded(
+                "restore",
+                "sample_max_files",
+                1000,
+                limits::MAX_SAMPLE_FILES,
+            )?,
             wait_for_restore: r.boolean("restore", "wait_for_restore", true)?,
-            restore_timeout_seconds: r.positive("restore", "restore_timeout_seconds", 259_200)?,
+            restore_timeout_seconds: r.bounded(
+                "restore",
+                "restore_timeout_seconds",
+                259_200,
+                limits::MAX_RESTORE_TIMEOUT_SECONDS,
+            )?,
             restore_tier: {
                 let v = r.one_of("restore", "restore_tier", "Standard", RestoreTier::NAMES)?;
                 RestoreTier::parse(&v).unwrap_or(RestoreTier::Standard)
@@ -376,6 +418,49 @@ impl Config {
             format!("{p}/")
         }
     }
+}
+
+/// Without a spool, `(concurrency + 1)` part buffers live in memory: refuse a config
+/// whose buffers alone would exceed [`limits::MAX_BUFFER_BYTES`].
+fn check_buffer_bound(s3: &S3) -> Result<(), ConfigError> {
+    if s3.spool_enabled {
+        return Ok(());
+    }
+    let part = crate::pipeline::effective_part_size(s3.part_size_bytes, s3.chunk_size_bytes)
+        .unwrap_or(MAX_PART_SIZE);
+    let buffers = (s3.concurrency as u64 + 1).saturating_mul(part);
+    if buffers > limits::MAX_BUFFER_BYTES {
+        return err(format!(
+            "s3.concurrency = {}: with parts of {part} bytes the upload buffers would need {buffers} bytes of memory \
+             (more than {} GiB); lower s3.concurrency or s3.part_size_bytes, or set s3.spool_enabled = true",
+            s3.concurrency,
+            limits::MAX_BUFFER_BYTES / GIB
+        ));
+    }
+    Ok(())
+}
+
+/// Why a key prefix is refused, if it is: a leading `/`, or an empty, `.` or `..`
+/// segment (URL handling would collapse those and the keys would land elsewhere).
+pub fn prefix_problem(prefix: &str) -> Option<&'static str> {
+    let p = prefix.trim_end_matches('/');
+    if p.is_empty() {
+        return None;
+    }
+    if p.starts_with('/') {
+        return Some("must not start with /");
+    }
+    for seg in p.split('/') {
+        match seg {
+            "" => return Some("must not contain an empty segment (//)"),
+            "." | ".." => return Some("must not contain . or .. segments"),
+            _ => {}
+        }
+    }
+    if p.chars().any(|c| c.is_control()) {
+        return Some("must not contain control characters");
+    }
+    None
 }
 
 fn check_known_keys(doc: &toml::Table) -> Result<(), ConfigError> {
@@ -481,6 +566,68 @@ impl Reader<'_> {
                 type_name(v)
             )),
         }
+    }
+
+    /// A whole number in `1..=max`.
+    fn bounded(
+        &self,
+        section: &str,
+        key: &str,
+        default: u64,
+        max: u64,
+    ) -> Result<u64, ConfigError> {
+        let v = self.positive(section, key, default)?;
+        if v > max {
+            return err(format!("{section}.{key} = {v}: must be at most {max}"));
+        }
+        Ok(v)
+    }
+
+    /// `s3.bucket`: the characters of a bucket name (S3's, with upper case and `_`
+    /// tolerated for S3-compatible servers); it names the URL's host or first path
+    /// segment, so nothing that could change the URL's shape gets through.
+    fn bucket(&self) -> Result<String, ConfigError> {
+        let b = self.required_str("s3", "bucket")?;
+        if b.is_empty() {
+            return err("s3.bucket = \"\": must name a bucket");
+        }
+        let ok_chars = b
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        if b.len() > 255 || !ok_chars || b.contains("..") || b.starts_with('.') {
+            return err(format!(
+                "s3.bucket = {b:?}: not a bucket name (letters, digits, '.', '-' or '_', no '..')"
+            ));
+        }
+        Ok(b)
+    }
+
+    /// `s3.region`: part of the AWS host name and of every signature.
+    fn region(&self) -> Result<String, ConfigError> {
+        let r = self.required_str("s3", "region")?;
+        if r.is_empty() {
+            return err("s3.region = \"\": must name a region (e.g. \"us-east-1\")");
+        }
+        let ok = r.len() <= 64
+            && r.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !ok {
+            return err(format!(
+                "s3.region = {r:?}: not a region name (letters, digits and '-', e.g. \"eu-west-1\")"
+            ));
+        }
+        Ok(r)
+    }
+
+    /// `s3.prefix`: the root of every key; see [`prefix_problem`].
+    fn prefix(&self) -> Result<String, ConfigError> {
+        let p = self.string("s3", "prefix", None)?;
+        if let Some(why) = prefix_problem(&p) {
+            return err(format!(
+                "s3.prefix = {p:?}: {why}; use plain segments such as \"backups/host1\""
+            ));
+        }
+        Ok(p)
     }
 
     fn positive(&self, section: &str, key: &str, default: u64) -> Result<u64, ConfigError> {

@@ -26,4 +26,5 @@ pub mod store;
 pub mod testing;
 pub mod ts;
 pub mod verify;
+pub mod worker;
 pub mod xattr;

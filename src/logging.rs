@@ -1,9 +1,12 @@
 //! Logging to stderr: one `TIMESTAMP LEVEL event=name key=value ...` line per event, UTC.
 //! The level comes from `global.log_level`, then `--log-level`, then `RUST_LOG` (strongest).
-//! Never pass credentials to [`event!`]: nothing here can tell a secret from a value.
+//! Never pass credentials to [`event!`]. As a second line of defence every line written
+//! here, the HTTP library's own debug output included, and the final error line have the
+//! credentials in use ([`add_secret`]) replaced by `***` ([`redact`]).
 
 use std::fmt::{Display, Write as _};
 use std::io::Write;
+use std::sync::RwLock;
 
 use crate::ts::Ts;
 
@@ -35,6 +38,54 @@ pub fn push_kv(line: &mut String, key: &str, value: &dyn Display) {
     }
 }
 
+/// The secrets in use (access key id, secret key, session token): never printed.
+static SECRETS: RwLock<Vec<String>> = RwLock::new(Vec::new());
+
+/// Secrets shorter than this are not masked (masking `a` would mangle every line); no
+/// real credential is that short.
+const MIN_SECRET_LEN: usize = 4;
+
+/// Registers a credential value that must never appear in any output.
+pub fn add_secret(secret: &str) {
+    let secret = secret.trim();
+    if secret.len() < MIN_SECRET_LEN {
+        return;
+    }
+    let mut g = SECRETS.write().unwrap_or_else(|p| p.into_inner());
+    if !g.iter().any(|s| s == secret) {
+        g.push(secret.to_string());
+        // Longest first, so a secret that contains another is masked whole.
+        g.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    }
+}
+
+/// `text` with every registered secret replaced by `***`.
+pub fn redact(text: &str) -> String {
+    let g = SECRETS.read().unwrap_or_else(|p| p.into_inner());
+    let mut out = text.to_string();
+    for s in g.iter() {
+        if out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), "***");
+        }
+    }
+    out
+}
+
+/// Registers the credentials of the environment (the usual AWS variables) as secrets;
+/// credentials from elsewhere (profiles, metadata) are registered where they are loaded.
+pub fn add_env_secrets() {
+    for v in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+    ] {
+        if let Ok(value) = std::env::var(v) {
+            add_secret(&value);
+        }
+    }
+}
+
 /// Installs the logger once; later calls (tests) are ignored.
 pub fn init(level: log::LevelFilter) {
     let mut b = env_logger::Builder::new();
@@ -53,7 +104,8 @@ pub fn init(level: log::LevelFilter) {
             log::Level::Debug => "DEBUG",
             log::Level::Trace => "TRACE",
         };
-        writeln!(f, "{} {level} {}", Ts::now().iso(), record.args())
+        let line = redact(&record.args().to_string());
+        writeln!(f, "{} {level} {line}", Ts::now().iso())
     });
     let _ = b.try_init();
 }
@@ -70,5 +122,16 @@ mod tests {
         push_kv(&mut s, "c", &"");
         push_kv(&mut s, "d", &"say \"hi\"");
         assert_eq!(s, r#"event=x a=1 b="two words" c="" d="say \"hi\"""#);
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        add_secret("tok");
+        add_secret("AKIDSECRETEXAMPLE");
+        add_secret("SECRET");
+        assert_eq!(
+            redact("x-amz-security-token: tok AKIDSECRETEXAMPLE SECRET"),
+            "x-amz-security-token: tok *** ***"
+        );
     }
 }

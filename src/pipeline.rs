@@ -208,9 +208,11 @@ pub fn upload_stream(
     }
     run.jobs = None;
     run.drain();
-    for w in workers {
-        let _ = w.join();
-    }
+    let joined = crate::worker::join_all(workers, "uploading");
+    let result = match (result, joined) {
+        (Ok(_), Err(e)) => Err(e),
+        (r, _) => r,
+    };
     match result {
         Ok(o) => Ok(o),
         Err(e) => {
@@ -228,12 +230,15 @@ fn worker(
     opts: &PutOptions,
     stop: &AtomicBool,
 ) {
-    // One request under the retry policy, unless the run is being stopped.
+    // One request under the retry policy, unless the run is being stopped. A panic in it
+    // is this job's error: the reader then stops the run instead of waiting forever.
     let attempt = |request: &mut dyn FnMut() -> StoreResult<String>| -> Result<String> {
         if stop.load(Ordering::SeqCst) {
             return Err(anyhow!("cancelled"));
         }
-        Ok(retrier.run(request)?)
+        crate::worker::catch(|| retrier.run(request))
+            .map_err(|m| anyhow!(m))?
+            .map_err(anyhow::Error::from)
     };
     for job in jobs {
         let (chunk, did, key, result, buf) = match job {
@@ -711,4 +716,4 @@ impl Run<'_> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

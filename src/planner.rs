@@ -53,8 +53,17 @@ fn days(secs: i64) -> String {
     format!("{:.1}", secs as f64 / DAY as f64)
 }
 
+/// `every_days` in seconds less the timer slack; saturating, so no config or state value
+/// can overflow it (the config bounds days to 36,500 anyway).
+fn period(every_days: u64) -> i64 {
+    i64::try_from(every_days)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(DAY)
+        .saturating_sub(TIMER_SLACK_SECS)
+}
+
 fn due(age: i64, every_days: u64) -> bool {
-    age >= every_days as i64 * DAY - TIMER_SLACK_SECS
+    age >= period(every_days)
 }
 
 pub fn plan(f: &Facts, s: &Schedule, now: Ts, once: bool) -> Decision {
@@ -65,7 +74,7 @@ pub fn plan(f: &Facts, s: &Schedule, now: Ts, once: bool) -> Decision {
             "no previous backup recorded in the state file".into(),
         );
     };
-    let full_age = now.unix() - last_full.unix();
+    let full_age = now.unix().saturating_sub(last_full.unix());
     if due(full_age, s.full_every_days) {
         return decide(
             Action::Full,
@@ -76,7 +85,7 @@ pub fn plan(f: &Facts, s: &Schedule, now: Ts, once: bool) -> Decision {
             ),
         );
     }
-    let age = now.unix() - last_snap.unix();
+    let age = now.unix().saturating_sub(last_snap.unix());
     let why = if due(age, s.incremental_every_days) {
         format!(
             "last backup is {} days old (incremental_every_days = {})",
@@ -87,7 +96,9 @@ pub fn plan(f: &Facts, s: &Schedule, now: Ts, once: bool) -> Decision {
         "--once".to_string()
     } else {
         let next = Ts::from_unix(
-            last_snap.unix() + s.incremental_every_days as i64 * DAY - TIMER_SLACK_SECS,
+            last_snap
+                .unix()
+                .saturating_add(period(s.incremental_every_days)),
         );
         return decide(
             Action::Skip,

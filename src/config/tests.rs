@@ -362,6 +362,72 @@ fn each_rule_names_key_and_value() {
             &["subvolumes.paths", "\"data\"", "unique"],
         ),
         ("this is = = not toml".to_string(), &["not valid TOML"]),
+        // Keys are exactly the contract's: nothing URL handling could collapse.
+        (
+            format!("{base_s3}[s3]\nbucket = \"b1\"\nregion = \"r\"\nprefix = \"../other/p\""),
+            &["s3.prefix", "../other/p", ". or .."],
+        ),
+        (
+            format!("{base_s3}[s3]\nbucket = \"b1\"\nregion = \"r\"\nprefix = \"a/./b\""),
+            &["s3.prefix", ". or .."],
+        ),
+        (
+            format!("{base_s3}[s3]\nbucket = \"b1\"\nregion = \"r\"\nprefix = \"a//b\""),
+            &["s3.prefix", "empty segment"],
+        ),
+        (
+            format!("{base_s3}[s3]\nbucket = \"b1\"\nregion = \"r\"\nprefix = \"/abs\""),
+            &["s3.prefix", "start with /"],
+        ),
+        (
+            format!("{base_s3}[s3]\nbucket = \"../x\"\nregion = \"r\"\nprefix = \"p\""),
+            &["s3.bucket", "not a bucket name"],
+        ),
+        (
+            format!("{base_s3}[s3]\nbucket = \"b/c\"\nregion = \"r\"\nprefix = \"p\""),
+            &["s3.bucket", "not a bucket name"],
+        ),
+        (
+            format!("{base_s3}[s3]\nbucket = \"bkt\"\nregion = \"evil.example/x\"\nprefix = \"p\""),
+            &["s3.region", "not a region name"],
+        ),
+        // Upper bounds, so that no arithmetic on a value can overflow.
+        (
+            with("[schedule]\nfull_every_days = 9223372036854775807"),
+            &["schedule.full_every_days", "at most 36500"],
+        ),
+        (
+            with("[schedule]\nincremental_every_days = 36501"),
+            &["schedule.incremental_every_days", "at most 36500"],
+        ),
+        (
+            with("[snapshots]\nretain = 10001"),
+            &["snapshots.retain", "at most"],
+        ),
+        (
+            s3_with("chunk_size_bytes = 5497558138881"),
+            &["s3.chunk_size_bytes", "at most 5497558138880"],
+        ),
+        (
+            s3_with("concurrency = 65"),
+            &["s3.concurrency", "at most 64"],
+        ),
+        (
+            s3_with("concurrency = 64\npart_size_bytes = 536870912"),
+            &["s3.concurrency = 64", "memory", "spool_enabled"],
+        ),
+        (
+            with("[global]\nspool_size_bytes = 9223372036854775807"),
+            &["global.spool_size_bytes", "at most"],
+        ),
+        (
+            with("[restore]\nrestore_timeout_seconds = 9223372036854775807"),
+            &["restore.restore_timeout_seconds", "at most 2592000"],
+        ),
+        (
+            with("[restore]\nsample_max_files = 1000000001"),
+            &["restore.sample_max_files", "at most"],
+        ),
     ];
     for (text, words) in cases {
         let msg = parse_err(&text);
@@ -406,4 +472,23 @@ fn level_names() {
     assert_eq!(LogLevel::Info.to_filter(), log::LevelFilter::Info);
     assert_eq!(RestoreTier::Expedited.as_str(), "Expedited");
     assert_eq!(VerifyMode::parse("none"), Some(VerifyMode::None));
+}
+
+#[test]
+fn bounds_and_prefixes_that_are_accepted() {
+    // At the limits, and a spool lifts the memory bound.
+    for extra in [
+        "concurrency = 64\nspool_enabled = true\npart_size_bytes = 536870912",
+        "concurrency = 64",
+        "chunk_size_bytes = 5497558138880",
+    ] {
+        let text = s3_with(extra);
+        assert!(Config::parse(&text, &env()).is_ok(), "{extra}");
+    }
+    for p in ["", "/", "backups/", "a/b", "a/b/", "host.example/x-1"] {
+        assert_eq!(prefix_problem(p), None, "{p:?}");
+    }
+    for p in ["..", "a/../b", "./a", "a//b", "/a", "a/.", "a\u{7}b"] {
+        assert!(prefix_problem(p).is_some(), "{p:?}");
+    }
 }

@@ -415,3 +415,34 @@ fn completing_a_chunk_does_not_stop_the_reader() {
     assert_eq!(o.parts, 4);
     assert_eq!(slow.inner.open_uploads(), 0);
 }
+
+/// Runs `f` on its own thread and fails the test if it has not returned within `secs`:
+/// a hang is a failure, not a stuck test run.
+pub(crate) fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(secs))
+        .expect("the run hung instead of returning")
+}
+
+#[test]
+fn a_panicking_uploader_fails_the_run_instead_of_hanging_it() {
+    for (what, conc) in [
+        ("UploadPart p/chunk-1.bin part 2", 3),
+        ("PUT p/chunk-4.bin", 2),
+        ("CompleteMultipartUpload p/chunk-0.bin", 1),
+    ] {
+        let store = Arc::new(MemoryStore::new());
+        store.panic_on(what);
+        let s = store.clone();
+        let e = within(20, move || run(&s, &data(4200), &cfg(1000, 300, conc))).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("a worker thread panicked: injected panic in"),
+            "{what}: {msg}"
+        );
+        assert_eq!(store.open_uploads(), 0, "{what}: {:?}", store.log());
+    }
+}

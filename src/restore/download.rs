@@ -112,7 +112,16 @@ pub fn stream_chunks(
                 .name(format!("downloader-{i}"))
                 .spawn(move || {
                     for (seq, p, mut buf) in rx {
-                        let r = fetch(store.as_ref(), &retrier, &p, &mut buf);
+                        // A panic is this piece's error, never a reply that never comes.
+                        let r =
+                            crate::worker::catch(|| fetch(store.as_ref(), &retrier, &p, &mut buf))
+                                .unwrap_or_else(|m| {
+                                    Err(StoreError::new(
+                                        ErrorKind::Permanent,
+                                        format!("GET {}", p.key),
+                                        m,
+                                    ))
+                                });
                         if tx.send((seq, r, buf)).is_err() {
                             return;
                         }
@@ -133,10 +142,11 @@ pub fn stream_chunks(
         });
     drop(job_tx);
     for _ in res_rx.iter() {}
-    for w in workers {
-        let _ = w.join();
+    let joined = crate::worker::join_all(workers, "downloading");
+    match (result, joined) {
+        (Ok(_), Err(e)) => Err(e),
+        (r, _) => r,
     }
-    result
 }
 
 fn consume(
@@ -435,5 +445,20 @@ mod tests {
             stream_chunks(s, retrier(), &chunks, None, 64, 2, &mut Vec::new()).unwrap_err()
         );
         assert!(e.contains("downloading chunk c1"), "{e}");
+    }
+
+    #[test]
+    fn a_panicking_downloader_fails_the_restore_instead_of_hanging_it() {
+        let (s, chunks, _) = setup(&[200, 200, 200]);
+        s.panic_on("GET c1 bytes 64");
+        let e = crate::pipeline::tests::within(20, move || {
+            stream_chunks(s, retrier(), &chunks, None, 64, 2, &mut Vec::new())
+                .map_err(|e| format!("{e:#}"))
+        })
+        .unwrap_err();
+        assert!(
+            e.contains("downloading chunk c1") && e.contains("panicked: injected panic"),
+            "{e}"
+        );
     }
 }

@@ -38,6 +38,8 @@ struct Inner {
     log: Vec<String>,
     next_id: u64,
     faults: Vec<Fault>,
+    /// The next call whose operation contains one of these panics (once each).
+    panics: Vec<String>,
     /// HEADs an archive restore takes to finish.
     restore_delay_heads: u32,
 }
@@ -68,6 +70,12 @@ impl MemoryStore {
             kind,
             times,
         });
+    }
+
+    /// The next call whose operation text contains `op_contains` panics, as a bug in a
+    /// worker thread would.
+    pub fn panic_on(&self, op_contains: &str) {
+        self.lock().panics.push(op_contains.to_string());
     }
 
     pub fn set_restore_delay_heads(&self, n: u32) {
@@ -111,6 +119,11 @@ impl MemoryStore {
     fn enter(&self, op: String) -> StoreResult<std::sync::MutexGuard<'_, Inner>> {
         let mut g = self.lock();
         g.log.push(op.clone());
+        if let Some(i) = g.panics.iter().position(|p| op.contains(p.as_str())) {
+            g.panics.remove(i);
+            drop(g);
+            panic!("injected panic in {op}");
+        }
         if let Some(f) = g
             .faults
             .iter_mut()

@@ -23,6 +23,8 @@ pub struct S3Store {
     signer: Signer,
     /// `scheme://host[:port]` and, for path-style addressing, `/bucket`.
     base: String,
+    /// The path part of `base` (`/bucket` or empty), which every request path starts with.
+    base_path: String,
 }
 
 /// Where and how to reach the bucket.
@@ -90,14 +92,40 @@ impl S3Store {
             .max_idle_connections_per_host(connections.max(2))
             .user_agent(concat!("btrfs_to_s3/", env!("CARGO_PKG_VERSION")))
             .build();
+        let base = ep.base();
+        let base_path = Url::parse(&base)
+            .map(|u| u.path().trim_end_matches('/').to_string())
+            .unwrap_or_default();
         S3Store {
             agent,
             signer,
-            base: ep.base(),
+            base,
+            base_path,
         }
     }
 
+    /// The request URL for `key`, exactly as the key says: every key segment is
+    /// percent-encoded, and a key with an empty, `.` or `..` segment is refused, because
+    /// URL handling would collapse it and the request would name another object (or
+    /// another bucket). The parsed URL's path is compared with what was built, so no
+    /// normalisation can pass unnoticed.
     fn url(&self, key: &str, query: &str) -> Result<Url, StoreError> {
+        let refuse = |why: &str| {
+            StoreError::new(
+                ErrorKind::Permanent,
+                format!("URL for {key}"),
+                format!("refusing the key: {why}"),
+            )
+        };
+        if !key.is_empty()
+            && key
+                .split('/')
+                .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+        {
+            return Err(refuse(
+                "it has an empty, . or .. segment, which URL handling would collapse",
+            ));
+        }
         let path = if key.is_empty() {
             String::new()
         } else {
@@ -109,13 +137,15 @@ impl S3Store {
             format!("?{query}")
         };
         let s = format!("{}{path}{q}", self.base);
-        Url::parse(&s).map_err(|e| {
-            StoreError::new(
-                ErrorKind::Permanent,
-                format!("URL for {key}"),
-                e.to_string(),
-            )
-        })
+        let url = Url::parse(&s).map_err(|e| refuse(&e.to_string()))?;
+        let want = format!("{}{path}", self.base_path);
+        let got = url.path();
+        if got != want && !(want.is_empty() && got == "/") {
+            return Err(refuse(&format!(
+                "the URL path would be {got} instead of {want}"
+            )));
+        }
+        Ok(url)
     }
 
     /// Sends one signed request and returns the response for 2xx, a typed error otherwise.
@@ -151,6 +181,11 @@ impl S3Store {
             None => req.call(),
         };
         match result {
+            // With redirects off ureq hands a 3xx back as a success: it is not one.
+            Ok(resp) if !(200..300).contains(&resp.status()) => {
+                let code = resp.status();
+                Err(status_error(op, code, resp))
+            }
             Ok(resp) => Ok(resp),
             Err(ureq::Error::Status(code, resp)) => Err(status_error(op, code, resp)),
             Err(ureq::Error::Transport(t)) => {
@@ -168,12 +203,24 @@ impl S3Store {
 }
 
 fn status_error(op: &str, code: u16, resp: ureq::Response) -> StoreError {
+    // HEAD replies have no body: the bucket's region comes from its header.
+    let region = resp
+        .header("x-amz-bucket-region")
+        .filter(|r| {
+            !r.is_empty()
+                && r.len() <= 64
+                && r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+        .map(str::to_string);
     let body = resp.into_string().unwrap_or_default();
     let s3_code = xml::tag(&body, "Code").unwrap_or("").to_string();
     let message = xml::tag(&body, "Message")
         .map(xml::unescape)
         .unwrap_or_default();
     let kind = match (code, s3_code.as_str()) {
+        // A redirect is never followed (a signed request must not go elsewhere) and never
+        // a success: the bucket is in another region, or the endpoint is not S3.
+        (300..=399, _) => ErrorKind::Permanent,
         (_, "NoSuchBucket") => ErrorKind::Permanent,
         (404, _) | (_, "NoSuchKey") | (_, "NoSuchUpload") => ErrorKind::NotFound,
         (403, "InvalidObjectState") => ErrorKind::Archived,
@@ -183,16 +230,19 @@ fn status_error(op: &str, code: u16, resp: ureq::Response) -> StoreError {
         (400, "RequestTimeout") => ErrorKind::Transient,
         _ => ErrorKind::Permanent,
     };
-    let hint = match (code, s3_code.as_str()) {
-        (_, "NoSuchBucket") => " (check s3.bucket and s3.region)",
-        (_, "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken") => {
-            " (check the AWS credentials in the environment)"
+    let hint = match (code, s3_code.as_str(), &region) {
+        (_, "AuthorizationHeaderMalformed" | "PermanentRedirect" | "IllegalLocationConstraintException", Some(r))
+        | (300..=399, _, Some(r)) => format!(" (the bucket is in region {r}: set s3.region = \"{r}\")"),
+        (300..=399, _, None) => " (a redirect: the bucket is in another region, or s3.endpoint_url is not the S3 endpoint; check s3.region and s3.endpoint_url)".to_string(),
+        (_, "NoSuchBucket", _) => " (check s3.bucket and s3.region)".to_string(),
+        (_, "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken", _) => {
+            " (check the AWS credentials in the environment)".to_string()
         }
-        (403, "AccessDenied") | (403, "") => " (check the credentials and the bucket policy)",
-        (301 | 307, _) => " (the bucket is in another region: check s3.region)",
-        _ => "",
+        (403, "AccessDenied" | "", _) => " (check the credentials and the bucket policy)".to_string(),
+        _ => String::new(),
     };
     let text = match (s3_code.is_empty(), message.is_empty()) {
+        (true, _) if (300..=399).contains(&code) => format!("redirect{hint}"),
         (true, _) => format!("no error details in the reply{hint}"),
         (false, true) => format!("{s3_code}{hint}"),
         (false, false) => format!("{s3_code}: {message}{hint}"),
@@ -205,8 +255,18 @@ fn status_error(op: &str, code: u16, resp: ureq::Response) -> StoreError {
     }
 }
 
-fn etag_of(resp: &ureq::Response) -> String {
-    resp.header("etag").unwrap_or_default().to_string()
+/// The reply's ETag: a 2xx reply to PutObject or UploadPart without one did not store
+/// what we sent, whatever its status says.
+fn etag_of(op: &str, resp: &ureq::Response) -> StoreResult<String> {
+    match resp.header("etag").map(str::trim) {
+        Some(e) if !e.is_empty() => Ok(e.to_string()),
+        _ => Err(StoreError {
+            kind: ErrorKind::Permanent,
+            op: op.to_string(),
+            status: Some(resp.status()),
+            message: "the reply has no ETag, so the object was not stored (is s3.endpoint_url an S3 service?)".into(),
+        }),
+    }
 }
 
 fn read_body(op: &str, resp: ureq::Response) -> StoreResult<String> {
@@ -231,7 +291,7 @@ impl ObjectStore for S3Store {
         let op = format!("PUT {key}");
         let url = self.url(key, "")?;
         let resp = self.send(&op, "PUT", &url, &object_headers(opts), Some(body))?;
-        Ok(etag_of(&resp))
+        etag_of(&op, &resp)
     }
 
     fn create_multipart(&self, key: &str, opts: &PutOptions) -> StoreResult<String> {
@@ -241,7 +301,14 @@ impl ObjectStore for S3Store {
         let body = read_body(&op, resp)?;
         xml::tag(&body, "UploadId")
             .map(xml::unescape)
-            .ok_or_else(|| StoreError::new(ErrorKind::Transient, op, "reply has no UploadId"))
+            .filter(|id| !id.trim().is_empty())
+            .ok_or_else(|| {
+                StoreError::new(
+                    ErrorKind::Permanent,
+                    op,
+                    "the reply has no UploadId (is s3.endpoint_url an S3 service?)",
+                )
+            })
     }
 
     fn upload_part(
@@ -260,15 +327,7 @@ impl ObjectStore for S3Store {
             ),
         )?;
         let resp = self.send(&op, "PUT", &url, &[], Some(body))?;
-        let etag = etag_of(&resp);
-        if etag.is_empty() {
-            return Err(StoreError::new(
-                ErrorKind::Transient,
-                op,
-                "reply has no ETag",
-            ));
-        }
-        Ok(etag)
+        etag_of(&op, &resp)
     }
 
     fn complete_multipart(
@@ -306,9 +365,16 @@ impl ObjectStore for S3Store {
                 message: format!("error in reply: {code}"),
             });
         }
-        Ok(xml::tag(&reply, "ETag")
+        xml::tag(&reply, "ETag")
             .map(xml::unescape)
-            .unwrap_or_default())
+            .filter(|e| !e.trim().is_empty())
+            .ok_or_else(|| {
+                StoreError::new(
+                    ErrorKind::Permanent,
+                    op,
+                    "the reply has no ETag, so the object was not assembled",
+                )
+            })
     }
 
     fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
@@ -437,5 +503,39 @@ mod tests {
         assert_eq!(ep.base(), "https://s3.eu-west-1.amazonaws.com/b.with.dots");
         ep.endpoint_url = Some("http://127.0.0.1:9000/".into());
         assert_eq!(ep.base(), "http://127.0.0.1:9000/b.with.dots");
+    }
+
+    fn store(endpoint: Option<&str>) -> S3Store {
+        let ep = Endpoint {
+            bucket: "bkt".into(),
+            region: "eu-west-1".into(),
+            endpoint_url: endpoint.map(str::to_string),
+        };
+        S3Store::with_keys(&ep, 2, "AKIDEXAMPLE", "secret").unwrap()
+    }
+
+    #[test]
+    fn urls_are_never_normalised() {
+        for s in [store(Some("http://127.0.0.1:9000")), store(None)] {
+            let u = s.url("p/subvol/data/full/chunk-1.bin", "").unwrap();
+            assert!(u.path().ends_with("p/subvol/data/full/chunk-1.bin"), "{u}");
+            // Characters that mean something in a URL stay in the key.
+            let u = s.url("p/a b%2e?#x", "").unwrap();
+            assert!(u.path().ends_with("/p/a%20b%252e%3F%23x"), "{u}");
+            for bad in [
+                "../other/p/subvol/x/current.json",
+                "p/../../other",
+                "p/./x",
+                "p//x",
+                "/p/x",
+                "p/..",
+            ] {
+                let e = s.url(bad, "").unwrap_err();
+                assert_eq!(e.kind, ErrorKind::Permanent, "{bad}");
+                assert!(e.to_string().contains("refusing the key"), "{bad}: {e}");
+            }
+            // The bucket-level URL (listings) is fine.
+            assert!(s.url("", "uploads").is_ok());
+        }
     }
 }

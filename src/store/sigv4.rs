@@ -22,6 +22,21 @@ pub const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934c
 /// Temporary credentials (with an expiry) are re-read this often.
 const REFRESH_EVERY: Duration = Duration::from_secs(600);
 
+/// Every part of `creds` is a secret no log line may show.
+fn mask(creds: &Credentials) {
+    for v in [
+        &creds.access_key,
+        &creds.secret_key,
+        &creds.session_token,
+        &creds.security_token,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        crate::logging::add_secret(v);
+    }
+}
+
 pub struct Signer {
     creds: Mutex<(Credentials, Instant)>,
     region: Region,
@@ -42,6 +57,7 @@ impl Signer {
     }
 
     pub fn new(creds: Credentials, region: &str) -> Signer {
+        mask(&creds);
         Signer {
             creds: Mutex::new((creds, Instant::now())),
             region: Region::Custom {
@@ -61,6 +77,7 @@ impl Signer {
             creds
                 .refresh()
                 .map_err(|e| format!("refreshing AWS credentials: {e}"))?;
+            mask(creds);
             *loaded = Instant::now();
         }
         Ok(creds.clone())
