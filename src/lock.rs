@@ -1,12 +1,23 @@
 //! The run lock: an exclusive `flock` (fd-lock) on `global.lock_path` holding the
 //! holder's PID. The kernel releases it when the holder exits or dies, so there is no
 //! stale-lock cleanup, and the file itself is never deleted.
+//!
+//! The lock directory may be world-writable (`/var/lock`), so the file is opened without
+//! following a symlink and refused unless it is a regular file with one link, owned by
+//! the user we run as: nobody else can plant it, hold it and stop the backups, or point
+//! our PID write at another file. The PID is written over the old content and the file
+//! then cut to length (never truncated first), so a reader sees a whole PID.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Read;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+
+/// How long a run that lost the race waits for the winner's PID to appear.
+const PID_WAIT: Duration = Duration::from_secs(2);
 
 /// Returned (inside `anyhow::Error`) when another process holds the lock.
 #[derive(Debug)]
@@ -44,24 +55,19 @@ impl RunLock {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating the lock directory {}", dir.display()))?;
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .with_context(|| format!("opening lock file {}", path.display()))?;
+        let file = open_no_follow(path)?;
+        check_ours(path, &file)?;
         let mut lock = fd_lock::RwLock::new(file);
         match lock.try_write() {
-            Ok(mut guard) => {
-                write_pid(&mut guard)
+            Ok(guard) => {
+                write_pid(&guard)
                     .with_context(|| format!("writing our PID into {}", path.display()))?;
                 std::mem::forget(guard);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 return Err(LockHeld {
                     path: path.to_path_buf(),
-                    pid: read_pid(path),
+                    pid: wait_for_pid(path),
                 }
                 .into());
             }
@@ -80,18 +86,128 @@ impl RunLock {
     }
 }
 
-fn write_pid(f: &mut File) -> std::io::Result<()> {
-    f.set_len(0)?;
-    f.seek(SeekFrom::Start(0))?;
-    writeln!(f, "{}", std::process::id())?;
+/// The fix for a lock file someone else controls.
+fn fix(path: &Path) -> String {
+    format!(
+        "remove {} (as root), or set global.lock_path to a path in a directory only root can \
+         write, e.g. /run/btrfs_to_s3.lock",
+        path.display()
+    )
+}
+
+/// Opens (or creates, mode 0644) the lock file without following a symlink.
+fn open_no_follow(path: &Path) -> Result<File> {
+    match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => Ok(f),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => bail!(
+            "lock file {} is a symbolic link; refusing to follow it: {}",
+            path.display(),
+            fix(path)
+        ),
+        // fs.protected_regular refuses root an O_CREAT open of another user's file in a
+        // sticky directory: say whose it is.
+        Err(e) => match std::fs::symlink_metadata(path) {
+            Ok(m) if m.uid() != euid() => bail!(
+                "lock file {} is owned by {}, not by us ({}): {}",
+                path.display(),
+                user_name(m.uid()),
+                user_name(euid()),
+                fix(path)
+            ),
+            _ => Err(e).with_context(|| format!("opening lock file {}", path.display())),
+        },
+    }
+}
+
+/// Refuses a lock file that is not a regular file with one link owned by us.
+fn check_ours(path: &Path, file: &File) -> Result<()> {
+    let m = file
+        .metadata()
+        .with_context(|| format!("reading the metadata of lock file {}", path.display()))?;
+    if !m.file_type().is_file() {
+        bail!(
+            "lock file {} is not a regular file: {}",
+            path.display(),
+            fix(path)
+        );
+    }
+    if m.uid() != euid() {
+        bail!(
+            "lock file {} is owned by {}, not by us ({}): another user could hold it and stop \
+             every backup; {}",
+            path.display(),
+            user_name(m.uid()),
+            user_name(euid()),
+            fix(path)
+        );
+    }
+    if m.nlink() != 1 {
+        bail!(
+            "lock file {} has {} hard links (it may be another file's name): {}",
+            path.display(),
+            m.nlink(),
+            fix(path)
+        );
+    }
+    Ok(())
+}
+
+fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// `uid 1000 (alice)`, the name from /etc/passwd when it has one.
+fn user_name(uid: u32) -> String {
+    let name = std::fs::read_to_string("/etc/passwd").ok().and_then(|t| {
+        t.lines().find_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            let id: u32 = f.nth(1)?.parse().ok()?;
+            (id == uid).then(|| name.to_string())
+        })
+    });
+    match name {
+        Some(n) => format!("uid {uid} ({n})"),
+        None => format!("uid {uid}"),
+    }
+}
+
+/// Writes `PID\n` over the start of the file, then cuts the file to that length: at no
+/// moment is the file empty or holding a partial PID followed by nothing.
+fn write_pid(f: &File) -> std::io::Result<()> {
+    let text = format!("{}\n", std::process::id());
+    f.write_all_at(text.as_bytes(), 0)?;
+    f.set_len(text.len() as u64)?;
     f.sync_all()
 }
 
-/// The PID recorded in a lock file, if it holds one.
+/// The PID recorded in a lock file, if it holds one (its first line).
 pub fn read_pid(path: &Path) -> Option<u32> {
     let mut s = String::new();
     File::open(path).ok()?.read_to_string(&mut s).ok()?;
-    s.trim().parse().ok()
+    s.lines().next()?.trim().parse().ok()
+}
+
+/// The holder's PID: a run that lost a race may look before the winner has written it.
+fn wait_for_pid(path: &Path) -> Option<u32> {
+    let deadline = Instant::now() + PID_WAIT;
+    loop {
+        if let Some(p) = read_pid(path) {
+            return Some(p);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[cfg(test)]
@@ -138,6 +254,52 @@ mod tests {
             std::fs::read_to_string(&p).unwrap(),
             format!("{}\n", std::process::id())
         );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn planted_lock_files_are_refused() {
+        let d = tmp("planted");
+        std::fs::create_dir_all(&d).unwrap();
+        // A symlink to a file of the attacker's choosing: not followed, victim untouched.
+        let victim = d.join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let link = d.join("link.lock");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let e = format!("{:#}", RunLock::acquire(&link).err().unwrap());
+        assert!(
+            e.contains("symbolic link") && e.contains("global.lock_path"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        // A second name of another file.
+        let hard = d.join("hard.lock");
+        std::fs::hard_link(&victim, &hard).unwrap();
+        let e = format!("{:#}", RunLock::acquire(&hard).err().unwrap());
+        assert!(e.contains("2 hard links"), "{e}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        // A FIFO is not a regular file.
+        let fifo = d.join("fifo.lock");
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .unwrap();
+        let e = format!("{:#}", RunLock::acquire(&fifo).err().unwrap());
+        assert!(e.contains("not a regular file"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn read_pid_takes_the_first_line() {
+        let d = tmp("first-line");
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join("l");
+        std::fs::write(&p, "123\n4567\n").unwrap();
+        assert_eq!(read_pid(&p), Some(123));
+        std::fs::write(&p, "").unwrap();
+        assert_eq!(read_pid(&p), None);
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -342,21 +342,19 @@ impl Read for Peek<'_> {
     }
 }
 
-/// A new spool file in `dir`, unlinked at once: its space is freed when the run ends,
-/// however it ends.
-fn spool_file(dir: &std::path::Path, n: usize) -> Result<PartBuf> {
+/// A new spool file in `dir` that has no name at all (`O_TMPFILE`; where the filesystem
+/// lacks it, a random name opened with `O_EXCL` and unlinked at once, through
+/// `tempfile`): no file planted in the directory can be followed, truncated or reused,
+/// and its space is freed when the run ends, however it ends.
+fn spool_file(dir: &std::path::Path) -> Result<PartBuf> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating global.spool_dir {}", dir.display()))?;
-    let path = dir.join(format!(".btrfs_to_s3-{}-{n}.part", std::process::id()));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .with_context(|| format!("creating spool file {} (global.spool_dir)", path.display()))?;
-    std::fs::remove_file(&path)
-        .with_context(|| format!("unlinking spool file {}", path.display()))?;
+    let file = tempfile::tempfile_in(dir).with_context(|| {
+        format!(
+            "creating an unnamed spool file in {} (global.spool_dir)",
+            dir.display()
+        )
+    })?;
     Ok(PartBuf::Spool { file, len: 0 })
 }
 
@@ -526,7 +524,7 @@ impl Run<'_> {
                     None => Ok(PartBuf::Mem(Vec::with_capacity(
                         self.cfg.part_size as usize,
                     ))),
-                    Some(s) => spool_file(&s.dir, self.allocated),
+                    Some(s) => spool_file(&s.dir),
                 };
             }
             self.wait_one()?;
