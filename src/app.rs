@@ -189,8 +189,15 @@ fn backup(config: &Config, args: &BackupArgs) -> Result<u8> {
         let entry = state.subvolumes.get(&sv.name).cloned().unwrap_or_default();
         let r = one_subvolume(&b, sv, &entry, args.once, run_ts).and_then(|o| match o {
             Outcome::Published(p) => {
-                crate::backup::record(&mut state, state_path, &sv.name, p.state.clone())
-                    .context("the backup is published but the state file was not updated")?;
+                crate::backup::record(&mut state, state_path, &sv.name, p.state.clone(), run_ts)
+                    .with_context(|| {
+                        format!(
+                            "the backup is published as {} but the state file {} was not updated \
+                             (the next run will not know it; fix the state directory)",
+                            p.manifest_key,
+                            state_path.display()
+                        )
+                    })?;
                 event!(
                     Info,
                     "backup_published",
@@ -233,8 +240,6 @@ fn backup(config: &Config, args: &BackupArgs) -> Result<u8> {
             }
         }
     }
-    state.last_run_at = Some(run_ts.to_string());
-    state.save(state_path)?;
     total.elapsed = started.elapsed();
     event!(
         Info,

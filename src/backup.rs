@@ -430,8 +430,19 @@ pub fn run_timestamp(cfg: &Config, selected: &[&Subvolume], now: &dyn Fn() -> Ts
 }
 
 /// Records a published backup in the state and saves it atomically.
-pub fn record(state: &mut State, state_path: &Path, name: &str, entry: SubvolState) -> Result<()> {
+/// Records a published backup: the subvolume's entry and the run's time, in one atomic
+/// write. This is the only place a backup run changes the state file (the contract: the
+/// state changes only after a publish), so a run that published nothing leaves it as it
+/// was.
+pub fn record(
+    state: &mut State,
+    state_path: &Path,
+    name: &str,
+    entry: SubvolState,
+    run_ts: Ts,
+) -> Result<()> {
     state.subvolumes.insert(name.to_string(), entry);
+    state.last_run_at = Some(run_ts.to_string());
     state.save(state_path)
 }
 

@@ -233,6 +233,8 @@ impl Btrfs for BtrfsCli {
         let mut child = self
             .command()
             .arg("receive")
+            // Confined to the staging directory: a doctored stream cannot write elsewhere.
+            .arg("--chroot")
             .arg(dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())

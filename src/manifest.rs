@@ -4,7 +4,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::snapshots::SnapName;
 use crate::ts::Ts;
+
+/// The largest object S3 stores (5 TiB): no chunk is larger.
+pub const MAX_CHUNK_BYTES: u64 = 5 * (1 << 40);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -89,6 +93,58 @@ impl Manifest {
     }
 }
 
+impl Manifest {
+    /// Checks everything in a manifest read from the bucket that will name a path, a key
+    /// or a size, before any of it is used: it must be `subvolume`'s, stored under
+    /// `subvolume`'s prefix, with a snapshot name of that subvolume's shape (one plain
+    /// path component), its parent and every chunk under the same prefix, and sizes and
+    /// hashes of the right form. The error names the field; the caller names the key.
+    pub fn check(&self, layout: &Layout, subvolume: &str) -> Result<(), String> {
+        let within = layout.subvolume_prefix(subvolume);
+        if self.subvolume != subvolume {
+            return Err(format!(
+                "field subvolume = {:?}: it belongs to subvolume {:?}, not {subvolume:?}",
+                self.subvolume, self.subvolume
+            ));
+        }
+        if SnapName::parse(subvolume, &self.snapshot.name).is_none() {
+            return Err(format!(
+                "field snapshot.name = {:?} is not a snapshot name of subvolume {subvolume} \
+                 ({subvolume}__YYYYMMDDTHHMMSSZ__full or __inc)",
+                self.snapshot.name
+            ));
+        }
+        if let Some(p) = &self.parent_manifest {
+            if !layout.owns(subvolume, p) {
+                return Err(format!(
+                    "field parent_manifest = {p:?} is not a key under {within}"
+                ));
+            }
+        }
+        for (i, c) in self.chunks.iter().enumerate() {
+            if !layout.owns(subvolume, &c.key) {
+                return Err(format!(
+                    "field chunks[{i}].key = {:?} is not a key under {within}",
+                    c.key
+                ));
+            }
+            if c.size > MAX_CHUNK_BYTES {
+                return Err(format!(
+                    "field chunks[{i}].size = {} is larger than any S3 object",
+                    c.size
+                ));
+            }
+            if c.sha256.len() != 64 || !c.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!(
+                    "field chunks[{i}].sha256 = {:?} is not a SHA-256 in hex",
+                    c.sha256
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Pointer {
     pub fn to_json(&self) -> Vec<u8> {
         let mut v = serde_json::to_vec_pretty(self).unwrap_or_default();
@@ -141,6 +197,30 @@ impl Layout {
     pub fn pointer_key(&self, name: &str) -> String {
         format!("{}current.json", self.subvolume_prefix(name))
     }
+
+    /// True when `key` lies under `P subvol/<name>/` and has no empty, `.` or `..`
+    /// segment: a key from a manifest, a pointer or a flag that may be used for `name`.
+    pub fn owns(&self, name: &str, key: &str) -> bool {
+        key.strip_prefix(&self.subvolume_prefix(name))
+            .is_some_and(|rest| !rest.is_empty())
+            && !key
+                .split('/')
+                .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+            && !key.chars().any(char::is_control)
+    }
+}
+
+/// Why `name` cannot be a subvolume name given on the command line, if it cannot: it
+/// names S3 keys, snapshot names and a staging directory, so it must be one plain path
+/// component.
+pub fn subvolume_name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() || name == "." || name == ".." {
+        return Some("is empty, . or ..");
+    }
+    if name.contains('/') || name.chars().any(char::is_control) {
+        return Some("contains / or a control character");
+    }
+    None
 }
 
 #[cfg(test)]
@@ -174,6 +254,72 @@ mod tests {
                 format!("{p}subvol/data/current.json")
             );
         }
+    }
+
+    fn good() -> Manifest {
+        let text = r#"{"version": 1, "subvolume": "data", "kind": "incremental",
+            "created_at": "20250108T020000Z",
+            "snapshot": {"name": "data__20250108T020000Z__inc", "path": "/srv/snapshots/data__20250108T020000Z__inc", "uuid": null, "parent_uuid": null},
+            "parent_manifest": "p/subvol/data/full/manifest-20250101T020000Z.json",
+            "chunks": [{"key": "p/subvol/data/incremental/chunk-20250108T020000Z-0.bin", "size": 3, "sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", "etag": null}],
+            "total_bytes": 3, "chunk_size": 214748364800, "s3": {"storage_class": "DEEP_ARCHIVE"}}"#;
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn doctored_manifests_are_refused_naming_the_field() {
+        let l = Layout::new("p");
+        good().check(&l, "data").unwrap();
+        type Edit = fn(&mut Manifest);
+        let cases: &[(Edit, &str)] = &[
+            (|m| m.snapshot.name = "/etc".into(), "snapshot.name"),
+            (|m| m.snapshot.name = "../../x".into(), "snapshot.name"),
+            (
+                |m| m.snapshot.name = "data__20250108T020000Z__inc/x".into(),
+                "snapshot.name",
+            ),
+            (
+                |m| m.snapshot.name = "home__20250108T020000Z__inc".into(),
+                "snapshot.name",
+            ),
+            (|m| m.snapshot.name = String::new(), "snapshot.name"),
+            (|m| m.subvolume = "home".into(), "field subvolume"),
+            (
+                |m| m.parent_manifest = Some("q/subvol/data/full/manifest-1.json".into()),
+                "parent_manifest",
+            ),
+            (
+                |m| m.parent_manifest = Some("p/subvol/data/../../q/x.json".into()),
+                "parent_manifest",
+            ),
+            (
+                |m| m.chunks[0].key = "p/subvol/home/full/c.bin".into(),
+                "chunks[0].key",
+            ),
+            (
+                |m| m.chunks[0].key = "p/subvol/data/".into(),
+                "chunks[0].key",
+            ),
+            (
+                |m| m.chunks[0].key = "p/subvol/data//c".into(),
+                "chunks[0].key",
+            ),
+            (|m| m.chunks[0].size = u64::MAX, "chunks[0].size"),
+            (|m| m.chunks[0].sha256 = "../etc".into(), "chunks[0].sha256"),
+        ];
+        for (edit, field) in cases {
+            let mut m = good();
+            edit(&mut m);
+            let e = m.check(&l, "data").unwrap_err();
+            assert!(e.contains(field), "{e} lacks {field}");
+        }
+        assert!(l.owns("data", "p/subvol/data/full/manifest-1.json"));
+        assert!(!l.owns("data", "p/subvol/database/full/manifest-1.json"));
+        assert!(!l.owns("data", "p/subvol/data/./x"));
+        for bad in ["", ".", "..", "a/b", "a\nb"] {
+            assert!(subvolume_name_problem(bad).is_some(), "{bad:?}");
+        }
+        assert_eq!(subvolume_name_problem("my data"), None);
     }
 
     #[test]

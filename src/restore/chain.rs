@@ -1,6 +1,9 @@
 //! Chain resolution: from `current.json` (or `--manifest-key`) follow `parent_manifest`
 //! back to a `full`, refusing loops, chains that do not end in a full, manifests of
-//! another subvolume, and missing or unparsable manifests, each naming the key.
+//! another subvolume, missing or unparsable manifests, and any key, snapshot name or
+//! size a manifest or pointer names that does not fit this subvolume's layout
+//! ([`Manifest::check`]), each naming the key and the field. What this returns is
+//! checked: later steps may use its names as paths and keys.
 
 use std::collections::HashSet;
 
@@ -30,7 +33,9 @@ impl Chain {
     }
 
     pub fn total_bytes(&self) -> u64 {
-        self.links.iter().map(|(_, m)| m.total_bytes).sum()
+        self.links
+            .iter()
+            .fold(0u64, |a, (_, m)| a.saturating_add(m.total_bytes))
     }
 }
 
@@ -59,7 +64,14 @@ pub fn start_key(
     subvolume: &str,
     manifest_key: Option<&str>,
 ) -> Result<String> {
+    let within = layout.subvolume_prefix(subvolume);
     if let Some(k) = manifest_key {
+        if !layout.owns(subvolume, k) {
+            bail!(
+                "--manifest-key {k:?} is not a key under {within} (this subvolume's backups under s3.prefix); \
+                 pick one from the bucket listing under that prefix"
+            );
+        }
         return Ok(k.to_string());
     }
     let pkey = layout.pointer_key(subvolume);
@@ -68,6 +80,12 @@ pub fn start_key(
             "no published backup of subvolume {subvolume} under this prefix (check --subvolume and s3.prefix)"
         ))
     })?;
+    if !layout.owns(subvolume, &p.manifest_key) {
+        bail!(
+            "pointer {pkey}: field manifest_key = {:?} is not a key under {within}; refusing to restore from it",
+            p.manifest_key
+        );
+    }
     Ok(p.manifest_key)
 }
 
@@ -75,6 +93,7 @@ pub fn start_key(
 pub fn resolve(
     store: &dyn ObjectStore,
     retrier: &Retrier,
+    layout: &Layout,
     subvolume: &str,
     key: &str,
 ) -> Result<Chain> {
@@ -87,6 +106,12 @@ pub fn resolve(
         }
         if links.len() >= MAX_CHAIN {
             bail!("manifest chain from {key} is longer than {MAX_CHAIN} links");
+        }
+        if !layout.owns(subvolume, &k) {
+            bail!(
+                "manifest key {k:?} is not under {}; refusing to restore from it",
+                layout.subvolume_prefix(subvolume)
+            );
         }
         let m: Manifest = fetch_json(store, retrier, &k, "manifest")?;
         if m.subvolume != subvolume {
@@ -101,6 +126,8 @@ pub fn resolve(
                 m.version
             );
         }
+        m.check(layout, subvolume)
+            .map_err(|why| anyhow!("manifest {k}: {why}; refusing to restore from it"))?;
         match (m.kind, &m.parent_manifest) {
             (Kind::Full, _) => {}
             (Kind::Incremental, Some(p)) => next = Some(p.clone()),
@@ -140,7 +167,7 @@ mod tests {
             kind,
             created_at: "20250101T020000Z".into(),
             snapshot: SnapshotRef {
-                name: "s".into(),
+                name: "data__20250101T020000Z__full".into(),
                 path: "/s".into(),
                 uuid: None,
                 parent_uuid: None,
@@ -148,9 +175,9 @@ mod tests {
             },
             parent_manifest: parent.map(str::to_string),
             chunks: vec![ChunkEntry {
-                key: "c".into(),
+                key: "subvol/data/full/c".into(),
                 size: 1,
-                sha256: "x".into(),
+                sha256: "0".repeat(64),
                 etag: None,
                 extra: Default::default(),
             }],
@@ -172,50 +199,98 @@ mod tests {
     #[test]
     fn full_plus_two_incrementals() {
         let s = MemoryStore::new();
-        put(&s, "f", &manifest("data", Kind::Full, None));
-        put(&s, "i1", &manifest("data", Kind::Incremental, Some("f")));
-        put(&s, "i2", &manifest("data", Kind::Incremental, Some("i1")));
-        let c = resolve(&s, &retrier(), "data", "i2").unwrap();
+        put(&s, "subvol/data/f", &manifest("data", Kind::Full, None));
+        put(
+            &s,
+            "subvol/data/i1",
+            &manifest("data", Kind::Incremental, Some("subvol/data/f")),
+        );
+        put(
+            &s,
+            "subvol/data/i2",
+            &manifest("data", Kind::Incremental, Some("subvol/data/i1")),
+        );
+        let c = resolve(&s, &retrier(), &Layout::new(""), "data", "subvol/data/i2").unwrap();
         let keys: Vec<&str> = c.links.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(keys, ["f", "i1", "i2"]);
-        assert_eq!(c.newest().0, "i2");
+        assert_eq!(keys, ["subvol/data/f", "subvol/data/i1", "subvol/data/i2"]);
+        assert_eq!(c.newest().0, "subvol/data/i2");
         assert_eq!(c.chunk_count(), 3);
         assert_eq!(c.total_bytes(), 3);
         // From an older key.
-        let c = resolve(&s, &retrier(), "data", "i1").unwrap();
+        let c = resolve(&s, &retrier(), &Layout::new(""), "data", "subvol/data/i1").unwrap();
         assert_eq!(c.links.len(), 2);
     }
 
     #[test]
     fn refusals_name_the_key() {
         let s = MemoryStore::new();
-        put(&s, "a", &manifest("data", Kind::Incremental, Some("b")));
-        put(&s, "b", &manifest("data", Kind::Incremental, Some("a")));
-        put(&s, "orphan", &manifest("data", Kind::Incremental, None));
-        put(&s, "other", &manifest("home", Kind::Full, None));
         put(
             &s,
-            "to-missing",
-            &manifest("data", Kind::Incremental, Some("gone")),
+            "subvol/data/a",
+            &manifest("data", Kind::Incremental, Some("subvol/data/b")),
         );
-        s.insert("junk", b"{not json", opts());
         put(
             &s,
-            "to-junk",
-            &manifest("data", Kind::Incremental, Some("junk")),
+            "subvol/data/b",
+            &manifest("data", Kind::Incremental, Some("subvol/data/a")),
+        );
+        put(
+            &s,
+            "subvol/data/orphan",
+            &manifest("data", Kind::Incremental, None),
+        );
+        put(&s, "subvol/data/other", &manifest("home", Kind::Full, None));
+        put(
+            &s,
+            "subvol/data/to-missing",
+            &manifest("data", Kind::Incremental, Some("subvol/data/gone")),
+        );
+        s.insert("subvol/data/junk", b"{not json", opts());
+        put(
+            &s,
+            "subvol/data/to-junk",
+            &manifest("data", Kind::Incremental, Some("subvol/data/junk")),
         );
         let mut v2 = manifest("data", Kind::Full, None);
         v2.version = 2;
-        put(&s, "v2", &v2);
+        put(&s, "subvol/data/v2", &v2);
+        put(
+            &s,
+            "subvol/data/to-outside",
+            &manifest("data", Kind::Incremental, Some("subvol/home/x")),
+        );
+        let mut bad = manifest("data", Kind::Full, None);
+        bad.snapshot.name = "/etc".into();
+        put(&s, "subvol/data/bad-name", &bad);
         for (start, words) in [
-            ("a", &["loops", "a"][..]),
-            ("orphan", &["orphan", "does not end in a full"]),
-            ("other", &["other", "home"]),
-            ("to-missing", &["manifest gone is missing"]),
-            ("to-junk", &["manifest junk is not valid JSON"]),
-            ("v2", &["version 2"]),
+            ("subvol/data/a", &["loops", "subvol/data/a"][..]),
+            (
+                "subvol/data/orphan",
+                &["subvol/data/orphan", "does not end in a full"],
+            ),
+            ("subvol/data/other", &["subvol/data/other", "home"]),
+            (
+                "subvol/data/to-missing",
+                &["manifest subvol/data/gone is missing"],
+            ),
+            (
+                "subvol/data/to-junk",
+                &["manifest subvol/data/junk is not valid JSON"],
+            ),
+            (
+                "subvol/data/to-outside",
+                &["manifest subvol/data/to-outside: field parent_manifest = \"subvol/home/x\""],
+            ),
+            (
+                "subvol/data/bad-name",
+                &["manifest subvol/data/bad-name: field snapshot.name = \"/etc\""],
+            ),
+            ("subvol/data/v2", &["version 2"]),
         ] {
-            let e = format!("{:#}", resolve(&s, &retrier(), "data", start).unwrap_err());
+            let e = format!(
+                "{:#}",
+                resolve(&s, &retrier(), &Layout::new(""), "data", start).unwrap_err()
+            );
             for w in words {
                 assert!(e.contains(w), "{start}: {e:?} lacks {w:?}");
             }
@@ -238,11 +313,32 @@ mod tests {
         );
         s.insert(
             "p/subvol/data/current.json",
-            br#"{"manifest_key": "m", "kind": "full", "created_at": "20250101T020000Z"}"#,
+            br#"{"manifest_key": "p/subvol/data/m", "kind": "full", "created_at": "20250101T020000Z"}"#,
             opts(),
         );
-        assert_eq!(start_key(&s, &r, &layout, "data", None).unwrap(), "m");
-        assert_eq!(start_key(&s, &r, &layout, "data", Some("x")).unwrap(), "x");
+        assert_eq!(
+            start_key(&s, &r, &layout, "data", None).unwrap(),
+            "p/subvol/data/m"
+        );
+        let x = "p/subvol/data/full/x";
+        assert_eq!(start_key(&s, &r, &layout, "data", Some(x)).unwrap(), x);
+        // Keys outside the subvolume's prefix, from the flag or the pointer, are refused.
+        for bad in [
+            "x",
+            "p/subvol/home/m",
+            "p/subvol/data/../home/m",
+            "/p/subvol/data/m",
+        ] {
+            let e = start_key(&s, &r, &layout, "data", Some(bad)).unwrap_err();
+            assert!(e.to_string().contains("--manifest-key"), "{bad}: {e}");
+        }
+        s.insert(
+            "p/subvol/data/current.json",
+            br#"{"manifest_key": "/etc/x", "kind": "full", "created_at": "20250101T020000Z"}"#,
+            opts(),
+        );
+        let e = start_key(&s, &r, &layout, "data", None).unwrap_err();
+        assert!(e.to_string().contains("field manifest_key"), "{e}");
         s.insert("p/subvol/data/current.json", b"[]", opts());
         assert!(start_key(&s, &r, &layout, "data", None).is_err());
     }
@@ -250,11 +346,14 @@ mod tests {
     #[test]
     fn transient_errors_are_retried_then_reported() {
         let s = MemoryStore::new();
-        put(&s, "f", &manifest("data", Kind::Full, None));
-        s.fail("GET f", ErrorKind::Transient, 2);
-        assert!(resolve(&s, &retrier(), "data", "f").is_ok());
-        s.fail("GET f", ErrorKind::Permanent, 1);
-        let e = format!("{:#}", resolve(&s, &retrier(), "data", "f").unwrap_err());
-        assert!(e.contains("reading manifest f"), "{e}");
+        put(&s, "subvol/data/f", &manifest("data", Kind::Full, None));
+        s.fail("GET subvol/data/f", ErrorKind::Transient, 2);
+        assert!(resolve(&s, &retrier(), &Layout::new(""), "data", "subvol/data/f").is_ok());
+        s.fail("GET subvol/data/f", ErrorKind::Permanent, 1);
+        let e = format!(
+            "{:#}",
+            resolve(&s, &retrier(), &Layout::new(""), "data", "subvol/data/f").unwrap_err()
+        );
+        assert!(e.contains("reading manifest subvol/data/f"), "{e}");
     }
 }

@@ -105,7 +105,7 @@ impl Restorer<'_> {
             &req.subvolume,
             req.manifest_key.as_deref(),
         )?;
-        let chain = chain::resolve(store, &self.retrier, &req.subvolume, &key)?;
+        let chain = chain::resolve(store, &self.retrier, &self.layout, &req.subvolume, &key)?;
         event!(
             Info,
             "restore_chain",
@@ -281,6 +281,24 @@ impl Restorer<'_> {
         }
     }
 
+    /// The manifest's source snapshot, when it may be read for content verification: its
+    /// `snapshot.path` must be `snapshots.base_dir/<snapshot.name>` exactly (the name is
+    /// checked by `chain`) and a directory there, not a link. Otherwise why not.
+    fn local_source(&self, name: &str, path: &str) -> Result<PathBuf, String> {
+        let want = self.cfg.snapshots.base_dir.join(name);
+        if Path::new(path) != want {
+            return Err(format!(
+                "snapshot.path is not {} (snapshots.base_dir and the snapshot's name), so it is not trusted",
+                want.display()
+            ));
+        }
+        match want.symlink_metadata() {
+            Ok(m) if m.is_dir() => Ok(want),
+            Ok(_) => Err("the source snapshot's path is not a directory".into()),
+            Err(_) => Err("the source snapshot is not on this machine".into()),
+        }
+    }
+
     /// Metadata always; content when the source snapshot is still here.
     fn verify(&self, chain: &chain::Chain, target: &Path, mode: VerifyMode) -> Result<u64> {
         let info = self.btrfs.show(target).with_context(|| {
@@ -295,16 +313,19 @@ impl Restorer<'_> {
         if mode == VerifyMode::None {
             return Ok(0);
         }
-        let source = PathBuf::from(&chain.newest().1.snapshot.path);
-        if !source.is_dir() {
-            event!(
-                Info,
-                "verify_content_skipped",
-                reason = "the source snapshot is not on this machine",
-                source = source.display()
-            );
-            return Ok(0);
-        }
+        let snap = &chain.newest().1.snapshot;
+        let source = match self.local_source(&snap.name, &snap.path) {
+            Ok(s) => s,
+            Err(reason) => {
+                event!(
+                    Info,
+                    "verify_content_skipped",
+                    reason = reason,
+                    source = snap.path
+                );
+                return Ok(0);
+            }
+        };
         let r = crate::verify::compare(&source, target, mode, self.cfg.restore.sample_max_files)?;
         event!(
             Info,
@@ -321,6 +342,13 @@ impl Restorer<'_> {
 
 /// `btrfs_to_s3 restore`: flags over config, lock, run, metrics.
 pub fn command(config: &Config, args: &RestoreArgs) -> Result<u8> {
+    if let Some(why) = crate::manifest::subvolume_name_problem(&args.subvolume) {
+        return Err(crate::app::UsageError(format!(
+            "--subvolume {:?} {why}: give the subvolume's name (the last component of its path)",
+            args.subvolume
+        ))
+        .into());
+    }
     let req = Request {
         subvolume: args.subvolume.clone(),
         manifest_key: args.manifest_key.clone(),

@@ -119,23 +119,23 @@ fn replays_oldest_first_and_places_the_newest() {
     let rig = Rig::new();
     let s1 = put_backup(
         &rig.store,
-        "m1",
-        "data__1__full",
+        "p/subvol/data/full/m1",
+        "data__20250101T020000Z__full",
         Kind::Full,
         None,
         "STANDARD",
     );
     let s2 = put_backup(
         &rig.store,
-        "m2",
-        "data__2__inc",
+        "p/subvol/data/incremental/m2",
+        "data__20250102T020000Z__inc",
         Kind::Incremental,
-        Some("m1"),
+        Some("p/subvol/data/full/m1"),
         "STANDARD",
     );
     rig.store.insert(
         "p/subvol/data/current.json",
-        br#"{"manifest_key": "m2", "kind": "incremental", "created_at": "x"}"#,
+        br#"{"manifest_key": "p/subvol/data/incremental/m2", "kind": "incremental", "created_at": "x"}"#,
         opts("STANDARD"),
     );
     let target = rig.dir.0.join("restored");
@@ -151,7 +151,7 @@ fn replays_oldest_first_and_places_the_newest() {
     assert!(
         calls
             .iter()
-            .any(|c| c.starts_with("writable") && c.ends_with("data__2__inc")),
+            .any(|c| c.starts_with("writable") && c.ends_with("data__20250102T020000Z__inc")),
         "{calls:?}"
     );
     // The staging directory and the intermediate subvolume are gone.
@@ -171,26 +171,41 @@ fn tampered_chunk_leaves_nothing() {
     let rig = Rig::new();
     put_backup(
         &rig.store,
-        "m1",
-        "data__1__full",
+        "p/subvol/data/full/m1",
+        "data__20250101T020000Z__full",
         Kind::Full,
         None,
         "STANDARD",
     );
     put_backup(
         &rig.store,
-        "m2",
-        "data__2__inc",
+        "p/subvol/data/incremental/m2",
+        "data__20250102T020000Z__inc",
         Kind::Incremental,
-        Some("m1"),
+        Some("p/subvol/data/full/m1"),
         "STANDARD",
     );
-    let mut bad = rig.store.object("m2.chunk1").unwrap().data;
+    let mut bad = rig
+        .store
+        .object("p/subvol/data/incremental/m2.chunk1")
+        .unwrap()
+        .data;
     bad[3] ^= 1;
-    rig.store.insert("m2.chunk1", &bad, opts("STANDARD"));
+    rig.store.insert(
+        "p/subvol/data/incremental/m2.chunk1",
+        &bad,
+        opts("STANDARD"),
+    );
     let target = rig.dir.0.join("restored");
-    let e = format!("{:#}", rig.run(&target, Some("m2"), true).unwrap_err());
-    assert!(e.contains("chunk m2.chunk1: SHA-256 mismatch"), "{e}");
+    let e = format!(
+        "{:#}",
+        rig.run(&target, Some("p/subvol/data/incremental/m2"), true)
+            .unwrap_err()
+    );
+    assert!(
+        e.contains("chunk p/subvol/data/incremental/m2.chunk1: SHA-256 mismatch"),
+        "{e}"
+    );
     let left: Vec<_> = std::fs::read_dir(&rig.dir.0).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
 }
@@ -200,15 +215,17 @@ fn archive_chunks_pending_without_wait() {
     let rig = Rig::new();
     put_backup(
         &rig.store,
-        "m1",
-        "data__1__full",
+        "p/subvol/data/full/m1",
+        "data__20250101T020000Z__full",
         Kind::Full,
         None,
         "DEEP_ARCHIVE",
     );
     rig.store.set_restore_delay_heads(1);
     let target = rig.dir.0.join("restored");
-    let e = rig.run(&target, Some("m1"), false).unwrap_err();
+    let e = rig
+        .run(&target, Some("p/subvol/data/full/m1"), false)
+        .unwrap_err();
     let p = e.downcast_ref::<ArchivePending>().expect("ArchivePending");
     assert_eq!(p.chunks, 4);
     assert_eq!(
@@ -217,7 +234,9 @@ fn archive_chunks_pending_without_wait() {
     );
     assert!(!target.exists());
     // Waiting: HEAD reports ongoing once, then done; the restore completes.
-    let rep = rig.run(&target, Some("m1"), true).unwrap();
+    let rep = rig
+        .run(&target, Some("p/subvol/data/full/m1"), true)
+        .unwrap();
     assert_eq!(rep.chunks, 4);
     assert!(target.is_dir());
 }

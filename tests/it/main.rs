@@ -9,3 +9,4 @@ mod contrib;
 mod lock;
 mod restore;
 mod rig;
+mod trust;

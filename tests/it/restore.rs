@@ -145,7 +145,8 @@ fn full_and_two_incrementals_round_trip() {
     assert!(r.stderr.contains("already exists"), "{r:?}");
     assert_eq!(describe_tree(&t), before);
 
-    // A manifest of another subvolume, and a missing manifest key, name the key.
+    // A manifest of another subvolume (outside that subvolume's prefix), and a missing
+    // manifest key, name the key.
     let r = s.restore(&[
         "--subvolume",
         "other",
@@ -156,7 +157,9 @@ fn full_and_two_incrementals_round_trip() {
     ]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(
-        r.stderr.contains(&full) && r.stderr.contains("belongs to subvolume"),
+        r.stderr.contains(&full)
+            && r.stderr
+                .contains("is not a key under backups/subvol/other/"),
         "{r:?}"
     );
     let t2 = s.fs.path("never");
@@ -166,10 +169,14 @@ fn full_and_two_incrementals_round_trip() {
         "--target",
         t2.to_str().unwrap(),
         "--manifest-key",
-        "backups/nope.json",
+        "backups/subvol/data/full/nope.json",
     ]);
     assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.stderr.contains("backups/nope.json is missing"), "{r:?}");
+    assert!(
+        r.stderr
+            .contains("backups/subvol/data/full/nope.json is missing"),
+        "{r:?}"
+    );
     assert!(!t2.exists());
 }
 

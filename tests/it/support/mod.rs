@@ -598,3 +598,121 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
         );
     }
 }
+
+/// A fake "S3" endpoint on 127.0.0.1 that answers every request with one canned reply
+/// (status line, headers, body): a redirecting proxy, a lying server. Stopped on drop.
+pub struct CannedServer {
+    pub endpoint: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    port: u16,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CannedServer {
+    pub fn start(status: &str, headers: &[(&str, &str)], body: &str) -> CannedServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+        let port = listener.local_addr().expect("local addr").port();
+        let mut reply = format!("HTTP/1.1 {status}\r\n");
+        for (k, v) in headers {
+            reply.push_str(&format!("{k}: {v}\r\n"));
+        }
+        reply.push_str(&format!(
+            "Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if flag.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(mut s) = conn else { continue };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                // Read the head, then as many body bytes as Content-Length says.
+                let mut buf = Vec::new();
+                let mut b = [0u8; 65536];
+                let head_end = loop {
+                    match s.read(&mut b) {
+                        Ok(0) | Err(_) => break None,
+                        Ok(n) => buf.extend_from_slice(&b[..n]),
+                    }
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break Some(i + 4);
+                    }
+                };
+                let Some(head_end) = head_end else { continue };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                let mut have = buf.len() - head_end;
+                while have < len {
+                    match s.read(&mut b) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => have += n,
+                    }
+                }
+                let reply = if head.starts_with("head ") {
+                    // HEAD: the same head, no body.
+                    reply.split("\r\n\r\n").next().unwrap_or("").to_string() + "\r\n\r\n"
+                } else {
+                    reply.clone()
+                };
+                let _ = s.write_all(reply.as_bytes());
+            }
+        });
+        CannedServer {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            stop,
+            port,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for CannedServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Runs `cmd` and kills it if it has not ended within `secs` (the result then says so).
+pub fn output_within(cmd: &mut Command, secs: u64) -> RunResult {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning btrfs_to_s3");
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("wait");
+            return RunResult {
+                code: -9,
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: format!(
+                    "KILLED after {secs} s (it hung)\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            };
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("wait");
+    RunResult {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}

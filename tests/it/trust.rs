@@ -1,0 +1,406 @@
+//! What an attacker or a lying endpoint can make root do (issue "Trust"): doctored
+//! manifests, planted spool and lock files, redirects and replies without an ETag, a
+//! prefix with `..`, secrets in the logs, and config values that would overflow. Each
+//! test fails on the code before the fix.
+
+use std::path::Path;
+
+use btrfs_to_s3::store::{Body, ObjectStore, PutOptions};
+
+use crate::support::*;
+
+const MIB: usize = 1024 * 1024;
+
+fn json_opts() -> PutOptions {
+    PutOptions {
+        storage_class: "STANDARD".into(),
+        sse: "AES256".into(),
+        content_type: "application/json",
+    }
+}
+
+fn current_manifest(s: &Setup) -> (String, serde_json::Value) {
+    let key = s.get_json("backups/subvol/data/current.json")["manifest_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let m = s.get_json(&key);
+    (key, m)
+}
+
+fn is_readonly(p: &Path) -> bool {
+    run(&format!("btrfs property get {} ro", p.display())).trim() == "ro=true"
+}
+
+#[test]
+fn doctored_manifests_are_refused_and_touch_nothing_outside_staging() {
+    if !require_root("doctored_manifests_are_refused_and_touch_nothing_outside_staging") {
+        return;
+    }
+    let s = Setup::new(SetupOpts {
+        storage_class_chunks: "STANDARD",
+        ..Default::default()
+    });
+    random_file(&s.vol("data").join("f.bin"), 3 * MIB);
+    let r = s.backup(&[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let (_, m) = current_manifest(&s);
+
+    // A host subvolume the attacker would like root to make writable, move and delete.
+    let victim = s.fs.path("victim");
+    run(&format!("btrfs subvolume create {}", victim.display()));
+    std::fs::write(victim.join("precious"), "keep me").unwrap();
+    run(&format!(
+        "btrfs property set -ts {} ro true",
+        victim.display()
+    ));
+    let victim_tree = describe_tree(&victim);
+
+    let store = s.moto.store();
+    let target = s.fs.path("restored");
+    let t = target.to_str().unwrap().to_string();
+    let restore_doctored = |name: &str, edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut d = m.clone();
+        edit(&mut d);
+        let key = format!("backups/subvol/data/full/{name}");
+        let body = serde_json::to_vec(&d).unwrap();
+        store
+            .put_object(&key, Body::Bytes(&body), &json_opts())
+            .unwrap();
+        let r = s.restore(&[
+            "--subvolume",
+            "data",
+            "--target",
+            &t,
+            "--manifest-key",
+            &key,
+        ]);
+        (key, r)
+    };
+    let victim_abs = victim.display().to_string();
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "abs-name.json",
+            Box::new(move |d| d["snapshot"]["name"] = serde_json::json!(victim_abs.clone())),
+            "snapshot.name",
+        ),
+        (
+            "dotdot-name.json",
+            Box::new(|d| d["snapshot"]["name"] = serde_json::json!("../../victim")),
+            "snapshot.name",
+        ),
+        (
+            "other-subvol-name.json",
+            Box::new(|d| d["snapshot"]["name"] = serde_json::json!("home__20250101T020000Z__full")),
+            "snapshot.name",
+        ),
+        (
+            "outside-chunk.json",
+            Box::new(|d| d["chunks"][0]["key"] = serde_json::json!("elsewhere/chunk.bin")),
+            "chunks[0].key",
+        ),
+        (
+            "outside-parent.json",
+            Box::new(|d| {
+                d["kind"] = serde_json::json!("incremental");
+                d["parent_manifest"] = serde_json::json!("backups/subvol/home/full/m.json");
+            }),
+            "parent_manifest",
+        ),
+    ];
+    for (name, edit, field) in &cases {
+        let (key, r) = restore_doctored(name, edit.as_ref());
+        assert_eq!(r.code, 1, "{name}: {r:?}");
+        let last = r.stderr.trim().lines().last().unwrap_or("").to_string();
+        assert!(
+            last.contains(&key) && last.contains(field) && last.contains("refusing"),
+            "{name}: the error names the key and the field: {r:?}"
+        );
+        assert!(!target.exists(), "{name}");
+        assert!(s.staging_left(&s.fs.mnt).is_empty(), "{name}");
+        assert!(
+            victim.is_dir() && is_readonly(&victim),
+            "{name}: victim touched"
+        );
+        assert_eq!(describe_tree(&victim), victim_tree, "{name}");
+    }
+
+    // --manifest-key outside the subvolume's prefix.
+    let r = s.restore(&[
+        "--subvolume",
+        "data",
+        "--target",
+        &t,
+        "--manifest-key",
+        "backups/subvol/../elsewhere/manifest.json",
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("--manifest-key")
+            && r.stderr.contains("not a key under backups/subvol/data/"),
+        "{r:?}"
+    );
+    // A --subvolume that is not one plain name.
+    let r = s.restore(&["--subvolume", "../data", "--target", &t]);
+    assert_eq!(r.code, 2, "{r:?}");
+
+    // snapshot.path elsewhere: the restore works, content verification says why it skipped
+    // (before: it compared /etc with the restore and deleted a good restore).
+    let (_, r) = restore_doctored("path-elsewhere.json", &|d| {
+        d["snapshot"]["path"] = serde_json::json!("/etc")
+    });
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains("event=verify_content_skipped")
+            && r.stderr.contains("is not trusted")
+            && r.stderr.contains("source=/etc"),
+        "{r:?}"
+    );
+    assert!(target.is_dir());
+    assert!(victim.is_dir() && is_readonly(&victim));
+}
+
+#[test]
+fn planted_spool_files_are_never_followed() {
+    if !require_root("planted_spool_files_are_never_followed") {
+        return;
+    }
+    let spool = TempDir::new("spool-planted");
+    let global = format!(
+        "spool_dir = \"{}\"\nspool_size_bytes = 104857600",
+        spool.path().display()
+    );
+    let s = Setup::new(SetupOpts {
+        storage_class_chunks: "STANDARD",
+        extra: &global,
+        s3_extra: "spool_enabled = true",
+        ..Default::default()
+    });
+    random_file(&s.vol("data").join("f.bin"), 8 * MIB);
+    let victim = TempDir::new("spool-victim");
+    let victim_file = victim.path().join("passwd-like");
+    std::fs::write(&victim_file, "root:x:0:0\n").unwrap();
+    // The old code named spool files .btrfs_to_s3-<pid>-<n>.part: plant them for the pid
+    // the backup will have (exec keeps the shell's pid).
+    let script = format!(
+        "for n in 1 2 3 4 5 6; do ln -s {v} {d}/.btrfs_to_s3-$$-$n.part; done; exec {bin} backup --config {cfg}",
+        v = victim_file.display(),
+        d = spool.path().display(),
+        bin = bin().display(),
+        cfg = s.cfg.display()
+    );
+    let r = output(
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .env_remove("AWS_ENDPOINT_URL")
+            .env_remove("AWS_ENDPOINT_URL_S3")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null()),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        std::fs::read_to_string(&victim_file).unwrap(),
+        "root:x:0:0\n",
+        "a planted spool name was followed"
+    );
+    // Only the planted links are left: our spool files never had names.
+    let left: Vec<String> = std::fs::read_dir(spool.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left.len(), 6, "{left:?}");
+    // And the backup is whole.
+    let t = s.fs.path("restored");
+    let r = s.restore(&["--subvolume", "data", "--target", t.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+}
+
+#[test]
+fn a_redirect_or_a_reply_without_etag_is_a_failure_not_a_backup() {
+    if !require_root("a_redirect_or_a_reply_without_etag_is_a_failure_not_a_backup") {
+        return;
+    }
+    let s = Setup::new(SetupOpts::default());
+    std::fs::write(s.vol("data").join("f"), "hello").unwrap();
+    let text = std::fs::read_to_string(&s.cfg).unwrap();
+    let redirect = CannedServer::start(
+        "301 Moved Permanently",
+        &[
+            ("x-amz-bucket-region", "eu-west-1"),
+            ("Content-Type", "application/xml"),
+        ],
+        "<?xml version=\"1.0\"?><Error><Code>PermanentRedirect</Code><Message>The bucket you are \
+         attempting to access must be addressed using the specified endpoint.</Message></Error>",
+    );
+    let no_etag = CannedServer::start("200 OK", &[], "");
+    for (server, words) in [
+        (&redirect, &["HTTP 301", "set s3.region =", "eu-west-1"][..]),
+        (&no_etag, &["no ETag"][..]),
+    ] {
+        let cfg = s.fs.dir.path().join("lying.toml");
+        std::fs::write(&cfg, text.replace(&s.moto.endpoint, &server.endpoint)).unwrap();
+        let r = output_within(
+            btrfs_to_s3().args(["backup", "--config", cfg.to_str().unwrap()]),
+            120,
+        );
+        assert_eq!(r.code, 1, "{r:?}");
+        for w in words {
+            assert!(r.stderr.contains(w), "{w}: {r:?}");
+        }
+        assert!(!r.stderr.contains("backup_published"), "{r:?}");
+        assert!(
+            !s.state.exists(),
+            "the state names a backup that was never stored"
+        );
+        assert!(s.snapshot_names().is_empty(), "{:?}", s.snapshot_names());
+    }
+}
+
+#[test]
+fn a_prefix_with_dot_dot_is_refused_before_anything_runs() {
+    if !require_root("a_prefix_with_dot_dot_is_refused_before_anything_runs") {
+        return;
+    }
+    let s = Setup::new(SetupOpts::default());
+    s.moto.create_bucket("other");
+    std::fs::write(s.vol("data").join("f"), "hello").unwrap();
+    let text = std::fs::read_to_string(&s.cfg)
+        .unwrap()
+        .replace("prefix = \"backups/\"", "prefix = \"../other/p\"");
+    std::fs::write(&s.cfg, text).unwrap();
+    let r = s.backup(&[]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("s3.prefix = \"../other/p\""), "{r:?}");
+    assert!(s.moto.list_keys().is_empty(), "{:?}", s.moto.list_keys());
+    let other = ureq::get(&format!("{}/other?list-type=2", s.moto.endpoint))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(!other.contains("<Key>"), "{other}");
+}
+
+#[test]
+fn secrets_never_reach_the_log_at_any_level() {
+    if !require_root("secrets_never_reach_the_log_at_any_level") {
+        return;
+    }
+    let s = Setup::new(SetupOpts {
+        storage_class_chunks: "STANDARD",
+        ..Default::default()
+    });
+    random_file(&s.vol("data").join("f.bin"), 6 * MIB);
+    let (id, secret, token) = (
+        "AKIAITSECRETTESTKEY7",
+        "wJalrXUtnFEMIitsecretK7MDENGbPxRfiCYEXAMPLEKEY",
+        "FwoGZXIvYXdzEBYaDitSessionTokenNeverToBeLoggedQ2xvdWRUcmFpbA==",
+    );
+    let with_secrets = |c: &mut std::process::Command| {
+        c.env("AWS_ACCESS_KEY_ID", id)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .env("AWS_SESSION_TOKEN", token)
+            .env("RUST_LOG", "trace");
+    };
+    let mut b = s.backup_cmd(&["--log-level", "debug"]);
+    with_secrets(&mut b);
+    let r1 = output(&mut b);
+    assert_eq!(r1.code, 0, "{r1:?}");
+    let t = s.fs.path("restored");
+    let mut c = btrfs_to_s3();
+    c.args(["restore", "--config"]).arg(&s.cfg).args([
+        "--subvolume",
+        "data",
+        "--target",
+        t.to_str().unwrap(),
+    ]);
+    with_secrets(&mut c);
+    let r2 = output(&mut c);
+    assert_eq!(r2.code, 0, "{r2:?}");
+    // A failing run prints its error line too.
+    let mut f = btrfs_to_s3();
+    f.args(["restore", "--config"]).arg(&s.cfg).args([
+        "--subvolume",
+        "data",
+        "--target",
+        t.to_str().unwrap(),
+    ]);
+    with_secrets(&mut f);
+    let r3 = output(&mut f);
+    assert_eq!(r3.code, 1);
+    let all = format!(
+        "{}{}{}{}{}{}",
+        r1.stdout, r1.stderr, r2.stdout, r2.stderr, r3.stdout, r3.stderr
+    );
+    // The run really logged the requests (the HTTP library's own lines included).
+    assert!(
+        all.contains("x-amz-security-token"),
+        "trace output lacks the headers"
+    );
+    for (what, v) in [
+        ("access key id", id),
+        ("secret key", secret),
+        ("session token", token),
+    ] {
+        assert!(!all.contains(v), "the {what} is in the output");
+    }
+}
+
+#[test]
+fn config_values_that_would_overflow_are_refused() {
+    let dir = TempDir::new("overflow");
+    for (line, key) in [
+        (
+            "[schedule]\nfull_every_days = 9223372036854775807",
+            "schedule.full_every_days",
+        ),
+        ("[s3]\nconcurrency = 100000", "s3.concurrency"),
+        (
+            "[snapshots]\nretain = 9223372036854775807",
+            "snapshots.retain",
+        ),
+        (
+            "[restore]\nrestore_timeout_seconds = 9223372036854775807",
+            "restore.restore_timeout_seconds",
+        ),
+    ] {
+        let (section, kv) = line.split_once('\n').unwrap();
+        let base = [
+            (
+                "[global]",
+                format!("state_path = \"{}/s.json\"", dir.path().display()),
+            ),
+            (
+                "[subvolumes]",
+                "paths = [\"/nonexistent/data\"]".to_string(),
+            ),
+            (
+                "[s3]",
+                "bucket = \"b\"\nregion = \"us-east-1\"\nprefix = \"p\"".to_string(),
+            ),
+            ("[schedule]", String::new()),
+            ("[snapshots]", String::new()),
+            ("[restore]", String::new()),
+        ];
+        let mut text = String::new();
+        for (sec, body) in base {
+            text.push_str(&format!("{sec}\n{body}\n"));
+            if sec == section {
+                text.push_str(&format!("{kv}\n"));
+            }
+        }
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(&cfg, text).unwrap();
+        let r = run_bin(&["backup", "--config", cfg.to_str().unwrap(), "--dry-run"]);
+        assert_eq!(r.code, 2, "{key}: {r:?}");
+        assert!(
+            r.stderr.contains(key) && r.stderr.contains("at most"),
+            "{key}: {r:?}"
+        );
+    }
+}
