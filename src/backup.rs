@@ -1,9 +1,15 @@
-//! One `backup` run: for each selected subvolume, gather facts → plan → snapshot →
-//! `btrfs send` through the pipeline → manifest → `current.json` → state → retention.
-//! A failing subvolume does not stop the others; it deletes the snapshot it made and
-//! publishes nothing. Invariant: `current.json` is PUT only after every chunk and the
-//! manifest it names are stored, and the state only after `current.json`.
+//! One subvolume's backup, on the repository layer: a pending (journaled) backup first —
+//! resumed, recovered or abandoned — then facts → plan → snapshot → `btrfs send` through
+//! the pipeline → manifest → `current.json`. The caller (`cmd::backup`) records the state
+//! and then removes the journal. A failing subvolume does not stop the others.
+//!
+//! Invariants: `current.json` is PUT only after every chunk and the manifest it names are
+//! stored; a journal exists from before the first upload until the backup is published
+//! and recorded, or abandoned; a run that fails on the network or is stopped keeps its
+//! snapshot, journal and open multipart uploads for the next run, one that fails for any
+//! other reason abandons them (a retry would fail the same way).
 
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,25 +17,27 @@ use std::time::Instant;
 use anyhow::{anyhow, Context, Result};
 
 use crate::btrfs::Btrfs;
+use crate::chunker::ChunkDone;
 use crate::config::{Config, Subvolume};
 use crate::event;
-use crate::manifest::{ChunkEntry, Kind, Layout, Manifest, Pointer, S3Info, SnapshotRef};
+use crate::journal::{self, Begin, ChunkProgress, Journal, PartDone, Pending, Record, Settings};
+use crate::manifest::{ChunkEntry, Kind, Manifest, S3Info, SnapshotRef};
 use crate::metrics::Metrics;
-use crate::pipeline::{self, PipelineConfig};
-use crate::planner::{Action, Decision, Facts};
+use crate::pipeline::{self, PipelineConfig, Progress, ResumeMismatch};
+use crate::planner::{plan, Action, Decision, Facts};
+use crate::repo::Repo;
 use crate::retry::Retrier;
-use crate::snapshots::{self, SnapKind, SnapName};
+use crate::snapshots::{self, SnapName};
 use crate::state::{State, SubvolState};
-use crate::store::{Body, ObjectStore, PutOptions};
+use crate::store::{ErrorKind, StoreError};
 use crate::ts::Ts;
 
-/// What a backup run works with. `store` is `None` with `--no-s3`.
+/// What a backup run works with. `repo` is `None` with `--no-s3`.
 pub struct Backup<'a> {
     pub cfg: &'a Config,
     pub btrfs: &'a dyn Btrfs,
-    pub store: Option<Arc<dyn ObjectStore>>,
+    pub repo: Option<&'a Repo>,
     pub retrier: Arc<Retrier>,
-    pub layout: Layout,
 }
 
 /// The result of one subvolume in a run.
@@ -38,6 +46,7 @@ pub enum Outcome {
     Skipped(Decision),
     /// `--no-s3`: a snapshot was made and retention applied; nothing uploaded.
     SnapshotOnly(PathBuf),
+    /// Published by this run (fresh or resumed): record the state, then drop the journal.
     Published(Box<Published>),
 }
 
@@ -46,25 +55,100 @@ pub struct Published {
     pub state: SubvolState,
     pub manifest_key: String,
     pub metrics: Metrics,
+    /// The journal to remove once the state is recorded.
+    pub journal: PathBuf,
+    /// Published by an earlier run that stopped before recording it: nothing was sent.
+    pub recovered: bool,
 }
 
-fn chunk_opts(cfg: &Config) -> PutOptions {
-    PutOptions {
+/// What to do with a pending backup.
+enum PendingAction {
+    /// It was published and recorded; only the journal was left.
+    Done,
+    /// It was published (`current.json` names it) but not recorded.
+    Recover,
+    Abandon(String),
+    Resume,
+}
+
+/// The settings that shape a backup's stream and keys.
+fn settings(cfg: &Config, part_size: u64) -> Settings {
+    Settings {
+        bucket: cfg.s3.bucket.clone(),
+        prefix: cfg.s3.prefix.clone(),
+        chunk_size: cfg.s3.chunk_size_bytes,
+        part_size,
         storage_class: cfg.s3.storage_class_chunks.clone(),
         sse: cfg.s3.sse.clone(),
-        content_type: "application/octet-stream",
     }
 }
 
-fn json_opts(cfg: &Config) -> PutOptions {
-    PutOptions {
-        storage_class: cfg.s3.storage_class_manifest.clone(),
-        sse: cfg.s3.sse.clone(),
-        content_type: "application/json",
+/// The part size for the configured chunk size, or the error naming the key.
+pub fn part_size(cfg: &Config) -> Result<u64> {
+    pipeline::effective_part_size(cfg.s3.part_size_bytes, cfg.s3.chunk_size_bytes).ok_or_else(
+        || {
+            anyhow!(
+                "s3.chunk_size_bytes = {} needs more than 10,000 parts of 5 GiB; lower it",
+                cfg.s3.chunk_size_bytes
+            )
+        },
+    )
+}
+
+/// True when a failure leaves a backup worth resuming: the network or S3 failed, or the
+/// run was stopped. Anything else (a failed `btrfs send`, a broken journal) would fail the
+/// same way again.
+fn resumable(e: &anyhow::Error, retrier: &Retrier) -> bool {
+    retrier.cancelled() || e.chain().any(|c| c.is::<StoreError>())
+}
+
+/// The journal sink of the pipeline.
+struct JournalProgress<'a>(&'a mut Journal);
+
+impl Progress for JournalProgress<'_> {
+    fn upload_opened(&mut self, chunk: u64, key: &str, upload_id: &str) -> Result<()> {
+        self.0.append(&Record::Upload {
+            chunk,
+            key: key.into(),
+            upload_id: upload_id.into(),
+        })
     }
+    fn part_stored(&mut self, chunk: u64, part: u32, p: &PartDone) -> Result<()> {
+        self.0.append(&Record::Part {
+            chunk,
+            part,
+            size: p.size,
+            sha256_through: p.sha256_through.clone(),
+            etag: p.etag.clone(),
+        })
+    }
+    fn chunk_stored(&mut self, chunk: u64, key: &str, d: &ChunkDone, etag: &str) -> Result<()> {
+        self.0.append(&Record::Chunk {
+            chunk,
+            key: key.into(),
+            size: d.len,
+            sha256: d.sha256.clone(),
+            etag: etag.into(),
+        })
+    }
+}
+
+/// ETags as the service quotes them or not: compared without quotes.
+fn same_etag(a: &str, b: &str) -> bool {
+    a.trim().trim_matches('"') == b.trim().trim_matches('"')
 }
 
 impl Backup<'_> {
+    fn repo(&self) -> Result<&Repo> {
+        self.repo
+            .ok_or_else(|| anyhow!("internal: an upload without a repository (--no-s3)"))
+    }
+
+    /// The journal path of a subvolume.
+    pub fn journal_path(&self, sv: &Subvolume) -> PathBuf {
+        journal::path_for(&self.cfg.global.state_path, &sv.name)
+    }
+
     /// What the planner needs; consults S3 only for the parent manifest.
     pub fn facts(&self, sv: &Subvolume, entry: &SubvolState) -> Result<Facts> {
         let last_snapshot_at = entry
@@ -76,12 +160,10 @@ impl Backup<'_> {
             .last_snapshot
             .as_deref()
             .is_some_and(|p| Path::new(p).is_dir());
-        let parent_manifest_in_s3 = match (&self.store, &entry.last_manifest) {
-            (Some(store), Some(key)) => self
-                .retrier
-                .run(|| store.head(key))
-                .with_context(|| format!("checking the parent manifest {key} in S3"))?
-                .is_some(),
+        let parent_manifest_in_s3 = match (self.repo, &entry.last_manifest) {
+            (Some(repo), Some(key)) => repo
+                .exists(key)
+                .with_context(|| format!("checking the parent manifest {key}"))?,
             _ => true,
         };
         Ok(Facts {
@@ -93,47 +175,343 @@ impl Backup<'_> {
         })
     }
 
-    /// Aborts multipart uploads a killed run left under this subvolume's prefix (we hold
-    /// the lock, so none of them is live).
-    pub fn sweep_stale_uploads(&self, sv: &Subvolume) -> Result<()> {
-        let Some(store) = &self.store else {
-            return Ok(());
-        };
-        let prefix = self.layout.subvolume_prefix(&sv.name);
-        let open = match self.retrier.run(|| store.list_multipart_uploads(&prefix)) {
-            Ok(open) => open,
-            // Hygiene only: a service without ListMultipartUploads (or a policy without
-            // s3:ListBucketMultipartUploads) must not block backups.
-            Err(e) if !e.is_transient() => {
+    /// Backs up one subvolume: a pending backup first (resume, recover or abandon), then
+    /// what the schedule says.
+    pub fn run(
+        &self,
+        sv: &Subvolume,
+        entry: &SubvolState,
+        once: bool,
+        restart: bool,
+        run_ts: Ts,
+    ) -> Result<Outcome> {
+        self.btrfs.show(&sv.path).with_context(|| {
+            format!(
+                "subvolume {}: {} is not a readable btrfs subvolume; check subvolumes.paths",
+                sv.name,
+                sv.path.display()
+            )
+        })?;
+        let jpath = self.journal_path(sv);
+        let pending = match journal::load(&jpath) {
+            Ok(p) => p,
+            Err(e) => {
+                // Unreadable: nothing in it can be trusted or resumed. Its uploads are
+                // aborted by the sweep below; its snapshot by retention.
                 event!(
                     Warn,
-                    "stale_upload_sweep_skipped",
-                    prefix = prefix,
-                    error = e
+                    "resume_abandoned",
+                    subvolume = sv.name,
+                    reason = format!("{e:#}")
                 );
-                return Ok(());
-            }
-            Err(e) => {
-                return Err(anyhow::Error::from(e))
-                    .with_context(|| format!("listing open multipart uploads under {prefix}"))
+                journal::remove(&jpath)?;
+                None
             }
         };
-        for u in open {
-            self.retrier
-                .run(|| store.abort_multipart(&u.key, &u.upload_id))
-                .with_context(|| format!("aborting the stale multipart upload of {}", u.key))?;
-            event!(
-                Info,
-                "stale_upload_aborted",
-                key = u.key,
-                upload_id = u.upload_id
-            );
+        let mut owned = HashSet::new();
+        if let (Some(p), Some(_)) = (pending, self.repo) {
+            match self.decide(sv, entry, &p, restart, run_ts)? {
+                PendingAction::Done => journal::remove(&p.path)?,
+                PendingAction::Recover => return self.recover(sv, entry, &p),
+                PendingAction::Abandon(reason) => self.abandon(sv, entry, &p, &reason),
+                PendingAction::Resume => {
+                    owned.extend(p.open_uploads().into_iter().map(|(_, id)| id));
+                    self.sweep_stale_uploads(sv, &owned)?;
+                    match self.resume(sv, entry, &p) {
+                        Err(e) if e.chain().any(|c| c.is::<ResumeMismatch>()) => {
+                            self.abandon(sv, entry, &p, &format!("{e:#}"));
+                            event!(Warn, "backup_restarting", subvolume = sv.name);
+                        }
+                        other => return other,
+                    }
+                }
+            }
         }
-        Ok(())
+        self.sweep_stale_uploads(sv, &HashSet::new())?;
+        let facts = self.facts(sv, entry)?;
+        let d = plan(&facts, &self.cfg.schedule, run_ts, once);
+        event!(
+            Info,
+            "plan",
+            subvolume = sv.name,
+            action = d.action.as_str(),
+            reason = d.reason
+        );
+        self.run_fresh(sv, entry, &d, run_ts)
     }
 
-    /// Backs up one subvolume as decided; on failure deletes the snapshot it made.
-    pub fn run_one(
+    /// Whether a pending backup is resumed, recovered, dropped or abandoned, and why.
+    fn decide(
+        &self,
+        sv: &Subvolume,
+        entry: &SubvolState,
+        p: &Pending,
+        restart: bool,
+        now: Ts,
+    ) -> Result<PendingAction> {
+        let b = &p.begin;
+        let abandon = |why: String| Ok(PendingAction::Abandon(why));
+        if b.subvolume != sv.name {
+            return abandon(format!("the journal is of subvolume {:?}", b.subvolume));
+        }
+        if let Some(k) = &p.publishing {
+            if entry.last_manifest.as_deref() == Some(k.as_str()) {
+                return Ok(PendingAction::Done);
+            }
+            let pointer = self.repo()?.pointer(&sv.name)?;
+            if pointer.is_some_and(|ptr| &ptr.manifest_key == k) {
+                return Ok(PendingAction::Recover);
+            }
+        }
+        if restart {
+            return abandon("--restart".into());
+        }
+        let want = settings(self.cfg, part_size(self.cfg)?);
+        if b.settings != want {
+            return abandon(format!(
+                "the settings changed since it began (journal {:?}, config {:?})",
+                b.settings, want
+            ));
+        }
+        if self.pending_snapshot(sv, p).is_none_or(|s| !s.is_dir()) {
+            return abandon(format!("its snapshot {} is gone", b.snapshot));
+        }
+        if b.kind == Kind::Incremental {
+            if !b.parent.as_deref().is_some_and(|x| Path::new(x).is_dir()) {
+                return abandon(format!("its parent snapshot {:?} is gone", b.parent));
+            }
+            if b.parent_manifest != entry.last_manifest {
+                return abandon(format!(
+                    "its parent manifest {:?} is no longer the last published one ({:?})",
+                    b.parent_manifest, entry.last_manifest
+                ));
+            }
+            let d = plan(&self.facts(sv, entry)?, &self.cfg.schedule, now, true);
+            if d.action == Action::Full {
+                return abandon(format!("a new full is due ({})", d.reason));
+            }
+        }
+        Ok(PendingAction::Resume)
+    }
+
+    /// The pending backup's snapshot, when the journal names one of ours: exactly
+    /// `snapshots.base_dir/<name>__<run_ts>__<kind>`.
+    fn pending_snapshot(&self, sv: &Subvolume, p: &Pending) -> Option<PathBuf> {
+        let ts = Ts::parse(&p.begin.run_ts).ok()?;
+        let name = SnapName {
+            subvolume: sv.name.clone(),
+            ts,
+            kind: p.begin.kind,
+        };
+        let want = self.cfg.snapshots.base_dir.join(name.file_name());
+        (Path::new(&p.begin.snapshot) == want).then_some(want)
+    }
+
+    /// Gives a pending backup up: aborts its uploads, deletes its snapshot (never the
+    /// published parent) and its journal.
+    fn abandon(&self, sv: &Subvolume, entry: &SubvolState, p: &Pending, reason: &str) {
+        event!(
+            Warn,
+            "resume_abandoned",
+            subvolume = sv.name,
+            run = p.begin.run_ts,
+            reason = reason
+        );
+        if let Some(repo) = self.repo {
+            for (key, id) in p.open_uploads() {
+                if let Err(e) = repo.abort_upload(&key, &id) {
+                    event!(
+                        Warn,
+                        "multipart_abort_failed",
+                        key = key,
+                        error = format!("{e:#}")
+                    );
+                }
+            }
+        }
+        if let Some(snap) = self.pending_snapshot(sv, p) {
+            let is_parent = entry.last_snapshot.as_deref() == Some(&*snap.to_string_lossy());
+            if snap.is_dir() && !is_parent {
+                match self.btrfs.delete_subvolume(&snap) {
+                    Ok(()) => event!(
+                        Info,
+                        "snapshot_removed",
+                        subvolume = sv.name,
+                        path = snap.display()
+                    ),
+                    Err(e) => event!(
+                        Error,
+                        "snapshot_remove_failed",
+                        subvolume = sv.name,
+                        path = snap.display(),
+                        error = format!("{e:#}")
+                    ),
+                }
+            }
+        }
+        if let Err(e) = journal::remove(&p.path) {
+            event!(Error, "journal_remove_failed", error = format!("{e:#}"));
+        }
+    }
+
+    /// A backup published by an earlier run that stopped before recording it: the state
+    /// is brought up to date from the journal; nothing is sent.
+    fn recover(&self, sv: &Subvolume, entry: &SubvolState, p: &Pending) -> Result<Outcome> {
+        let key = p
+            .publishing
+            .clone()
+            .ok_or_else(|| anyhow!("internal: recovering a backup that was not published"))?;
+        event!(
+            Info,
+            "backup_recovered",
+            subvolume = sv.name,
+            manifest = key
+        );
+        Ok(Outcome::Published(Box::new(Published {
+            state: state_after(entry, &p.begin, &key),
+            manifest_key: key,
+            metrics: Metrics::default(),
+            journal: p.path.clone(),
+            recovered: true,
+        })))
+    }
+
+    /// Checks what the journal says is stored against the store: chunks by HEAD (present,
+    /// same size), open uploads by ListParts (same number, size and ETag). An upload that
+    /// is gone but whose object is there with the parts' total size was completed before
+    /// the crash: its SHA-256 is the last part's hash-through.
+    fn stored(&self, p: &Pending) -> Result<BTreeMap<u64, ChunkProgress>> {
+        let repo = self.repo()?;
+        let store = repo.store();
+        let r = repo.retrier();
+        let mut out = BTreeMap::new();
+        for (i, c) in &p.chunks {
+            match c {
+                ChunkProgress::Stored { key, size, .. } => {
+                    let head = r
+                        .run(|| store.head(key))
+                        .with_context(|| format!("checking chunk {key}"))?;
+                    if head.is_some_and(|h| h.size == *size) {
+                        out.insert(*i, c.clone());
+                    }
+                }
+                ChunkProgress::Open {
+                    key,
+                    upload_id,
+                    parts,
+                } => match r.run(|| store.list_parts(key, upload_id)) {
+                    Ok(listed) => {
+                        let kept: BTreeMap<u32, PartDone> = parts
+                            .iter()
+                            .filter(|(n, d)| {
+                                listed.iter().any(|l| {
+                                    l.number == **n
+                                        && l.size == d.size
+                                        && same_etag(&l.etag, &d.etag)
+                                })
+                            })
+                            .map(|(n, d)| (*n, d.clone()))
+                            .collect();
+                        out.insert(
+                            *i,
+                            ChunkProgress::Open {
+                                key: key.clone(),
+                                upload_id: upload_id.clone(),
+                                parts: kept,
+                            },
+                        );
+                    }
+                    Err(e) if e.kind == ErrorKind::NotFound => {
+                        let total: u64 = parts.values().map(|d| d.size).sum();
+                        let contiguous = parts.keys().copied().eq(1..=parts.len() as u32);
+                        let head = r
+                            .run(|| store.head(key))
+                            .with_context(|| format!("checking chunk {key}"))?;
+                        if let (Some(h), Some(last), true) =
+                            (head, parts.values().last(), contiguous)
+                        {
+                            if h.size == total {
+                                out.insert(
+                                    *i,
+                                    ChunkProgress::Stored {
+                                        key: key.clone(),
+                                        size: total,
+                                        sha256: last.sha256_through.clone(),
+                                        etag: h.etag.unwrap_or_default(),
+                                    },
+                                );
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        return Err(anyhow::Error::from(e))
+                            .with_context(|| format!("listing the stored parts of chunk {key}"))
+                    }
+                },
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sends the pending backup's snapshot again and uploads what is not stored yet.
+    fn resume(&self, sv: &Subvolume, entry: &SubvolState, p: &Pending) -> Result<Outcome> {
+        let stored = self.stored(p)?;
+        let parts: usize = stored
+            .values()
+            .map(|c| match c {
+                ChunkProgress::Open { parts, .. } => parts.len(),
+                ChunkProgress::Stored { .. } => 0,
+            })
+            .sum();
+        let bytes: u64 = stored
+            .values()
+            .map(|c| match c {
+                ChunkProgress::Stored { size, .. } => *size,
+                ChunkProgress::Open { parts, .. } => parts.values().map(|d| d.size).sum(),
+            })
+            .sum();
+        event!(
+            Info,
+            "backup_resumed",
+            subvolume = sv.name,
+            run = p.begin.run_ts,
+            kind = p.begin.kind.as_str(),
+            snapshot = p.begin.snapshot,
+            chunks_stored = stored
+                .values()
+                .filter(|c| matches!(c, ChunkProgress::Stored { .. }))
+                .count(),
+            uploads_open = stored
+                .values()
+                .filter(|c| matches!(c, ChunkProgress::Open { .. }))
+                .count(),
+            parts_stored = parts,
+            bytes_stored = bytes,
+        );
+        let mut journal = Journal::reopen(p)?;
+        let run_ts = Ts::parse(&p.begin.run_ts)
+            .map_err(|e| anyhow!("the journal's run timestamp {:?}: {e}", p.begin.run_ts))?;
+        let snap = self
+            .pending_snapshot(sv, p)
+            .ok_or_else(|| anyhow!("internal: resuming without a snapshot"))?;
+        let parent = p.begin.parent.as_deref().map(Path::new);
+        let result = self.upload_and_publish(
+            sv,
+            entry,
+            &p.begin,
+            &snap,
+            parent,
+            run_ts,
+            &stored,
+            &mut journal,
+        );
+        result.map(|pb| Outcome::Published(Box::new(pb)))
+    }
+
+    /// A fresh backup as decided: snapshot, journal, upload, publish. On a failure worth
+    /// resuming (network, S3, a signal) the snapshot, journal and open uploads stay for
+    /// the next run; on any other the backup is abandoned.
+    pub fn run_fresh(
         &self,
         sv: &Subvolume,
         entry: &SubvolState,
@@ -142,16 +520,12 @@ impl Backup<'_> {
     ) -> Result<Outcome> {
         let kind = match decision.action {
             Action::Skip => return Ok(Outcome::Skipped(decision.clone())),
-            Action::Full => Kind::Full,
-            Action::Incremental => Kind::Incremental,
+            Action::Run(kind) => kind,
         };
         let snap = SnapName {
             subvolume: sv.name.clone(),
             ts: run_ts,
-            kind: match kind {
-                Kind::Full => SnapKind::Full,
-                Kind::Incremental => SnapKind::Inc,
-            },
+            kind,
         };
         let base = &self.cfg.snapshots.base_dir;
         std::fs::create_dir_all(base)
@@ -173,87 +547,123 @@ impl Backup<'_> {
             path = snap_path.display(),
             kind = kind.as_str()
         );
-
-        let Some(store) = self.store.clone() else {
-            self.prune(sv, entry.last_snapshot.as_deref().map(Path::new))?;
+        let Some(_) = self.repo else {
+            let pending = journal::load(&self.journal_path(sv)).ok().flatten();
+            let mut keep: Vec<PathBuf> = entry.last_snapshot.iter().map(PathBuf::from).collect();
+            if let Some(p) = &pending {
+                keep.push(PathBuf::from(&p.begin.snapshot));
+                keep.extend(p.begin.parent.iter().map(PathBuf::from));
+            }
+            self.prune(sv, &keep)?;
             return Ok(Outcome::SnapshotOnly(snap_path));
         };
         let parent = match kind {
             Kind::Full => None,
-            Kind::Incremental => entry.last_snapshot.as_deref().map(PathBuf::from),
+            Kind::Incremental => entry.last_snapshot.clone(),
         };
-        match self.upload_and_publish(
-            store,
+        let begin = Begin {
+            version: journal::VERSION,
+            subvolume: sv.name.clone(),
+            run_ts: run_ts.to_string(),
+            kind,
+            snapshot: snap_path.display().to_string(),
+            parent: parent.clone(),
+            parent_manifest: match kind {
+                Kind::Full => None,
+                Kind::Incremental => entry.last_manifest.clone(),
+            },
+            last_full_at: entry.last_full_at.clone(),
+            settings: settings(self.cfg, part_size(self.cfg)?),
+        };
+        let jpath = self.journal_path(sv);
+        let mut journal = match Journal::create(&jpath, &begin) {
+            Ok(j) => j,
+            Err(e) => {
+                self.remove_snapshot(sv, &snap_path);
+                return Err(e);
+            }
+        };
+        let result = self.upload_and_publish(
             sv,
             entry,
-            kind,
+            &begin,
             &snap_path,
-            &snap,
-            parent.as_deref(),
+            parent.as_deref().map(Path::new),
             run_ts,
-        ) {
-            Ok(p) => {
-                // Published: the new snapshot is the parent of the next incremental.
-                Ok(Outcome::Published(Box::new(p)))
+            &BTreeMap::new(),
+            &mut journal,
+        );
+        match result {
+            Ok(p) => Ok(Outcome::Published(Box::new(p))),
+            Err(e) if resumable(&e, &self.retrier) => {
+                event!(
+                    Warn,
+                    "backup_kept_for_resume",
+                    subvolume = sv.name,
+                    snapshot = snap_path.display(),
+                    journal = jpath.display()
+                );
+                Err(e)
             }
             Err(e) => {
-                match self.btrfs.delete_subvolume(&snap_path) {
-                    Ok(()) => event!(
-                        Info,
-                        "snapshot_removed_after_failure",
-                        subvolume = sv.name,
-                        path = snap_path.display()
-                    ),
-                    Err(d) => event!(
-                        Error,
-                        "snapshot_remove_failed",
-                        subvolume = sv.name,
-                        path = snap_path.display(),
-                        error = format!("{d:#}")
-                    ),
+                if let Ok(Some(p)) = journal::load(&jpath) {
+                    self.abandon(sv, entry, &p, &format!("{e:#}"));
+                } else {
+                    self.remove_snapshot(sv, &snap_path);
                 }
                 Err(e)
             }
         }
     }
 
+    fn remove_snapshot(&self, sv: &Subvolume, snap_path: &Path) {
+        match self.btrfs.delete_subvolume(snap_path) {
+            Ok(()) => event!(
+                Info,
+                "snapshot_removed_after_failure",
+                subvolume = sv.name,
+                path = snap_path.display()
+            ),
+            Err(d) => event!(
+                Error,
+                "snapshot_remove_failed",
+                subvolume = sv.name,
+                path = snap_path.display(),
+                error = format!("{d:#}")
+            ),
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn upload_and_publish(
         &self,
-        store: Arc<dyn ObjectStore>,
         sv: &Subvolume,
         entry: &SubvolState,
-        kind: Kind,
+        begin: &Begin,
         snap_path: &Path,
-        snap: &SnapName,
         parent: Option<&Path>,
         run_ts: Ts,
+        stored: &BTreeMap<u64, ChunkProgress>,
+        journal: &mut Journal,
     ) -> Result<Published> {
+        let repo = self.repo()?;
+        let kind = begin.kind;
         let started = Instant::now();
         let retries_before = self.retrier.retries();
         let info = self
             .btrfs
             .show(snap_path)
             .with_context(|| format!("reading the UUID of {}", snap_path.display()))?;
-        let part_size = pipeline::effective_part_size(
-            self.cfg.s3.part_size_bytes,
-            self.cfg.s3.chunk_size_bytes,
-        )
-        .ok_or_else(|| {
-            anyhow!(
-                "s3.chunk_size_bytes = {} needs more than 10,000 parts of 5 GiB; lower it",
-                self.cfg.s3.chunk_size_bytes
-            )
-        })?;
         let pcfg = PipelineConfig {
-            chunk_size: self.cfg.s3.chunk_size_bytes,
-            part_size,
+            chunk_size: begin.settings.chunk_size,
+            part_size: begin.settings.part_size,
             concurrency: self.cfg.s3.concurrency,
-            chunk_opts: chunk_opts(self.cfg),
+            chunk_opts: repo.chunk_opts().clone(),
             spool: self.cfg.s3.spool_enabled.then(|| pipeline::Spool {
                 dir: self.cfg.global.spool_dir.clone(),
                 max_bytes: self.cfg.global.spool_size_bytes,
             }),
+            keep_open_on_failure: true,
         };
         event!(
             Info,
@@ -264,19 +674,21 @@ impl Backup<'_> {
             parent = parent
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "none".into()),
-            part_size = part_size,
+            part_size = pcfg.part_size,
             concurrency = pcfg.concurrency,
             buffers = pcfg.max_buffers(),
             spool = pcfg.spool.is_some(),
         );
         let mut send = self.btrfs.send(snap_path, parent)?;
-        let key_for = |i| self.layout.chunk_key(&sv.name, kind, run_ts, i);
+        let key_for = |i| repo.layout.chunk_key(&sv.name, kind, run_ts, i);
         let outcome = match pipeline::upload_stream(
             &mut send,
-            store.clone(),
+            repo.store().clone(),
             self.retrier.clone(),
             &pcfg,
             &key_for,
+            stored,
+            &mut JournalProgress(journal),
         ) {
             Ok(o) => {
                 send.finish()?;
@@ -290,23 +702,24 @@ impl Backup<'_> {
         if self.retrier.cancelled() {
             return Err(anyhow!("interrupted by a signal; nothing published"));
         }
-        let manifest_key = self.layout.manifest_key(&sv.name, kind, run_ts);
+        let snap_name = snap_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let manifest_key = repo.layout.manifest_key(&sv.name, kind, run_ts);
         let manifest = Manifest {
             version: 1,
             subvolume: sv.name.clone(),
             kind,
             created_at: run_ts.to_string(),
             snapshot: SnapshotRef {
-                name: snap.file_name(),
+                name: snap_name,
                 path: snap_path.display().to_string(),
                 uuid: info.uuid,
                 parent_uuid: info.parent_uuid,
                 extra: Default::default(),
             },
-            parent_manifest: match kind {
-                Kind::Full => None,
-                Kind::Incremental => entry.last_manifest.clone(),
-            },
+            parent_manifest: begin.parent_manifest.clone(),
             chunks: outcome
                 .chunks
                 .iter()
@@ -319,47 +732,76 @@ impl Backup<'_> {
                 })
                 .collect(),
             total_bytes: outcome.summary.total_bytes,
-            chunk_size: self.cfg.s3.chunk_size_bytes,
+            chunk_size: begin.settings.chunk_size,
             s3: S3Info {
-                storage_class: self.cfg.s3.storage_class_chunks.clone(),
+                storage_class: begin.settings.storage_class.clone(),
                 extra: Default::default(),
             },
             stream_sha256: Some(outcome.summary.sha256.clone()),
             extra: Default::default(),
         };
-        publish(
-            store.as_ref(),
-            &self.retrier,
-            &json_opts(self.cfg),
-            &manifest_key,
-            &manifest,
-            &self.layout.pointer_key(&sv.name),
-        )?;
-        let state = SubvolState {
-            last_snapshot: Some(snap_path.display().to_string()),
-            last_manifest: Some(manifest_key.clone()),
-            last_full_at: match kind {
-                Kind::Full => Some(run_ts.to_string()),
-                Kind::Incremental => entry.last_full_at.clone(),
-            },
-            extra: entry.extra.clone(),
-        };
+        journal.append(&Record::Publishing {
+            manifest_key: manifest_key.clone(),
+        })?;
+        repo.publish(&manifest_key, &manifest)?;
         let metrics = Metrics {
             bytes: outcome.summary.total_bytes,
             elapsed: started.elapsed(),
             chunks: outcome.chunks.len() as u64,
             parts: outcome.parts,
             retries: self.retrier.retries() - retries_before,
+            uploaded_bytes: outcome.uploaded_bytes,
+            resumed_bytes: outcome.resumed_bytes,
         };
         Ok(Published {
-            state,
+            state: state_after(entry, begin, &manifest_key),
             manifest_key,
             metrics,
+            journal: journal.path().to_path_buf(),
+            recovered: false,
         })
     }
 
-    /// Retention for one subvolume, always keeping `keep` (the published parent).
-    pub fn prune(&self, sv: &Subvolume, keep: Option<&Path>) -> Result<Vec<PathBuf>> {
+    /// Aborts multipart uploads a killed run left under this subvolume's prefix (we hold
+    /// the lock, so none of them is live), except those a resume journal owns.
+    pub fn sweep_stale_uploads(&self, sv: &Subvolume, owned: &HashSet<String>) -> Result<()> {
+        let Some(repo) = self.repo else {
+            return Ok(());
+        };
+        let prefix = repo.layout.subvolume_prefix(&sv.name);
+        let open = match repo.open_uploads(&sv.name) {
+            Ok(open) => open,
+            // Hygiene only: a service without ListMultipartUploads (or a policy without
+            // s3:ListBucketMultipartUploads) must not block backups.
+            Err(e) if !e.is_transient() => {
+                event!(
+                    Warn,
+                    "stale_upload_sweep_skipped",
+                    prefix = prefix,
+                    error = e
+                );
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(anyhow::Error::from(e))
+                    .with_context(|| format!("listing open multipart uploads under {prefix}"))
+            }
+        };
+        for u in open.into_iter().filter(|u| !owned.contains(&u.upload_id)) {
+            repo.abort_upload(&u.key, &u.upload_id)?;
+            event!(
+                Info,
+                "stale_upload_aborted",
+                key = u.key,
+                upload_id = u.upload_id
+            );
+        }
+        Ok(())
+    }
+
+    /// Retention for one subvolume, always keeping `keep` (the published parent, and a
+    /// pending backup's snapshot and parent).
+    pub fn prune(&self, sv: &Subvolume, keep: &[PathBuf]) -> Result<Vec<PathBuf>> {
         snapshots::prune(
             self.btrfs,
             &self.cfg.snapshots.base_dir,
@@ -370,30 +812,17 @@ impl Backup<'_> {
     }
 }
 
-/// Publication order: the manifest, then `current.json` as the final PUT.
-pub fn publish(
-    store: &dyn ObjectStore,
-    retrier: &Retrier,
-    opts: &PutOptions,
-    manifest_key: &str,
-    manifest: &Manifest,
-    pointer_key: &str,
-) -> Result<()> {
-    let body = manifest.to_json();
-    retrier
-        .run(|| store.put_object(manifest_key, Body::Bytes(&body), opts))
-        .with_context(|| format!("uploading manifest {manifest_key}"))?;
-    let pointer = Pointer {
-        manifest_key: manifest_key.to_string(),
-        kind: manifest.kind,
-        created_at: manifest.created_at.clone(),
-        extra: Default::default(),
-    };
-    let body = pointer.to_json();
-    retrier
-        .run(|| store.put_object(pointer_key, Body::Bytes(&body), opts))
-        .with_context(|| format!("publishing {pointer_key}"))?;
-    Ok(())
+/// The state entry once the backup `begin` describes is published as `manifest_key`.
+fn state_after(entry: &SubvolState, begin: &Begin, manifest_key: &str) -> SubvolState {
+    SubvolState {
+        last_snapshot: Some(begin.snapshot.clone()),
+        last_manifest: Some(manifest_key.to_string()),
+        last_full_at: match begin.kind {
+            Kind::Full => Some(begin.run_ts.clone()),
+            Kind::Incremental => begin.last_full_at.clone(),
+        },
+        extra: entry.extra.clone(),
+    }
 }
 
 /// A run timestamp later than every snapshot of the selected subvolumes: two runs in
@@ -429,7 +858,6 @@ pub fn run_timestamp(cfg: &Config, selected: &[&Subvolume], now: &dyn Fn() -> Ts
     Ok(ts)
 }
 
-/// Records a published backup in the state and saves it atomically.
 /// Records a published backup: the subvolume's entry and the run's time, in one atomic
 /// write. This is the only place a backup run changes the state file (the contract: the
 /// state changes only after a publish), so a run that published nothing leaves it as it

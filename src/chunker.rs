@@ -72,6 +72,12 @@ impl Cutter {
         self.in_chunk
     }
 
+    /// SHA-256 (hex) of the current chunk's bytes fed so far: at a part's end, the hash
+    /// "through" that part that the resume journal records. Costs one final block.
+    pub fn chunk_sha256_so_far(&self) -> String {
+        hex(&self.hashes.chunk_so_far())
+    }
+
     /// Takes one part's bytes (at most [`Self::next_part_len`]); returns the chunk when
     /// these bytes complete it.
     pub fn feed(&mut self, bytes: &[u8]) -> Option<ChunkDone> {

@@ -53,6 +53,11 @@ pub struct BackupArgs {
     /// Create and prune snapshots without uploading anything (a local diagnostic)
     #[arg(long)]
     pub no_s3: bool,
+
+    /// Discard any interrupted backup waiting to be resumed (abort its uploads, delete its
+    /// snapshot and journal) and start a fresh one
+    #[arg(long)]
+    pub restart: bool,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -17,11 +17,21 @@ pub enum Kind {
     Incremental,
 }
 
+/// Full or incremental: one type for manifests, keys, snapshot names and plans.
 impl Kind {
+    /// As in manifests, `current.json` and keys: `full`, `incremental`.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Full => "full",
             Kind::Incremental => "incremental",
+        }
+    }
+
+    /// As at the end of snapshot names: `full`, `inc`.
+    pub fn snap_suffix(self) -> &'static str {
+        match self {
+            Kind::Full => "full",
+            Kind::Incremental => "inc",
         }
     }
 }

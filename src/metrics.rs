@@ -1,5 +1,5 @@
 //! Run metrics: per subvolume and per run (bytes, elapsed seconds, throughput, chunks,
-//! parts, retries) as `event=backup_metrics ...` lines, and an optional Prometheus
+//! parts, retries, bytes uploaded and bytes a resume did not send again) as `event=backup_metrics ...` lines, and an optional Prometheus
 //! textfile with the last success time of each subvolume.
 
 use std::fmt::Write as _;
@@ -18,6 +18,10 @@ pub struct Metrics {
     pub chunks: u64,
     pub parts: u64,
     pub retries: u64,
+    /// Bytes sent to S3 by this run.
+    pub uploaded_bytes: u64,
+    /// Bytes not sent because an interrupted run had stored them.
+    pub resumed_bytes: u64,
 }
 
 impl Metrics {
@@ -37,6 +41,8 @@ impl Metrics {
         self.chunks += o.chunks;
         self.parts += o.parts;
         self.retries += o.retries;
+        self.uploaded_bytes += o.uploaded_bytes;
+        self.resumed_bytes += o.resumed_bytes;
     }
 
     pub fn log(&self, event_name: &str, subvolume: &str) {
@@ -50,6 +56,8 @@ impl Metrics {
             chunks = self.chunks,
             parts = self.parts,
             retries = self.retries,
+            uploaded_bytes = self.uploaded_bytes,
+            resumed_bytes = self.resumed_bytes,
         );
     }
 }
@@ -126,6 +134,7 @@ mod tests {
             chunks: 1,
             parts: 2,
             retries: 0,
+            ..Default::default()
         };
         assert_eq!(a.throughput(), 5_000_000.0);
         a.add(&a.clone());

@@ -6,17 +6,24 @@
 //! job for the pool too, so the reader goes on with the next chunk while the service
 //! assembles the last one. Only part jobs carry a buffer; the channels are unbounded because
 //! the buffers, not the queue, bound memory (a queued completion is a list of part ETags).
-//! On any failure the pool drains, every open multipart upload is aborted, and the first
-//! error is returned. With a spool, part buffers are unlinked files in the spool directory
-//! instead of memory.
+//! Each chunk's upload is a small state machine ([`Life`]): put, or open → parts stored →
+//! completing → stored. A resumed backup passes what an earlier run stored: those parts
+//! and chunks are read and hashed as usual but not sent again, and a fresh hash that
+//! differs from the earlier one is a [`ResumeMismatch`]. Every upload opened, part stored
+//! and chunk stored is reported to a [`Progress`] sink (the resume journal) on this thread.
+//! On failure the pool stops (no retries, no new jobs), requests in flight get a short
+//! grace period, and open multipart uploads are kept for the resume or aborted
+//! (`keep_open_on_failure`); the first error is returned. With a spool, part buffers are
+//! unnamed files in the spool directory instead of memory.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use crossbeam_channel::{unbounded, Receiver, Sender};
@@ -24,6 +31,7 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 use crate::chunker::{ChunkDone, Cutter, StreamSummary};
 use crate::config::{MAX_PART_SIZE, MIB, MIN_PART_SIZE};
 use crate::event;
+use crate::journal::{ChunkProgress, PartDone};
 use crate::retry::Retrier;
 use crate::store::{Body, ObjectStore, PutOptions, StoreResult};
 
@@ -55,6 +63,9 @@ pub struct PipelineConfig {
     pub concurrency: usize,
     pub chunk_opts: PutOptions,
     pub spool: Option<Spool>,
+    /// On failure, leave open multipart uploads for a resume (the journal knows them)
+    /// instead of aborting them.
+    pub keep_open_on_failure: bool,
 }
 
 impl PipelineConfig {
@@ -101,7 +112,58 @@ pub struct Outcome {
     pub chunks: Vec<ChunkRecord>,
     pub summary: StreamSummary,
     pub parts: u64,
+    /// Bytes sent to the store by this run.
+    pub uploaded_bytes: u64,
+    /// Bytes not sent because an earlier run had stored them (resume).
+    pub resumed_bytes: u64,
 }
+
+/// What the pipeline reports as uploads make progress: the resume journal. Called on the
+/// reading thread, in order; an error fails the run.
+pub trait Progress {
+    fn upload_opened(&mut self, chunk: u64, key: &str, upload_id: &str) -> Result<()>;
+    fn part_stored(&mut self, chunk: u64, part: u32, p: &PartDone) -> Result<()>;
+    fn chunk_stored(&mut self, chunk: u64, key: &str, d: &ChunkDone, etag: &str) -> Result<()>;
+}
+
+/// No journal (tests, tools).
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn upload_opened(&mut self, _: u64, _: &str, _: &str) -> Result<()> {
+        Ok(())
+    }
+    fn part_stored(&mut self, _: u64, _: u32, _: &PartDone) -> Result<()> {
+        Ok(())
+    }
+    fn chunk_stored(&mut self, _: u64, _: &str, _: &ChunkDone, _: &str) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The fresh stream differs from what an earlier run stored (a part's or chunk's SHA-256
+/// or size is not the journal's): nothing of that earlier run can be trusted.
+#[derive(Debug)]
+pub struct ResumeMismatch(pub String);
+
+impl std::fmt::Display for ResumeMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the stream differs from the interrupted run's: {}",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for ResumeMismatch {}
+
+/// How long a stopping run waits for requests in flight before leaving them behind (the
+/// process exits soon after; a resume does not need them).
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// How often a waiting reader looks at the cancel flag.
+const WAIT_SLICE: Duration = Duration::from_millis(200);
 
 enum Job {
     Put {
@@ -139,27 +201,66 @@ struct Done {
     buf: Option<PartBuf>,
 }
 
-#[derive(Default)]
-struct OpenChunk {
-    key: Arc<str>,
-    upload_id: Option<Arc<str>>,
-    etags: BTreeMap<u32, String>,
-    outstanding: usize,
-    next_part: u32,
-    closed: Option<ChunkDone>,
-    etag: Option<String>,
-    /// A CompleteMultipartUpload job is queued or running.
-    completing: bool,
-    finished: bool,
+/// One chunk's upload, from its first part to stored. Reading (the chunk's end, kept in
+/// [`Slot::closed`]) runs beside it: a multipart upload completes once both its end was
+/// read and its parts are stored.
+enum Life {
+    /// An earlier run stored it whole (resume): its bytes are only hashed and compared.
+    Resumed {
+        size: u64,
+        sha256: String,
+        etag: String,
+    },
+    /// Its one PutObject is queued or running.
+    Putting,
+    /// A multipart upload is open and takes parts.
+    Open {
+        upload_id: Arc<str>,
+        /// Stored parts' ETags, by part number.
+        etags: BTreeMap<u32, String>,
+        /// Parts queued or running.
+        in_flight: usize,
+        next_part: u32,
+        /// Parts an earlier run stored (resume), compared as their bytes come by.
+        resumed: BTreeMap<u32, PartDone>,
+        /// Size and hash-through of parts queued or running, for the journal.
+        sent: BTreeMap<u32, (u64, String)>,
+    },
+    /// Its CompleteMultipartUpload is queued or running.
+    Completing { upload_id: Arc<str> },
+    /// Stored whole by this run.
+    Stored { etag: String },
 }
 
-/// Uploads everything `input` yields; `key_for(i)` names chunk `i`.
+struct Slot {
+    key: Arc<str>,
+    life: Life,
+    /// The chunk's end has been read: its size and SHA-256.
+    closed: Option<ChunkDone>,
+    /// The journal has been told the chunk is stored.
+    reported: bool,
+}
+
+impl Slot {
+    fn upload_id(&self) -> Option<&Arc<str>> {
+        match &self.life {
+            Life::Open { upload_id, .. } | Life::Completing { upload_id } => Some(upload_id),
+            _ => None,
+        }
+    }
+}
+
+/// Uploads everything `input` yields; `key_for(i)` names chunk `i`. What `resume` says is
+/// stored is not sent again, only hashed and compared; `progress` hears of every upload
+/// opened, part stored and chunk stored.
 pub fn upload_stream(
     input: &mut dyn Read,
     store: Arc<dyn ObjectStore>,
     retrier: Arc<Retrier>,
     cfg: &PipelineConfig,
     key_for: &dyn Fn(u64) -> String,
+    resume: &BTreeMap<u64, ChunkProgress>,
+    progress: &mut dyn Progress,
 ) -> Result<Outcome> {
     if cfg.max_buffers() < 1 {
         let spool = cfg.spool.as_ref().map(|s| s.max_bytes).unwrap_or(0);
@@ -188,14 +289,18 @@ pub fn upload_stream(
         store: store.as_ref(),
         retrier: &retrier,
         cfg,
+        resume,
+        progress,
         jobs: Some(job_tx),
         done: done_rx,
         free: Vec::new(),
         allocated: 0,
         bounce: Vec::new(),
-        open: BTreeMap::new(),
+        slots: BTreeMap::new(),
         in_flight: 0,
-        parts: AtomicU64::new(0),
+        parts: 0,
+        uploaded: 0,
+        resumed: 0,
         error: None,
     };
     let result = run.read_all(input, key_for);
@@ -207,16 +312,29 @@ pub fn upload_stream(
         stop.store(true, Ordering::SeqCst);
     }
     run.jobs = None;
-    run.drain();
-    let joined = crate::worker::join_all(workers, "uploading");
-    let result = match (result, joined) {
-        (Ok(_), Err(e)) => Err(e),
-        (r, _) => r,
+    let drained = run.drain(result.is_err());
+    let result = if drained {
+        match (result, crate::worker::join_all(workers, "uploading")) {
+            (Ok(_), Err(e)) => Err(e),
+            (r, _) => r,
+        }
+    } else {
+        // Requests still in flight after the grace period: they end on their own (the
+        // job channel is closed) or with the process; waiting would make a stop slow.
+        event!(
+            Warn,
+            "uploads_left_in_flight",
+            requests = run.in_flight,
+            grace_seconds = DRAIN_GRACE.as_secs()
+        );
+        result
     };
     match result {
         Ok(o) => Ok(o),
         Err(e) => {
-            run.abort_open();
+            if !cfg.keep_open_on_failure {
+                run.abort_open();
+            }
             Err(e)
         }
     }
@@ -230,13 +348,14 @@ fn worker(
     opts: &PutOptions,
     stop: &AtomicBool,
 ) {
-    // One request under the retry policy, unless the run is being stopped. A panic in it
-    // is this job's error: the reader then stops the run instead of waiting forever.
+    // One request under the retry policy, unless the run is being stopped; retrying ends
+    // as soon as it is. A panic in it is this job's error: the reader then stops the run
+    // instead of waiting forever.
     let attempt = |request: &mut dyn FnMut() -> StoreResult<String>| -> Result<String> {
-        if stop.load(Ordering::SeqCst) {
+        if stop.load(Ordering::SeqCst) || retrier.cancelled() {
             return Err(anyhow!("cancelled"));
         }
-        crate::worker::catch(|| retrier.run(request))
+        crate::worker::catch(|| retrier.run_until(stop, request))
             .map_err(|m| anyhow!(m))?
             .map_err(anyhow::Error::from)
     };
@@ -263,6 +382,7 @@ fn worker(
                 parts,
             } => {
                 let r = attempt(&mut || store.complete_multipart(&key, &upload_id, &parts));
+                crate::failpoint::hit("after_complete_request");
                 (chunk, Did::Complete, key, r, None)
             }
         };
@@ -289,14 +409,18 @@ struct Run<'a> {
     store: &'a dyn ObjectStore,
     retrier: &'a Retrier,
     cfg: &'a PipelineConfig,
+    resume: &'a BTreeMap<u64, ChunkProgress>,
+    progress: &'a mut dyn Progress,
     jobs: Option<Sender<Job>>,
     done: Receiver<Done>,
     free: Vec<PartBuf>,
     allocated: usize,
     bounce: Vec<u8>,
-    open: BTreeMap<u64, OpenChunk>,
+    slots: BTreeMap<u64, Slot>,
     in_flight: usize,
-    parts: AtomicU64,
+    parts: u64,
+    uploaded: u64,
+    resumed: u64,
     error: Option<anyhow::Error>,
 }
 
@@ -446,7 +570,7 @@ impl Run<'_> {
                 return Err(anyhow!("upload failed"));
             }
             if self.retrier.cancelled() {
-                return Err(anyhow!("interrupted by a signal; uploads aborted"));
+                return Err(anyhow!("interrupted by a signal"));
             }
             let want = cutter.next_part_len();
             let index = cutter.chunk_index();
@@ -459,20 +583,35 @@ impl Run<'_> {
             }
             let eof = n < want;
             if first_part {
-                // A chunk that fits in this one part is a single PUT. When the part is full
-                // and the chunk could go on, one byte of look-ahead tells.
-                let single = done.is_some()
-                    || eof
-                    || input.at_eof().context("reading the btrfs send stream")?;
-                if single {
-                    self.put(index, key_for(index), buf)?;
-                } else {
-                    self.start_multipart(index, key_for(index))?;
-                    self.part(index, buf)?;
+                match self.resume.get(&index) {
+                    Some(ChunkProgress::Stored {
+                        key,
+                        size,
+                        sha256,
+                        etag,
+                    }) => self.begin_resumed(index, key, *size, sha256, etag),
+                    Some(ChunkProgress::Open {
+                        key,
+                        upload_id,
+                        parts,
+                    }) => self.begin_reopened(index, key, upload_id, parts),
+                    None => {
+                        // A chunk that fits in this one part is a single PUT. When the
+                        // part is full and the chunk could go on, one byte of look-ahead
+                        // tells.
+                        let single = done.is_some()
+                            || eof
+                            || input.at_eof().context("reading the btrfs send stream")?;
+                        if single {
+                            self.begin_put(index, key_for(index));
+                        } else {
+                            self.start_multipart(index, key_for(index))?;
+                        }
+                    }
                 }
-            } else {
-                self.part(index, buf)?;
             }
+            let through = cutter.chunk_sha256_so_far();
+            self.part(index, buf, n as u64, through)?;
             if let Some(d) = done {
                 self.close(d)?;
             }
@@ -484,31 +623,40 @@ impl Run<'_> {
         if let Some(d) = last {
             self.close(d)?;
         }
+        if let Some((i, _)) = self.resume.range(self.slots.len() as u64..).next() {
+            return Err(ResumeMismatch(format!(
+                "the interrupted run stored chunk {i}, but the stream now ends before it"
+            ))
+            .into());
+        }
         while self.in_flight > 0 {
             self.wait_one()?;
         }
         if let Some(e) = self.error.take() {
             return Err(e);
         }
-        let mut chunks = Vec::with_capacity(self.open.len());
-        for (i, c) in std::mem::take(&mut self.open) {
-            let d = c
+        let mut chunks = Vec::with_capacity(self.slots.len());
+        for (i, s) in std::mem::take(&mut self.slots) {
+            let d = s
                 .closed
                 .ok_or_else(|| anyhow!("internal: chunk {i} was never closed"))?;
-            if !c.finished {
-                return Err(anyhow!("internal: chunk {} was never finished", c.key));
-            }
+            let etag = match s.life {
+                Life::Resumed { etag, .. } | Life::Stored { etag } => etag,
+                _ => return Err(anyhow!("internal: chunk {} was never stored", s.key)),
+            };
             chunks.push(ChunkRecord {
-                key: c.key.to_string(),
+                key: s.key.to_string(),
                 size: d.len,
                 sha256: d.sha256,
-                etag: c.etag,
+                etag: Some(etag),
             });
         }
         Ok(Outcome {
             chunks,
             summary,
-            parts: self.parts.load(Ordering::Relaxed),
+            parts: self.parts,
+            uploaded_bytes: self.uploaded,
+            resumed_bytes: self.resumed,
         })
     }
 
@@ -540,7 +688,7 @@ impl Run<'_> {
             .as_ref()
             .ok_or_else(|| anyhow!("internal: job channel closed"))?;
         if !matches!(job, Job::Complete { .. }) {
-            self.parts.fetch_add(1, Ordering::Relaxed);
+            self.parts += 1;
         }
         tx.send(job)
             .map_err(|_| anyhow!("uploader threads stopped unexpectedly"))?;
@@ -548,16 +696,63 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn put(&mut self, index: u64, key: String, buf: PartBuf) -> Result<()> {
-        let key: Arc<str> = key.into();
-        let c = self.open.entry(index).or_default();
-        c.key = key.clone();
-        c.outstanding += 1;
-        self.send(Job::Put {
-            chunk: index,
-            key,
-            buf,
-        })
+    fn slot(&mut self, index: u64) -> Result<&mut Slot> {
+        self.slots
+            .get_mut(&index)
+            .ok_or_else(|| anyhow!("internal: no chunk {index}"))
+    }
+
+    fn begin_put(&mut self, index: u64, key: String) {
+        self.slots.insert(
+            index,
+            Slot {
+                key: key.into(),
+                life: Life::Putting,
+                closed: None,
+                reported: false,
+            },
+        );
+    }
+
+    fn begin_resumed(&mut self, index: u64, key: &str, size: u64, sha256: &str, etag: &str) {
+        self.slots.insert(
+            index,
+            Slot {
+                key: key.into(),
+                life: Life::Resumed {
+                    size,
+                    sha256: sha256.to_string(),
+                    etag: etag.to_string(),
+                },
+                closed: None,
+                reported: true,
+            },
+        );
+    }
+
+    fn begin_reopened(
+        &mut self,
+        index: u64,
+        key: &str,
+        upload_id: &str,
+        parts: &BTreeMap<u32, PartDone>,
+    ) {
+        self.slots.insert(
+            index,
+            Slot {
+                key: key.into(),
+                life: Life::Open {
+                    upload_id: upload_id.into(),
+                    etags: BTreeMap::new(),
+                    in_flight: 0,
+                    next_part: 1,
+                    resumed: parts.clone(),
+                    sent: BTreeMap::new(),
+                },
+                closed: None,
+                reported: false,
+            },
+        );
     }
 
     fn start_multipart(&mut self, index: u64, key: String) -> Result<()> {
@@ -567,84 +762,170 @@ impl Run<'_> {
             .run(|| self.store.create_multipart(&key, &opts))
             .with_context(|| format!("starting the multipart upload of chunk {key}"))?;
         event!(Debug, "multipart_started", key = key, upload_id = id);
-        let c = self.open.entry(index).or_default();
-        c.key = key.into();
-        c.upload_id = Some(id.into());
-        c.next_part = 1;
+        self.progress.upload_opened(index, &key, &id)?;
+        self.slots.insert(
+            index,
+            Slot {
+                key: key.into(),
+                life: Life::Open {
+                    upload_id: id.into(),
+                    etags: BTreeMap::new(),
+                    in_flight: 0,
+                    next_part: 1,
+                    resumed: BTreeMap::new(),
+                    sent: BTreeMap::new(),
+                },
+                closed: None,
+                reported: false,
+            },
+        );
         Ok(())
     }
 
-    fn part(&mut self, index: u64, buf: PartBuf) -> Result<()> {
-        let c = self
-            .open
-            .get_mut(&index)
-            .ok_or_else(|| anyhow!("internal: part for unknown chunk {index}"))?;
-        let upload_id = c
-            .upload_id
-            .clone()
-            .ok_or_else(|| anyhow!("internal: part for chunk {index} without an upload"))?;
-        let part = c.next_part;
-        c.next_part += 1;
-        c.outstanding += 1;
-        let key = c.key.clone();
-        self.send(Job::Part {
-            chunk: index,
-            key,
-            upload_id,
-            part,
-            buf,
-        })
+    /// One part's bytes of chunk `index`: uploaded, or (stored by an earlier run) compared
+    /// with the journal and dropped. `through` is the chunk's SHA-256 through this part.
+    fn part(&mut self, index: u64, buf: PartBuf, n: u64, through: String) -> Result<()> {
+        let slot = self.slot(index)?;
+        let key = slot.key.clone();
+        match &mut slot.life {
+            Life::Resumed { .. } => {
+                self.resumed += n;
+                self.free.push(buf);
+                Ok(())
+            }
+            Life::Putting => self.send(Job::Put {
+                chunk: index,
+                key,
+                buf,
+            }),
+            Life::Open {
+                upload_id,
+                etags,
+                in_flight,
+                next_part,
+                resumed,
+                sent,
+            } => {
+                let part = *next_part;
+                *next_part += 1;
+                if let Some(p) = resumed.remove(&part) {
+                    if p.size != n || p.sha256_through != through {
+                        return Err(ResumeMismatch(format!(
+                            "part {part} of chunk {key}: {n} bytes with SHA-256-through {through} now, \
+                             {} bytes with {} in the journal",
+                            p.size, p.sha256_through
+                        ))
+                        .into());
+                    }
+                    etags.insert(part, p.etag);
+                    self.resumed += n;
+                    self.free.push(buf);
+                    return Ok(());
+                }
+                *in_flight += 1;
+                sent.insert(part, (n, through));
+                let upload_id = upload_id.clone();
+                self.send(Job::Part {
+                    chunk: index,
+                    key,
+                    upload_id,
+                    part,
+                    buf,
+                })
+            }
+            Life::Completing { .. } | Life::Stored { .. } => Err(anyhow!(
+                "internal: a part for chunk {key}, which is already complete"
+            )),
+        }
     }
 
     fn close(&mut self, d: ChunkDone) -> Result<()> {
         let index = d.index;
-        if let Some(c) = self.open.get_mut(&index) {
-            c.closed = Some(d);
+        let slot = self.slot(index)?;
+        if let Life::Resumed { size, sha256, .. } = &slot.life {
+            if *size != d.len || *sha256 != d.sha256 {
+                return Err(ResumeMismatch(format!(
+                    "chunk {}: {} bytes with SHA-256 {} now, {size} bytes with {sha256} in the journal",
+                    slot.key, d.len, d.sha256
+                ))
+                .into());
+            }
         }
-        self.try_finish(index)
+        slot.closed = Some(d);
+        self.advance(index)
     }
 
-    /// Queues the completion of a multipart chunk once it is closed and all its parts are
-    /// in; a chunk that was a single PUT is finished then.
-    fn try_finish(&mut self, index: u64) -> Result<()> {
-        let Some(c) = self.open.get_mut(&index) else {
-            return Ok(());
-        };
-        if c.finished || c.completing || c.closed.is_none() || c.outstanding > 0 {
-            return Ok(());
+    /// Moves chunk `index` on when it can: a multipart upload whose end was read and
+    /// whose parts are all stored gets its CompleteMultipartUpload queued; a chunk stored
+    /// and read to its end is reported to the journal.
+    fn advance(&mut self, index: u64) -> Result<()> {
+        let slot = self.slot(index)?;
+        if let (
+            Life::Open {
+                upload_id,
+                etags,
+                in_flight: 0,
+                next_part,
+                ..
+            },
+            Some(_),
+        ) = (&slot.life, &slot.closed)
+        {
+            if etags.len() as u32 != next_part - 1 {
+                return Err(anyhow!(
+                    "internal: chunk {} has {} stored parts of {}",
+                    slot.key,
+                    etags.len(),
+                    next_part - 1
+                ));
+            }
+            let parts: Vec<(u32, String)> = etags.iter().map(|(n, e)| (*n, e.clone())).collect();
+            let upload_id = upload_id.clone();
+            let key = slot.key.clone();
+            slot.life = Life::Completing {
+                upload_id: upload_id.clone(),
+            };
+            return self.send(Job::Complete {
+                chunk: index,
+                key,
+                upload_id,
+                parts,
+            });
         }
-        let Some(upload_id) = c.upload_id.clone() else {
-            c.finished = true;
-            return Ok(());
-        };
-        c.completing = true;
-        let parts: Vec<(u32, String)> = c.etags.iter().map(|(n, e)| (*n, e.clone())).collect();
-        let key = c.key.clone();
-        self.send(Job::Complete {
-            chunk: index,
-            key,
-            upload_id,
-            parts,
-        })
+        if let (Life::Stored { etag }, Some(d), false) = (&slot.life, &slot.closed, slot.reported) {
+            slot.reported = true;
+            let (key, d, etag) = (slot.key.clone(), d.clone(), etag.clone());
+            self.progress.chunk_stored(index, &key, &d, &etag)?;
+        }
+        Ok(())
     }
 
-    /// Takes one finished job off the done channel.
+    /// Takes one finished job off the done channel; gives up when the run is cancelled.
     fn wait_one(&mut self) -> Result<()> {
-        let d = self
-            .done
-            .recv()
-            .map_err(|_| anyhow!("uploader threads stopped unexpectedly"))?;
+        let d = loop {
+            match self.done.recv_timeout(WAIT_SLICE) {
+                Ok(d) => break d,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    if self.retrier.cancelled() {
+                        return Err(anyhow!("interrupted by a signal"));
+                    }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    return Err(anyhow!("uploader threads stopped unexpectedly"))
+                }
+            }
+        };
         let index = d.chunk;
         if self.record(d) && self.error.is_none() {
-            if let Err(e) = self.try_finish(index) {
+            if let Err(e) = self.advance(index) {
                 self.error = Some(e);
             }
         }
         Ok(())
     }
 
-    /// Books a finished job: frees its buffer, files its ETag, keeps the first error.
-    /// Returns true when the job succeeded.
+    /// Books a finished job: frees its buffer, moves its chunk's life on, tells the
+    /// journal of a stored part, keeps the first error. True when the job succeeded.
     fn record(&mut self, d: Done) -> bool {
         self.in_flight -= 1;
         if let Some(buf) = d.buf {
@@ -659,51 +940,92 @@ impl Run<'_> {
                 return false;
             }
         };
-        let Some(c) = self.open.get_mut(&d.chunk) else {
+        let Some(slot) = self.slots.get_mut(&d.chunk) else {
             return true;
         };
-        match d.did {
-            Did::Put => {
-                c.outstanding -= 1;
-                c.etag = Some(etag);
+        let mut stored_part = None;
+        match (d.did, &mut slot.life) {
+            (Did::Put, life @ Life::Putting) => {
+                if let Some(c) = &slot.closed {
+                    self.uploaded += c.len;
+                }
+                *life = Life::Stored { etag };
             }
-            Did::Part(n) => {
-                c.outstanding -= 1;
-                c.etags.insert(n, etag);
+            (
+                Did::Part(n),
+                Life::Open {
+                    etags,
+                    in_flight,
+                    sent,
+                    ..
+                },
+            ) => {
+                *in_flight -= 1;
+                etags.insert(n, etag.clone());
+                if let Some((size, through)) = sent.remove(&n) {
+                    self.uploaded += size;
+                    stored_part = Some((
+                        n,
+                        PartDone {
+                            size,
+                            sha256_through: through,
+                            etag,
+                        },
+                    ));
+                }
             }
-            Did::Complete => {
-                // Completed: nothing left to abort for this chunk.
-                c.etag = Some(etag);
-                c.upload_id = None;
-                c.completing = false;
-                c.finished = true;
+            (Did::Complete, life @ Life::Completing { .. }) => {
+                *life = Life::Stored { etag };
+            }
+            _ => {
+                self.error.get_or_insert_with(|| {
+                    anyhow!("internal: a reply out of order for chunk {}", slot.key)
+                });
+                return false;
+            }
+        }
+        if let Some((n, p)) = stored_part {
+            if let Err(e) = self.progress.part_stored(d.chunk, n, &p) {
+                self.error.get_or_insert(e);
+                return false;
             }
         }
         true
     }
 
-    /// After the job channel is closed: collect what is still in flight.
-    fn drain(&mut self) {
+    /// After the job channel is closed: collect what is still in flight, for at most
+    /// [`DRAIN_GRACE`] when the run is stopping. True when nothing is left in flight.
+    fn drain(&mut self, stopping: bool) -> bool {
+        let deadline = std::time::Instant::now() + DRAIN_GRACE;
         while self.in_flight > 0 {
-            match self.done.recv() {
-                Ok(d) => {
+            let got = if stopping {
+                match deadline.checked_duration_since(std::time::Instant::now()) {
+                    Some(left) => self.done.recv_timeout(left).ok(),
+                    None => None,
+                }
+            } else {
+                self.done.recv().ok()
+            };
+            match got {
+                Some(d) => {
                     self.record(d);
                 }
-                Err(_) => break,
+                None => return false,
             }
         }
+        true
     }
 
-    /// Aborts every multipart upload this run started and did not complete.
+    /// Aborts every multipart upload this run holds open (not kept for a resume).
     fn abort_open(&mut self) {
-        for c in self.open.values() {
-            if let Some(id) = &c.upload_id {
-                match self.retrier.run(|| self.store.abort_multipart(&c.key, id)) {
-                    Ok(()) => event!(Info, "multipart_aborted", key = c.key, upload_id = id),
+        for s in self.slots.values() {
+            if let Some(id) = s.upload_id() {
+                match self.retrier.run(|| self.store.abort_multipart(&s.key, id)) {
+                    Ok(()) => event!(Info, "multipart_aborted", key = s.key, upload_id = id),
                     Err(e) => event!(
                         Error,
                         "multipart_abort_failed",
-                        key = c.key,
+                        key = s.key,
                         upload_id = id,
                         error = e
                     ),

@@ -3,6 +3,7 @@
 //! or `skip`, with the reason. No I/O.
 
 use crate::config::Schedule;
+use crate::manifest::Kind;
 use crate::ts::Ts;
 
 /// Runs come from a timer; a run up to this much earlier than exactly N days still counts
@@ -26,18 +27,22 @@ pub struct Facts {
     pub parent_manifest_in_s3: bool,
 }
 
+/// What to do for a subvolume: back it up as a full or an incremental, or skip it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
-    Full,
-    Incremental,
+    Run(Kind),
     Skip,
 }
 
 impl Action {
+    #[allow(non_upper_case_globals)]
+    pub const Full: Action = Action::Run(Kind::Full);
+    #[allow(non_upper_case_globals)]
+    pub const Incremental: Action = Action::Run(Kind::Incremental);
+
     pub fn as_str(self) -> &'static str {
         match self {
-            Action::Full => "full",
-            Action::Incremental => "incremental",
+            Action::Run(k) => k.as_str(),
             Action::Skip => "skip",
         }
     }

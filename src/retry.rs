@@ -1,6 +1,9 @@
 //! Our retry policy for every S3 request: up to 5 attempts, exponential backoff from 1 s,
 //! capped at 30 s, with jitter, and only for transient failures (5xx, 429, timeouts,
-//! resets). A 4xx such as 403 fails at once. The sleep is injectable for tests.
+//! resets). A 4xx such as 403 fails at once. The sleep is injectable for tests. Retrying
+//! stops at once when the run is cancelled (a signal) or, with [`Retrier::run_until`], when
+//! the caller's own stop flag is set (the pipeline, once one request has failed); the
+//! real backoff sleeps in short slices so neither waits out a 30 s delay.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -44,9 +47,13 @@ impl Policy {
 pub type Sleep = Arc<dyn Fn(Duration) + Send + Sync>;
 
 /// Runs requests under a [`Policy`], counting retries; stops early once `cancel` is set.
+/// The slice the real backoff sleeps in between looks at the stop flags.
+const SLICE: Duration = Duration::from_millis(100);
+
 pub struct Retrier {
     policy: Policy,
-    sleep: Sleep,
+    /// `None`: the real sleep, in slices that watch the stop flags.
+    sleep: Option<Sleep>,
     retries: AtomicU64,
     cancel: Arc<AtomicBool>,
     seed: AtomicU64,
@@ -54,10 +61,14 @@ pub struct Retrier {
 
 impl Retrier {
     pub fn new(policy: Policy, cancel: Arc<AtomicBool>) -> Retrier {
-        Retrier::with_sleep(policy, cancel, Arc::new(std::thread::sleep))
+        Retrier::build(policy, cancel, None)
     }
 
     pub fn with_sleep(policy: Policy, cancel: Arc<AtomicBool>, sleep: Sleep) -> Retrier {
+        Retrier::build(policy, cancel, Some(sleep))
+    }
+
+    fn build(policy: Policy, cancel: Arc<AtomicBool>, sleep: Option<Sleep>) -> Retrier {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -91,14 +102,29 @@ impl Retrier {
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    pub fn run<T>(&self, mut request: impl FnMut() -> StoreResult<T>) -> StoreResult<T> {
+    /// The cancel flag (set by SIGINT/SIGTERM), for threads that watch it themselves.
+    pub fn cancel_flag(&self) -> &Arc<AtomicBool> {
+        &self.cancel
+    }
+
+    pub fn run<T>(&self, request: impl FnMut() -> StoreResult<T>) -> StoreResult<T> {
+        self.run_until(&AtomicBool::new(false), request)
+    }
+
+    /// As [`Self::run`], and no retry once `stop` is set.
+    pub fn run_until<T>(
+        &self,
+        stop: &AtomicBool,
+        mut request: impl FnMut() -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        let stopped = || self.cancelled() || stop.load(Ordering::SeqCst);
         let mut failed = 0;
         loop {
             match request() {
                 Ok(v) => return Ok(v),
                 Err(e) => {
                     failed += 1;
-                    if !e.is_transient() || failed >= self.policy.attempts || self.cancelled() {
+                    if !e.is_transient() || failed >= self.policy.attempts || stopped() {
                         return Err(exhausted(e, failed));
                     }
                     let delay = self.policy.delay(failed, self.random());
@@ -112,7 +138,20 @@ impl Retrier {
                         error = e.message,
                     );
                     self.retries.fetch_add(1, Ordering::Relaxed);
-                    (self.sleep)(delay);
+                    match &self.sleep {
+                        Some(sleep) => sleep(delay),
+                        None => {
+                            let mut left = delay;
+                            while !left.is_zero() && !stopped() {
+                                let d = left.min(SLICE);
+                                std::thread::sleep(d);
+                                left -= d;
+                            }
+                        }
+                    }
+                    if stopped() {
+                        return Err(exhausted(e, failed));
+                    }
                 }
             }
         }
@@ -215,6 +254,41 @@ mod tests {
             Err(fail(ErrorKind::Transient))
         });
         assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn a_stop_flag_ends_retrying_and_the_real_sleep_is_cut_short() {
+        let stop = AtomicBool::new(true);
+        let (r, slept) = retrier();
+        let mut n = 0;
+        let _ = r.run_until(&stop, || -> StoreResult<()> {
+            n += 1;
+            Err(fail(ErrorKind::Transient))
+        });
+        assert_eq!(n, 1);
+        assert!(slept.lock().unwrap().is_empty());
+        // The real sleep watches the flags: a cancel during a 10-20 s backoff ends it.
+        let cancel = Arc::new(AtomicBool::new(false));
+        let slow = Policy {
+            base: Duration::from_secs(20),
+            ..Policy::default()
+        };
+        let r = Retrier::new(slow, cancel.clone());
+        let c = cancel.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            c.store(true, Ordering::SeqCst);
+        });
+        let started = std::time::Instant::now();
+        let e = r
+            .run(|| -> StoreResult<()> { Err(fail(ErrorKind::Transient)) })
+            .unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(e.kind, ErrorKind::Transient);
     }
 
     #[test]

@@ -117,6 +117,14 @@ impl StreamHashes {
         }
     }
 
+    /// The digest of the current chunk's bytes so far (the chunk goes on).
+    pub fn chunk_so_far(&self) -> [u8; 32] {
+        match &self.chunk {
+            Some(h) => h.finalize(),
+            None => self.stream.finalize(),
+        }
+    }
+
     /// The digest of the whole stream so far.
     pub fn stream(&self) -> [u8; 32] {
         self.stream.finalize()

@@ -8,33 +8,24 @@ use anyhow::{Context, Result};
 
 use crate::btrfs::Btrfs;
 use crate::event;
+use crate::manifest::Kind;
 use crate::ts::Ts;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SnapKind {
-    Full,
-    Inc,
-}
-
-impl SnapKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SnapKind::Full => "full",
-            SnapKind::Inc => "inc",
-        }
-    }
-}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapName {
     pub subvolume: String,
     pub ts: Ts,
-    pub kind: SnapKind,
+    pub kind: Kind,
 }
 
 impl SnapName {
     pub fn file_name(&self) -> String {
-        format!("{}__{}__{}", self.subvolume, self.ts, self.kind.as_str())
+        format!(
+            "{}__{}__{}",
+            self.subvolume,
+            self.ts,
+            self.kind.snap_suffix()
+        )
     }
 
     /// Parses a snapshot file name of subvolume `subvolume`; `None` for any other shape.
@@ -42,8 +33,8 @@ impl SnapName {
         let rest = file_name.strip_prefix(subvolume)?.strip_prefix("__")?;
         let (ts, kind) = rest.split_once("__")?;
         let kind = match kind {
-            "full" => SnapKind::Full,
-            "inc" => SnapKind::Inc,
+            "full" => Kind::Full,
+            "inc" => Kind::Incremental,
             _ => return None,
         };
         // Exactly the compact TS form: 16 characters, re-formatting gives it back.
@@ -84,15 +75,16 @@ pub fn list(base_dir: &Path, subvolume: &str) -> Result<Vec<SnapName>> {
     Ok(out)
 }
 
-/// Which snapshots retention deletes: all but the `retain` newest, never `keep` (the
-/// parent of the next incremental, i.e. the last published snapshot).
-pub fn to_prune(snaps: &[SnapName], retain: usize, keep: Option<&str>) -> Vec<SnapName> {
+/// Which snapshots retention deletes: all but the `retain` newest, never one named in
+/// `keep` (the parent of the next incremental, i.e. the last published snapshot, and a
+/// pending backup's snapshot and parent).
+pub fn to_prune(snaps: &[SnapName], retain: usize, keep: &[&str]) -> Vec<SnapName> {
     let mut sorted: Vec<&SnapName> = snaps.iter().collect();
     sorted.sort_by_key(|s| std::cmp::Reverse(s.ts));
     sorted
         .into_iter()
         .skip(retain.max(1))
-        .filter(|s| Some(s.file_name().as_str()) != keep)
+        .filter(|s| !keep.contains(&s.file_name().as_str()))
         .cloned()
         .collect()
 }
@@ -103,15 +95,17 @@ pub fn prune(
     base_dir: &Path,
     subvolume: &str,
     retain: usize,
-    keep: Option<&Path>,
+    keep: &[PathBuf],
 ) -> Result<Vec<PathBuf>> {
     let snaps = list(base_dir, subvolume)?;
-    let keep_name = keep
+    let keep_names: Vec<&str> = keep
+        .iter()
         .filter(|k| k.parent() == Some(base_dir))
-        .and_then(|k| k.file_name())
-        .and_then(|n| n.to_str());
+        .filter_map(|k| k.file_name())
+        .filter_map(|n| n.to_str())
+        .collect();
     let mut deleted = Vec::new();
-    for s in to_prune(&snaps, retain, keep_name) {
+    for s in to_prune(&snaps, retain, &keep_names) {
         let path = base_dir.join(s.file_name());
         btrfs
             .delete_subvolume(&path)
@@ -131,7 +125,7 @@ pub fn prune(
 mod tests {
     use super::*;
 
-    fn snap(ts: &str, kind: SnapKind) -> SnapName {
+    fn snap(ts: &str, kind: Kind) -> SnapName {
         SnapName {
             subvolume: "data".into(),
             ts: Ts::parse(ts).unwrap(),
@@ -141,13 +135,13 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        let s = snap("20250101T020000Z", SnapKind::Full);
+        let s = snap("20250101T020000Z", Kind::Full);
         assert_eq!(s.file_name(), "data__20250101T020000Z__full");
         assert_eq!(
             SnapName::parse("data", "data__20250101T020000Z__full"),
             Some(s)
         );
-        let i = snap("20250108T020000Z", SnapKind::Inc);
+        let i = snap("20250108T020000Z", Kind::Incremental);
         assert_eq!(SnapName::parse("data", &i.file_name()), Some(i.clone()));
         assert_eq!(
             SnapName::from_path(
@@ -186,21 +180,24 @@ mod tests {
             "20250104T020000Z",
         ]
         .iter()
-        .map(|t| snap(t, SnapKind::Inc))
+        .map(|t| snap(t, Kind::Incremental))
         .collect();
         let names = |v: Vec<SnapName>| v.iter().map(|s| s.ts.to_string()).collect::<Vec<_>>();
         assert_eq!(
-            names(to_prune(&s, 2, None)),
+            names(to_prune(&s, 2, &[])),
             ["20250102T020000Z", "20250101T020000Z"]
         );
         // The parent (published) snapshot is old but kept.
         let keep = s[0].file_name();
-        assert_eq!(names(to_prune(&s, 2, Some(&keep))), ["20250102T020000Z"]);
-        assert_eq!(names(to_prune(&s, 1, Some(&s[3].file_name()))).len(), 3);
-        assert!(to_prune(&s, 4, None).is_empty());
-        assert!(to_prune(&s, 10, None).is_empty());
+        assert_eq!(names(to_prune(&s, 2, &[&keep])), ["20250102T020000Z"]);
+        assert_eq!(names(to_prune(&s, 1, &[&s[3].file_name()])).len(), 3);
+        // A pending backup's snapshot and its parent are kept too.
+        let (a, b) = (s[0].file_name(), s[1].file_name());
+        assert!(to_prune(&s, 2, &[&a, &b]).is_empty());
+        assert!(to_prune(&s, 4, &[]).is_empty());
+        assert!(to_prune(&s, 10, &[]).is_empty());
         // retain 0 is treated as 1 (the config forbids it anyway).
-        assert_eq!(to_prune(&s, 0, None).len(), 3);
+        assert_eq!(to_prune(&s, 0, &[]).len(), 3);
     }
 
     #[test]

@@ -69,6 +69,14 @@ impl FakeBtrfs {
     }
 
     /// A deterministic stream of `len` bytes for a snapshot.
+    /// The exact bytes `btrfs send` of `snapshot` yields.
+    pub fn set_stream_bytes(&self, snapshot: &Path, bytes: Vec<u8>) {
+        self.streams
+            .lock()
+            .unwrap()
+            .insert(snapshot.to_path_buf(), bytes);
+    }
+
     pub fn set_stream(&self, snapshot: &Path, len: usize) {
         let seed = snapshot.display().to_string().len();
         let bytes = (0..len).map(|i| ((i * 13 + seed) % 251) as u8).collect();

@@ -21,6 +21,7 @@ fn cfg(chunk: u64, part: u64, conc: usize) -> PipelineConfig {
             content_type: "application/octet-stream",
         },
         spool: None,
+        keep_open_on_failure: false,
     }
 }
 
@@ -34,7 +35,15 @@ fn key(i: u64) -> String {
 
 fn run(store: &Arc<MemoryStore>, d: &[u8], c: &PipelineConfig) -> Result<Outcome> {
     let s: Arc<dyn ObjectStore> = store.clone();
-    upload_stream(&mut &d[..], s, retrier(), c, &key)
+    upload_stream(
+        &mut &d[..],
+        s,
+        retrier(),
+        c,
+        &key,
+        &BTreeMap::new(),
+        &mut NoProgress,
+    )
 }
 
 fn reassemble(store: &MemoryStore, o: &Outcome) -> Vec<u8> {
@@ -129,7 +138,16 @@ fn transient_part_failure_is_retried() {
     let d = data(1100);
     let r = retrier();
     let s: Arc<dyn ObjectStore> = store.clone();
-    let o = upload_stream(&mut &d[..], s, r.clone(), &cfg(1000, 300, 3), &key).unwrap();
+    let o = upload_stream(
+        &mut &d[..],
+        s,
+        r.clone(),
+        &cfg(1000, 300, 3),
+        &key,
+        &BTreeMap::new(),
+        &mut NoProgress,
+    )
+    .unwrap();
     assert_eq!(reassemble(&store, &o), d);
     assert_eq!(r.retries(), 3);
 }
@@ -153,7 +171,16 @@ fn forbidden_is_not_retried() {
     store.fail("PUT p/chunk-0.bin", ErrorKind::Permanent, 1);
     let r = retrier();
     let s: Arc<dyn ObjectStore> = store.clone();
-    let e = upload_stream(&mut &data(10)[..], s, r.clone(), &cfg(100, 50, 2), &key).unwrap_err();
+    let e = upload_stream(
+        &mut &data(10)[..],
+        s,
+        r.clone(),
+        &cfg(100, 50, 2),
+        &key,
+        &BTreeMap::new(),
+        &mut NoProgress,
+    )
+    .unwrap_err();
     assert!(format!("{e:#}").contains("HTTP 403"), "{e:#}");
     assert_eq!(r.retries(), 0);
 }
@@ -197,7 +224,16 @@ fn read_error_fails_and_aborts() {
     }
     let store = Arc::new(MemoryStore::new());
     let s: Arc<dyn ObjectStore> = store.clone();
-    let e = upload_stream(&mut Broken(700), s, retrier(), &cfg(1000, 300, 2), &key).unwrap_err();
+    let e = upload_stream(
+        &mut Broken(700),
+        s,
+        retrier(),
+        &cfg(1000, 300, 2),
+        &key,
+        &BTreeMap::new(),
+        &mut NoProgress,
+    )
+    .unwrap_err();
     let msg = format!("{e:#}");
     assert!(
         msg.contains("reading the btrfs send stream") && msg.contains("disk on fire"),
@@ -379,6 +415,13 @@ impl ObjectStore for SlowComplete {
     fn abort_multipart(&self, key: &str, upload_id: &str) -> crate::store::StoreResult<()> {
         self.inner.abort_multipart(key, upload_id)
     }
+    fn list_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+    ) -> crate::store::StoreResult<Vec<crate::store::ListedPart>> {
+        self.inner.list_parts(key, upload_id)
+    }
     fn list_multipart_uploads(
         &self,
         prefix: &str,
@@ -410,7 +453,16 @@ fn completing_a_chunk_does_not_stop_the_reader() {
     let d = data(1200);
     let mut input = EofReader { data: &d, eof };
     let s: Arc<dyn ObjectStore> = slow.clone();
-    let o = upload_stream(&mut input, s, retrier(), &cfg(600, 300, 2), &key).unwrap();
+    let o = upload_stream(
+        &mut input,
+        s,
+        retrier(),
+        &cfg(600, 300, 2),
+        &key,
+        &BTreeMap::new(),
+        &mut NoProgress,
+    )
+    .unwrap();
     assert_eq!(reassemble(&slow.inner, &o), d);
     assert_eq!(o.parts, 4);
     assert_eq!(slow.inner.open_uploads(), 0);
@@ -445,4 +497,200 @@ fn a_panicking_uploader_fails_the_run_instead_of_hanging_it() {
         );
         assert_eq!(store.open_uploads(), 0, "{what}: {:?}", store.log());
     }
+}
+
+/// A journal file as the progress sink, read back as the next run's resume input.
+struct FileJournal(crate::journal::Journal);
+
+impl Progress for FileJournal {
+    fn upload_opened(&mut self, chunk: u64, key: &str, upload_id: &str) -> Result<()> {
+        self.0.append(&crate::journal::Record::Upload {
+            chunk,
+            key: key.into(),
+            upload_id: upload_id.into(),
+        })
+    }
+    fn part_stored(&mut self, chunk: u64, part: u32, p: &PartDone) -> Result<()> {
+        self.0.append(&crate::journal::Record::Part {
+            chunk,
+            part,
+            size: p.size,
+            sha256_through: p.sha256_through.clone(),
+            etag: p.etag.clone(),
+        })
+    }
+    fn chunk_stored(&mut self, chunk: u64, key: &str, d: &ChunkDone, etag: &str) -> Result<()> {
+        self.0.append(&crate::journal::Record::Chunk {
+            chunk,
+            key: key.into(),
+            size: d.len,
+            sha256: d.sha256.clone(),
+            etag: etag.into(),
+        })
+    }
+}
+
+fn journal_at(dir: &std::path::Path) -> FileJournal {
+    let begin = crate::journal::Begin {
+        version: crate::journal::VERSION,
+        subvolume: "data".into(),
+        run_ts: "20250101T020000Z".into(),
+        kind: crate::manifest::Kind::Full,
+        snapshot: "/s".into(),
+        parent: None,
+        parent_manifest: None,
+        last_full_at: None,
+        settings: crate::journal::Settings {
+            bucket: "b".into(),
+            prefix: "p".into(),
+            chunk_size: 1000,
+            part_size: 300,
+            storage_class: "DEEP_ARCHIVE".into(),
+            sse: "AES256".into(),
+        },
+    };
+    FileJournal(crate::journal::Journal::create(&dir.join("j"), &begin).unwrap())
+}
+
+#[test]
+fn a_resume_sends_only_what_is_not_stored_and_gives_the_same_chunks() {
+    let dir = crate::testing::Scratch::new("pipeline-resume");
+    let d = data(4200);
+    let clean = run(&Arc::new(MemoryStore::new()), &d, &cfg(1000, 300, 2)).unwrap();
+
+    let store = Arc::new(MemoryStore::new());
+    store.fail("UploadPart p/chunk-2.bin part 3", ErrorKind::Permanent, 1);
+    let mut c = cfg(1000, 300, 1);
+    c.keep_open_on_failure = true;
+    let mut j = journal_at(&dir.0);
+    let s: Arc<dyn ObjectStore> = store.clone();
+    let e = upload_stream(
+        &mut &d[..],
+        s,
+        retrier(),
+        &c,
+        &key,
+        &BTreeMap::new(),
+        &mut j,
+    )
+    .unwrap_err();
+    assert!(
+        format!("{e:#}").contains("part 3 of chunk p/chunk-2.bin"),
+        "{e:#}"
+    );
+    // Kept open for the resume.
+    assert_eq!(store.open_uploads(), 1, "{:?}", store.log());
+    let pending = crate::journal::load(&dir.0.join("j")).unwrap().unwrap();
+    assert!(pending.stored_bytes() >= 2600, "{}", pending.stored_bytes());
+
+    let before = store.log().len();
+    let mut j = FileJournal(crate::journal::Journal::reopen(&pending).unwrap());
+    let s: Arc<dyn ObjectStore> = store.clone();
+    let o = upload_stream(&mut &d[..], s, retrier(), &c, &key, &pending.chunks, &mut j).unwrap();
+    assert_eq!(
+        o.chunks
+            .iter()
+            .map(|c| (&c.key, c.size, &c.sha256))
+            .collect::<Vec<_>>(),
+        clean
+            .chunks
+            .iter()
+            .map(|c| (&c.key, c.size, &c.sha256))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(o.summary, clean.summary);
+    assert_eq!(reassemble(&store, &o), d);
+    assert_eq!(o.resumed_bytes, pending.stored_bytes());
+    assert_eq!(o.uploaded_bytes + o.resumed_bytes, d.len() as u64);
+    let log = &store.log()[before..];
+    // Chunks 0 and 1 are not sent again, nor chunk 2's first two parts, nor a new upload
+    // for chunk 2.
+    for l in log {
+        assert!(
+            ![
+                "p/chunk-0.bin",
+                "p/chunk-1.bin",
+                "p/chunk-2.bin part 1",
+                "p/chunk-2.bin part 2",
+                "CreateMultipartUpload p/chunk-2.bin",
+            ]
+            .iter()
+            .any(|w| l.contains(w)),
+            "{log:?}"
+        );
+    }
+    assert_eq!(store.open_uploads(), 0);
+}
+
+#[test]
+fn a_stored_part_whose_bytes_differ_is_a_mismatch() {
+    let dir = crate::testing::Scratch::new("pipeline-mismatch");
+    let d = data(2500);
+    let store = Arc::new(MemoryStore::new());
+    store.fail("UploadPart p/chunk-1.bin part 3", ErrorKind::Permanent, 1);
+    let mut c = cfg(1000, 300, 1);
+    c.keep_open_on_failure = true;
+    let mut j = journal_at(&dir.0);
+    let s: Arc<dyn ObjectStore> = store.clone();
+    assert!(upload_stream(
+        &mut &d[..],
+        s,
+        retrier(),
+        &c,
+        &key,
+        &BTreeMap::new(),
+        &mut j
+    )
+    .is_err());
+    let pending = crate::journal::load(&dir.0.join("j")).unwrap().unwrap();
+    // Other bytes in chunk 1's second part: the stored part cannot be used.
+    let mut other = d.clone();
+    other[1450] ^= 1;
+    let s: Arc<dyn ObjectStore> = store.clone();
+    let e = upload_stream(
+        &mut &other[..],
+        s,
+        retrier(),
+        &c,
+        &key,
+        &pending.chunks,
+        &mut NoProgress,
+    )
+    .unwrap_err();
+    assert!(e.chain().any(|c| c.is::<ResumeMismatch>()), "{e:#}");
+    assert!(
+        format!("{e:#}").contains("part 2 of chunk p/chunk-1.bin"),
+        "{e:#}"
+    );
+    // Other bytes in a stored whole chunk.
+    let mut other = d.clone();
+    other[10] ^= 1;
+    let s: Arc<dyn ObjectStore> = store.clone();
+    let e = upload_stream(
+        &mut &other[..],
+        s,
+        retrier(),
+        &c,
+        &key,
+        &pending.chunks,
+        &mut NoProgress,
+    )
+    .unwrap_err();
+    assert!(
+        format!("{e:#}").contains("chunk p/chunk-0.bin: 1000 bytes"),
+        "{e:#}"
+    );
+    // A shorter stream than the journal's.
+    let s: Arc<dyn ObjectStore> = store.clone();
+    let e = upload_stream(
+        &mut &d[..900],
+        s,
+        retrier(),
+        &c,
+        &key,
+        &pending.chunks,
+        &mut NoProgress,
+    )
+    .unwrap_err();
+    assert!(e.chain().any(|c| c.is::<ResumeMismatch>()), "{e:#}");
 }

@@ -1,4 +1,4 @@
-//! `restore`: resolve the chain (`chain`), make archive-class chunks readable
+//! The restore engine: resolve the checked chain (`repo::chain`), make archive-class chunks readable
 //! (`archive`), stream every manifest oldest first through SHA-256 verification into
 //! `btrfs receive` in a staging directory beside the target (`download`), move the newest
 //! subvolume to `--target` and make it writable, then verify (`crate::verify`).
@@ -6,22 +6,17 @@
 //! `--target`.
 
 pub mod archive;
-pub mod chain;
 pub mod download;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::btrfs::{Btrfs, BtrfsCli};
-use crate::cli::{RestoreArgs, VerifyArg};
+use crate::btrfs::Btrfs;
 use crate::config::{Config, VerifyMode};
 use crate::event;
-use crate::manifest::Layout;
-use crate::retry::{Policy, Retrier};
-use crate::store::ObjectStore;
+use crate::repo::{Chain, Repo};
 
 /// Archive restores were requested and not waited for: exit code 3.
 #[derive(Debug)]
@@ -67,9 +62,7 @@ pub struct Report {
 pub struct Restorer<'a> {
     pub cfg: &'a Config,
     pub btrfs: &'a dyn Btrfs,
-    pub store: Arc<dyn ObjectStore>,
-    pub retrier: Arc<Retrier>,
-    pub layout: Layout,
+    pub repo: &'a Repo,
 }
 
 /// Checks `--target` before anything else happens: new, parent exists. A relative target
@@ -97,15 +90,12 @@ impl Restorer<'_> {
         let started = Instant::now();
         // command() has resolved a relative --target already; check again right before use.
         let target = check_target(&req.target, Path::new("/"))?;
-        let store = self.store.as_ref();
-        let key = chain::start_key(
-            store,
-            &self.retrier,
-            &self.layout,
-            &req.subvolume,
-            req.manifest_key.as_deref(),
-        )?;
-        let chain = chain::resolve(store, &self.retrier, &self.layout, &req.subvolume, &key)?;
+        let store = self.repo.store().as_ref();
+        let retrier = self.repo.retrier();
+        let key = self
+            .repo
+            .start_key(&req.subvolume, req.manifest_key.as_deref())?;
+        let chain = self.repo.chain(&req.subvolume, &key)?;
         event!(
             Info,
             "restore_chain",
@@ -127,7 +117,7 @@ impl Restorer<'_> {
             })
             .collect();
         let tier = self.cfg.restore.restore_tier.as_str();
-        let pending = archive::request_all(store, &self.retrier, &refs, tier)?;
+        let pending = archive::request_all(store, retrier, &refs, tier)?;
         let mut archive_wait = Duration::ZERO;
         if !pending.is_empty() {
             if !req.wait {
@@ -139,7 +129,7 @@ impl Restorer<'_> {
             }
             archive_wait = archive::wait_all(
                 store,
-                &self.retrier,
+                retrier,
                 pending,
                 req.timeout,
                 &std::thread::sleep,
@@ -189,7 +179,7 @@ impl Restorer<'_> {
     }
 
     /// Replays the chain into `staging`, then moves the newest to `target`, writable.
-    fn receive_chain(&self, chain: &chain::Chain, staging: &Path, target: &Path) -> Result<u64> {
+    fn receive_chain(&self, chain: &Chain, staging: &Path, target: &Path) -> Result<u64> {
         let mut bytes = 0;
         let piece = self.cfg.s3.part_size_bytes;
         let conc = self.cfg.s3.concurrency;
@@ -204,8 +194,8 @@ impl Restorer<'_> {
             );
             let mut recv = self.btrfs.receive(staging)?;
             match download::stream_chunks(
-                self.store.clone(),
-                self.retrier.clone(),
+                self.repo.store().clone(),
+                self.repo.retrier().clone(),
                 &m.chunks,
                 m.stream_sha256.as_deref(),
                 piece,
@@ -300,7 +290,7 @@ impl Restorer<'_> {
     }
 
     /// Metadata always; content when the source snapshot is still here.
-    fn verify(&self, chain: &chain::Chain, target: &Path, mode: VerifyMode) -> Result<u64> {
+    fn verify(&self, chain: &Chain, target: &Path, mode: VerifyMode) -> Result<u64> {
         let info = self.btrfs.show(target).with_context(|| {
             format!(
                 "verification: {} is not a btrfs subvolume",
@@ -338,78 +328,6 @@ impl Restorer<'_> {
         );
         Ok(r.files_hashed)
     }
-}
-
-/// `btrfs_to_s3 restore`: flags over config, lock, run, metrics.
-pub fn command(config: &Config, args: &RestoreArgs) -> Result<u8> {
-    if let Some(why) = crate::manifest::subvolume_name_problem(&args.subvolume) {
-        return Err(crate::app::UsageError(format!(
-            "--subvolume {:?} {why}: give the subvolume's name (the last component of its path)",
-            args.subvolume
-        ))
-        .into());
-    }
-    let req = Request {
-        subvolume: args.subvolume.clone(),
-        manifest_key: args.manifest_key.clone(),
-        target: check_target(&args.target, &config.restore.target_base_dir)?,
-        wait: args
-            .wait_override()
-            .unwrap_or(config.restore.wait_for_restore),
-        timeout: Duration::from_secs(
-            args.restore_timeout
-                .unwrap_or(config.restore.restore_timeout_seconds),
-        ),
-        verify: match args.verify {
-            Some(VerifyArg::Full) => VerifyMode::Full,
-            Some(VerifyArg::Sample) => VerifyMode::Sample,
-            Some(VerifyArg::None) => VerifyMode::None,
-            None => config.restore.verify_mode,
-        },
-    };
-    let cancel = crate::signals::install()?;
-    let _lock = crate::lock::RunLock::acquire(&config.global.lock_path)?;
-    let btrfs = BtrfsCli::default();
-    let r = Restorer {
-        cfg: config,
-        btrfs: &btrfs,
-        store: crate::app::s3_store(config)?,
-        retrier: Arc::new(Retrier::new(Policy::default(), cancel)),
-        layout: Layout::new(&config.s3.prefix),
-    };
-    let report = match r.run(&req) {
-        Ok(rep) => rep,
-        Err(e) if e.is::<ArchivePending>() => return Err(e),
-        Err(e) => {
-            return Err(e.context(format!(
-                "restore of {} into {} failed; nothing was left at the target",
-                req.subvolume,
-                req.target.display()
-            )))
-        }
-    };
-    let secs = report.elapsed.as_secs_f64();
-    event!(
-        Info,
-        "restore_metrics",
-        subvolume = req.subvolume,
-        target = req.target.display(),
-        manifests = report.manifests,
-        chunks = report.chunks,
-        total_bytes = report.bytes,
-        elapsed_seconds = format!("{secs:.3}"),
-        throughput = format!(
-            "{:.1}MB/s",
-            if secs > 0.0 {
-                report.bytes as f64 / secs / 1e6
-            } else {
-                0.0
-            }
-        ),
-        archive_wait_seconds = report.archive_wait.as_secs(),
-        verified_files = report.verified_files,
-    );
-    Ok(crate::app::exit::OK)
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! Restore orchestration with a fake btrfs and the in-memory store: replay order,
 //! placement, cleanup on failure, and archive chunks without waiting.
 
+use std::sync::Arc;
+
 use super::*;
 use crate::chunker::hex;
 use crate::config::ProcessEnv;
@@ -96,12 +98,15 @@ impl Rig {
     }
 
     fn run(&self, target: &Path, key: Option<&str>, wait: bool) -> Result<Report> {
+        let repo = Repo::new(
+            &self.cfg,
+            self.store.clone(),
+            Arc::new(crate::testing::retrier()),
+        );
         let r = Restorer {
             cfg: &self.cfg,
             btrfs: &self.btrfs,
-            store: self.store.clone(),
-            retrier: Arc::new(crate::testing::retrier()),
-            layout: Layout::new("p"),
+            repo: &repo,
         };
         r.run(&Request {
             subvolume: "data".into(),

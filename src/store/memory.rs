@@ -7,7 +7,8 @@ use std::io::{Cursor, Read};
 use std::sync::Mutex;
 
 use super::{
-    Body, ErrorKind, ObjectMeta, ObjectStore, OpenUpload, PutOptions, StoreError, StoreResult,
+    Body, ErrorKind, ListedPart, ObjectMeta, ObjectStore, OpenUpload, PutOptions, StoreError,
+    StoreResult,
 };
 
 #[derive(Clone, Debug)]
@@ -253,6 +254,20 @@ impl ObjectStore for MemoryStore {
         let mut g = self.enter(format!("AbortMultipartUpload {key}"))?;
         g.uploads.remove(upload_id);
         Ok(())
+    }
+
+    fn list_parts(&self, key: &str, upload_id: &str) -> StoreResult<Vec<ListedPart>> {
+        let op = format!("ListParts {key}");
+        let g = self.enter(op.clone())?;
+        let u = g.uploads.get(upload_id).ok_or_else(|| not_found(op))?;
+        Ok(u.parts
+            .iter()
+            .map(|(n, b)| ListedPart {
+                number: *n,
+                size: b.len() as u64,
+                etag: format!("\"part-{n}-{}\"", b.len()),
+            })
+            .collect())
     }
 
     fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<OpenUpload>> {

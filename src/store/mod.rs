@@ -155,6 +155,14 @@ pub struct OpenUpload {
     pub upload_id: String,
 }
 
+/// A stored part of an open multipart upload, as listed by ListParts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedPart {
+    pub number: u32,
+    pub size: u64,
+    pub etag: String,
+}
+
 /// The S3 operations btrfs_to_s3 uses. Implementations make one attempt per call; the
 /// retry policy lives in `retry`, above this trait.
 pub trait ObjectStore: Send + Sync {
@@ -179,6 +187,9 @@ pub trait ObjectStore: Send + Sync {
     ) -> StoreResult<String>;
     /// AbortMultipartUpload.
     fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()>;
+    /// ListParts of an open multipart upload (all pages); `NotFound` when the upload is
+    /// gone (completed or aborted).
+    fn list_parts(&self, key: &str, upload_id: &str) -> StoreResult<Vec<ListedPart>>;
     /// ListMultipartUploads under a prefix (all pages).
     fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<OpenUpload>>;
     /// HeadObject; `Ok(None)` when the object does not exist.

@@ -11,7 +11,8 @@ use url::Url;
 
 use super::sigv4::{Signer, EMPTY_SHA256, UNSIGNED_PAYLOAD};
 use super::{
-    xml, Body, ErrorKind, ObjectMeta, ObjectStore, OpenUpload, PutOptions, StoreError, StoreResult,
+    xml, Body, ErrorKind, ListedPart, ObjectMeta, ObjectStore, OpenUpload, PutOptions, StoreError,
+    StoreResult,
 };
 use crate::config;
 
@@ -55,6 +56,13 @@ impl Endpoint {
             None => format!("https://{}.s3.{}.amazonaws.com", self.bucket, self.region),
         }
     }
+}
+
+/// The store for the configured bucket, with the keep-alive pool sized for the uploaders.
+pub fn open(cfg: &config::Config) -> anyhow::Result<std::sync::Arc<dyn ObjectStore>> {
+    let store = S3Store::new(&Endpoint::from_config(&cfg.s3), cfg.s3.concurrency + 2)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    Ok(std::sync::Arc::new(store))
 }
 
 impl S3Store {
@@ -385,6 +393,45 @@ impl ObjectStore for S3Store {
             Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    fn list_parts(&self, key: &str, upload_id: &str) -> StoreResult<Vec<ListedPart>> {
+        let op = format!("ListParts {key}");
+        let mut out = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let mut q = format!("uploadId={}", encode_query(upload_id));
+            if let Some(m) = &marker {
+                q.push_str(&format!("&part-number-marker={}", encode_query(m)));
+            }
+            let url = self.url(key, &q)?;
+            let resp = self.send(&op, "GET", &url, &[], None)?;
+            let body = read_body(&op, resp)?;
+            for b in xml::blocks(&body, "Part") {
+                let number = xml::tag(b, "PartNumber").and_then(|v| v.trim().parse().ok());
+                let size = xml::tag(b, "Size").and_then(|v| v.trim().parse().ok());
+                let etag = xml::tag(b, "ETag").map(xml::unescape);
+                match (number, size, etag) {
+                    (Some(number), Some(size), Some(etag)) => {
+                        out.push(ListedPart { number, size, etag })
+                    }
+                    _ => {
+                        return Err(StoreError::new(
+                            ErrorKind::Permanent,
+                            op,
+                            "a Part in the reply lacks PartNumber, Size or ETag",
+                        ))
+                    }
+                }
+            }
+            let truncated = xml::tag(&body, "IsTruncated").map(str::trim) == Some("true");
+            let next = xml::tag(&body, "NextPartNumberMarker").map(|v| v.trim().to_string());
+            match (truncated, next) {
+                (true, Some(n)) if Some(&n) != marker.as_ref() => marker = Some(n),
+                _ => break,
+            }
+        }
+        Ok(out)
     }
 
     fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<OpenUpload>> {

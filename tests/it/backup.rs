@@ -296,14 +296,24 @@ fn kill_9_mid_upload_keeps_old_pointer_and_next_run_succeeds() {
     );
     assert_eq!(std::fs::read(&s.state).unwrap(), old_state, "state changed");
     assert!(!store.list_multipart_uploads("backups/").unwrap().is_empty());
+    // The killed run's snapshot and journal are kept for the next run.
+    let journal = s.state.with_file_name("state.json.resume-data.jsonl");
+    assert!(journal.exists());
 
-    // The next run takes the lock, aborts the stale upload, and succeeds.
+    // The next run resumes that backup (whatever the schedule says) and succeeds, with
+    // its upload completed, not aborted.
     std::thread::sleep(Duration::from_millis(1100));
-    let r = s.backup(&["--once"]);
+    let r = s.backup(&[]);
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(r.stderr.contains("event=stale_upload_aborted"), "{r:?}");
+    assert!(r.stderr.contains("event=backup_resumed"), "{r:?}");
+    assert!(!r.stderr.contains("event=stale_upload_aborted"), "{r:?}");
     assert!(store.list_multipart_uploads("backups/").unwrap().is_empty());
     assert_ne!(s.get_json("backups/subvol/data/current.json"), old);
+    assert!(!journal.exists());
+    // Restore verifies the resumed backup.
+    let t = s.fs.path("restored");
+    let r = s.restore(&["--subvolume", "data", "--target", t.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
 }
 
 #[test]
@@ -325,37 +335,56 @@ fn server_stopped_mid_run_fails_and_publishes_nothing() {
     );
     assert!(stderr.contains("event=s3_retry"), "retried first: {stderr}");
     assert!(started.elapsed() < Duration::from_secs(120));
-    // Nothing published locally: the state file untouched (a first run: none at all),
-    // the new snapshot removed.
+    // Nothing published locally: the state file untouched (a first run: none at all);
+    // the new snapshot and the journal are kept for the next run to resume.
     assert!(
         !s.state.exists(),
         "the state file was written: {}",
         s.state_json()
     );
-    assert!(s.snapshot_names().is_empty(), "{:?}", s.snapshot_names());
+    assert_eq!(s.snapshot_names().len(), 1, "{:?}", s.snapshot_names());
+    assert!(s
+        .state
+        .with_file_name("state.json.resume-data.jsonl")
+        .exists());
+    assert!(stderr.contains("event=backup_kept_for_resume"), "{stderr}");
 }
 
 #[test]
-fn sigterm_aborts_uploads_and_publishes_nothing() {
-    let Some(s) = big_setup("sigterm_aborts_uploads_and_publishes_nothing") else {
+fn sigterm_stops_within_seconds_publishes_nothing_and_the_next_run_resumes() {
+    let Some(s) =
+        big_setup("sigterm_stops_within_seconds_publishes_nothing_and_the_next_run_resumes")
+    else {
         return;
     };
     let (mut child, log) = spawn_logged(&s, &[]);
     let store = s.moto.store();
     wait_for_open_upload(&store, "backups/", &mut child, 60);
+    let signalled = Instant::now();
     run(&format!("kill -TERM {}", child.id()));
     let status = child.wait().unwrap();
+    let took = signalled.elapsed();
     let stderr = std::fs::read_to_string(&log).unwrap();
-    assert_ne!(status.code(), Some(0), "{stderr}");
-    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
-        store.list_multipart_uploads("backups/").unwrap().is_empty(),
-        "{stderr}"
+        took < Duration::from_secs(10),
+        "stopped {took:?} after SIGTERM"
     );
+    assert!(stderr.contains("interrupted"), "{stderr}");
     assert!(store
         .head("backups/subvol/data/current.json")
         .unwrap()
         .is_none());
     assert!(!s.moto.list_keys().iter().any(|k| k.contains("manifest")));
-    assert!(s.snapshot_names().is_empty(), "{:?}", s.snapshot_names());
+    // Kept for the resume: the snapshot, the journal, the open upload.
+    assert_eq!(s.snapshot_names().len(), 1, "{:?}", s.snapshot_names());
+    assert!(!store.list_multipart_uploads("backups/").unwrap().is_empty());
+    let r = s.backup(&[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("event=backup_resumed"), "{r:?}");
+    assert!(store.list_multipart_uploads("backups/").unwrap().is_empty());
+    assert!(store
+        .head("backups/subvol/data/current.json")
+        .unwrap()
+        .is_some());
 }

@@ -258,7 +258,8 @@ fn a_redirect_or_a_reply_without_etag_is_a_failure_not_a_backup() {
             !s.state.exists(),
             "the state names a backup that was never stored"
         );
-        assert!(s.snapshot_names().is_empty(), "{:?}", s.snapshot_names());
+        // At most the one snapshot kept for a resume once the endpoint is fixed.
+        assert!(s.snapshot_names().len() <= 1, "{:?}", s.snapshot_names());
     }
 }
 

@@ -1,0 +1,244 @@
+//! `btrfs_to_s3 backup`: select subvolumes, start the session (signals, retry policy, the
+//! lock; none for `--dry-run`), check that the state directory takes writes, then per
+//! subvolume run the engine (`crate::backup`) over the repository, record what was
+//! published in the state, drop its journal, apply retention; finally the summary and
+//! the metrics textfile.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{anyhow, Context, Result};
+
+use crate::app::{exit, UsageError};
+use crate::backup::{Backup, Outcome, Published};
+use crate::btrfs::BtrfsCli;
+use crate::cli::BackupArgs;
+use crate::cmd::Session;
+use crate::config::{Config, Subvolume};
+use crate::event;
+use crate::metrics::{write_textfile, Metrics, SubvolResult};
+use crate::planner::plan;
+use crate::repo::Repo;
+use crate::state::State;
+use crate::ts::Ts;
+
+/// The configured subvolumes named by `--subvolume` (all when none is given).
+pub fn select<'a>(config: &'a Config, names: &[String]) -> Result<Vec<&'a Subvolume>> {
+    if names.is_empty() {
+        return Ok(config.subvolumes.iter().collect());
+    }
+    let mut out = Vec::new();
+    for n in names {
+        match config.subvolumes.iter().find(|s| &s.name == n) {
+            Some(s) if !out.contains(&s) => out.push(s),
+            Some(_) => {}
+            None => {
+                let known: Vec<&str> = config.subvolumes.iter().map(|s| s.name.as_str()).collect();
+                return Err(UsageError(format!(
+                    "--subvolume {n}: no configured subvolume has that name (configured: {})",
+                    known.join(", ")
+                ))
+                .into());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Fails unless a file can be created in the state file's directory: checked before
+/// anything is uploaded, so a read-only state directory does not cost a whole upload.
+fn check_state_writable(state_path: &Path) -> Result<()> {
+    let dir = state_path.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir)
+        .and_then(|()| tempfile::tempfile_in(dir).map(drop))
+        .with_context(|| {
+            format!(
+                "the state directory {} does not take writes (global.state_path): fix it \
+                 before backing up, or the backup could not be recorded",
+                dir.display()
+            )
+        })
+}
+
+pub fn run(config: &Config, args: &BackupArgs) -> Result<u8> {
+    let selected = select(config, &args.subvolumes)?;
+    // --dry-run reads only: no lock, no writes, not even the lock file's contents.
+    let session = Session::start(config, !args.dry_run)?;
+    let retrier = session.retrier.clone();
+    let btrfs = BtrfsCli::default();
+    let state_path = &config.global.state_path;
+    let mut state = State::load(state_path)?;
+    let repo = if args.no_s3 {
+        None
+    } else {
+        Some(Repo::open(config, retrier.clone())?)
+    };
+    let b = Backup {
+        cfg: config,
+        btrfs: &btrfs,
+        repo: repo.as_ref(),
+        retrier: retrier.clone(),
+    };
+    if args.dry_run {
+        return dry_run(&b, &state, &selected, args.once);
+    }
+    check_state_writable(state_path)?;
+    let run_ts = crate::backup::run_timestamp(config, &selected, &Ts::now)?;
+    let started = Instant::now();
+    let mut failed: Vec<String> = Vec::new();
+    let mut total = Metrics::default();
+    let mut results: Vec<(String, bool, Option<Metrics>)> = Vec::new();
+    for sv in &selected {
+        if retrier.cancelled() {
+            event!(
+                Error,
+                "backup_not_started",
+                subvolume = sv.name,
+                reason = "interrupted"
+            );
+            failed.push(sv.name.clone());
+            results.push((sv.name.clone(), false, None));
+            continue;
+        }
+        let entry = state.subvolumes.get(&sv.name).cloned().unwrap_or_default();
+        let r = b
+            .run(sv, &entry, args.once, args.restart, run_ts)
+            .and_then(|o| match o {
+                Outcome::Published(p) => finish(&b, &mut state, state_path, sv, &p, run_ts),
+                Outcome::SnapshotOnly(path) => {
+                    event!(
+                        Info,
+                        "snapshot_only",
+                        subvolume = sv.name,
+                        path = path.display()
+                    );
+                    Ok(None)
+                }
+                Outcome::Skipped(_) => Ok(None),
+            });
+        match r {
+            Ok(m) => {
+                if let Some(m) = &m {
+                    total.add(m);
+                }
+                results.push((sv.name.clone(), true, m));
+            }
+            Err(e) => {
+                event!(
+                    Error,
+                    "backup_failed",
+                    subvolume = sv.name,
+                    error = format!("{e:#}")
+                );
+                failed.push(sv.name.clone());
+                results.push((sv.name.clone(), false, None));
+            }
+        }
+    }
+    total.elapsed = started.elapsed();
+    event!(
+        Info,
+        "backup_summary",
+        subvolumes = selected.len(),
+        failed = failed.len(),
+        total_bytes = total.bytes,
+        elapsed_seconds = format!("{:.3}", total.elapsed.as_secs_f64()),
+        throughput = format!("{:.1}MB/s", total.throughput() / 1e6),
+        chunks = total.chunks,
+        parts = total.parts,
+        retries = total.retries,
+        uploaded_bytes = total.uploaded_bytes,
+        resumed_bytes = total.resumed_bytes,
+    );
+    if let Some(path) = &config.global.metrics_path {
+        let rs: Vec<SubvolResult<'_>> = results
+            .iter()
+            .map(|(n, ok, m)| SubvolResult {
+                name: n,
+                ok: *ok,
+                metrics: m.as_ref(),
+            })
+            .collect();
+        if let Err(e) = write_textfile(path, &state, &rs) {
+            event!(
+                Error,
+                "metrics_textfile_failed",
+                path = path.display(),
+                error = format!("{e:#}")
+            );
+        }
+    }
+    if failed.is_empty() {
+        Ok(exit::OK)
+    } else {
+        Err(anyhow!(
+            "backup failed for {} of {} subvolumes: {} (see the event=backup_failed lines above)",
+            failed.len(),
+            selected.len(),
+            failed.join(", ")
+        ))
+    }
+}
+
+/// After a publish: the state (one atomic write), then the journal goes, then retention
+/// (which keeps the new parent).
+fn finish(
+    b: &Backup<'_>,
+    state: &mut State,
+    state_path: &Path,
+    sv: &Subvolume,
+    p: &Published,
+    run_ts: Ts,
+) -> Result<Option<Metrics>> {
+    crate::failpoint::hit("between_pointer_and_state");
+    crate::backup::record(state, state_path, &sv.name, p.state.clone(), run_ts).with_context(
+        || {
+            format!(
+                "the backup is published as {} but the state file {} was not updated \
+                 (the next run will bring it up to date from the journal {}; fix the state directory)",
+                p.manifest_key,
+                state_path.display(),
+                p.journal.display()
+            )
+        },
+    )?;
+    crate::journal::remove(&p.journal)?;
+    event!(
+        Info,
+        "backup_published",
+        subvolume = sv.name,
+        manifest = p.manifest_key,
+        recovered = p.recovered
+    );
+    if !p.recovered {
+        p.metrics.log("backup_metrics", &sv.name);
+    }
+    let keep: Vec<PathBuf> = p.state.last_snapshot.iter().map(PathBuf::from).collect();
+    b.prune(sv, &keep)
+        .context("the backup is published but pruning old snapshots failed")?;
+    Ok((!p.recovered).then(|| p.metrics.clone()))
+}
+
+fn dry_run(b: &Backup<'_>, state: &State, selected: &[&Subvolume], once: bool) -> Result<u8> {
+    let now = Ts::now();
+    for sv in selected {
+        let entry = state.subvolumes.get(&sv.name).cloned().unwrap_or_default();
+        let pending = crate::journal::load(&b.journal_path(sv)).ok().flatten();
+        let line = match (&pending, b.facts(sv, &entry)) {
+            (Some(p), _) => format!(
+                "{}: resume ({} backup of {} interrupted; {} bytes stored)",
+                sv.name,
+                p.begin.kind.as_str(),
+                p.begin.run_ts,
+                p.stored_bytes()
+            ),
+            (None, Ok(f)) => {
+                let d = plan(&f, &b.cfg.schedule, now, once);
+                format!("{}: {} ({})", sv.name, d.action.as_str(), d.reason)
+            }
+            (None, Err(e)) => format!("{}: unknown ({e:#})", sv.name),
+        };
+        println!("{line}");
+    }
+    Ok(exit::OK)
+}

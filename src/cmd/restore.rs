@@ -1,0 +1,86 @@
+//! `btrfs_to_s3 restore`: resolve flags over config into a [`Request`], start the session
+//! (signals, retry policy, the lock), run the restore engine (`crate::restore`) over the
+//! repository, report `restore_metrics`.
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::app::{exit, UsageError};
+use crate::btrfs::BtrfsCli;
+use crate::cli::{RestoreArgs, VerifyArg};
+use crate::cmd::Session;
+use crate::config::{Config, VerifyMode};
+use crate::event;
+use crate::repo::Repo;
+use crate::restore::{check_target, ArchivePending, Request, Restorer};
+
+/// `btrfs_to_s3 restore`: flags over config, session (lock), run, metrics.
+pub fn run(config: &Config, args: &RestoreArgs) -> Result<u8> {
+    if let Some(why) = crate::manifest::subvolume_name_problem(&args.subvolume) {
+        return Err(UsageError(format!(
+            "--subvolume {:?} {why}: give the subvolume's name (the last component of its path)",
+            args.subvolume
+        ))
+        .into());
+    }
+    let req = Request {
+        subvolume: args.subvolume.clone(),
+        manifest_key: args.manifest_key.clone(),
+        target: check_target(&args.target, &config.restore.target_base_dir)?,
+        wait: args
+            .wait_override()
+            .unwrap_or(config.restore.wait_for_restore),
+        timeout: Duration::from_secs(
+            args.restore_timeout
+                .unwrap_or(config.restore.restore_timeout_seconds),
+        ),
+        verify: match args.verify {
+            Some(VerifyArg::Full) => VerifyMode::Full,
+            Some(VerifyArg::Sample) => VerifyMode::Sample,
+            Some(VerifyArg::None) => VerifyMode::None,
+            None => config.restore.verify_mode,
+        },
+    };
+    let session = Session::start(config, true)?;
+    let btrfs = BtrfsCli::default();
+    let repo = Repo::open(config, session.retrier.clone())?;
+    let r = Restorer {
+        cfg: config,
+        btrfs: &btrfs,
+        repo: &repo,
+    };
+    let report = match r.run(&req) {
+        Ok(rep) => rep,
+        Err(e) if e.is::<ArchivePending>() => return Err(e),
+        Err(e) => {
+            return Err(e.context(format!(
+                "restore of {} into {} failed; nothing was left at the target",
+                req.subvolume,
+                req.target.display()
+            )))
+        }
+    };
+    let secs = report.elapsed.as_secs_f64();
+    event!(
+        Info,
+        "restore_metrics",
+        subvolume = req.subvolume,
+        target = req.target.display(),
+        manifests = report.manifests,
+        chunks = report.chunks,
+        total_bytes = report.bytes,
+        elapsed_seconds = format!("{secs:.3}"),
+        throughput = format!(
+            "{:.1}MB/s",
+            if secs > 0.0 {
+                report.bytes as f64 / secs / 1e6
+            } else {
+                0.0
+            }
+        ),
+        archive_wait_seconds = report.archive_wait.as_secs(),
+        verified_files = report.verified_files,
+    );
+    Ok(exit::OK)
+}

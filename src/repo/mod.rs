@@ -1,0 +1,160 @@
+//! The repository: one bucket prefix seen as backups. It owns the key layout, the object
+//! store and the retry policy every request runs under, reads manifests and pointers
+//! (always checked against the layout, see `chain`), and publishes (manifest, then
+//! `current.json`). Commands (`cmd/`) and the engines below them (`backup`, `restore`)
+//! reach S3 only through it.
+
+pub mod chain;
+
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context, Result};
+
+use crate::config::Config;
+use crate::manifest::{Layout, Manifest, Pointer};
+use crate::retry::Retrier;
+use crate::store::{Body, ErrorKind, ObjectStore, OpenUpload, PutOptions, StoreResult};
+
+pub use chain::Chain;
+
+pub struct Repo {
+    pub layout: Layout,
+    store: Arc<dyn ObjectStore>,
+    retrier: Arc<Retrier>,
+    chunk_opts: PutOptions,
+    json_opts: PutOptions,
+}
+
+impl Repo {
+    pub fn new(cfg: &Config, store: Arc<dyn ObjectStore>, retrier: Arc<Retrier>) -> Repo {
+        Repo {
+            layout: Layout::new(&cfg.s3.prefix),
+            store,
+            retrier,
+            chunk_opts: PutOptions {
+                storage_class: cfg.s3.storage_class_chunks.clone(),
+                sse: cfg.s3.sse.clone(),
+                content_type: "application/octet-stream",
+            },
+            json_opts: PutOptions {
+                storage_class: cfg.s3.storage_class_manifest.clone(),
+                sse: cfg.s3.sse.clone(),
+                content_type: "application/json",
+            },
+        }
+    }
+
+    /// The configured bucket over S3.
+    pub fn open(cfg: &Config, retrier: Arc<Retrier>) -> Result<Repo> {
+        Ok(Repo::new(cfg, crate::store::s3::open(cfg)?, retrier))
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    pub fn retrier(&self) -> &Arc<Retrier> {
+        &self.retrier
+    }
+
+    /// Headers of chunk objects (storage class, SSE).
+    pub fn chunk_opts(&self) -> &PutOptions {
+        &self.chunk_opts
+    }
+
+    /// The key of the manifest to restore or verify: `manifest_key` (which must lie under
+    /// the subvolume's prefix), else what `current.json` names.
+    pub fn start_key(&self, subvolume: &str, manifest_key: Option<&str>) -> Result<String> {
+        chain::start_key(
+            self.store.as_ref(),
+            &self.retrier,
+            &self.layout,
+            subvolume,
+            manifest_key,
+        )
+    }
+
+    /// The checked chain from `key` back to its full, oldest first.
+    pub fn chain(&self, subvolume: &str, key: &str) -> Result<Chain> {
+        chain::resolve(
+            self.store.as_ref(),
+            &self.retrier,
+            &self.layout,
+            subvolume,
+            key,
+        )
+    }
+
+    /// What `current.json` of `subvolume` names, if it exists (checked like a chain).
+    pub fn pointer(&self, subvolume: &str) -> Result<Option<Pointer>> {
+        let key = self.layout.pointer_key(subvolume);
+        let bytes = match self
+            .retrier
+            .run(|| crate::store::get_all(self.store.as_ref(), &key))
+        {
+            Ok(b) => b,
+            Err(e) if e.kind == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(anyhow::Error::from(e).context(format!("reading {key}"))),
+        };
+        let p: Pointer = serde_json::from_slice(&bytes)
+            .with_context(|| format!("pointer {key} is not valid JSON of the expected shape"))?;
+        if !self.layout.owns(subvolume, &p.manifest_key) {
+            return Err(anyhow!(
+                "pointer {key}: field manifest_key = {:?} is not a key under {}",
+                p.manifest_key,
+                self.layout.subvolume_prefix(subvolume)
+            ));
+        }
+        Ok(Some(p))
+    }
+
+    /// Whether the object `key` exists (HEAD).
+    pub fn exists(&self, key: &str) -> Result<bool> {
+        Ok(self
+            .retrier
+            .run(|| self.store.head(key))
+            .with_context(|| format!("checking {key} in S3"))?
+            .is_some())
+    }
+
+    /// Publication order: the manifest, then `current.json` as the final PUT.
+    pub fn publish(&self, manifest_key: &str, manifest: &Manifest) -> Result<()> {
+        let body = manifest.to_json();
+        self.retrier
+            .run(|| {
+                self.store
+                    .put_object(manifest_key, Body::Bytes(&body), &self.json_opts)
+            })
+            .with_context(|| format!("uploading manifest {manifest_key}"))?;
+        crate::failpoint::hit("between_manifest_and_pointer");
+        let pointer = Pointer {
+            manifest_key: manifest_key.to_string(),
+            kind: manifest.kind,
+            created_at: manifest.created_at.clone(),
+            extra: Default::default(),
+        };
+        let body = pointer.to_json();
+        let pointer_key = self.layout.pointer_key(&manifest.subvolume);
+        self.retrier
+            .run(|| {
+                self.store
+                    .put_object(&pointer_key, Body::Bytes(&body), &self.json_opts)
+            })
+            .with_context(|| format!("publishing {pointer_key}"))?;
+        Ok(())
+    }
+
+    /// Open multipart uploads under the subvolume's prefix.
+    pub fn open_uploads(&self, subvolume: &str) -> StoreResult<Vec<OpenUpload>> {
+        let prefix = self.layout.subvolume_prefix(subvolume);
+        self.retrier
+            .run(|| self.store.list_multipart_uploads(&prefix))
+    }
+
+    /// Aborts one multipart upload (an upload already gone is fine).
+    pub fn abort_upload(&self, key: &str, upload_id: &str) -> Result<()> {
+        self.retrier
+            .run(|| self.store.abort_multipart(key, upload_id))
+            .with_context(|| format!("aborting the multipart upload {upload_id} of {key}"))
+    }
+}
