@@ -583,6 +583,7 @@ impl Backup<'_> {
                 return Err(e);
             }
         };
+        crate::failpoint::hit("after_journal_begin");
         let result = self.upload_and_publish(
             sv,
             entry,

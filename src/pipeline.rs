@@ -373,6 +373,7 @@ fn worker(
                 buf,
             } => {
                 let r = attempt(&mut || store.upload_part(&key, &upload_id, part, buf.body()));
+                crate::failpoint::hit("after_part_request");
                 (chunk, Did::Part(part), key, r, Some(buf))
             }
             Job::Complete {
@@ -610,7 +611,12 @@ impl Run<'_> {
                     }
                 }
             }
-            let through = cutter.chunk_sha256_so_far();
+            // The chunk's hash through this part: when this part ended the chunk, the
+            // cutter has moved on to the next one, and the chunk's hash is in `done`.
+            let through = match &done {
+                Some(d) => d.sha256.clone(),
+                None => cutter.chunk_sha256_so_far(),
+            };
             self.part(index, buf, n as u64, through)?;
             if let Some(d) = done {
                 self.close(d)?;
@@ -762,6 +768,7 @@ impl Run<'_> {
             .run(|| self.store.create_multipart(&key, &opts))
             .with_context(|| format!("starting the multipart upload of chunk {key}"))?;
         event!(Debug, "multipart_started", key = key, upload_id = id);
+        crate::failpoint::hit("after_upload_created");
         self.progress.upload_opened(index, &key, &id)?;
         self.slots.insert(
             index,
@@ -896,6 +903,7 @@ impl Run<'_> {
             slot.reported = true;
             let (key, d, etag) = (slot.key.clone(), d.clone(), etag.clone());
             self.progress.chunk_stored(index, &key, &d, &etag)?;
+            crate::failpoint::hit("after_chunk_journaled");
         }
         Ok(())
     }
@@ -989,6 +997,7 @@ impl Run<'_> {
                 self.error.get_or_insert(e);
                 return false;
             }
+            crate::failpoint::hit("after_part_journaled");
         }
         true
     }

@@ -13,6 +13,22 @@ use crate::config::Config;
 use crate::lock::RunLock;
 use crate::retry::{Policy, Retrier};
 
+/// The retry policy: the default, except that the test suite may shorten its base delay
+/// with `BTRFS_TO_S3_RETRY_BASE_MS` (0 to 1000) so that it does not sleep for real; the
+/// number of attempts never changes.
+fn policy() -> Policy {
+    let mut p = Policy::default();
+    if let Some(ms) = std::env::var("BTRFS_TO_S3_RETRY_BASE_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|ms| *ms <= 1000)
+    {
+        p.base = std::time::Duration::from_millis(ms);
+        p.cap = p.cap.min(std::time::Duration::from_millis(ms * 30));
+    }
+    p
+}
+
 /// What every command runs with: the retrier (whose cancel flag SIGINT/SIGTERM set) and,
 /// for commands that change things, the run lock, held until the session is dropped.
 pub struct Session {
@@ -25,7 +41,7 @@ impl Session {
     /// commands such as `backup --dry-run`).
     pub fn start(config: &Config, lock: bool) -> Result<Session> {
         let cancel = crate::signals::install()?;
-        let retrier = Arc::new(Retrier::new(Policy::default(), cancel));
+        let retrier = Arc::new(Retrier::new(policy(), cancel));
         let lock = if lock {
             Some(RunLock::acquire(&config.global.lock_path)?)
         } else {

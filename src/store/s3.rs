@@ -220,10 +220,18 @@ fn status_error(op: &str, code: u16, resp: ureq::Response) -> StoreError {
                 && r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         })
         .map(str::to_string);
+    // HEAD replies have no body: then the code is in x-amz-error-code (some servers).
+    let header_code = resp.header("x-amz-error-code").map(str::to_string);
     let body = resp.into_string().unwrap_or_default();
-    let s3_code = xml::tag(&body, "Code").unwrap_or("").to_string();
-    let message = xml::tag(&body, "Message")
-        .map(xml::unescape)
+    let doc = xml::parse(&body);
+    let s3_code = doc
+        .as_ref()
+        .and_then(|d| d.text_of("Code"))
+        .or(header_code)
+        .unwrap_or_default();
+    let message = doc
+        .as_ref()
+        .and_then(|d| d.text_of("Message"))
         .unwrap_or_default();
     let kind = match (code, s3_code.as_str()) {
         // A redirect is never followed (a signed request must not go elsewhere) and never
@@ -307,9 +315,9 @@ impl ObjectStore for S3Store {
         let url = self.url(key, "uploads")?;
         let resp = self.send(&op, "POST", &url, &object_headers(opts), None)?;
         let body = read_body(&op, resp)?;
-        xml::tag(&body, "UploadId")
-            .map(xml::unescape)
-            .filter(|id| !id.trim().is_empty())
+        xml::parse(&body)
+            .and_then(|d| d.text_of("UploadId"))
+            .filter(|id| !id.is_empty())
             .ok_or_else(|| {
                 StoreError::new(
                     ErrorKind::Permanent,
@@ -364,8 +372,9 @@ impl ObjectStore for S3Store {
         )?;
         let reply = read_body(&op, resp)?;
         // S3 may answer 200 and still fail: the error is then in the body.
-        if reply.contains("<Error>") {
-            let code = xml::tag(&reply, "Code").unwrap_or("unknown").to_string();
+        let doc = xml::parse(&reply);
+        if let Some(err) = doc.as_ref().filter(|d| d.name == "Error") {
+            let code = err.text_of("Code").unwrap_or_else(|| "unknown".into());
             return Err(StoreError {
                 kind: ErrorKind::Transient,
                 op,
@@ -373,9 +382,8 @@ impl ObjectStore for S3Store {
                 message: format!("error in reply: {code}"),
             });
         }
-        xml::tag(&reply, "ETag")
-            .map(xml::unescape)
-            .filter(|e| !e.trim().is_empty())
+        doc.and_then(|d| d.text_of("ETag"))
+            .filter(|e| !e.is_empty())
             .ok_or_else(|| {
                 StoreError::new(
                     ErrorKind::Permanent,
@@ -407,10 +415,13 @@ impl ObjectStore for S3Store {
             let url = self.url(key, &q)?;
             let resp = self.send(&op, "GET", &url, &[], None)?;
             let body = read_body(&op, resp)?;
-            for b in xml::blocks(&body, "Part") {
-                let number = xml::tag(b, "PartNumber").and_then(|v| v.trim().parse().ok());
-                let size = xml::tag(b, "Size").and_then(|v| v.trim().parse().ok());
-                let etag = xml::tag(b, "ETag").map(xml::unescape);
+            let doc = xml::parse(&body).ok_or_else(|| {
+                StoreError::new(ErrorKind::Transient, op.clone(), "the reply is not XML")
+            })?;
+            for b in doc.all("Part") {
+                let number = b.text_of("PartNumber").and_then(|v| v.parse().ok());
+                let size = b.text_of("Size").and_then(|v| v.parse().ok());
+                let etag = b.text_of("ETag");
                 match (number, size, etag) {
                     (Some(number), Some(size), Some(etag)) => {
                         out.push(ListedPart { number, size, etag })
@@ -424,8 +435,8 @@ impl ObjectStore for S3Store {
                     }
                 }
             }
-            let truncated = xml::tag(&body, "IsTruncated").map(str::trim) == Some("true");
-            let next = xml::tag(&body, "NextPartNumberMarker").map(|v| v.trim().to_string());
+            let truncated = doc.text_of("IsTruncated").as_deref() == Some("true");
+            let next = doc.text_of("NextPartNumberMarker");
             match (truncated, next) {
                 (true, Some(n)) if Some(&n) != marker.as_ref() => marker = Some(n),
                 _ => break,
@@ -450,18 +461,18 @@ impl ObjectStore for S3Store {
             let url = self.url("", &q)?;
             let resp = self.send(&op, "GET", &url, &[], None)?;
             let body = read_body(&op, resp)?;
-            for b in xml::blocks(&body, "Upload") {
-                if let (Some(k), Some(u)) = (xml::tag(b, "Key"), xml::tag(b, "UploadId")) {
-                    out.push(OpenUpload {
-                        key: xml::unescape(k),
-                        upload_id: xml::unescape(u),
-                    });
+            let doc = xml::parse(&body).ok_or_else(|| {
+                StoreError::new(ErrorKind::Transient, op.clone(), "the reply is not XML")
+            })?;
+            for b in doc.all("Upload") {
+                if let (Some(key), Some(upload_id)) = (b.text_of("Key"), b.text_of("UploadId")) {
+                    out.push(OpenUpload { key, upload_id });
                 }
             }
-            let truncated = xml::tag(&body, "IsTruncated") == Some("true");
+            let truncated = doc.text_of("IsTruncated").as_deref() == Some("true");
             let next = (
-                xml::tag(&body, "NextKeyMarker").map(xml::unescape),
-                xml::tag(&body, "NextUploadIdMarker").map(xml::unescape),
+                doc.text_of("NextKeyMarker"),
+                doc.text_of("NextUploadIdMarker"),
             );
             match (truncated, next) {
                 (true, (Some(k), Some(u)))

@@ -1,43 +1,100 @@
-//! Just enough XML reading for S3's replies: the text of a tag, and repeated blocks.
-//! S3 replies are flat and machine-written; values are unescaped for the five entities.
+//! S3's XML replies read with a real parser (quick-xml, already in the tree through
+//! rust-s3) into a small element tree: names without namespace prefixes, text with every
+//! entity resolved (`&quot;`, and numeric ones such as `&#34;`, which some servers
+//! send), CDATA kept as is, surrounding white space trimmed. Attributes are not needed
+//! and not kept. Also [`escape`] for the one XML body we write.
 
-/// Text inside the first `<tag>...</tag>`.
-pub fn tag<'a>(body: &'a str, name: &str) -> Option<&'a str> {
-    let open = format!("<{name}>");
-    let close = format!("</{name}>");
-    let start = body.find(&open)? + open.len();
-    let end = body[start..].find(&close)? + start;
-    Some(&body[start..end])
+use quick_xml::events::Event;
+use quick_xml::Reader;
+
+/// One element: its local name, its text, its child elements.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Element {
+    pub name: String,
+    pub text: String,
+    pub children: Vec<Element>,
 }
 
-/// Every `<name>...</name>` block, in order.
-pub fn blocks<'a>(body: &'a str, name: &str) -> Vec<&'a str> {
-    let open = format!("<{name}>");
-    let close = format!("</{name}>");
-    let mut out = Vec::new();
-    let mut rest = body;
-    while let Some(i) = rest.find(&open) {
-        let after = &rest[i + open.len()..];
-        let Some(j) = after.find(&close) else { break };
-        out.push(&after[..j]);
-        rest = &after[j + close.len()..];
+impl Element {
+    /// The first element named `name`, this one or any below it, depth first.
+    pub fn find(&self, name: &str) -> Option<&Element> {
+        if self.name == name {
+            return Some(self);
+        }
+        self.children.iter().find_map(|c| c.find(name))
     }
-    out
+
+    /// The trimmed text of [`Self::find`]`(name)`.
+    pub fn text_of(&self, name: &str) -> Option<String> {
+        self.find(name).map(|e| e.text.trim().to_string())
+    }
+
+    /// The direct children named `name`, in order.
+    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Element> + 'a {
+        self.children.iter().filter(move |c| c.name == name)
+    }
 }
 
-pub fn unescape(s: &str) -> String {
-    let s = s.trim();
-    if let Some(inner) = s
-        .strip_prefix("<![CDATA[")
-        .and_then(|r| r.strip_suffix("]]>"))
-    {
-        return inner.to_string();
+/// Parses a reply body; `None` when it is not well-formed XML with a root element.
+pub fn parse(body: &str) -> Option<Element> {
+    let mut reader = Reader::from_str(body);
+    // The element being read is last; the root is first.
+    let mut stack: Vec<Element> = Vec::new();
+    // Text and entity references since the last tag, resolved when the tag ends.
+    let mut raw = String::new();
+    let flush = |raw: &mut String, stack: &mut Vec<Element>| -> Option<()> {
+        if !raw.is_empty() {
+            let text = quick_xml::escape::unescape(raw).ok()?.into_owned();
+            stack.last_mut()?.text.push_str(&text);
+            raw.clear();
+        }
+        Some(())
+    };
+    loop {
+        match reader.read_event().ok()? {
+            Event::Start(e) => {
+                flush(&mut raw, &mut stack)?;
+                let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
+                stack.push(Element {
+                    name,
+                    ..Default::default()
+                });
+            }
+            Event::Empty(e) => {
+                flush(&mut raw, &mut stack)?;
+                let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
+                let el = Element {
+                    name,
+                    ..Default::default()
+                };
+                match stack.last_mut() {
+                    Some(parent) => parent.children.push(el),
+                    None => return Some(el),
+                }
+            }
+            Event::End(_) => {
+                flush(&mut raw, &mut stack)?;
+                let done = stack.pop()?;
+                match stack.last_mut() {
+                    Some(parent) => parent.children.push(done),
+                    None => return Some(done),
+                }
+            }
+            Event::Text(t) => raw.push_str(&t.decode().ok()?),
+            Event::GeneralRef(r) => {
+                raw.push('&');
+                raw.push_str(&r.decode().ok()?);
+                raw.push(';');
+            }
+            Event::CData(c) => {
+                flush(&mut raw, &mut stack)?;
+                let text = c.decode().ok()?.into_owned();
+                stack.last_mut()?.text.push_str(&text);
+            }
+            Event::Eof => return None,
+            _ => {}
+        }
     }
-    s.replace("&quot;", "\"")
-        .replace("&apos;", "'")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&amp;", "&")
 }
 
 pub fn escape(s: &str) -> String {
@@ -52,15 +109,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tags_and_blocks() {
-        let b = "<R><UploadId>abc</UploadId><Upload><Key>a&amp;b</Key></Upload><Upload><Key>c</Key></Upload><IsTruncated>false</IsTruncated></R>";
-        assert_eq!(tag(b, "UploadId"), Some("abc"));
-        assert_eq!(tag(b, "Nope"), None);
-        let ups = blocks(b, "Upload");
+    fn elements_text_and_entities() {
+        let b = "<?xml version=\"1.0\"?><R xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+                 <UploadId>abc</UploadId><Upload><Key>a&amp;b</Key></Upload>\
+                 <Upload><Key>c</Key></Upload><IsTruncated> true </IsTruncated>\
+                 <ETag>&#34;5f36&#x22;</ETag><Q>&quot;x&quot;</Q><C><![CDATA[a <b> &amp;]]></C>\
+                 <Empty/></R>";
+        let r = parse(b).unwrap();
+        assert_eq!(r.name, "R");
+        assert_eq!(r.text_of("UploadId").as_deref(), Some("abc"));
+        assert_eq!(r.text_of("Nope"), None);
+        let ups: Vec<_> = r.all("Upload").collect();
         assert_eq!(ups.len(), 2);
-        assert_eq!(unescape(tag(ups[0], "Key").unwrap()), "a&b");
-        assert_eq!(unescape("<![CDATA[a <b>]]>"), "a <b>");
+        assert_eq!(ups[0].text_of("Key").as_deref(), Some("a&b"));
+        // White space around a value does not change it (the old reader read false here).
+        assert_eq!(r.text_of("IsTruncated").as_deref(), Some("true"));
+        assert_eq!(r.text_of("ETag").as_deref(), Some("\"5f36\""));
+        assert_eq!(r.text_of("Q").as_deref(), Some("\"x\""));
+        assert_eq!(r.text_of("C").as_deref(), Some("a <b> &amp;"));
+        assert_eq!(r.text_of("Empty").as_deref(), Some(""));
+        // Prefixed names are matched by their local part; attributes are ignored.
+        let p = parse("<s3:E a=\"1\"><s3:Code>NoSuchKey</s3:Code></s3:E>").unwrap();
+        assert_eq!(p.text_of("Code").as_deref(), Some("NoSuchKey"));
         assert_eq!(escape("\"x\"&<"), "&quot;x&quot;&amp;&lt;");
-        assert!(blocks("<Upload>unclosed", "Upload").is_empty());
+        for bad in [
+            "<Upload>unclosed",
+            "",
+            "not xml",
+            "<a></b>",
+            "<a>&bogus;</a>",
+        ] {
+            assert_eq!(parse(bad), None, "{bad}");
+        }
     }
 }

@@ -8,5 +8,6 @@ mod cli;
 mod contrib;
 mod lock;
 mod restore;
+mod resume;
 mod rig;
 mod trust;
