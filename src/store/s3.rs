@@ -19,8 +19,18 @@ use crate::config;
 /// Bodies up to this size are hashed and signed; larger ones go as UNSIGNED-PAYLOAD.
 const SIGN_BODY_LIMIT: usize = 1 << 20;
 
+/// A request that moves no byte for this long (one read or write of the socket) fails,
+/// as a transient error the retry policy counts: a stalled connection costs half a
+/// minute, not hours.
+const STALL: Duration = Duration::from_secs(30);
+/// CompleteMultipartUpload may be silent while the service assembles the object (s3s-fs
+/// re-reads it: minutes for a 200 GiB chunk); AWS sends white space meanwhile.
+const ASSEMBLY: Duration = Duration::from_secs(3600);
+
 pub struct S3Store {
     agent: ureq::Agent,
+    /// The same with [`ASSEMBLY`] as read timeout, for CompleteMultipartUpload only.
+    patient: ureq::Agent,
     signer: Signer,
     /// `scheme://host[:port]` and, for path-style addressing, `/bucket`.
     base: String,
@@ -92,20 +102,24 @@ impl S3Store {
     }
 
     fn with_signer(ep: &Endpoint, connections: usize, signer: Signer) -> S3Store {
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(10))
-            .timeout_read(Duration::from_secs(120))
-            .timeout_write(Duration::from_secs(120))
-            .redirects(0)
-            .max_idle_connections_per_host(connections.max(2))
-            .user_agent(concat!("btrfs_to_s3/", env!("CARGO_PKG_VERSION")))
-            .build();
+        let agent = |read: Duration| {
+            ureq::AgentBuilder::new()
+                .timeout_connect(Duration::from_secs(10))
+                .timeout_read(read)
+                .timeout_write(STALL)
+                .redirects(0)
+                .max_idle_connections_per_host(connections.max(2))
+                .user_agent(concat!("btrfs_to_s3/", env!("CARGO_PKG_VERSION")))
+                .build()
+        };
+        let (agent, patient) = (agent(STALL), agent(ASSEMBLY));
         let base = ep.base();
         let base_path = Url::parse(&base)
             .map(|u| u.path().trim_end_matches('/').to_string())
             .unwrap_or_default();
         S3Store {
             agent,
+            patient,
             signer,
             base,
             base_path,
@@ -165,6 +179,18 @@ impl S3Store {
         headers: &[(&str, String)],
         body: Option<Body<'_>>,
     ) -> StoreResult<ureq::Response> {
+        self.send_on(&self.agent, op, method, url, headers, body)
+    }
+
+    fn send_on(
+        &self,
+        agent: &ureq::Agent,
+        op: &str,
+        method: &str,
+        url: &Url,
+        headers: &[(&str, String)],
+        body: Option<Body<'_>>,
+    ) -> StoreResult<ureq::Response> {
         let payload_hash = match body {
             None => EMPTY_SHA256.to_string(),
             Some(Body::Bytes(b)) if b.len() <= SIGN_BODY_LIMIT => {
@@ -176,7 +202,7 @@ impl S3Store {
             .signer
             .sign(method, url, headers, &payload_hash)
             .map_err(|e| StoreError::new(ErrorKind::Permanent, op, e))?;
-        let mut req = self.agent.request_url(method, url);
+        let mut req = agent.request_url(method, url);
         for (k, v) in &signed {
             req = req.set(k, v);
         }
@@ -363,7 +389,8 @@ impl ObjectStore for S3Store {
         }
         body.push_str("</CompleteMultipartUpload>");
         let headers = [("content-type", "application/xml".to_string())];
-        let resp = self.send(
+        let resp = self.send_on(
+            &self.patient,
             &op,
             "POST",
             &url,
@@ -416,7 +443,7 @@ impl ObjectStore for S3Store {
             let resp = self.send(&op, "GET", &url, &[], None)?;
             let body = read_body(&op, resp)?;
             let doc = xml::parse(&body).ok_or_else(|| {
-                StoreError::new(ErrorKind::Transient, op.clone(), "the reply is not XML")
+                StoreError::new(ErrorKind::Permanent, op.clone(), "the reply is not XML")
             })?;
             for b in doc.all("Part") {
                 let number = b.text_of("PartNumber").and_then(|v| v.parse().ok());
@@ -462,7 +489,7 @@ impl ObjectStore for S3Store {
             let resp = self.send(&op, "GET", &url, &[], None)?;
             let body = read_body(&op, resp)?;
             let doc = xml::parse(&body).ok_or_else(|| {
-                StoreError::new(ErrorKind::Transient, op.clone(), "the reply is not XML")
+                StoreError::new(ErrorKind::Permanent, op.clone(), "the reply is not XML")
             })?;
             for b in doc.all("Upload") {
                 if let (Some(key), Some(upload_id)) = (b.text_of("Key"), b.text_of("UploadId")) {

@@ -45,7 +45,13 @@ pub fn parse(body: &str) -> Option<Element> {
     let flush = |raw: &mut String, stack: &mut Vec<Element>| -> Option<()> {
         if !raw.is_empty() {
             let text = quick_xml::escape::unescape(raw).ok()?.into_owned();
-            stack.last_mut()?.text.push_str(&text);
+            match stack.last_mut() {
+                Some(e) => e.text.push_str(&text),
+                // Outside the root only white space may stand (between the declaration
+                // and the root, as pretty-printed replies have it).
+                None if text.trim().is_empty() => {}
+                None => return None,
+            }
             raw.clear();
         }
         Some(())
