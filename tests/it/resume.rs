@@ -263,3 +263,36 @@ fn restart_discards_the_pending_backup() {
     assert_ne!(m["created_at"], pending.begin.run_ts.as_str());
     assert!(!Path::new(&pending.begin.snapshot).exists());
 }
+
+#[test]
+fn a_state_directory_that_takes_no_writes_fails_before_uploading() {
+    let Some(s) = setup("a_state_directory_that_takes_no_writes_fails_before_uploading") else {
+        return;
+    };
+    let dir = s.state.parent().unwrap().to_path_buf();
+    std::fs::create_dir_all(&dir).unwrap();
+    // Read-only for root too: a read-only bind mount of the directory onto itself.
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = sh(&format!("umount {}", self.0.display()));
+        }
+    }
+    run(&format!(
+        "mount --bind {d} {d} && mount -o remount,ro,bind {d}",
+        d = dir.display()
+    ));
+    let guard = Unmount(dir.clone());
+    let r = s.backup(&[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("does not take writes (global.state_path)"),
+        "{r:?}"
+    );
+    assert!(s.moto.list_keys().is_empty(), "{:?}", s.moto.list_keys());
+    assert!(s.snapshot_names().is_empty(), "{:?}", s.snapshot_names());
+    drop(guard);
+    let r = s.backup(&[]);
+    assert_eq!(r.code, 0, "{r:?}");
+}
