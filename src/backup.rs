@@ -59,6 +59,9 @@ pub struct Published {
     pub journal: PathBuf,
     /// Published by an earlier run that stopped before recording it: nothing was sent.
     pub recovered: bool,
+    pub kind: Kind,
+    /// The chunks' keys and SHA-256s in stream order (empty when recovered).
+    pub chunks: Vec<(String, String)>,
 }
 
 /// What to do with a pending backup.
@@ -373,6 +376,8 @@ impl Backup<'_> {
             metrics: Metrics::default(),
             journal: p.path.clone(),
             recovered: true,
+            kind: p.begin.kind,
+            chunks: Vec::new(),
         })))
     }
 
@@ -760,6 +765,12 @@ impl Backup<'_> {
             metrics,
             journal: journal.path().to_path_buf(),
             recovered: false,
+            kind,
+            chunks: manifest
+                .chunks
+                .iter()
+                .map(|c| (c.key.clone(), c.sha256.clone()))
+                .collect(),
         })
     }
 

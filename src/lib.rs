@@ -11,6 +11,7 @@ pub mod cli;
 pub mod cmd;
 pub mod config;
 pub mod failpoint;
+pub mod harness;
 pub mod journal;
 pub mod lock;
 pub mod logging;

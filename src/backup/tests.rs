@@ -578,3 +578,21 @@ fn run_timestamp_waits_past_existing_snapshot() {
             .contains("newer than the clock")
     );
 }
+
+#[test]
+fn a_missing_bucket_is_not_a_missing_parent_manifest() {
+    let rig = Rig::new();
+    let p1 = published(
+        rig.run(&SubvolState::default(), "20250101T020000Z", false)
+            .unwrap(),
+    );
+    // HEAD of the parent manifest says 404, and so does the bucket: an error, not a full.
+    rig.store.remove(&p1.manifest_key);
+    rig.store.fail("HeadBucket", ErrorKind::Permanent, 1);
+    let e = rig.run(&p1.state, "20250109T020000Z", false).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("was not found, and the bucket does not answer"),
+        "{e:#}"
+    );
+    assert_eq!(rig.snaps(), ["data__20250101T020000Z__full"]);
+}

@@ -83,6 +83,7 @@ pub fn run(config: &Config, args: &BackupArgs) -> Result<u8> {
         return dry_run(&b, &state, &selected, args.once);
     }
     check_state_writable(state_path)?;
+    let harness = crate::harness::dir()?;
     let run_ts = crate::backup::run_timestamp(config, &selected, &Ts::now)?;
     let started = Instant::now();
     let mut failed: Vec<String> = Vec::new();
@@ -104,7 +105,14 @@ pub fn run(config: &Config, args: &BackupArgs) -> Result<u8> {
         let r = b
             .run(sv, &entry, args.once, args.restart, run_ts)
             .and_then(|o| match o {
-                Outcome::Published(p) => finish(&b, &mut state, state_path, sv, &p, run_ts),
+                Outcome::Published(p) => {
+                    let m = finish(&b, &mut state, state_path, sv, &p, run_ts)?;
+                    // The contract's harness hook: the first selected subvolume only.
+                    if let (Some(dir), true) = (&harness, sv.name == selected[0].name) {
+                        harness_file(&b, dir, sv, &p)?;
+                    }
+                    Ok(m)
+                }
                 Outcome::SnapshotOnly(path) => {
                     event!(
                         Info,
@@ -217,6 +225,23 @@ fn finish(
     b.prune(sv, &keep)
         .context("the backup is published but pruning old snapshots failed")?;
     Ok((!p.recovered).then(|| p.metrics.clone()))
+}
+
+/// `BTRFS_TO_S3_HARNESS_RUN_DIR/manifest.json` for a published backup (a recovered one's
+/// chunks are read from its manifest).
+fn harness_file(b: &Backup<'_>, dir: &Path, sv: &Subvolume, p: &Published) -> Result<()> {
+    let chunks = match (p.recovered, b.repo) {
+        (true, Some(repo)) => repo
+            .chain(&sv.name, &p.manifest_key)?
+            .newest()
+            .1
+            .chunks
+            .iter()
+            .map(|c| (c.key.clone(), c.sha256.clone()))
+            .collect(),
+        _ => p.chunks.clone(),
+    };
+    crate::harness::write(dir, p.kind, &chunks)
 }
 
 fn dry_run(b: &Backup<'_>, state: &State, selected: &[&Subvolume], once: bool) -> Result<u8> {

@@ -431,6 +431,9 @@ impl ObjectStore for SlowComplete {
     fn head(&self, key: &str) -> crate::store::StoreResult<Option<crate::store::ObjectMeta>> {
         self.inner.head(key)
     }
+    fn head_bucket(&self) -> crate::store::StoreResult<()> {
+        self.inner.head_bucket()
+    }
     fn get(
         &self,
         key: &str,

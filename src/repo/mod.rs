@@ -108,13 +108,22 @@ impl Repo {
         Ok(Some(p))
     }
 
-    /// Whether the object `key` exists (HEAD).
+    /// Whether the object `key` exists (HEAD). "No" only when the bucket itself answers
+    /// (HeadBucket): a 404 from a missing bucket or from an endpoint that is not S3 is an
+    /// error with its real cause, never a missing object (which would plan a full).
     pub fn exists(&self, key: &str) -> Result<bool> {
-        Ok(self
+        if self
             .retrier
             .run(|| self.store.head(key))
             .with_context(|| format!("checking {key} in S3"))?
-            .is_some())
+            .is_some()
+        {
+            return Ok(true);
+        }
+        self.retrier
+            .run(|| self.store.head_bucket())
+            .with_context(|| format!("{key} was not found, and the bucket does not answer"))?;
+        Ok(false)
     }
 
     /// Publication order: the manifest, then `current.json` as the final PUT.

@@ -282,6 +282,10 @@ impl ObjectStore for MemoryStore {
             .collect())
     }
 
+    fn head_bucket(&self) -> StoreResult<()> {
+        self.enter("HeadBucket".to_string()).map(drop)
+    }
+
     fn head(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
         let mut g = self.enter(format!("HEAD {key}"))?;
         let Some(o) = g.objects.get_mut(key) else {

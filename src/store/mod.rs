@@ -194,6 +194,8 @@ pub trait ObjectStore: Send + Sync {
     fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<OpenUpload>>;
     /// HeadObject; `Ok(None)` when the object does not exist.
     fn head(&self, key: &str) -> StoreResult<Option<ObjectMeta>>;
+    /// HeadBucket: `Ok` when the bucket answers; a missing bucket is an error.
+    fn head_bucket(&self) -> StoreResult<()>;
     /// GetObject, whole or `range = (offset, len)`, as a stream.
     fn get(&self, key: &str, range: Option<(u64, u64)>) -> StoreResult<Box<dyn Read + Send>>;
     /// RestoreObject for `days` with a retrieval tier; an already running restore is Ok.

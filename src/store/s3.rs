@@ -533,6 +533,20 @@ impl ObjectStore for S3Store {
         }))
     }
 
+    fn head_bucket(&self) -> StoreResult<()> {
+        let op = "HeadBucket".to_string();
+        let url = self.url("", "")?;
+        match self.send(&op, "HEAD", &url, &[], None) {
+            Ok(_) => Ok(()),
+            Err(mut e) if e.kind == ErrorKind::NotFound => {
+                e.kind = ErrorKind::Permanent;
+                e.message = "the bucket does not exist, or s3.endpoint_url is not an S3 service (check s3.bucket and s3.endpoint_url)".into();
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn get(&self, key: &str, range: Option<(u64, u64)>) -> StoreResult<Box<dyn Read + Send>> {
         let op = match range {
             None => format!("GET {key}"),

@@ -6,6 +6,7 @@ mod support;
 mod backup;
 mod cli;
 mod contrib;
+mod firstrun;
 mod lock;
 mod restore;
 mod resume;

@@ -1,0 +1,99 @@
+//! First-run correctness on the real rig: a wrong bucket is an error, not a missing
+//! parent; the harness hook writes the file the earlier tool's harness reads.
+
+use crate::support::*;
+
+#[test]
+fn a_wrong_bucket_fails_instead_of_planning_a_full() {
+    if !require_root("a_wrong_bucket_fails_instead_of_planning_a_full") {
+        return;
+    }
+    let s = Setup::new(SetupOpts::default());
+    std::fs::write(s.vol("data").join("f"), "x").unwrap();
+    assert_eq!(s.backup(&[]).code, 0);
+    let text = std::fs::read_to_string(&s.cfg).unwrap();
+    std::fs::write(
+        &s.cfg,
+        text.replace(
+            &format!("bucket = \"{BUCKET}\""),
+            "bucket = \"nosuchbucket\"",
+        ),
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let r = s.backup(&["--once"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("the bucket does not answer")
+            && r.stderr.contains("HeadBucket: HTTP 404"),
+        "{r:?}"
+    );
+    assert!(!r.stderr.contains("action=full"), "{r:?}");
+    assert_eq!(s.snapshot_names().len(), 1, "{:?}", s.snapshot_names());
+}
+
+#[test]
+fn the_harness_hook_writes_the_first_selected_subvolume_s_manifest_file() {
+    if !require_root("the_harness_hook_writes_the_first_selected_subvolume_s_manifest_file") {
+        return;
+    }
+    let s = Setup::new(SetupOpts {
+        subvolumes: &["alpha", "beta"],
+        ..Default::default()
+    });
+    random_file(&s.vol("alpha").join("f"), 13 * 1024 * 1024);
+    std::fs::write(s.vol("beta").join("g"), "beta").unwrap();
+    let dir = s.fs.dir.path().join("harness-run");
+    let read = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap()
+    };
+    // Unset: nothing is written.
+    assert_eq!(s.backup(&["--subvolume", "beta"]).code, 0);
+    assert!(!dir.exists());
+    let r = output(
+        s.backup_cmd(&["--subvolume", "alpha", "--subvolume", "beta"])
+            .env("BTRFS_TO_S3_HARNESS_RUN_DIR", &dir),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let h = read();
+    let key = s.get_json("backups/subvol/alpha/current.json")["manifest_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let m = s.get_json(&key);
+    assert_eq!(h["backup_type"], "full");
+    let want: Vec<serde_json::Value> = m["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| serde_json::json!({"index": i, "key": c["key"], "sha256": c["sha256"]}))
+        .collect();
+    assert!(want.len() >= 2);
+    assert_eq!(h["chunks"], serde_json::Value::Array(want));
+    // The next run's first selected subvolume is beta, incremental: replaced.
+    std::fs::write(s.vol("beta").join("g2"), "more").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let r = output(
+        s.backup_cmd(&["--once", "--subvolume", "beta"])
+            .env("BTRFS_TO_S3_HARNESS_RUN_DIR", &dir),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let h = read();
+    assert_eq!(h["backup_type"], "incremental");
+    let key = s.get_json("backups/subvol/beta/current.json")["manifest_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(h["chunks"][0]["key"], s.get_json(&key)["chunks"][0]["key"]);
+    // A relative directory is refused.
+    let r = output(
+        s.backup_cmd(&["--once"])
+            .env("BTRFS_TO_S3_HARNESS_RUN_DIR", "rel/dir"),
+    );
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("must be an absolute directory path"),
+        "{r:?}"
+    );
+}
