@@ -49,6 +49,9 @@ pub trait Btrfs: Send + Sync {
     fn receive(&self, dir: &Path) -> Result<Box<dyn ReceiveSink>>;
     /// `btrfs property set -ts PATH ro false` (after a receive).
     fn make_writable(&self, path: &Path) -> Result<()>;
+    /// `btrfs subvolume sync PATH`: waits until the subvolumes deleted on PATH's
+    /// filesystem are cleaned up and their space is free again.
+    fn wait_cleaned(&self, path: &Path) -> Result<()>;
 }
 
 /// The `btrfs` command line tool.
@@ -196,8 +199,15 @@ impl Btrfs for BtrfsCli {
     }
 
     fn delete_subvolume(&self, path: &Path) -> Result<()> {
-        self.run(&["subvolume".as_ref(), "delete".as_ref(), path.as_os_str()])
-            .map(|_| ())
+        // --commit-after: the transaction commits now, so the cleaner frees the space at
+        // once and `subvolume sync` returns in milliseconds, not at the next 30 s commit.
+        self.run(&[
+            "subvolume".as_ref(),
+            "delete".as_ref(),
+            "--commit-after".as_ref(),
+            path.as_os_str(),
+        ])
+        .map(|_| ())
     }
 
     fn show(&self, path: &Path) -> Result<SubvolInfo> {
@@ -252,6 +262,11 @@ impl Btrfs for BtrfsCli {
                 stderr,
             },
         }))
+    }
+
+    fn wait_cleaned(&self, path: &Path) -> Result<()> {
+        self.run(&["subvolume".as_ref(), "sync".as_ref(), path.as_os_str()])
+            .map(|_| ())
     }
 
     fn make_writable(&self, path: &Path) -> Result<()> {

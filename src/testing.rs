@@ -190,6 +190,11 @@ impl Btrfs for FakeBtrfs {
         }))
     }
 
+    fn wait_cleaned(&self, path: &Path) -> Result<()> {
+        self.push(format!("sync {}", path.display()));
+        Ok(())
+    }
+
     fn receive(&self, dir: &Path) -> Result<Box<dyn ReceiveSink>> {
         self.push(format!("receive {}", dir.display()));
         Ok(Box::new(FakeReceive {

@@ -181,6 +181,7 @@ impl Restorer<'_> {
     /// Replays the chain into `staging`, then moves the newest to `target`, writable.
     fn receive_chain(&self, chain: &Chain, staging: &Path, target: &Path) -> Result<u64> {
         let mut bytes = 0;
+        let mut previous: Option<PathBuf> = None;
         let piece = self.cfg.s3.part_size_bytes;
         let conc = self.cfg.s3.concurrency;
         for (key, m) in &chain.links {
@@ -223,6 +224,17 @@ impl Restorer<'_> {
                     "btrfs receive of manifest {key} did not create {} (the stream names another snapshot)",
                     got.display()
                 );
+            }
+            // Only the newest received subvolume is needed (as the next one's parent):
+            // the one before goes now, and its space is back before the next download,
+            // so a long chain restores in about the space of its result.
+            if let Some(prev) = previous.replace(got) {
+                self.btrfs
+                    .delete_subvolume(&prev)
+                    .with_context(|| format!("deleting {} from staging", prev.display()))?;
+                self.btrfs.wait_cleaned(staging).with_context(|| {
+                    format!("waiting for the space of {} to be freed", prev.display())
+                })?;
             }
         }
         let newest = staging.join(&chain.newest().1.snapshot.name);

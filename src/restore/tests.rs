@@ -159,6 +159,12 @@ fn replays_oldest_first_and_places_the_newest() {
             .any(|c| c.starts_with("writable") && c.ends_with("data__20250102T020000Z__inc")),
         "{calls:?}"
     );
+    // The full went as soon as the incremental was received, its space waited for.
+    let pos = |pred: &dyn Fn(&String) -> bool| calls.iter().position(pred).unwrap();
+    let del = pos(&|c| c.starts_with("delete") && c.ends_with("data__20250101T020000Z__full"));
+    let sync = pos(&|c| c.starts_with("sync"));
+    let writable = pos(&|c| c.starts_with("writable"));
+    assert!(del < sync && sync < writable, "{calls:?}");
     // The staging directory and the intermediate subvolume are gone.
     let left: Vec<_> = std::fs::read_dir(&rig.dir.0)
         .unwrap()

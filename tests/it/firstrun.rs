@@ -97,3 +97,69 @@ fn the_harness_hook_writes_the_first_selected_subvolume_s_manifest_file() {
         "{r:?}"
     );
 }
+
+/// Used bytes of the filesystem at `mnt` (`df`, 1 KiB blocks).
+fn used_bytes(mnt: &std::path::Path) -> u64 {
+    let out = run(&format!(
+        "df --output=used -k {} | tail -n 1",
+        mnt.display()
+    ));
+    out.trim().parse::<u64>().unwrap_or(0) * 1024
+}
+
+#[test]
+fn a_20_manifest_chain_restores_in_about_the_space_of_its_result() {
+    if !require_root("a_20_manifest_chain_restores_in_about_the_space_of_its_result") {
+        return;
+    }
+    const MIB: u64 = 1024 * 1024;
+    let s = Setup::new(SetupOpts {
+        fs_mib: 1024,
+        storage_class_chunks: "STANDARD",
+        retain: 1,
+        ..Default::default()
+    });
+    // Each backup rewrites the whole 8 MiB file: every received snapshot of the chain
+    // holds its own 8 MiB, 160 MiB for all twenty.
+    let f = s.vol("data").join("rewritten.bin");
+    for i in 0..20 {
+        random_file(&f, 8 * MIB as usize);
+        let r = s.backup(if i == 0 { &[][..] } else { &["--once"][..] });
+        assert_eq!(r.code, 0, "backup {i}: {r:?}");
+    }
+    let key = s.get_json("backups/subvol/data/current.json")["manifest_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut n = 1;
+    let mut m = s.get_json(&key);
+    while let Some(p) = m["parent_manifest"].as_str() {
+        n += 1;
+        m = s.get_json(p);
+    }
+    assert_eq!(n, 20);
+    // A target filesystem that holds the result several times but not the whole chain.
+    let small = BtrfsFs::new(160);
+    let base = used_bytes(&small.mnt);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (flag, mnt) = (stop.clone(), small.mnt.clone());
+    let watcher = std::thread::spawn(move || {
+        let mut peak = 0;
+        while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+            peak = peak.max(used_bytes(&mnt));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        peak
+    });
+    let t = small.path("restored");
+    let r = s.restore(&["--subvolume", "data", "--target", t.to_str().unwrap()]);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let peak = watcher.join().unwrap() - base;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("manifests=20"), "{r:?}");
+    eprintln!(
+        "20-manifest chain of an 8 MiB file: peak {:.1} MiB used on the target (all versions: 160 MiB)",
+        peak as f64 / MIB as f64
+    );
+    assert!(peak < 48 * MIB, "peak {peak} bytes");
+}
