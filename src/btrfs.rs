@@ -163,11 +163,10 @@ impl BtrfsCli {
 
 /// Pipe buffer asked for on the send pipe: fewer, larger transfers and wake-ups than the
 /// default 64 KiB (the kernel may give less; that only costs speed).
-const PIPE_SIZE: libc::c_int = 1 << 20;
+const PIPE_SIZE: usize = 1 << 20;
 
-fn grow_pipe(fd: &impl std::os::fd::AsRawFd) {
-    // SAFETY: fcntl on a pipe fd we own, with an integer argument; no memory is passed.
-    let _ = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+fn grow_pipe(fd: &impl std::os::fd::AsFd) {
+    let _ = rustix::pipe::fcntl_setpipe_size(fd, PIPE_SIZE);
 }
 
 /// Parses `btrfs subvolume show` output.

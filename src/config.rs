@@ -1,4 +1,4 @@
-//! The TOML config of CONTRACT.md turned into a validated [`Config`]: every key, every
+//! The TOML config of the contract (DESIGN.md, "Formats") turned into a validated [`Config`]: every key, every
 //! default, `~` expansion, range checks, and an error naming the key for anything wrong.
 //! CLI overrides are applied by `app`, not here; nothing here touches btrfs or S3.
 

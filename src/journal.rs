@@ -174,7 +174,9 @@ impl Journal {
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .custom_flags(
+                (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC).bits() as i32,
+            )
             .open(path)
             .with_context(|| format!("creating the resume journal {}", path.display()))?;
         let mut j = Journal {
@@ -196,7 +198,9 @@ impl Journal {
         let path = &p.path;
         let file = OpenOptions::new()
             .write(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .custom_flags(
+                (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC).bits() as i32,
+            )
             .open(path)
             .and_then(|f| {
                 f.set_len(p.valid_len)?;

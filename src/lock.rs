@@ -103,11 +103,11 @@ fn open_no_follow(path: &Path) -> Result<File> {
         .create(true)
         .truncate(false)
         .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC).bits() as i32)
         .open(path)
     {
         Ok(f) => Ok(f),
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => bail!(
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => bail!(
             "lock file {} is a symbolic link; refusing to follow it: {}",
             path.display(),
             fix(path)

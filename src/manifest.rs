@@ -1,5 +1,5 @@
 //! Wire types of what we publish in S3 (manifest and `current.json`) and the key layout
-//! of CONTRACT.md. Serde only, no I/O. Fields this version does not know are kept, and
+//! of the contract (DESIGN.md, "Formats"). Serde only, no I/O. Fields this version does not know are kept, and
 //! new optional fields (`stream_sha256`) are skipped when absent so old readers are safe.
 
 use serde::{Deserialize, Serialize};

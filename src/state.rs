@@ -1,4 +1,4 @@
-//! The local state file of CONTRACT.md (`global.state_path`): which snapshot and manifest
+//! The local state file of the contract (DESIGN.md, "Formats") (`global.state_path`): which snapshot and manifest
 //! each subvolume's next incremental builds on. Read strictly (a corrupt file is an error,
 //! never a silent reset that would trigger a full backup of everything) and written
 //! atomically. Fields this version does not know are kept on rewrite.

@@ -1,71 +1,53 @@
 //! Reads the extended attributes of a path, without following a symlink (`llistxattr`,
-//! `lgetxattr`), for the verifier. With `F_SETPIPE_SZ` in `btrfs.rs` and the SHA-256
-//! kernel in `sha256x2.rs`, the only `unsafe` in the crate; a file system without xattr
-//! support reads as having none.
+//! `lgetxattr`, through rustix's safe calls), for the verifier; a file system without
+//! xattr support reads as having none.
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-/// Calls `f(buf)` (a list/get syscall that returns a length or -1) until the value fits:
-/// the size can change between the size query and the read.
-fn read_sized(mut f: impl FnMut(&mut [u8]) -> isize) -> io::Result<Vec<u8>> {
+use rustix::fs::{lgetxattr, lgetxattr_query, llistxattr, llistxattr_query};
+use rustix::io::Errno;
+
+/// Asks for the size, then reads; again when the value grew in between (`ERANGE`).
+fn read_sized(
+    mut query: impl FnMut() -> rustix::io::Result<usize>,
+    mut read: impl FnMut(&mut [u8]) -> rustix::io::Result<usize>,
+) -> rustix::io::Result<Vec<u8>> {
     loop {
-        let n = f(&mut []);
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut buf = vec![0u8; n as usize];
-        let m = f(&mut buf);
-        if m >= 0 {
-            buf.truncate(m as usize);
+        let mut buf = vec![0u8; query()?];
+        if buf.is_empty() {
             return Ok(buf);
         }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::ERANGE) {
-            return Err(e);
+        match read(&mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(Errno::RANGE) => continue,
+            Err(e) => return Err(e),
         }
     }
 }
 
-fn c_path(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
-}
-
 /// All `(name, value)` pairs of `p`, sorted by name.
 pub fn list(p: &Path) -> io::Result<Vec<(OsString, Vec<u8>)>> {
-    let path = c_path(p)?;
-    let names = match read_sized(|buf| {
-        // SAFETY: `path` is NUL-terminated; the kernel writes at most `buf.len()` bytes.
-        unsafe { libc::llistxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) }
-    }) {
+    let names = match read_sized(|| llistxattr_query(p), |buf| llistxattr(p, buf)) {
         Ok(n) => n,
-        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
-        Err(e) => return Err(e),
+        Err(Errno::NOTSUP) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
     };
     let mut out = Vec::new();
     for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        let cname = CString::new(name)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad xattr name"))?;
-        let value = match read_sized(|buf| {
-            // SAFETY: both strings are NUL-terminated; at most `buf.len()` bytes are written.
-            unsafe {
-                libc::lgetxattr(
-                    path.as_ptr(),
-                    cname.as_ptr(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                )
-            }
-        }) {
+        let n = OsStr::from_bytes(name);
+        let value = match read_sized(|| lgetxattr_query(p, n), |buf| lgetxattr(p, n, buf)) {
             Ok(v) => v,
             // Removed since it was listed.
-            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => continue,
-            Err(e) => return Err(e),
+            Err(Errno::NODATA) => continue,
+            Err(e) => return Err(e.into()),
         };
-        out.push((OsStr::from_bytes(name).to_os_string(), value));
+        out.push((n.to_os_string(), value));
     }
     out.sort();
     Ok(out)
@@ -99,22 +81,12 @@ pub fn name(n: &OsStr) -> String {
 /// Sets one attribute (tests only; the tool never writes xattrs itself).
 #[cfg(test)]
 pub(crate) fn set(p: &Path, name: &str, value: &[u8]) -> io::Result<()> {
-    let (p, n) = (c_path(p)?, CString::new(name)?);
-    // SAFETY: NUL-terminated strings and a slice with its length.
-    let r = unsafe {
-        libc::lsetxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    Ok(rustix::fs::lsetxattr(
+        p,
+        name,
+        value,
+        rustix::fs::XattrFlags::empty(),
+    )?)
 }
 
 #[cfg(test)]
