@@ -7,6 +7,13 @@ use anyhow::{bail, Result};
 use time::macros::format_description;
 use time::{OffsetDateTime, PrimitiveDateTime};
 
+/// The contract's `TS` (also SigV4's `x-amz-date`).
+const COMPACT: &[time::format_description::FormatItem<'static>] =
+    format_description!("[year][month][day]T[hour][minute][second]Z");
+/// ISO 8601, for log lines and the older tool's files.
+const ISO: &[time::format_description::FormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+
 /// A whole-second UTC instant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Ts(i64);
@@ -26,10 +33,8 @@ impl Ts {
 
     /// Parses `20250101T020000Z` or `2025-01-01T02:00:00Z`.
     pub fn parse(s: &str) -> Result<Ts> {
-        let compact = format_description!("[year][month][day]T[hour][minute][second]Z");
-        let iso = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
-        let parsed = PrimitiveDateTime::parse(s, compact)
-            .or_else(|_| PrimitiveDateTime::parse(s, iso))
+        let parsed = PrimitiveDateTime::parse(s, COMPACT)
+            .or_else(|_| PrimitiveDateTime::parse(s, ISO))
             .or_else(|_| {
                 // ISO with fractional seconds, e.g. 2025-01-01T02:00:00.123456Z
                 let frac = format_description!(
@@ -53,16 +58,7 @@ impl Ts {
 
     /// `2025-01-01T02:00:00Z`, for log lines.
     pub fn iso(self) -> String {
-        let d = self.datetime();
-        format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-            d.year(),
-            u8::from(d.month()),
-            d.day(),
-            d.hour(),
-            d.minute(),
-            d.second()
-        )
+        self.datetime().format(ISO).unwrap_or_default()
     }
 
     pub fn to_offset_datetime(self) -> OffsetDateTime {
@@ -73,17 +69,8 @@ impl Ts {
 impl fmt::Display for Ts {
     /// The contract's `YYYYMMDDTHHMMSSZ`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let d = self.datetime();
-        write!(
-            f,
-            "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
-            d.year(),
-            u8::from(d.month()),
-            d.day(),
-            d.hour(),
-            d.minute(),
-            d.second()
-        )
+        let s = self.datetime().format(COMPACT).map_err(|_| fmt::Error)?;
+        f.write_str(&s)
     }
 }
 

@@ -96,15 +96,7 @@ impl Signer {
         let access = creds.access_key.as_deref().unwrap_or_default();
         let secret = creds.secret_key.as_deref().unwrap_or_default();
         let now = OffsetDateTime::now_utc();
-        let amz_date = format!(
-            "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
-            now.year(),
-            u8::from(now.month()),
-            now.day(),
-            now.hour(),
-            now.minute(),
-            now.second()
-        );
+        let amz_date = crate::ts::Ts::from_unix(now.unix_timestamp()).to_string();
         let host = match url.port() {
             Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
             None => url.host_str().unwrap_or_default().to_string(),
