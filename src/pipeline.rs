@@ -108,7 +108,7 @@ pub struct ChunkRecord {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Outcome {
+pub struct Uploaded {
     pub chunks: Vec<ChunkRecord>,
     pub summary: StreamSummary,
     pub parts: u64,
@@ -261,7 +261,7 @@ pub fn upload_stream(
     key_for: &dyn Fn(u64) -> String,
     resume: &BTreeMap<u64, ChunkProgress>,
     progress: &mut dyn Progress,
-) -> Result<Outcome> {
+) -> Result<Uploaded> {
     if cfg.max_buffers() < 1 {
         let spool = cfg.spool.as_ref().map(|s| s.max_bytes).unwrap_or(0);
         return Err(anyhow!(
@@ -560,7 +560,7 @@ impl Run<'_> {
         &mut self,
         input: &mut dyn Read,
         key_for: &dyn Fn(u64) -> String,
-    ) -> Result<Outcome> {
+    ) -> Result<Uploaded> {
         let mut cutter = Cutter::new(self.cfg.chunk_size, self.cfg.part_size);
         let mut input = Peek {
             inner: input,
@@ -657,7 +657,7 @@ impl Run<'_> {
                 etag: Some(etag),
             });
         }
-        Ok(Outcome {
+        Ok(Uploaded {
             chunks,
             summary,
             parts: self.parts,

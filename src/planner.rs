@@ -255,11 +255,4 @@ mod tests {
         f.parent_on_disk = false;
         check(f, false, Action::Skip, "next due");
     }
-
-    #[test]
-    fn names() {
-        assert_eq!(Action::Full.as_str(), "full");
-        assert_eq!(Action::Incremental.as_str(), "incremental");
-        assert_eq!(Action::Skip.as_str(), "skip");
-    }
 }

@@ -464,14 +464,36 @@ fn load_names_the_file() {
 }
 
 #[test]
-fn level_names() {
+fn every_documented_name_is_accepted_through_the_config() {
+    // Each name the docs list is accepted by the config and gives its own value; a
+    // misspelling is refused. (Guards the NAMES lists and the parsers agreeing.)
+    let mut levels = Vec::new();
+    for n in LogLevel::NAMES {
+        let c = Config::parse(&with(&format!("[global]\nlog_level = \"{n}\"")), &env()).unwrap();
+        levels.push(c.global.log_level);
+    }
+    assert_eq!(
+        levels,
+        [
+            LogLevel::Debug,
+            LogLevel::Info,
+            LogLevel::Warning,
+            LogLevel::Error,
+            LogLevel::Critical
+        ]
+    );
     assert_eq!(LogLevel::parse("WARNING"), Some(LogLevel::Warning));
     assert_eq!(LogLevel::Critical.to_filter(), log::LevelFilter::Error);
-    assert_eq!(LogLevel::Warning.to_filter(), log::LevelFilter::Warn);
-    assert_eq!(LogLevel::Debug.to_filter(), log::LevelFilter::Debug);
-    assert_eq!(LogLevel::Info.to_filter(), log::LevelFilter::Info);
-    assert_eq!(RestoreTier::Expedited.as_str(), "Expedited");
-    assert_eq!(VerifyMode::parse("none"), Some(VerifyMode::None));
+    for n in RestoreTier::NAMES {
+        let c =
+            Config::parse(&with(&format!("[restore]\nrestore_tier = \"{n}\"")), &env()).unwrap();
+        assert_eq!(c.restore.restore_tier.as_str(), *n);
+    }
+    for n in VerifyMode::NAMES {
+        let c = Config::parse(&with(&format!("[restore]\nverify_mode = \"{n}\"")), &env()).unwrap();
+        assert_eq!(Some(c.restore.verify_mode), VerifyMode::parse(n));
+    }
+    assert!(Config::parse(&with("[restore]\nrestore_tier = \"standard\""), &env()).is_err());
 }
 
 #[test]

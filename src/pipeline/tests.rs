@@ -33,7 +33,7 @@ fn key(i: u64) -> String {
     format!("p/chunk-{i}.bin")
 }
 
-fn run(store: &Arc<MemoryStore>, d: &[u8], c: &PipelineConfig) -> Result<Outcome> {
+fn run(store: &Arc<MemoryStore>, d: &[u8], c: &PipelineConfig) -> Result<Uploaded> {
     let s: Arc<dyn ObjectStore> = store.clone();
     upload_stream(
         &mut &d[..],
@@ -46,7 +46,7 @@ fn run(store: &Arc<MemoryStore>, d: &[u8], c: &PipelineConfig) -> Result<Outcome
     )
 }
 
-fn reassemble(store: &MemoryStore, o: &Outcome) -> Vec<u8> {
+fn reassemble(store: &MemoryStore, o: &Uploaded) -> Vec<u8> {
     let mut all = Vec::new();
     for c in &o.chunks {
         let obj = store.object(&c.key).unwrap();
