@@ -97,7 +97,7 @@ pub fn run(config: &Config, args: &BackupArgs) -> Result<u8> {
                 subvolume = sv.name,
                 reason = "interrupted"
             );
-            failed.push(sv.name.clone());
+            failed.push(format!("{}: not started (interrupted)", sv.name));
             results.push((sv.name.clone(), false, None));
             continue;
         }
@@ -138,7 +138,7 @@ pub fn run(config: &Config, args: &BackupArgs) -> Result<u8> {
                     subvolume = sv.name,
                     error = format!("{e:#}")
                 );
-                failed.push(sv.name.clone());
+                failed.push(format!("{}: {e:#}", sv.name));
                 results.push((sv.name.clone(), false, None));
             }
         }
@@ -167,6 +167,8 @@ pub fn run(config: &Config, args: &BackupArgs) -> Result<u8> {
                 metrics: m.as_ref(),
             })
             .collect();
+        // Monitoring that silently stops updating is worse than a failed run: a textfile
+        // that cannot be written fails the run (exit 1), after the backups themselves.
         if let Err(e) = write_textfile(path, &state, &rs) {
             event!(
                 Error,
@@ -174,16 +176,23 @@ pub fn run(config: &Config, args: &BackupArgs) -> Result<u8> {
                 path = path.display(),
                 error = format!("{e:#}")
             );
+            if failed.is_empty() {
+                return Err(e.context(format!(
+                    "the backups succeeded but the metrics textfile {} (global.metrics_path) \
+                     could not be written",
+                    path.display()
+                )));
+            }
         }
     }
     if failed.is_empty() {
         Ok(exit::OK)
     } else {
         Err(anyhow!(
-            "backup failed for {} of {} subvolumes: {} (see the event=backup_failed lines above)",
+            "backup failed for {} of {} subvolumes: {}",
             failed.len(),
             selected.len(),
-            failed.join(", ")
+            failed.join("; ")
         ))
     }
 }

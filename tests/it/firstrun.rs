@@ -163,3 +163,73 @@ fn a_20_manifest_chain_restores_in_about_the_space_of_its_result() {
     );
     assert!(peak < 48 * MIB, "peak {peak} bytes");
 }
+
+#[test]
+fn a_state_that_cannot_be_written_after_publishing_is_named_on_the_last_line() {
+    if !require_root("a_state_that_cannot_be_written_after_publishing_is_named_on_the_last_line") {
+        return;
+    }
+    let s = Setup::new(SetupOpts::default());
+    std::fs::write(s.vol("data").join("f"), "x").unwrap();
+    // The state on the btrfs itself, where chattr +i works whatever /tmp is.
+    let state = s.fs.path("state/state.json");
+    let text = std::fs::read_to_string(&s.cfg)
+        .unwrap()
+        .replace(&s.state.display().to_string(), &state.display().to_string());
+    std::fs::write(&s.cfg, text).unwrap();
+    assert_eq!(s.backup(&[]).code, 0);
+    // The file cannot be replaced, even by root; its directory still takes new files.
+    run(&format!("chattr +i {}", state.display()));
+    struct Mutable(std::path::PathBuf);
+    impl Drop for Mutable {
+        fn drop(&mut self) {
+            let _ = sh(&format!("chattr -i {}", self.0.display()));
+        }
+    }
+    let _guard = Mutable(state.clone());
+    std::fs::write(s.vol("data").join("g"), "y").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let r = s.backup(&["--once"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let key = s.get_json("backups/subvol/data/current.json")["manifest_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(key.contains("/incremental/"), "published: {key}");
+    let last = r.stderr.trim().lines().last().unwrap().to_string();
+    assert!(
+        last.contains(&format!("the backup is published as {key}"))
+            && last.contains("was not updated"),
+        "{last}"
+    );
+    assert!(r.stderr.contains("event=backup_summary"), "{r:?}");
+    // Once the state can be written, the next run records it without sending anything.
+    drop(_guard);
+    let r = s.backup(&[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("event=backup_recovered"), "{r:?}");
+    let st: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(st["subvolumes"]["data"]["last_manifest"], key.as_str());
+}
+
+#[test]
+fn a_metrics_textfile_that_cannot_be_written_fails_the_run() {
+    if !require_root("a_metrics_textfile_that_cannot_be_written_fails_the_run") {
+        return;
+    }
+    let s = Setup::new(SetupOpts {
+        extra: "metrics_path = \"/proc/btrfs_to_s3/metrics.prom\"",
+        ..Default::default()
+    });
+    std::fs::write(s.vol("data").join("f"), "x").unwrap();
+    let r = s.backup(&[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let last = r.stderr.trim().lines().last().unwrap();
+    assert!(
+        last.contains("metrics textfile /proc/btrfs_to_s3/metrics.prom (global.metrics_path)"),
+        "{last}"
+    );
+    // The backup itself is published and recorded.
+    assert!(r.stderr.contains("event=backup_published"), "{r:?}");
+    assert!(s.state.exists());
+}
