@@ -52,6 +52,18 @@ pub trait Btrfs: Send + Sync {
     /// `btrfs subvolume sync PATH`: waits until the subvolumes deleted on PATH's
     /// filesystem are cleaned up and their space is free again.
     fn wait_cleaned(&self, path: &Path) -> Result<()>;
+    /// The filesystem PATH (which must exist) is on: its type and source device, from
+    /// `findmnt` (on btrfs the statfs fsid differs from subvolume to subvolume, so it
+    /// cannot tell whether two paths share a filesystem).
+    fn filesystem(&self, path: &Path) -> Result<Filesystem>;
+}
+
+/// A mounted filesystem, as `findmnt` names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Filesystem {
+    pub fstype: String,
+    /// The device, without the `[/subvolume]` findmnt appends for btrfs.
+    pub source: String,
 }
 
 /// The `btrfs` command line tool.
@@ -169,6 +181,18 @@ fn grow_pipe(fd: &impl std::os::fd::AsFd) {
     let _ = rustix::pipe::fcntl_setpipe_size(fd, PIPE_SIZE);
 }
 
+/// Parses `findmnt -n -o FSTYPE,SOURCE` output: `btrfs /dev/loop0[/vol]`.
+pub fn parse_findmnt(out: &str) -> Result<Filesystem> {
+    let mut f = out.split_whitespace();
+    match (f.next(), f.next()) {
+        (Some(t), Some(src)) => Ok(Filesystem {
+            fstype: t.to_string(),
+            source: src.split('[').next().unwrap_or(src).to_string(),
+        }),
+        _ => bail!("unexpected findmnt output {out:?}"),
+    }
+}
+
 /// Parses `btrfs subvolume show` output.
 pub fn parse_show(out: &str) -> SubvolInfo {
     let field = |name: &str| {
@@ -266,6 +290,22 @@ impl Btrfs for BtrfsCli {
     fn wait_cleaned(&self, path: &Path) -> Result<()> {
         self.run(&["subvolume".as_ref(), "sync".as_ref(), path.as_os_str()])
             .map(|_| ())
+    }
+
+    fn filesystem(&self, path: &Path) -> Result<Filesystem> {
+        let out = Command::new("findmnt")
+            .args(["-n", "-o", "FSTYPE,SOURCE", "--target"])
+            .arg(path)
+            .stdin(Stdio::null())
+            .output()
+            .context("running findmnt (util-linux): install it with apt-get install util-linux")?;
+        check_status(
+            &format!("findmnt --target {}", path.display()),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )?;
+        parse_findmnt(&String::from_utf8_lossy(&out.stdout))
+            .with_context(|| format!("reading the filesystem of {}", path.display()))
     }
 
     fn make_writable(&self, path: &Path) -> Result<()> {
@@ -381,6 +421,17 @@ impl ReceiveSink for ChildReceive {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_findmnt() {
+        let f = parse_findmnt("btrfs  /dev/loop3[/vol/data]\n").unwrap();
+        assert_eq!(
+            (f.fstype.as_str(), f.source.as_str()),
+            ("btrfs", "/dev/loop3")
+        );
+        assert_eq!(parse_findmnt("ext4 /dev/vda\n").unwrap().source, "/dev/vda");
+        assert!(parse_findmnt("").is_err());
+    }
 
     #[test]
     fn parses_show() {

@@ -195,6 +195,16 @@ impl Btrfs for FakeBtrfs {
         Ok(())
     }
 
+    fn filesystem(&self, path: &Path) -> Result<crate::btrfs::Filesystem> {
+        if !path.exists() {
+            bail!("findmnt: {} does not exist", path.display());
+        }
+        Ok(crate::btrfs::Filesystem {
+            fstype: "btrfs".into(),
+            source: "/dev/fake".into(),
+        })
+    }
+
     fn receive(&self, dir: &Path) -> Result<Box<dyn ReceiveSink>> {
         self.push(format!("receive {}", dir.display()));
         Ok(Box::new(FakeReceive {

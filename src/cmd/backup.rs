@@ -62,6 +62,7 @@ fn check_state_writable(state_path: &Path) -> Result<()> {
 
 pub fn run(config: &Config, args: &BackupArgs) -> Result<u8> {
     let selected = select(config, &args.subvolumes)?;
+    crate::cmd::require_root("backup")?;
     // --dry-run reads only: no lock, no writes, not even the lock file's contents.
     let session = Session::start(config, !args.dry_run)?;
     let retrier = session.retrier.clone();
@@ -253,24 +254,104 @@ fn harness_file(b: &Backup<'_>, dir: &Path, sv: &Subvolume, p: &Published) -> Re
     crate::harness::write(dir, p.kind, &chunks)
 }
 
+/// The nearest existing ancestor of `p` (itself when it exists).
+fn existing_ancestor(p: &Path) -> Option<&Path> {
+    p.ancestors().find(|a| a.exists())
+}
+
+/// What can be checked of the config without writing: subvolumes are btrfs subvolumes
+/// we can read, `snapshots.base_dir` is (or would be) on the same filesystem as each,
+/// the sizes fit together. One line per problem, each naming the key.
+fn config_problems(b: &Backup<'_>, selected: &[&Subvolume]) -> Vec<String> {
+    let cfg = b.cfg;
+    let mut out = Vec::new();
+    if let Err(e) = crate::backup::part_size(cfg) {
+        out.push(format!("{e:#}"));
+    } else if let Ok(part) = crate::backup::part_size(cfg) {
+        if cfg.s3.spool_enabled && cfg.global.spool_size_bytes < part {
+            out.push(format!(
+                "global.spool_size_bytes = {} cannot hold one part of {part} bytes; raise it",
+                cfg.global.spool_size_bytes
+            ));
+        }
+    }
+    let base = &cfg.snapshots.base_dir;
+    let base_fs = existing_ancestor(base).and_then(|a| b.btrfs.filesystem(a).ok());
+    for sv in selected {
+        let p = &sv.path;
+        if !p.exists() {
+            out.push(format!(
+                "subvolumes.paths: {} does not exist (subvolume {})",
+                p.display(),
+                sv.name
+            ));
+            continue;
+        }
+        if let Err(e) = b.btrfs.show(p) {
+            out.push(format!(
+                "subvolumes.paths: {} is not a btrfs subvolume we can read ({}); create it \
+                 with btrfs subvolume create, or fix the path",
+                p.display(),
+                format!("{e:#}").lines().next().unwrap_or("")
+            ));
+            continue;
+        }
+        match (b.btrfs.filesystem(p), &base_fs) {
+            (Ok(fs), Some(bfs)) if &fs != bfs => out.push(format!(
+                "snapshots.base_dir = {} is on {} ({}), not on the btrfs filesystem of {} ({}): \
+                 snapshots must be on the same filesystem",
+                base.display(),
+                bfs.source,
+                bfs.fstype,
+                p.display(),
+                fs.source
+            )),
+            (Ok(_), Some(_)) => {}
+            (Err(e), _) => out.push(format!("{e:#}")),
+            (_, None) => out.push(format!(
+                "snapshots.base_dir = {}: its filesystem cannot be read",
+                base.display()
+            )),
+        }
+    }
+    out
+}
+
+/// `--dry-run`: the config check the systemd unit runs first. Config problems exit 2
+/// (each named); S3 out of reach exits 1; else the plan, one line per subvolume, exit 0.
 fn dry_run(b: &Backup<'_>, state: &State, selected: &[&Subvolume], once: bool) -> Result<u8> {
+    let problems = config_problems(b, selected);
+    for p in &problems {
+        println!("config: {p}");
+    }
+    if let Some(first) = problems.first() {
+        return Err(crate::config::ConfigError(if problems.len() == 1 {
+            first.clone()
+        } else {
+            format!("{first} (and {} more problems above)", problems.len() - 1)
+        })
+        .into());
+    }
+    if let Some(repo) = b.repo {
+        repo.retrier()
+            .run(|| repo.store().head_bucket())
+            .context("S3 cannot be reached (a real run would fail): check the network, s3.endpoint_url, s3.bucket, s3.region and the credentials")?;
+    }
     let now = Ts::now();
     for sv in selected {
         let entry = state.subvolumes.get(&sv.name).cloned().unwrap_or_default();
-        let pending = crate::journal::load(&b.journal_path(sv)).ok().flatten();
-        let line = match (&pending, b.facts(sv, &entry)) {
-            (Some(p), _) => format!(
+        let line = match crate::journal::load(&b.journal_path(sv)).ok().flatten() {
+            Some(p) => format!(
                 "{}: resume ({} backup of {} interrupted; {} bytes stored)",
                 sv.name,
                 p.begin.kind.as_str(),
                 p.begin.run_ts,
                 p.stored_bytes()
             ),
-            (None, Ok(f)) => {
-                let d = plan(&f, &b.cfg.schedule, now, once);
+            None => {
+                let d = plan(&b.facts(sv, &entry)?, &b.cfg.schedule, now, once);
                 format!("{}: {} ({})", sv.name, d.action.as_str(), d.reason)
             }
-            (None, Err(e)) => format!("{}: unknown ({e:#})", sv.name),
         };
         println!("{line}");
     }

@@ -13,6 +13,20 @@ use crate::config::Config;
 use crate::lock::RunLock;
 use crate::retry::{Policy, Retrier};
 
+/// Fails unless we run as root: snapshots, `btrfs send` and `btrfs receive` need
+/// CAP_SYS_ADMIN, and the error would otherwise be a permission error deep inside.
+pub fn require_root(command: &str) -> Result<()> {
+    let uid = rustix::process::geteuid();
+    if !uid.is_root() {
+        anyhow::bail!(
+            "btrfs_to_s3 {command} must run as root (btrfs snapshot, send and receive need \
+             CAP_SYS_ADMIN); you are uid {}: run it with sudo, or from the systemd unit",
+            uid.as_raw()
+        );
+    }
+    Ok(())
+}
+
 /// The retry policy: the default, except that the test suite may shorten its base delay
 /// with `BTRFS_TO_S3_RETRY_BASE_MS` (0 to 1000) so that it does not sleep for real; the
 /// number of attempts never changes.

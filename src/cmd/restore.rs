@@ -17,6 +17,7 @@ use crate::restore::{check_target, ArchivePending, Request, Restorer};
 
 /// `btrfs_to_s3 restore`: flags over config, session (lock), run, metrics.
 pub fn run(config: &Config, args: &RestoreArgs) -> Result<u8> {
+    crate::cmd::require_root("restore")?;
     if let Some(why) = crate::manifest::subvolume_name_problem(&args.subvolume) {
         return Err(UsageError(format!(
             "--subvolume {:?} {why}: give the subvolume's name (the last component of its path)",

@@ -132,12 +132,14 @@ fn log_level_precedence_and_dry_run_output() {
         .replace("/tmp/b2s3-never", &dir.path().display().to_string())
         .replace("[global]", "[global]\nlog_level = \"error\"");
     let cfg = write_config(&dir, &body);
-    // Config says error: no debug event.
+    // Config says error: no debug event. (The dry run is a config check: /data does not
+    // exist here, which it reports with exit 2; the log level is what this test is about.)
     let r = run_bin(&["backup", "--config", &cfg, "--dry-run"]);
-    assert_eq!(r.code, 0, "{r:?}");
-    assert_eq!(
-        r.stdout.trim(),
-        "data: full (no previous backup recorded in the state file)"
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stdout
+            .contains("config: subvolumes.paths: /data does not exist"),
+        "{r:?}"
     );
     assert!(!r.stderr.contains("event=config_loaded"), "{r:?}");
     // --log-level (before the subcommand) overrides the config.

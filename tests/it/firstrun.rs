@@ -233,3 +233,94 @@ fn a_metrics_textfile_that_cannot_be_written_fails_the_run() {
     assert!(r.stderr.contains("event=backup_published"), "{r:?}");
     assert!(s.state.exists());
 }
+
+#[test]
+fn dry_run_is_the_config_check() {
+    if !require_root("dry_run_is_the_config_check") {
+        return;
+    }
+    let s = Setup::new(SetupOpts::default());
+    let text = std::fs::read_to_string(&s.cfg).unwrap();
+    let vol = s.vol("data").display().to_string();
+    let try_cfg = |edit: &dyn Fn(&str) -> String| {
+        let cfg = s.fs.dir.path().join("check.toml");
+        std::fs::write(&cfg, edit(&text)).unwrap();
+        output(btrfs_to_s3().env("BTRFS_TO_S3_RETRY_BASE_MS", "10").args([
+            "backup",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--dry-run",
+        ]))
+    };
+    // A real run would start: exit 0 with the plan.
+    let r = try_cfg(&|t| t.to_string());
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("data: full (no previous backup"), "{r:?}");
+
+    let plain = s.fs.path("plain-dir");
+    std::fs::create_dir_all(&plain).unwrap();
+    let not_btrfs = TempDir::new("not-btrfs");
+    let other_fs = BtrfsFs::new(128);
+    for (what, edit, words) in [
+        (
+            "missing",
+            Box::new(|t: &str| t.replace(&vol, "/nonexistent/data")) as Box<dyn Fn(&str) -> String>,
+            &["subvolumes.paths: /nonexistent/data does not exist"][..],
+        ),
+        (
+            "plain directory",
+            Box::new(|t: &str| t.replace(&vol, &plain.display().to_string())),
+            &["is not a btrfs subvolume"][..],
+        ),
+        (
+            "not btrfs",
+            Box::new(|t: &str| t.replace(&vol, &not_btrfs.path().display().to_string())),
+            &["is not a btrfs subvolume"][..],
+        ),
+        (
+            "base_dir elsewhere",
+            Box::new(|t: &str| {
+                t.replace(
+                    &s.snaps.display().to_string(),
+                    &other_fs.path("snaps").display().to_string(),
+                )
+            }),
+            &["snapshots.base_dir", "not on the btrfs filesystem of"][..],
+        ),
+        (
+            "spool below a part",
+            Box::new(|t: &str| {
+                t.replace("[global]", "[global]\nspool_size_bytes = 1048576")
+                    .replace("[s3]", "[s3]\nspool_enabled = true")
+            }),
+            &["global.spool_size_bytes = 1048576 cannot hold one part"][..],
+        ),
+    ] {
+        let r = try_cfg(edit.as_ref());
+        assert_eq!(r.code, 2, "{what}: {r:?}");
+        for w in words {
+            assert!(
+                r.stderr.contains(w) && r.stdout.contains(w),
+                "{what}: {w}: {r:?}"
+            );
+        }
+    }
+    // S3 out of reach: not a config problem, exit 1.
+    let r = try_cfg(&|t| {
+        t.replace(
+            &s.moto.endpoint,
+            &format!("http://127.0.0.1:{}", free_port()),
+        )
+    });
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("S3 cannot be reached"), "{r:?}");
+    // Not root: said plainly.
+    let r = output(
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(bin())
+            .args(["backup", "--config", s.cfg.to_str().unwrap(), "--dry-run"]),
+    );
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("must run as root"), "{r:?}");
+}
