@@ -195,6 +195,7 @@ impl Backup<'_> {
                 sv.path.display()
             )
         })?;
+        self.say_nested(sv);
         let jpath = self.journal_path(sv);
         let pending = match journal::load(&jpath) {
             Ok(p) => p,
@@ -241,6 +242,27 @@ impl Backup<'_> {
             reason = d.reason
         );
         self.run_fresh(sv, entry, &d, run_ts)
+    }
+
+    /// The subvolumes nested in `sv`, which `btrfs send` leaves out of its backups.
+    pub fn nested(&self, sv: &Subvolume) -> Vec<String> {
+        self.btrfs.nested_subvolumes(&sv.path).unwrap_or_default()
+    }
+
+    /// Says, once per run, which nested subvolumes the backup of `sv` does not include.
+    fn say_nested(&self, sv: &Subvolume) {
+        let nested = self.nested(sv);
+        if !nested.is_empty() {
+            event!(
+                Warn,
+                "nested_subvolumes_not_included",
+                subvolume = sv.name,
+                count = nested.len(),
+                paths = nested.join(","),
+                note = "btrfs send leaves nested subvolumes out (they restore as absent); \
+                        back them up as subvolumes of their own if they matter"
+            );
+        }
     }
 
     /// Whether a pending backup is resumed, recovered, dropped or abandoned, and why.

@@ -52,6 +52,9 @@ pub trait Btrfs: Send + Sync {
     /// `btrfs subvolume sync PATH`: waits until the subvolumes deleted on PATH's
     /// filesystem are cleaned up and their space is free again.
     fn wait_cleaned(&self, path: &Path) -> Result<()>;
+    /// The subvolumes directly below the subvolume at PATH, as paths relative to it
+    /// (`btrfs subvolume list -o`): `btrfs send` leaves them out.
+    fn nested_subvolumes(&self, path: &Path) -> Result<Vec<String>>;
     /// The filesystem PATH (which must exist) is on: its type and source device, from
     /// `findmnt` (on btrfs the statfs fsid differs from subvolume to subvolume, so it
     /// cannot tell whether two paths share a filesystem).
@@ -181,6 +184,22 @@ fn grow_pipe(fd: &impl std::os::fd::AsFd) {
     let _ = rustix::pipe::fcntl_setpipe_size(fd, PIPE_SIZE);
 }
 
+/// The children in `btrfs subvolume list -o` output, relative to the subvolume `me` (its
+/// path from `btrfs subvolume show`, `/` for the top level).
+pub fn parse_nested(me: &str, list: &str) -> Vec<String> {
+    let prefix = match me.trim_matches('/') {
+        "" => String::new(),
+        m => format!("{m}/"),
+    };
+    list.lines()
+        .filter_map(|l| l.split_once(" path ").map(|(_, p)| p.trim()))
+        .map(|p| {
+            let p = p.strip_prefix("<FS_TREE>/").unwrap_or(p);
+            p.strip_prefix(&prefix).unwrap_or(p).to_string()
+        })
+        .collect()
+}
+
 /// Parses `findmnt -n -o FSTYPE,SOURCE` output: `btrfs /dev/loop0[/vol]`.
 pub fn parse_findmnt(out: &str) -> Result<Filesystem> {
     let mut f = out.split_whitespace();
@@ -290,6 +309,20 @@ impl Btrfs for BtrfsCli {
     fn wait_cleaned(&self, path: &Path) -> Result<()> {
         self.run(&["subvolume".as_ref(), "sync".as_ref(), path.as_os_str()])
             .map(|_| ())
+    }
+
+    fn nested_subvolumes(&self, path: &Path) -> Result<Vec<String>> {
+        // `show` names the subvolume relative to the top level, `list -o` its children
+        // the same way.
+        let show = self.run(&["subvolume".as_ref(), "show".as_ref(), path.as_os_str()])?;
+        let me = show.lines().next().unwrap_or("").trim().to_string();
+        let list = self.run(&[
+            "subvolume".as_ref(),
+            "list".as_ref(),
+            "-o".as_ref(),
+            path.as_os_str(),
+        ])?;
+        Ok(parse_nested(&me, &list))
     }
 
     fn filesystem(&self, path: &Path) -> Result<Filesystem> {
@@ -421,6 +454,17 @@ impl ReceiveSink for ChildReceive {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_nested() {
+        let list = "ID 257 gen 7 top level 256 path data/nested\nID 258 gen 7 top level 256 path data/snaps/s1\n";
+        assert_eq!(parse_nested("data", list), ["nested", "snaps/s1"]);
+        assert_eq!(
+            parse_nested("/", "ID 256 gen 9 top level 5 path <FS_TREE>/vol\n"),
+            ["vol"]
+        );
+        assert!(parse_nested("data", "").is_empty());
+    }
 
     #[test]
     fn parses_findmnt() {

@@ -195,6 +195,10 @@ impl Btrfs for FakeBtrfs {
         Ok(())
     }
 
+    fn nested_subvolumes(&self, _path: &Path) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
     fn filesystem(&self, path: &Path) -> Result<crate::btrfs::Filesystem> {
         if !path.exists() {
             bail!("findmnt: {} does not exist", path.display());

@@ -354,6 +354,14 @@ fn dry_run(b: &Backup<'_>, state: &State, selected: &[&Subvolume], once: bool) -
             }
         };
         println!("{line}");
+        let nested = b.nested(sv);
+        if !nested.is_empty() {
+            println!(
+                "{}: not included (nested subvolumes, which btrfs send leaves out): {}",
+                sv.name,
+                nested.join(", ")
+            );
+        }
     }
     Ok(exit::OK)
 }

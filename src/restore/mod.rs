@@ -336,7 +336,8 @@ impl Restorer<'_> {
             entries = r.entries,
             files = r.files,
             files_hashed = r.files_hashed,
-            bytes_hashed = r.bytes_hashed
+            bytes_hashed = r.bytes_hashed,
+            nested_subvolumes_left_out = r.nested_placeholders
         );
         Ok(r.files_hashed)
     }

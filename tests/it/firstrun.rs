@@ -324,3 +324,60 @@ fn dry_run_is_the_config_check() {
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("must run as root"), "{r:?}");
 }
+
+#[test]
+fn nested_subvolumes_and_a_base_dir_inside_the_subvolume_restore_and_verify() {
+    if !require_root("nested_subvolumes_and_a_base_dir_inside_the_subvolume_restore_and_verify") {
+        return;
+    }
+    let s = Setup::new(SetupOpts {
+        storage_class_chunks: "STANDARD",
+        ..Default::default()
+    });
+    let v = s.vol("data");
+    std::fs::write(v.join("top.txt"), "top").unwrap();
+    run(&format!("btrfs subvolume create {}/nested", v.display()));
+    std::fs::write(v.join("nested/inner.txt"), "inner").unwrap();
+    // Snapshots inside the subvolume they are of: each is a nested subvolume of the next.
+    let text = std::fs::read_to_string(&s.cfg).unwrap().replace(
+        &s.snaps.display().to_string(),
+        &v.join(".snapshots").display().to_string(),
+    );
+    std::fs::write(&s.cfg, text).unwrap();
+
+    let r = s.backup(&["--dry-run"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains(
+            "data: not included (nested subvolumes, which btrfs send leaves out): nested"
+        ),
+        "{r:?}"
+    );
+    let r = s.backup(&[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("event=nested_subvolumes_not_included subvolume=data count=1"),
+        "{r:?}"
+    );
+    std::fs::write(v.join("top.txt"), "changed").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let r = s.backup(&["--once"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    // Now the first snapshot is nested too.
+    assert!(r.stderr.contains("count=2"), "{r:?}");
+
+    let t = s.fs.path("restored");
+    let r = s.restore(&["--subvolume", "data", "--target", t.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains("event=verify_ok mode=full")
+            && r.stderr.contains("nested_subvolumes_left_out="),
+        "{r:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(t.join("top.txt")).unwrap(),
+        "changed"
+    );
+    assert!(!t.join("nested/inner.txt").exists());
+}
