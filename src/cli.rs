@@ -91,6 +91,11 @@ pub struct RestoreArgs {
     /// How to verify the result (overrides restore.verify_mode)
     #[arg(long, value_enum, value_name = "MODE")]
     pub verify: Option<VerifyArg>,
+
+    /// Restore even when the target filesystem has less free space than the estimate
+    /// (the stream sizes; well-compressing data may need less)
+    #[arg(long)]
+    pub skip_space_check: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

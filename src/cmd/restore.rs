@@ -42,6 +42,7 @@ pub fn run(config: &Config, args: &RestoreArgs) -> Result<u8> {
             Some(VerifyArg::None) => VerifyMode::None,
             None => config.restore.verify_mode,
         },
+        skip_space_check: args.skip_space_check,
     };
     let session = Session::start(config, true)?;
     let btrfs = BtrfsCli::default();

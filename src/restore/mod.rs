@@ -47,6 +47,8 @@ pub struct Request {
     pub wait: bool,
     pub timeout: Duration,
     pub verify: VerifyMode,
+    /// Do not refuse for want of free space (`--skip-space-check`).
+    pub skip_space_check: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -105,6 +107,7 @@ impl Restorer<'_> {
             total_bytes = chain.total_bytes(),
             newest = chain.newest().0,
         );
+        self.preflight(&chain, &target, req.skip_space_check)?;
         let refs: Vec<archive::ChunkRef<'_>> = chain
             .links
             .iter()
@@ -176,6 +179,54 @@ impl Restorer<'_> {
             archive_wait,
             verified_files: verified,
         })
+    }
+
+    /// What can be checked before anything is downloaded or an archive restore (billed)
+    /// is requested: the target's directory is on btrfs, and it has room for about the
+    /// chain's full stream plus its largest incremental (restore keeps at most two
+    /// received subvolumes at once). Each refusal names the fix.
+    fn preflight(&self, chain: &Chain, target: &Path, skip_space: bool) -> Result<()> {
+        let dir = target.parent().unwrap_or(Path::new("/"));
+        let fs = self.btrfs.filesystem(dir)?;
+        if fs.fstype != "btrfs" {
+            bail!(
+                "--target {}: {} is on {} ({}), not btrfs; btrfs receive needs a btrfs \
+                 filesystem: restore into a directory on one",
+                target.display(),
+                dir.display(),
+                fs.source,
+                fs.fstype
+            );
+        }
+        let full = chain.links.first().map_or(0, |(_, m)| m.total_bytes);
+        let largest_inc = chain
+            .links
+            .iter()
+            .skip(1)
+            .map(|(_, m)| m.total_bytes)
+            .max()
+            .unwrap_or(0);
+        let need = full.saturating_add(largest_inc);
+        let free = rustix::fs::statvfs(dir)
+            .map(|v| v.f_bavail.saturating_mul(v.f_frsize))
+            .with_context(|| format!("reading the free space of {}", dir.display()))?;
+        event!(
+            Info,
+            "restore_space",
+            target = target.display(),
+            free_bytes = free,
+            estimate_bytes = need
+        );
+        if free < need && !skip_space {
+            bail!(
+                "--target {}: the filesystem has {free} bytes free, and this chain needs about \
+                 {need} (its full stream of {full} bytes plus its largest incremental of \
+                 {largest_inc}): free space, restore elsewhere, or pass --skip-space-check if \
+                 the data compresses well",
+                target.display()
+            );
+        }
+        Ok(())
     }
 
     /// Replays the chain into `staging`, then moves the newest to `target`, writable.

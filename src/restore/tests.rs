@@ -115,6 +115,7 @@ impl Rig {
             wait,
             timeout: Duration::from_secs(10),
             verify: VerifyMode::Full,
+            skip_space_check: false,
         })
     }
 }

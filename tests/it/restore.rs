@@ -396,10 +396,26 @@ fn a_full_target_filesystem_is_named_and_leaves_nothing() {
     let data = s.vol("data");
     random_file(&data.join("big.bin"), 200 * MIB);
     assert_eq!(s.backup(&[]).code, 0);
-    // The stream is larger than this whole file system.
+    // The stream is larger than this whole file system: refused before any download.
     let small = BtrfsFs::new(128);
     let target = small.path("restored");
     let r = s.restore(&["--subvolume", "data", "--target", target.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("bytes free, and this chain needs about")
+            && r.stderr.contains("--skip-space-check"),
+        "{r:?}"
+    );
+    assert!(!r.stderr.contains("event=restore_receive"), "{r:?}");
+    assert!(!target.exists() && s.staging_left(&small.mnt).is_empty());
+    // Told to go on anyway, btrfs receive runs out of space, and says so.
+    let r = s.restore(&[
+        "--subvolume",
+        "data",
+        "--target",
+        target.to_str().unwrap(),
+        "--skip-space-check",
+    ]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(
         r.stderr.contains("btrfs receive: ") && r.stderr.contains("No space left on device"),
@@ -418,4 +434,25 @@ fn a_full_target_filesystem_is_named_and_leaves_nothing() {
         !target.exists() && s.staging_left(&small.mnt).is_empty(),
         "{r:?}"
     );
+}
+
+#[test]
+fn a_target_that_is_not_on_btrfs_is_refused_before_any_download() {
+    if !require_root("a_target_that_is_not_on_btrfs_is_refused_before_any_download") {
+        return;
+    }
+    let s = Setup::new(SetupOpts::default());
+    std::fs::write(s.vol("data").join("f"), "x").unwrap();
+    assert_eq!(s.backup(&[]).code, 0);
+    let plain = TempDir::new("not-btrfs-target");
+    let target = plain.path().join("restored");
+    let r = s.restore(&["--subvolume", "data", "--target", target.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("not btrfs; btrfs receive needs a btrfs filesystem"),
+        "{r:?}"
+    );
+    assert!(!r.stderr.contains("event=restore_receive"), "{r:?}");
+    assert!(!target.exists());
 }
