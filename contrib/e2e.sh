@@ -63,7 +63,12 @@ prefix=${E2E_PREFIX:-btrfs_to_s3-e2e/$(hostname)-$(date -u +%Y%m%dT%H%M%SZ)}
 endpoint=${E2E_ENDPOINT_URL:-}
 if [ -z "$bucket" ]; then
   step "start a local S3 server (moto) on 127.0.0.1"
-  moto=$(bash contrib/install-test-tools.sh | tail -n 1)
+  # The one contrib/test.sh installed (it exports its path), else install one.
+  if [ -n "${BTRFS_TO_S3_MOTO_SERVER:-}" ] && [ -x "$BTRFS_TO_S3_MOTO_SERVER" ]; then
+    moto=$BTRFS_TO_S3_MOTO_SERVER
+  else
+    moto=$(bash contrib/install-test-tools.sh | tail -n 1)
+  fi
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   "$moto" -H 127.0.0.1 -p "$port" > "$work/moto.log" 2>&1 &
   moto_pid=$!

@@ -341,6 +341,9 @@ pub fn btrfs_to_s3() -> Command {
         .env_remove("AWS_PROFILE")
         .env_remove("AWS_SESSION_TOKEN")
         .env_remove("RUST_LOG")
+        // Retries happen as in production (five attempts), with millisecond backoff so
+        // that the suite does not sleep for real; a test may override it.
+        .env("BTRFS_TO_S3_RETRY_BASE_MS", "20")
         .stdin(Stdio::null());
     c
 }
