@@ -408,16 +408,6 @@ impl Config {
             restore,
         })
     }
-
-    /// `P` of the S3 layout: the prefix without trailing `/`, plus `/` when not empty.
-    pub fn key_prefix(&self) -> String {
-        let p = self.s3.prefix.trim_end_matches('/');
-        if p.is_empty() {
-            String::new()
-        } else {
-            format!("{p}/")
-        }
-    }
 }
 
 /// Without a spool, `(concurrency + 1)` part buffers live in memory: refuse a config

@@ -71,21 +71,6 @@ pub fn redact(text: &str) -> String {
     out
 }
 
-/// Registers the credentials of the environment (the usual AWS variables) as secrets;
-/// credentials from elsewhere (profiles, metadata) are registered where they are loaded.
-pub fn add_env_secrets() {
-    for v in [
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        "AWS_SECURITY_TOKEN",
-    ] {
-        if let Ok(value) = std::env::var(v) {
-            add_secret(&value);
-        }
-    }
-}
-
 /// Installs the logger once; later calls (tests) are ignored.
 pub fn init(level: log::LevelFilter) {
     let mut b = env_logger::Builder::new();

@@ -102,11 +102,6 @@ impl Retrier {
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    /// The cancel flag (set by SIGINT/SIGTERM), for threads that watch it themselves.
-    pub fn cancel_flag(&self) -> &Arc<AtomicBool> {
-        &self.cancel
-    }
-
     pub fn run<T>(&self, request: impl FnMut() -> StoreResult<T>) -> StoreResult<T> {
         self.run_until(&AtomicBool::new(false), request)
     }

@@ -60,10 +60,6 @@ impl Ts {
     pub fn iso(self) -> String {
         self.datetime().format(ISO).unwrap_or_default()
     }
-
-    pub fn to_offset_datetime(self) -> OffsetDateTime {
-        self.datetime()
-    }
 }
 
 impl fmt::Display for Ts {

@@ -265,15 +265,15 @@ fn existing_ancestor(p: &Path) -> Option<&Path> {
 fn config_problems(b: &Backup<'_>, selected: &[&Subvolume]) -> Vec<String> {
     let cfg = b.cfg;
     let mut out = Vec::new();
-    if let Err(e) = crate::backup::part_size(cfg) {
-        out.push(format!("{e:#}"));
-    } else if let Ok(part) = crate::backup::part_size(cfg) {
-        if cfg.s3.spool_enabled && cfg.global.spool_size_bytes < part {
+    match crate::backup::part_size(cfg) {
+        Err(e) => out.push(format!("{e:#}")),
+        Ok(part) if cfg.s3.spool_enabled && cfg.global.spool_size_bytes < part => {
             out.push(format!(
                 "global.spool_size_bytes = {} cannot hold one part of {part} bytes; raise it",
                 cfg.global.spool_size_bytes
-            ));
+            ))
         }
+        Ok(_) => {}
     }
     let base = &cfg.snapshots.base_dir;
     let base_fs = existing_ancestor(base).and_then(|a| b.btrfs.filesystem(a).ok());

@@ -87,7 +87,10 @@ fn defaults_match_contract() {
     assert!(c.restore.wait_for_restore);
     assert_eq!(c.restore.restore_timeout_seconds, 259_200);
     assert_eq!(c.restore.restore_tier, RestoreTier::Standard);
-    assert_eq!(c.key_prefix(), "backups/");
+    assert_eq!(
+        crate::manifest::Layout::new(&c.s3.prefix).prefix,
+        "backups/"
+    );
 }
 
 #[test]
@@ -150,7 +153,7 @@ restore_tier = "Bulk"
     assert_eq!(c.restore.verify_mode, VerifyMode::Sample);
     assert!(!c.restore.wait_for_restore);
     assert_eq!(c.restore.restore_tier, RestoreTier::Bulk);
-    assert_eq!(c.key_prefix(), "");
+    assert_eq!(crate::manifest::Layout::new(&c.s3.prefix).prefix, "");
 }
 
 #[test]
@@ -169,7 +172,7 @@ fn endpoint_from_environment() {
     );
     let c = Config::parse(&text, &e).unwrap();
     assert_eq!(c.s3.endpoint_url.as_deref(), Some("http://cfg:3"));
-    assert_eq!(c.key_prefix(), "x/");
+    assert_eq!(crate::manifest::Layout::new(&c.s3.prefix).prefix, "x/");
     e.0.insert("AWS_ENDPOINT_URL_S3".into(), "ftp://nope".into());
     let msg = Config::parse(MINIMAL, &e).unwrap_err().0;
     assert!(msg.contains("AWS_ENDPOINT_URL_S3"), "{msg}");
