@@ -38,6 +38,39 @@ pub struct Backup<'a> {
     pub btrfs: &'a dyn Btrfs,
     pub repo: Option<&'a Repo>,
     pub retrier: Arc<Retrier>,
+    /// Send protocol of new backups this run: 2 (`--compressed-data`) or 1
+    /// ([`send_protocol`] resolves `s3.send_compressed_data` once per run).
+    pub send_protocol: u32,
+}
+
+/// The send protocol for this run's new backups: `s3.send_compressed_data` against what
+/// the kernel and btrfs-progs here can do (asked once per run, and logged).
+pub fn send_protocol(cfg: &Config, btrfs: &dyn Btrfs) -> Result<u32> {
+    use crate::config::SendCompressed;
+    if cfg.s3.send_compressed_data == SendCompressed::Off {
+        return Ok(1);
+    }
+    let support = btrfs.send_support()?;
+    let proto = match (cfg.s3.send_compressed_data, support.can_send_compressed()) {
+        (_, true) => 2,
+        (SendCompressed::On, false) => {
+            return Err(anyhow!(
+                "s3.send_compressed_data = true, but this machine cannot send compressed data \
+                 ({}; it needs kernel send protocol 2, Linux 6.0, and btrfs-progs 6.0): \
+                 upgrade, or set s3.send_compressed_data = \"auto\"",
+                support.describe()
+            ))
+        }
+        _ => 1,
+    };
+    event!(
+        Info,
+        "send_protocol",
+        protocol = proto,
+        compressed_data = proto >= 2,
+        support = support.describe()
+    );
+    Ok(proto)
 }
 
 /// The result of one subvolume in a run.
@@ -601,6 +634,7 @@ impl Backup<'_> {
             },
             last_full_at: entry.last_full_at.clone(),
             settings: settings(self.cfg, part_size(self.cfg)?),
+            send_protocol: self.send_protocol,
         };
         let jpath = self.journal_path(sv);
         let mut journal = match Journal::create(&jpath, &begin) {
@@ -706,8 +740,10 @@ impl Backup<'_> {
             concurrency = pcfg.concurrency,
             buffers = pcfg.max_buffers(),
             spool = pcfg.spool.is_some(),
+            send_protocol = begin.send_protocol,
         );
-        let mut send = self.btrfs.send(snap_path, parent)?;
+        let compressed = begin.send_protocol >= 2;
+        let mut send = self.btrfs.send(snap_path, parent, compressed)?;
         let key_for = |i| repo.layout.chunk_key(&sv.name, kind, run_ts, i);
         let outcome = match pipeline::upload_stream(
             &mut send,
@@ -766,6 +802,8 @@ impl Backup<'_> {
                 extra: Default::default(),
             },
             stream_sha256: Some(outcome.summary.sha256.clone()),
+            send_protocol: Some(begin.send_protocol),
+            compressed_data: Some(compressed),
             extra: Default::default(),
         };
         journal.append(&Record::Publishing {
@@ -780,6 +818,7 @@ impl Backup<'_> {
             retries: self.retrier.retries() - retries_before,
             uploaded_bytes: outcome.uploaded_bytes,
             resumed_bytes: outcome.resumed_bytes,
+            compressed_data: compressed,
         };
         Ok(Published {
             state: state_after(entry, begin, &manifest_key),

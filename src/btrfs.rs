@@ -43,8 +43,16 @@ pub trait Btrfs: Send + Sync {
     fn delete_subvolume(&self, path: &Path) -> Result<()>;
     /// `btrfs subvolume show PATH`; fails if PATH is not a subvolume.
     fn show(&self, path: &Path) -> Result<SubvolInfo>;
-    /// `btrfs send [-p PARENT] SNAPSHOT`.
-    fn send(&self, snapshot: &Path, parent: Option<&Path>) -> Result<Box<dyn SendStream>>;
+    /// `btrfs send [-p PARENT] SNAPSHOT`, with `--proto 2 --compressed-data` when
+    /// `compressed` (compressed extents pass through as they are on disk).
+    fn send(
+        &self,
+        snapshot: &Path,
+        parent: Option<&Path>,
+        compressed: bool,
+    ) -> Result<Box<dyn SendStream>>;
+    /// What this machine's kernel and `btrfs` can do with send streams.
+    fn send_support(&self) -> Result<SendSupport>;
     /// `btrfs receive DIR`.
     fn receive(&self, dir: &Path) -> Result<Box<dyn ReceiveSink>>;
     /// `btrfs property set -ts PATH ro false` (after a receive).
@@ -59,6 +67,48 @@ pub trait Btrfs: Send + Sync {
     /// `findmnt` (on btrfs the statfs fsid differs from subvolume to subvolume, so it
     /// cannot tell whether two paths share a filesystem).
     fn filesystem(&self, path: &Path) -> Result<Filesystem>;
+}
+
+/// Send-stream support here: the kernel's send protocol
+/// (`/sys/fs/btrfs/features/send_stream_version`) and btrfs-progs' version (6.0 sends and
+/// receives protocol 2 with `--compressed-data`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SendSupport {
+    pub kernel_proto: u32,
+    /// `(major, minor)` of btrfs-progs.
+    pub progs: (u32, u32),
+}
+
+impl SendSupport {
+    /// btrfs-progs 6.0 is the first that sends and receives protocol 2.
+    pub const PROGS_PROTO2: (u32, u32) = (6, 0);
+
+    /// Whether `btrfs send --proto 2 --compressed-data` works here.
+    pub fn can_send_compressed(&self) -> bool {
+        self.kernel_proto >= 2 && self.progs >= Self::PROGS_PROTO2
+    }
+
+    /// Whether `btrfs receive` here reads protocol-2 streams.
+    pub fn can_receive_proto2(&self) -> bool {
+        self.progs >= Self::PROGS_PROTO2
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "kernel send protocol {}, btrfs-progs {}.{}",
+            self.kernel_proto, self.progs.0, self.progs.1
+        )
+    }
+}
+
+/// Parses `btrfs --version` (`btrfs-progs v6.2`, `btrfs-progs v5.16.2`).
+pub fn parse_progs_version(out: &str) -> Option<(u32, u32)> {
+    let v = out.split_whitespace().find_map(|w| w.strip_prefix('v'))?;
+    let mut it = v.split(|c: char| !c.is_ascii_digit());
+    Some((
+        it.next()?.parse().ok()?,
+        it.next().and_then(|m| m.parse().ok()).unwrap_or(0),
+    ))
 }
 
 /// A mounted filesystem, as `findmnt` names it.
@@ -257,9 +307,17 @@ impl Btrfs for BtrfsCli {
         Ok(parse_show(&out))
     }
 
-    fn send(&self, snapshot: &Path, parent: Option<&Path>) -> Result<Box<dyn SendStream>> {
+    fn send(
+        &self,
+        snapshot: &Path,
+        parent: Option<&Path>,
+        compressed: bool,
+    ) -> Result<Box<dyn SendStream>> {
         let mut cmd = self.command();
         cmd.arg("send");
+        if compressed {
+            cmd.args(["--proto", "2", "--compressed-data"]);
+        }
         if let Some(p) = parent {
             cmd.arg("-p").arg(p);
         }
@@ -304,6 +362,21 @@ impl Btrfs for BtrfsCli {
                 stderr,
             },
         }))
+    }
+
+    fn send_support(&self) -> Result<SendSupport> {
+        let out = self.run(&["--version".as_ref()])?;
+        let progs = parse_progs_version(&out)
+            .ok_or_else(|| anyhow!("cannot read the btrfs-progs version from {out:?}"))?;
+        // Absent on kernels before 5.x: protocol 1 only.
+        let kernel_proto = std::fs::read_to_string("/sys/fs/btrfs/features/send_stream_version")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(1);
+        Ok(SendSupport {
+            kernel_proto,
+            progs,
+        })
     }
 
     fn wait_cleaned(&self, path: &Path) -> Result<()> {
@@ -456,6 +529,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn parses_versions_and_support() {
+        assert_eq!(parse_progs_version("btrfs-progs v6.2\n"), Some((6, 2)));
+        assert_eq!(parse_progs_version("btrfs-progs v5.16.2"), Some((5, 16)));
+        assert_eq!(parse_progs_version("btrfs-progs v6"), Some((6, 0)));
+        assert_eq!(parse_progs_version("nonsense"), None);
+        let s = SendSupport {
+            kernel_proto: 2,
+            progs: (6, 2),
+        };
+        assert!(s.can_send_compressed() && s.can_receive_proto2());
+        let old_progs = SendSupport {
+            kernel_proto: 2,
+            progs: (5, 16),
+        };
+        assert!(!old_progs.can_send_compressed() && !old_progs.can_receive_proto2());
+        let old_kernel = SendSupport {
+            kernel_proto: 1,
+            progs: (6, 2),
+        };
+        assert!(!old_kernel.can_send_compressed() && old_kernel.can_receive_proto2());
+    }
+
+    #[test]
     fn parses_nested() {
         let list = "ID 257 gen 7 top level 256 path data/nested\nID 258 gen 7 top level 256 path data/snaps/s1\n";
         assert_eq!(parse_nested("data", list), ["nested", "snaps/s1"]);
@@ -507,7 +603,7 @@ mod tests {
         };
         let e = b.show(Path::new("/")).unwrap_err();
         assert!(e.to_string().contains("apt-get install btrfs-progs"), "{e}");
-        let e = b.send(Path::new("/x"), None).err().unwrap();
+        let e = b.send(Path::new("/x"), None, false).err().unwrap();
         assert!(e.to_string().contains("not found"));
     }
 

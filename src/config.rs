@@ -154,6 +154,18 @@ impl RestoreTier {
     }
 }
 
+/// `s3.send_compressed_data` (extension): send compressed extents as they are on disk
+/// (`btrfs send --proto 2 --compressed-data`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendCompressed {
+    /// When the kernel and btrfs-progs support it (detected once per run).
+    Auto,
+    /// Always; a run fails when it is not supported.
+    On,
+    /// Never: protocol 1, as the earlier tool.
+    Off,
+}
+
 #[derive(Clone, Debug)]
 pub struct Global {
     pub log_level: LogLevel,
@@ -202,6 +214,8 @@ pub struct S3 {
     pub endpoint_url: Option<String>,
     /// Extension: multipart part size before the automatic raise for 10,000 parts.
     pub part_size_bytes: u64,
+    /// Extension: `auto` (default), `true` or `false`.
+    pub send_compressed_data: SendCompressed,
 }
 
 #[derive(Clone, Debug)]
@@ -257,6 +271,7 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
             "sse",
             "endpoint_url",
             "part_size_bytes",
+            "send_compressed_data",
         ],
     ),
     (
@@ -373,6 +388,7 @@ impl Config {
             sse: r.one_of("s3", "sse", "AES256", SSE_VALUES)?,
             endpoint_url: r.endpoint()?,
             part_size_bytes: r.part_size()?,
+            send_compressed_data: r.send_compressed()?,
         };
         check_buffer_bound(&s3)?;
         let restore = Restore {
@@ -741,6 +757,18 @@ impl Reader<'_> {
             }
             _ => err(format!(
                 "{source} = {value:?}: must be an http:// or https:// URL with a host"
+            )),
+        }
+    }
+
+    fn send_compressed(&self) -> Result<SendCompressed, ConfigError> {
+        match self.get("s3", "send_compressed_data") {
+            None => Ok(SendCompressed::Auto),
+            Some(toml::Value::Boolean(true)) => Ok(SendCompressed::On),
+            Some(toml::Value::Boolean(false)) => Ok(SendCompressed::Off),
+            Some(toml::Value::String(v)) if v == "auto" => Ok(SendCompressed::Auto),
+            Some(v) => err(format!(
+                "s3.send_compressed_data = {v}: must be \"auto\", true or false"
             )),
         }
     }

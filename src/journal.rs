@@ -44,6 +44,14 @@ pub struct Begin {
     /// The state's `last_full_at` when the backup began (for the state after publishing).
     pub last_full_at: Option<String>,
     pub settings: Settings,
+    /// The send protocol the backup began with (2: `--compressed-data`); a resume sends
+    /// the same way, whatever `s3.send_compressed_data` detects now.
+    #[serde(default = "proto1")]
+    pub send_protocol: u32,
+}
+
+fn proto1() -> u32 {
+    1
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -365,6 +373,7 @@ mod tests {
             parent: None,
             parent_manifest: None,
             last_full_at: None,
+            send_protocol: 2,
             settings: Settings {
                 bucket: "b".into(),
                 prefix: "p".into(),

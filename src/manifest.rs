@@ -82,6 +82,12 @@ pub struct Manifest {
     /// Extension: SHA-256 of the whole send stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_sha256: Option<String>,
+    /// Extension: the send stream's protocol (absent: 1, as the earlier tool's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_protocol: Option<u32>,
+    /// Extension: compressed extents were sent as they are (`--compressed-data`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compressed_data: Option<bool>,
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
@@ -96,6 +102,11 @@ pub struct Pointer {
 }
 
 impl Manifest {
+    /// The send protocol of the stream (1 when the manifest does not say).
+    pub fn protocol(&self) -> u32 {
+        self.send_protocol.unwrap_or(1)
+    }
+
     pub fn to_json(&self) -> Vec<u8> {
         let mut v = serde_json::to_vec_pretty(self).unwrap_or_default();
         v.push(b'\n');

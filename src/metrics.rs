@@ -22,6 +22,9 @@ pub struct Metrics {
     pub uploaded_bytes: u64,
     /// Bytes not sent because an interrupted run had stored them.
     pub resumed_bytes: u64,
+    /// The stream carried compressed extents as they are on disk (send protocol 2): its
+    /// bytes are then fewer than the data's logical bytes.
+    pub compressed_data: bool,
 }
 
 impl Metrics {
@@ -43,6 +46,7 @@ impl Metrics {
         self.retries += o.retries;
         self.uploaded_bytes += o.uploaded_bytes;
         self.resumed_bytes += o.resumed_bytes;
+        self.compressed_data |= o.compressed_data;
     }
 
     pub fn log(&self, event_name: &str, subvolume: &str) {
@@ -58,6 +62,7 @@ impl Metrics {
             retries = self.retries,
             uploaded_bytes = self.uploaded_bytes,
             resumed_bytes = self.resumed_bytes,
+            compressed_data = self.compressed_data,
         );
     }
 }

@@ -57,6 +57,8 @@ pub struct FakeBtrfs {
     pub send_error: Mutex<Option<String>>,
     /// Streams written to `receive`, by target directory.
     pub received: Received,
+    /// What `send_support` says (default: protocol 2 and btrfs-progs 6.2).
+    pub support: Mutex<Option<crate::btrfs::SendSupport>>,
 }
 
 impl FakeBtrfs {
@@ -172,10 +174,16 @@ impl Btrfs for FakeBtrfs {
         })
     }
 
-    fn send(&self, snapshot: &Path, parent: Option<&Path>) -> Result<Box<dyn SendStream>> {
+    fn send(
+        &self,
+        snapshot: &Path,
+        parent: Option<&Path>,
+        compressed: bool,
+    ) -> Result<Box<dyn SendStream>> {
+        let proto = if compressed { " proto=2" } else { "" };
         self.push(match parent {
-            Some(p) => format!("send {} parent={}", snapshot.display(), p.display()),
-            None => format!("send {}", snapshot.display()),
+            Some(p) => format!("send {}{proto} parent={}", snapshot.display(), p.display()),
+            None => format!("send {}{proto}", snapshot.display()),
         });
         let data = self
             .streams
@@ -188,6 +196,18 @@ impl Btrfs for FakeBtrfs {
             data: Cursor::new(data),
             error: self.send_error.lock().unwrap().clone(),
         }))
+    }
+
+    fn send_support(&self) -> Result<crate::btrfs::SendSupport> {
+        Ok(self
+            .support
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or(crate::btrfs::SendSupport {
+                kernel_proto: 2,
+                progs: (6, 2),
+            }))
     }
 
     fn wait_cleaned(&self, path: &Path) -> Result<()> {

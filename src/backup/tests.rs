@@ -61,6 +61,7 @@ impl Rig {
             btrfs: &self.btrfs,
             repo: Some(&self.repo),
             retrier: Arc::new(crate::testing::retrier()),
+            send_protocol: 1,
         }
     }
 
@@ -603,4 +604,62 @@ fn a_missing_bucket_is_not_a_missing_parent_manifest() {
         "{e:#}"
     );
     assert_eq!(rig.snaps(), ["data__20250101T020000Z__full"]);
+}
+
+#[test]
+fn the_send_protocol_follows_the_config_and_what_the_machine_can_do() {
+    use crate::btrfs::SendSupport;
+    use crate::config::SendCompressed;
+    let mut rig = Rig::new();
+    let old = SendSupport {
+        kernel_proto: 1,
+        progs: (5, 16),
+    };
+    for (setting, support, want) in [
+        (SendCompressed::Auto, None, Ok(2)),
+        (SendCompressed::Auto, Some(old.clone()), Ok(1)),
+        (SendCompressed::Off, None, Ok(1)),
+        (SendCompressed::On, None, Ok(2)),
+        (
+            SendCompressed::On,
+            Some(old.clone()),
+            Err("s3.send_compressed_data = true"),
+        ),
+    ] {
+        rig.cfg.s3.send_compressed_data = setting;
+        *rig.btrfs.support.lock().unwrap() = support;
+        match (send_protocol(&rig.cfg, &rig.btrfs), want) {
+            (Ok(p), Ok(w)) => assert_eq!(p, w, "{setting:?}"),
+            (Err(e), Err(w)) => {
+                let e = format!("{e:#}");
+                assert!(e.contains(w) && e.contains("btrfs-progs 5.16"), "{e}");
+            }
+            (got, want) => panic!("{setting:?}: {got:?} vs {want:?}"),
+        }
+    }
+    // Protocol 2 is sent with --compressed-data and recorded in the manifest.
+    let mut b = rig.backup();
+    b.send_protocol = 2;
+    let sv = &rig.cfg.subvolumes[0];
+    let p = match b
+        .run(
+            sv,
+            &SubvolState::default(),
+            false,
+            false,
+            Ts::parse("20250101T020000Z").unwrap(),
+        )
+        .unwrap()
+    {
+        Outcome::Published(p) => p,
+        o => panic!("{o:?}"),
+    };
+    let m = manifest(&rig.store, &p.manifest_key);
+    assert_eq!((m.send_protocol, m.compressed_data), (Some(2), Some(true)));
+    assert!(p.metrics.compressed_data);
+    assert!(rig
+        .btrfs
+        .calls()
+        .iter()
+        .any(|c| c.starts_with("send") && c.contains("proto=2")));
 }

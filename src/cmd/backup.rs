@@ -74,11 +74,17 @@ pub fn run(config: &Config, args: &BackupArgs) -> Result<u8> {
     } else {
         Some(Repo::open(config, retrier.clone())?)
     };
+    let send_protocol = if args.no_s3 {
+        1
+    } else {
+        crate::backup::send_protocol(config, &btrfs)?
+    };
     let b = Backup {
         cfg: config,
         btrfs: &btrfs,
         repo: repo.as_ref(),
         retrier: retrier.clone(),
+        send_protocol,
     };
     if args.dry_run {
         return dry_run(&b, &state, &selected, args.once);

@@ -337,6 +337,10 @@ fn each_rule_names_key_and_value() {
         ),
         (s3_with("colour = \"blue\""), &["unknown key s3.colour"]),
         (
+            s3_with("send_compressed_data = \"yes\""),
+            &["s3.send_compressed_data", "\"auto\", true or false"],
+        ),
+        (
             "[s3]\nbucket = \"b\"\nregion = \"r\"\nprefix = \"p\"".to_string(),
             &["subvolumes.paths", "required"],
         ),
@@ -515,5 +519,18 @@ fn bounds_and_prefixes_that_are_accepted() {
     }
     for p in ["..", "a/../b", "./a", "a//b", "/a", "a/.", "a\u{7}b"] {
         assert!(prefix_problem(p).is_some(), "{p:?}");
+    }
+}
+
+#[test]
+fn send_compressed_data_values() {
+    for (line, want) in [
+        ("", SendCompressed::Auto),
+        ("send_compressed_data = \"auto\"", SendCompressed::Auto),
+        ("send_compressed_data = true", SendCompressed::On),
+        ("send_compressed_data = false", SendCompressed::Off),
+    ] {
+        let c = Config::parse(&s3_with(line), &env()).unwrap();
+        assert_eq!(c.s3.send_compressed_data, want, "{line}");
     }
 }

@@ -543,6 +543,7 @@ fn journal_at(dir: &std::path::Path) -> FileJournal {
         parent: None,
         parent_manifest: None,
         last_full_at: None,
+        send_protocol: 1,
         settings: crate::journal::Settings {
             bucket: "b".into(),
             prefix: "p".into(),

@@ -188,6 +188,8 @@ mod tests {
                 extra: Default::default(),
             },
             stream_sha256: None,
+            send_protocol: None,
+            compressed_data: None,
             extra: Default::default(),
         }
     }

@@ -198,6 +198,19 @@ impl Restorer<'_> {
                 fs.fstype
             );
         }
+        if let Some((key, m)) = chain.links.iter().find(|(_, m)| m.protocol() >= 2) {
+            let support = self.btrfs.send_support()?;
+            if !support.can_receive_proto2() {
+                bail!(
+                    "manifest {key} was sent with send protocol {} (compressed data); btrfs \
+                     receive here is btrfs-progs {}.{}, and protocol 2 needs btrfs-progs 6.0 \
+                     or later: install it, then run the restore again",
+                    m.protocol(),
+                    support.progs.0,
+                    support.progs.1
+                );
+            }
+        }
         let full = chain.links.first().map_or(0, |(_, m)| m.total_bytes);
         let largest_inc = chain
             .links
@@ -294,6 +307,11 @@ impl Restorer<'_> {
             .with_context(|| format!("making {} writable", newest.display()))?;
         std::fs::rename(&newest, target)
             .with_context(|| format!("moving {} to {}", newest.display(), target.display()))?;
+        // Encoded (compressed) writes on older kernels could lose write errors until the
+        // data reaches the disk: flush the filesystem before verifying what is there.
+        std::fs::File::open(target)
+            .and_then(|f| rustix::fs::syncfs(&f).map_err(std::io::Error::from))
+            .with_context(|| format!("syncing the restored {}", target.display()))?;
         Ok(bytes)
     }
 

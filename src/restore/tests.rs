@@ -72,6 +72,8 @@ fn put_backup(
             extra: Default::default(),
         },
         stream_sha256: None,
+        send_protocol: None,
+        compressed_data: None,
         extra: Default::default(),
     };
     s.insert(key, &m.to_json(), opts("STANDARD"));
@@ -277,4 +279,45 @@ fn target_checks() {
             .contains("--target /nonexistent-base/data does not exist; create it first"),
         "{e}"
     );
+}
+
+#[test]
+fn a_protocol_2_chain_needs_a_receive_that_reads_it() {
+    let rig = Rig::new();
+    let key = "p/subvol/data/full/m1";
+    put_backup(
+        &rig.store,
+        key,
+        "data__20250101T020000Z__full",
+        Kind::Full,
+        None,
+        "STANDARD",
+    );
+    // Mark it as sent with protocol 2.
+    let mut m: Manifest = serde_json::from_slice(&rig.store.object(key).unwrap().data).unwrap();
+    m.send_protocol = Some(2);
+    m.compressed_data = Some(true);
+    rig.store.insert(key, &m.to_json(), opts("STANDARD"));
+    *rig.btrfs.support.lock().unwrap() = Some(crate::btrfs::SendSupport {
+        kernel_proto: 2,
+        progs: (5, 16),
+    });
+    let before = rig.store.log().len();
+    let target = rig.dir.0.join("restored");
+    let e = format!("{:#}", rig.run(&target, Some(key), true).unwrap_err());
+    assert!(
+        e.contains("send protocol 2") && e.contains("btrfs-progs 6.0 or later"),
+        "{e}"
+    );
+    // Nothing was downloaded.
+    assert!(
+        !rig.store.log()[before..]
+            .iter()
+            .any(|l| l.contains(".chunk")),
+        "{:?}",
+        rig.store.log()
+    );
+    // With a receive that reads it, the same restore works.
+    *rig.btrfs.support.lock().unwrap() = None;
+    rig.run(&target, Some(key), true).unwrap();
 }

@@ -27,9 +27,17 @@ fn chunks_of(m: &serde_json::Value) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// The stream a fresh `btrfs send` of `snapshot` (with `parent`) yields.
-fn fresh_send(snapshot: &std::path::Path, parent: Option<&std::path::Path>) -> Vec<u8> {
-    let mut s = BtrfsCli::default().send(snapshot, parent).unwrap();
+/// The stream a fresh `btrfs send` of `snapshot` (with `parent`) yields, with the
+/// protocol the manifest `m` records.
+pub fn fresh_send(
+    snapshot: &std::path::Path,
+    parent: Option<&std::path::Path>,
+    m: &serde_json::Value,
+) -> Vec<u8> {
+    let compressed = m["compressed_data"].as_bool().unwrap_or(false);
+    let mut s = BtrfsCli::default()
+        .send(snapshot, parent, compressed)
+        .unwrap();
     let mut v = Vec::new();
     s.read_to_end(&mut v).unwrap();
     s.finish().unwrap();
@@ -112,7 +120,7 @@ fn full_and_incremental_chain_of_three_subvolumes() {
         let snap = std::path::PathBuf::from(m["snapshot"]["path"].as_str().unwrap());
         assert_eq!(all.len() as u64, m["total_bytes"].as_u64().unwrap());
         assert!(
-            all == fresh_send(&snap, None),
+            all == fresh_send(&snap, None, &m),
             "{name}: chunks differ from btrfs send"
         );
     }
@@ -156,7 +164,7 @@ fn full_and_incremental_chain_of_three_subvolumes() {
     }
     let parent = std::path::PathBuf::from(alpha["snapshot"]["path"].as_str().unwrap());
     let snap1 = std::path::PathBuf::from(m1["snapshot"]["path"].as_str().unwrap());
-    assert!(all == fresh_send(&snap1, Some(&parent)));
+    assert!(all == fresh_send(&snap1, Some(&parent), &m1));
 
     std::fs::remove_file(s.vol("alpha").join("big.bin")).unwrap();
     std::thread::sleep(Duration::from_millis(1100));

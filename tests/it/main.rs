@@ -5,6 +5,7 @@ mod support;
 
 mod backup;
 mod cli;
+mod compressed;
 mod contrib;
 mod firstrun;
 mod lock;

@@ -43,12 +43,13 @@ fn hex(b: &[u8]) -> String {
 
 /// What an uninterrupted run of `snapshot` publishes: `(size, sha256)` per chunk, the
 /// stream's SHA-256 and size, from a fresh `btrfs send` cut here.
-fn expected_chunks(snapshot: &Path) -> (Vec<(u64, String)>, String, u64) {
-    let out = std::process::Command::new("btrfs")
-        .args(["send", "-q"])
-        .arg(snapshot)
-        .output()
-        .expect("btrfs send");
+fn expected_chunks(snapshot: &Path, compressed: bool) -> (Vec<(u64, String)>, String, u64) {
+    let mut cmd = std::process::Command::new("btrfs");
+    cmd.args(["send", "-q"]);
+    if compressed {
+        cmd.args(["--proto", "2", "--compressed-data"]);
+    }
+    let out = cmd.arg(snapshot).output().expect("btrfs send");
     assert!(out.status.success(), "btrfs send failed");
     let chunks = out
         .stdout
@@ -75,7 +76,8 @@ fn check_published(s: &Setup, store: &dyn ObjectStore) -> serde_json::Value {
         .to_string();
     let m = s.get_json(&key);
     let snap = Path::new(m["snapshot"]["path"].as_str().unwrap()).to_path_buf();
-    let (chunks, stream, total) = expected_chunks(&snap);
+    let compressed = m["compressed_data"].as_bool().unwrap_or(false);
+    let (chunks, stream, total) = expected_chunks(&snap, compressed);
     let got: Vec<(u64, String)> = m["chunks"]
         .as_array()
         .unwrap()

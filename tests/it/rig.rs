@@ -23,7 +23,7 @@ fn btrfs_send_bytes_round_trip_through_moto() {
     let info = b.show(&snap).unwrap();
     assert!(info.uuid.is_some(), "{info:?}");
 
-    let mut send = b.send(&snap, None).unwrap();
+    let mut send = b.send(&snap, None, false).unwrap();
     let mut stream = Vec::new();
     send.read_to_end(&mut stream).unwrap();
     send.finish().unwrap();
@@ -48,7 +48,7 @@ fn btrfs_send_bytes_round_trip_through_moto() {
     assert_eq!(moto.list_keys(), vec!["smoke/stream.bin".to_string()]);
 
     // A failed send (no such snapshot) reports btrfs's own stderr.
-    let mut bad = b.send(&fs.path("snaps/nope"), None).unwrap();
+    let mut bad = b.send(&fs.path("snaps/nope"), None, false).unwrap();
     let mut sink = Vec::new();
     let _ = bad.read_to_end(&mut sink);
     let e = bad.finish().unwrap_err().to_string();

@@ -119,6 +119,11 @@ pub struct BtrfsFs {
 
 impl BtrfsFs {
     pub fn new(size_mib: u64) -> BtrfsFs {
+        BtrfsFs::with_options(size_mib, "")
+    }
+
+    /// With extra mount options, e.g. `compress=zstd`.
+    pub fn with_options(size_mib: u64, options: &str) -> BtrfsFs {
         let dir = TempDir::new("btrfs");
         let image = dir.path().join("fs.img");
         let mnt = dir.path().join("mnt");
@@ -126,8 +131,13 @@ impl BtrfsFs {
         run(&format!("truncate -s {size_mib}M {}", image.display()));
         run(&format!("mkfs.btrfs -q -f {}", image.display()));
         let fs = BtrfsFs { dir, image, mnt };
+        let opts = if options.is_empty() {
+            "loop".to_string()
+        } else {
+            format!("loop,{options}")
+        };
         run(&format!(
-            "mount -o loop {} {}",
+            "mount -o {opts} {} {}",
             fs.image.display(),
             fs.mnt.display()
         ));
@@ -400,6 +410,8 @@ pub struct SetupOpts<'a> {
     pub extra: &'a str,
     /// Extra lines for [s3].
     pub s3_extra: &'a str,
+    /// Extra mount options of the test filesystem (`compress=zstd`).
+    pub mount_options: &'a str,
 }
 
 impl Default for SetupOpts<'_> {
@@ -414,6 +426,7 @@ impl Default for SetupOpts<'_> {
             retain: 2,
             extra: "",
             s3_extra: "",
+            mount_options: "",
         }
     }
 }
@@ -421,7 +434,7 @@ impl Default for SetupOpts<'_> {
 impl Setup {
     pub fn new(o: SetupOpts<'_>) -> Setup {
         let moto = Moto::start();
-        let fs = BtrfsFs::new(o.fs_mib);
+        let fs = BtrfsFs::with_options(o.fs_mib, o.mount_options);
         let paths: Vec<String> = o
             .subvolumes
             .iter()
