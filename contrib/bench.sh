@@ -13,6 +13,11 @@
 # path and ours (SigV4 from rust-s3's helpers, bytes over ureq), see
 # examples/transport_bench.rs.
 #
+# A third table backs up compressible data (logs, a packed text tree, random bytes) from a
+# compress=zstd btrfs with send_compressed_data = true, against btrfs send (protocol 1) |
+# aws s3 cp -, and compares the bytes uploaded with the data's on-disk size (compsize).
+# The main rows keep protocol 1 (SEND_COMPRESSED=false) so they compare like for like.
+#
 #   bash contrib/bench.sh [GIB]
 # Env: BENCH_DIR (/var/tmp/btrfs_to_s3-bench), CONCURRENCY (4), PART_MIB (16),
 #      CHUNK_MIB (512), ROUNDS (1): with ROUNDS=N the aws CLI row and both big backups are
@@ -33,6 +38,7 @@ need=()
 command -v rclone >/dev/null || need+=(rclone)
 [ -x /usr/bin/time ] || need+=(time)
 command -v mkfs.btrfs >/dev/null || need+=(btrfs-progs)
+command -v compsize >/dev/null || need+=(btrfs-compsize)
 if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; fi
 if ! command -v aws >/dev/null; then
   python3 -m venv .test-tools/awscli && .test-tools/awscli/bin/pip install -q awscli
@@ -52,7 +58,9 @@ cleanup() {
   set +e
   [ -n "$s3pid" ] && kill "$s3pid" 2>/dev/null && wait "$s3pid" 2>/dev/null
   mountpoint -q "$mnt" && { umount "$mnt" || umount -l "$mnt"; }
+  mountpoint -q "$dir/zmnt" && { umount "$dir/zmnt" || umount -l "$dir/zmnt"; }
   losetup -j "$dir/fs.img" -O NAME -n 2>/dev/null | xargs -r -n1 losetup -d
+  losetup -j "$dir/zfs.img" -O NAME -n 2>/dev/null | xargs -r -n1 losetup -d
   rm -rf "$dir"
 }
 trap cleanup EXIT
@@ -99,6 +107,7 @@ prefix = "bench-${3:-$1}"
 endpoint_url = "$endpoint"
 storage_class_chunks = "STANDARD"
 concurrency = $conc
+send_compressed_data = ${SEND_COMPRESSED:-false}
 part_size_bytes = $(( part_mib * 1024 * 1024 ))
 ${4:-}
 [restore]
@@ -187,6 +196,71 @@ for r in $(seq 2 "$rounds"); do
   ratios+=("round $r: $(python3 -c "print(f'{$big_mbps/$aws_mbps:.2f}x default, {$(last_mbps)/$aws_mbps:.2f}x ${chunk_mib} MiB chunks')")")
 done
 rm -rf "$dir/s3data/bench/"*
+
+# Compressible data on a compress=zstd filesystem: generated web-server logs, a packed
+# tree of text files from this machine, and incompressible random bytes. btrfs_to_s3 with
+# send_compressed_data = true uploads the compressed extents as they are on disk; the aws
+# CLI row pipes today's protocol-1 stream (decompressed).
+echo "==> compressible data on a compress=zstd btrfs"
+truncate -s 3G "$dir/zfs.img"
+mkfs.btrfs -q -f "$dir/zfs.img" >/dev/null 2>&1
+mkdir -p "$dir/zmnt"
+mount -o loop,compress=zstd "$dir/zfs.img" "$dir/zmnt"
+btrfs -q subvolume create "$dir/zmnt/z"
+python3 - "$dir/zmnt/z/access.log" "$(( 400 * 1024 * 1024 ))" <<'PY'
+import random, sys
+r = random.Random(7)
+paths = ["/", "/index.html", "/api/v1/items", "/static/app.js", "/login", "/search?q=btrfs"]
+agents = ["Mozilla/5.0 (X11; Linux x86_64)", "curl/8.5.0", "Go-http-client/2.0"]
+with open(sys.argv[1], "w") as f:
+    n, limit = 0, int(sys.argv[2])
+    while n < limit:
+        line = (f"10.{r.randrange(256)}.{r.randrange(256)}.{r.randrange(256)} - - "
+                f"[24/Nov/2026:{r.randrange(24):02}:{r.randrange(60):02}:{r.randrange(60):02} +0000] "
+                f"\"GET {r.choice(paths)} HTTP/1.1\" {r.choice([200, 200, 200, 304, 404])} "
+                f"{r.randrange(100000)} \"-\" \"{r.choice(agents)}\"\n")
+        f.write(line)
+        n += len(line)
+PY
+tar -c /usr/share/doc /usr/lib/python3* 2>/dev/null | head -c $(( 300 * 1024 * 1024 )) > "$dir/zmnt/z/text-tree.tar" || true
+rnd zrand $(( 200 * 1024 * 1024 )) > "$dir/zmnt/z/random.bin"
+sync
+disk=$(compsize -b "$dir/zmnt/z" | awk '$1 == "TOTAL" {print $3}')
+logical=$(compsize -b "$dir/zmnt/z" | awk '$1 == "TOTAL" {print $4}')
+cat > "$dir/z.toml" <<TOML
+[global]
+state_path = "$dir/state-z.json"
+lock_path = "$dir/lock"
+[snapshots]
+base_dir = "$dir/zmnt/snapshots"
+[subvolumes]
+paths = ["$dir/zmnt/z"]
+[s3]
+bucket = "bench"
+region = "us-east-1"
+prefix = "bench-z"
+endpoint_url = "$endpoint"
+storage_class_chunks = "STANDARD"
+concurrency = $conc
+part_size_bytes = $(( part_mib * 1024 * 1024 ))
+chunk_size_bytes = $(( chunk_mib * 1024 * 1024 ))
+send_compressed_data = true
+[restore]
+verify_mode = "none"
+TOML
+btrfs -q subvolume snapshot -r "$dir/zmnt/z" "$dir/zmnt/z-snap"
+zstream1=$(btrfs send -q "$dir/zmnt/z-snap" | wc -c)
+zrows=()
+rows_before=${#rows[@]}
+measure "btrfs send | aws s3 cp - (compressible, protocol 1)" "$zstream1" sh -c "$(aws_cp "$dir/zmnt/z-snap")"
+rm -rf "$dir/s3data/bench/aws.bin"
+measure "btrfs_to_s3 backup (compressible, compressed send)" log "$bin" backup --config "$dir/z.toml" --once
+zbytes=$(grep -o 'total_bytes=[0-9]*' "$dir/out.log" | head -n 1 | cut -d= -f2)
+grep -o 'event=backup_metrics.*' "$dir/out.log"
+zrows=("${rows[@]:$rows_before}")
+rows=("${rows[@]:0:$rows_before}")
+umount "$dir/zmnt"
+
 echo "==> transports: 48 parts of ${part_mib} MiB on ${conc} threads, one multipart upload each"
 transport=$("$repo/target/release/examples/transport_bench" "$endpoint" bench 48 "$part_mib" "$conc")
 
@@ -201,6 +275,12 @@ printf '%s\n' "${rows[@]}"
 echo
 echo "btrfs_to_s3 backup throughput over the aws CLI's in the same round:"
 printf '  %s\n' "${ratios[@]}"
+echo
+echo "Compressible data (compress=zstd): logical ${logical} bytes, on disk ${disk} bytes (compsize);"
+echo "protocol-1 stream ${zstream1} bytes; btrfs_to_s3 uploaded ${zbytes} bytes = $(python3 -c "print(f'{$zbytes/$disk:.3f}')") x the on-disk size (target <= 1.05)"
+echo "| command | MB/s of its stream | CPU s/GiB | peak RSS MiB | seconds |"
+echo "| --- | ---: | ---: | ---: | ---: |"
+printf '%s\n' "${zrows[@]}"
 echo
 echo "| transport (client CPU only) | MB/s | CPU s/GiB |"
 echo "| --- | ---: | ---: |"
