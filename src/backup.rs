@@ -138,8 +138,8 @@ fn resumable(e: &anyhow::Error, retrier: &Retrier) -> bool {
     retrier.cancelled() || e.chain().any(|c| c.is::<StoreError>())
 }
 
-/// The journal sink of the pipeline.
-struct JournalProgress<'a>(&'a mut Journal);
+/// The journal sink of the pipeline (also used by the pipeline's resume tests).
+pub(crate) struct JournalProgress<'a>(pub(crate) &'a mut Journal);
 
 impl Progress for JournalProgress<'_> {
     fn upload_opened(&mut self, chunk: u64, key: &str, upload_id: &str) -> Result<()> {

@@ -502,38 +502,7 @@ fn a_panicking_uploader_fails_the_run_instead_of_hanging_it() {
     }
 }
 
-/// A journal file as the progress sink, read back as the next run's resume input.
-struct FileJournal(crate::journal::Journal);
-
-impl Progress for FileJournal {
-    fn upload_opened(&mut self, chunk: u64, key: &str, upload_id: &str) -> Result<()> {
-        self.0.append(&crate::journal::Record::Upload {
-            chunk,
-            key: key.into(),
-            upload_id: upload_id.into(),
-        })
-    }
-    fn part_stored(&mut self, chunk: u64, part: u32, p: &PartDone) -> Result<()> {
-        self.0.append(&crate::journal::Record::Part {
-            chunk,
-            part,
-            size: p.size,
-            sha256_through: p.sha256_through.clone(),
-            etag: p.etag.clone(),
-        })
-    }
-    fn chunk_stored(&mut self, chunk: u64, key: &str, d: &ChunkDone, etag: &str) -> Result<()> {
-        self.0.append(&crate::journal::Record::Chunk {
-            chunk,
-            key: key.into(),
-            size: d.len,
-            sha256: d.sha256.clone(),
-            etag: etag.into(),
-        })
-    }
-}
-
-fn journal_at(dir: &std::path::Path) -> FileJournal {
+fn journal_at(dir: &std::path::Path) -> crate::journal::Journal {
     let begin = crate::journal::Begin {
         version: crate::journal::VERSION,
         subvolume: "data".into(),
@@ -553,11 +522,24 @@ fn journal_at(dir: &std::path::Path) -> FileJournal {
             sse: "AES256".into(),
         },
     };
-    FileJournal(crate::journal::Journal::create(&dir.join("j"), &begin).unwrap())
+    crate::journal::Journal::create(&dir.join("j"), &begin).unwrap()
+}
+
+/// One run of `d` through the pipeline with `resume` as stored and `progress` told.
+fn run_with(
+    store: &Arc<MemoryStore>,
+    d: &[u8],
+    c: &PipelineConfig,
+    resume: &BTreeMap<u64, crate::journal::ChunkProgress>,
+    progress: &mut dyn Progress,
+) -> Result<Uploaded> {
+    let s: Arc<dyn ObjectStore> = store.clone();
+    upload_stream(&mut &d[..], s, retrier(), c, &key, resume, progress)
 }
 
 #[test]
 fn a_resume_sends_only_what_is_not_stored_and_gives_the_same_chunks() {
+    use crate::backup::JournalProgress;
     let dir = crate::testing::Scratch::new("pipeline-resume");
     let d = data(4200);
     let clean = run(&Arc::new(MemoryStore::new()), &d, &cfg(1000, 300, 2)).unwrap();
@@ -567,17 +549,8 @@ fn a_resume_sends_only_what_is_not_stored_and_gives_the_same_chunks() {
     let mut c = cfg(1000, 300, 1);
     c.keep_open_on_failure = true;
     let mut j = journal_at(&dir.0);
-    let s: Arc<dyn ObjectStore> = store.clone();
-    let e = upload_stream(
-        &mut &d[..],
-        s,
-        retrier(),
-        &c,
-        &key,
-        &BTreeMap::new(),
-        &mut j,
-    )
-    .unwrap_err();
+    let none = BTreeMap::new();
+    let e = run_with(&store, &d, &c, &none, &mut JournalProgress(&mut j)).unwrap_err();
     assert!(
         format!("{e:#}").contains("part 3 of chunk p/chunk-2.bin"),
         "{e:#}"
@@ -588,20 +561,22 @@ fn a_resume_sends_only_what_is_not_stored_and_gives_the_same_chunks() {
     assert!(pending.stored_bytes() >= 2600, "{}", pending.stored_bytes());
 
     let before = store.log().len();
-    let mut j = FileJournal(crate::journal::Journal::reopen(&pending).unwrap());
-    let s: Arc<dyn ObjectStore> = store.clone();
-    let o = upload_stream(&mut &d[..], s, retrier(), &c, &key, &pending.chunks, &mut j).unwrap();
-    assert_eq!(
-        o.chunks
+    let mut j = crate::journal::Journal::reopen(&pending).unwrap();
+    let o = run_with(
+        &store,
+        &d,
+        &c,
+        &pending.chunks,
+        &mut JournalProgress(&mut j),
+    )
+    .unwrap();
+    let brief = |u: &Uploaded| -> Vec<(String, u64, String)> {
+        u.chunks
             .iter()
-            .map(|c| (&c.key, c.size, &c.sha256))
-            .collect::<Vec<_>>(),
-        clean
-            .chunks
-            .iter()
-            .map(|c| (&c.key, c.size, &c.sha256))
-            .collect::<Vec<_>>()
-    );
+            .map(|c| (c.key.clone(), c.size, c.sha256.clone()))
+            .collect()
+    };
+    assert_eq!(brief(&o), brief(&clean));
     assert_eq!(o.summary, clean.summary);
     assert_eq!(reassemble(&store, &o), d);
     assert_eq!(o.resumed_bytes, pending.stored_bytes());
@@ -628,6 +603,7 @@ fn a_resume_sends_only_what_is_not_stored_and_gives_the_same_chunks() {
 
 #[test]
 fn a_stored_part_whose_bytes_differ_is_a_mismatch() {
+    use crate::backup::JournalProgress;
     let dir = crate::testing::Scratch::new("pipeline-mismatch");
     let d = data(2500);
     let store = Arc::new(MemoryStore::new());
@@ -635,66 +611,28 @@ fn a_stored_part_whose_bytes_differ_is_a_mismatch() {
     let mut c = cfg(1000, 300, 1);
     c.keep_open_on_failure = true;
     let mut j = journal_at(&dir.0);
-    let s: Arc<dyn ObjectStore> = store.clone();
-    assert!(upload_stream(
-        &mut &d[..],
-        s,
-        retrier(),
+    assert!(run_with(
+        &store,
+        &d,
         &c,
-        &key,
         &BTreeMap::new(),
-        &mut j
+        &mut JournalProgress(&mut j)
     )
     .is_err());
     let pending = crate::journal::load(&dir.0.join("j")).unwrap().unwrap();
-    // Other bytes in chunk 1's second part: the stored part cannot be used.
-    let mut other = d.clone();
-    other[1450] ^= 1;
-    let s: Arc<dyn ObjectStore> = store.clone();
-    let e = upload_stream(
-        &mut &other[..],
-        s,
-        retrier(),
-        &c,
-        &key,
-        &pending.chunks,
-        &mut NoProgress,
-    )
-    .unwrap_err();
-    assert!(e.chain().any(|c| c.is::<ResumeMismatch>()), "{e:#}");
-    assert!(
-        format!("{e:#}").contains("part 2 of chunk p/chunk-1.bin"),
-        "{e:#}"
-    );
-    // Other bytes in a stored whole chunk.
-    let mut other = d.clone();
-    other[10] ^= 1;
-    let s: Arc<dyn ObjectStore> = store.clone();
-    let e = upload_stream(
-        &mut &other[..],
-        s,
-        retrier(),
-        &c,
-        &key,
-        &pending.chunks,
-        &mut NoProgress,
-    )
-    .unwrap_err();
-    assert!(
-        format!("{e:#}").contains("chunk p/chunk-0.bin: 1000 bytes"),
-        "{e:#}"
-    );
-    // A shorter stream than the journal's.
-    let s: Arc<dyn ObjectStore> = store.clone();
-    let e = upload_stream(
-        &mut &d[..900],
-        s,
-        retrier(),
-        &c,
-        &key,
-        &pending.chunks,
-        &mut NoProgress,
-    )
-    .unwrap_err();
-    assert!(e.chain().any(|c| c.is::<ResumeMismatch>()), "{e:#}");
+    let flipped = |at: usize| {
+        let mut v = d.clone();
+        v[at] ^= 1;
+        v
+    };
+    // Other bytes in chunk 1's second part, in stored chunk 0, and a shorter stream.
+    for (input, says) in [
+        (flipped(1450), "part 2 of chunk p/chunk-1.bin"),
+        (flipped(10), "chunk p/chunk-0.bin: 1000 bytes"),
+        (d[..900].to_vec(), "chunk p/chunk-0.bin: 900 bytes"),
+    ] {
+        let e = run_with(&store, &input, &c, &pending.chunks, &mut NoProgress).unwrap_err();
+        assert!(e.chain().any(|c| c.is::<ResumeMismatch>()), "{e:#}");
+        assert!(format!("{e:#}").contains(says), "{e:#}");
+    }
 }

@@ -40,6 +40,22 @@ fn current(s: &Setup) -> serde_json::Value {
     s.get_json(&key)
 }
 
+/// Restores the current chain and compares it with the snapshot of manifest `m`.
+fn restore_and_compare(s: &Setup, m: &serde_json::Value, manifests: usize) {
+    let t = s.fs.path("restored");
+    let r = s.restore(&["--subvolume", "data", "--target", t.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("event=verify_ok mode=full"), "{r:?}");
+    assert!(
+        r.stderr.contains(&format!("manifests={manifests}")),
+        "{r:?}"
+    );
+    assert_same_tree(
+        &std::path::PathBuf::from(m["snapshot"]["path"].as_str().unwrap()),
+        &t,
+    );
+}
+
 fn send_len(snapshot: &std::path::Path, compressed: bool) -> (usize, Vec<u8>) {
     let mut st = BtrfsCli::default()
         .send(snapshot, None, compressed)
@@ -83,14 +99,7 @@ fn compressed_full_and_incremental_restore_and_verify() {
         (m2["kind"].as_str(), m2["send_protocol"].as_u64()),
         (Some("incremental"), Some(2))
     );
-    let t = s.fs.path("restored");
-    let r = s.restore(&["--subvolume", "data", "--target", t.to_str().unwrap()]);
-    assert_eq!(r.code, 0, "{r:?}");
-    assert!(r.stderr.contains("event=verify_ok mode=full"), "{r:?}");
-    assert_same_tree(
-        &std::path::PathBuf::from(m2["snapshot"]["path"].as_str().unwrap()),
-        &t,
-    );
+    restore_and_compare(&s, &m2, 2);
 }
 
 #[test]
@@ -134,12 +143,5 @@ fn a_chain_of_a_protocol_1_full_and_a_protocol_2_incremental_restores() {
         (m2["kind"].as_str(), m2["send_protocol"].as_u64()),
         (Some("incremental"), Some(2))
     );
-    let t = s.fs.path("restored");
-    let r = s.restore(&["--subvolume", "data", "--target", t.to_str().unwrap()]);
-    assert_eq!(r.code, 0, "{r:?}");
-    assert!(r.stderr.contains("manifests=2"), "{r:?}");
-    assert_same_tree(
-        &std::path::PathBuf::from(m2["snapshot"]["path"].as_str().unwrap()),
-        &t,
-    );
+    restore_and_compare(&s, &m2, 2);
 }
