@@ -96,6 +96,7 @@ fn main() -> Result<()> {
         storage_class: "STANDARD".into(),
         sse: "AES256".into(),
         content_type: "application/octet-stream",
+        kms_key_id: None,
     };
 
     // rust-s3's own path: a new connection per request, MD5 and SHA-256 of every body.

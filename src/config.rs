@@ -55,7 +55,8 @@ pub mod limits {
 }
 
 /// Server-side encryption values S3 accepts in `x-amz-server-side-encryption`.
-pub const SSE_VALUES: &[&str] = &["AES256", "aws:kms", "aws:kms:dsse"];
+/// `none` (extension) sends no SSE header.
+pub const SSE_VALUES: &[&str] = &["AES256", "aws:kms", "aws:kms:dsse", "none"];
 
 /// A config problem: exit code 2, and the message names the key and the bad value.
 #[derive(Debug)]
@@ -216,6 +217,8 @@ pub struct S3 {
     pub part_size_bytes: u64,
     /// Extension: `auto` (default), `true` or `false`.
     pub send_compressed_data: SendCompressed,
+    /// Extension: the KMS key for `sse = "aws:kms"` / `"aws:kms:dsse"`.
+    pub sse_kms_key_id: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -272,6 +275,7 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
             "endpoint_url",
             "part_size_bytes",
             "send_compressed_data",
+            "sse_kms_key_id",
         ],
     ),
     (
@@ -389,6 +393,7 @@ impl Config {
             endpoint_url: r.endpoint()?,
             part_size_bytes: r.part_size()?,
             send_compressed_data: r.send_compressed()?,
+            sse_kms_key_id: r.kms_key_id()?,
         };
         check_buffer_bound(&s3)?;
         let restore = Restore {
@@ -759,6 +764,29 @@ impl Reader<'_> {
                 "{source} = {value:?}: must be an http:// or https:// URL with a host"
             )),
         }
+    }
+
+    fn kms_key_id(&self) -> Result<Option<String>, ConfigError> {
+        if self.get("s3", "sse_kms_key_id").is_none() {
+            return Ok(None);
+        }
+        let k = self.string("s3", "sse_kms_key_id", None)?;
+        let sse = self.string("s3", "sse", Some("AES256"))?;
+        if !sse.starts_with("aws:kms") {
+            return err(format!(
+                "s3.sse_kms_key_id is set but s3.sse = {sse:?}: set s3.sse = \"aws:kms\" (or \"aws:kms:dsse\"), or remove the key id"
+            ));
+        }
+        let ok = !k.is_empty()
+            && k.len() <= 2048
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '/' | '-' | '_'));
+        if !ok {
+            return err(format!(
+                "s3.sse_kms_key_id = {k:?}: not a KMS key id, alias or ARN (letters, digits, ':', '/', '-', '_')"
+            ));
+        }
+        Ok(Some(k))
     }
 
     fn send_compressed(&self) -> Result<SendCompressed, ConfigError> {

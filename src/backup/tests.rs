@@ -513,6 +513,7 @@ fn sweep_aborts_stale_uploads() {
         storage_class: "STANDARD".into(),
         sse: "AES256".into(),
         content_type: "x",
+        kms_key_id: None,
     };
     rig.store
         .create_multipart("pre/subvol/data/full/chunk-20240101T000000Z-0.bin", &opts)

@@ -337,6 +337,14 @@ fn each_rule_names_key_and_value() {
         ),
         (s3_with("colour = \"blue\""), &["unknown key s3.colour"]),
         (
+            s3_with("sse_kms_key_id = \"alias/backups\""),
+            &["s3.sse_kms_key_id is set but s3.sse = \"AES256\""],
+        ),
+        (
+            s3_with("sse = \"aws:kms\"\nsse_kms_key_id = \"bad key\\n\""),
+            &["s3.sse_kms_key_id", "not a KMS key id"],
+        ),
+        (
             s3_with("send_compressed_data = \"yes\""),
             &["s3.send_compressed_data", "\"auto\", true or false"],
         ),
@@ -533,4 +541,19 @@ fn send_compressed_data_values() {
         let c = Config::parse(&s3_with(line), &env()).unwrap();
         assert_eq!(c.s3.send_compressed_data, want, "{line}");
     }
+}
+
+#[test]
+fn sse_none_and_kms_key_id() {
+    let c = Config::parse(&s3_with("sse = \"none\""), &env()).unwrap();
+    assert_eq!(c.s3.sse, "none");
+    let c = Config::parse(
+        &s3_with("sse = \"aws:kms\"\nsse_kms_key_id = \"arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab\""),
+        &env(),
+    )
+    .unwrap();
+    assert_eq!(
+        c.s3.sse_kms_key_id.as_deref(),
+        Some("arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab")
+    );
 }

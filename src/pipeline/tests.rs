@@ -19,6 +19,7 @@ fn cfg(chunk: u64, part: u64, conc: usize) -> PipelineConfig {
             storage_class: "DEEP_ARCHIVE".into(),
             sse: "AES256".into(),
             content_type: "application/octet-stream",
+            kms_key_id: None,
         },
         spool: None,
         keep_open_on_failure: false,

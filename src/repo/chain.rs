@@ -157,6 +157,7 @@ mod tests {
             storage_class: "STANDARD".into(),
             sse: "AES256".into(),
             content_type: "application/json",
+            kms_key_id: None,
         }
     }
 

@@ -35,11 +35,13 @@ impl Repo {
                 storage_class: cfg.s3.storage_class_chunks.clone(),
                 sse: cfg.s3.sse.clone(),
                 content_type: "application/octet-stream",
+                kms_key_id: cfg.s3.sse_kms_key_id.clone(),
             },
             json_opts: PutOptions {
                 storage_class: cfg.s3.storage_class_manifest.clone(),
                 sse: cfg.s3.sse.clone(),
                 content_type: "application/json",
+                kms_key_id: cfg.s3.sse_kms_key_id.clone(),
             },
         }
     }

@@ -187,6 +187,7 @@ mod tests {
                 storage_class: class.into(),
                 sse: "AES256".into(),
                 content_type: "x",
+                kms_key_id: None,
             },
         );
     }

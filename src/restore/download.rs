@@ -288,6 +288,7 @@ mod tests {
                     storage_class: "STANDARD".into(),
                     sse: "AES256".into(),
                     content_type: "x",
+                    kms_key_id: None,
                 },
             );
             chunks.push(ChunkEntry {
@@ -360,6 +361,7 @@ mod tests {
                 storage_class: "STANDARD".into(),
                 sse: "AES256".into(),
                 content_type: "x",
+                kms_key_id: None,
             },
         );
         let mut out = Vec::new();
@@ -413,6 +415,7 @@ mod tests {
                 storage_class: "STANDARD".into(),
                 sse: "AES256".into(),
                 content_type: "x",
+                kms_key_id: None,
             },
         );
         let e = format!(

@@ -26,6 +26,7 @@ fn opts(class: &str) -> PutOptions {
         storage_class: class.into(),
         sse: "AES256".into(),
         content_type: "x",
+        kms_key_id: None,
     }
 }
 

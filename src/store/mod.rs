@@ -65,8 +65,11 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PutOptions {
     pub storage_class: String,
+    /// `x-amz-server-side-encryption`; `none` sends no SSE header at all.
     pub sse: String,
     pub content_type: &'static str,
+    /// `x-amz-server-side-encryption-aws-kms-key-id` (with `aws:kms`, `aws:kms:dsse`).
+    pub kms_key_id: Option<String>,
 }
 
 /// A request body: bytes in memory, or the first `len` bytes of a (spool) file, read

@@ -316,12 +316,21 @@ fn read_body(op: &str, resp: ureq::Response) -> StoreResult<String> {
         .map_err(|e| StoreError::new(ErrorKind::Transient, op, format!("reading reply: {e}")))
 }
 
+/// The headers of a new object: content type, storage class, and SSE unless `none`
+/// (servers such as Ceph RGW refuse SSE headers over plain HTTP), with the KMS key id
+/// when one is configured.
 fn object_headers(opts: &PutOptions) -> Vec<(&'static str, String)> {
-    vec![
+    let mut h = vec![
         ("content-type", opts.content_type.to_string()),
-        ("x-amz-server-side-encryption", opts.sse.clone()),
         ("x-amz-storage-class", opts.storage_class.clone()),
-    ]
+    ];
+    if opts.sse != "none" {
+        h.push(("x-amz-server-side-encryption", opts.sse.clone()));
+        if let Some(k) = &opts.kms_key_id {
+            h.push(("x-amz-server-side-encryption-aws-kms-key-id", k.clone()));
+        }
+    }
+    h
 }
 
 fn encode_query(v: &str) -> String {
@@ -611,6 +620,30 @@ mod tests {
             endpoint_url: endpoint.map(str::to_string),
         };
         S3Store::with_keys(&ep, 2, "AKIDEXAMPLE", "secret").unwrap()
+    }
+
+    #[test]
+    fn sse_headers() {
+        let mut o = PutOptions {
+            storage_class: "STANDARD".into(),
+            sse: "AES256".into(),
+            content_type: "x",
+            kms_key_id: None,
+        };
+        let names = |o: &PutOptions| -> Vec<&'static str> {
+            object_headers(o).iter().map(|(k, _)| *k).collect()
+        };
+        assert!(names(&o).contains(&"x-amz-server-side-encryption"));
+        o.sse = "none".into();
+        assert!(!names(&o).iter().any(|k| k.starts_with("x-amz-server-side")));
+        o.sse = "aws:kms".into();
+        o.kms_key_id = Some("arn:aws:kms:eu-west-1:111122223333:key/abcd".into());
+        let h = object_headers(&o);
+        assert!(h.contains(&("x-amz-server-side-encryption", "aws:kms".into())));
+        assert!(h.contains(&(
+            "x-amz-server-side-encryption-aws-kms-key-id",
+            "arn:aws:kms:eu-west-1:111122223333:key/abcd".into()
+        )));
     }
 
     #[test]

@@ -396,3 +396,25 @@ fn sigterm_stops_within_seconds_publishes_nothing_and_the_next_run_resumes() {
         .unwrap()
         .is_some());
 }
+
+#[test]
+fn sse_none_backs_up_and_restores_without_sse_headers() {
+    if !require_root("sse_none_backs_up_and_restores_without_sse_headers") {
+        return;
+    }
+    let s = Setup::new(SetupOpts {
+        storage_class_chunks: "STANDARD",
+        s3_extra: "sse = \"none\"",
+        ..Default::default()
+    });
+    std::fs::write(s.vol("data").join("f"), "no sse").unwrap();
+    let r = s.backup(&["--log-level", "debug"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    // ureq's debug prelude lists every header sent: no SSE header at all.
+    assert!(r.stderr.contains("x-amz-storage-class"), "{r:?}");
+    assert!(!r.stderr.contains("x-amz-server-side-encryption"), "{r:?}");
+    let t = s.fs.path("restored");
+    let r = s.restore(&["--subvolume", "data", "--target", t.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(std::fs::read_to_string(t.join("f")).unwrap(), "no sse");
+}

@@ -187,6 +187,7 @@ fn flip_byte(store: &dyn ObjectStore, key: &str, at: usize) {
         storage_class: "STANDARD".into(),
         sse: "AES256".into(),
         content_type: "application/octet-stream",
+        kms_key_id: None,
     };
     store.put_object(key, Body::Bytes(&data), &opts).unwrap();
 }
@@ -261,6 +262,7 @@ fn tampered_or_missing_chunks_fail_and_leave_nothing() {
             storage_class: "STANDARD".into(),
             sse: "AES256".into(),
             content_type: "application/json",
+            kms_key_id: None,
         };
         let body = serde_json::to_vec(&doctored).unwrap();
         store.put_object(&dkey, Body::Bytes(&body), &opts).unwrap();

@@ -16,6 +16,7 @@ fn json_opts() -> PutOptions {
         storage_class: "STANDARD".into(),
         sse: "AES256".into(),
         content_type: "application/json",
+        kms_key_id: None,
     }
 }
 
