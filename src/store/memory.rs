@@ -142,6 +142,7 @@ impl MemoryStore {
                     ErrorKind::Archived => 403,
                 }),
                 message: "injected failure".into(),
+                server_time: None,
             });
         }
         Ok(g)
@@ -154,6 +155,7 @@ fn not_found(op: String) -> StoreError {
         op,
         status: Some(404),
         message: "NoSuchKey".into(),
+        server_time: None,
     }
 }
 
@@ -325,6 +327,7 @@ impl ObjectStore for MemoryStore {
                 op,
                 status: Some(403),
                 message: "InvalidObjectState".into(),
+                server_time: None,
             });
         }
         let (start, end) = match range {
@@ -352,6 +355,7 @@ impl ObjectStore for MemoryStore {
                 op,
                 status: Some(403),
                 message: "InvalidObjectState".into(),
+                server_time: None,
             });
         }
         if o.restore_after_heads.is_none() {

@@ -31,6 +31,8 @@ pub struct StoreError {
     pub op: String,
     pub status: Option<u16>,
     pub message: String,
+    /// The service's clock, from a `RequestTimeTooSkewed` reply.
+    pub server_time: Option<crate::ts::Ts>,
 }
 
 impl StoreError {
@@ -40,6 +42,7 @@ impl StoreError {
             op: op.into(),
             status: None,
             message: message.into(),
+            server_time: None,
         }
     }
 

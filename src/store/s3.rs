@@ -221,7 +221,7 @@ impl S3Store {
                 Err(status_error(op, code, resp))
             }
             Ok(resp) => Ok(resp),
-            Err(ureq::Error::Status(code, resp)) => Err(status_error(op, code, resp)),
+            Err(ureq::Error::Status(code, resp)) => Err(self.skewed(status_error(op, code, resp))),
             Err(ureq::Error::Transport(t)) => {
                 let kind = match t.kind() {
                     ureq::ErrorKind::InvalidUrl
@@ -233,6 +233,38 @@ impl S3Store {
                 Err(StoreError::new(kind, op, t.to_string()))
             }
         }
+    }
+}
+
+impl S3Store {
+    /// A `RequestTimeTooSkewed` reply: our clock is off. The signer takes the service's
+    /// time from the reply, and the request becomes worth retrying (it is signed anew).
+    fn skewed(&self, mut e: StoreError) -> StoreError {
+        let Some(server) = e.server_time.take() else {
+            return e;
+        };
+        match self.signer.correct_skew(server.unix()) {
+            Some(offset) => {
+                crate::event!(
+                    Warn,
+                    "clock_skew_corrected",
+                    op = e.op,
+                    offset_seconds = offset
+                );
+                e.kind = ErrorKind::Transient;
+                e.message = format!(
+                    "{} (the clock differs from the service's by {offset} s; corrected, retrying)",
+                    e.message
+                );
+            }
+            None => {
+                e.message = format!(
+                    "{} (the service's time is more than a day from ours: fix the system clock)",
+                    e.message
+                );
+            }
+        }
+        e
     }
 }
 
@@ -289,11 +321,16 @@ fn status_error(op: &str, code: u16, resp: ureq::Response) -> StoreError {
         (false, true) => format!("{s3_code}{hint}"),
         (false, false) => format!("{s3_code}: {message}{hint}"),
     };
+    let server_time = (s3_code == "RequestTimeTooSkewed")
+        .then(|| doc.as_ref().and_then(|d| d.text_of("ServerTime")))
+        .flatten()
+        .and_then(|t| crate::ts::Ts::parse(&t).ok());
     StoreError {
         kind,
         op: op.to_string(),
         status: Some(code),
         message: text,
+        server_time,
     }
 }
 
@@ -307,7 +344,8 @@ fn etag_of(op: &str, resp: &ureq::Response) -> StoreResult<String> {
             op: op.to_string(),
             status: Some(resp.status()),
             message: "the reply has no ETag, so the object was not stored (is s3.endpoint_url an S3 service?)".into(),
-        }),
+ server_time: None,
+}),
     }
 }
 
@@ -416,6 +454,7 @@ impl ObjectStore for S3Store {
                 op,
                 status: Some(200),
                 message: format!("error in reply: {code}"),
+                server_time: None,
             });
         }
         doc.and_then(|d| d.text_of("ETag"))

@@ -40,6 +40,9 @@ fn mask(creds: &Credentials) {
 pub struct Signer {
     creds: Mutex<(Credentials, Instant)>,
     region: Region,
+    /// Seconds to add to our clock when signing: the service's time minus ours, learnt
+    /// from a `RequestTimeTooSkewed` reply (as the AWS SDKs do).
+    skew: std::sync::atomic::AtomicI64,
 }
 
 impl Signer {
@@ -59,12 +62,24 @@ impl Signer {
     pub fn new(creds: Credentials, region: &str) -> Signer {
         mask(&creds);
         Signer {
+            skew: std::sync::atomic::AtomicI64::new(0),
             creds: Mutex::new((creds, Instant::now())),
             region: Region::Custom {
                 region: region.to_string(),
                 endpoint: String::new(),
             },
         }
+    }
+
+    /// Corrects the signing clock to the service's `server_unix` time; returns the
+    /// offset in seconds. A correction beyond a day is refused (a lying reply).
+    pub fn correct_skew(&self, server_unix: i64) -> Option<i64> {
+        let offset = server_unix - OffsetDateTime::now_utc().unix_timestamp();
+        (offset.abs() <= 86_400).then(|| {
+            self.skew
+                .store(offset, std::sync::atomic::Ordering::Relaxed);
+            offset
+        })
     }
 
     fn credentials(&self) -> Result<Credentials, String> {
@@ -95,7 +110,8 @@ impl Signer {
         let creds = self.credentials()?;
         let access = creds.access_key.as_deref().unwrap_or_default();
         let secret = creds.secret_key.as_deref().unwrap_or_default();
-        let now = OffsetDateTime::now_utc();
+        let now = OffsetDateTime::now_utc()
+            + time::Duration::seconds(self.skew.load(std::sync::atomic::Ordering::Relaxed));
         let amz_date = crate::ts::Ts::from_unix(now.unix_timestamp()).to_string();
         let host = match url.port() {
             Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),

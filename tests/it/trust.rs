@@ -406,3 +406,66 @@ fn config_values_that_would_overflow_are_refused() {
         );
     }
 }
+
+#[test]
+fn a_skewed_clock_is_corrected_from_the_reply_and_the_request_retried() {
+    if !require_root("a_skewed_clock_is_corrected_from_the_reply_and_the_request_retried") {
+        return;
+    }
+    let s = Setup::new(SetupOpts::default());
+    std::fs::write(s.vol("data").join("f"), "x").unwrap();
+    // The service's clock is an hour ahead of ours.
+    let ahead = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    let server_time = format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        ahead.year(),
+        u8::from(ahead.month()),
+        ahead.day(),
+        ahead.hour(),
+        ahead.minute(),
+        ahead.second()
+    );
+    let skew_body = format!(
+        "<Error><Code>RequestTimeTooSkewed</Code><Message>The difference between the request \
+         time and the current time is too large.</Message><ServerTime>{server_time}</ServerTime>\
+         </Error>"
+    );
+    let server = CannedServer::sequence(&[
+        (
+            "403 Forbidden",
+            &[("Content-Type", "application/xml")],
+            &skew_body,
+        ),
+        ("200 OK", &[("ETag", "\"e\"")], ""),
+    ]);
+    let cfg = s.fs.dir.path().join("skewed.toml");
+    let text = std::fs::read_to_string(&s.cfg).unwrap();
+    std::fs::write(&cfg, text.replace(&s.moto.endpoint, &server.endpoint)).unwrap();
+    let r = output(btrfs_to_s3().args(["backup", "--config", cfg.to_str().unwrap()]));
+    assert!(
+        r.stderr.contains("event=clock_skew_corrected") && r.stderr.contains("offset_seconds=3"),
+        "{r:?}"
+    );
+    let reqs = server.requests();
+    let date = |h: &str| -> String {
+        h.lines()
+            .find_map(|l| l.strip_prefix("x-amz-date: "))
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    // The second request is signed with the service's time (to the hour).
+    let want = format!(
+        "{:04}{:02}{:02}t{:02}",
+        ahead.year(),
+        u8::from(ahead.month()),
+        ahead.day(),
+        ahead.hour()
+    );
+    assert!(
+        date(&reqs[1]).starts_with(&want),
+        "{} vs {want}",
+        date(&reqs[1])
+    );
+    assert!(!date(&reqs[0]).starts_with(&want), "{}", date(&reqs[0]));
+}

@@ -615,31 +615,44 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
     }
 }
 
-/// A fake "S3" endpoint on 127.0.0.1 that answers every request with one canned reply
-/// (status line, headers, body): a redirecting proxy, a lying server. Stopped on drop.
+/// A fake "S3" endpoint on 127.0.0.1 that answers with canned replies (status line,
+/// headers, body): the n-th request gets the n-th reply, the last one repeats. A
+/// redirecting proxy, a lying server. Keeps every request's head. Stopped on drop.
 pub struct CannedServer {
     pub endpoint: String,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     port: u16,
     thread: Option<std::thread::JoinHandle<()>>,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl CannedServer {
     pub fn start(status: &str, headers: &[(&str, &str)], body: &str) -> CannedServer {
+        CannedServer::sequence(&[(status, headers, body)])
+    }
+
+    pub fn sequence(replies: &[(&str, &[(&str, &str)], &str)]) -> CannedServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
         let port = listener.local_addr().expect("local addr").port();
-        let mut reply = format!("HTTP/1.1 {status}\r\n");
-        for (k, v) in headers {
-            reply.push_str(&format!("{k}: {v}\r\n"));
-        }
-        reply.push_str(&format!(
-            "Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        ));
+        let replies: Vec<String> = replies
+            .iter()
+            .map(|(status, headers, body)| {
+                let mut reply = format!("HTTP/1.1 {status}\r\n");
+                for (k, v) in headers.iter() {
+                    reply.push_str(&format!("{k}: {v}\r\n"));
+                }
+                reply.push_str(&format!(
+                    "Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                ));
+                reply
+            })
+            .collect();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (flag, seen) = (stop.clone(), heads.clone());
         let thread = std::thread::spawn(move || {
-            for conn in listener.incoming() {
+            for (n, conn) in listener.incoming().enumerate() {
                 if flag.load(Ordering::SeqCst) {
                     return;
                 }
@@ -651,7 +664,7 @@ impl CannedServer {
                 let head_end = loop {
                     match s.read(&mut b) {
                         Ok(0) | Err(_) => break None,
-                        Ok(n) => buf.extend_from_slice(&b[..n]),
+                        Ok(k) => buf.extend_from_slice(&b[..k]),
                     }
                     if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                         break Some(i + 4);
@@ -659,6 +672,9 @@ impl CannedServer {
                 };
                 let Some(head_end) = head_end else { continue };
                 let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                if let Ok(mut h) = seen.lock() {
+                    h.push(head.clone());
+                }
                 let len: usize = head
                     .lines()
                     .find_map(|l| l.strip_prefix("content-length:"))
@@ -668,9 +684,10 @@ impl CannedServer {
                 while have < len {
                     match s.read(&mut b) {
                         Ok(0) | Err(_) => break,
-                        Ok(n) => have += n,
+                        Ok(k) => have += k,
                     }
                 }
+                let reply = &replies[n.min(replies.len() - 1)];
                 let reply = if head.starts_with("head ") {
                     // HEAD: the same head, no body.
                     reply.split("\r\n\r\n").next().unwrap_or("").to_string() + "\r\n\r\n"
@@ -685,7 +702,13 @@ impl CannedServer {
             stop,
             port,
             thread: Some(thread),
+            heads,
         }
+    }
+
+    /// The heads of the requests so far (lower-cased), in order.
+    pub fn requests(&self) -> Vec<String> {
+        self.heads.lock().map(|h| h.clone()).unwrap_or_default()
     }
 }
 
