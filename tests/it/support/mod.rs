@@ -615,6 +615,9 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
     }
 }
 
+/// One canned reply: status line, headers, body.
+pub type Canned<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+
 /// A fake "S3" endpoint on 127.0.0.1 that answers with canned replies (status line,
 /// headers, body): the n-th request gets the n-th reply, the last one repeats. A
 /// redirecting proxy, a lying server. Keeps every request's head. Stopped on drop.
@@ -631,7 +634,7 @@ impl CannedServer {
         CannedServer::sequence(&[(status, headers, body)])
     }
 
-    pub fn sequence(replies: &[(&str, &[(&str, &str)], &str)]) -> CannedServer {
+    pub fn sequence(replies: &[Canned<'_>]) -> CannedServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
         let port = listener.local_addr().expect("local addr").port();
         let replies: Vec<String> = replies
