@@ -192,17 +192,9 @@ fn planted_spool_files_are_never_followed() {
         cfg = s.cfg.display()
     );
     let r = output(
-        std::process::Command::new("sh")
+        test_env(&mut std::process::Command::new("sh"))
             .arg("-c")
-            .arg(&script)
-            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-            .env_remove("AWS_ENDPOINT_URL")
-            .env_remove("AWS_ENDPOINT_URL_S3")
-            .env_remove("AWS_PROFILE")
-            .env_remove("AWS_SESSION_TOKEN")
-            .env_remove("RUST_LOG")
-            .stdin(std::process::Stdio::null()),
+            .arg(&script),
     );
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(

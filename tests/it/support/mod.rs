@@ -344,6 +344,13 @@ pub fn bin() -> PathBuf {
 /// A command for the binary with test credentials and a clean S3 environment.
 pub fn btrfs_to_s3() -> Command {
     let mut c = Command::new(bin());
+    test_env(&mut c);
+    c
+}
+
+/// The environment every run of the binary gets here (also through a wrapper such as
+/// `sh -c '...; exec btrfs_to_s3 ...'`).
+pub fn test_env(c: &mut Command) -> &mut Command {
     c.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
         .env_remove("AWS_ENDPOINT_URL")
@@ -354,8 +361,7 @@ pub fn btrfs_to_s3() -> Command {
         // Retries happen as in production (five attempts), with millisecond backoff so
         // that the suite does not sleep for real; a test may override it.
         .env("BTRFS_TO_S3_RETRY_BASE_MS", "20")
-        .stdin(Stdio::null());
-    c
+        .stdin(Stdio::null())
 }
 
 pub struct RunResult {
