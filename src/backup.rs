@@ -345,7 +345,7 @@ impl Backup<'_> {
                 ));
             }
             let d = plan(&self.facts(sv, entry)?, &self.cfg.schedule, now, true);
-            if d.action == Action::Full {
+            if d.action == Action::Run(Kind::Full) {
                 return abandon(format!("a new full is due ({})", d.reason));
             }
         }
@@ -523,13 +523,7 @@ impl Backup<'_> {
                 ChunkProgress::Stored { .. } => 0,
             })
             .sum();
-        let bytes: u64 = stored
-            .values()
-            .map(|c| match c {
-                ChunkProgress::Stored { size, .. } => *size,
-                ChunkProgress::Open { parts, .. } => parts.values().map(|d| d.size).sum(),
-            })
-            .sum();
+        let bytes = journal::stored_bytes(&stored);
         event!(
             Info,
             "backup_resumed",

@@ -146,14 +146,19 @@ impl Pending {
 
     /// Bytes the journal says are stored (whole chunks and parts).
     pub fn stored_bytes(&self) -> u64 {
-        self.chunks
-            .values()
-            .map(|c| match c {
-                ChunkProgress::Stored { size, .. } => *size,
-                ChunkProgress::Open { parts, .. } => parts.values().map(|p| p.size).sum(),
-            })
-            .fold(0u64, u64::saturating_add)
+        stored_bytes(&self.chunks)
     }
+}
+
+/// Bytes stored according to `chunks` (whole chunks and the parts of open uploads).
+pub fn stored_bytes(chunks: &BTreeMap<u64, ChunkProgress>) -> u64 {
+    chunks
+        .values()
+        .map(|c| match c {
+            ChunkProgress::Stored { size, .. } => *size,
+            ChunkProgress::Open { parts, .. } => parts.values().map(|p| p.size).sum(),
+        })
+        .fold(0u64, u64::saturating_add)
 }
 
 /// The journal path of subvolume `name`: beside the state file.

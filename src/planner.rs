@@ -35,11 +35,6 @@ pub enum Action {
 }
 
 impl Action {
-    #[allow(non_upper_case_globals)]
-    pub const Full: Action = Action::Run(Kind::Full);
-    #[allow(non_upper_case_globals)]
-    pub const Incremental: Action = Action::Run(Kind::Incremental);
-
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Run(k) => k.as_str(),
@@ -75,14 +70,14 @@ pub fn plan(f: &Facts, s: &Schedule, now: Ts, once: bool) -> Decision {
     let decide = |action, reason: String| Decision { action, reason };
     let (Some(last_full), Some(last_snap)) = (f.last_full_at, f.last_snapshot_at) else {
         return decide(
-            Action::Full,
+            Action::Run(Kind::Full),
             "no previous backup recorded in the state file".into(),
         );
     };
     let full_age = now.unix().saturating_sub(last_full.unix());
     if due(full_age, s.full_every_days) {
         return decide(
-            Action::Full,
+            Action::Run(Kind::Full),
             format!(
                 "last full is {} days old (full_every_days = {})",
                 days(full_age),
@@ -116,23 +111,23 @@ pub fn plan(f: &Facts, s: &Schedule, now: Ts, once: bool) -> Decision {
     };
     if !f.parent_on_disk {
         return decide(
-            Action::Full,
+            Action::Run(Kind::Full),
             format!("{why}, but the parent snapshot is missing on disk"),
         );
     }
     if !f.has_parent_manifest {
         return decide(
-            Action::Full,
+            Action::Run(Kind::Full),
             format!("{why}, but the state has no parent manifest"),
         );
     }
     if !f.parent_manifest_in_s3 {
         return decide(
-            Action::Full,
+            Action::Run(Kind::Full),
             format!("{why}, but the parent manifest is no longer in S3"),
         );
     }
-    decide(Action::Incremental, why)
+    decide(Action::Run(Kind::Incremental), why)
 }
 
 #[cfg(test)]
@@ -176,30 +171,35 @@ mod tests {
     fn table() {
         let day = DAY;
         // No state at all, or half of it.
-        check(facts(None, None), false, Action::Full, "no previous backup");
+        check(
+            facts(None, None),
+            false,
+            Action::Run(Kind::Full),
+            "no previous backup",
+        );
         check(
             facts(Some(day), None),
             false,
-            Action::Full,
+            Action::Run(Kind::Full),
             "no previous backup",
         );
         check(
             facts(None, Some(day)),
             true,
-            Action::Full,
+            Action::Run(Kind::Full),
             "no previous backup",
         );
         // Full cadence edges: exactly 30 days, 30 days minus the slack, one second less.
         check(
             facts(Some(30 * day), Some(day)),
             false,
-            Action::Full,
+            Action::Run(Kind::Full),
             "full_every_days = 30",
         );
         check(
             facts(Some(30 * day - H), Some(day)),
             false,
-            Action::Full,
+            Action::Run(Kind::Full),
             "last full",
         );
         check(
@@ -212,13 +212,13 @@ mod tests {
         check(
             facts(Some(8 * day), Some(7 * day)),
             false,
-            Action::Incremental,
+            Action::Run(Kind::Incremental),
             "incremental_every_days = 7",
         );
         check(
             facts(Some(8 * day), Some(7 * day - H)),
             false,
-            Action::Incremental,
+            Action::Run(Kind::Incremental),
             "7",
         );
         check(
@@ -237,19 +237,29 @@ mod tests {
         check(
             facts(Some(8 * day), Some(60)),
             true,
-            Action::Incremental,
+            Action::Run(Kind::Incremental),
             "--once",
         );
         // Fallbacks to full when a run is due.
         let mut f = facts(Some(8 * day), Some(7 * day));
         f.parent_on_disk = false;
-        check(f.clone(), false, Action::Full, "parent snapshot is missing");
+        check(
+            f.clone(),
+            false,
+            Action::Run(Kind::Full),
+            "parent snapshot is missing",
+        );
         f.parent_on_disk = true;
         f.has_parent_manifest = false;
-        check(f.clone(), true, Action::Full, "no parent manifest");
+        check(
+            f.clone(),
+            true,
+            Action::Run(Kind::Full),
+            "no parent manifest",
+        );
         f.has_parent_manifest = true;
         f.parent_manifest_in_s3 = false;
-        check(f.clone(), false, Action::Full, "no longer in S3");
+        check(f.clone(), false, Action::Run(Kind::Full), "no longer in S3");
         // ... but a broken chain alone does not make a run due.
         let mut f = facts(Some(8 * day), Some(day));
         f.parent_on_disk = false;

@@ -542,7 +542,7 @@ fn no_s3_makes_snapshot_only() {
     b.repo = None;
     let sv = &rig.cfg.subvolumes[0];
     let d = Decision {
-        action: Action::Full,
+        action: Action::Run(Kind::Full),
         reason: "test".into(),
     };
     match b
