@@ -92,5 +92,8 @@ pub fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Backup(args) => crate::cmd::backup::run(&config, &args),
         Command::Restore(args) => crate::cmd::restore::run(&config, &args),
+        Command::List(args) => crate::cmd::list::run(&config, &args),
+        Command::Verify(args) => crate::cmd::verify::run(&config, &args),
+        Command::Prune(args) => crate::cmd::prune::run(&config, &args),
     }
 }

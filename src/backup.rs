@@ -208,7 +208,41 @@ impl Backup<'_> {
             has_parent_manifest: entry.last_manifest.is_some(),
             parent_on_disk,
             parent_manifest_in_s3,
+            parent_chain_problem: None,
         })
+    }
+
+    /// The plan for `sv`. When it is an incremental, the parent's chain gets the cheap
+    /// check first (`check`: manifests resolve to a full, every chunk is there with its
+    /// size); damage turns the plan into a full, saying why.
+    pub fn decide_plan(
+        &self,
+        sv: &Subvolume,
+        entry: &SubvolState,
+        now: Ts,
+        once: bool,
+    ) -> Result<Decision> {
+        let mut facts = self.facts(sv, entry)?;
+        let d = plan(&facts, &self.cfg.schedule, now, once);
+        let (Action::Run(Kind::Incremental), Some(repo), Some(key)) =
+            (d.action, self.repo, entry.last_manifest.as_deref())
+        else {
+            return Ok(d);
+        };
+        let checker = crate::check::Checker {
+            repo,
+            sse: &self.cfg.s3.sse,
+            concurrency: self.cfg.s3.concurrency,
+            piece_size: self.cfg.s3.part_size_bytes,
+        };
+        let rep = checker
+            .run(&sv.name, key, None, self.cfg.restore.restore_tier.as_str())
+            .with_context(|| format!("checking the parent chain of {key}"))?;
+        let Some(f) = rep.findings.iter().find(|f| f.damage) else {
+            return Ok(d);
+        };
+        facts.parent_chain_problem = Some(format!("{}: {}", f.key, f.problem));
+        Ok(plan(&facts, &self.cfg.schedule, now, once))
     }
 
     /// Backs up one subvolume: a pending backup first (resume, recover or abandon), then
@@ -265,8 +299,7 @@ impl Backup<'_> {
             }
         }
         self.sweep_stale_uploads(sv, &HashSet::new())?;
-        let facts = self.facts(sv, entry)?;
-        let d = plan(&facts, &self.cfg.schedule, run_ts, once);
+        let d = self.decide_plan(sv, entry, run_ts, once)?;
         event!(
             Info,
             "plan",

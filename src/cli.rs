@@ -34,6 +34,79 @@ pub enum Command {
     Backup(BackupArgs),
     /// Restore a subvolume from S3 into a new writable subvolume at --target
     Restore(RestoreArgs),
+    /// List the backups in the bucket, and what does not fit (broken chains, orphans)
+    List(ListArgs),
+    /// Check the published chain without restoring it (--deep: download and hash)
+    Verify(VerifyArgs),
+    /// Delete old generations from S3 (a dry run unless --confirm)
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct ListArgs {
+    /// Only this subvolume (by name); repeatable. Default: every subvolume under the prefix
+    #[arg(long = "subvolume", value_name = "NAME")]
+    pub subvolumes: Vec<String>,
+
+    /// One JSON document on stdout (its shape is in DESIGN.md)
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct VerifyArgs {
+    /// Only this subvolume (by name); repeatable. Default: the configured subvolumes
+    #[arg(long = "subvolume", value_name = "NAME")]
+    pub subvolumes: Vec<String>,
+
+    /// Check the chain of this manifest (an S3 key) instead of current.json's
+    #[arg(long, value_name = "KEY")]
+    pub manifest_key: Option<String>,
+
+    /// Also download every readable chunk and check its SHA-256 and the stream's
+    #[arg(long)]
+    pub deep: bool,
+
+    /// With --deep: request restores of archived chunks, wait, and check them too
+    #[arg(long, conflicts_with = "no_wait_restore")]
+    pub wait_restore: bool,
+
+    /// With --deep: request restores of archived chunks, then exit 3; rerun later
+    #[arg(long)]
+    pub no_wait_restore: bool,
+
+    /// Give up waiting for archive restores after this many seconds
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub restore_timeout: Option<u64>,
+
+    /// One JSON document on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct PruneArgs {
+    /// Only this subvolume (by name); repeatable. Default: the configured subvolumes
+    #[arg(long = "subvolume", value_name = "NAME")]
+    pub subvolumes: Vec<String>,
+
+    /// Generations to keep, counting the current one (default:
+    /// retention.remote_generations, 1)
+    #[arg(long, value_name = "G", value_parser = clap::value_parser!(u64).range(1..=10000))]
+    pub keep_generations: Option<u64>,
+
+    /// Delete; without it prune only prints what it would delete
+    #[arg(long)]
+    pub confirm: bool,
+
+    /// Delete objects younger than their storage class's minimum duration (S3 bills the
+    /// remaining days anyway)
+    #[arg(long)]
+    pub allow_early_delete: bool,
+
+    /// One JSON document on stdout
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args, Default, Clone)]

@@ -176,6 +176,8 @@ pub struct Global {
     pub spool_size_bytes: u64,
     /// Extension: Prometheus textfile written after each backup run.
     pub metrics_path: Option<PathBuf>,
+    /// Extension: seconds between `backup_progress` / `restore_progress` log lines.
+    pub progress_interval_seconds: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -221,6 +223,15 @@ pub struct S3 {
     pub sse_kms_key_id: Option<String>,
 }
 
+/// Extension section `[retention]`: what `prune` keeps in S3.
+#[derive(Clone, Debug)]
+pub struct Retention {
+    /// Generations (a full and its incrementals) kept, counting the current one.
+    pub remote_generations: usize,
+    /// Run `prune` after each successful backup.
+    pub prune_after_backup: bool,
+}
+
 #[derive(Clone, Debug)]
 pub struct Restore {
     pub target_base_dir: PathBuf,
@@ -239,6 +250,7 @@ pub struct Config {
     pub subvolumes: Vec<Subvolume>,
     pub s3: S3,
     pub restore: Restore,
+    pub retention: Retention,
 }
 
 /// Every section and key the config may hold; anything else is an error naming it.
@@ -252,6 +264,7 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
             "spool_dir",
             "spool_size_bytes",
             "metrics_path",
+            "progress_interval_seconds",
         ],
     ),
     (
@@ -289,6 +302,7 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
             "restore_tier",
         ],
     ),
+    ("retention", &["remote_generations", "prune_after_backup"]),
 ];
 
 /// The environment a config is resolved in: `HOME` for `~` and the endpoint variables.
@@ -349,6 +363,12 @@ impl Config {
                 limits::MAX_SPOOL_BYTES,
             )?,
             metrics_path: r.opt_path("global", "metrics_path")?,
+            progress_interval_seconds: r.bounded(
+                "global",
+                "progress_interval_seconds",
+                60,
+                limits::MAX_DAYS * 86_400,
+            )?,
         };
         let schedule = Schedule {
             full_every_days: r.bounded("schedule", "full_every_days", 180, limits::MAX_DAYS)?,
@@ -420,7 +440,17 @@ impl Config {
                 RestoreTier::parse(&v).unwrap_or(RestoreTier::Standard)
             },
         };
+        let retention = Retention {
+            remote_generations: r.bounded(
+                "retention",
+                "remote_generations",
+                1,
+                limits::MAX_RETAIN,
+            )? as usize,
+            prune_after_backup: r.boolean("retention", "prune_after_backup", false)?,
+        };
         Ok(Config {
+            retention,
             global,
             schedule,
             snapshots,

@@ -6,6 +6,7 @@ pub mod app;
 pub mod atomic;
 pub mod backup;
 pub mod btrfs;
+pub mod check;
 pub mod chunker;
 pub mod cli;
 pub mod cmd;

@@ -231,6 +231,61 @@ impl Layout {
     }
 }
 
+/// What a key of the layout is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    Pointer,
+    Manifest { kind: Kind, ts: Ts },
+    Chunk { kind: Kind, ts: Ts, index: u64 },
+}
+
+impl Layout {
+    /// Reads `key` back as a key of the layout: its subvolume and shape, or `None` for
+    /// anything this tool never writes (which tools checking the bucket call damage).
+    pub fn parse<'k>(&self, key: &'k str) -> Option<(&'k str, Shape)> {
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix("subvol/")?;
+        let (name, rest) = rest.split_once('/')?;
+        if subvolume_name_problem(name).is_some() {
+            return None;
+        }
+        if rest == "current.json" {
+            return Some((name, Shape::Pointer));
+        }
+        let (dir, file) = rest.split_once('/')?;
+        let kind = match dir {
+            "full" => Kind::Full,
+            "incremental" => Kind::Incremental,
+            _ => return None,
+        };
+        // Only the canonical spelling: `Ts::parse` also reads the ISO form.
+        let ts = |t: &str| Ts::parse(t).ok().filter(|ts| ts.to_string() == t);
+        if let Some(t) = file
+            .strip_prefix("manifest-")
+            .and_then(|f| f.strip_suffix(".json"))
+        {
+            return Some((name, Shape::Manifest { kind, ts: ts(t)? }));
+        }
+        let (t, index) = file
+            .strip_prefix("chunk-")?
+            .strip_suffix(".bin")?
+            .split_once('-')?;
+        let canonical_index = !index.is_empty()
+            && index.bytes().all(|b| b.is_ascii_digit())
+            && (index == "0" || !index.starts_with('0'));
+        if !canonical_index {
+            return None;
+        }
+        Some((
+            name,
+            Shape::Chunk {
+                kind,
+                ts: ts(t)?,
+                index: index.parse().ok()?,
+            },
+        ))
+    }
+}
+
 /// Why `name` cannot be a subvolume name given on the command line, if it cannot: it
 /// names S3 keys, snapshot names and a staging directory, so it must be one plain path
 /// component.
@@ -247,6 +302,54 @@ pub fn subvolume_name_problem(name: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layout_keys_parse_back() {
+        let ts = Ts::parse("20250101T020000Z").unwrap();
+        let l = Layout::new("p");
+        for (kind, key) in [
+            (Kind::Full, l.chunk_key("data", Kind::Full, ts, 10)),
+            (
+                Kind::Incremental,
+                l.chunk_key("data", Kind::Incremental, ts, 0),
+            ),
+        ] {
+            let (name, shape) = l.parse(&key).unwrap();
+            assert_eq!(name, "data");
+            let Shape::Chunk { kind: k, ts: t, .. } = shape else {
+                panic!("{key}: {shape:?}")
+            };
+            assert_eq!((k, t), (kind, ts));
+        }
+        assert_eq!(
+            l.parse(&l.manifest_key("data", Kind::Full, ts)),
+            Some((
+                "data",
+                Shape::Manifest {
+                    kind: Kind::Full,
+                    ts
+                }
+            ))
+        );
+        assert_eq!(
+            l.parse("p/subvol/data/current.json"),
+            Some(("data", Shape::Pointer))
+        );
+        for stray in [
+            "q/subvol/data/current.json",
+            "p/subvol/data/full/manifest-2025-01-01T02:00:00Z.json",
+            "p/subvol/data/full/chunk-20250101T020000Z-01.bin",
+            "p/subvol/data/full/chunk-20250101T020000Z-.bin",
+            "p/subvol/data/full/chunk-20250101T020000Z-1.bin.tmp",
+            "p/subvol/data/inc/manifest-20250101T020000Z.json",
+            "p/subvol/data/notes.txt",
+            "p/subvol/../full/manifest-20250101T020000Z.json",
+            "p/subvol/data/full/x/manifest-20250101T020000Z.json",
+            "p/other",
+        ] {
+            assert_eq!(l.parse(stray), None, "{stray}");
+        }
+    }
 
     #[test]
     fn layout_matches_contract() {

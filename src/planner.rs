@@ -25,6 +25,9 @@ pub struct Facts {
     pub parent_on_disk: bool,
     /// The last manifest still exists in S3 (`true` when S3 is not consulted).
     pub parent_manifest_in_s3: bool,
+    /// What the cheap check found wrong with the parent's chain (`check`), if anything:
+    /// an incremental on a broken chain could never be restored.
+    pub parent_chain_problem: Option<String>,
 }
 
 /// What to do for a subvolume: back it up as a full or an incremental, or skip it.
@@ -127,6 +130,12 @@ pub fn plan(f: &Facts, s: &Schedule, now: Ts, once: bool) -> Decision {
             format!("{why}, but the parent manifest is no longer in S3"),
         );
     }
+    if let Some(p) = &f.parent_chain_problem {
+        return decide(
+            Action::Run(Kind::Full),
+            format!("{why}, but the parent's chain in S3 is broken ({p})"),
+        );
+    }
     decide(Action::Run(Kind::Incremental), why)
 }
 
@@ -152,6 +161,7 @@ mod tests {
             has_parent_manifest: true,
             parent_on_disk: true,
             parent_manifest_in_s3: true,
+            parent_chain_problem: None,
         }
     }
 
@@ -260,6 +270,14 @@ mod tests {
         f.has_parent_manifest = true;
         f.parent_manifest_in_s3 = false;
         check(f.clone(), false, Action::Run(Kind::Full), "no longer in S3");
+        f.parent_manifest_in_s3 = true;
+        f.parent_chain_problem = Some("chunk k is missing".into());
+        check(
+            f.clone(),
+            false,
+            Action::Run(Kind::Full),
+            "parent's chain in S3 is broken (chunk k is missing)",
+        );
         // ... but a broken chain alone does not make a run due.
         let mut f = facts(Some(8 * day), Some(day));
         f.parent_on_disk = false;

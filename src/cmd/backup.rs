@@ -17,7 +17,6 @@ use crate::cmd::Session;
 use crate::config::{Config, Subvolume};
 use crate::event;
 use crate::metrics::{write_textfile, Metrics, SubvolResult};
-use crate::planner::plan;
 use crate::repo::Repo;
 use crate::state::State;
 use crate::ts::Ts;
@@ -355,7 +354,7 @@ fn dry_run(b: &Backup<'_>, state: &State, selected: &[&Subvolume], once: bool) -
                 p.stored_bytes()
             ),
             None => {
-                let d = plan(&b.facts(sv, &entry)?, &b.cfg.schedule, now, once);
+                let d = b.decide_plan(sv, &entry, now, once)?;
                 format!("{}: {} ({})", sv.name, d.action.as_str(), d.reason)
             }
         };

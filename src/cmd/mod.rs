@@ -3,7 +3,10 @@
 //! lock), run the engine (`backup`, `restore`), report. Exit codes are `app`'s.
 
 pub mod backup;
+pub mod list;
+pub mod prune;
 pub mod restore;
+pub mod verify;
 
 use std::sync::Arc;
 
@@ -12,6 +15,23 @@ use anyhow::Result;
 use crate::config::Config;
 use crate::lock::RunLock;
 use crate::retry::{Policy, Retrier};
+
+/// `--subvolume` names of the read commands, checked to be plain names (they name keys).
+pub fn subvolume_names(names: &[String]) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for n in names {
+        if let Some(why) = crate::manifest::subvolume_name_problem(n) {
+            return Err(crate::app::UsageError(format!(
+                "--subvolume {n:?} {why}: give the subvolume's name (the last component of its path)"
+            ))
+            .into());
+        }
+        if !out.contains(n) {
+            out.push(n.clone());
+        }
+    }
+    Ok(out)
+}
 
 /// Fails unless we run as root: snapshots, `btrfs send` and `btrfs receive` need
 /// CAP_SYS_ADMIN, and the error would otherwise be a permission error deep inside.

@@ -429,6 +429,15 @@ impl ObjectStore for SlowComplete {
     ) -> crate::store::StoreResult<Vec<crate::store::OpenUpload>> {
         self.inner.list_multipart_uploads(prefix)
     }
+    fn list_objects(
+        &self,
+        prefix: &str,
+    ) -> crate::store::StoreResult<Vec<crate::store::ListedObject>> {
+        self.inner.list_objects(prefix)
+    }
+    fn delete_object(&self, key: &str) -> crate::store::StoreResult<()> {
+        self.inner.delete_object(key)
+    }
     fn head(&self, key: &str) -> crate::store::StoreResult<Option<crate::store::ObjectMeta>> {
         self.inner.head(key)
     }

@@ -7,11 +7,34 @@
 
 use std::collections::HashSet;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Result};
 
 use crate::manifest::{Kind, Layout, Manifest, Pointer};
 use crate::retry::Retrier;
 use crate::store::{get_all, ErrorKind, ObjectStore};
+
+/// Damage found while resolving a chain (a missing, unreadable, untrustworthy or
+/// misplaced manifest or pointer), as opposed to a request that failed: `verify` reports
+/// it as a finding, `backup` falls back to a full.
+#[derive(Debug)]
+pub struct Damaged(pub String);
+
+impl std::fmt::Display for Damaged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Damaged {}
+
+/// Whether `e` is damage in the bucket rather than a failed request.
+pub fn is_damage(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<Damaged>())
+}
+
+macro_rules! damaged {
+    ($($t:tt)*) => { return Err(Damaged(format!($($t)*)).into()) };
+}
 
 /// No real chain is this long; a longer one is treated as damage.
 pub const MAX_CHAIN: usize = 10_000;
@@ -47,13 +70,17 @@ fn fetch_json<T: serde::de::DeserializeOwned>(
 ) -> Result<T> {
     let bytes = retrier.run(|| get_all(store, key)).map_err(|e| {
         if e.kind == ErrorKind::NotFound {
-            anyhow!("{what} {key} is missing from the bucket")
+            Damaged(format!("{what} {key} is missing from the bucket")).into()
         } else {
             anyhow::Error::from(e).context(format!("reading {what} {key}"))
         }
     })?;
-    serde_json::from_slice(&bytes)
-        .with_context(|| format!("{what} {key} is not valid JSON of the expected shape"))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        Damaged(format!(
+            "{what} {key} is not valid JSON of the expected shape: {e}"
+        ))
+        .into()
+    })
 }
 
 /// The key of the manifest to restore: `--manifest-key`, else what `current.json` names.
@@ -81,7 +108,7 @@ pub fn start_key(
         ))
     })?;
     if !layout.owns(subvolume, &p.manifest_key) {
-        bail!(
+        damaged!(
             "pointer {pkey}: field manifest_key = {:?} is not a key under {within}; refusing to restore from it",
             p.manifest_key
         );
@@ -102,37 +129,38 @@ pub fn resolve(
     let mut next = Some(key.to_string());
     while let Some(k) = next.take() {
         if !seen.insert(k.clone()) {
-            bail!("manifest chain loops: {k} is its own ancestor");
+            damaged!("manifest chain loops: {k} is its own ancestor");
         }
         if links.len() >= MAX_CHAIN {
-            bail!("manifest chain from {key} is longer than {MAX_CHAIN} links");
+            damaged!("manifest chain from {key} is longer than {MAX_CHAIN} links");
         }
         if !layout.owns(subvolume, &k) {
-            bail!(
+            damaged!(
                 "manifest key {k:?} is not under {}; refusing to restore from it",
                 layout.subvolume_prefix(subvolume)
             );
         }
         let m: Manifest = fetch_json(store, retrier, &k, "manifest")?;
         if m.subvolume != subvolume {
-            bail!(
+            damaged!(
                 "manifest {k} belongs to subvolume {:?}, not {subvolume:?}",
                 m.subvolume
             );
         }
         if m.version != 1 {
-            bail!(
+            damaged!(
                 "manifest {k} has version {}, this tool reads version 1",
                 m.version
             );
         }
-        m.check(layout, subvolume)
-            .map_err(|why| anyhow!("manifest {k}: {why}; refusing to restore from it"))?;
+        if let Err(why) = m.check(layout, subvolume) {
+            damaged!("manifest {k}: {why}; refusing to restore from it");
+        }
         match (m.kind, &m.parent_manifest) {
             (Kind::Full, _) => {}
             (Kind::Incremental, Some(p)) => next = Some(p.clone()),
             (Kind::Incremental, None) => {
-                bail!("manifest {k} is incremental but names no parent_manifest: the chain does not end in a full")
+                damaged!("manifest {k} is incremental but names no parent_manifest: the chain does not end in a full")
             }
         }
         links.push((k, m));

@@ -4,7 +4,9 @@
 //! `current.json`). Commands (`cmd/`) and the engines below them (`backup`, `restore`)
 //! reach S3 only through it.
 
+pub mod catalog;
 pub mod chain;
+pub mod prune;
 
 use std::sync::Arc;
 

@@ -7,8 +7,8 @@ use std::io::{Cursor, Read};
 use std::sync::Mutex;
 
 use super::{
-    Body, ErrorKind, ListedPart, ObjectMeta, ObjectStore, OpenUpload, PutOptions, StoreError,
-    StoreResult,
+    Body, ErrorKind, ListedObject, ListedPart, ObjectMeta, ObjectStore, OpenUpload, PutOptions,
+    StoreError, StoreResult,
 };
 
 #[derive(Clone, Debug)]
@@ -18,6 +18,8 @@ pub struct StoredObject {
     pub etag: String,
     /// For archive classes: `None` not requested, `Some(n)` ready after `n` more HEADs.
     pub restore_after_heads: Option<u32>,
+    /// When it was stored (the store's clock, see [`MemoryStore::set_clock`]).
+    pub modified: i64,
 }
 
 struct Upload {
@@ -43,6 +45,14 @@ struct Inner {
     panics: Vec<String>,
     /// HEADs an archive restore takes to finish.
     restore_delay_heads: u32,
+    /// A fixed clock for LastModified (unix seconds); the real clock when `None`.
+    clock: Option<i64>,
+}
+
+impl Inner {
+    fn now(&self) -> i64 {
+        self.clock.unwrap_or_else(|| crate::ts::Ts::now().unix())
+    }
 }
 
 #[derive(Default)]
@@ -79,6 +89,18 @@ impl MemoryStore {
         self.lock().panics.push(op_contains.to_string());
     }
 
+    /// Objects stored from now on are `LastModified` at `unix` seconds.
+    pub fn set_clock(&self, unix: i64) {
+        self.lock().clock = Some(unix);
+    }
+
+    /// Sets one object's storage class (as a lifecycle transition would).
+    pub fn set_class(&self, key: &str, class: &str) {
+        if let Some(o) = self.lock().objects.get_mut(key) {
+            o.opts.storage_class = class.to_string();
+        }
+    }
+
     pub fn set_restore_delay_heads(&self, n: u32) {
         self.lock().restore_delay_heads = n;
     }
@@ -97,13 +119,16 @@ impl MemoryStore {
     }
 
     pub fn insert(&self, key: &str, data: &[u8], opts: PutOptions) {
-        self.lock().objects.insert(
+        let mut g = self.lock();
+        let modified = g.now();
+        g.objects.insert(
             key.to_string(),
             StoredObject {
                 data: data.to_vec(),
                 opts,
                 etag: format!("\"{}\"", data.len()),
                 restore_after_heads: None,
+                modified,
             },
         );
     }
@@ -167,6 +192,7 @@ impl ObjectStore for MemoryStore {
             .map_err(|e| StoreError::new(ErrorKind::Transient, op.clone(), e.to_string()))?;
         let mut g = self.enter(op)?;
         let etag = format!("\"put-{}\"", body.len());
+        let modified = g.now();
         g.objects.insert(
             key.to_string(),
             StoredObject {
@@ -174,6 +200,7 @@ impl ObjectStore for MemoryStore {
                 opts: opts.clone(),
                 etag: etag.clone(),
                 restore_after_heads: None,
+                modified,
             },
         );
         Ok(etag)
@@ -240,6 +267,7 @@ impl ObjectStore for MemoryStore {
             data.extend_from_slice(p);
         }
         let etag = format!("\"mpu-{}\"", parts.len());
+        let modified = g.now();
         g.objects.insert(
             u.key,
             StoredObject {
@@ -247,6 +275,7 @@ impl ObjectStore for MemoryStore {
                 opts: u.opts,
                 etag: etag.clone(),
                 restore_after_heads: None,
+                modified,
             },
         );
         Ok(etag)
@@ -282,6 +311,26 @@ impl ObjectStore for MemoryStore {
                 upload_id: id.clone(),
             })
             .collect())
+    }
+
+    fn list_objects(&self, prefix: &str) -> StoreResult<Vec<ListedObject>> {
+        let g = self.enter(format!("ListObjectsV2 {prefix}"))?;
+        Ok(g.objects
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, o)| ListedObject {
+                key: k.clone(),
+                size: o.data.len() as u64,
+                last_modified: Some(crate::ts::Ts::from_unix(o.modified)),
+                storage_class: Some(o.opts.storage_class.clone()),
+            })
+            .collect())
+    }
+
+    fn delete_object(&self, key: &str) -> StoreResult<()> {
+        let mut g = self.enter(format!("DELETE {key}"))?;
+        g.objects.remove(key);
+        Ok(())
     }
 
     fn head_bucket(&self) -> StoreResult<()> {

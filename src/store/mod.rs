@@ -1,5 +1,5 @@
 //! The object store seam: an [`ObjectStore`] trait with the few S3 operations this tool
-//! needs, a typed [`StoreError`] that says whether a failure is worth retrying, and two
+//! needs (upload, read, list, delete), a typed [`StoreError`] that says whether a failure is worth retrying, and two
 //! implementations: [`s3::S3Store`] (the only network code) and [`memory::MemoryStore`]
 //! (tests).
 
@@ -161,6 +161,23 @@ pub struct OpenUpload {
     pub upload_id: String,
 }
 
+/// An object as listed by ListObjectsV2.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedObject {
+    pub key: String,
+    pub size: u64,
+    /// `LastModified`; `None` when the reply lacks it or it does not parse.
+    pub last_modified: Option<crate::ts::Ts>,
+    /// `None` when the reply does not say (S3 always does; STANDARD is spelled out).
+    pub storage_class: Option<String>,
+}
+
+impl ListedObject {
+    pub fn storage_class_or_standard(&self) -> &str {
+        self.storage_class.as_deref().unwrap_or("STANDARD")
+    }
+}
+
 /// A stored part of an open multipart upload, as listed by ListParts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListedPart {
@@ -198,6 +215,10 @@ pub trait ObjectStore: Send + Sync {
     fn list_parts(&self, key: &str, upload_id: &str) -> StoreResult<Vec<ListedPart>>;
     /// ListMultipartUploads under a prefix (all pages).
     fn list_multipart_uploads(&self, prefix: &str) -> StoreResult<Vec<OpenUpload>>;
+    /// ListObjectsV2 under a prefix (all pages), in key order.
+    fn list_objects(&self, prefix: &str) -> StoreResult<Vec<ListedObject>>;
+    /// DeleteObject; deleting a key that does not exist is Ok (as S3).
+    fn delete_object(&self, key: &str) -> StoreResult<()>;
     /// HeadObject; `Ok(None)` when the object does not exist.
     fn head(&self, key: &str) -> StoreResult<Option<ObjectMeta>>;
     /// HeadBucket: `Ok` when the bucket answers; a missing bucket is an error.

@@ -11,8 +11,8 @@ use url::Url;
 
 use super::sigv4::{Signer, EMPTY_SHA256, UNSIGNED_PAYLOAD};
 use super::{
-    xml, Body, ErrorKind, ListedPart, ObjectMeta, ObjectStore, OpenUpload, PutOptions, StoreError,
-    StoreResult,
+    xml, Body, ErrorKind, ListedObject, ListedPart, ObjectMeta, ObjectStore, OpenUpload,
+    PutOptions, StoreError, StoreResult,
 };
 use crate::config;
 
@@ -559,6 +559,79 @@ impl ObjectStore for S3Store {
             }
         }
         Ok(out)
+    }
+
+    fn list_objects(&self, prefix: &str) -> StoreResult<Vec<ListedObject>> {
+        let op = format!("ListObjectsV2 {prefix}");
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut q = String::new();
+            if let Some(t) = &token {
+                q.push_str(&format!("continuation-token={}&", encode_query(t)));
+            }
+            q.push_str(&format!("list-type=2&prefix={}", encode_query(prefix)));
+            let url = self.url("", &q)?;
+            let resp = self.send(&op, "GET", &url, &[], None)?;
+            let body = read_body(&op, resp)?;
+            let doc = xml::parse(&body).ok_or_else(|| {
+                StoreError::new(ErrorKind::Permanent, op.clone(), "the reply is not XML")
+            })?;
+            for c in doc.all("Contents") {
+                let (Some(key), Some(size)) = (
+                    c.text_of("Key"),
+                    c.text_of("Size").and_then(|v| v.parse().ok()),
+                ) else {
+                    return Err(StoreError::new(
+                        ErrorKind::Permanent,
+                        op,
+                        "an object in the listing lacks Key or Size",
+                    ));
+                };
+                // A server that ignores the prefix must not hand us other keys.
+                if !key.starts_with(prefix) {
+                    return Err(StoreError::new(
+                        ErrorKind::Permanent,
+                        op,
+                        format!(
+                            "the listing names {key:?}, which is not under the prefix asked for"
+                        ),
+                    ));
+                }
+                out.push(ListedObject {
+                    key,
+                    size,
+                    last_modified: c
+                        .text_of("LastModified")
+                        .and_then(|t| crate::ts::Ts::parse(t.trim()).ok()),
+                    storage_class: c.text_of("StorageClass"),
+                });
+            }
+            let truncated = doc.text_of("IsTruncated").map(|t| t.trim() == "true");
+            let next = doc.text_of("NextContinuationToken");
+            match (truncated, next) {
+                (Some(true), Some(n)) if Some(&n) != token.as_ref() => token = Some(n),
+                (Some(true), _) => {
+                    return Err(StoreError::new(
+                        ErrorKind::Permanent,
+                        op,
+                        "the listing is truncated but gives no new NextContinuationToken",
+                    ))
+                }
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    fn delete_object(&self, key: &str) -> StoreResult<()> {
+        let op = format!("DELETE {key}");
+        let url = self.url(key, "")?;
+        match self.send(&op, "DELETE", &url, &[], None) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     fn head(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {

@@ -1,0 +1,172 @@
+//! `btrfs_to_s3 list`: what the bucket holds, per subvolume, from one listing
+//! (`repo::catalog`): every backup oldest first with its kind, time, size, chunks,
+//! storage class, parent, generation and whether `current.json` names it; then what does
+//! not fit (broken chains, orphan chunks, keys outside the layout). Read-only: no lock.
+//! `--json` prints one document whose shape DESIGN.md fixes ("`list --json`").
+
+use anyhow::Result;
+use serde_json::{json, Value};
+
+use crate::app::exit;
+use crate::cli::ListArgs;
+use crate::cmd::Session;
+use crate::config::Config;
+use crate::repo::catalog::{self, Catalog, Subvol};
+use crate::repo::Repo;
+use crate::store::ListedObject;
+
+pub fn run(config: &Config, args: &ListArgs) -> Result<u8> {
+    let names = crate::cmd::subvolume_names(&args.subvolumes)?;
+    let session = Session::start(config, false)?;
+    let repo = Repo::open(config, session.retrier.clone())?;
+    let cat = catalog::load(&repo, &names)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&to_json(config, &cat))?);
+    } else {
+        print_text(&cat);
+    }
+    Ok(exit::OK)
+}
+
+fn object_json(o: &ListedObject) -> Value {
+    json!({
+        "key": o.key,
+        "size": o.size,
+        "storage_class": o.storage_class_or_standard(),
+        "last_modified": o.last_modified.map(|t| t.iso()),
+    })
+}
+
+/// The `list --json` document (version 1; DESIGN.md).
+pub fn to_json(config: &Config, cat: &Catalog) -> Value {
+    let subvolumes: Vec<Value> = cat.subvolumes.values().map(subvol_json).collect();
+    json!({
+        "version": 1,
+        "bucket": config.s3.bucket,
+        "prefix": config.s3.prefix,
+        "subvolumes": subvolumes,
+        "outside_layout": cat.outside.iter().map(object_json).collect::<Vec<_>>(),
+    })
+}
+
+fn subvol_json(sv: &Subvol) -> Value {
+    let current = sv.current_key();
+    let backups: Vec<Value> = sv
+        .backups
+        .iter()
+        .map(|b| {
+            let m = b.manifest.as_ref().ok();
+            let stored: u64 = b
+                .chunk_keys()
+                .filter_map(|k| sv.chunks.get(k))
+                .map(|o| o.size)
+                .sum();
+            json!({
+                "manifest_key": b.key,
+                "kind": b.kind.as_str(),
+                "created_at": b.ts.to_string(),
+                "total_bytes": m.map(|m| m.total_bytes),
+                "stored_bytes": stored,
+                "chunks": m.map(|m| m.chunks.len()),
+                "storage_class": m.map(|m| m.s3.storage_class.clone()),
+                "parent_manifest": b.parent(),
+                "generation": b.generation,
+                "current": Some(b.key.as_str()) == current,
+                "problems": b.problems,
+            })
+        })
+        .collect();
+    json!({
+        "name": sv.name,
+        "current": current,
+        "current_problem": match &sv.current {
+            Some(Err(why)) => Some(why.clone()),
+            Some(Ok(k)) if sv.backup(k).is_none() => Some(format!("names {k}, which is not in the bucket")),
+            _ => None,
+        },
+        "backups": backups,
+        "orphan_chunks": sv.orphans().into_iter().map(object_json).collect::<Vec<_>>(),
+        "outside_layout": sv.stray.iter().map(object_json).collect::<Vec<_>>(),
+    })
+}
+
+/// Bytes for people: `1.5 GiB`.
+pub fn human(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+fn print_text(cat: &Catalog) {
+    if cat.subvolumes.is_empty() {
+        println!("no backups under this prefix");
+    }
+    for sv in cat.subvolumes.values() {
+        let current = sv.current_key();
+        println!("subvolume {}", sv.name);
+        match &sv.current {
+            None => println!("  current.json: none (nothing published)"),
+            Some(Err(why)) => println!("  current.json: DAMAGED: {why}"),
+            Some(Ok(k)) => println!("  current.json: {k}"),
+        }
+        if !sv.backups.is_empty() {
+            println!(
+                "  {:<17} {:<11} {:>10} {:>6}  {:<12}  generation",
+                "created_at", "kind", "size", "chunks", "class"
+            );
+        }
+        for b in &sv.backups {
+            let m = b.manifest.as_ref().ok();
+            let mark = if Some(b.key.as_str()) == current {
+                "  <- current"
+            } else {
+                ""
+            };
+            println!(
+                "  {:<17} {:<11} {:>10} {:>6}  {:<12}  {}{mark}",
+                b.ts.to_string(),
+                b.kind.as_str(),
+                m.map(|m| human(m.total_bytes))
+                    .unwrap_or_else(|| "?".into()),
+                m.map(|m| m.chunks.len().to_string())
+                    .unwrap_or_else(|| "?".into()),
+                m.map(|m| m.s3.storage_class.as_str()).unwrap_or("?"),
+                b.generation
+                    .as_deref()
+                    .and_then(|g| sv.backup(g))
+                    .map(|g| g.ts.to_string())
+                    .unwrap_or_else(|| "-".into()),
+            );
+            for p in &b.problems {
+                println!("    BROKEN {}: {p}", b.key);
+            }
+        }
+        let orphans = sv.orphans();
+        if !orphans.is_empty() {
+            let bytes: u64 = orphans.iter().map(|o| o.size).sum();
+            println!(
+                "  orphan chunks (no manifest names them): {} ({})",
+                orphans.len(),
+                human(bytes)
+            );
+            for o in orphans {
+                println!("    {} {}", o.key, human(o.size));
+            }
+        }
+        for o in &sv.stray {
+            println!("  NOT OF THE LAYOUT: {} ({})", o.key, human(o.size));
+        }
+    }
+    for o in &cat.outside {
+        println!("NOT OF THE LAYOUT: {} ({})", o.key, human(o.size));
+    }
+}

@@ -1,0 +1,201 @@
+//! `btrfs_to_s3 prune`: remote retention per subvolume over one listing
+//! (`repo::catalog`, `repo::prune`). A dry run that prints the plan unless `--confirm`;
+//! takes the run lock (no backup uploads meanwhile), spares what a resume journal owns.
+//! Also run after a successful backup when `retention.prune_after_backup` is set.
+
+use anyhow::{anyhow, Result};
+
+use crate::app::exit;
+use crate::cli::PruneArgs;
+use crate::cmd::list::human;
+use crate::cmd::Session;
+use crate::config::Config;
+use crate::event;
+use crate::repo::catalog;
+use crate::repo::prune::{self, Action, Plan, Rules};
+use crate::repo::Repo;
+use crate::ts::Ts;
+
+/// What one prune does, resolved from flags and config.
+pub struct Request {
+    pub names: Vec<String>,
+    pub keep: usize,
+    pub confirm: bool,
+    pub allow_early_delete: bool,
+}
+
+/// The run timestamp of subvolume `name`'s resume journal, if one exists. An unreadable
+/// journal spares nothing (the next backup abandons it and its orphans age normally).
+fn journal_ts(config: &Config, name: &str) -> Option<Ts> {
+    let path = crate::journal::path_for(&config.global.state_path, name);
+    crate::journal::load(&path)
+        .ok()
+        .flatten()
+        .and_then(|p| Ts::parse(&p.begin.run_ts).ok())
+}
+
+/// Plans (and with `confirm` carries out) the pruning of each subvolume; a subvolume that
+/// cannot be pruned (no sound `current.json`) is reported and the others go on. Returns
+/// the plans and the refusals.
+pub fn prune_all(config: &Config, repo: &Repo, req: &Request) -> Result<(Vec<Plan>, Vec<String>)> {
+    let cat = catalog::load(repo, &req.names)?;
+    let now = Ts::now();
+    let mut plans = Vec::new();
+    let mut refused = Vec::new();
+    for name in &req.names {
+        let Some(sv) = cat.subvolumes.get(name) else {
+            continue;
+        };
+        let rules = Rules {
+            keep: req.keep,
+            now,
+            allow_early_delete: req.allow_early_delete,
+            journal_ts: journal_ts(config, name),
+        };
+        let plan = match prune::plan(sv, &rules) {
+            Ok(p) => p,
+            Err(e) => {
+                event!(
+                    Error,
+                    "prune_refused",
+                    subvolume = name,
+                    reason = format!("{e:#}")
+                );
+                refused.push(format!("{e:#}"));
+                continue;
+            }
+        };
+        for i in plan.items.iter().filter(|i| i.action != Action::Keep) {
+            event!(
+                Info,
+                "prune_plan",
+                subvolume = name,
+                action = format!("{:?}", i.action).to_lowercase(),
+                key = i.key,
+                class = i.class,
+                age_days = i
+                    .age_days
+                    .map(|d| d.to_string())
+                    .unwrap_or_else(|| "?".into()),
+                size = i.size,
+                why = i.why,
+                until = i.until.clone().unwrap_or_default()
+            );
+        }
+        if req.confirm {
+            let (n, bytes) = prune::execute(repo, &plan)?;
+            event!(
+                Info,
+                "prune_done",
+                subvolume = name,
+                deleted = n,
+                deleted_bytes = bytes
+            );
+        }
+        plans.push(plan);
+    }
+    Ok((plans, refused))
+}
+
+pub fn run(config: &Config, args: &PruneArgs) -> Result<u8> {
+    let mut names = crate::cmd::subvolume_names(&args.subvolumes)?;
+    if names.is_empty() {
+        names = config.subvolumes.iter().map(|s| s.name.clone()).collect();
+    }
+    let req = Request {
+        names,
+        keep: args
+            .keep_generations
+            .map(|g| g as usize)
+            .unwrap_or(config.retention.remote_generations),
+        confirm: args.confirm,
+        allow_early_delete: args.allow_early_delete,
+    };
+    let session = Session::start(config, true)?;
+    let repo = Repo::open(config, session.retrier.clone())?;
+    let (plans, refused) = prune_all(config, &repo, &req)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "version": 1,
+                "confirmed": req.confirm,
+                "keep_generations": req.keep,
+                "plans": plans,
+                "refused": refused,
+            }))?
+        );
+    } else {
+        print_text(&plans, &refused, &req);
+    }
+    if refused.is_empty() {
+        Ok(exit::OK)
+    } else {
+        Err(anyhow!(
+            "prune refused for {}: {}",
+            refused.len(),
+            refused.join("; ")
+        ))
+    }
+}
+
+fn print_text(plans: &[Plan], refused: &[String], req: &Request) {
+    for p in plans {
+        let (mut del, mut del_bytes, mut deferred) = (0, 0u64, 0);
+        println!(
+            "subvolume {} (keeping {} generations)",
+            p.subvolume, req.keep
+        );
+        for i in &p.items {
+            let age = i
+                .age_days
+                .map(|d| format!("{d}d"))
+                .unwrap_or_else(|| "?".into());
+            let what = match i.action {
+                Action::Delete => {
+                    del += 1;
+                    del_bytes += i.size;
+                    if req.confirm {
+                        "deleted"
+                    } else {
+                        "delete"
+                    }
+                }
+                Action::Defer => {
+                    deferred += 1;
+                    "defer"
+                }
+                Action::Keep => "keep",
+            };
+            let until = i
+                .until
+                .as_deref()
+                .map(|u| format!(" (deferred until {u}; --allow-early-delete deletes it now, billed as if kept)"))
+                .unwrap_or_default();
+            println!(
+                "  {what:<7} {} class={} age={age} size={} why: {}{until}",
+                i.key,
+                i.class,
+                human(i.size),
+                i.why
+            );
+        }
+        println!(
+            "  {} {del} objects ({}), {deferred} deferred{}",
+            if req.confirm {
+                "deleted"
+            } else {
+                "would delete"
+            },
+            human(del_bytes),
+            if req.confirm {
+                ""
+            } else {
+                "; nothing was deleted: add --confirm"
+            }
+        );
+    }
+    for r in refused {
+        println!("refused: {r}");
+    }
+}

@@ -1,0 +1,171 @@
+//! `btrfs_to_s3 verify`: checks the chain `current.json` (or `--manifest-key`) names for
+//! each subvolume without restoring it (`crate::check`): cheap by default, `--deep` also
+//! downloads and hashes what is readable. Read-only: no lock. Exit 0 all well, 1 any
+//! finding (each names the key), 3 archive restores requested and not waited for.
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use crate::app::exit;
+use crate::check::{Archived, Checker, Finding, Report};
+use crate::cli::VerifyArgs;
+use crate::cmd::Session;
+use crate::config::Config;
+use crate::event;
+use crate::repo::chain::is_damage;
+use crate::repo::Repo;
+
+/// The subvolumes a read command works on: `--subvolume` names, else the configured ones.
+fn targets(config: &Config, names: Vec<String>) -> Vec<String> {
+    if names.is_empty() {
+        config.subvolumes.iter().map(|s| s.name.clone()).collect()
+    } else {
+        names
+    }
+}
+
+pub fn run(config: &Config, args: &VerifyArgs) -> Result<u8> {
+    let names = targets(config, crate::cmd::subvolume_names(&args.subvolumes)?);
+    if args.manifest_key.is_some() && names.len() != 1 {
+        return Err(crate::app::UsageError(
+            "--manifest-key needs exactly one --subvolume (the key's subvolume)".into(),
+        )
+        .into());
+    }
+    if (args.wait_restore || args.no_wait_restore) && !args.deep {
+        return Err(crate::app::UsageError(
+            "--wait-restore and --no-wait-restore go with --deep (only the deep check reads chunks)"
+                .into(),
+        )
+        .into());
+    }
+    let session = Session::start(config, false)?;
+    let repo = Repo::open(config, session.retrier.clone())?;
+    let checker = Checker {
+        repo: &repo,
+        sse: &config.s3.sse,
+        concurrency: config.s3.concurrency,
+        piece_size: config.s3.part_size_bytes,
+    };
+    let deep = args.deep.then(|| {
+        if args.wait_restore {
+            Archived::Wait(Duration::from_secs(
+                args.restore_timeout
+                    .unwrap_or(config.restore.restore_timeout_seconds),
+            ))
+        } else if args.no_wait_restore {
+            Archived::Request
+        } else {
+            Archived::Skip
+        }
+    });
+    let tier = config.restore.restore_tier.as_str();
+    let mut reports = Vec::new();
+    for name in &names {
+        let start = match repo.start_key(name, args.manifest_key.as_deref()) {
+            Ok(k) => k,
+            Err(e) if is_damage(&e) => {
+                let key = repo.layout.pointer_key(name);
+                reports.push(Report {
+                    subvolume: name.clone(),
+                    start_key: key.clone(),
+                    findings: vec![Finding {
+                        key,
+                        problem: format!("{e:#}"),
+                        damage: true,
+                    }],
+                    ..Default::default()
+                });
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let rep = checker.run(name, &start, deep, tier)?;
+        for f in &rep.findings {
+            event!(
+                Error,
+                "verify_finding",
+                subvolume = name,
+                key = f.key,
+                damage = f.damage,
+                problem = f.problem
+            );
+        }
+        event!(
+            Info,
+            "verify_result",
+            subvolume = name,
+            manifest = rep.start_key,
+            manifests = rep.manifests.len(),
+            chunks = rep.chunks,
+            total_bytes = rep.bytes,
+            chunks_hashed = rep.chunks_hashed,
+            not_checked = rep.not_checked.len(),
+            findings = rep.findings.len()
+        );
+        reports.push(rep);
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "version": 1, "reports": reports }))?
+        );
+    } else {
+        for r in &reports {
+            print_text(r, args.deep);
+        }
+    }
+    let findings: usize = reports.iter().map(|r| r.findings.len()).sum();
+    if findings > 0 {
+        let first = reports
+            .iter()
+            .flat_map(|r| r.findings.iter())
+            .next()
+            .map(|f| format!("{}: {}", f.key, f.problem))
+            .unwrap_or_default();
+        bail!("verify found {findings} problems (first: {first})");
+    }
+    let pending: usize = reports.iter().map(|r| r.restores_pending).sum();
+    if pending > 0 {
+        return Err(crate::restore::ArchivePending {
+            chunks: pending,
+            tier: tier.to_string(),
+        }
+        .into());
+    }
+    Ok(exit::OK)
+}
+
+fn print_text(r: &Report, deep: bool) {
+    let verdict = if !r.findings.is_empty() {
+        "DAMAGED"
+    } else if !r.not_checked.is_empty() || r.restores_pending > 0 {
+        "ok as far as checked"
+    } else {
+        "ok"
+    };
+    println!("subvolume {}: {verdict}", r.subvolume);
+    println!(
+        "  chain from {}: {} manifests, {} chunks, {} bytes",
+        r.start_key,
+        r.manifests.len(),
+        r.chunks,
+        r.bytes
+    );
+    if deep {
+        println!("  chunks downloaded and hashed: {}", r.chunks_hashed);
+    }
+    for k in &r.not_checked {
+        println!("  not checked (in archive storage; --deep --wait-restore checks it): {k}");
+    }
+    if r.restores_pending > 0 {
+        println!(
+            "  archive restores requested: {} (rerun verify --deep later)",
+            r.restores_pending
+        );
+    }
+    for f in &r.findings {
+        println!("  PROBLEM {}: {}", f.key, f.problem);
+    }
+}
