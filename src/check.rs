@@ -315,3 +315,159 @@ impl Write for HashInto<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::manifest::{ChunkEntry, Kind, Layout, Manifest, S3Info, SnapshotRef};
+    use crate::store::memory::MemoryStore;
+    use crate::store::PutOptions;
+
+    fn opts(class: &str, sse: &str) -> PutOptions {
+        PutOptions {
+            storage_class: class.into(),
+            sse: sse.into(),
+            content_type: "application/octet-stream",
+            kms_key_id: None,
+        }
+    }
+
+    /// A full of three chunks in `class`; returns the store and the manifest key.
+    fn bucket(class: &str) -> (Arc<MemoryStore>, Repo, String) {
+        let cfg = crate::config::Config::parse(
+            "[subvolumes]\npaths = [\"/srv/data\"]\n[s3]\nbucket = \"b\"\nregion = \"r\"\nprefix = \"p\"\n",
+            &crate::config::ProcessEnv,
+        )
+        .unwrap();
+        let store = Arc::new(MemoryStore::new());
+        let repo = Repo::new(&cfg, store.clone(), Arc::new(crate::testing::retrier()));
+        let layout = Layout::new("p");
+        let ts = crate::ts::Ts::parse("20250101T020000Z").unwrap();
+        let mut stream = Sha256::new();
+        let chunks: Vec<ChunkEntry> = (0..3)
+            .map(|i| {
+                let key = layout.chunk_key("data", Kind::Full, ts, i);
+                let data = vec![i as u8; 1000];
+                stream.update(&data);
+                store.insert(&key, &data, opts(class, "AES256"));
+                ChunkEntry {
+                    key,
+                    size: 1000,
+                    sha256: hex(&Sha256::digest(&data)),
+                    etag: None,
+                    extra: Default::default(),
+                }
+            })
+            .collect();
+        let m = Manifest {
+            version: 1,
+            subvolume: "data".into(),
+            kind: Kind::Full,
+            created_at: ts.to_string(),
+            snapshot: SnapshotRef {
+                name: format!("data__{ts}__full"),
+                path: "/x".into(),
+                uuid: None,
+                parent_uuid: None,
+                extra: Default::default(),
+            },
+            parent_manifest: None,
+            chunks,
+            total_bytes: 3000,
+            chunk_size: 1000,
+            s3: S3Info {
+                storage_class: class.into(),
+                extra: Default::default(),
+            },
+            stream_sha256: Some(hex(&stream.finalize())),
+            send_protocol: None,
+            compressed_data: None,
+            extra: Default::default(),
+        };
+        let key = layout.manifest_key("data", Kind::Full, ts);
+        repo.publish(&key, &m).unwrap();
+        (store, repo, key)
+    }
+
+    fn check(repo: &Repo, key: &str, deep: Option<Archived>) -> Report {
+        Checker {
+            repo,
+            sse: "AES256",
+            concurrency: 2,
+            piece_size: 300,
+        }
+        .run("data", key, deep, "Standard")
+        .unwrap()
+    }
+
+    #[test]
+    fn a_sound_chain_passes_cheap_and_deep() {
+        let (_, repo, key) = bucket("STANDARD");
+        let r = check(&repo, &key, Some(Archived::Skip));
+        assert!(r.findings.is_empty(), "{:?}", r.findings);
+        assert_eq!((r.chunks, r.chunks_hashed, r.bytes), (3, 3, 3000));
+    }
+
+    #[test]
+    fn each_kind_of_damage_is_named() {
+        let (store, repo, key) = bucket("STANDARD");
+        let k = |i: u64| format!("p/subvol/data/full/chunk-20250101T020000Z-{i}.bin");
+        // A flipped byte: the cheap check cannot see it, the deep one names the chunk.
+        let mut bad = vec![1u8; 1000];
+        bad[500] ^= 1;
+        store.insert(&k(1), &bad, opts("STANDARD", "AES256"));
+        assert!(check(&repo, &key, None).findings.is_empty());
+        let r = check(&repo, &key, Some(Archived::Skip));
+        assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
+        assert_eq!(r.findings[0].key, k(1));
+        assert!(
+            r.findings[0].problem.contains("SHA-256"),
+            "{:?}",
+            r.findings
+        );
+        // Truncated, missing, another class, no SSE.
+        store.insert(&k(1), &[1u8; 999], opts("STANDARD", "AES256"));
+        store.remove(&k(2));
+        store.insert(&k(0), &[0u8; 1000], opts("GLACIER_IR", "none"));
+        let r = check(&repo, &key, None);
+        let find = |key: &str, word: &str| {
+            r.findings
+                .iter()
+                .any(|f| f.key == key && f.problem.contains(word))
+        };
+        assert!(find(&k(1), "999 bytes"), "{:?}", r.findings);
+        assert!(find(&k(2), "missing"), "{:?}", r.findings);
+        assert!(find(&k(0), "GLACIER_IR"), "{:?}", r.findings);
+        assert!(
+            find(&k(0), "server-side encryption none"),
+            "{:?}",
+            r.findings
+        );
+        assert!(r.damaged());
+        // A missing manifest is a finding too, not an error.
+        store.remove(&key);
+        let r = check(&repo, &key, None);
+        assert!(
+            r.findings[0].problem.contains("missing"),
+            "{:?}",
+            r.findings
+        );
+    }
+
+    #[test]
+    fn archived_chunks_are_skipped_requested_or_waited_for() {
+        let (store, repo, key) = bucket("DEEP_ARCHIVE");
+        let r = check(&repo, &key, Some(Archived::Skip));
+        assert_eq!((r.not_checked.len(), r.chunks_hashed), (3, 0));
+        assert!(r.findings.is_empty());
+        assert!(!store.log().iter().any(|l| l.starts_with("RestoreObject")));
+        store.set_restore_delay_heads(1);
+        let r = check(&repo, &key, Some(Archived::Request));
+        assert_eq!(r.restores_pending, 3);
+        let r = check(&repo, &key, Some(Archived::Wait(Duration::from_secs(60))));
+        assert!(r.findings.is_empty(), "{:?}", r.findings);
+        assert_eq!((r.not_checked.len(), r.chunks_hashed), (0, 3));
+    }
+}

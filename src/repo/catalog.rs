@@ -306,7 +306,11 @@ pub fn link(sv: &mut Subvol) {
             path.push(at);
             let b = &sv.backups[at];
             if !b.problems.is_empty() {
-                break Err(format!("its chain is broken at {}", b.key));
+                break Err(format!(
+                    "its chain is broken at {}: {}",
+                    b.key,
+                    b.problems.join("; ")
+                ));
             }
             match (b.kind, b.parent()) {
                 (Kind::Full, _) => break Ok(b.key.clone()),

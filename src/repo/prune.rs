@@ -350,3 +350,7 @@ pub fn execute(repo: &Repo, plan: &Plan) -> Result<(usize, u64)> {
     }
     Ok((n, bytes))
 }
+
+#[cfg(test)]
+#[path = "prune_tests.rs"]
+mod tests;

@@ -1,0 +1,432 @@
+//! Prune plans over an in-memory bucket: the rules one by one, then a property test over
+//! random histories of fulls, incrementals, failed runs and prunes.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::config::{Config, ProcessEnv};
+use crate::manifest::{ChunkEntry, Kind, Manifest, S3Info, SnapshotRef};
+use crate::repo::catalog;
+use crate::store::memory::MemoryStore;
+use crate::store::{ObjectStore, PutOptions};
+
+const DAY: i64 = 86_400;
+const T0: i64 = 1_735_696_800; // 2025-01-01T02:00:00Z
+
+struct World {
+    store: Arc<MemoryStore>,
+    repo: Repo,
+    class: &'static str,
+    now: i64,
+}
+
+fn cfg() -> Config {
+    Config::parse(
+        r#"
+[subvolumes]
+paths = ["/srv/data"]
+[s3]
+bucket = "b"
+region = "r"
+prefix = "p"
+"#,
+        &ProcessEnv,
+    )
+    .unwrap()
+}
+
+impl World {
+    fn new(class: &'static str) -> World {
+        let store = Arc::new(MemoryStore::new());
+        store.set_clock(T0);
+        let repo = Repo::new(&cfg(), store.clone(), Arc::new(crate::testing::retrier()));
+        World {
+            store,
+            repo,
+            class,
+            now: T0,
+        }
+    }
+
+    fn advance(&mut self, secs: i64) {
+        self.now += secs;
+        self.store.set_clock(self.now);
+    }
+
+    fn opts(&self, class: &str) -> PutOptions {
+        PutOptions {
+            storage_class: class.into(),
+            sse: "AES256".into(),
+            content_type: "application/octet-stream",
+            kms_key_id: None,
+        }
+    }
+
+    fn current(&self) -> Option<String> {
+        self.repo.pointer("data").unwrap().map(|p| p.manifest_key)
+    }
+
+    /// Chunks of a run at the clock's time; returns their entries.
+    fn chunks(&self, kind: Kind, n: u64) -> Vec<ChunkEntry> {
+        let ts = Ts::from_unix(self.now);
+        (0..n)
+            .map(|i| {
+                let key = self.repo.layout.chunk_key("data", kind, ts, i);
+                let data = format!("{key}-bytes");
+                self.store
+                    .insert(&key, data.as_bytes(), self.opts(self.class));
+                ChunkEntry {
+                    key,
+                    size: data.len() as u64,
+                    sha256: "0".repeat(64),
+                    etag: None,
+                    extra: Default::default(),
+                }
+            })
+            .collect()
+    }
+
+    /// A published backup (`publish`: also `current.json`). Incrementals chain to the
+    /// current one; returns the manifest key.
+    fn backup(&mut self, kind: Kind, publish: bool) -> String {
+        let ts = Ts::from_unix(self.now);
+        let parent = match kind {
+            Kind::Full => None,
+            Kind::Incremental => Some(self.current().expect("an incremental needs a parent")),
+        };
+        let chunks = self.chunks(kind, 2);
+        let key = self.repo.layout.manifest_key("data", kind, ts);
+        let m = Manifest {
+            version: 1,
+            subvolume: "data".into(),
+            kind,
+            created_at: ts.to_string(),
+            snapshot: SnapshotRef {
+                name: format!("data__{ts}__{}", kind.snap_suffix()),
+                path: format!("/srv/snapshots/data__{ts}__{}", kind.snap_suffix()),
+                uuid: None,
+                parent_uuid: None,
+                extra: Default::default(),
+            },
+            parent_manifest: parent,
+            total_bytes: chunks.iter().map(|c| c.size).sum(),
+            chunks,
+            chunk_size: 100,
+            s3: S3Info {
+                storage_class: self.class.into(),
+                extra: Default::default(),
+            },
+            stream_sha256: None,
+            send_protocol: None,
+            compressed_data: None,
+            extra: Default::default(),
+        };
+        if publish {
+            self.repo.publish(&key, &m).unwrap();
+        } else {
+            let o = self.opts("STANDARD");
+            self.store.insert(&key, &m.to_json(), o);
+        }
+        key
+    }
+
+    fn plan(&self, keep: usize, early: bool, journal: Option<Ts>) -> Result<Plan> {
+        let cat = catalog::load(&self.repo, &["data".to_string()]).unwrap();
+        plan(
+            &cat.subvolumes["data"],
+            &Rules {
+                keep,
+                now: Ts::from_unix(self.now),
+                allow_early_delete: early,
+                journal_ts: journal,
+            },
+        )
+    }
+
+    fn prune(&self, keep: usize, early: bool) -> Plan {
+        let p = self.plan(keep, early, None).unwrap();
+        execute(&self.repo, &p).unwrap();
+        p
+    }
+
+    fn sound(&self) -> Vec<String> {
+        let cat = catalog::load(&self.repo, &["data".to_string()]).unwrap();
+        cat.subvolumes["data"]
+            .backups
+            .iter()
+            .filter(|b| b.is_sound())
+            .map(|b| b.key.clone())
+            .collect()
+    }
+}
+
+fn keys(p: &Plan, a: Action) -> Vec<&str> {
+    p.items
+        .iter()
+        .filter(|i| i.action == a)
+        .map(|i| i.key.as_str())
+        .collect()
+}
+
+#[test]
+fn keeps_the_current_generation_and_deletes_the_old_one_manifests_first() {
+    let mut w = World::new("STANDARD");
+    let f1 = w.backup(Kind::Full, true);
+    w.advance(7 * DAY);
+    let i1 = w.backup(Kind::Incremental, true);
+    w.advance(7 * DAY);
+    let f2 = w.backup(Kind::Full, true);
+    w.advance(7 * DAY);
+    let i2 = w.backup(Kind::Incremental, true);
+    w.store
+        .insert("p/subvol/data/notes.txt", b"x", w.opts("STANDARD"));
+    w.store.insert("p/elsewhere", b"x", w.opts("STANDARD"));
+
+    let dry = w.plan(1, false, None).unwrap();
+    let deletes = keys(&dry, Action::Delete);
+    // Manifests newest first, then their chunks.
+    assert_eq!(&deletes[..2], [i1.as_str(), f1.as_str()]);
+    assert_eq!(deletes.len(), 2 + 4, "{deletes:?}");
+    assert!(deletes[2..].iter().all(|k| k.contains("/chunk-")));
+    for k in [&f2, &i2] {
+        assert!(keys(&dry, Action::Keep).contains(&k.as_str()), "{k}");
+    }
+    // A plan deletes nothing by itself.
+    assert!(w.store.object(&f1).is_some());
+
+    let before = w.store.keys().len();
+    w.prune(1, false);
+    assert_eq!(w.store.keys().len(), before - 6);
+    assert_eq!(w.sound(), [f2.clone(), i2.clone()]);
+    assert!(w.store.object("p/subvol/data/notes.txt").is_some());
+    assert!(w.store.object("p/elsewhere").is_some());
+    assert!(w.store.object("p/subvol/data/current.json").is_some());
+    // With two generations kept nothing goes.
+    let mut w2 = World::new("STANDARD");
+    w2.backup(Kind::Full, true);
+    w2.advance(DAY);
+    w2.backup(Kind::Full, true);
+    assert!(keys(&w2.plan(2, false, None).unwrap(), Action::Delete).is_empty());
+}
+
+#[test]
+fn archive_classes_are_deferred_until_their_minimum_duration() {
+    let mut w = World::new("DEEP_ARCHIVE");
+    let f1 = w.backup(Kind::Full, true);
+    w.advance(100 * DAY);
+    w.backup(Kind::Full, true);
+    let p = w.plan(1, false, None).unwrap();
+    // The manifest (STANDARD) goes; its chunks are 100 days old: deferred 80 more days.
+    assert_eq!(keys(&p, Action::Delete), [f1.as_str()]);
+    let deferred: Vec<&Item> = p
+        .items
+        .iter()
+        .filter(|i| i.action == Action::Defer)
+        .collect();
+    assert_eq!(deferred.len(), 2);
+    let until = Ts::from_unix(T0 + 180 * DAY).iso();
+    for d in &deferred {
+        assert_eq!(d.class, "DEEP_ARCHIVE");
+        assert_eq!(d.age_days, Some(100));
+        assert_eq!(d.until.as_deref(), Some(until.as_str()));
+    }
+    w.prune(1, false);
+    // Later the deferred chunks are orphans, and go once their 180 days are over.
+    w.advance(79 * DAY);
+    assert!(keys(&w.plan(1, false, None).unwrap(), Action::Delete).is_empty());
+    w.advance(2 * DAY);
+    assert_eq!(
+        keys(&w.plan(1, false, None).unwrap(), Action::Delete).len(),
+        2
+    );
+    // --allow-early-delete deletes at once.
+    let mut w = World::new("GLACIER");
+    w.backup(Kind::Full, true);
+    w.advance(DAY);
+    w.backup(Kind::Full, true);
+    assert_eq!(
+        keys(&w.plan(1, true, None).unwrap(), Action::Delete).len(),
+        3
+    );
+    assert_eq!(min_storage_days("STANDARD_IA"), 30);
+    assert_eq!(min_storage_days("GLACIER_IR"), 90);
+    assert_eq!(min_storage_days("STANDARD"), 0);
+}
+
+#[test]
+fn orphans_go_only_when_old_and_not_owned_by_a_journal() {
+    let mut w = World::new("STANDARD");
+    w.backup(Kind::Full, true);
+    w.advance(DAY);
+    let failed_ts = Ts::from_unix(w.now);
+    w.chunks(Kind::Incremental, 2);
+    w.advance(3600);
+    let p = w.plan(1, false, None).unwrap();
+    assert!(keys(&p, Action::Delete).is_empty(), "young orphans stay");
+    w.advance(DAY);
+    let p = w.plan(1, false, None).unwrap();
+    assert_eq!(keys(&p, Action::Delete).len(), 2);
+    assert!(p.items.iter().any(|i| i.why.contains("orphan")));
+    let p = w.plan(1, false, Some(failed_ts)).unwrap();
+    assert!(keys(&p, Action::Delete).is_empty(), "a journal's run stays");
+}
+
+#[test]
+fn refuses_without_a_sound_current_json_and_keeps_newer_manifests() {
+    let mut w = World::new("STANDARD");
+    w.backup(Kind::Full, false);
+    let e = w.plan(1, false, None).unwrap_err().to_string();
+    assert!(e.contains("no current.json"), "{e}");
+    let mut w = World::new("STANDARD");
+    let f = w.backup(Kind::Full, true);
+    w.advance(DAY);
+    w.backup(Kind::Incremental, true);
+    // The full's chunk vanishes: the current chain is damaged.
+    let chunk = w
+        .store
+        .keys()
+        .into_iter()
+        .find(|k| k.contains("full/chunk-"))
+        .unwrap();
+    w.store.remove(&chunk);
+    let e = w.plan(1, false, None).unwrap_err().to_string();
+    assert!(e.contains("damaged") && e.contains(&chunk), "{e}");
+    // A new full published only as a manifest (the pointer PUT failed) is kept.
+    let mut w = World::new("STANDARD");
+    w.backup(Kind::Full, true);
+    w.advance(DAY);
+    let newer = w.backup(Kind::Full, false);
+    let p = w.plan(1, false, None).unwrap();
+    assert!(
+        keys(&p, Action::Delete).is_empty(),
+        "{:?}",
+        keys(&p, Action::Delete)
+    );
+    assert!(keys(&p, Action::Keep).contains(&newer.as_str()));
+    let _ = f;
+}
+
+#[test]
+fn execute_refuses_keys_outside_the_subvolume_layout() {
+    let w = World::new("STANDARD");
+    for key in [
+        "p/subvol/data/current.json",
+        "p/elsewhere",
+        "p/subvol/home/full/manifest-20250101T020000Z.json",
+    ] {
+        let plan = Plan {
+            subvolume: "data".into(),
+            items: vec![Item {
+                action: Action::Delete,
+                key: key.into(),
+                class: "STANDARD".into(),
+                age_days: None,
+                size: 0,
+                why: String::new(),
+                until: None,
+            }],
+        };
+        assert!(execute(&w.repo, &plan).is_err(), "{key}");
+    }
+    assert!(!w.store.log().iter().any(|l| l.starts_with("DELETE")));
+}
+
+/// A small deterministic generator (xorshift), so a failure names its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[test]
+fn random_histories_never_leave_a_kept_chain_incomplete() {
+    let (mut deleted, mut deferred) = (0, 0);
+    for seed in 1..=60u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let class = ["STANDARD", "DEEP_ARCHIVE", "GLACIER", "STANDARD_IA"][rng.below(4) as usize];
+        let mut w = World::new(class);
+        w.backup(Kind::Full, true);
+        for step in 0..40 {
+            w.advance(1 + rng.below(30) as i64 * DAY);
+            match rng.below(10) {
+                0..=1 => {
+                    w.backup(Kind::Full, true);
+                }
+                2..=5 => {
+                    w.backup(Kind::Incremental, true);
+                }
+                6 => {
+                    // A failed run: chunks only.
+                    let kind = if rng.below(2) == 0 {
+                        Kind::Full
+                    } else {
+                        Kind::Incremental
+                    };
+                    w.chunks(kind, 1 + rng.below(3));
+                }
+                _ => {
+                    let keep = 1 + rng.below(3) as usize;
+                    let early = rng.below(4) == 0;
+                    let sound_before = w.sound();
+                    let cur = w.current().unwrap();
+                    let cat = catalog::load(&w.repo, &["data".to_string()]).unwrap();
+                    let gens: Vec<String> = cat.subvolumes["data"]
+                        .generations()
+                        .into_iter()
+                        .map(|(g, _)| g)
+                        .collect();
+                    let p = w.prune(keep, early);
+                    deleted += p.deletes().count();
+                    deferred += p.items.iter().filter(|i| i.action == Action::Defer).count();
+                    let ctx =
+                        format!("seed {seed} step {step} keep {keep} early {early} class {class}");
+                    // current.json still names a whole chain, every chunk there.
+                    assert_eq!(w.current().as_deref(), Some(cur.as_str()), "{ctx}");
+                    let chain = w.repo.chain("data", &cur).unwrap();
+                    for (_, m) in &chain.links {
+                        for c in &m.chunks {
+                            let h = w.store.head(&c.key).unwrap();
+                            assert_eq!(h.map(|h| h.size), Some(c.size), "{ctx}: {}", c.key);
+                        }
+                    }
+                    // Every manifest still in the bucket that was sound is still sound.
+                    let now_sound = w.sound();
+                    for k in &sound_before {
+                        if w.store.object(k).is_some() {
+                            assert!(now_sound.contains(k), "{ctx}: {k} lost part of its chain");
+                        }
+                    }
+                    // The current generation and the keep-1 before it are all there.
+                    let cur_gen = cat.subvolumes["data"]
+                        .backup(&cur)
+                        .unwrap()
+                        .generation
+                        .clone()
+                        .unwrap();
+                    let at = gens.iter().position(|g| *g == cur_gen).unwrap();
+                    for g in &gens[at.saturating_sub(keep - 1)..] {
+                        for b in &cat.subvolumes["data"].backups {
+                            if b.generation.as_ref() == Some(g) {
+                                assert!(
+                                    w.store.object(&b.key).is_some(),
+                                    "{ctx}: kept {} deleted",
+                                    b.key
+                                );
+                            }
+                        }
+                    }
+                    // Nothing deleted is still needed, and deletions never touch the pointer.
+                    assert!(
+                        p.deletes().all(|i| !i.key.ends_with("current.json")),
+                        "{ctx}"
+                    );
+                }
+            }
+        }
+    }
+}
