@@ -429,4 +429,9 @@ fn random_histories_never_leave_a_kept_chain_incomplete() {
             }
         }
     }
+    // The histories exercised both paths.
+    assert!(
+        deleted > 500 && deferred > 50,
+        "{deleted} deleted, {deferred} deferred"
+    );
 }

@@ -9,6 +9,7 @@ mod compressed;
 mod contrib;
 mod firstrun;
 mod lock;
+mod operate;
 mod restore;
 mod resume;
 mod rig;

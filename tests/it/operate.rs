@@ -1,0 +1,356 @@
+//! Operating for years, end to end on loop btrfs + moto: `list` and `verify` of a bucket
+//! with two generations, a broken chain, an orphan chunk and stray keys; a truncated
+//! chunk (verify names it), a flipped byte (`--deep` names it); `prune` deleting exactly
+//! the old generation with a restore of the current chain still verifying; prune
+//! deferring DEEP_ARCHIVE chunks; backup falling back to a full on a broken parent chain.
+
+use std::time::Duration;
+
+use btrfs_to_s3::store::{get_all, Body, ObjectStore, PutOptions};
+
+use crate::support::*;
+
+const MIB: usize = 1024 * 1024;
+
+fn opts(class: &str) -> PutOptions {
+    PutOptions {
+        storage_class: class.into(),
+        sse: "AES256".into(),
+        content_type: "application/octet-stream",
+        kms_key_id: None,
+    }
+}
+
+impl Setup {
+    fn cmd(&self, args: &[&str]) -> RunResult {
+        let cfg = self.cfg.display().to_string();
+        let mut v = vec![args[0], "--config", &cfg];
+        v.extend_from_slice(&args[1..]);
+        run_bin(&v)
+    }
+
+    /// Makes the next scheduled run a full, as if the last full were a year old.
+    fn age_last_full(&self, name: &str) {
+        let mut st = self.state_json();
+        st["subvolumes"][name]["last_full_at"] = "20000101T000000Z".into();
+        std::fs::write(&self.state, serde_json::to_vec(&st).unwrap()).unwrap();
+    }
+
+    fn current_key(&self, name: &str) -> String {
+        self.get_json(&format!("backups/subvol/{name}/current.json"))["manifest_key"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Backs up `data` (after a change and a second), as a full or an incremental.
+    fn next_backup(&self, full: bool) -> String {
+        std::thread::sleep(Duration::from_millis(1100));
+        random_file(&self.vol("data").join(format!("f{}", rand_suffix())), MIB);
+        if full {
+            self.age_last_full("data");
+        }
+        let r = self.backup(&["--once"]);
+        assert_eq!(r.code, 0, "{r:?}");
+        let key = self.current_key("data");
+        let want = if full { "/full/" } else { "/incremental/" };
+        assert!(key.contains(want), "{key}");
+        key
+    }
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn chunk_keys(s: &Setup, manifest: &str) -> Vec<String> {
+    s.get_json(manifest)["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["key"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn list_verify_prune_two_generations() {
+    if !require_root("list_verify_prune_two_generations") {
+        return;
+    }
+    let s = Setup::new(SetupOpts {
+        storage_class_chunks: "STANDARD",
+        ..Default::default()
+    });
+    let store = s.moto.store();
+    random_file(&s.vol("data").join("big.bin"), 16 * MIB);
+    let r = s.backup(&[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let f1 = s.current_key("data");
+    let i1 = s.next_backup(false);
+    let f2 = s.next_backup(true);
+    let i2 = s.next_backup(false);
+    // Damage of the kinds a bucket collects: an orphan chunk of a failed run, a manifest
+    // whose parent is gone, keys this tool never writes.
+    let orphan = "backups/subvol/data/incremental/chunk-20240101T000000Z-0.bin";
+    store
+        .put_object(
+            orphan,
+            Body::Bytes(b"left by a failed run"),
+            &opts("STANDARD"),
+        )
+        .unwrap();
+    let mut broken = s.get_json(&i1);
+    broken["parent_manifest"] = "backups/subvol/data/full/manifest-20230101T000000Z.json".into();
+    broken["created_at"] = "20240102T000000Z".into();
+    let broken_key = "backups/subvol/data/incremental/manifest-20240102T000000Z.json";
+    store
+        .put_object(
+            broken_key,
+            Body::Bytes(&serde_json::to_vec(&broken).unwrap()),
+            &opts("STANDARD"),
+        )
+        .unwrap();
+    for stray in ["backups/subvol/data/notes.txt", "backups/README"] {
+        store
+            .put_object(stray, Body::Bytes(b"x"), &opts("STANDARD"))
+            .unwrap();
+    }
+
+    // list --json: every backup oldest first, generations, current, what does not fit.
+    let r = s.cmd(&["list", "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(doc["version"], 1);
+    let data = &doc["subvolumes"][0];
+    assert_eq!(data["name"], "data");
+    assert_eq!(data["current"], i2.as_str());
+    let backups = data["backups"].as_array().unwrap();
+    let keys: Vec<&str> = backups
+        .iter()
+        .map(|b| b["manifest_key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            broken_key,
+            f1.as_str(),
+            i1.as_str(),
+            f2.as_str(),
+            i2.as_str()
+        ]
+    );
+    let gen: Vec<&serde_json::Value> = backups.iter().map(|b| &b["generation"]).collect();
+    assert_eq!(gen[0], &serde_json::Value::Null);
+    assert!(backups[0]["problems"][0]
+        .as_str()
+        .unwrap()
+        .contains("manifest-20230101T000000Z.json is missing"));
+    assert_eq!((gen[1], gen[2]), (&f1.clone().into(), &f1.clone().into()));
+    assert_eq!((gen[3], gen[4]), (&f2.clone().into(), &f2.clone().into()));
+    assert_eq!(backups[4]["current"], true);
+    assert_eq!(backups[2]["parent_manifest"], f1.as_str());
+    assert!(backups[1]["total_bytes"].as_u64().unwrap() > 16 * MIB as u64);
+    assert!(backups[1]["chunks"].as_u64().unwrap() >= 2);
+    assert_eq!(backups[1]["storage_class"], "STANDARD");
+    assert_eq!(data["orphan_chunks"][0]["key"], orphan);
+    assert_eq!(
+        data["outside_layout"][0]["key"],
+        "backups/subvol/data/notes.txt"
+    );
+    assert_eq!(doc["outside_layout"][0]["key"], "backups/README");
+    let text = s.cmd(&["list"]);
+    assert_eq!(text.code, 0, "{text:?}");
+    for w in [
+        "<- current",
+        "BROKEN",
+        "orphan chunks",
+        "NOT OF THE LAYOUT: backups/README",
+    ] {
+        assert!(text.stdout.contains(w), "{w}: {}", text.stdout);
+    }
+
+    // verify: the current chain is sound; a truncated chunk is named; a flipped byte is
+    // invisible to the cheap check and named by --deep.
+    let r = s.cmd(&["verify"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("subvolume data: ok"), "{r:?}");
+    let victim = chunk_keys(&s, &f2)[0].clone();
+    let good = get_all(&store, &victim).unwrap();
+    store
+        .put_object(
+            &victim,
+            Body::Bytes(&good[..good.len() - 1]),
+            &opts("STANDARD"),
+        )
+        .unwrap();
+    let r = s.cmd(&["verify", "--json"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains(&victim), "{r:?}");
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(doc["reports"][0]["findings"][0]["key"], victim.as_str());
+    let mut flipped = good.clone();
+    flipped[good.len() / 2] ^= 0x40;
+    store
+        .put_object(&victim, Body::Bytes(&flipped), &opts("STANDARD"))
+        .unwrap();
+    let r = s.cmd(&["verify"]);
+    assert_eq!(
+        r.code, 0,
+        "the cheap check cannot see a flipped byte: {r:?}"
+    );
+    let r = s.cmd(&["verify", "--deep"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stdout.contains(&format!("PROBLEM {victim}")) && r.stdout.contains("SHA-256"),
+        "{r:?}"
+    );
+    store
+        .put_object(&victim, Body::Bytes(&good), &opts("STANDARD"))
+        .unwrap();
+    let r = s.cmd(&["verify", "--deep"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    // An older manifest's chain, by key.
+    let r = s.cmd(&["verify", "--subvolume", "data", "--manifest-key", &i1]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = s.cmd(&[
+        "verify",
+        "--subvolume",
+        "data",
+        "--manifest-key",
+        broken_key,
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+
+    // prune: a dry run changes nothing; --confirm deletes exactly the old generation and
+    // the broken manifest (manifests first); the young orphan and stray keys stay.
+    let before = s.moto.list_keys();
+    let r = s.cmd(&["prune"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("nothing was deleted: add --confirm"),
+        "{r:?}"
+    );
+    assert_eq!(s.moto.list_keys(), before);
+    let old: Vec<String> = [f1.clone(), i1.clone()]
+        .iter()
+        .flat_map(|m| chunk_keys(&s, m))
+        .chain([f1.clone(), i1.clone(), broken_key.to_string()])
+        .collect();
+    let r = s.cmd(&["prune", "--confirm", "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let deleted: Vec<&str> = doc["plans"][0]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["action"] == "delete")
+        .map(|i| i["key"].as_str().unwrap())
+        .collect();
+    assert!(
+        deleted[..3].iter().all(|k| k.contains("/manifest-")),
+        "{deleted:?}"
+    );
+    let after = s.moto.list_keys();
+    let mut gone: Vec<String> = before
+        .iter()
+        .filter(|k| !after.contains(k))
+        .cloned()
+        .collect();
+    let mut want = old.clone();
+    gone.sort();
+    want.sort();
+    assert_eq!(gone, want);
+    for k in [
+        orphan,
+        "backups/subvol/data/notes.txt",
+        "backups/README",
+        "backups/subvol/data/current.json",
+    ] {
+        assert!(after.iter().any(|a| a == k), "{k} was deleted");
+    }
+    // The current chain restores and verifies.
+    let r = s.restore(&["--subvolume", "data", "--target", "restored"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = s.cmd(&["verify", "--deep"]);
+    assert_eq!(r.code, 0, "{r:?}");
+}
+
+#[test]
+fn prune_defers_deep_archive_chunks_and_deep_verify_says_what_it_did_not_read() {
+    if !require_root("prune_defers_deep_archive_chunks_and_deep_verify_says_what_it_did_not_read") {
+        return;
+    }
+    let s = Setup::new(SetupOpts {
+        storage_class_chunks: "DEEP_ARCHIVE",
+        ..Default::default()
+    });
+    random_file(&s.vol("data").join("big.bin"), 4 * MIB);
+    let r = s.backup(&[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let f1 = s.current_key("data");
+    let f1_chunks = chunk_keys(&s, &f1);
+    s.next_backup(true);
+    let r = s.cmd(&["prune", "--confirm"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("deferred until"), "{r:?}");
+    let keys = s.moto.list_keys();
+    assert!(!keys.contains(&f1), "the STANDARD manifest goes");
+    for c in &f1_chunks {
+        assert!(keys.contains(c), "{c} deleted before its 180 days");
+    }
+    // --allow-early-delete deletes them (they are orphans now, but not a day old: kept).
+    let r = s.cmd(&["prune", "--confirm", "--allow-early-delete"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("orphan younger than a day"), "{r:?}");
+
+    // verify --deep cannot read DEEP_ARCHIVE chunks: listed as not checked, exit 0;
+    // --no-wait-restore requests their restores and exits 3.
+    let r = s.cmd(&["verify", "--deep"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("not checked (in archive storage"),
+        "{r:?}"
+    );
+    let r = s.cmd(&["verify", "--deep", "--no-wait-restore"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stderr.contains("archive_restore_requested"), "{r:?}");
+}
+
+#[test]
+fn backup_falls_back_to_a_full_when_the_parent_chain_is_broken() {
+    if !require_root("backup_falls_back_to_a_full_when_the_parent_chain_is_broken") {
+        return;
+    }
+    let s = Setup::new(SetupOpts {
+        storage_class_chunks: "STANDARD",
+        ..Default::default()
+    });
+    random_file(&s.vol("data").join("big.bin"), 2 * MIB);
+    let r = s.backup(&[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let f1 = s.current_key("data");
+    let i1 = s.next_backup(false);
+    // A chunk of the full disappears (a lifecycle rule, a bucket writer).
+    let gone = chunk_keys(&s, &f1)[0].clone();
+    s.moto.store().delete_object(&gone).unwrap();
+    let r = s.cmd(&["backup", "--dry-run", "--once"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("full") && r.stdout.contains("broken"),
+        "{r:?}"
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = s.backup(&["--once"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains("action=full") && r.stderr.contains(&gone),
+        "{r:?}"
+    );
+    let now = s.current_key("data");
+    assert!(now.contains("/full/") && now != i1, "{now}");
+    let r = s.cmd(&["verify"]);
+    assert_eq!(r.code, 0, "{r:?}");
+}
