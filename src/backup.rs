@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 
@@ -25,6 +25,7 @@ use crate::manifest::{ChunkEntry, Kind, Manifest, S3Info, SnapshotRef};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, PipelineConfig, Progress, ResumeMismatch};
 use crate::planner::{plan, Action, Decision, Facts};
+use crate::progress::{Counted, Expected, Meter, Metered, Reporter};
 use crate::repo::Repo;
 use crate::retry::Retrier;
 use crate::snapshots::{self, SnapName};
@@ -178,6 +179,23 @@ impl Backup<'_> {
     fn repo(&self) -> Result<&Repo> {
         self.repo
             .ok_or_else(|| anyhow!("internal: an upload without a repository (--no-s3)"))
+    }
+
+    /// What the stream of a new `kind` backup may come to: the size of the previous one
+    /// of the same kind in the parent's chain (a guess, said to be one).
+    fn expected_size(&self, sv: &Subvolume, entry: &SubvolState, kind: Kind) -> Option<Expected> {
+        let chain = self
+            .repo?
+            .chain(&sv.name, entry.last_manifest.as_deref()?)
+            .ok()?;
+        let (_, m) = match kind {
+            Kind::Full => chain.links.first()?,
+            Kind::Incremental => chain.links.last().filter(|(_, m)| m.kind == kind)?,
+        };
+        Some(Expected {
+            bytes: m.total_bytes,
+            source: format!("estimate from the {} of {}", kind.as_str(), m.created_at),
+        })
     }
 
     /// The journal path of a subvolume.
@@ -770,17 +788,35 @@ impl Backup<'_> {
             send_protocol = begin.send_protocol,
         );
         let compressed = begin.send_protocol >= 2;
+        let meter = Meter::new(
+            "backup_progress",
+            &sv.name,
+            self.retrier.clone(),
+            self.expected_size(sv, entry, kind),
+        );
+        let reporter = Reporter::start(
+            meter.clone(),
+            Duration::from_secs(self.cfg.global.progress_interval_seconds),
+        );
         let mut send = self.btrfs.send(snap_path, parent, compressed)?;
         let key_for = |i| repo.layout.chunk_key(&sv.name, kind, run_ts, i);
-        let outcome = match pipeline::upload_stream(
-            &mut send,
+        let uploaded = pipeline::upload_stream(
+            &mut Counted {
+                inner: &mut send,
+                meter: &meter,
+            },
             repo.store().clone(),
             self.retrier.clone(),
             &pcfg,
             &key_for,
             stored,
-            &mut JournalProgress(journal),
-        ) {
+            &mut Metered {
+                inner: &mut JournalProgress(journal),
+                meter: &meter,
+            },
+        );
+        drop(reporter);
+        let outcome = match uploaded {
             Ok(o) => {
                 send.finish()?;
                 o

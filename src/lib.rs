@@ -20,6 +20,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod pipeline;
 pub mod planner;
+pub mod progress;
 pub mod repo;
 pub mod restore;
 pub mod retry;

@@ -74,55 +74,96 @@ pub struct SubvolResult<'a> {
     pub metrics: Option<&'a Metrics>,
 }
 
-/// Writes a Prometheus textfile (node_exporter's textfile collector) atomically.
-pub fn write_textfile(path: &Path, state: &State, results: &[SubvolResult<'_>]) -> Result<()> {
+/// A label value as the Prometheus text format wants it (`\\`, `\"`, `\n` escaped).
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// One metric family: HELP, TYPE, then a sample per `(subvolume, value)`.
+fn family(out: &mut String, name: &str, help: &str, samples: &[(&str, String)]) {
+    if samples.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    for (sub, v) in samples {
+        let _ = writeln!(out, "{name}{{subvolume=\"{}\"}} {v}", label(sub));
+    }
+}
+
+/// Writes a Prometheus textfile for node_exporter's textfile collector: gauges named
+/// `btrfs_to_s3_*` with a `subvolume` label, base units (seconds, bytes), written
+/// atomically (a temp file whose name does not end in `.prom`, renamed over the target).
+/// `now` is the run's end (`btrfs_to_s3_last_run_timestamp_seconds`).
+pub fn write_textfile(
+    path: &Path,
+    state: &State,
+    results: &[SubvolResult<'_>],
+    now: crate::ts::Ts,
+) -> Result<()> {
     let mut s = String::new();
-    s.push_str(
-        "# HELP btrfs_to_s3_last_success_timestamp_seconds Time of the last published backup.\n",
+    let success: Vec<(&str, String)> = state
+        .subvolumes
+        .iter()
+        .filter_map(|(name, e)| {
+            let snap = e
+                .last_snapshot
+                .as_deref()
+                .and_then(|p| crate::snapshots::SnapName::from_path(name, Path::new(p)))?;
+            Some((name.as_str(), snap.ts.unix().to_string()))
+        })
+        .collect();
+    family(
+        &mut s,
+        "btrfs_to_s3_last_success_timestamp_seconds",
+        "Time of the snapshot of the last published backup (alert when it is too old).",
+        &success,
     );
-    s.push_str("# TYPE btrfs_to_s3_last_success_timestamp_seconds gauge\n");
-    for (name, e) in &state.subvolumes {
-        let ts = e
-            .last_snapshot
-            .as_deref()
-            .and_then(|p| crate::snapshots::SnapName::from_path(name, Path::new(p)));
-        if let Some(t) = ts {
-            let _ = writeln!(
-                s,
-                "btrfs_to_s3_last_success_timestamp_seconds{{subvolume=\"{name}\"}} {}",
-                t.ts.unix()
-            );
-        }
-    }
-    s.push_str("# HELP btrfs_to_s3_last_run_success 1 if the subvolume's backup in the last run succeeded.\n");
-    s.push_str("# TYPE btrfs_to_s3_last_run_success gauge\n");
-    for r in results {
-        let _ = writeln!(
-            s,
-            "btrfs_to_s3_last_run_success{{subvolume=\"{}\"}} {}",
-            r.name,
-            u8::from(r.ok)
-        );
-    }
-    s.push_str(
-        "# HELP btrfs_to_s3_last_run_bytes Bytes of send stream uploaded in the last run.\n",
+    let per = |f: &dyn Fn(&SubvolResult<'_>) -> Option<String>| -> Vec<(&str, String)> {
+        results
+            .iter()
+            .filter_map(|r| f(r).map(|v| (r.name, v)))
+            .collect()
+    };
+    family(
+        &mut s,
+        "btrfs_to_s3_last_run_failed",
+        "1 if the subvolume's backup failed in the last run, else 0.",
+        &per(&|r| Some(u8::from(!r.ok).to_string())),
     );
-    s.push_str("# TYPE btrfs_to_s3_last_run_bytes gauge\n");
-    for r in results {
-        if let Some(m) = r.metrics {
-            let _ = writeln!(
-                s,
-                "btrfs_to_s3_last_run_bytes{{subvolume=\"{}\"}} {}",
-                r.name, m.bytes
-            );
-            let _ = writeln!(
-                s,
-                "btrfs_to_s3_last_run_seconds{{subvolume=\"{}\"}} {:.3}",
-                r.name,
-                m.elapsed.as_secs_f64()
-            );
-        }
-    }
+    family(
+        &mut s,
+        "btrfs_to_s3_last_run_success",
+        "1 if the subvolume's backup in the last run succeeded (the inverse of last_run_failed).",
+        &per(&|r| Some(u8::from(r.ok).to_string())),
+    );
+    family(
+        &mut s,
+        "btrfs_to_s3_last_backup_bytes",
+        "Bytes of the send stream of the backup published in the last run (absent when none was due).",
+        &per(&|r| r.metrics.map(|m| m.bytes.to_string())),
+    );
+    family(
+        &mut s,
+        "btrfs_to_s3_last_run_bytes",
+        "Same as last_backup_bytes (kept for existing dashboards).",
+        &per(&|r| r.metrics.map(|m| m.bytes.to_string())),
+    );
+    family(
+        &mut s,
+        "btrfs_to_s3_last_run_seconds",
+        "Seconds the subvolume's backup took in the last run.",
+        &per(&|r| r.metrics.map(|m| format!("{:.3}", m.elapsed.as_secs_f64()))),
+    );
+    let _ = writeln!(
+        s,
+        "# HELP btrfs_to_s3_last_run_timestamp_seconds When the last run ended.\n\
+         # TYPE btrfs_to_s3_last_run_timestamp_seconds gauge\n\
+         btrfs_to_s3_last_run_timestamp_seconds {}",
+        now.unix()
+    );
     crate::atomic::write(path, s.as_bytes())
 }
 
@@ -178,7 +219,13 @@ mod tests {
                     ok: false,
                     metrics: None,
                 },
+                SubvolResult {
+                    name: "we\"ird\\",
+                    ok: true,
+                    metrics: None,
+                },
             ],
+            crate::ts::Ts::from_unix(1_735_700_000),
         )
         .unwrap();
         let t = std::fs::read_to_string(&p).unwrap();
@@ -188,6 +235,21 @@ mod tests {
         );
         assert!(t.contains("btrfs_to_s3_last_run_success{subvolume=\"home\"} 0"));
         assert!(t.contains("btrfs_to_s3_last_run_bytes{subvolume=\"data\"} 5"));
+        assert!(t.contains("btrfs_to_s3_last_backup_bytes{subvolume=\"data\"} 5"));
+        assert!(t.contains("btrfs_to_s3_last_run_failed{subvolume=\"home\"} 1"));
+        assert!(t.contains("btrfs_to_s3_last_run_failed{subvolume=\"data\"} 0"));
+        assert!(
+            t.contains("btrfs_to_s3_last_run_failed{subvolume=\"we\\\"ird\\\\\"} 0"),
+            "{t}"
+        );
+        assert!(
+            t.contains("\nbtrfs_to_s3_last_run_timestamp_seconds 1735700000\n"),
+            "{t}"
+        );
+        // Every family is HELP, TYPE gauge, then samples.
+        for l in t.lines().filter(|l| l.starts_with("# TYPE")) {
+            assert!(l.ends_with(" gauge"), "{l}");
+        }
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -124,6 +124,8 @@ pub trait Progress {
     fn upload_opened(&mut self, chunk: u64, key: &str, upload_id: &str) -> Result<()>;
     fn part_stored(&mut self, chunk: u64, part: u32, p: &PartDone) -> Result<()>;
     fn chunk_stored(&mut self, chunk: u64, key: &str, d: &ChunkDone, etag: &str) -> Result<()>;
+    /// Requests (parts, puts, completions) now with the uploaders (for progress lines).
+    fn requests_in_flight(&mut self, _n: usize) {}
 }
 
 /// No journal (tests, tools).
@@ -699,6 +701,7 @@ impl Run<'_> {
         tx.send(job)
             .map_err(|_| anyhow!("uploader threads stopped unexpectedly"))?;
         self.in_flight += 1;
+        self.progress.requests_in_flight(self.in_flight);
         Ok(())
     }
 
@@ -936,6 +939,7 @@ impl Run<'_> {
     /// journal of a stored part, keeps the first error. True when the job succeeded.
     fn record(&mut self, d: Done) -> bool {
         self.in_flight -= 1;
+        self.progress.requests_in_flight(self.in_flight);
         if let Some(buf) = d.buf {
             self.free.push(buf);
         }

@@ -149,6 +149,29 @@ pub fn run(config: &Config, args: &BackupArgs) -> Result<u8> {
             }
         }
     }
+    let mut prune_failed: Vec<String> = Vec::new();
+    if let (true, Some(repo)) = (config.retention.prune_after_backup, &repo) {
+        let names: Vec<String> = results
+            .iter()
+            .filter(|(_, ok, _)| *ok)
+            .map(|(n, _, _)| n.clone())
+            .collect();
+        if !names.is_empty() && !retrier.cancelled() {
+            let req = crate::cmd::prune::Request {
+                names,
+                keep: config.retention.remote_generations,
+                confirm: true,
+                allow_early_delete: false,
+            };
+            match crate::cmd::prune::prune_all(config, repo, &req) {
+                Ok((_, refused)) => prune_failed.extend(refused),
+                Err(e) => {
+                    event!(Error, "prune_failed", error = format!("{e:#}"));
+                    prune_failed.push(format!("{e:#}"));
+                }
+            }
+        }
+    }
     total.elapsed = started.elapsed();
     event!(
         Info,
@@ -175,7 +198,7 @@ pub fn run(config: &Config, args: &BackupArgs) -> Result<u8> {
             .collect();
         // Monitoring that silently stops updating is worse than a failed run: a textfile
         // that cannot be written fails the run (exit 1), after the backups themselves.
-        if let Err(e) = write_textfile(path, &state, &rs) {
+        if let Err(e) = write_textfile(path, &state, &rs, Ts::now()) {
             event!(
                 Error,
                 "metrics_textfile_failed",
@@ -190,6 +213,12 @@ pub fn run(config: &Config, args: &BackupArgs) -> Result<u8> {
                 )));
             }
         }
+    }
+    if failed.is_empty() && !prune_failed.is_empty() {
+        return Err(anyhow!(
+            "the backups succeeded, but prune after backup (retention.prune_after_backup) failed: {}",
+            prune_failed.join("; ")
+        ));
     }
     if failed.is_empty() {
         Ok(exit::OK)

@@ -16,6 +16,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::btrfs::Btrfs;
 use crate::config::{Config, VerifyMode};
 use crate::event;
+use crate::progress::{Counted, Expected, Meter, Reporter};
 use crate::repo::{Chain, Repo};
 
 /// Archive restores were requested and not waited for: exit code 3.
@@ -248,6 +249,19 @@ impl Restorer<'_> {
         let mut previous: Option<PathBuf> = None;
         let piece = self.cfg.s3.part_size_bytes;
         let conc = self.cfg.s3.concurrency;
+        let meter = Meter::new(
+            "restore_progress",
+            &chain.newest().1.subvolume,
+            self.repo.retrier().clone(),
+            Some(Expected {
+                bytes: chain.total_bytes(),
+                source: "exact".into(),
+            }),
+        );
+        let _reporter = Reporter::start(
+            meter.clone(),
+            Duration::from_secs(self.cfg.global.progress_interval_seconds),
+        );
         for (key, m) in &chain.links {
             event!(
                 Info,
@@ -265,7 +279,10 @@ impl Restorer<'_> {
                 m.stream_sha256.as_deref(),
                 piece,
                 conc,
-                &mut recv,
+                &mut Counted {
+                    inner: &mut recv,
+                    meter: &meter,
+                },
             ) {
                 Ok(n) => {
                     recv.finish()

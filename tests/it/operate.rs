@@ -354,3 +354,100 @@ fn backup_falls_back_to_a_full_when_the_parent_chain_is_broken() {
     let r = s.cmd(&["verify"]);
     assert_eq!(r.code, 0, "{r:?}");
 }
+
+#[test]
+fn progress_lines_textfile_and_prune_after_backup() {
+    if !require_root("progress_lines_textfile_and_prune_after_backup") {
+        return;
+    }
+    let work = TempDir::new("metrics");
+    let prom = work.path().join("btrfs_to_s3.prom");
+    let global = format!(
+        "progress_interval_seconds = 1\nmetrics_path = \"{}\"",
+        prom.display()
+    );
+    let s = Setup::new(SetupOpts {
+        storage_class_chunks: "STANDARD",
+        chunk_size: 64 * MIB as u64,
+        concurrency: 1,
+        extra: &global,
+        ..Default::default()
+    });
+    let mut text = std::fs::read_to_string(&s.cfg).unwrap();
+    text.push_str("[retention]\nprune_after_backup = true\nremote_generations = 1\n");
+    std::fs::write(&s.cfg, text).unwrap();
+    random_file(&s.vol("data").join("big.bin"), 160 * MIB);
+    let r = s.backup(&[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.contains("event=backup_progress"))
+        .unwrap_or_else(|| panic!("no progress line in {}", r.stderr));
+    for f in [
+        "subvolume=data",
+        "bytes=",
+        "stored_bytes=",
+        "rate=",
+        "chunk=",
+        "requests_in_flight=",
+        "retries=",
+        "since_last_success_seconds=",
+    ] {
+        assert!(line.contains(f), "{f}: {line}");
+    }
+    // The first full has nothing to estimate from; the prune after it refuses nothing.
+    assert!(!line.contains("expected_bytes"), "{line}");
+    let f1 = s.current_key("data");
+    let t = std::fs::read_to_string(&prom).unwrap();
+    for m in [
+        "btrfs_to_s3_last_success_timestamp_seconds{subvolume=\"data\"}",
+        "btrfs_to_s3_last_run_failed{subvolume=\"data\"} 0",
+        "btrfs_to_s3_last_backup_bytes{subvolume=\"data\"} ",
+        "btrfs_to_s3_last_run_timestamp_seconds ",
+    ] {
+        assert!(t.contains(m), "{m}: {t}");
+    }
+
+    // A restore knows its total: percent of an exact figure.
+    let r = s.restore(&[
+        "--subvolume",
+        "data",
+        "--target",
+        "restored",
+        "--verify",
+        "none",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.contains("event=restore_progress"))
+        .unwrap_or_else(|| panic!("no progress line in {}", r.stderr));
+    assert!(
+        line.contains("expected_from=exact") && line.contains("percent="),
+        "{line}"
+    );
+
+    // The next full estimates from the last one, and the prune after it removes the old
+    // generation.
+    let f1_chunks = chunk_keys(&s, &f1);
+    std::thread::sleep(Duration::from_millis(1100));
+    s.age_last_full("data");
+    let r = s.backup(&["--once"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("expected_from=\"estimate from the full of"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("event=prune_deleted"), "{}", r.stderr);
+    let keys = s.moto.list_keys();
+    assert!(!keys.contains(&f1), "{keys:?}");
+    for c in &f1_chunks {
+        assert!(!keys.contains(c), "{c}");
+    }
+    let r = s.cmd(&["verify"]);
+    assert_eq!(r.code, 0, "{r:?}");
+}

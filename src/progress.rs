@@ -1,0 +1,341 @@
+//! Progress a person can watch during a long backup or restore. A [`Meter`] is a set of
+//! counters the working threads bump (bytes through, bytes stored, the chunk, requests in
+//! flight, the last successful request); a [`Reporter`] thread reads it: a
+//! `event=backup_progress` / `restore_progress` log line every
+//! `global.progress_interval_seconds`, or, when stderr is a terminal, one live line
+//! redrawn every second instead. The total of a backup stream is not known in advance:
+//! the estimate (from the previous backup of the same kind) is labelled as one.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
+
+use crate::chunker::ChunkDone;
+use crate::journal::PartDone;
+use crate::pipeline::Progress;
+use crate::retry::Retrier;
+
+/// The total a run expects, and where the number comes from.
+#[derive(Clone, Debug)]
+pub struct Expected {
+    pub bytes: u64,
+    /// `exact` (a restore knows its chain) or what the estimate is based on.
+    pub source: String,
+}
+
+pub struct Meter {
+    event: &'static str,
+    subvolume: String,
+    started: Instant,
+    retrier: Arc<Retrier>,
+    retries_before: u64,
+    expected: Option<Expected>,
+    /// Stream bytes read (backup) or written into `btrfs receive` (restore).
+    through: AtomicU64,
+    /// Bytes stored in S3 by this run (backup).
+    stored: AtomicU64,
+    chunk: AtomicU64,
+    in_flight: AtomicU64,
+    /// Milliseconds after `started` of the last successful request (0: none yet).
+    last_ok_ms: AtomicU64,
+    /// Part bytes of chunks still being uploaded, so a stored chunk is not counted twice.
+    open_parts: Mutex<BTreeMap<u64, u64>>,
+}
+
+impl Meter {
+    pub fn new(
+        event: &'static str,
+        subvolume: &str,
+        retrier: Arc<Retrier>,
+        expected: Option<Expected>,
+    ) -> Arc<Meter> {
+        Arc::new(Meter {
+            event,
+            subvolume: subvolume.to_string(),
+            started: Instant::now(),
+            retries_before: retrier.retries(),
+            retrier,
+            expected,
+            through: AtomicU64::new(0),
+            stored: AtomicU64::new(0),
+            chunk: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            last_ok_ms: AtomicU64::new(0),
+            open_parts: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    pub fn add_through(&self, n: u64) {
+        self.through.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn set_chunk(&self, i: u64) {
+        self.chunk.store(i, Ordering::Relaxed);
+    }
+
+    pub fn request_ok(&self) {
+        let ms = self.started.elapsed().as_millis().max(1) as u64;
+        self.last_ok_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn part_stored(&self, chunk: u64, size: u64) {
+        self.stored.fetch_add(size, Ordering::Relaxed);
+        if let Ok(mut open) = self.open_parts.lock() {
+            *open.entry(chunk).or_default() += size;
+        }
+        self.request_ok();
+    }
+
+    fn chunk_stored(&self, chunk: u64, size: u64) {
+        let parts = self
+            .open_parts
+            .lock()
+            .ok()
+            .and_then(|mut o| o.remove(&chunk))
+            .unwrap_or(0);
+        self.stored
+            .fetch_add(size.saturating_sub(parts), Ordering::Relaxed);
+        self.request_ok();
+    }
+
+    /// The fields of one progress report, in order.
+    pub fn fields(&self) -> Vec<(&'static str, String)> {
+        let secs = self.started.elapsed().as_secs_f64();
+        let through = self.through.load(Ordering::Relaxed);
+        let rate = if secs > 0.0 {
+            through as f64 / secs
+        } else {
+            0.0
+        };
+        let last = self.last_ok_ms.load(Ordering::Relaxed);
+        let mut f = vec![
+            ("subvolume", self.subvolume.clone()),
+            ("bytes", through.to_string()),
+            (
+                "stored_bytes",
+                self.stored.load(Ordering::Relaxed).to_string(),
+            ),
+            ("rate", format!("{:.1}MB/s", rate / 1e6)),
+            ("elapsed_seconds", format!("{secs:.0}")),
+            ("chunk", self.chunk.load(Ordering::Relaxed).to_string()),
+            (
+                "requests_in_flight",
+                self.in_flight.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "retries",
+                (self.retrier.retries() - self.retries_before).to_string(),
+            ),
+            (
+                "since_last_success_seconds",
+                if last == 0 {
+                    "none_yet".into()
+                } else {
+                    format!(
+                        "{:.0}",
+                        (self.started.elapsed().as_millis() as u64).saturating_sub(last) as f64
+                            / 1000.0
+                    )
+                },
+            ),
+        ];
+        if let Some(e) = &self.expected {
+            f.push(("expected_bytes", e.bytes.to_string()));
+            f.push(("expected_from", e.source.clone()));
+            if e.bytes > 0 {
+                let pct = (through as f64 / e.bytes as f64 * 100.0).min(999.0);
+                f.push(("percent", format!("{pct:.0}")));
+                if rate > 0.0 && through < e.bytes {
+                    f.push((
+                        "eta_seconds",
+                        format!("{:.0}", (e.bytes - through) as f64 / rate),
+                    ));
+                }
+            }
+        }
+        f
+    }
+
+    fn log(&self) {
+        let mut line = format!("event={}", self.event);
+        for (k, v) in self.fields() {
+            crate::logging::push_kv(&mut line, k, &v);
+        }
+        log::info!("{line}");
+    }
+
+    fn live_line(&self) -> String {
+        let f: BTreeMap<&str, String> = self.fields().into_iter().collect();
+        let get = |k: &str| f.get(k).cloned().unwrap_or_default();
+        let mb = |k: &str| {
+            get(k)
+                .parse::<u64>()
+                .map(|b| format!("{:.1} MB", b as f64 / 1e6))
+                .unwrap_or_default()
+        };
+        let mut s = format!(
+            "{} {}: {} at {}, chunk {}, {} in flight, {} retries",
+            self.event.trim_end_matches("_progress"),
+            self.subvolume,
+            mb("bytes"),
+            get("rate"),
+            get("chunk"),
+            get("requests_in_flight"),
+            get("retries")
+        );
+        if let Some(p) = f.get("percent") {
+            let approx = if get("expected_from") == "exact" {
+                ""
+            } else {
+                "~"
+            };
+            s.push_str(&format!(", {approx}{p}% of {}", mb("expected_bytes")));
+        }
+        s
+    }
+}
+
+/// Reads the meter on its own thread until dropped.
+pub struct Reporter {
+    stop: Option<Sender<()>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Reporter {
+    /// `interval`: between log lines (a terminal gets a live line every second instead).
+    pub fn start(meter: Arc<Meter>, interval: Duration) -> Reporter {
+        let tty = std::io::stderr().is_terminal();
+        let (tx, rx) = bounded::<()>(1);
+        let tick = if tty {
+            Duration::from_secs(1)
+        } else {
+            interval.max(Duration::from_secs(1))
+        };
+        let handle = std::thread::Builder::new()
+            .name("progress".into())
+            .spawn(move || loop {
+                match rx.recv_timeout(tick) {
+                    Err(RecvTimeoutError::Timeout) => {
+                        if tty {
+                            let mut e = std::io::stderr().lock();
+                            let _ = write!(e, "\r\x1b[2K{}", meter.live_line());
+                            let _ = e.flush();
+                        } else {
+                            meter.log();
+                        }
+                    }
+                    _ => {
+                        if tty {
+                            let _ = write!(std::io::stderr(), "\r\x1b[2K");
+                        }
+                        return;
+                    }
+                }
+            })
+            .ok();
+        Reporter {
+            stop: Some(tx),
+            handle,
+        }
+    }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A reader that counts what passes through into the meter.
+pub struct Counted<'a, R: ?Sized> {
+    pub inner: &'a mut R,
+    pub meter: &'a Meter,
+}
+
+impl<R: Read + ?Sized> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.meter.add_through(n as u64);
+        Ok(n)
+    }
+}
+
+impl<W: Write + ?Sized> Write for Counted<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.meter.add_through(n as u64);
+        self.meter.request_ok();
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A pipeline progress sink that also feeds the meter.
+pub struct Metered<'a> {
+    pub inner: &'a mut dyn Progress,
+    pub meter: &'a Meter,
+}
+
+impl Progress for Metered<'_> {
+    fn upload_opened(&mut self, chunk: u64, key: &str, upload_id: &str) -> Result<()> {
+        self.meter.set_chunk(chunk);
+        self.meter.request_ok();
+        self.inner.upload_opened(chunk, key, upload_id)
+    }
+    fn part_stored(&mut self, chunk: u64, part: u32, p: &PartDone) -> Result<()> {
+        self.meter.part_stored(chunk, p.size);
+        self.inner.part_stored(chunk, part, p)
+    }
+    fn chunk_stored(&mut self, chunk: u64, key: &str, d: &ChunkDone, etag: &str) -> Result<()> {
+        self.meter.set_chunk(chunk);
+        self.meter.chunk_stored(chunk, d.len);
+        self.inner.chunk_stored(chunk, key, d, etag)
+    }
+    fn requests_in_flight(&mut self, n: usize) {
+        self.meter.in_flight.store(n as u64, Ordering::Relaxed);
+        self.inner.requests_in_flight(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_bytes_count_parts_and_whole_chunks_once() {
+        let m = Meter::new(
+            "backup_progress",
+            "data",
+            Arc::new(crate::testing::retrier()),
+            Some(Expected {
+                bytes: 400,
+                source: "previous full".into(),
+            }),
+        );
+        m.add_through(200);
+        m.part_stored(0, 50);
+        m.part_stored(0, 50);
+        m.chunk_stored(0, 100);
+        m.chunk_stored(1, 30);
+        let f: BTreeMap<&str, String> = m.fields().into_iter().collect();
+        assert_eq!(f["stored_bytes"], "130");
+        assert_eq!(f["bytes"], "200");
+        assert_eq!(f["percent"], "50");
+        assert_eq!(f["expected_from"], "previous full");
+        assert_ne!(f["since_last_success_seconds"], "none_yet");
+        assert!(m.live_line().contains("~50% of"), "{}", m.live_line());
+    }
+}
