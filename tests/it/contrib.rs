@@ -26,8 +26,17 @@ fn systemd_units_verify() {
     let timer = std::fs::read_to_string(repo().join("contrib/systemd/btrfs_to_s3.timer")).unwrap();
     assert!(timer.contains("OnCalendar=*-*-* 02:00:00") && timer.contains("Persistent=true"));
     std::fs::write(dir.path().join("btrfs_to_s3.timer"), timer).unwrap();
+    let failure = "btrfs_to_s3-failure@.service";
+    let text = std::fs::read_to_string(repo().join("contrib/systemd").join(failure)).unwrap();
+    assert!(text.contains("journalctl -u %i"));
+    std::fs::write(dir.path().join(failure), text).unwrap();
+    let instance = dir
+        .path()
+        .join("btrfs_to_s3-failure@btrfs_to_s3.service.service");
+    std::os::unix::fs::symlink(dir.path().join(failure), &instance).unwrap();
     let out = sh(&format!(
-        "cd {d} && systemd-analyze verify ./btrfs_to_s3.service ./btrfs_to_s3.timer",
+        "cd {d} && SYSTEMD_UNIT_PATH={d}: systemd-analyze verify ./btrfs_to_s3.service ./btrfs_to_s3.timer \
+         ./btrfs_to_s3-failure@btrfs_to_s3.service.service",
         d = dir.path().display()
     ));
     let stderr = String::from_utf8_lossy(&out.stderr);
