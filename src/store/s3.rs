@@ -237,6 +237,14 @@ impl S3Store {
 }
 
 impl S3Store {
+    /// GET of one listing page, parsed (ListParts, ListMultipartUploads, ListObjectsV2).
+    fn get_xml(&self, op: &str, url: &Url) -> StoreResult<xml::Element> {
+        let resp = self.send(op, "GET", url, &[], None)?;
+        let body = read_body(op, resp)?;
+        xml::parse(&body)
+            .ok_or_else(|| StoreError::new(ErrorKind::Permanent, op, "the reply is not XML"))
+    }
+
     /// A `RequestTimeTooSkewed` reply: our clock is off. The signer takes the service's
     /// time from the reply, and the request becomes worth retrying (it is signed anew).
     fn skewed(&self, mut e: StoreError) -> StoreError {
@@ -488,11 +496,7 @@ impl ObjectStore for S3Store {
                 q.push_str(&format!("&part-number-marker={}", encode_query(m)));
             }
             let url = self.url(key, &q)?;
-            let resp = self.send(&op, "GET", &url, &[], None)?;
-            let body = read_body(&op, resp)?;
-            let doc = xml::parse(&body).ok_or_else(|| {
-                StoreError::new(ErrorKind::Permanent, op.clone(), "the reply is not XML")
-            })?;
+            let doc = self.get_xml(&op, &url)?;
             for b in doc.all("Part") {
                 let number = b.text_of("PartNumber").and_then(|v| v.parse().ok());
                 let size = b.text_of("Size").and_then(|v| v.parse().ok());
@@ -534,11 +538,7 @@ impl ObjectStore for S3Store {
                 ));
             }
             let url = self.url("", &q)?;
-            let resp = self.send(&op, "GET", &url, &[], None)?;
-            let body = read_body(&op, resp)?;
-            let doc = xml::parse(&body).ok_or_else(|| {
-                StoreError::new(ErrorKind::Permanent, op.clone(), "the reply is not XML")
-            })?;
+            let doc = self.get_xml(&op, &url)?;
             for b in doc.all("Upload") {
                 if let (Some(key), Some(upload_id)) = (b.text_of("Key"), b.text_of("UploadId")) {
                     out.push(OpenUpload { key, upload_id });
@@ -572,11 +572,7 @@ impl ObjectStore for S3Store {
             }
             q.push_str(&format!("list-type=2&prefix={}", encode_query(prefix)));
             let url = self.url("", &q)?;
-            let resp = self.send(&op, "GET", &url, &[], None)?;
-            let body = read_body(&op, resp)?;
-            let doc = xml::parse(&body).ok_or_else(|| {
-                StoreError::new(ErrorKind::Permanent, op.clone(), "the reply is not XML")
-            })?;
+            let doc = self.get_xml(&op, &url)?;
             for c in doc.all("Contents") {
                 let (Some(key), Some(size)) = (
                     c.text_of("Key"),
