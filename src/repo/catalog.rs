@@ -11,9 +11,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::{Context, Result};
 
-use crate::manifest::{Kind, Manifest, Pointer, Shape};
+use crate::manifest::{Kind, Manifest, Shape};
+use crate::repo::chain::{self, is_damage};
 use crate::repo::Repo;
-use crate::store::{get_all, ErrorKind, ListedObject};
+use crate::store::ListedObject;
 use crate::ts::Ts;
 
 /// One manifest object and what it says.
@@ -203,62 +204,35 @@ pub fn load(repo: &Repo, only: &[String]) -> Result<Catalog> {
     Ok(cat)
 }
 
-/// GETs and checks one manifest. A transport failure is an error of the listing; a
-/// manifest that is missing by now, unparsable or untrustworthy is a finding.
+/// GETs and checks one manifest as a restore would (`chain::read_manifest`). A transport
+/// failure is an error of the listing; damage is a finding.
 fn read_manifest(
     repo: &Repo,
     name: &str,
     key: &str,
     kind: Kind,
 ) -> Result<Result<Manifest, String>> {
-    let bytes = match repo.retrier().run(|| get_all(repo.store().as_ref(), key)) {
-        Ok(b) => b,
-        Err(e) if e.kind == ErrorKind::NotFound => {
-            return Ok(Err("it disappeared while being listed".into()))
-        }
-        Err(e) => return Err(anyhow::Error::from(e).context(format!("reading manifest {key}"))),
-    };
-    let m: Manifest = match serde_json::from_slice(&bytes) {
-        Ok(m) => m,
-        Err(e) => return Ok(Err(format!("not a manifest: {e}"))),
-    };
-    if m.version != 1 {
-        return Ok(Err(format!(
-            "version {}, this tool reads version 1",
-            m.version
-        )));
-    }
-    if let Err(why) = m.check(&repo.layout, name) {
-        return Ok(Err(why));
-    }
-    if m.kind != kind {
-        return Ok(Err(format!(
+    let store = repo.store().as_ref();
+    match chain::read_manifest(store, repo.retrier(), &repo.layout, name, key) {
+        Ok(m) if m.kind != kind => Ok(Err(format!(
             "field kind = {:?} but it is stored under {}/",
             m.kind.as_str(),
             kind.as_str()
-        )));
+        ))),
+        Ok(m) => Ok(Ok(m)),
+        Err(e) if is_damage(&e) => Ok(Err(format!("{e:#}"))),
+        Err(e) => Err(e),
     }
-    Ok(Ok(m))
 }
 
+/// What `current.json` names, or why it cannot be used (`Repo::pointer`'s checks).
 fn read_pointer(repo: &Repo, name: &str) -> Result<Result<String, String>> {
-    let key = repo.layout.pointer_key(name);
-    let bytes = match repo.retrier().run(|| get_all(repo.store().as_ref(), &key)) {
-        Ok(b) => b,
-        Err(e) if e.kind == ErrorKind::NotFound => {
-            return Ok(Err("it disappeared while being listed".into()))
-        }
-        Err(e) => return Err(anyhow::Error::from(e).context(format!("reading {key}"))),
-    };
-    Ok(match serde_json::from_slice::<Pointer>(&bytes) {
-        Ok(p) if repo.layout.owns(name, &p.manifest_key) => Ok(p.manifest_key),
-        Ok(p) => Err(format!(
-            "field manifest_key = {:?} is not a key under {}",
-            p.manifest_key,
-            repo.layout.subvolume_prefix(name)
-        )),
-        Err(e) => Err(format!("not a pointer: {e}")),
-    })
+    match repo.pointer(name) {
+        Ok(Some(p)) => Ok(Ok(p.manifest_key)),
+        Ok(None) => Ok(Err("it disappeared while being listed".into())),
+        Err(e) if is_damage(&e) => Ok(Err(format!("{e:#}"))),
+        Err(e) => Err(e),
+    }
 }
 
 /// Finds each backup's generation and problems, from the listing alone.

@@ -116,6 +116,35 @@ pub fn start_key(
     Ok(p.manifest_key)
 }
 
+/// Reads one manifest of `subvolume` and checks it (`Manifest::check`, version 1). A
+/// manifest that is missing, unparsable or untrustworthy is [`Damaged`], naming the key
+/// and the field; a request that failed is an error of its own.
+pub fn read_manifest(
+    store: &dyn ObjectStore,
+    retrier: &Retrier,
+    layout: &Layout,
+    subvolume: &str,
+    k: &str,
+) -> Result<Manifest> {
+    let m: Manifest = fetch_json(store, retrier, k, "manifest")?;
+    if m.subvolume != subvolume {
+        damaged!(
+            "manifest {k} belongs to subvolume {:?}, not {subvolume:?}",
+            m.subvolume
+        );
+    }
+    if m.version != 1 {
+        damaged!(
+            "manifest {k} has version {}, this tool reads version 1",
+            m.version
+        );
+    }
+    if let Err(why) = m.check(layout, subvolume) {
+        damaged!("manifest {k}: {why}; refusing to restore from it");
+    }
+    Ok(m)
+}
+
 /// Follows `parent_manifest` from `key` back to a full.
 pub fn resolve(
     store: &dyn ObjectStore,
@@ -140,22 +169,7 @@ pub fn resolve(
                 layout.subvolume_prefix(subvolume)
             );
         }
-        let m: Manifest = fetch_json(store, retrier, &k, "manifest")?;
-        if m.subvolume != subvolume {
-            damaged!(
-                "manifest {k} belongs to subvolume {:?}, not {subvolume:?}",
-                m.subvolume
-            );
-        }
-        if m.version != 1 {
-            damaged!(
-                "manifest {k} has version {}, this tool reads version 1",
-                m.version
-            );
-        }
-        if let Err(why) = m.check(layout, subvolume) {
-            damaged!("manifest {k}: {why}; refusing to restore from it");
-        }
+        let m = read_manifest(store, retrier, layout, subvolume, &k)?;
         match (m.kind, &m.parent_manifest) {
             (Kind::Full, _) => {}
             (Kind::Incremental, Some(p)) => next = Some(p.clone()),

@@ -10,7 +10,7 @@ pub mod prune;
 
 use std::sync::Arc;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 
 use crate::config::Config;
 use crate::manifest::{Layout, Manifest, Pointer};
@@ -89,7 +89,8 @@ impl Repo {
         )
     }
 
-    /// What `current.json` of `subvolume` names, if it exists (checked like a chain).
+    /// What `current.json` of `subvolume` names, if it exists (checked like a chain; an
+    /// unusable pointer is `chain::Damaged`).
     pub fn pointer(&self, subvolume: &str) -> Result<Option<Pointer>> {
         let key = self.layout.pointer_key(subvolume);
         let bytes = match self
@@ -100,14 +101,18 @@ impl Repo {
             Err(e) if e.kind == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(anyhow::Error::from(e).context(format!("reading {key}"))),
         };
-        let p: Pointer = serde_json::from_slice(&bytes)
-            .with_context(|| format!("pointer {key} is not valid JSON of the expected shape"))?;
+        let p: Pointer = serde_json::from_slice(&bytes).map_err(|e| {
+            chain::Damaged(format!(
+                "pointer {key} is not valid JSON of the expected shape: {e}"
+            ))
+        })?;
         if !self.layout.owns(subvolume, &p.manifest_key) {
-            return Err(anyhow!(
+            return Err(chain::Damaged(format!(
                 "pointer {key}: field manifest_key = {:?} is not a key under {}",
                 p.manifest_key,
                 self.layout.subvolume_prefix(subvolume)
-            ));
+            ))
+            .into());
         }
         Ok(Some(p))
     }
