@@ -16,7 +16,7 @@ use crate::repo::Repo;
 use crate::store::ListedObject;
 
 pub fn run(config: &Config, args: &ListArgs) -> Result<u8> {
-    let names = crate::cmd::subvolume_names(&args.subvolumes)?;
+    let names = crate::cmd::subvolume_names(&args.subvolumes, None)?;
     let session = Session::start(config, false)?;
     let repo = Repo::open(config, session.retrier.clone())?;
     let cat = catalog::load(&repo, &names)?;

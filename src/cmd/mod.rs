@@ -16,8 +16,13 @@ use crate::config::Config;
 use crate::lock::RunLock;
 use crate::retry::{Policy, Retrier};
 
-/// `--subvolume` names of the read commands, checked to be plain names (they name keys).
-pub fn subvolume_names(names: &[String]) -> Result<Vec<String>> {
+/// `--subvolume` names of `list`, `verify` and `prune`, checked to be plain names (they
+/// name keys); none given means the configured subvolumes when `default` has a config
+/// (an empty list otherwise: `list` then shows every subvolume under the prefix).
+pub fn subvolume_names(names: &[String], default: Option<&Config>) -> Result<Vec<String>> {
+    if let (true, Some(c)) = (names.is_empty(), default) {
+        return Ok(c.subvolumes.iter().map(|s| s.name.clone()).collect());
+    }
     let mut out: Vec<String> = Vec::new();
     for n in names {
         if let Some(why) = crate::manifest::subvolume_name_problem(n) {

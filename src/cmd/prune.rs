@@ -98,10 +98,7 @@ pub fn prune_all(config: &Config, repo: &Repo, req: &Request) -> Result<(Vec<Pla
 }
 
 pub fn run(config: &Config, args: &PruneArgs) -> Result<u8> {
-    let mut names = crate::cmd::subvolume_names(&args.subvolumes)?;
-    if names.is_empty() {
-        names = config.subvolumes.iter().map(|s| s.name.clone()).collect();
-    }
+    let names = crate::cmd::subvolume_names(&args.subvolumes, Some(config))?;
     let req = Request {
         names,
         keep: args

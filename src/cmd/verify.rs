@@ -16,17 +16,8 @@ use crate::event;
 use crate::repo::chain::is_damage;
 use crate::repo::Repo;
 
-/// The subvolumes a read command works on: `--subvolume` names, else the configured ones.
-fn targets(config: &Config, names: Vec<String>) -> Vec<String> {
-    if names.is_empty() {
-        config.subvolumes.iter().map(|s| s.name.clone()).collect()
-    } else {
-        names
-    }
-}
-
 pub fn run(config: &Config, args: &VerifyArgs) -> Result<u8> {
-    let names = targets(config, crate::cmd::subvolume_names(&args.subvolumes)?);
+    let names = crate::cmd::subvolume_names(&args.subvolumes, Some(config))?;
     if args.manifest_key.is_some() && names.len() != 1 {
         return Err(crate::app::UsageError(
             "--manifest-key needs exactly one --subvolume (the key's subvolume)".into(),
