@@ -8,7 +8,7 @@ use crate::config::{Config, ProcessEnv};
 use crate::manifest::{ChunkEntry, Kind, Manifest, S3Info, SnapshotRef};
 use crate::repo::catalog;
 use crate::store::memory::MemoryStore;
-use crate::store::{ObjectStore, PutOptions};
+use crate::store::{ErrorKind, ObjectStore, PutOptions};
 
 const DAY: i64 = 86_400;
 const T0: i64 = 1_735_696_800; // 2025-01-01T02:00:00Z
@@ -329,6 +329,53 @@ fn execute_refuses_keys_outside_the_subvolume_layout() {
         assert!(execute(&w.repo, &plan).is_err(), "{key}");
     }
     assert!(!w.store.log().iter().any(|l| l.starts_with("DELETE")));
+}
+
+#[test]
+fn a_prune_stopped_at_any_deletion_leaves_only_whole_chains() {
+    // Two old generations with incrementals; the prune fails at the n-th DELETE, for
+    // every n: whatever is left, each manifest still there is sound or was already gone.
+    let build = || {
+        let mut w = World::new("STANDARD");
+        for _ in 0..3 {
+            w.backup(Kind::Full, true);
+            for _ in 0..2 {
+                w.advance(DAY);
+                w.backup(Kind::Incremental, true);
+            }
+            w.advance(DAY);
+        }
+        w
+    };
+    let total = build().plan(1, false, None).unwrap().deletes().count();
+    assert!(total > 10, "{total}");
+    for n in 0..total {
+        let w = build();
+        let sound_before = w.sound();
+        let p = w.plan(1, false, None).unwrap();
+        for (i, item) in p.deletes().enumerate() {
+            if i == n {
+                w.store
+                    .fail(&format!("DELETE {}", item.key), ErrorKind::Permanent, 10);
+            }
+        }
+        let e = execute(&w.repo, &p).unwrap_err();
+        assert!(
+            format!("{e:#}").contains(&format!("after {n} deletions")),
+            "{e:#}"
+        );
+        let now_sound = w.sound();
+        for k in &sound_before {
+            if w.store.object(k).is_some() {
+                assert!(
+                    now_sound.contains(k),
+                    "stopped after {n}: {k} lost part of its chain"
+                );
+            }
+        }
+        let cur = w.current().unwrap();
+        assert!(now_sound.contains(&cur), "stopped after {n}");
+    }
 }
 
 /// A small deterministic generator (xorshift), so a failure names its seed.

@@ -451,3 +451,64 @@ fn progress_lines_textfile_and_prune_after_backup() {
     let r = s.cmd(&["verify"]);
     assert_eq!(r.code, 0, "{r:?}");
 }
+
+/// A server that lies in its listing: keys outside the prefix asked for, or a truncated
+/// listing with no way on. `list` and `prune` fail naming it, and prune deletes nothing.
+#[test]
+fn a_lying_listing_fails_list_and_prune_and_nothing_is_deleted() {
+    let dir = TempDir::new("lying-list");
+    let listing = |contents: &str, truncated: &str| {
+        format!(
+            "<?xml version=\"1.0\"?><ListBucketResult><Name>b</Name><Prefix>p/</Prefix>\
+             <IsTruncated>{truncated}</IsTruncated>{contents}</ListBucketResult>"
+        )
+    };
+    let outside = CannedServer::start(
+        "200 OK",
+        &[("Content-Type", "application/xml")],
+        &listing(
+            "<Contents><Key>elsewhere/secret</Key><Size>1</Size></Contents>",
+            "false",
+        ),
+    );
+    let endless = CannedServer::start(
+        "200 OK",
+        &[("Content-Type", "application/xml")],
+        &listing("", "true"),
+    );
+    for (server, words) in [
+        (
+            &outside,
+            "\"elsewhere/secret\", which is not under the prefix",
+        ),
+        (&endless, "truncated but gives no new NextContinuationToken"),
+    ] {
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[global]\nstate_path = \"{d}/state.json\"\nlock_path = \"{d}/lock\"\n\
+                 [subvolumes]\npaths = [\"/srv/data\"]\n\
+                 [s3]\nbucket = \"b\"\nregion = \"us-east-1\"\nprefix = \"p\"\nendpoint_url = \"{e}\"\n",
+                d = dir.path().display(),
+                e = server.endpoint
+            ),
+        )
+        .unwrap();
+        let cfg = cfg.display().to_string();
+        for args in [
+            &["list", "--config", &cfg][..],
+            &["prune", "--config", &cfg, "--confirm"],
+        ] {
+            let r = output_within(test_env(&mut btrfs_to_s3()).args(args), 60);
+            assert_eq!(r.code, 1, "{args:?}: {r:?}");
+            assert!(r.stderr.contains(words), "{args:?}: {r:?}");
+        }
+        let reqs = server.requests();
+        assert!(
+            reqs.iter()
+                .all(|r| r.starts_with("get ") && r.contains("list-type=2")),
+            "only listings were sent: {reqs:?}"
+        );
+    }
+}
