@@ -378,6 +378,30 @@ fn a_prune_stopped_at_any_deletion_leaves_only_whole_chains() {
     }
 }
 
+#[test]
+fn a_doctored_manifest_cannot_make_prune_delete_what_it_names() {
+    let mut w = World::new("STANDARD");
+    w.advance(DAY);
+    let f = w.backup(Kind::Full, true);
+    let theirs = "p/subvol/home/full/chunk-20250101T020000Z-0.bin";
+    w.store.insert(theirs, b"home's", w.opts("STANDARD"));
+    // An older manifest (a bucket writer's) naming home's chunk and one of ours.
+    let mut m: Manifest = serde_json::from_slice(&w.store.object(&f).unwrap().data).unwrap();
+    let ours = m.chunks[0].key.clone();
+    m.created_at = "20250101T020000Z".into();
+    m.chunks.push(ChunkEntry {
+        key: theirs.into(),
+        ..m.chunks[0].clone()
+    });
+    let doctored = "p/subvol/data/full/manifest-20250101T020000Z.json";
+    w.store.insert(doctored, &m.to_json(), w.opts("STANDARD"));
+    let p = w.plan(1, false, None).unwrap();
+    assert_eq!(keys(&p, Action::Delete), [doctored]);
+    execute(&w.repo, &p).unwrap();
+    assert!(w.store.object(theirs).is_some() && w.store.object(&ours).is_some());
+    assert_eq!(w.sound(), [f]);
+}
+
 /// A small deterministic generator (xorshift), so a failure names its seed.
 struct Rng(u64);
 
