@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests, the demo and the e2e harness need on a fresh Debian machine
 # (as root): btrfs-progs, util-linux, attr, systemd, curl, openssl, python3-venv, and
-# moto[server]==5.1.22 in .test-tools/venv. Prints the moto_server path on its last line.
+# moto[server]==5.1.22 in .test-tools/venv, with contrib/testing/patch-moto.py applied (its
+# SigV4 checker then reads the query as sent). Prints the moto_server path on its last line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,4 +29,5 @@ if ! "$venv/bin/python" -c 'import moto, sys; sys.exit(moto.__version__ != "5.1.
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q 'moto[server]==5.1.22' >&2
 fi
+"$venv/bin/python" contrib/testing/patch-moto.py "$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 echo "$PWD/$venv/bin/moto_server"

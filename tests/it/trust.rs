@@ -262,7 +262,6 @@ fn a_prefix_with_dot_dot_is_refused_before_anything_runs() {
         return;
     }
     let s = Setup::new(SetupOpts::default());
-    s.moto.create_bucket("other");
     std::fs::write(s.vol("data").join("f"), "hello").unwrap();
     let text = std::fs::read_to_string(&s.cfg)
         .unwrap()
@@ -272,12 +271,8 @@ fn a_prefix_with_dot_dot_is_refused_before_anything_runs() {
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("s3.prefix = \"../other/p\""), "{r:?}");
     assert!(s.moto.list_keys().is_empty(), "{:?}", s.moto.list_keys());
-    let other = ureq::get(&format!("{}/other?list-type=2", s.moto.endpoint))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
-    assert!(!other.contains("<Key>"), "{other}");
+    let other = s.moto.store_for(OTHER_BUCKET).list_objects("").unwrap();
+    assert!(other.is_empty(), "{other:?}");
 }
 
 #[test]
@@ -290,15 +285,12 @@ fn secrets_never_reach_the_log_at_any_level() {
         ..Default::default()
     });
     random_file(&s.vol("data").join("f.bin"), 6 * MIB);
-    let (id, secret, token) = (
-        "AKIAITSECRETTESTKEY7",
-        "wJalrXUtnFEMIitsecretK7MDENGbPxRfiCYEXAMPLEKEY",
-        "FwoGZXIvYXdzEBYaDitSessionTokenNeverToBeLoggedQ2xvdWRUcmFpbA==",
-    );
+    // Real temporary credentials: moto checks the signature and the session token.
+    let (id, secret, token) = s.moto.assume_role(3600);
     let with_secrets = |c: &mut std::process::Command| {
-        c.env("AWS_ACCESS_KEY_ID", id)
-            .env("AWS_SECRET_ACCESS_KEY", secret)
-            .env("AWS_SESSION_TOKEN", token)
+        c.env("AWS_ACCESS_KEY_ID", &id)
+            .env("AWS_SECRET_ACCESS_KEY", &secret)
+            .env("AWS_SESSION_TOKEN", &token)
             .env("RUST_LOG", "trace");
     };
     let mut b = s.backup_cmd(&["--log-level", "debug"]);
@@ -337,11 +329,11 @@ fn secrets_never_reach_the_log_at_any_level() {
         "trace output lacks the headers"
     );
     for (what, v) in [
-        ("access key id", id),
-        ("secret key", secret),
-        ("session token", token),
+        ("access key id", &id),
+        ("secret key", &secret),
+        ("session token", &token),
     ] {
-        assert!(!all.contains(v), "the {what} is in the output");
+        assert!(!all.contains(v.as_str()), "the {what} is in the output");
     }
 }
 
@@ -460,4 +452,30 @@ fn a_skewed_clock_is_corrected_from_the_reply_and_the_request_retried() {
         date(&reqs[1])
     );
     assert!(!date(&reqs[0]).starts_with(&want), "{}", date(&reqs[0]));
+}
+
+#[test]
+fn the_server_checks_every_signature_so_a_wrong_secret_fails_cleanly() {
+    if !require_root("the_server_checks_every_signature_so_a_wrong_secret_fails_cleanly") {
+        return;
+    }
+    let s = Setup::new(SetupOpts::default());
+    std::fs::write(s.vol("data").join("f"), "hello").unwrap();
+    // The rig's moto verifies SigV4: the right key with a wrong secret is refused...
+    let mut c = s.backup_cmd(&[]);
+    c.env("AWS_SECRET_ACCESS_KEY", "not-the-secret");
+    let r = output(&mut c);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("SignatureDoesNotMatch"), "{r:?}");
+    assert!(!r.stderr.contains("backup_published"), "{r:?}");
+    assert!(s.moto.list_keys().is_empty(), "{:?}", s.moto.list_keys());
+    assert!(!s.state.exists());
+    // ...and so is a key moto never issued, while the real one works.
+    let mut c = s.backup_cmd(&[]);
+    c.env("AWS_ACCESS_KEY_ID", "AKIANEVERISSUED00000");
+    let r = output(&mut c);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("InvalidAccessKeyId"), "{r:?}");
+    let r = s.backup(&[]);
+    assert_eq!(r.code, 0, "{r:?}");
 }

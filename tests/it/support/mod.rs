@@ -18,8 +18,24 @@ use btrfs_to_s3::store::s3::{Endpoint, S3Store};
 
 pub const BUCKET: &str = "itest";
 pub const REGION: &str = "us-east-1";
-pub const ACCESS_KEY: &str = "testing";
-pub const SECRET_KEY: &str = "testing-secret";
+/// A second bucket on every moto server, for tests that check nothing leaks into it.
+pub const OTHER_BUCKET: &str = "other";
+
+/// The keys the binary gets when no moto server was started on this thread (tests of
+/// config and flags that never reach S3).
+const NO_SERVER_KEYS: (&str, &str) = ("testing", "testing-secret");
+
+thread_local! {
+    /// The IAM access key of the moto server this test thread started last: moto checks
+    /// signatures, and its keys are made by its IAM API, so each server has its own.
+    static KEYS: std::cell::RefCell<Option<(String, String)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The access key and secret the binary gets on this thread.
+pub fn test_keys() -> (String, String) {
+    KEYS.with(|k| k.borrow().clone())
+        .unwrap_or_else(|| (NO_SERVER_KEYS.0.into(), NO_SERVER_KEYS.1.into()))
+}
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -181,11 +197,19 @@ impl Drop for BtrfsFs {
     }
 }
 
-/// A moto S3 server on a free 127.0.0.1 port with one bucket; killed on drop.
+/// A moto S3 server on a free 127.0.0.1 port with two buckets ([`BUCKET`],
+/// [`OTHER_BUCKET`]) that checks every SigV4 signature and IAM policy: it starts with
+/// authentication off (`INITIAL_NO_AUTH_ACTION_COUNT=inf`), `moto_iam.py` makes an IAM
+/// user with an access key, a role it may assume and the buckets, then turns checking on
+/// (`/moto-api/reset-auth`). A wrong key or a broken signer gets 403. Killed on drop.
 pub struct Moto {
     child: Child,
     pub port: u16,
     pub endpoint: String,
+    pub access_key: String,
+    pub secret_key: String,
+    /// An IAM role the user may assume (STS AssumeRole through the same server).
+    pub role_arn: String,
     _log: TempDir,
 }
 
@@ -227,17 +251,29 @@ impl Moto {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", "inf");
         let child = cmd.spawn().expect("starting moto_server");
         let endpoint = format!("http://127.0.0.1:{port}");
-        let m = Moto {
+        let mut m = Moto {
             child,
             port,
             endpoint,
+            access_key: String::new(),
+            secret_key: String::new(),
+            role_arn: String::new(),
             _log: log,
         };
         m.wait_ready();
-        m.create_bucket(BUCKET);
+        m.turn_on_auth();
+        KEYS.with(|k| *k.borrow_mut() = Some((m.access_key.clone(), m.secret_key.clone())));
         m
+    }
+
+    fn turn_on_auth(&mut self) {
+        let words = run_moto_iam(&[&self.endpoint, BUCKET, OTHER_BUCKET]);
+        self.access_key = words[0].clone();
+        self.secret_key = words[1].clone();
+        self.role_arn = words[2].clone();
     }
 
     fn wait_ready(&self) {
@@ -258,59 +294,48 @@ impl Moto {
         );
     }
 
-    pub fn create_bucket(&self, name: &str) {
-        let r = ureq::put(&format!("{}/{name}", self.endpoint)).call();
-        assert!(r.is_ok(), "creating bucket {name} on moto: {r:?}");
+    /// Temporary credentials `(id, secret, session token)` of the IAM role, from STS
+    /// AssumeRole on this server, valid for `seconds` (at least 900).
+    pub fn assume_role(&self, seconds: u32) -> (String, String, String) {
+        let words = run_moto_iam(&[
+            "--assume",
+            &self.endpoint,
+            &self.access_key,
+            &self.secret_key,
+            &self.role_arn,
+            &seconds.to_string(),
+        ]);
+        (words[0].clone(), words[1].clone(), words[2].clone())
     }
 
     pub fn store(&self) -> S3Store {
+        self.store_for(BUCKET)
+    }
+
+    /// A signed client of `bucket` with this server's IAM key.
+    pub fn store_for(&self, bucket: &str) -> S3Store {
         S3Store::with_keys(
             &Endpoint {
-                bucket: BUCKET.into(),
+                bucket: bucket.into(),
                 region: REGION.into(),
                 endpoint_url: Some(self.endpoint.clone()),
             },
             4,
-            ACCESS_KEY,
-            SECRET_KEY,
+            &self.access_key,
+            &self.secret_key,
         )
         .expect("S3 store for moto")
     }
 
-    /// Every key in the bucket (ListObjectsV2, unsigned: moto does not check by default).
+    /// Every key in the bucket (ListObjectsV2, signed).
     pub fn list_keys(&self) -> Vec<String> {
-        let mut keys = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let mut url = format!("{}/{BUCKET}?list-type=2", self.endpoint);
-            if let Some(t) = &token {
-                url.push_str(&format!("&continuation-token={}", urlencode(t)));
-            }
-            let body = ureq::get(&url)
-                .call()
-                .expect("listing bucket")
-                .into_string()
-                .expect("list body");
-            let mut rest = body.as_str();
-            while let Some(i) = rest.find("<Key>") {
-                let after = &rest[i + 5..];
-                let j = after.find("</Key>").expect("closing Key");
-                keys.push(after[..j].to_string());
-                rest = &after[j..];
-            }
-            match (
-                body.contains("<IsTruncated>true</IsTruncated>"),
-                body.find("<NextContinuationToken>"),
-            ) {
-                (true, Some(i)) => {
-                    let after = &body[i + 23..];
-                    let j = after.find("</NextContinuationToken>").expect("token end");
-                    token = Some(after[..j].to_string());
-                }
-                _ => break,
-            }
-        }
-        keys
+        use btrfs_to_s3::store::ObjectStore;
+        self.store()
+            .list_objects("")
+            .expect("listing the test bucket")
+            .into_iter()
+            .map(|o| o.key)
+            .collect()
     }
 
     pub fn kill(&mut self) {
@@ -319,15 +344,29 @@ impl Moto {
     }
 }
 
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// Runs `moto_iam.py` with the venv's python (next to moto_server); its three words.
+fn run_moto_iam(args: &[&str]) -> Vec<String> {
+    let python = moto_server_path().with_file_name("python");
+    let script = repo().join("tests/it/support/moto_iam.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "running {}: {e} (run bash contrib/test.sh)",
+                python.display()
+            )
+        });
+    let text = String::from_utf8_lossy(&out.stdout);
+    let words: Vec<String> = text.split_whitespace().map(str::to_string).collect();
+    assert!(
+        out.status.success() && words.len() == 3,
+        "moto_iam.py {args:?} failed (boto3 comes with moto[server] in the venv): {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    words
 }
 
 impl Drop for Moto {
@@ -351,8 +390,9 @@ pub fn btrfs_to_s3() -> Command {
 /// The environment every run of the binary gets here (also through a wrapper such as
 /// `sh -c '...; exec btrfs_to_s3 ...'`).
 pub fn test_env(c: &mut Command) -> &mut Command {
-    c.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    let (access, secret) = test_keys();
+    c.env("AWS_ACCESS_KEY_ID", access)
+        .env("AWS_SECRET_ACCESS_KEY", secret)
         .env_remove("AWS_ENDPOINT_URL")
         .env_remove("AWS_ENDPOINT_URL_S3")
         .env_remove("AWS_PROFILE")
