@@ -168,6 +168,7 @@ impl MemoryStore {
                 }),
                 message: "injected failure".into(),
                 server_time: None,
+                expired_credentials: false,
             });
         }
         Ok(g)
@@ -181,6 +182,7 @@ fn not_found(op: String) -> StoreError {
         status: Some(404),
         message: "NoSuchKey".into(),
         server_time: None,
+        expired_credentials: false,
     }
 }
 
@@ -377,6 +379,7 @@ impl ObjectStore for MemoryStore {
                 status: Some(403),
                 message: "InvalidObjectState".into(),
                 server_time: None,
+                expired_credentials: false,
             });
         }
         let (start, end) = match range {
@@ -405,6 +408,7 @@ impl ObjectStore for MemoryStore {
                 status: Some(403),
                 message: "InvalidObjectState".into(),
                 server_time: None,
+                expired_credentials: false,
             });
         }
         if o.restore_after_heads.is_none() {

@@ -3,6 +3,8 @@
 //! implementations: [`s3::S3Store`] (the only network code) and [`memory::MemoryStore`]
 //! (tests).
 
+mod creds;
+mod http;
 pub mod memory;
 pub mod s3;
 mod sigv4;
@@ -33,6 +35,8 @@ pub struct StoreError {
     pub message: String,
     /// The service's clock, from a `RequestTimeTooSkewed` reply.
     pub server_time: Option<crate::ts::Ts>,
+    /// The service refused the credentials as expired (`ExpiredToken`).
+    pub expired_credentials: bool,
 }
 
 impl StoreError {
@@ -43,6 +47,7 @@ impl StoreError {
             status: None,
             message: message.into(),
             server_time: None,
+            expired_credentials: false,
         }
     }
 

@@ -1,7 +1,9 @@
-//! [`S3Store`]: the real object store, and the only code that talks to the network.
-//! Requests are signed with SigV4 (`sigv4.rs`, on rust-s3's helpers and credential chain)
-//! and carried by one keep-alive `ureq` agent shared by all threads. One attempt per call:
-//! the retry policy is ours (`retry.rs`), so the transport never retries on its own.
+//! [`S3Store`]: the real object store. Requests are signed with SigV4 (`sigv4.rs`) with
+//! credentials from the AWS chain (`creds/`), and carried by one keep-alive `ureq` agent
+//! shared by all threads (`http.rs`: trust store, proxy). One attempt per call: the retry
+//! policy is ours (`retry.rs`), so the transport never retries on its own; this file says
+//! which failures are worth retrying (expired credentials and a skewed clock are, once
+//! corrected; a certificate the trust store rejects is not).
 
 use std::io::Read;
 use std::time::Duration;
@@ -9,6 +11,8 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use url::Url;
 
+use super::creds::{self, Provider};
+use super::http::{self, AgentOpts, Transport};
 use super::sigv4::{Signer, EMPTY_SHA256, UNSIGNED_PAYLOAD};
 use super::{
     xml, Body, ErrorKind, ListedObject, ListedPart, ObjectMeta, ObjectStore, OpenUpload,
@@ -36,6 +40,8 @@ pub struct S3Store {
     base: String,
     /// The path part of `base` (`/bucket` or empty), which every request path starts with.
     base_path: String,
+    /// Where the trusted roots came from, for certificate errors.
+    roots: String,
 }
 
 /// Where and how to reach the bucket.
@@ -76,13 +82,20 @@ pub fn open(cfg: &config::Config) -> anyhow::Result<std::sync::Arc<dyn ObjectSto
 }
 
 impl S3Store {
-    /// `connections` is the keep-alive pool size (uploader threads plus a little).
+    /// The store as the process environment configures it: credentials from the AWS
+    /// chain (checked now, so a missing profile fails before any work), the trust store
+    /// and proxy from the environment. `connections` is the keep-alive pool size
+    /// (uploader threads plus a little).
     pub fn new(ep: &Endpoint, connections: usize) -> Result<S3Store, String> {
-        Ok(S3Store::with_signer(
-            ep,
-            connections,
-            Signer::from_environment(&ep.region)?,
-        ))
+        let env = crate::config::ProcessEnv;
+        let transport = Transport::from_env(&env)?;
+        let provider = creds::from_env(&creds::Lookup {
+            env: &env,
+            transport: &transport,
+            region: &ep.region,
+        })?;
+        provider.get()?;
+        S3Store::with_provider(ep, connections, provider, &transport)
     }
 
     /// With explicit static credentials (tests, tools).
@@ -92,38 +105,47 @@ impl S3Store {
         access: &str,
         secret: &str,
     ) -> Result<S3Store, String> {
-        let creds = s3::creds::Credentials::new(Some(access), Some(secret), None, None, None)
-            .map_err(|e| e.to_string())?;
-        Ok(S3Store::with_signer(
+        let transport = Transport::from_env(&crate::config::ProcessEnv)?;
+        S3Store::with_provider(
             ep,
             connections,
-            Signer::new(creds, &ep.region),
-        ))
+            Provider::fixed(access, secret, None)?,
+            &transport,
+        )
     }
 
-    fn with_signer(ep: &Endpoint, connections: usize, signer: Signer) -> S3Store {
-        let agent = |read: Duration| {
-            ureq::AgentBuilder::new()
-                .timeout_connect(Duration::from_secs(10))
-                .timeout_read(read)
-                .timeout_write(STALL)
-                .redirects(0)
-                .max_idle_connections_per_host(connections.max(2))
-                .user_agent(concat!("btrfs_to_s3/", env!("CARGO_PKG_VERSION")))
-                .build()
-        };
-        let (agent, patient) = (agent(STALL), agent(ASSEMBLY));
+    fn with_provider(
+        ep: &Endpoint,
+        connections: usize,
+        provider: Provider,
+        transport: &Transport,
+    ) -> Result<S3Store, String> {
         let base = ep.base();
-        let base_path = Url::parse(&base)
-            .map(|u| u.path().trim_end_matches('/').to_string())
-            .unwrap_or_default();
-        S3Store {
-            agent,
-            patient,
-            signer,
+        let target =
+            Url::parse(&base).map_err(|e| format!("the S3 endpoint {base} is not a URL: {e}"))?;
+        let opts = |read: Option<Duration>| AgentOpts {
+            connect: Duration::from_secs(10),
+            stall: STALL,
+            read,
+            connections,
+        };
+        crate::event!(
+            Debug,
+            "s3_transport",
+            credentials = provider.describe(),
+            trust = transport.roots,
+            proxy = transport
+                .proxy_for(&target)
+                .unwrap_or_else(|| "none".into())
+        );
+        Ok(S3Store {
+            agent: transport.agent(&target, &opts(None))?,
+            patient: transport.agent(&target, &opts(Some(ASSEMBLY)))?,
+            signer: Signer::new(provider, &ep.region, "s3"),
+            base_path: target.path().trim_end_matches('/').to_string(),
             base,
-            base_path,
-        }
+            roots: transport.roots.clone(),
+        })
     }
 
     /// The request URL for `key`, exactly as the key says: every key segment is
@@ -218,10 +240,20 @@ impl S3Store {
             // With redirects off ureq hands a 3xx back as a success: it is not one.
             Ok(resp) if !(200..300).contains(&resp.status()) => {
                 let code = resp.status();
-                Err(status_error(op, code, resp))
+                Err(status_error(op, code, resp, &self.signer.describe()))
             }
             Ok(resp) => Ok(resp),
-            Err(ureq::Error::Status(code, resp)) => Err(self.skewed(status_error(op, code, resp))),
+            Err(ureq::Error::Status(code, resp)) => {
+                let e = status_error(op, code, resp, &self.signer.describe());
+                Err(self.renewed(self.skewed(e)))
+            }
+            Err(ureq::Error::Transport(t)) if http::is_certificate_error(&t) => {
+                Err(StoreError::new(
+                    ErrorKind::Permanent,
+                    op,
+                    format!("{t}: {}", http::certificate_hint(&self.roots)),
+                ))
+            }
             Err(ureq::Error::Transport(t)) => {
                 let kind = match t.kind() {
                     ureq::ErrorKind::InvalidUrl
@@ -243,6 +275,21 @@ impl S3Store {
         let body = read_body(op, resp)?;
         xml::parse(&body)
             .ok_or_else(|| StoreError::new(ErrorKind::Permanent, op, "the reply is not XML"))
+    }
+
+    /// An `ExpiredToken` reply: the service refused our temporary credentials although
+    /// they were not due for renewal (a clock ahead, a revoked session). Renewable ones
+    /// are fetched anew and the request is worth retrying.
+    fn renewed(&self, mut e: StoreError) -> StoreError {
+        if !e.expired_credentials {
+            return e;
+        }
+        if self.signer.expired() {
+            crate::event!(Warn, "credentials_expired", op = e.op);
+            e.kind = ErrorKind::Transient;
+            e.message = format!("{} (renewing the credentials, retrying)", e.message);
+        }
+        e
     }
 
     /// A `RequestTimeTooSkewed` reply: our clock is off. The signer takes the service's
@@ -276,7 +323,8 @@ impl S3Store {
     }
 }
 
-fn status_error(op: &str, code: u16, resp: ureq::Response) -> StoreError {
+/// `creds_from` says where the credentials came from, for the hint of an auth error.
+fn status_error(op: &str, code: u16, resp: ureq::Response, creds_from: &str) -> StoreError {
     // HEAD replies have no body: the bucket's region comes from its header.
     let region = resp
         .header("x-amz-bucket-region")
@@ -317,8 +365,8 @@ fn status_error(op: &str, code: u16, resp: ureq::Response) -> StoreError {
         | (300..=399, _, Some(r)) => format!(" (the bucket is in region {r}: set s3.region = \"{r}\")"),
         (300..=399, _, None) => " (a redirect: the bucket is in another region, or s3.endpoint_url is not the S3 endpoint; check s3.region and s3.endpoint_url)".to_string(),
         (_, "NoSuchBucket", _) => " (check s3.bucket and s3.region)".to_string(),
-        (_, "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken", _) => {
-            " (check the AWS credentials in the environment)".to_string()
+        (_, "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken" | "InvalidToken", _) => {
+            format!(" (check the AWS credentials, from {creds_from})")
         }
         (403, "AccessDenied" | "", _) => " (check the credentials and the bucket policy)".to_string(),
         _ => String::new(),
@@ -339,6 +387,10 @@ fn status_error(op: &str, code: u16, resp: ureq::Response) -> StoreError {
         status: Some(code),
         message: text,
         server_time,
+        expired_credentials: matches!(
+            s3_code.as_str(),
+            "ExpiredToken" | "ExpiredTokenException" | "TokenRefreshRequired"
+        ),
     }
 }
 
@@ -353,6 +405,7 @@ fn etag_of(op: &str, resp: &ureq::Response) -> StoreResult<String> {
             status: Some(resp.status()),
             message: "the reply has no ETag, so the object was not stored (is s3.endpoint_url an S3 service?)".into(),
  server_time: None,
+ expired_credentials: false,
 }),
     }
 }
@@ -463,6 +516,7 @@ impl ObjectStore for S3Store {
                 status: Some(200),
                 message: format!("error in reply: {code}"),
                 server_time: None,
+                expired_credentials: false,
             });
         }
         doc.and_then(|d| d.text_of("ETag"))

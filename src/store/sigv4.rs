@@ -1,101 +1,264 @@
-//! AWS Signature Version 4 header signing for the requests `s3.rs` sends, built on
-//! rust-s3's public helpers (`s3::signing`) and its credential chain (`s3::creds`).
+//! AWS Signature Version 4 for the requests `s3.rs` (service `s3`) and the credential
+//! fetchers (`sts`) send: the canonical request, the string to sign, the signing key and
+//! the `Authorization` header, as pure functions checked against the AWS SigV4 test-suite
+//! vectors; and [`Signer`], which adds the date, payload hash and session token and learns
+//! the clock skew from the service. Only the percent-encoding comes from rust-s3
+//! (`s3::signing::uri_encode`, the AWS unreserved set).
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use hmac::{Hmac, Mac};
-use http::{HeaderMap, HeaderName, HeaderValue};
-use s3::creds::Credentials;
-use s3::signing;
-use s3::Region;
-use sha2::Sha256;
-use time::OffsetDateTime;
+use sha2::{Digest, Sha256};
 use url::Url;
 
-/// Payload hash for bodies we do not hash twice (TLS protects them in transit; chunk
-/// hashes are checked end to end on restore).
+use super::creds::{Credentials, Provider};
+
+/// Payload hash for bodies we do not hash twice (TLS protects them in transit, the
+/// `x-amz-checksum-*` header lets the service check them, and chunk hashes are checked
+/// end to end on restore).
 pub const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
 /// SHA-256 of the empty body.
 pub const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
-/// Temporary credentials (with an expiry) are re-read this often.
-const REFRESH_EVERY: Duration = Duration::from_secs(600);
+fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
+    // HMAC accepts a key of any length: this cannot fail.
+    let mut mac = match Hmac::<Sha256>::new_from_slice(key) {
+        Ok(m) => m,
+        Err(_) => unreachable!("HMAC-SHA256 takes keys of any length"),
+    };
+    mac.update(data);
+    mac.finalize().into_bytes().into()
+}
 
-/// Every part of `creds` is a secret no log line may show.
-fn mask(creds: &Credentials) {
-    for v in [
-        &creds.access_key,
-        &creds.secret_key,
-        &creds.session_token,
-        &creds.security_token,
-    ]
-    .into_iter()
-    .flatten()
-    {
-        crate::logging::add_secret(v);
+fn hex(b: &[u8]) -> String {
+    crate::chunker::hex(b)
+}
+
+/// `2015-08-30T12:36:00Z` as SigV4 writes it: `20150830T123600Z`.
+pub fn amz_date(unix: i64) -> String {
+    crate::ts::Ts::from_unix(unix).to_string()
+}
+
+/// The canonical URI: the URL's path decoded and encoded again the AWS way (every byte
+/// but the unreserved ones and `/`), so what is signed is what the service will rebuild.
+/// S3 encodes once and never normalises `.`/`..` (our URLs never carry them).
+fn canonical_uri(url: &Url) -> String {
+    let decoded = percent_decode(url.path());
+    let path = s3::signing::uri_encode(&decoded, false);
+    if path.is_empty() {
+        "/".to_string()
+    } else {
+        path
     }
 }
 
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hexval = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hexval(b[i + 1]), hexval(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The canonical query: each name and value decoded, encoded the AWS way (`/` too), and
+/// sorted by name then value.
+fn canonical_query(url: &Url) -> String {
+    let Some(q) = url.query().filter(|q| !q.is_empty()) else {
+        return String::new();
+    };
+    let mut pairs: Vec<(String, String)> = q
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (
+                s3::signing::uri_encode(&percent_decode(k), true),
+                s3::signing::uri_encode(&percent_decode(v), true),
+            )
+        })
+        .collect();
+    pairs.sort();
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Canonical headers and the signed-header list: names lower-cased and sorted, values
+/// trimmed with inner runs of spaces made one, repeated names joined with `,`.
+fn canonical_headers(headers: &[(String, String)]) -> (String, String) {
+    let mut named: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_ascii_lowercase(),
+                v.split_whitespace().collect::<Vec<_>>().join(" "),
+            )
+        })
+        .collect();
+    // A stable sort keeps repeated headers in the order they were given.
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut merged: Vec<(String, String)> = Vec::new();
+    for (k, v) in named {
+        match merged.last_mut() {
+            Some((lk, lv)) if *lk == k => {
+                lv.push(',');
+                lv.push_str(&v);
+            }
+            _ => merged.push((k, v)),
+        }
+    }
+    let canonical = merged
+        .iter()
+        .map(|(k, v)| format!("{k}:{v}\n"))
+        .collect::<String>();
+    let signed = merged
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .collect::<Vec<_>>()
+        .join(";");
+    (canonical, signed)
+}
+
+/// The canonical request and the signed-header list.
+pub fn canonical_request(
+    method: &str,
+    url: &Url,
+    headers: &[(String, String)],
+    payload_hash: &str,
+) -> (String, String) {
+    let (canon_headers, signed) = canonical_headers(headers);
+    (
+        format!(
+            "{}\n{}\n{}\n{canon_headers}\n{signed}\n{payload_hash}",
+            method.to_ascii_uppercase(),
+            canonical_uri(url),
+            canonical_query(url),
+        ),
+        signed,
+    )
+}
+
+/// What a request's signature is computed over, and for whom.
+pub struct Scope<'a> {
+    /// `YYYYMMDDTHHMMSSZ`.
+    pub amz_date: &'a str,
+    pub region: &'a str,
+    pub service: &'a str,
+}
+
+impl Scope<'_> {
+    fn credential_scope(&self) -> String {
+        format!(
+            "{}/{}/{}/aws4_request",
+            &self.amz_date[..8.min(self.amz_date.len())],
+            self.region,
+            self.service
+        )
+    }
+}
+
+pub fn string_to_sign(scope: &Scope<'_>, canonical: &str) -> String {
+    format!(
+        "AWS4-HMAC-SHA256\n{}\n{}\n{}",
+        scope.amz_date,
+        scope.credential_scope(),
+        hex(&Sha256::digest(canonical.as_bytes()))
+    )
+}
+
+pub fn signing_key(secret: &str, scope: &Scope<'_>) -> [u8; 32] {
+    let date = &scope.amz_date[..8.min(scope.amz_date.len())];
+    let k = hmac(format!("AWS4{secret}").as_bytes(), date.as_bytes());
+    let k = hmac(&k, scope.region.as_bytes());
+    let k = hmac(&k, scope.service.as_bytes());
+    hmac(&k, b"aws4_request")
+}
+
+/// The `Authorization` header for a request whose headers (all of them signed, `host`
+/// and `x-amz-date` included) are `headers`.
+pub fn authorization(
+    access_key: &str,
+    secret: &str,
+    scope: &Scope<'_>,
+    method: &str,
+    url: &Url,
+    headers: &[(String, String)],
+    payload_hash: &str,
+) -> String {
+    let (canonical, signed) = canonical_request(method, url, headers, payload_hash);
+    let to_sign = string_to_sign(scope, &canonical);
+    let signature = hex(&hmac(&signing_key(secret, scope), to_sign.as_bytes()));
+    format!(
+        "AWS4-HMAC-SHA256 Credential={access_key}/{}, SignedHeaders={signed}, Signature={signature}",
+        scope.credential_scope()
+    )
+}
+
+/// `host[:port]` as the request will send it.
+pub fn host_header(url: &Url) -> String {
+    match url.port() {
+        Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
+        None => url.host_str().unwrap_or_default().to_string(),
+    }
+}
+
+/// Signs requests for one service and region with credentials from a [`Provider`].
 pub struct Signer {
-    creds: Mutex<(Credentials, Instant)>,
-    region: Region,
+    creds: Provider,
+    region: String,
+    service: &'static str,
     /// Seconds to add to our clock when signing: the service's time minus ours, learnt
     /// from a `RequestTimeTooSkewed` reply (as the AWS SDKs do).
-    skew: std::sync::atomic::AtomicI64,
+    skew: AtomicI64,
 }
 
 impl Signer {
-    /// Loads credentials from the usual AWS chain: environment, `AWS_PROFILE` in
-    /// `~/.aws/credentials`, then container/instance metadata.
-    pub fn from_environment(region: &str) -> Result<Signer, String> {
-        let profile = std::env::var("AWS_PROFILE").ok();
-        let creds = Credentials::new(None, None, None, None, profile.as_deref()).map_err(|e| {
-            format!(
-                "no AWS credentials found ({e}): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
-                 or AWS_PROFILE with ~/.aws/credentials, or run with an instance role"
-            )
-        })?;
-        Ok(Signer::new(creds, region))
+    pub fn new(creds: Provider, region: &str, service: &'static str) -> Signer {
+        Signer {
+            creds,
+            region: region.to_string(),
+            service,
+            skew: AtomicI64::new(0),
+        }
     }
 
-    pub fn new(creds: Credentials, region: &str) -> Signer {
-        mask(&creds);
-        Signer {
-            skew: std::sync::atomic::AtomicI64::new(0),
-            creds: Mutex::new((creds, Instant::now())),
-            region: Region::Custom {
-                region: region.to_string(),
-                endpoint: String::new(),
-            },
-        }
+    /// Where the credentials come from.
+    pub fn describe(&self) -> String {
+        self.creds.describe()
+    }
+
+    /// The credentials in use (renewed ahead of their expiry).
+    pub fn credentials(&self) -> Result<Credentials, String> {
+        self.creds.get()
+    }
+
+    /// The service said our credentials have expired (`ExpiredToken`): fetch new ones
+    /// before the next request. False when they cannot be renewed (static keys).
+    pub fn expired(&self) -> bool {
+        self.creds.invalidate()
     }
 
     /// Corrects the signing clock to the service's `server_unix` time; returns the
     /// offset in seconds. A correction beyond a day is refused (a lying reply).
     pub fn correct_skew(&self, server_unix: i64) -> Option<i64> {
-        let offset = server_unix - OffsetDateTime::now_utc().unix_timestamp();
+        let offset = server_unix - crate::ts::Ts::now().unix();
         (offset.abs() <= 86_400).then(|| {
-            self.skew
-                .store(offset, std::sync::atomic::Ordering::Relaxed);
+            self.skew.store(offset, Ordering::Relaxed);
             offset
         })
-    }
-
-    fn credentials(&self) -> Result<Credentials, String> {
-        let mut guard = self
-            .creds
-            .lock()
-            .map_err(|_| "credentials lock poisoned".to_string())?;
-        let (creds, loaded) = &mut *guard;
-        if creds.expiration.is_some() && loaded.elapsed() > REFRESH_EVERY {
-            creds
-                .refresh()
-                .map_err(|e| format!("refreshing AWS credentials: {e}"))?;
-            mask(creds);
-            *loaded = Instant::now();
-        }
-        Ok(creds.clone())
     }
 
     /// Returns the headers to send, `Authorization` included. `headers` are the request's
@@ -108,52 +271,38 @@ impl Signer {
         payload_sha256: &str,
     ) -> Result<Vec<(String, String)>, String> {
         let creds = self.credentials()?;
-        let access = creds.access_key.as_deref().unwrap_or_default();
-        let secret = creds.secret_key.as_deref().unwrap_or_default();
-        let now = OffsetDateTime::now_utc()
-            + time::Duration::seconds(self.skew.load(std::sync::atomic::Ordering::Relaxed));
-        let amz_date = crate::ts::Ts::from_unix(now.unix_timestamp()).to_string();
-        let host = match url.port() {
-            Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
-            None => url.host_str().unwrap_or_default().to_string(),
-        };
+        let now = crate::ts::Ts::now().unix() + self.skew.load(Ordering::Relaxed);
+        let date = amz_date(now);
         let mut out: Vec<(String, String)> = vec![
-            ("host".into(), host),
-            ("x-amz-date".into(), amz_date),
+            ("host".into(), host_header(url)),
+            ("x-amz-date".into(), date.clone()),
             ("x-amz-content-sha256".into(), payload_sha256.to_string()),
         ];
-        if let Some(token) = creds
-            .session_token
-            .as_ref()
-            .or(creds.security_token.as_ref())
-        {
+        if let Some(token) = &creds.session_token {
             out.push(("x-amz-security-token".into(), token.clone()));
         }
         for (k, v) in headers {
             out.push((k.to_ascii_lowercase(), v.clone()));
         }
-        let mut map = HeaderMap::new();
-        for (k, v) in &out {
-            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|e| e.to_string())?;
-            let value = HeaderValue::from_str(v).map_err(|e| e.to_string())?;
-            map.insert(name, value);
-        }
-        let e = |e: s3::error::S3Error| e.to_string();
-        let canonical = signing::canonical_request(method, url, &map, payload_sha256).map_err(e)?;
-        let to_sign = signing::string_to_sign(&now, &self.region, &canonical).map_err(e)?;
-        let key = signing::signing_key(&now, secret, &self.region, "s3").map_err(e)?;
-        let mut mac = Hmac::<Sha256>::new_from_slice(&key).map_err(|e| format!("HMAC key: {e}"))?;
-        mac.update(to_sign.as_bytes());
-        let signature = crate::chunker::hex(&mac.finalize().into_bytes());
-        let auth = signing::authorization_header(
-            access,
-            &now,
-            &self.region,
-            &signing::signed_header_string(&map),
-            &signature,
-        )
-        .map_err(e)?;
+        let scope = Scope {
+            amz_date: &date,
+            region: &self.region,
+            service: self.service,
+        };
+        let auth = authorization(
+            &creds.access_key,
+            &creds.secret_key,
+            &scope,
+            method,
+            url,
+            &out,
+            payload_sha256,
+        );
         out.push(("authorization".into(), auth));
         Ok(out)
     }
 }
+
+#[cfg(test)]
+#[path = "sigv4_tests.rs"]
+mod tests;

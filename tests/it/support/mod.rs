@@ -397,6 +397,17 @@ pub fn test_env(c: &mut Command) -> &mut Command {
         .env_remove("AWS_ENDPOINT_URL_S3")
         .env_remove("AWS_PROFILE")
         .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_CONFIG_FILE")
+        .env_remove("AWS_SHARED_CREDENTIALS_FILE")
+        .env_remove("AWS_ENDPOINT_URL_STS")
+        .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
+        .env_remove("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy")
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
         .env_remove("RUST_LOG")
         // Retries happen as in production (five attempts), with millisecond backoff so
         // that the suite does not sleep for real; a test may override it.
