@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests, the demo and the e2e harness need on a fresh Debian machine
-# (as root): btrfs-progs, util-linux, attr, systemd, curl, openssl, python3-venv, and
+# (as root): btrfs-progs, util-linux, attr, systemd, curl, openssl, stunnel4 (a TLS front
+# for moto with a private CA), python3-venv, and
 # moto[server]==5.1.22 in .test-tools/venv, with contrib/testing/patch-moto.py applied (its
 # SigV4 checker then reads the query as sent). Prints the moto_server path on its last line.
 set -euo pipefail
@@ -13,6 +14,7 @@ command -v getfattr >/dev/null || need_apt+=(attr)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v openssl >/dev/null || need_apt+=(openssl)
+command -v stunnel4 >/dev/null || need_apt+=(stunnel4)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing ${need_apt[*]}" >&2

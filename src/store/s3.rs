@@ -240,11 +240,17 @@ impl S3Store {
             // With redirects off ureq hands a 3xx back as a success: it is not one.
             Ok(resp) if !(200..300).contains(&resp.status()) => {
                 let code = resp.status();
-                Err(status_error(op, code, resp, &self.signer.describe()))
+                Err(status_error(
+                    method,
+                    op,
+                    code,
+                    resp,
+                    &self.signer.describe(),
+                ))
             }
             Ok(resp) => Ok(resp),
             Err(ureq::Error::Status(code, resp)) => {
-                let e = status_error(op, code, resp, &self.signer.describe());
+                let e = status_error(method, op, code, resp, &self.signer.describe());
                 Err(self.renewed(self.skewed(e)))
             }
             Err(ureq::Error::Transport(t)) if http::is_certificate_error(&t) => {
@@ -324,7 +330,13 @@ impl S3Store {
 }
 
 /// `creds_from` says where the credentials came from, for the hint of an auth error.
-fn status_error(op: &str, code: u16, resp: ureq::Response, creds_from: &str) -> StoreError {
+fn status_error(
+    method: &str,
+    op: &str,
+    code: u16,
+    resp: ureq::Response,
+    creds_from: &str,
+) -> StoreError {
     // HEAD replies have no body: the bucket's region comes from its header.
     let region = resp
         .header("x-amz-bucket-region")
@@ -387,10 +399,11 @@ fn status_error(op: &str, code: u16, resp: ureq::Response, creds_from: &str) -> 
         status: Some(code),
         message: text,
         server_time,
+        // A HEAD reply has no body: S3 answers an expired token with a bare 400 then.
         expired_credentials: matches!(
             s3_code.as_str(),
             "ExpiredToken" | "ExpiredTokenException" | "TokenRefreshRequired"
-        ),
+        ) || (method == "HEAD" && code == 400 && s3_code.is_empty()),
     }
 }
 

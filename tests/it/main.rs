@@ -13,4 +13,5 @@ mod operate;
 mod restore;
 mod resume;
 mod rig;
+mod sdk;
 mod trust;

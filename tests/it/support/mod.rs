@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod sdk;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
