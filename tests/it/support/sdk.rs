@@ -160,11 +160,11 @@ impl Drop for TlsFront {
     }
 }
 
-/// Reads one HTTP request head (and its Content-Length body): (request line, headers
-/// with lower-case names, raw head bytes, body).
-fn read_request(
-    r: &mut BufReader<TcpStream>,
-) -> Option<(String, HashMap<String, String>, Vec<u8>, Vec<u8>)> {
+/// One HTTP request: request line, headers with lower-case names, raw head, body.
+type Request = (String, HashMap<String, String>, Vec<u8>, Vec<u8>);
+
+/// Reads one HTTP request head (and its Content-Length body).
+fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
     let mut raw = Vec::new();
     let mut line = String::new();
     if r.read_line(&mut line).ok()? == 0 {
