@@ -90,6 +90,7 @@ fn main() -> Result<()> {
         bucket: bucket.clone(),
         region: "us-east-1".into(),
         endpoint_url: Some(endpoint.clone()),
+        ..Default::default()
     };
     let store = S3Store::with_keys(&ep, threads + 1, &access, &secret).map_err(|e| anyhow!(e))?;
     let opts = PutOptions {

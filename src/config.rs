@@ -221,6 +221,9 @@ pub struct S3 {
     pub send_compressed_data: SendCompressed,
     /// Extension: the KMS key for `sse = "aws:kms"` / `"aws:kms:dsse"`.
     pub sse_kms_key_id: Option<String>,
+    /// Extension: the `x-amz-checksum-*` every upload carries for the service to check:
+    /// `crc32c` (default), `sha256` or `none`.
+    pub checksum: String,
 }
 
 /// Extension section `[retention]`: what `prune` keeps in S3.
@@ -289,6 +292,7 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
             "part_size_bytes",
             "send_compressed_data",
             "sse_kms_key_id",
+            "checksum",
         ],
     ),
     (
@@ -414,6 +418,7 @@ impl Config {
             part_size_bytes: r.part_size()?,
             send_compressed_data: r.send_compressed()?,
             sse_kms_key_id: r.kms_key_id()?,
+            checksum: r.one_of("s3", "checksum", "crc32c", &["crc32c", "sha256", "none"])?,
         };
         check_buffer_bound(&s3)?;
         let restore = Restore {

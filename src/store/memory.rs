@@ -299,6 +299,7 @@ impl ObjectStore for MemoryStore {
                 number: *n,
                 size: b.len() as u64,
                 etag: format!("\"part-{n}-{}\"", b.len()),
+                checksum: None,
             })
             .collect())
     }

@@ -3,6 +3,7 @@
 //! implementations: [`s3::S3Store`] (the only network code) and [`memory::MemoryStore`]
 //! (tests).
 
+mod checksum;
 mod creds;
 mod http;
 pub mod memory;
@@ -189,6 +190,8 @@ pub struct ListedPart {
     pub number: u32,
     pub size: u64,
     pub etag: String,
+    /// The part's `x-amz-checksum-*` as the service computed it, when it keeps them.
+    pub checksum: Option<String>,
 }
 
 /// The S3 operations btrfs_to_s3 uses. Implementations make one attempt per call; the

@@ -11,6 +11,8 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use url::Url;
 
+pub use super::checksum::Checksum;
+use super::checksum::PartSums;
 use super::creds::{self, Provider};
 use super::http::{self, AgentOpts, Transport};
 use super::sigv4::{Signer, EMPTY_SHA256, UNSIGNED_PAYLOAD};
@@ -42,14 +44,19 @@ pub struct S3Store {
     base_path: String,
     /// Where the trusted roots came from, for certificate errors.
     roots: String,
+    checksum: Checksum,
+    /// The checksums of the parts this process uploaded, for CompleteMultipartUpload.
+    part_sums: PartSums,
 }
 
 /// Where and how to reach the bucket.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Endpoint {
     pub bucket: String,
     pub region: String,
     pub endpoint_url: Option<String>,
+    /// The checksum every upload carries for the service to verify.
+    pub checksum: Checksum,
 }
 
 impl Endpoint {
@@ -58,6 +65,7 @@ impl Endpoint {
             bucket: s3.bucket.clone(),
             region: s3.region.clone(),
             endpoint_url: s3.endpoint_url.clone(),
+            checksum: Checksum::parse(&s3.checksum).unwrap_or_default(),
         }
     }
 
@@ -145,6 +153,8 @@ impl S3Store {
             base_path: target.path().trim_end_matches('/').to_string(),
             base,
             roots: transport.roots.clone(),
+            checksum: ep.checksum,
+            part_sums: PartSums::default(),
         })
     }
 
@@ -370,6 +380,11 @@ fn status_error(
         (501, _) | (_, "NotImplemented") => ErrorKind::Permanent,
         (408 | 429, _) | (500..=599, _) => ErrorKind::Transient,
         (400, "RequestTimeout") => ErrorKind::Transient,
+        // The body was damaged on the way (its checksum or hash does not match): the
+        // retry sends it again from the spool or buffer.
+        (400, "BadDigest" | "XAmzContentChecksumMismatch" | "XAmzContentSHA256Mismatch") => {
+            ErrorKind::Transient
+        }
         _ => ErrorKind::Permanent,
     };
     let hint = match (code, s3_code.as_str(), &region) {
@@ -453,14 +468,22 @@ impl ObjectStore for S3Store {
     fn put_object(&self, key: &str, body: Body<'_>, opts: &PutOptions) -> StoreResult<String> {
         let op = format!("PUT {key}");
         let url = self.url(key, "")?;
-        let resp = self.send(&op, "PUT", &url, &object_headers(opts), Some(body))?;
+        let mut headers = object_headers(opts);
+        if let Some(h) = self.checksum.header_for(&op, &body)? {
+            headers.push(h);
+        }
+        let resp = self.send(&op, "PUT", &url, &headers, Some(body))?;
         etag_of(&op, &resp)
     }
 
     fn create_multipart(&self, key: &str, opts: &PutOptions) -> StoreResult<String> {
         let op = format!("CreateMultipartUpload {key}");
         let url = self.url(key, "uploads")?;
-        let resp = self.send(&op, "POST", &url, &object_headers(opts), None)?;
+        let mut headers = object_headers(opts);
+        if let Some(a) = self.checksum.algorithm() {
+            headers.push(("x-amz-checksum-algorithm", a.to_string()));
+        }
+        let resp = self.send(&op, "POST", &url, &headers, None)?;
         let body = read_body(&op, resp)?;
         xml::parse(&body)
             .and_then(|d| d.text_of("UploadId"))
@@ -489,8 +512,13 @@ impl ObjectStore for S3Store {
                 encode_query(upload_id)
             ),
         )?;
-        let resp = self.send(&op, "PUT", &url, &[], Some(body))?;
-        etag_of(&op, &resp)
+        let sum = self.checksum.header_for(&op, &body)?;
+        let resp = self.send(&op, "PUT", &url, sum.as_slice(), Some(body))?;
+        let etag = etag_of(&op, &resp)?;
+        if let Some((_, v)) = sum {
+            self.part_sums.record(upload_id, part_number, v);
+        }
+        Ok(etag)
     }
 
     fn complete_multipart(
@@ -501,10 +529,24 @@ impl ObjectStore for S3Store {
     ) -> StoreResult<String> {
         let op = format!("CompleteMultipartUpload {key}");
         let url = self.url(key, &format!("uploadId={}", encode_query(upload_id)))?;
+        // Each part's checksum, as the upload declared its algorithm: ours for the parts
+        // this process sent, the service's (ListParts) for those of an earlier run. A
+        // service that lists none ignores checksums: then none is sent.
+        let sums = match self.checksum.list_element() {
+            None => None,
+            Some(_) => self
+                .part_sums
+                .for_completion(upload_id, parts, || self.list_parts(key, upload_id))?,
+        };
+        let element = self.checksum.list_element().unwrap_or_default();
         let mut body = String::from("<CompleteMultipartUpload>");
-        for (n, etag) in parts {
+        for (i, (n, etag)) in parts.iter().enumerate() {
+            let sum = match &sums {
+                Some(s) => format!("<{element}>{}</{element}>", xml::escape(&s[i])),
+                None => String::new(),
+            };
             body.push_str(&format!(
-                "<Part><PartNumber>{n}</PartNumber><ETag>{}</ETag></Part>",
+                "<Part><PartNumber>{n}</PartNumber><ETag>{}</ETag>{sum}</Part>",
                 xml::escape(etag)
             ));
         }
@@ -519,6 +561,7 @@ impl ObjectStore for S3Store {
             Some(Body::Bytes(body.as_bytes())),
         )?;
         let reply = read_body(&op, resp)?;
+        self.part_sums.forget(upload_id);
         // S3 may answer 200 and still fail: the error is then in the body.
         let doc = xml::parse(&reply);
         if let Some(err) = doc.as_ref().filter(|d| d.name == "Error") {
@@ -546,6 +589,7 @@ impl ObjectStore for S3Store {
     fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
         let op = format!("AbortMultipartUpload {key}");
         let url = self.url(key, &format!("uploadId={}", encode_query(upload_id)))?;
+        self.part_sums.forget(upload_id);
         match self.send(&op, "DELETE", &url, &[], None) {
             Ok(_) => Ok(()),
             Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
@@ -568,10 +612,18 @@ impl ObjectStore for S3Store {
                 let number = b.text_of("PartNumber").and_then(|v| v.parse().ok());
                 let size = b.text_of("Size").and_then(|v| v.parse().ok());
                 let etag = b.text_of("ETag");
+                let checksum = self
+                    .checksum
+                    .list_element()
+                    .and_then(|el| b.text_of(el))
+                    .filter(|v| !v.is_empty());
                 match (number, size, etag) {
-                    (Some(number), Some(size), Some(etag)) => {
-                        out.push(ListedPart { number, size, etag })
-                    }
+                    (Some(number), Some(size), Some(etag)) => out.push(ListedPart {
+                        number,
+                        size,
+                        etag,
+                        checksum,
+                    }),
                     _ => {
                         return Err(StoreError::new(
                             ErrorKind::Permanent,
@@ -779,7 +831,7 @@ mod tests {
         let mut ep = Endpoint {
             bucket: "b".into(),
             region: "eu-west-1".into(),
-            endpoint_url: None,
+            ..Default::default()
         };
         assert_eq!(ep.base(), "https://b.s3.eu-west-1.amazonaws.com");
         ep.bucket = "b.with.dots".into();
@@ -793,6 +845,7 @@ mod tests {
             bucket: "bkt".into(),
             region: "eu-west-1".into(),
             endpoint_url: endpoint.map(str::to_string),
+            ..Default::default()
         };
         S3Store::with_keys(&ep, 2, "AKIDEXAMPLE", "secret").unwrap()
     }

@@ -110,7 +110,7 @@ fn credentials_that_expire_during_a_run_are_renewed() {
     //    renewal ahead of expiry means no request is ever refused.
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let ep = CredsEndpoint::start(pool.clone(), 4, 4, ledger.clone());
-    let gate = Gatekeeper::start(s.moto.port, ledger.clone(), Duration::from_millis(400));
+    let gate = gatekeeper(s.moto.port, ledger.clone(), Duration::from_millis(400));
     point_config_at(&s, &gate.endpoint);
     let mut b = s.backup_cmd(&[]);
     without_env_keys(&mut b).env("AWS_CONTAINER_CREDENTIALS_FULL_URI", &ep.url);
@@ -130,7 +130,7 @@ fn credentials_that_expire_during_a_run_are_renewed() {
     random_file(&s.vol("data").join("g.bin"), 24 * MIB);
     let ledger2 = Arc::new(Mutex::new(Ledger::default()));
     let ep2 = CredsEndpoint::start(pool, 3600, 3, ledger2.clone());
-    let gate2 = Gatekeeper::start(s.moto.port, ledger2.clone(), Duration::from_millis(400));
+    let gate2 = gatekeeper(s.moto.port, ledger2.clone(), Duration::from_millis(400));
     let text = std::fs::read_to_string(&s.cfg).unwrap();
     std::fs::write(&s.cfg, text.replace(&gate.endpoint, &gate2.endpoint)).unwrap();
     let mut b = s.backup_cmd(&["--once"]);
@@ -205,4 +205,61 @@ fn a_private_ca_needs_aws_ca_bundle_and_proxies_follow_no_proxy() {
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(proxy.targets.lock().unwrap().len(), before);
     assert_same_tree(&s.vol("data"), &t);
+}
+
+#[test]
+fn a_body_damaged_on_the_way_is_refused_by_its_checksum_and_sent_again() {
+    if !require_root("a_body_damaged_on_the_way_is_refused_by_its_checksum_and_sent_again") {
+        return;
+    }
+    let s = Setup::new(SetupOpts {
+        storage_class_chunks: "STANDARD",
+        ..Default::default()
+    });
+    random_file(&s.vol("data").join("f.bin"), 20 * MIB);
+    let log = Arc::new(Mutex::new(WireLog::default()));
+    let front = checksum_checker(s.moto.port, 1, log.clone());
+    point_config_at(&s, &front.endpoint);
+    let r = output_within(&mut s.backup_cmd(&[]), 120);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains("s3_retry") && r.stderr.contains("BadDigest"),
+        "{r:?}"
+    );
+    {
+        let g = log.lock().unwrap();
+        assert_eq!(g.refused, 1, "{g:?}");
+        assert!(
+            g.puts > 3 && g.puts_with_checksum == g.puts,
+            "every upload carries a checksum: {g:?}"
+        );
+        assert!(
+            g.creates_declaring >= 1 && g.completes_listing == g.completes,
+            "{g:?}"
+        );
+    }
+    let t = s.fs.path("restored");
+    let r = output_within(&mut restore_cmd(&s, &t), 120);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_same_tree(&s.vol("data"), &t);
+
+    // Without checksums the same damage is stored, and found only at restore time.
+    let text = std::fs::read_to_string(&s.cfg).unwrap();
+    std::fs::write(
+        &s.cfg,
+        text.replace("[s3]\n", "[s3]\nchecksum = \"none\"\n"),
+    )
+    .unwrap();
+    let log2 = Arc::new(Mutex::new(WireLog::default()));
+    let front2 = checksum_checker(s.moto.port, 1, log2.clone());
+    let text = std::fs::read_to_string(&s.cfg).unwrap();
+    std::fs::write(&s.cfg, text.replace(&front.endpoint, &front2.endpoint)).unwrap();
+    random_file(&s.vol("data").join("g.bin"), 12 * MIB);
+    let r = output_within(&mut s.backup_cmd(&["--once"]), 120);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(log2.lock().unwrap().puts_with_checksum, 0);
+    let t2 = s.fs.path("restored2");
+    let r = output_within(&mut restore_cmd(&s, &t2), 120);
+    assert_ne!(r.code, 0, "damage without a checksum went unnoticed: {r:?}");
+    assert!(r.stderr.contains("SHA-256"), "{r:?}");
 }

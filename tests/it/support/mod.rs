@@ -321,6 +321,7 @@ impl Moto {
                 bucket: bucket.into(),
                 region: REGION.into(),
                 endpoint_url: Some(self.endpoint.clone()),
+                ..Default::default()
             },
             4,
             &self.access_key,

@@ -365,17 +365,32 @@ impl Drop for CredsEndpoint {
     }
 }
 
-/// In front of moto: a request signed with an access key past its `refuse_after` gets
-/// `400 ExpiredToken` (as AWS answers); any other is passed on, one request per
-/// connection, after `delay` (so that a run lasts long enough to outlive credentials).
-pub struct Gatekeeper {
+/// What a [`Front`] does with one request: answer it itself, or pass it on.
+pub enum Verdict {
+    Answer(u16, String),
+    Forward,
+}
+
+/// A request as a [`Front`] hook sees it; the hook may change the body (damage it).
+pub struct Seen<'a> {
+    pub line: &'a str,
+    pub headers: &'a HashMap<String, String>,
+    pub body: &'a mut Vec<u8>,
+}
+
+type Hook = dyn Fn(&mut Seen<'_>) -> Verdict + Send + Sync;
+
+/// A plain-HTTP front for moto on 127.0.0.1: each request goes to `hook` first, which
+/// answers it (as the service would) or lets it through to moto, one upstream
+/// connection per request, the reply passed back whole with `Connection: close`.
+pub struct Front {
     pub endpoint: String,
     stop: Arc<AtomicBool>,
     port: u16,
 }
 
-impl Gatekeeper {
-    pub fn start(target_port: u16, ledger: Arc<Mutex<Ledger>>, delay: Duration) -> Gatekeeper {
+impl Front {
+    pub fn start(target_port: u16, hook: Arc<Hook>) -> Front {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
@@ -386,44 +401,30 @@ impl Gatekeeper {
                     return;
                 }
                 let Ok(c) = conn else { continue };
-                let lg = ledger.clone();
+                let hook = hook.clone();
                 std::thread::spawn(move || {
                     let mut r = BufReader::new(c.try_clone().unwrap());
                     let mut w = c;
-                    while let Some((line, headers, raw, body)) = read_request(&mut r) {
-                        let key = headers
-                            .get("authorization")
-                            .and_then(|a| a.split("Credential=").nth(1))
-                            .and_then(|c| c.split('/').next())
-                            .unwrap_or("")
-                            .to_string();
-                        let expired = {
-                            let mut g = lg.lock().unwrap();
-                            let e = g.refuse_after.get(&key).is_some_and(|&t| unix_now() > t);
-                            if e {
-                                g.refused += 1;
-                            } else {
-                                g.passed += 1;
-                            }
-                            e
-                        };
-                        if expired {
-                            // As S3: a HEAD reply has no body, so no error code either.
+                    while let Some((line, headers, raw, mut body)) = read_request(&mut r) {
+                        let verdict = hook(&mut Seen {
+                            line: &line,
+                            headers: &headers,
+                            body: &mut body,
+                        });
+                        if let Verdict::Answer(status, b) = verdict {
+                            // As S3: a HEAD reply has no body.
                             let b = if line.starts_with("HEAD ") {
                                 ""
                             } else {
-                                "<?xml version=\"1.0\"?><Error><Code>ExpiredToken</Code><Message>The provided token has expired.</Message></Error>"
+                                b.as_str()
                             };
                             let _ = write!(
                                 w,
-                                "HTTP/1.1 400 Bad Request\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{b}",
+                                "HTTP/1.1 {status} X\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{b}",
                                 b.len()
                             );
                             continue;
                         }
-                        std::thread::sleep(delay);
-                        // One upstream connection per request, its reply passed back whole
-                        // with Connection: close, so the client opens a new one next time.
                         let Ok(mut up) = TcpStream::connect(("127.0.0.1", target_port)) else {
                             return;
                         };
@@ -464,7 +465,7 @@ impl Gatekeeper {
                 });
             }
         });
-        Gatekeeper {
+        Front {
             endpoint: format!("http://127.0.0.1:{port}"),
             stop,
             port,
@@ -472,9 +473,111 @@ impl Gatekeeper {
     }
 }
 
-impl Drop for Gatekeeper {
+impl Drop for Front {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect(("127.0.0.1", self.port));
     }
+}
+
+/// In front of moto: a request signed with an access key past its `refuse_after` gets
+/// `400 ExpiredToken` (as AWS answers); any other is passed on after `delay` (so that a
+/// run lasts long enough to outlive its credentials).
+pub fn gatekeeper(target_port: u16, ledger: Arc<Mutex<Ledger>>, delay: Duration) -> Front {
+    Front::start(
+        target_port,
+        Arc::new(move |r: &mut Seen<'_>| {
+            let key = r
+                .headers
+                .get("authorization")
+                .and_then(|a| a.split("Credential=").nth(1))
+                .and_then(|c| c.split('/').next())
+                .unwrap_or("")
+                .to_string();
+            let expired = {
+                let mut g = ledger.lock().unwrap();
+                let e = g.refuse_after.get(&key).is_some_and(|&t| unix_now() > t);
+                if e {
+                    g.refused += 1;
+                } else {
+                    g.passed += 1;
+                }
+                e
+            };
+            if expired {
+                return Verdict::Answer(
+                    400,
+                    "<?xml version=\"1.0\"?><Error><Code>ExpiredToken</Code><Message>The provided token has expired.</Message></Error>".into(),
+                );
+            }
+            std::thread::sleep(delay);
+            Verdict::Forward
+        }),
+    )
+}
+
+/// What [`checksum_checker`] saw.
+#[derive(Default, Debug)]
+pub struct WireLog {
+    /// PUTs with a body (PutObject, UploadPart), and those with an x-amz-checksum-crc32c.
+    pub puts: usize,
+    pub puts_with_checksum: usize,
+    /// Bodies refused because they did not match their checksum.
+    pub refused: usize,
+    /// CreateMultipartUpload requests declaring CRC32C.
+    pub creates_declaring: usize,
+    /// CompleteMultipartUpload bodies listing part checksums.
+    pub completes_listing: usize,
+    pub completes: usize,
+}
+
+/// In front of moto, the part of S3 that moto lacks: a body whose
+/// `x-amz-checksum-crc32c` does not match is refused with `400 BadDigest`. Before the
+/// check, the first `damage` PUT bodies of at least 1 MiB get one byte flipped, as a bad
+/// link would.
+pub fn checksum_checker(target_port: u16, damage: usize, log: Arc<Mutex<WireLog>>) -> Front {
+    use base64::Engine;
+    let damaged = std::sync::atomic::AtomicUsize::new(0);
+    Front::start(
+        target_port,
+        Arc::new(move |r: &mut Seen<'_>| {
+            let mut g = log.lock().unwrap();
+            if r.line.starts_with("POST ") && r.line.contains("?uploads") {
+                if r.headers
+                    .get("x-amz-checksum-algorithm")
+                    .map(String::as_str)
+                    == Some("CRC32C")
+                {
+                    g.creates_declaring += 1;
+                }
+            } else if r.line.starts_with("POST ") && r.line.contains("uploadId=") {
+                g.completes += 1;
+                if String::from_utf8_lossy(r.body).contains("<ChecksumCRC32C>") {
+                    g.completes_listing += 1;
+                }
+            }
+            if !r.line.starts_with("PUT ") || r.body.is_empty() {
+                return Verdict::Forward;
+            }
+            g.puts += 1;
+            if r.body.len() >= 1 << 20 && damaged.fetch_add(1, Ordering::SeqCst) < damage {
+                let mid = r.body.len() / 2;
+                r.body[mid] ^= 0x5a;
+            }
+            let Some(sum) = r.headers.get("x-amz-checksum-crc32c") else {
+                return Verdict::Forward;
+            };
+            g.puts_with_checksum += 1;
+            let actual = base64::engine::general_purpose::STANDARD
+                .encode(crc32c::crc32c(r.body).to_be_bytes());
+            if &actual != sum {
+                g.refused += 1;
+                return Verdict::Answer(
+                    400,
+                    "<?xml version=\"1.0\"?><Error><Code>BadDigest</Code><Message>The CRC32C you specified did not match the calculated checksum.</Message></Error>".into(),
+                );
+            }
+            Verdict::Forward
+        }),
+    )
 }
