@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end check (as root): full backup -> change data -> incremental -> restore ->
-# verify, on a scratch loop-device btrfs, against any S3 endpoint, always with the STANDARD
-# storage class. Prints "E2E OK" or "E2E FAILED at step: ...".
+# compare -> verify (HEAD of every chunk) -> verify --deep (every byte read back and
+# hashed) -> a wrong secret key is refused, on a scratch loop-device btrfs, against any S3
+# endpoint, always with the STANDARD storage class. Prints "E2E OK" or
+# "E2E FAILED at step: ...". contrib/interop.sh runs it against each local S3 server.
 #
 #   E2E_BUCKET        bucket; unset: a local moto server on 127.0.0.1 is started and used
 #   E2E_REGION        region (us-east-1)
@@ -9,6 +11,7 @@
 #   E2E_ENDPOINT_URL  optional S3-compatible endpoint
 #   E2E_CLEANUP=1     delete the prefix afterwards (aws CLI, s3:DeleteObject)
 #   E2E_DATA_MIB      size of the large test file (24)
+#   E2E_SSE           s3.sse (AES256; "none" for servers that refuse or drop SSE headers)
 #   E2E_BIN           binary to test (default: build target/release/btrfs_to_s3)
 #   AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN / AWS_PROFILE: credentials
 set -euo pipefail
@@ -70,13 +73,16 @@ if [ -z "$bucket" ]; then
     moto=$(bash contrib/install-test-tools.sh | tail -n 1)
   fi
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  "$moto" -H 127.0.0.1 -p "$port" > "$work/moto.log" 2>&1 &
+  # Signature checking on: an IAM user and key made through the server, then reset-auth
+  # (tests/it/support/moto_iam.py).
+  INITIAL_NO_AUTH_ACTION_COUNT=inf "$moto" -H 127.0.0.1 -p "$port" > "$work/moto.log" 2>&1 &
   moto_pid=$!
-  for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+  for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port/moto-api/" && break; sleep 0.1; done
   bucket=e2e-bucket
   endpoint=http://127.0.0.1:$port
-  curl -sf -X PUT "$endpoint/$bucket" > /dev/null
-  export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-local} AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-local}
+  read -r AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY _ < <("$(dirname "$moto")/python" tests/it/support/moto_iam.py "$endpoint" "$bucket")
+  export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
+  unset AWS_SESSION_TOKEN AWS_PROFILE
 fi
 echo "bucket=$bucket region=$region prefix=$prefix endpoint=${endpoint:-AWS}"
 
@@ -102,6 +108,7 @@ storage_class_manifest = "STANDARD"
 chunk_size_bytes = 16777216
 part_size_bytes = 5242880
 concurrency = 4
+sse = "${E2E_SSE:-AES256}"
 ${endpoint:+endpoint_url = \"$endpoint\"}
 [restore]
 verify_mode = "full"
@@ -130,6 +137,19 @@ snap=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["subvolum
 diff -r --no-dereference "$snap" "$mnt/restored"
 cmp "$mnt/demo/large.bin" "$mnt/restored/large.bin"
 echo "restored tree matches $snap"
+
+step "verify: every chunk present, of its size, class and encryption"
+"$bin" verify --config "$cfg" 2>&1 | tail -n 3
+
+step "verify --deep: every chunk read back and its SHA-256 checked"
+"$bin" verify --config "$cfg" --deep 2>&1 | tail -n 3
+
+step "a wrong secret key is refused by the server"
+if AWS_SECRET_ACCESS_KEY="wrong-$RANDOM$RANDOM" "$bin" list --config "$cfg" > "$work/wrong.log" 2>&1; then
+  echo "the server accepted a request signed with a wrong secret key" >&2
+  false
+fi
+grep -Eo 'SignatureDoesNotMatch|InvalidAccessKeyId|AccessDenied|Forbidden' "$work/wrong.log" | head -n 1
 
 if [ "${E2E_CLEANUP:-0}" = 1 ] && [ -z "$moto_pid" ]; then
   step "delete the test prefix"
