@@ -158,7 +158,7 @@ pub fn is_certificate_error(t: &ureq::Transport) -> bool {
         src = e.source();
     }
     let t = text.to_ascii_lowercase();
-    t.contains("invalid peer certificate") || t.contains("certificate") && t.contains("unknown")
+    t.contains("invalid peer certificate") || (t.contains("certificate") && t.contains("unknown"))
 }
 
 /// The message for a certificate error.

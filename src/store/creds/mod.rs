@@ -159,6 +159,17 @@ impl Provider {
         self.source.describe()
     }
 
+    /// Starts the cache with credentials already fetched at `now`.
+    fn prime(&self, creds: Credentials, now: i64) {
+        if let Ok(mut g) = self.cache.lock() {
+            *g = Some(Cached {
+                creds,
+                fetched: now,
+                stale: false,
+            });
+        }
+    }
+
     /// When credentials fetched at `fetched` and expiring at `expires` are renewed.
     fn renew_at(fetched: i64, expires: i64) -> i64 {
         let life = (expires - fetched).max(0);
@@ -323,7 +334,12 @@ pub fn from_env(l: &Lookup<'_>) -> Result<Provider, String> {
     } else {
         let imds = remote::Imds::new(l)?;
         match imds.fetch() {
-            Ok(_) => return Ok(Provider::new(Box::new(imds))),
+            Ok(first) => {
+                // Asking was the only way to know it is there: keep what it gave.
+                let p = Provider::new(Box::new(imds));
+                p.prime(first, (p.now)());
+                return Ok(p);
+            }
             Err(e) => tried.push(format!("instance metadata ({e})")),
         }
     }

@@ -457,6 +457,8 @@ fn imds_v2_takes_a_session_token_first() {
     let c = resolve(&env).unwrap().get().unwrap();
     assert_eq!(c.access_key, "ASIAINSTANCE000000");
     let seen = ep.seen.lock().unwrap().clone();
+    // Finding it and using it cost one token and one document, not two.
+    assert_eq!(seen.len(), 3, "{seen:?}");
     assert_eq!(seen[0].method, "PUT");
     assert_eq!(
         seen[0].headers["x-aws-ec2-metadata-token-ttl-seconds"],
