@@ -22,7 +22,8 @@
 # Env: BENCH_DIR (/var/tmp/btrfs_to_s3-bench), CONCURRENCY (4), PART_MIB (16),
 #      CHUNK_MIB (512), ROUNDS (1): with ROUNDS=N the aws CLI row and both big backups are
 #      measured N times, interleaved, and the ratio to the aws CLI is printed per round
-#      (this shared machine varies by 10-20 % from run to run).
+#      (this shared machine varies by 10-20 % from run to run); BENCH_BIN: the binary to
+#      measure (default: this tree's release build), for before/after comparisons.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -50,7 +51,8 @@ if [ ! -x "$s3s" ]; then
   cargo install s3s-fs@0.14.1 --features binary --root "$repo/.test-tools/s3s-fs" --quiet
 fi
 cargo build --release --quiet --bin btrfs_to_s3 --example transport_bench
-bin=$repo/target/release/btrfs_to_s3
+# BENCH_BIN measures another build (say, an earlier commit's) in the same rows.
+bin=${BENCH_BIN:-$repo/target/release/btrfs_to_s3}
 
 mnt=$dir/mnt
 s3pid=
