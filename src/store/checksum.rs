@@ -60,10 +60,20 @@ impl Checksum {
         }
     }
 
+    /// The base64 checksum of `b`.
+    pub fn of_bytes(self, b: &[u8]) -> Option<String> {
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        match self {
+            Checksum::None => None,
+            Checksum::Crc32c => Some(b64(&crc32c::crc32c(b).to_be_bytes())),
+            Checksum::Sha256 => Some(b64(&Sha256::digest(b))),
+        }
+    }
+
     /// The base64 checksum of everything `r` yields.
     pub fn of_reader(self, r: &mut dyn Read) -> std::io::Result<Option<String>> {
         let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-        let mut buf = vec![0u8; 1 << 20];
+        let mut buf = vec![0u8; 256 << 10];
         match self {
             Checksum::None => Ok(None),
             Checksum::Crc32c => {
@@ -100,8 +110,13 @@ impl Checksum {
         let Some(name) = self.header() else {
             return Ok(None);
         };
-        let value = self
-            .of_reader(&mut body.reader())
+        // A body in memory is summed where it lies; a spooled one is read once more
+        // (from the page cache, positioned reads).
+        let summed = match body {
+            Body::Bytes(b) => Ok(self.of_bytes(b)),
+            Body::File { .. } => self.of_reader(&mut body.reader()),
+        };
+        let value = summed
             .map_err(|e| {
                 StoreError::new(
                     ErrorKind::Permanent,
@@ -194,6 +209,9 @@ mod tests {
             base64::engine::general_purpose::STANDARD.encode(whole.to_be_bytes())
         );
         assert_eq!(Checksum::None.of_reader(&mut &b"x"[..]).unwrap(), None);
+        for a in [Checksum::Crc32c, Checksum::Sha256, Checksum::None] {
+            assert_eq!(a.of_bytes(&big), a.of_reader(&mut &big[..]).unwrap());
+        }
     }
 
     #[test]
