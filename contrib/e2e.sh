@@ -12,6 +12,7 @@
 #   E2E_CLEANUP=1     delete the prefix afterwards (aws CLI, s3:DeleteObject)
 #   E2E_DATA_MIB      size of the large test file (24)
 #   E2E_SSE           s3.sse (AES256; "none" for servers that refuse or drop SSE headers)
+#   E2E_CHECKSUM      s3.checksum (crc32c; sha256; none)
 #   E2E_BIN           binary to test (default: build target/release/btrfs_to_s3)
 #   AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN / AWS_PROFILE: credentials
 set -euo pipefail
@@ -109,13 +110,14 @@ chunk_size_bytes = 16777216
 part_size_bytes = 5242880
 concurrency = 4
 sse = "${E2E_SSE:-AES256}"
+checksum = "${E2E_CHECKSUM:-crc32c}"
 ${endpoint:+endpoint_url = \"$endpoint\"}
 [restore]
 verify_mode = "full"
 TOML
 
 step "full backup"
-"$bin" backup --config "$cfg" 2>&1 | tee "$work/full.log" | grep -E 'event=(plan|backup_metrics|backup_summary)'
+"$bin" backup --config "$cfg" 2>&1 | tee "$work/full.log" | grep -E 'event=(plan|backup_metrics|backup_summary)|ERROR|error:'
 grep -q 'action=full' "$work/full.log"
 
 step "change data"
@@ -126,7 +128,7 @@ mv "$mnt/demo/docs/doc4.txt" "$mnt/demo/docs/renamed.txt"
 sleep 1
 
 step "incremental backup"
-"$bin" backup --config "$cfg" --once 2>&1 | tee "$work/inc.log" | grep -E 'event=(plan|backup_metrics|backup_summary)'
+"$bin" backup --config "$cfg" --once 2>&1 | tee "$work/inc.log" | grep -E 'event=(plan|backup_metrics|backup_summary)|ERROR|error:'
 grep -q 'action=incremental' "$work/inc.log"
 
 step "restore the chain (full + incremental) into a new subvolume"

@@ -1,8 +1,10 @@
 //! Test doubles shared by unit tests: a `FakeBtrfs` that keeps snapshots as plain
-//! directories and send streams in memory, and a scratch directory helper.
+//! directories and send streams in memory, a scratch directory helper, and [`serve`], a
+//! local HTTP endpoint with canned replies (S3, STS and metadata stand-ins).
 
 use std::collections::HashMap;
-use std::io::{Cursor, Read, Write};
+use std::io::{BufRead, BufReader, Cursor, Read, Write};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -245,4 +247,99 @@ impl Btrfs for FakeBtrfs {
         }
         Ok(())
     }
+}
+
+/// One recorded request: method, path, headers (lower-case names), body.
+#[derive(Clone, Debug)]
+pub struct Req {
+    pub method: String,
+    pub path: String,
+    pub headers: HashMap<String, String>,
+    pub body: String,
+}
+
+/// A local HTTP endpoint on 127.0.0.1 answering each request with
+/// `reply(request) -> (status, body)` (one request per connection), recording them all.
+pub struct HttpStub {
+    pub url: String,
+    pub seen: Arc<Mutex<Vec<Req>>>,
+}
+
+/// A canned reply; `(status, body)` converts into one without headers.
+pub struct Reply {
+    pub status: u16,
+    /// Sent as given; a `content-length` here replaces the body's (HEAD replies).
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl From<(u16, String)> for Reply {
+    fn from((status, body): (u16, String)) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body,
+        }
+    }
+}
+
+pub fn serve<R: Into<Reply>>(reply: impl Fn(&Req) -> R + Send + 'static) -> HttpStub {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { return };
+            let mut r = BufReader::new(c.try_clone().unwrap());
+            let mut line = String::new();
+            if r.read_line(&mut line).is_err() || line.is_empty() {
+                continue;
+            }
+            let mut parts = line.split_whitespace();
+            let (method, path) = (
+                parts.next().unwrap_or("").to_string(),
+                parts.next().unwrap_or("").to_string(),
+            );
+            let mut headers = HashMap::new();
+            loop {
+                let mut h = String::new();
+                r.read_line(&mut h).unwrap();
+                let h = h.trim_end();
+                if h.is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = h.split_once(':') {
+                    headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+                }
+            }
+            let n: usize = headers
+                .get("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0; n];
+            r.read_exact(&mut body).unwrap();
+            let req = Req {
+                method,
+                path,
+                headers,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            };
+            let r: Reply = reply(&req).into();
+            s2.lock().unwrap().push(req);
+            let mut head = format!("HTTP/1.1 {} X\r\nConnection: close\r\n", r.status);
+            if !r
+                .headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            {
+                head.push_str(&format!("Content-Length: {}\r\n", r.body.len()));
+            }
+            for (k, v) in &r.headers {
+                head.push_str(&format!("{k}: {v}\r\n"));
+            }
+            let _ = write!(c, "{head}\r\n{}", r.body);
+        }
+    });
+    HttpStub { url, seen }
 }

@@ -575,15 +575,36 @@ impl ObjectStore for S3Store {
                 expired_credentials: false,
             });
         }
-        doc.and_then(|d| d.text_of("ETag"))
-            .filter(|e| !e.is_empty())
-            .ok_or_else(|| {
-                StoreError::new(
-                    ErrorKind::Permanent,
-                    op,
-                    "the reply has no ETag, so the object was not assembled",
-                )
-            })
+        let no_etag = || {
+            StoreError::new(
+                ErrorKind::Permanent,
+                op.clone(),
+                "the reply has no ETag, so the object was not assembled",
+            )
+        };
+        let Some(doc) = doc else {
+            return Err(no_etag());
+        };
+        if let Some(etag) = doc.text_of("ETag").filter(|e| !e.is_empty()) {
+            return Ok(etag);
+        }
+        // Ceph RGW 16 answers a real CompleteMultipartUploadResult with an empty ETag.
+        // Only that reply is believed, and only when a HEAD then shows the object with a
+        // multipart ETag of as many parts as we listed.
+        if doc.name != "CompleteMultipartUploadResult" {
+            return Err(no_etag());
+        }
+        let suffix = format!("-{}", parts.len());
+        match self.head(key)? {
+            Some(m) => match m.etag {
+                Some(e) if e.trim_matches('"').ends_with(&suffix) => {
+                    crate::event!(Debug, "complete_etag_from_head", key = key, etag = e);
+                    Ok(e)
+                }
+                _ => Err(no_etag()),
+            },
+            None => Err(no_etag()),
+        }
     }
 
     fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
@@ -896,6 +917,66 @@ mod tests {
             }
             // The bucket-level URL (listings) is fine.
             assert!(s.url("", "uploads").is_ok());
+        }
+    }
+
+    #[test]
+    fn an_empty_complete_etag_is_believed_only_with_a_multipart_head() {
+        use crate::testing::{serve, Reply};
+        let complete = |etag: &str| {
+            format!(
+                "<?xml version=\"1.0\"?><CompleteMultipartUploadResult><Key>k</Key><ETag>{etag}</ETag></CompleteMultipartUploadResult>"
+            )
+        };
+        // (the Complete reply, the HEAD's ETag, what complete_multipart returns)
+        let cases: Vec<(String, Option<&str>, Result<&str, &str>)> = vec![
+            (complete("\"abc-2\""), None, Ok("\"abc-2\"")),
+            // Ceph RGW 16: an empty ETag, and the object is there with 2 parts.
+            (complete(""), Some("\"d41d-2\""), Ok("\"d41d-2\"")),
+            (complete(""), Some("\"d41d\""), Err("no ETag")),
+            (complete(""), None, Err("no ETag")),
+            // Not an S3 reply (a captive portal): no HEAD is even asked.
+            (
+                "<html>ok</html>".to_string(),
+                Some("\"d41d-2\""),
+                Err("no ETag"),
+            ),
+        ];
+        for (reply, head, want) in cases {
+            let reply_is_html = reply.contains("<html>");
+            let head = head.map(str::to_string);
+            let stub = serve(move |r| match r.method.as_str() {
+                "POST" => Reply::from((200, reply.clone())),
+                _ => match &head {
+                    Some(e) => Reply {
+                        status: 200,
+                        headers: vec![
+                            ("ETag".into(), e.clone()),
+                            ("Content-Length".into(), "10485760".into()),
+                        ],
+                        body: String::new(),
+                    },
+                    None => Reply::from((404, String::new())),
+                },
+            });
+            let ep = Endpoint {
+                bucket: "bkt".into(),
+                region: "eu-west-1".into(),
+                endpoint_url: Some(stub.url.clone()),
+                checksum: Checksum::None,
+            };
+            let s = S3Store::with_keys(&ep, 2, "AKIDEXAMPLE", "secret").unwrap();
+            let parts = vec![(1, "\"p1\"".to_string()), (2, "\"p2\"".to_string())];
+            let got = s.complete_multipart("p/k", "up1", &parts);
+            let html = reply_is_html;
+            match want {
+                Ok(e) => assert_eq!(got.unwrap(), e),
+                Err(w) => assert!(got.unwrap_err().to_string().contains(w)),
+            }
+            let seen = stub.seen.lock().unwrap().clone();
+            if html {
+                assert!(seen.iter().all(|r| r.method != "HEAD"), "{seen:?}");
+            }
         }
     }
 }

@@ -2,13 +2,13 @@
 //! standing in for STS, the container endpoint and IMDS; renewal with a fake clock.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::*;
 use crate::store::http::Transport;
+use crate::testing::serve;
 
 #[derive(Default)]
 struct E(HashMap<String, String>);
@@ -40,75 +40,6 @@ fn resolve(env: &E) -> Result<Provider, String> {
         transport: &t,
         region: "eu-west-1",
     })
-}
-
-/// One recorded request: method, path, headers (lower-case names), body.
-#[derive(Clone, Debug)]
-struct Req {
-    method: String,
-    path: String,
-    headers: HashMap<String, String>,
-    body: String,
-}
-
-/// A local HTTP endpoint answering with `reply(request) -> (status, body)`.
-struct Endpoint {
-    url: String,
-    seen: Arc<Mutex<Vec<Req>>>,
-}
-
-fn serve(reply: impl Fn(&Req) -> (u16, String) + Send + 'static) -> Endpoint {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let s2 = seen.clone();
-    std::thread::spawn(move || {
-        for conn in l.incoming() {
-            let Ok(mut c) = conn else { return };
-            let mut r = BufReader::new(c.try_clone().unwrap());
-            let mut line = String::new();
-            if r.read_line(&mut line).is_err() || line.is_empty() {
-                continue;
-            }
-            let mut parts = line.split_whitespace();
-            let (method, path) = (
-                parts.next().unwrap_or("").to_string(),
-                parts.next().unwrap_or("").to_string(),
-            );
-            let mut headers = HashMap::new();
-            loop {
-                let mut h = String::new();
-                r.read_line(&mut h).unwrap();
-                let h = h.trim_end();
-                if h.is_empty() {
-                    break;
-                }
-                if let Some((k, v)) = h.split_once(':') {
-                    headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-                }
-            }
-            let n: usize = headers
-                .get("content-length")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            let mut body = vec![0; n];
-            r.read_exact(&mut body).unwrap();
-            let req = Req {
-                method,
-                path,
-                headers,
-                body: String::from_utf8_lossy(&body).into_owned(),
-            };
-            let (status, text) = reply(&req);
-            s2.lock().unwrap().push(req);
-            let _ = write!(
-                c,
-                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
-                text.len()
-            );
-        }
-    });
-    Endpoint { url, seen }
 }
 
 fn sts_reply(id: &str, expires: &str) -> String {
