@@ -340,7 +340,7 @@ pub fn from_env(l: &Lookup<'_>) -> Result<Provider, String> {
                 p.prime(first, (p.now)());
                 return Ok(p);
             }
-            Err(e) => tried.push(format!("instance metadata ({e})")),
+            Err(e) => tried.push(e),
         }
     }
     Err(format!(
