@@ -979,4 +979,63 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn http_proxy_carries_plain_http_requests_and_no_proxy_skips_it() {
+        use crate::testing::{serve, Reply};
+        struct E(Vec<(&'static str, String)>);
+        impl crate::config::Env for E {
+            fn var(&self, n: &str) -> Option<String> {
+                self.0.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone())
+            }
+        }
+        let proxy = serve(|_| Reply {
+            status: 200,
+            headers: vec![("ETag".into(), "\"e1\"".into())],
+            body: String::new(),
+        });
+        let ep = Endpoint {
+            bucket: "bkt".into(),
+            region: "eu-west-1".into(),
+            // Nothing listens there: only the proxy can answer.
+            endpoint_url: Some("http://127.0.0.1:9".into()),
+            checksum: Checksum::Crc32c,
+        };
+        let opts = PutOptions {
+            storage_class: "STANDARD".into(),
+            sse: "none".into(),
+            content_type: "x",
+            kms_key_id: None,
+        };
+        let via = |env: E| {
+            let t = Transport::from_env(&env).unwrap();
+            let s = S3Store::with_provider(
+                &ep,
+                2,
+                Provider::fixed("AKIDEXAMPLE", "secret", None).unwrap(),
+                &t,
+            )
+            .unwrap();
+            s.put_object("p/k", Body::Bytes(b"hello"), &opts)
+        };
+        assert_eq!(
+            via(E(vec![("HTTP_PROXY", proxy.url.clone())])).unwrap(),
+            "\"e1\""
+        );
+        let seen = proxy.seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 1);
+        // The proxy is asked for the absolute URL; the signed Host stays the endpoint's.
+        assert_eq!(seen[0].path, "http://127.0.0.1:9/bkt/p/k");
+        assert_eq!(seen[0].headers["host"], "127.0.0.1:9");
+        // CRC-32C of "hello" is 0x9A71BB4C.
+        assert_eq!(seen[0].headers["x-amz-checksum-crc32c"], "mnG7TA==");
+        // NO_PROXY names the host: it goes direct, and fails (nothing listens).
+        let e = via(E(vec![
+            ("HTTP_PROXY", proxy.url.clone()),
+            ("NO_PROXY", "127.0.0.1".into()),
+        ]))
+        .unwrap_err();
+        assert!(e.is_transient(), "{e}");
+        assert_eq!(proxy.seen.lock().unwrap().len(), 1);
+    }
 }
