@@ -265,6 +265,43 @@ pub struct HttpStub {
     pub seen: Arc<Mutex<Vec<Req>>>,
 }
 
+/// One HTTP request as read off a socket: request line, headers (lower-case names), the
+/// raw head as received, and the body (`Content-Length` bytes).
+pub type RawRequest = (String, HashMap<String, String>, Vec<u8>, Vec<u8>);
+
+/// Reads one request from a test client; None at the end of the connection.
+pub fn read_request<S: Read>(r: &mut BufReader<S>) -> Option<RawRequest> {
+    let mut raw = Vec::new();
+    let mut line = String::new();
+    if r.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    raw.extend_from_slice(line.as_bytes());
+    let request_line = line.trim_end().to_string();
+    let mut headers = HashMap::new();
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).ok()? == 0 {
+            return None;
+        }
+        raw.extend_from_slice(h.as_bytes());
+        let t = h.trim_end();
+        if t.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = t.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let n: usize = headers
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; n];
+    r.read_exact(&mut body).ok()?;
+    Some((request_line, headers, raw, body))
+}
+
 /// A canned reply; `(status, body)` converts into one without headers.
 pub struct Reply {
     pub status: u16,
@@ -292,33 +329,14 @@ pub fn serve<R: Into<Reply>>(reply: impl Fn(&Req) -> R + Send + 'static) -> Http
         for conn in l.incoming() {
             let Ok(mut c) = conn else { return };
             let mut r = BufReader::new(c.try_clone().unwrap());
-            let mut line = String::new();
-            if r.read_line(&mut line).is_err() || line.is_empty() {
+            let Some((line, headers, _, body)) = read_request(&mut r) else {
                 continue;
-            }
+            };
             let mut parts = line.split_whitespace();
             let (method, path) = (
                 parts.next().unwrap_or("").to_string(),
                 parts.next().unwrap_or("").to_string(),
             );
-            let mut headers = HashMap::new();
-            loop {
-                let mut h = String::new();
-                r.read_line(&mut h).unwrap();
-                let h = h.trim_end();
-                if h.is_empty() {
-                    break;
-                }
-                if let Some((k, v)) = h.split_once(':') {
-                    headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-                }
-            }
-            let n: usize = headers
-                .get("content-length")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            let mut body = vec![0; n];
-            r.read_exact(&mut body).unwrap();
             let req = Req {
                 method,
                 path,
