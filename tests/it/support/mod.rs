@@ -406,6 +406,8 @@ pub fn test_env(c: &mut Command) -> &mut Command {
         .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
         .env_remove("AWS_CONTAINER_CREDENTIALS_FULL_URI")
         .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        // The endpoints here are plain http; the TLS test sets its own bundle.
+        .env_remove("AWS_CA_BUNDLE")
         .env_remove("HTTPS_PROXY")
         .env_remove("https_proxy")
         .env_remove("HTTP_PROXY")
