@@ -118,6 +118,15 @@ struct Cached {
     fetched: i64,
     /// The service refused them (`ExpiredToken`): fetch before the next use.
     stale: bool,
+    /// After a failed renewal, no new attempt before this time (every request would
+    /// otherwise wait out the source's timeout while the credentials still work).
+    next_try: i64,
+}
+
+/// The pause after a failed renewal: a tenth of the time the credentials have left,
+/// between 1 and 60 seconds.
+fn renewal_pause(valid_for: i64) -> i64 {
+    (valid_for / 10).clamp(1, 60)
 }
 
 /// Credentials from one source, cached and renewed ahead of expiry.
@@ -166,6 +175,7 @@ impl Provider {
                 creds,
                 fetched: now,
                 stale: false,
+                next_try: now,
             });
         }
     }
@@ -187,7 +197,7 @@ impl Provider {
         if let Some(c) = g.as_ref() {
             let due = match c.creds.expires {
                 None => false,
-                Some(exp) => now >= Provider::renew_at(c.fetched, exp),
+                Some(exp) => now >= Provider::renew_at(c.fetched, exp) && now >= c.next_try,
             };
             if !due && !c.stale {
                 return Ok(c.creds.clone());
@@ -215,17 +225,21 @@ impl Provider {
                     creds: creds.clone(),
                     fetched: now,
                     stale: false,
+                    next_try: now,
                 });
                 Ok(creds)
             }
-            Err(e) => match g.as_ref() {
+            Err(e) => match g.as_mut() {
                 Some(c) if !c.stale && c.creds.expires.is_some_and(|exp| exp > now) => {
+                    let valid_for = c.creds.expires.unwrap_or(now) - now;
+                    c.next_try = now + renewal_pause(valid_for);
                     crate::event!(
                         Warn,
                         "credentials_renewal_failed",
                         source = self.source.describe(),
                         error = e,
-                        valid_for_seconds = c.creds.expires.unwrap_or(now) - now
+                        valid_for_seconds = valid_for,
+                        next_try_in_seconds = c.next_try - now
                     );
                     Ok(c.creds.clone())
                 }

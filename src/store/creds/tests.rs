@@ -403,16 +403,18 @@ fn fake_now() -> i64 {
     CLOCK.load(Ordering::SeqCst)
 }
 
-/// A source whose credentials live `life` seconds; `fail` makes it fail.
+/// A source whose credentials live `life` seconds; `fail` makes it fail (and counts).
 struct Counting {
     n: Arc<AtomicUsize>,
     life: i64,
     fail: Arc<std::sync::atomic::AtomicBool>,
+    failures: Arc<AtomicUsize>,
 }
 
 impl Fetch for Counting {
     fn fetch(&self) -> Result<Credentials, String> {
         if self.fail.load(Ordering::SeqCst) {
+            self.failures.fetch_add(1, Ordering::SeqCst);
             return Err("endpoint down".into());
         }
         let n = self.n.fetch_add(1, Ordering::SeqCst) + 1;
@@ -432,10 +434,12 @@ impl Fetch for Counting {
 fn renewal_happens_ahead_of_expiry_and_on_expired_token() {
     let n = Arc::new(AtomicUsize::new(0));
     let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
     let mut p = Provider::new(Box::new(Counting {
         n: n.clone(),
         life: 3600,
         fail: fail.clone(),
+        failures: failures.clone(),
     }));
     p.now = fake_now;
     let t0 = fake_now();
@@ -448,11 +452,17 @@ fn renewal_happens_ahead_of_expiry_and_on_expired_token() {
     // The service says ExpiredToken: the next use fetches anew.
     assert!(p.invalidate());
     assert_eq!(p.get().unwrap().access_key, "ASIA3");
-    // A failed renewal keeps credentials that are still valid...
+    // A failed renewal keeps credentials that are still valid, and is not tried again
+    // at every request (a tenth of the time left, here 30 s)...
     let t1 = fake_now();
-    CLOCK.store(t1 + 3600 - 10, Ordering::SeqCst);
+    CLOCK.store(t1 + 3600 - 300, Ordering::SeqCst);
     fail.store(true, Ordering::SeqCst);
     assert_eq!(p.get().unwrap().access_key, "ASIA3");
+    assert_eq!(p.get().unwrap().access_key, "ASIA3");
+    assert_eq!(failures.load(Ordering::SeqCst), 1);
+    CLOCK.store(t1 + 3600 - 269, Ordering::SeqCst);
+    assert_eq!(p.get().unwrap().access_key, "ASIA3");
+    assert_eq!(failures.load(Ordering::SeqCst), 2);
     // ...and is an error once they have expired.
     CLOCK.store(t1 + 3601, Ordering::SeqCst);
     let e = p.get().err().unwrap();
@@ -463,6 +473,7 @@ fn renewal_happens_ahead_of_expiry_and_on_expired_token() {
         n: n.clone(),
         life: 20,
         fail,
+        failures,
     }));
     q.now = fake_now;
     let before = n.load(Ordering::SeqCst);
