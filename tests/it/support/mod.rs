@@ -201,9 +201,10 @@ impl Drop for BtrfsFs {
 
 /// A moto S3 server on a free 127.0.0.1 port with two buckets ([`BUCKET`],
 /// [`OTHER_BUCKET`]) that checks every SigV4 signature and IAM policy: it starts with
-/// authentication off (`INITIAL_NO_AUTH_ACTION_COUNT=inf`), `moto_iam.py` makes an IAM
-/// user with an access key, a role it may assume and the buckets, then turns checking on
-/// (`/moto-api/reset-auth`). A wrong key or a broken signer gets 403. Killed on drop.
+/// authentication off (`INITIAL_NO_AUTH_ACTION_COUNT=inf`), [`Moto::turn_on_auth`] makes
+/// an IAM user with an access key, a role it may assume and the buckets (as
+/// `moto_iam.py` does for the scripts), then turns checking on (`/moto-api/reset-auth`).
+/// A wrong key or a broken signer gets 403. Killed on drop.
 pub struct Moto {
     child: Child,
     pub port: u16,
@@ -271,11 +272,67 @@ impl Moto {
         m
     }
 
+    /// What `moto_iam.py` does, without starting Python for every server: while
+    /// authentication is still off, IAM calls need only name their service in the
+    /// Authorization header's scope (moto routes by it).
     fn turn_on_auth(&mut self) {
-        let words = run_moto_iam(&[&self.endpoint, BUCKET, OTHER_BUCKET]);
-        self.access_key = words[0].clone();
-        self.secret_key = words[1].clone();
-        self.role_arn = words[2].clone();
+        let iam = |params: &[(&str, &str)]| -> String {
+            let mut body = String::from("Version=2010-05-08");
+            for (k, v) in params {
+                body.push_str(&format!("&{k}={}", urlencode(v)));
+            }
+            ureq::post(&format!("{}/", self.endpoint))
+                .set(
+                    "Authorization",
+                    "AWS4-HMAC-SHA256 Credential=bootstrap/20260101/us-east-1/iam/aws4_request, \
+                     SignedHeaders=host, Signature=0",
+                )
+                .set("Content-Type", "application/x-www-form-urlencoded")
+                .send_string(&body)
+                .unwrap_or_else(|e| panic!("moto IAM {params:?}: {e}"))
+                .into_string()
+                .expect("moto IAM reply")
+        };
+        let allow = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["s3:*","sts:AssumeRole"],"Resource":"*"}]}"#;
+        let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"*"},"Action":"sts:AssumeRole"}]}"#;
+        iam(&[("Action", "CreateUser"), ("UserName", "btrfs-to-s3")]);
+        let policy = xml_text(
+            &iam(&[
+                ("Action", "CreatePolicy"),
+                ("PolicyName", "backup"),
+                ("PolicyDocument", allow),
+            ]),
+            "Arn",
+        );
+        iam(&[
+            ("Action", "AttachUserPolicy"),
+            ("UserName", "btrfs-to-s3"),
+            ("PolicyArn", &policy),
+        ]);
+        self.role_arn = xml_text(
+            &iam(&[
+                ("Action", "CreateRole"),
+                ("RoleName", "backup"),
+                ("AssumeRolePolicyDocument", trust),
+            ]),
+            "Arn",
+        );
+        iam(&[
+            ("Action", "AttachRolePolicy"),
+            ("RoleName", "backup"),
+            ("PolicyArn", &policy),
+        ]);
+        let key = iam(&[("Action", "CreateAccessKey"), ("UserName", "btrfs-to-s3")]);
+        self.access_key = xml_text(&key, "AccessKeyId");
+        self.secret_key = xml_text(&key, "SecretAccessKey");
+        for b in [BUCKET, OTHER_BUCKET] {
+            let r = ureq::put(&format!("{}/{b}", self.endpoint)).call();
+            assert!(r.is_ok(), "creating bucket {b} on moto: {r:?}");
+        }
+        let r = ureq::post(&format!("{}/moto-api/reset-auth", self.endpoint))
+            .set("Content-Type", "text/plain")
+            .send_string("0");
+        assert!(r.is_ok(), "turning on moto's signature checks: {r:?}");
     }
 
     fn wait_ready(&self) {
@@ -345,6 +402,28 @@ impl Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The text of the first `<name>` element of a (small, trusted) moto reply.
+fn xml_text(doc: &str, name: &str) -> String {
+    let open = format!("<{name}>");
+    let start = doc
+        .find(&open)
+        .unwrap_or_else(|| panic!("no <{name}> in moto's reply: {doc}"))
+        + open.len();
+    let end = doc[start..].find('<').expect("closing tag") + start;
+    doc[start..end].to_string()
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Runs `moto_iam.py` with the venv's python (next to moto_server); its three words.

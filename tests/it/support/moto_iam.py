@@ -1,4 +1,5 @@
-"""Signature checking for the test rig's moto server (see Moto in mod.rs).
+"""Signature checking for a moto server: contrib/e2e.sh and contrib/interop.sh set one up
+with it; the Rust rig (Moto in mod.rs) does the same set-up itself and uses --assume.
 
   moto_iam.py ENDPOINT BUCKET...
       On a moto started with INITIAL_NO_AUTH_ACTION_COUNT=inf: creates an IAM user allowed
