@@ -8,14 +8,13 @@
 use std::io::Read;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use url::Url;
 
 pub use super::checksum::Checksum;
 use super::checksum::PartSums;
 use super::creds::{self, Provider};
 use super::http::{self, AgentOpts, Transport};
-use super::sigv4::{Signer, EMPTY_SHA256, UNSIGNED_PAYLOAD};
+use super::sigv4::{payload_sha256, Signer, EMPTY_SHA256, UNSIGNED_PAYLOAD};
 use super::{
     xml, Body, ErrorKind, ListedObject, ListedPart, ObjectMeta, ObjectStore, OpenUpload,
     PutOptions, StoreError, StoreResult,
@@ -225,9 +224,7 @@ impl S3Store {
     ) -> StoreResult<ureq::Response> {
         let payload_hash = match body {
             None => EMPTY_SHA256.to_string(),
-            Some(Body::Bytes(b)) if b.len() <= SIGN_BODY_LIMIT => {
-                crate::chunker::hex(&Sha256::digest(b))
-            }
+            Some(Body::Bytes(b)) if b.len() <= SIGN_BODY_LIMIT => payload_sha256(b),
             Some(_) => UNSIGNED_PAYLOAD.to_string(),
         };
         let signed = self

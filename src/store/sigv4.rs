@@ -34,6 +34,11 @@ fn hex(b: &[u8]) -> String {
     crate::chunker::hex(b)
 }
 
+/// The `x-amz-content-sha256` of a body that is hashed and signed.
+pub fn payload_sha256(body: &[u8]) -> String {
+    hex(&Sha256::digest(body))
+}
+
 /// `2015-08-30T12:36:00Z` as SigV4 writes it: `20150830T123600Z`.
 pub fn amz_date(unix: i64) -> String {
     crate::ts::Ts::from_unix(unix).to_string()

@@ -9,7 +9,7 @@ use std::io::Read;
 use std::time::Duration;
 
 use super::super::http::AgentOpts;
-use super::super::sigv4::Signer;
+use super::super::sigv4::{payload_sha256, Signer};
 use super::super::xml;
 use super::{Credentials, Fetch, Lookup, Provider};
 
@@ -172,7 +172,7 @@ impl Fetch for AssumeRole {
             pairs.push(("ExternalId", x.as_str()));
         }
         let body = form(&pairs);
-        let hash = crate::chunker::hex(&<sha2::Sha256 as sha2::Digest>::digest(body.as_bytes()));
+        let hash = payload_sha256(body.as_bytes());
         let headers = [(
             "content-type",
             "application/x-www-form-urlencoded; charset=utf-8".to_string(),
