@@ -2,8 +2,9 @@
 //! resolves the chain as restore does (`repo::chain`) and HEADs every chunk: present,
 //! the manifest's size, the manifest's storage class, the configured SSE. The deep check
 //! also downloads every chunk that is readable now through restore's verified download
-//! (`restore::download`) into nothing, checking each SHA-256 and the manifest's
-//! `stream_sha256`; archive-class chunks are checked only once restored
+//! (`restore::download`) into nothing, checking each SHA-256, the manifest's
+//! `stream_sha256`, and the send stream's commands as restore would before `btrfs
+//! receive` (`sendstream::Guard`: no path that leaves the subvolume); archive-class chunks are checked only once restored
 //! (`restore::archive`). `backup` runs the cheap check on the parent chain before
 //! building an incremental on it (damage only: class and SSE differences do not force a
 //! full). Every finding names the key.
@@ -18,6 +19,7 @@ use crate::chunker::hex;
 use crate::repo::chain::is_damage;
 use crate::repo::{Chain, Repo};
 use crate::restore::archive::{self, is_archive, parse_restore_header, RestoreHeader};
+use crate::sendstream::Guard;
 use crate::store::{ErrorKind, StoreError};
 
 /// One thing wrong, naming the key.
@@ -245,17 +247,33 @@ impl Checker<'_> {
         for (key, m) in &chain.links {
             let mut stream = Sha256::new();
             let mut whole = true;
+            // The same check restore makes before `btrfs receive` sees a command; it
+            // follows the stream only while no chunk is skipped.
+            let mut guard = Some(Guard::new(
+                m.chunks.iter().map(|c| (c.key.as_str(), c.size)),
+                &m.snapshot.name,
+            ));
             for c in &m.chunks {
                 if unreadable.contains(&c.key) {
                     rep.not_checked.push(c.key.clone());
                     whole = false;
+                    guard = None;
                     continue;
                 }
                 if damaged.contains(&c.key) {
                     whole = false;
+                    guard = None;
                     continue;
                 }
-                let mut out = HashInto(&mut stream);
+                let mut hash = HashInto(&mut stream);
+                let mut guarded;
+                let out: &mut dyn Write = match guard.as_mut() {
+                    Some(g) => {
+                        guarded = g.writer(&mut hash);
+                        &mut guarded
+                    }
+                    None => &mut hash,
+                };
                 match crate::restore::download::stream_chunks(
                     store.clone(),
                     retrier.clone(),
@@ -263,12 +281,13 @@ impl Checker<'_> {
                     None,
                     self.piece_size,
                     self.concurrency,
-                    &mut out,
+                    out,
                 ) {
                     Ok(_) => rep.chunks_hashed += 1,
                     Err(e) if retrier.cancelled() || failed_request(&e) => return Err(e),
                     Err(e) => {
                         whole = false;
+                        guard = None;
                         rep.findings.push(Finding {
                             key: c.key.clone(),
                             problem: format!("{e:#}"),
@@ -276,6 +295,13 @@ impl Checker<'_> {
                         });
                     }
                 }
+            }
+            if let Some(Err(refused)) = guard.as_ref().map(|g| g.finish()) {
+                rep.findings.push(Finding {
+                    key: key.clone(),
+                    problem: refused.to_string(),
+                    damage: true,
+                });
             }
             if let (true, Some(want)) = (whole, &m.stream_sha256) {
                 let got = hex(&stream.finalize());
@@ -322,6 +348,7 @@ mod tests {
 
     use super::*;
     use crate::manifest::{ChunkEntry, Kind, Layout, Manifest, S3Info, SnapshotRef};
+    use crate::sendstream::build::Stream;
     use crate::store::memory::MemoryStore;
     use crate::store::PutOptions;
 
@@ -336,6 +363,26 @@ mod tests {
 
     /// A full of three chunks in `class`; returns the store and the manifest key.
     fn bucket(class: &str) -> (Arc<MemoryStore>, Repo, String) {
+        bucket_with(class, &|s| s)
+    }
+
+    /// A send stream of exactly 3,000 bytes: `subvol`, what `add` adds, a `write` that
+    /// fills it up, `end`.
+    fn stream_of(name: &str, add: &dyn Fn(Stream) -> Stream) -> Vec<u8> {
+        let build = |n: usize| {
+            add(Stream::new(1).subvol(name, [9; 16]))
+                .write("f", &vec![7u8; n])
+                .end()
+                .bytes()
+        };
+        build(3000 - build(0).len())
+    }
+
+    /// Like `bucket`, with commands of the caller's in the stream.
+    fn bucket_with(
+        class: &str,
+        add: &dyn Fn(Stream) -> Stream,
+    ) -> (Arc<MemoryStore>, Repo, String) {
         let cfg = crate::config::Config::parse(
             "[subvolumes]\npaths = [\"/srv/data\"]\n[s3]\nbucket = \"b\"\nregion = \"r\"\nprefix = \"p\"\n",
             &crate::config::ProcessEnv,
@@ -346,10 +393,11 @@ mod tests {
         let layout = Layout::new("p");
         let ts = crate::ts::Ts::parse("20250101T020000Z").unwrap();
         let mut stream = Sha256::new();
+        let bytes = stream_of(&format!("data__{ts}__full"), add);
         let chunks: Vec<ChunkEntry> = (0..3)
             .map(|i| {
                 let key = layout.chunk_key("data", Kind::Full, ts, i);
-                let data = vec![i as u8; 1000];
+                let data = bytes[i as usize * 1000..(i as usize + 1) * 1000].to_vec();
                 stream.update(&data);
                 store.insert(&key, &data, opts(class, "AES256"));
                 ChunkEntry {
@@ -454,6 +502,23 @@ mod tests {
             "{:?}",
             r.findings
         );
+    }
+
+    #[test]
+    fn deep_finds_a_doctored_stream_that_hashes_correctly() {
+        // A bucket writer's stream: correct SHA-256s, a symlink placed beside the
+        // subvolume (`../x`) pointing at a host subvolume.
+        let (_, repo, key) = bucket_with("STANDARD", &|s| s.symlink("../x", "/srv/victim"));
+        assert!(check(&repo, &key, None).findings.is_empty());
+        let r = check(&repo, &key, Some(Archived::Skip));
+        assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
+        let f = &r.findings[0];
+        assert_eq!(f.key, "p/subvol/data/full/chunk-20250101T020000Z-0.bin");
+        assert!(
+            f.problem.contains("command 2 (symlink)") && f.problem.contains("\"../x\""),
+            "{f:?}"
+        );
+        assert!(r.damaged());
     }
 
     #[test]

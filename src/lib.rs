@@ -24,6 +24,7 @@ pub mod progress;
 pub mod repo;
 pub mod restore;
 pub mod retry;
+pub mod sendstream;
 pub mod sha256x2;
 pub mod signals;
 pub mod snapshots;

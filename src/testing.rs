@@ -48,6 +48,8 @@ impl Drop for Scratch {
 
 /// Streams written to `receive`, by target directory.
 pub type Received = Arc<Mutex<Vec<(PathBuf, Vec<u8>)>>>;
+/// The received UUID of each subvolume the fake receive created.
+pub type ReceivedUuids = Arc<Mutex<HashMap<PathBuf, String>>>;
 
 #[derive(Default)]
 pub struct FakeBtrfs {
@@ -59,6 +61,7 @@ pub struct FakeBtrfs {
     pub send_error: Mutex<Option<String>>,
     /// Streams written to `receive`, by target directory.
     pub received: Received,
+    pub received_uuids: ReceivedUuids,
     /// What `send_support` says (default: protocol 2 and btrfs-progs 6.2).
     pub support: Mutex<Option<crate::btrfs::SendSupport>>,
 }
@@ -116,6 +119,7 @@ struct FakeReceive {
     dir: PathBuf,
     buf: Vec<u8>,
     out: Received,
+    uuids: ReceivedUuids,
 }
 
 impl Write for FakeReceive {
@@ -129,14 +133,13 @@ impl Write for FakeReceive {
 }
 
 impl ReceiveSink for FakeReceive {
-    /// Like `btrfs receive`, creates the subvolume the stream names: here, its first line.
+    /// Like `btrfs receive`, creates the subvolume the stream's first command names (read
+    /// with the guard) and records its received UUID for `show`.
     fn finish(self: Box<Self>) -> Result<()> {
-        if let Some(name) = self.buf.split(|b| *b == b'\n').next() {
-            if let Ok(name) = std::str::from_utf8(name) {
-                if !name.is_empty() {
-                    std::fs::create_dir_all(self.dir.join(name))?;
-                }
-            }
+        if let Some((name, uuid)) = first_command(&self.buf) {
+            let p = self.dir.join(name);
+            std::fs::create_dir_all(&p)?;
+            self.uuids.lock().unwrap().insert(p, uuid);
         }
         self.out.lock().unwrap().push((self.dir, self.buf));
         Ok(())
@@ -144,6 +147,37 @@ impl ReceiveSink for FakeReceive {
     fn kill(self: Box<Self>) -> String {
         String::new()
     }
+}
+
+/// The path and UUID (formatted as `btrfs subvolume show` prints it) of a send stream's
+/// first command, read without checks (the fake receive trusts the guard before it).
+fn first_command(buf: &[u8]) -> Option<(String, String)> {
+    let payload = buf.get(27..)?;
+    let len = u32::from_le_bytes(buf.get(17..21)?.try_into().ok()?) as usize;
+    let payload = payload.get(..len)?;
+    let (mut p, mut name, mut uuid) = (0, None, None);
+    while p + 4 <= payload.len() {
+        let t = u16::from_le_bytes([payload[p], payload[p + 1]]);
+        let l = u16::from_le_bytes([payload[p + 2], payload[p + 3]]) as usize;
+        let v = payload.get(p + 4..p + 4 + l)?;
+        match t {
+            15 => name = Some(String::from_utf8_lossy(v).into_owned()),
+            1 => {
+                let h: String = v.iter().map(|b| format!("{b:02x}")).collect();
+                uuid = Some(format!(
+                    "{}-{}-{}-{}-{}",
+                    &h[..8],
+                    &h[8..12],
+                    &h[12..16],
+                    &h[16..20],
+                    &h[20..]
+                ))
+            }
+            _ => {}
+        }
+        p += 4 + l;
+    }
+    Some((name?, uuid?))
 }
 
 impl Btrfs for FakeBtrfs {
@@ -172,7 +206,7 @@ impl Btrfs for FakeBtrfs {
         Ok(SubvolInfo {
             uuid: Some(format!("uuid-{}", path.display())),
             parent_uuid: Some("uuid-source".into()),
-            received_uuid: None,
+            received_uuid: self.received_uuids.lock().unwrap().get(path).cloned(),
         })
     }
 
@@ -237,6 +271,7 @@ impl Btrfs for FakeBtrfs {
             dir: dir.to_path_buf(),
             buf: Vec::new(),
             out: self.received.clone(),
+            uuids: self.received_uuids.clone(),
         }))
     }
 
@@ -245,6 +280,8 @@ impl Btrfs for FakeBtrfs {
         if !path.exists() {
             bail!("{} does not exist", path.display());
         }
+        // Like `btrfs property set -f ro false`: the received UUID is cleared.
+        self.received_uuids.lock().unwrap().remove(path);
         Ok(())
     }
 }

@@ -208,7 +208,12 @@ fn consume(
         if check.write_error.is_none() {
             match out.write_all(&buf) {
                 Ok(()) => written += buf.len() as u64,
-                Err(e) => check.write_error = Some(e),
+                // A stream the send-stream guard refused ends the download now: the
+                // rest of a large chunk is not fetched for nothing.
+                Err(e) => match crate::sendstream::refusal(&e) {
+                    Some(r) => return Err(r.clone().into()),
+                    None => check.write_error = Some(e),
+                },
             }
         }
         free.push(buf);

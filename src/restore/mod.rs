@@ -7,6 +7,7 @@
 
 pub mod archive;
 pub mod download;
+pub mod staging;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -18,6 +19,8 @@ use crate::config::{Config, VerifyMode};
 use crate::event;
 use crate::progress::{Counted, Expected, Meter, Reporter};
 use crate::repo::{Chain, Repo};
+use crate::sendstream::{Guard, Received};
+use staging::{Finished, Staging};
 
 /// Archive restores were requested and not waited for: exit code 3.
 #[derive(Debug)]
@@ -147,15 +150,14 @@ impl Restorer<'_> {
         }
 
         let parent_dir = target.parent().unwrap_or(Path::new("/"));
-        let staging = parent_dir.join(format!(
+        let staging = Staging::create(&parent_dir.join(format!(
             ".btrfs_to_s3-restore-{}-{}",
             req.subvolume,
             std::process::id()
-        ));
-        std::fs::create_dir(&staging)
-            .with_context(|| format!("creating the staging directory {}", staging.display()))?;
-        let placed = self.receive_chain(&chain, &staging, &target);
-        self.clean_staging(&staging);
+        )))?;
+        let mut received = Vec::new();
+        let placed = self.receive_chain(&chain, &staging, &mut received, &target);
+        staging.clean(self.btrfs, &received);
         let bytes = match placed {
             Ok(b) => b,
             Err(e) => {
@@ -244,9 +246,17 @@ impl Restorer<'_> {
     }
 
     /// Replays the chain into `staging`, then moves the newest to `target`, writable.
-    fn receive_chain(&self, chain: &Chain, staging: &Path, target: &Path) -> Result<u64> {
+    /// Every stream passes a `sendstream::Guard` on its way to `btrfs receive`; what it
+    /// created is pushed to `received` (the only entries staging may act on).
+    fn receive_chain(
+        &self,
+        chain: &Chain,
+        staging: &Staging,
+        received: &mut Vec<Received>,
+        target: &Path,
+    ) -> Result<u64> {
         let mut bytes = 0;
-        let mut previous: Option<PathBuf> = None;
+        let mut previous: Option<Received> = None;
         let piece = self.cfg.s3.part_size_bytes;
         let conc = self.cfg.s3.concurrency;
         let meter = Meter::new(
@@ -271,23 +281,36 @@ impl Restorer<'_> {
                 chunks = m.chunks.len(),
                 total_bytes = m.total_bytes
             );
-            let mut recv = self.btrfs.receive(staging)?;
-            match download::stream_chunks(
+            let mut guard = Guard::new(
+                m.chunks.iter().map(|c| (c.key.as_str(), c.size)),
+                &m.snapshot.name,
+            );
+            let mut recv = self.btrfs.receive(staging.path())?;
+            let streamed = download::stream_chunks(
                 self.repo.store().clone(),
                 self.repo.retrier().clone(),
                 &m.chunks,
                 m.stream_sha256.as_deref(),
                 piece,
                 conc,
-                &mut Counted {
+                &mut guard.writer(&mut Counted {
                     inner: &mut recv,
                     meter: &meter,
-                },
-            ) {
-                Ok(n) => {
+                }),
+            )
+            .and_then(|n| Ok((n, guard.finish()?.clone())));
+            // Whatever the outcome, what the stream created is ours to clean up.
+            if let Some(r) = guard.received() {
+                if !received.contains(r) {
+                    received.push(r.clone());
+                }
+            }
+            let got = match streamed {
+                Ok((n, got)) => {
                     recv.finish()
                         .with_context(|| format!("replaying manifest {key}"))?;
                     bytes += n;
+                    got
                 }
                 Err(e) => {
                     let said = recv.kill();
@@ -298,63 +321,36 @@ impl Restorer<'_> {
                     };
                     return Err(e.context(format!("restoring manifest {key}")));
                 }
-            }
-            let got = staging.join(&m.snapshot.name);
-            if !got.is_dir() {
-                bail!(
-                    "btrfs receive of manifest {key} did not create {} (the stream names another snapshot)",
-                    got.display()
-                );
-            }
+            };
+            staging
+                .subvolume(self.btrfs, &got, Finished::Yes)
+                .with_context(|| format!("btrfs receive of manifest {key}"))?;
             // Only the newest received subvolume is needed (as the next one's parent):
             // the one before goes now, and its space is back before the next download,
             // so a long chain restores in about the space of its result.
             if let Some(prev) = previous.replace(got) {
-                self.btrfs
-                    .delete_subvolume(&prev)
-                    .with_context(|| format!("deleting {} from staging", prev.display()))?;
-                self.btrfs.wait_cleaned(staging).with_context(|| {
-                    format!("waiting for the space of {} to be freed", prev.display())
+                staging.delete(self.btrfs, &prev, Finished::Yes)?;
+                received.retain(|r| r != &prev);
+                self.btrfs.wait_cleaned(staging.path()).with_context(|| {
+                    format!("waiting for the space of {} to be freed", prev.name)
                 })?;
             }
         }
-        let newest = staging.join(&chain.newest().1.snapshot.name);
+        let Some(newest) = previous else {
+            bail!("the chain has no manifest to restore");
+        };
+        let path = staging.subvolume(self.btrfs, &newest, Finished::Yes)?;
         self.btrfs
-            .make_writable(&newest)
-            .with_context(|| format!("making {} writable", newest.display()))?;
-        std::fs::rename(&newest, target)
-            .with_context(|| format!("moving {} to {}", newest.display(), target.display()))?;
+            .make_writable(&path)
+            .with_context(|| format!("making {} writable", path.display()))?;
+        staging.move_out(&newest, target)?;
+        received.retain(|r| r != &newest);
         // Encoded (compressed) writes on older kernels could lose write errors until the
         // data reaches the disk: flush the filesystem before verifying what is there.
         std::fs::File::open(target)
             .and_then(|f| rustix::fs::syncfs(&f).map_err(std::io::Error::from))
             .with_context(|| format!("syncing the restored {}", target.display()))?;
         Ok(bytes)
-    }
-
-    fn clean_staging(&self, staging: &Path) {
-        if let Ok(entries) = std::fs::read_dir(staging) {
-            for e in entries.flatten() {
-                let p = e.path();
-                if let Err(err) = self.btrfs.delete_subvolume(&p) {
-                    event!(
-                        Warn,
-                        "staging_delete_failed",
-                        path = p.display(),
-                        error = format!("{err:#}")
-                    );
-                    let _ = std::fs::remove_dir_all(&p);
-                }
-            }
-        }
-        if let Err(e) = std::fs::remove_dir(staging) {
-            event!(
-                Warn,
-                "staging_remove_failed",
-                path = staging.display(),
-                error = e
-            );
-        }
     }
 
     fn remove_target(&self, target: &Path) {

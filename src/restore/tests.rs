@@ -7,6 +7,7 @@ use super::*;
 use crate::chunker::hex;
 use crate::config::ProcessEnv;
 use crate::manifest::{ChunkEntry, Kind, Manifest, S3Info, SnapshotRef};
+use crate::sendstream::build::Stream;
 use crate::store::memory::MemoryStore;
 use crate::store::PutOptions;
 use crate::testing::{FakeBtrfs, Scratch};
@@ -39,9 +40,30 @@ fn put_backup(
     parent: Option<&str>,
     class: &str,
 ) -> Vec<u8> {
-    let stream = format!("{name}\n{}", "x".repeat(50)).into_bytes();
+    // A send stream the guard and the fake receive read; 4 chunks, the last two inside
+    // the write command's data.
+    let uuid = [name.len() as u8; 16];
+    let start = Stream::new(1);
+    let start = match parent {
+        None => start.subvol(name, uuid),
+        Some(_) => start.snapshot(name, uuid, [1; 16]),
+    };
+    let stream = start.write("f", "x".repeat(200).as_bytes()).end().bytes();
+    put_stream(s, key, name, kind, parent, class, stream)
+}
+
+/// Stores `stream` in four chunks and its manifest.
+fn put_stream(
+    s: &MemoryStore,
+    key: &str,
+    name: &str,
+    kind: Kind,
+    parent: Option<&str>,
+    class: &str,
+    stream: Vec<u8>,
+) -> Vec<u8> {
     let mut chunks = Vec::new();
-    for (i, part) in stream.chunks(20).enumerate() {
+    for (i, part) in stream.chunks(stream.len().div_ceil(4)).enumerate() {
         let ck = format!("{key}.chunk{i}");
         s.insert(&ck, part, opts(class));
         chunks.push(ChunkEntry {
@@ -202,12 +224,12 @@ fn tampered_chunk_leaves_nothing() {
     );
     let mut bad = rig
         .store
-        .object("p/subvol/data/incremental/m2.chunk1")
+        .object("p/subvol/data/incremental/m2.chunk2")
         .unwrap()
         .data;
     bad[3] ^= 1;
     rig.store.insert(
-        "p/subvol/data/incremental/m2.chunk1",
+        "p/subvol/data/incremental/m2.chunk2",
         &bad,
         opts("STANDARD"),
     );
@@ -218,7 +240,7 @@ fn tampered_chunk_leaves_nothing() {
             .unwrap_err()
     );
     assert!(
-        e.contains("chunk p/subvol/data/incremental/m2.chunk1: SHA-256 mismatch"),
+        e.contains("chunk p/subvol/data/incremental/m2.chunk2: SHA-256 mismatch"),
         "{e}"
     );
     let left: Vec<_> = std::fs::read_dir(&rig.dir.0).unwrap().collect();
@@ -321,4 +343,61 @@ fn a_protocol_2_chain_needs_a_receive_that_reads_it() {
     // With a receive that reads it, the same restore works.
     *rig.btrfs.support.lock().unwrap() = None;
     rig.run(&target, Some(key), true).unwrap();
+}
+
+#[test]
+fn a_doctored_stream_is_refused_before_receive_and_staging_is_left_clean() {
+    let rig = Rig::new();
+    let name = "data__20250101T020000Z__full";
+    // A host directory the attacker's symlink (`../victim`, beside the received
+    // subvolume in staging) points at.
+    let victim = rig.dir.0.join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::write(victim.join("precious"), "keep").unwrap();
+    let stream = Stream::new(1)
+        .subvol(name, [3; 16])
+        .write("f", b"some data")
+        .symlink("../victim-link", victim.to_str().unwrap())
+        .write("g", "y".repeat(200).as_bytes())
+        .end()
+        .bytes();
+    put_stream(
+        &rig.store,
+        "p/subvol/data/full/m1",
+        name,
+        Kind::Full,
+        None,
+        "STANDARD",
+        stream,
+    );
+    let target = rig.dir.0.join("restored");
+    let e = format!(
+        "{:#}",
+        rig.run(&target, Some("p/subvol/data/full/m1"), true)
+            .unwrap_err()
+    );
+    assert!(
+        e.contains("chunk p/subvol/data/full/m1.chunk") && e.contains("command 3 (symlink)"),
+        "{e}"
+    );
+    assert!(e.contains("\"../victim-link\" has a `..` component"), "{e}");
+    // Nothing at the target, the staging directory gone, the victim whole, and the only
+    // subvolume deleted is the one the stream created.
+    let mut left: Vec<_> = std::fs::read_dir(&rig.dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, vec!["victim".to_string()]);
+    assert_eq!(
+        std::fs::read_to_string(victim.join("precious")).unwrap(),
+        "keep"
+    );
+    let deletes: Vec<_> = rig
+        .btrfs
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("delete"))
+        .collect();
+    assert!(deletes.iter().all(|c| c.ends_with(name)), "{deletes:?}");
 }

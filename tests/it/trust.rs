@@ -479,3 +479,118 @@ fn the_server_checks_every_signature_so_a_wrong_secret_fails_cleanly() {
     let r = s.backup(&[]);
     assert_eq!(r.code, 0, "{r:?}");
 }
+
+/// Issue "Trust, round 2", item 1: a bucket writer uploads a valid, correctly hashed send
+/// stream whose `symlink` command places `../victim-link` (beside the received subvolume,
+/// in staging) pointing at a host subvolume. Before: `btrfs receive --chroot` made the
+/// link, the staging clean-up ran `btrfs subvolume delete` on it, which followed it, and
+/// the host subvolume was gone while the restore exited 0. Now the guard refuses the
+/// command before receive sees it (naming the chunk and the command), the clean-up acts
+/// only on the subvolume the stream created, and `verify --deep` finds it beforehand.
+#[test]
+fn a_doctored_send_stream_cannot_make_restore_delete_a_host_subvolume() {
+    if !require_root("a_doctored_send_stream_cannot_make_restore_delete_a_host_subvolume") {
+        return;
+    }
+    use btrfs_to_s3::sendstream::build::Stream;
+    use sha2::{Digest, Sha256};
+
+    let s = Setup::new(SetupOpts {
+        storage_class_chunks: "STANDARD",
+        ..Default::default()
+    });
+    random_file(&s.vol("data").join("f.bin"), MIB);
+    let r = s.backup(&[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let (_, m) = current_manifest(&s);
+    let name = m["snapshot"]["name"].as_str().unwrap().to_string();
+
+    let victim = s.fs.path("victim");
+    run(&format!("btrfs subvolume create {}", victim.display()));
+    std::fs::write(victim.join("precious"), "keep me").unwrap();
+    let victim_tree = describe_tree(&victim);
+
+    let stream = Stream::new(1)
+        .subvol(&name, [0x42; 16])
+        .symlink("../victim-link", victim.to_str().unwrap())
+        .end()
+        .bytes();
+    let chunk = "backups/subvol/data/full/chunk-20990101T000000Z-0.bin";
+    let store = s.moto.store();
+    store
+        .put_object(
+            chunk,
+            Body::Bytes(&stream),
+            &PutOptions {
+                content_type: "application/octet-stream",
+                ..json_opts()
+            },
+        )
+        .unwrap();
+    let mut d = m.clone();
+    d["chunks"] = serde_json::json!([{
+        "key": chunk,
+        "size": stream.len(),
+        "sha256": format!("{:x}", Sha256::digest(&stream)),
+        "etag": null,
+    }]);
+    d["total_bytes"] = serde_json::json!(stream.len());
+    d.as_object_mut().unwrap().remove("stream_sha256");
+    let key = "backups/subvol/data/full/manifest-20990101T000000Z.json";
+    store
+        .put_object(
+            key,
+            Body::Bytes(&serde_json::to_vec(&d).unwrap()),
+            &json_opts(),
+        )
+        .unwrap();
+
+    // verify --deep finds it before the bad day.
+    let cfg = s.cfg.display().to_string();
+    let r = run_bin(&[
+        "verify",
+        "--config",
+        &cfg,
+        "--subvolume",
+        "data",
+        "--manifest-key",
+        key,
+        "--deep",
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(
+        all.contains(chunk) && all.contains("(symlink)") && all.contains("../victim-link"),
+        "{r:?}"
+    );
+
+    let target = s.fs.path("restored");
+    let r = s.restore(&[
+        "--subvolume",
+        "data",
+        "--target",
+        target.to_str().unwrap(),
+        "--manifest-key",
+        key,
+        "--verify",
+        "none",
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let last = r.stderr.trim().lines().last().unwrap_or("").to_string();
+    assert!(
+        last.contains(chunk)
+            && last.contains("send stream command 2 (symlink)")
+            && last.contains("\"../victim-link\" has a `..` component"),
+        "the error names the chunk and the command: {r:?}"
+    );
+    assert!(victim.is_dir(), "the host subvolume was deleted: {r:?}");
+    assert_eq!(describe_tree(&victim), victim_tree);
+    assert!(!target.exists());
+    assert!(s.staging_left(&s.fs.mnt).is_empty());
+    assert!(s.fs.path("victim-link").symlink_metadata().is_err());
+
+    // The real backup still restores.
+    let r = s.restore(&["--subvolume", "data", "--target", target.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_same_tree(&s.vol("data"), &target);
+}
