@@ -104,10 +104,9 @@ pub struct PruneArgs {
     #[arg(long)]
     pub allow_early_delete: bool,
 
-    /// Prune even when current.json names a backup that is neither this host's last one
-    /// (last_manifest in global.state_path) nor chains back to it. Without it such a prune
-    /// is refused, as someone who can write the bucket may have repointed current.json;
-    /// for a host whose state is lost or out of date
+    /// Prune even when current.json names neither this host's last backup (last_manifest
+    /// in global.state_path) nor one chaining back to it, for a host whose state is lost or
+    /// out of date; without it prune refuses, as a bucket writer may have repointed it
     #[arg(long)]
     pub force: bool,
 
