@@ -37,13 +37,14 @@ pub fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let code = exit_code_for(&e);
-            // One line: the whole context chain, outermost first.
+            // One line: the whole context chain, outermost first, with no credential
+            // and no terminal control from the bucket or a server in it.
             let what = if code == exit::RESTORE_PENDING {
                 "waiting"
             } else {
                 "error"
             };
-            let line = crate::logging::redact(&format!("{e:#}"));
+            let line = crate::term::inert(&crate::logging::redact(&format!("{e:#}")));
             eprintln!("btrfs_to_s3: {what}: {line}");
             ExitCode::from(code)
         }

@@ -104,6 +104,12 @@ pub struct PruneArgs {
     #[arg(long)]
     pub allow_early_delete: bool,
 
+    /// Prune even when current.json names neither this host's last backup (last_manifest
+    /// in global.state_path) nor one chaining back to it, for a host whose state is lost or
+    /// out of date; without it prune refuses, as a bucket writer may have repointed it
+    #[arg(long)]
+    pub force: bool,
+
     /// One JSON document on stdout
     #[arg(long)]
     pub json: bool,

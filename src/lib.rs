@@ -30,6 +30,7 @@ pub mod signals;
 pub mod snapshots;
 pub mod state;
 pub mod store;
+pub mod term;
 #[cfg(test)]
 pub mod testing;
 pub mod ts;

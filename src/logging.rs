@@ -24,8 +24,10 @@ macro_rules! event {
 }
 
 /// Appends ` key=value`, quoting a value that is empty or holds spaces, quotes or `=`.
+/// Terminal controls in the value (a key or a reason from the bucket) are escaped
+/// (`crate::term`): they never reach stderr raw.
 pub fn push_kv(line: &mut String, key: &str, value: &dyn Display) {
-    let v = value.to_string();
+    let v = crate::term::inert(&value.to_string());
     let needs_quotes = v.is_empty() || v.chars().any(|c| c.is_whitespace() || c == '"' || c == '=');
     if needs_quotes {
         let _ = write!(
@@ -90,7 +92,8 @@ pub fn init(level: log::LevelFilter) {
             log::Level::Debug => "DEBUG",
             log::Level::Trace => "TRACE",
         };
-        let line = redact(&record.args().to_string());
+        // Also the lines of other crates (the HTTP library's debug output).
+        let line = crate::term::inert(&redact(&record.args().to_string()));
         writeln!(f, "{} {level} {line}", Ts::now().iso())
     });
     let _ = b.try_init();
@@ -108,6 +111,17 @@ mod tests {
         push_kv(&mut s, "c", &"");
         push_kv(&mut s, "d", &"say \"hi\"");
         assert_eq!(s, r#"event=x a=1 b="two words" c="" d="say \"hi\"""#);
+    }
+
+    #[test]
+    fn values_with_terminal_controls_are_escaped() {
+        let mut s = String::from("event=x");
+        push_kv(&mut s, "key", &"p/\x1b]0;pwned\x07/k\u{9b}2J\u{202e}");
+        push_kv(&mut s, "why", &"two\nlines");
+        assert_eq!(
+            s,
+            r"event=x key=p/\x1b]0;pwned\x07/k\u{9b}2J\u{202e} why=two\x0alines"
+        );
     }
 
     #[test]

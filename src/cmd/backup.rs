@@ -162,6 +162,7 @@ pub fn run(config: &Config, args: &BackupArgs) -> Result<u8> {
                 keep: config.retention.remote_generations,
                 confirm: true,
                 allow_early_delete: false,
+                force: false,
             };
             match crate::cmd::prune::prune_all(config, repo, &req) {
                 Ok((_, refused)) => prune_failed.extend(refused),

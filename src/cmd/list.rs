@@ -2,7 +2,8 @@
 //! (`repo::catalog`): every backup oldest first with its kind, time, size, chunks,
 //! storage class, parent, generation and whether `current.json` names it; then what does
 //! not fit (broken chains, orphan chunks, keys outside the layout). Read-only: no lock.
-//! `--json` prints one document whose shape DESIGN.md fixes ("`list --json`").
+//! `--json` prints one document whose shape DESIGN.md fixes ("`list --json`"); the text
+//! form is made inert (`crate::term`), as every key and string in it is the bucket's.
 
 use anyhow::Result;
 use serde_json::{json, Value};
@@ -11,6 +12,7 @@ use crate::app::exit;
 use crate::cli::ListArgs;
 use crate::cmd::Session;
 use crate::config::Config;
+use crate::outln;
 use crate::repo::catalog::{self, Catalog, Subvol};
 use crate::repo::Repo;
 use crate::store::ListedObject;
@@ -108,20 +110,24 @@ pub fn human(bytes: u64) -> String {
 
 fn print_text(cat: &Catalog) {
     if cat.subvolumes.is_empty() {
-        println!("no backups under this prefix");
+        outln!("no backups under this prefix");
     }
     for sv in cat.subvolumes.values() {
         let current = sv.current_key();
-        println!("subvolume {}", sv.name);
+        outln!("subvolume {}", sv.name);
         match &sv.current {
-            None => println!("  current.json: none (nothing published)"),
-            Some(Err(why)) => println!("  current.json: DAMAGED: {why}"),
-            Some(Ok(k)) => println!("  current.json: {k}"),
+            None => outln!("  current.json: none (nothing published)"),
+            Some(Err(why)) => outln!("  current.json: DAMAGED: {why}"),
+            Some(Ok(k)) => outln!("  current.json: {k}"),
         }
         if !sv.backups.is_empty() {
-            println!(
+            outln!(
                 "  {:<17} {:<11} {:>10} {:>6}  {:<12}  generation",
-                "created_at", "kind", "size", "chunks", "class"
+                "created_at",
+                "kind",
+                "size",
+                "chunks",
+                "class"
             );
         }
         for b in &sv.backups {
@@ -131,7 +137,7 @@ fn print_text(cat: &Catalog) {
             } else {
                 ""
             };
-            println!(
+            outln!(
                 "  {:<17} {:<11} {:>10} {:>6}  {:<12}  {}{mark}",
                 b.ts.to_string(),
                 b.kind.as_str(),
@@ -147,26 +153,26 @@ fn print_text(cat: &Catalog) {
                     .unwrap_or_else(|| "-".into()),
             );
             for p in &b.problems {
-                println!("    BROKEN {}: {p}", b.key);
+                outln!("    BROKEN {}: {p}", b.key);
             }
         }
         let orphans = sv.orphans();
         if !orphans.is_empty() {
             let bytes: u64 = orphans.iter().map(|o| o.size).sum();
-            println!(
+            outln!(
                 "  orphan chunks (no manifest names them): {} ({})",
                 orphans.len(),
                 human(bytes)
             );
             for o in orphans {
-                println!("    {} {}", o.key, human(o.size));
+                outln!("    {} {}", o.key, human(o.size));
             }
         }
         for o in &sv.stray {
-            println!("  NOT OF THE LAYOUT: {} ({})", o.key, human(o.size));
+            outln!("  NOT OF THE LAYOUT: {} ({})", o.key, human(o.size));
         }
     }
     for o in &cat.outside {
-        println!("NOT OF THE LAYOUT: {} ({})", o.key, human(o.size));
+        outln!("NOT OF THE LAYOUT: {} ({})", o.key, human(o.size));
     }
 }

@@ -1,7 +1,10 @@
 //! `btrfs_to_s3 prune`: remote retention per subvolume over one listing
 //! (`repo::catalog`, `repo::prune`). A dry run that prints the plan unless `--confirm`;
 //! takes the run lock (no backup uploads meanwhile), spares what a resume journal owns.
-//! Also run after a successful backup when `retention.prune_after_backup` is set.
+//! Refuses a subvolume whose `current.json` disagrees with this host's state (the
+//! bucket's word alone never decides what is deleted) unless `--force`. Also run after a
+//! successful backup when `retention.prune_after_backup` is set. Text output is made
+//! inert (`crate::term`): keys and reasons come from the bucket.
 
 use anyhow::{anyhow, Result};
 
@@ -10,11 +13,12 @@ use crate::cli::PruneArgs;
 use crate::cmd::list::human;
 use crate::cmd::Session;
 use crate::config::Config;
-use crate::event;
 use crate::repo::catalog;
 use crate::repo::prune::{self, Action, Plan, Rules};
 use crate::repo::Repo;
+use crate::state::State;
 use crate::ts::Ts;
+use crate::{event, outln};
 
 /// What one prune does, resolved from flags and config.
 pub struct Request {
@@ -22,6 +26,8 @@ pub struct Request {
     pub keep: usize,
     pub confirm: bool,
     pub allow_early_delete: bool,
+    /// Prune even when `current.json` disagrees with the local state (`--force`).
+    pub force: bool,
 }
 
 /// The run timestamp of subvolume `name`'s resume journal, if one exists. An unreadable
@@ -34,10 +40,82 @@ fn journal_ts(config: &Config, name: &str) -> Option<Ts> {
         .and_then(|p| Ts::parse(&p.begin.run_ts).ok())
 }
 
+/// This host's state, which prune checks each `current.json` against. With `force` an
+/// unreadable state is only logged: `--force` is the way past a lost or broken state.
+fn local_state(config: &Config, force: bool) -> Result<Option<State>> {
+    let path = &config.global.state_path;
+    match State::load(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if force => {
+            event!(
+                Warn,
+                "prune_state_unreadable",
+                path = path.display(),
+                error = format!("{e:#}")
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e.context(
+            "prune checks each current.json against this host's state \
+             (prune --force goes without it)",
+        )),
+    }
+}
+
+/// Why subvolume `sv` must not be pruned on the bucket's word: its `current.json` is not
+/// this host's last backup (the state's `last_manifest`) nor chains back to it. A state
+/// without an entry (or a manifest under another prefix) says nothing about it.
+fn disagreement(
+    config: &Config,
+    repo: &Repo,
+    state: Option<&State>,
+    sv: &catalog::Subvol,
+) -> Option<String> {
+    let last = state?
+        .subvolumes
+        .get(&sv.name)?
+        .last_manifest
+        .as_deref()
+        .filter(|k| repo.layout.owns(&sv.name, k))?;
+    let why = prune::pointer_agrees(sv, last).err()?;
+    Some(format!(
+        "subvolume {}: {why} (last_manifest in the state file {})",
+        sv.name,
+        config.global.state_path.display()
+    ))
+}
+
+/// The plan for one subvolume, or why none is made: `plan`'s own refusals, then a
+/// `current.json` the local state disagrees with (logged and passed over with `force`).
+fn plan_one(
+    config: &Config,
+    repo: &Repo,
+    state: Option<&State>,
+    sv: &catalog::Subvol,
+    rules: &Rules,
+    force: bool,
+) -> std::result::Result<Plan, String> {
+    let plan = prune::plan(sv, rules).map_err(|e| format!("{e:#}"))?;
+    match disagreement(config, repo, state, sv) {
+        None => Ok(plan),
+        Some(why) if force => {
+            event!(Warn, "prune_forced", subvolume = sv.name, reason = why);
+            Ok(plan)
+        }
+        Some(why) => Err(format!(
+            "{why}; nothing is pruned: someone who can write the bucket may have repointed \
+             current.json (look with list and verify). If this host's state is out of date \
+             (restored from an old copy, or another host backs this subvolume up), run a \
+             backup first, or prune --force"
+        )),
+    }
+}
+
 /// Plans (and with `confirm` carries out) the pruning of each subvolume; a subvolume that
-/// cannot be pruned (no sound `current.json`) is reported and the others go on. Returns
-/// the plans and the refusals.
+/// cannot be pruned (no sound `current.json`, or one the local state disagrees with) is
+/// reported and the others go on. Returns the plans and the refusals.
 pub fn prune_all(config: &Config, repo: &Repo, req: &Request) -> Result<(Vec<Plan>, Vec<String>)> {
+    let state = local_state(config, req.force)?;
     let cat = catalog::load(repo, &req.names)?;
     let now = Ts::now();
     let mut plans = Vec::new();
@@ -52,16 +130,11 @@ pub fn prune_all(config: &Config, repo: &Repo, req: &Request) -> Result<(Vec<Pla
             allow_early_delete: req.allow_early_delete,
             journal_ts: journal_ts(config, name),
         };
-        let plan = match prune::plan(sv, &rules) {
+        let plan = match plan_one(config, repo, state.as_ref(), sv, &rules, req.force) {
             Ok(p) => p,
-            Err(e) => {
-                event!(
-                    Error,
-                    "prune_refused",
-                    subvolume = name,
-                    reason = format!("{e:#}")
-                );
-                refused.push(format!("{e:#}"));
+            Err(why) => {
+                event!(Error, "prune_refused", subvolume = name, reason = why);
+                refused.push(why);
                 continue;
             }
         };
@@ -107,6 +180,7 @@ pub fn run(config: &Config, args: &PruneArgs) -> Result<u8> {
             .unwrap_or(config.retention.remote_generations),
         confirm: args.confirm,
         allow_early_delete: args.allow_early_delete,
+        force: args.force,
     };
     let session = Session::start(config, true)?;
     let repo = Repo::open(config, session.retrier.clone())?;
@@ -139,9 +213,10 @@ pub fn run(config: &Config, args: &PruneArgs) -> Result<u8> {
 fn print_text(plans: &[Plan], refused: &[String], req: &Request) {
     for p in plans {
         let (mut del, mut del_bytes, mut deferred) = (0, 0u64, 0);
-        println!(
+        outln!(
             "subvolume {} (keeping {} generations)",
-            p.subvolume, req.keep
+            p.subvolume,
+            req.keep
         );
         for i in &p.items {
             let age = i
@@ -169,7 +244,7 @@ fn print_text(plans: &[Plan], refused: &[String], req: &Request) {
                 .as_deref()
                 .map(|u| format!(" (deferred until {u}; --allow-early-delete deletes it now, billed as if kept)"))
                 .unwrap_or_default();
-            println!(
+            outln!(
                 "  {what:<7} {} class={} age={age} size={} why: {}{until}",
                 i.key,
                 i.class,
@@ -177,7 +252,7 @@ fn print_text(plans: &[Plan], refused: &[String], req: &Request) {
                 i.why
             );
         }
-        println!(
+        outln!(
             "  {} {del} objects ({}), {deferred} deferred{}",
             if req.confirm {
                 "deleted"
@@ -193,6 +268,6 @@ fn print_text(plans: &[Plan], refused: &[String], req: &Request) {
         );
     }
     for r in refused {
-        println!("refused: {r}");
+        outln!("refused: {r}");
     }
 }

@@ -1,7 +1,8 @@
 //! `btrfs_to_s3 verify`: checks the chain `current.json` (or `--manifest-key`) names for
 //! each subvolume without restoring it (`crate::check`): cheap by default, `--deep` also
 //! downloads and hashes what is readable. Read-only: no lock. Exit 0 all well, 1 any
-//! finding (each names the key), 3 archive restores requested and not waited for.
+//! finding (each names the key), 3 archive restores requested and not waited for. The
+//! text form is made inert (`crate::term`): findings quote keys and manifest strings.
 
 use std::time::Duration;
 
@@ -12,9 +13,9 @@ use crate::check::{Archived, Checker, Finding, Report};
 use crate::cli::VerifyArgs;
 use crate::cmd::Session;
 use crate::config::Config;
-use crate::event;
 use crate::repo::chain::is_damage;
 use crate::repo::Repo;
+use crate::{event, outln};
 
 pub fn run(config: &Config, args: &VerifyArgs) -> Result<u8> {
     let names = crate::cmd::subvolume_names(&args.subvolumes, Some(config))?;
@@ -136,8 +137,8 @@ fn print_text(r: &Report, deep: bool) {
     } else {
         "ok"
     };
-    println!("subvolume {}: {verdict}", r.subvolume);
-    println!(
+    outln!("subvolume {}: {verdict}", r.subvolume);
+    outln!(
         "  chain from {}: {} manifests, {} chunks, {} bytes",
         r.start_key,
         r.manifests.len(),
@@ -145,18 +146,18 @@ fn print_text(r: &Report, deep: bool) {
         r.bytes
     );
     if deep {
-        println!("  chunks downloaded and hashed: {}", r.chunks_hashed);
+        outln!("  chunks downloaded and hashed: {}", r.chunks_hashed);
     }
     for k in &r.not_checked {
-        println!("  not checked (in archive storage; --deep --wait-restore checks it): {k}");
+        outln!("  not checked (in archive storage; --deep --wait-restore checks it): {k}");
     }
     if r.restores_pending > 0 {
-        println!(
+        outln!(
             "  archive restores requested: {} (rerun verify --deep later)",
             r.restores_pending
         );
     }
     for f in &r.findings {
-        println!("  PROBLEM {}: {}", f.key, f.problem);
+        outln!("  PROBLEM {}: {}", f.key, f.problem);
     }
 }

@@ -308,6 +308,34 @@ pub fn plan(sv: &Subvol, rules: &Rules) -> Result<Plan> {
     })
 }
 
+/// Whether `current.json` agrees with this host's own record of its last backup
+/// (`last_manifest` of the local state): the manifest it names is that one, or chains
+/// back to it through `parent_manifest` links of the listing. Someone who can only write
+/// the bucket can repoint `current.json` at a forged full; trusting it would make prune
+/// delete the real chain. The error names both keys. Passes when `current.json` names
+/// nothing usable: `plan` refuses that itself.
+pub fn pointer_agrees(sv: &Subvol, last_manifest: &str) -> Result<(), String> {
+    let Some(cur) = sv.current_key() else {
+        return Ok(());
+    };
+    let index: HashMap<&str, &Backup> = sv.backups.iter().map(|b| (b.key.as_str(), b)).collect();
+    let mut seen = HashSet::new();
+    let mut at = Some(cur);
+    while let Some(k) = at {
+        if k == last_manifest {
+            return Ok(());
+        }
+        if !seen.insert(k) {
+            break;
+        }
+        at = index.get(k).and_then(|b| b.parent());
+    }
+    Err(format!(
+        "current.json names {cur}, but this host's last backup is {last_manifest}, and \
+         {cur} is neither it nor a backup whose chain contains it"
+    ))
+}
+
 /// The run timestamp in a chunk key (`.../chunk-TS-i.bin`).
 fn chunk_ts(key: &str) -> Option<Ts> {
     let file = key.rsplit('/').next()?;

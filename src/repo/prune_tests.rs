@@ -37,9 +37,13 @@ prefix = "p"
 
 impl World {
     fn new(class: &'static str) -> World {
+        World::with_cfg(class, &cfg())
+    }
+
+    fn with_cfg(class: &'static str, cfg: &Config) -> World {
         let store = Arc::new(MemoryStore::new());
         store.set_clock(T0);
-        let repo = Repo::new(&cfg(), store.clone(), Arc::new(crate::testing::retrier()));
+        let repo = Repo::new(cfg, store.clone(), Arc::new(crate::testing::retrier()));
         World {
             store,
             repo,
@@ -505,4 +509,149 @@ fn random_histories_never_leave_a_kept_chain_incomplete() {
         deleted > 500 && deferred > 50,
         "{deleted} deleted, {deferred} deferred"
     );
+}
+
+impl World {
+    fn subvol(&self) -> catalog::Subvol {
+        let mut cat = catalog::load(&self.repo, &["data".to_string()]).unwrap();
+        cat.subvolumes.remove("data").unwrap()
+    }
+
+    /// Points `current.json` at `key` (a PUT of the pointer alone, as a bucket writer can).
+    fn repoint(&self, key: &str) {
+        let p = crate::manifest::Pointer {
+            manifest_key: key.into(),
+            kind: if key.contains("/full/") {
+                Kind::Full
+            } else {
+                Kind::Incremental
+            },
+            created_at: "20250101T020000Z".into(),
+            extra: Default::default(),
+        };
+        self.store.insert(
+            "p/subvol/data/current.json",
+            &p.to_json(),
+            self.opts("STANDARD"),
+        );
+    }
+}
+
+#[test]
+fn current_json_must_be_the_hosts_last_backup_or_chain_back_to_it() {
+    let mut w = World::new("STANDARD");
+    let f1 = w.backup(Kind::Full, true);
+    w.advance(DAY);
+    let i1 = w.backup(Kind::Incremental, true);
+    w.advance(DAY);
+    let i2 = w.backup(Kind::Incremental, true);
+    // current.json names the state's manifest, or a newer one whose chain holds it.
+    for last in [&i2, &i1, &f1] {
+        assert_eq!(pointer_agrees(&w.subvol(), last), Ok(()), "{last}");
+    }
+    // A forged full (published by a bucket writer): refused, naming both keys; also
+    // with an incremental on top of it, and when current.json is rolled back.
+    w.advance(DAY);
+    let forged = w.backup(Kind::Full, true);
+    let e = pointer_agrees(&w.subvol(), &i2).unwrap_err();
+    assert!(e.contains(&forged) && e.contains(&i2), "{e}");
+    w.advance(DAY);
+    let on_top = w.backup(Kind::Incremental, true);
+    let e = pointer_agrees(&w.subvol(), &i2).unwrap_err();
+    assert!(e.contains(&on_top) && e.contains(&i2), "{e}");
+    w.repoint(&i1);
+    assert!(pointer_agrees(&w.subvol(), &i2).is_err());
+    // A current.json that names nothing usable is plan's to refuse.
+    w.store
+        .insert("p/subvol/data/current.json", b"{", w.opts("STANDARD"));
+    assert_eq!(pointer_agrees(&w.subvol(), &i2), Ok(()));
+    assert!(w.plan(1, false, None).is_err());
+}
+
+#[test]
+fn prune_all_refuses_what_the_state_disagrees_with_unless_forced() {
+    use crate::cmd::prune::{prune_all, Request};
+    use crate::state::{State, SubvolState};
+    let dir = crate::testing::Scratch::new("prune-state");
+    let state_path = dir.0.join("state.json");
+    let cfg = Config::parse(
+        &format!(
+            r#"
+[global]
+state_path = "{}"
+lock_path = "{}"
+[subvolumes]
+paths = ["/srv/data"]
+[s3]
+bucket = "b"
+region = "r"
+prefix = "p"
+"#,
+            state_path.display(),
+            dir.0.join("lock").display()
+        ),
+        &ProcessEnv,
+    )
+    .unwrap();
+    let mut w = World::with_cfg("STANDARD", &cfg);
+    let f1 = w.backup(Kind::Full, true);
+    w.advance(DAY);
+    let i1 = w.backup(Kind::Incremental, true);
+    let mut state = State::default();
+    state.subvolumes.insert(
+        "data".into(),
+        SubvolState {
+            last_manifest: Some(i1.clone()),
+            ..Default::default()
+        },
+    );
+    state.save(&state_path).unwrap();
+    w.advance(DAY);
+    let forged = w.backup(Kind::Full, true);
+    let req = |force| Request {
+        names: vec!["data".into()],
+        keep: 1,
+        confirm: true,
+        allow_early_delete: false,
+        force,
+    };
+    let before = w.store.keys();
+    let (plans, refused) = prune_all(&cfg, &w.repo, &req(false)).unwrap();
+    assert!(plans.is_empty());
+    let r = refused.join("\n");
+    assert!(
+        refused.len() == 1
+            && r.contains(&forged)
+            && r.contains(&i1)
+            && r.contains(&state_path.display().to_string())
+            && r.contains("--force"),
+        "{r}"
+    );
+    assert_eq!(w.store.keys(), before, "a refused prune deleted something");
+    // A corrupt state refuses too (naming the file), unless forced.
+    std::fs::write(&state_path, "{").unwrap();
+    let e = prune_all(&cfg, &w.repo, &req(false)).unwrap_err();
+    assert!(format!("{e:#}").contains("--force"), "{e:#}");
+    assert_eq!(w.store.keys(), before);
+    state.save(&state_path).unwrap();
+    // --force goes past it: the real chain is deleted.
+    let (plans, refused) = prune_all(&cfg, &w.repo, &req(true)).unwrap();
+    assert!(refused.is_empty(), "{refused:?}");
+    assert_eq!(
+        keys(&plans[0], Action::Delete)[..2],
+        [i1.as_str(), f1.as_str()]
+    );
+    assert!(w.store.object(&f1).is_none() && w.store.object(&i1).is_none());
+    // A state without an entry for the subvolume, or no state at all, checks nothing.
+    w.advance(DAY);
+    w.backup(Kind::Full, true);
+    State::default().save(&state_path).unwrap();
+    let (_, refused) = prune_all(&cfg, &w.repo, &req(false)).unwrap();
+    assert!(refused.is_empty(), "{refused:?}");
+    std::fs::remove_file(&state_path).unwrap();
+    w.advance(DAY);
+    w.backup(Kind::Full, true);
+    let (_, refused) = prune_all(&cfg, &w.repo, &req(false)).unwrap();
+    assert!(refused.is_empty(), "{refused:?}");
+    assert!(w.store.object(&forged).is_none());
 }

@@ -8,6 +8,7 @@ mod cli;
 mod compressed;
 mod contrib;
 mod firstrun;
+mod hostile_bucket;
 mod lock;
 mod operate;
 mod restore;
