@@ -15,3 +15,4 @@ mod resume;
 mod rig;
 mod sdk;
 mod trust;
+mod trust_local;
