@@ -184,12 +184,17 @@ impl std::fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
-/// The refusal of the journal at `path` for `problem`, with the way out.
-fn refused(path: &Path, problem: &str, fix: &str) -> Refused {
+/// The refusal of the journal at `path` for `problem`, with the way out (`fix`, when
+/// the file may be ours after all, else: remove it).
+fn refused(path: &Path, problem: &str, fix: Option<&str>) -> Refused {
+    let p = path.display();
+    let fix = match fix {
+        Some(f) => format!("{f}, or look at it and remove it"),
+        None => "look at it, then remove it".to_string(),
+    };
     Refused(format!(
-        "resume journal {p}: {problem}; nothing it names was touched: {fix}, or look at it and \
-         remove it (rm {p}; the next backup starts afresh)",
-        p = path.display()
+        "resume journal {p}: {problem}; nothing it names was touched: {fix} \
+         (rm {p}; the next backup of the subvolume starts afresh)"
     ))
 }
 
@@ -197,8 +202,8 @@ fn refused(path: &Path, problem: &str, fix: &str) -> Refused {
 fn foreign(path: &Path, problem: String) -> Refused {
     refused(
         path,
-        &format!("{problem} (this tool never writes that)"),
-        "find out who wrote it",
+        &format!("{problem}, which this tool never writes"),
+        None,
     )
 }
 
@@ -458,7 +463,7 @@ fn open_checked(path: &Path) -> Result<Option<File>> {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
-            return Err(refused(path, "it is a symbolic link", "remove the link").into())
+            return Err(refused(path, "it is a symbolic link", None).into())
         }
         Err(e) => {
             return Err(e).with_context(|| format!("opening the resume journal {}", path.display()))
@@ -472,13 +477,13 @@ fn open_checked(path: &Path) -> Result<Option<File>> {
     })?;
     let me = rustix::process::geteuid().as_raw();
     if !m.file_type().is_file() {
-        return Err(refused(path, "it is not a regular file", "remove it").into());
+        return Err(refused(path, "it is not a regular file", None).into());
     }
     if m.uid() != me {
         return Err(refused(
             path,
             &format!("it is owned by uid {}, not by us (uid {me})", m.uid()),
-            &format!("if it is ours, chown {me} {}", path.display()),
+            Some(&format!("if it is ours, chown {me} {}", path.display())),
         )
         .into());
     }
@@ -489,7 +494,7 @@ fn open_checked(path: &Path) -> Result<Option<File>> {
                 "its mode {:o} lets group or others write it",
                 m.mode() & 0o7777
             ),
-            &format!("if it is ours, chmod go-w {}", path.display()),
+            Some(&format!("if it is ours, chmod go-w {}", path.display())),
         )
         .into());
     }
@@ -500,7 +505,7 @@ fn open_checked(path: &Path) -> Result<Option<File>> {
                 "it has {} hard links (it may be another file's name)",
                 m.nlink()
             ),
-            "remove its other names",
+            None,
         )
         .into());
     }
@@ -760,7 +765,7 @@ mod tests {
             e.contains(&path.display().to_string()) && e.contains("symbolic link"),
             "{e}"
         );
-        assert!(e.contains("remove"), "{e}");
+        assert!(e.contains(&format!("rm {}", path.display())), "{e}");
         std::fs::remove_file(&path).unwrap();
 
         // Writable by group, or by others.
@@ -882,7 +887,8 @@ mod tests {
             }
             None => unreachable!(),
         };
-        let cases: Vec<(Kind, Box<dyn Fn(&mut Pending)>, &str)> = vec![
+        type Doctor = Box<dyn Fn(&mut Pending)>;
+        let cases: Vec<(Kind, Doctor, &str)> = vec![
             (Kind::Full, Box::new(|p| p.begin.subvolume = "other".into()), "subvolume \"other\""),
             (Kind::Full, Box::new(|p| p.begin.run_ts = "2025-01-01T02:00:00Z".into()), "run timestamp"),
             (

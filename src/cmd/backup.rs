@@ -380,7 +380,9 @@ fn full_estimate(cfg: &Config, sv: &Subvolume) -> String {
 }
 
 /// `--dry-run`: the config check the systemd unit runs first. Config problems exit 2
-/// (each named); S3 out of reach exits 1; else the plan, one line per subvolume, exit 0.
+/// (each named); S3 out of reach exits 1; else the plan, one line per subvolume (a
+/// refused resume journal says so: that subvolume's run will fail), the chunk objects a
+/// full would make, exit 0.
 fn dry_run(b: &Backup<'_>, state: &State, selected: &[&Subvolume], once: bool) -> Result<u8> {
     let problems = config_problems(b, selected);
     for p in &problems {
