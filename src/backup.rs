@@ -203,6 +203,19 @@ impl Backup<'_> {
         journal::path_for(&self.cfg.global.state_path, &sv.name)
     }
 
+    /// The subvolume's pending backup, if any, checked like the bucket: a journal that
+    /// others could write, or that names anything but this subvolume's keys of its run
+    /// and its snapshots in `snapshots.base_dir`, is an error holding
+    /// [`journal::Refused`].
+    pub fn load_journal(&self, sv: &Subvolume) -> Result<Option<Pending>> {
+        let Some(p) = journal::load(&self.journal_path(sv))? else {
+            return Ok(None);
+        };
+        let layout = crate::manifest::Layout::new(&self.cfg.s3.prefix);
+        p.check(&sv.name, &layout, &self.cfg.snapshots.base_dir)?;
+        Ok(Some(p))
+    }
+
     /// What the planner needs; consults S3 only for the parent manifest.
     pub fn facts(&self, sv: &Subvolume, entry: &SubvolState) -> Result<Facts> {
         let last_snapshot_at = entry
@@ -282,8 +295,11 @@ impl Backup<'_> {
         })?;
         self.say_nested(sv);
         let jpath = self.journal_path(sv);
-        let pending = match journal::load(&jpath) {
+        let pending = match self.load_journal(sv) {
             Ok(p) => p,
+            // Not ours, or not only ours: the run of this subvolume fails, and nothing
+            // the journal names is aborted, deleted or published.
+            Err(e) if e.is::<journal::Refused>() => return Err(e),
             Err(e) => {
                 // Unreadable: nothing in it can be trusted or resumed. Its uploads are
                 // aborted by the sweep below; its snapshot by retention.
@@ -653,7 +669,7 @@ impl Backup<'_> {
             kind = kind.as_str()
         );
         let Some(_) = self.repo else {
-            let pending = journal::load(&self.journal_path(sv)).ok().flatten();
+            let pending = self.load_journal(sv).ok().flatten();
             let mut keep: Vec<PathBuf> = entry.last_snapshot.iter().map(PathBuf::from).collect();
             if let Some(p) = &pending {
                 keep.push(PathBuf::from(&p.begin.snapshot));
@@ -713,7 +729,7 @@ impl Backup<'_> {
                 Err(e)
             }
             Err(e) => {
-                if let Ok(Some(p)) = journal::load(&jpath) {
+                if let Ok(Some(p)) = self.load_journal(sv) {
                     self.abandon(sv, entry, &p, &format!("{e:#}"));
                 } else {
                     self.remove_snapshot(sv, &snap_path);

@@ -42,6 +42,9 @@ pub mod limits {
     pub const MAX_RETAIN: u64 = 10_000;
     /// S3's largest object: 5 TiB.
     pub const MAX_CHUNK_SIZE: u64 = 5 * 1024 * GIB;
+    /// The smallest chunk: 1 MiB (what the reference harness uses). A lost digit must
+    /// not turn a 5 TiB backup into billions of objects.
+    pub const MIN_CHUNK_SIZE: u64 = super::MIB;
     /// Uploader (and downloader) threads.
     pub const MAX_CONCURRENCY: u64 = 64;
     /// Part buffers held in memory, `(concurrency + 1) × part size`, without a spool.
@@ -393,12 +396,7 @@ impl Config {
             bucket: r.bucket()?,
             region: r.region()?,
             prefix: r.prefix()?,
-            chunk_size_bytes: r.bounded(
-                "s3",
-                "chunk_size_bytes",
-                200 * GIB,
-                limits::MAX_CHUNK_SIZE,
-            )?,
+            chunk_size_bytes: r.chunk_size()?,
             storage_class_chunks: r.one_of(
                 "s3",
                 "storage_class_chunks",
@@ -834,6 +832,19 @@ impl Reader<'_> {
                 "s3.send_compressed_data = {v}: must be \"auto\", true or false"
             )),
         }
+    }
+
+    fn chunk_size(&self) -> Result<u64, ConfigError> {
+        let v = self.bounded("s3", "chunk_size_bytes", 200 * GIB, limits::MAX_CHUNK_SIZE)?;
+        if v < limits::MIN_CHUNK_SIZE {
+            return err(format!(
+                "s3.chunk_size_bytes = {v}: must be at least {} (1 MiB): every chunk is an \
+                 object, and a chunk this small makes millions of them for a large backup \
+                 (the default is 214748364800, 200 GiB)",
+                limits::MIN_CHUNK_SIZE
+            ));
+        }
+        Ok(v)
     }
 
     fn part_size(&self) -> Result<u64, ConfigError> {

@@ -22,13 +22,17 @@ paths = ["{d}/vol/data"]
 bucket = "b"
 region = "r"
 prefix = "pre"
-chunk_size_bytes = 400
+chunk_size_bytes = 1048576
 part_size_bytes = 5242880
 storage_class_chunks = "GLACIER"
 "#,
         d = dir.display()
     );
-    Config::parse(&text, &ProcessEnv).unwrap()
+    let mut cfg = Config::parse(&text, &ProcessEnv).unwrap();
+    // Below the config's 1 MiB floor, so that the fakes' small streams make several
+    // chunks: the engine works with any size.
+    cfg.s3.chunk_size_bytes = 400;
+    cfg
 }
 
 struct Rig {

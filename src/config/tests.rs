@@ -312,6 +312,15 @@ fn each_rule_names_key_and_value() {
             s3_with("chunk_size_bytes = 0"),
             &["s3.chunk_size_bytes", "0"],
         ),
+        // A floor: a lost digit must not make billions of objects.
+        (
+            s3_with("chunk_size_bytes = 1000"),
+            &["s3.chunk_size_bytes = 1000", "at least 1048576 (1 MiB)"],
+        ),
+        (
+            s3_with("chunk_size_bytes = 1048575"),
+            &["s3.chunk_size_bytes = 1048575", "at least 1048576"],
+        ),
         (
             s3_with("storage_class_chunks = \"COLD\""),
             &["s3.storage_class_chunks", "COLD", "DEEP_ARCHIVE"],
