@@ -78,52 +78,64 @@ fn requests(stub: &HttpStub) -> usize {
     stub.seen.lock().unwrap().len()
 }
 
+fn unbounded() -> (listing::Limits, Arc<AtomicBool>) {
+    (listing::Limits::default(), Arc::new(AtomicBool::new(false)))
+}
+
 /// Tokens A, B, A, B, ...: each differs from the one before, so the old check (only
 /// the previous token) followed them for ever, growing the result without bound.
 #[test]
 fn a_listing_whose_tokens_go_round_ends_with_an_error() {
-    let flip = |t: Option<String>| match t.as_deref() {
-        Some("A") => "B",
-        _ => "A",
-    };
-    let objects = serve(move |r| {
+    let stub = serve(|r| {
         let t = query(r, "continuation-token");
-        let key = format!("p/{}", t.clone().unwrap_or_default());
-        Reply::from((200, objects_page(&[key], Some(flip(t)))))
+        let next = if t.as_deref() == Some("A") { "B" } else { "A" };
+        let key = format!("p/{}", t.unwrap_or_default());
+        Reply::from((200, objects_page(&[key], Some(next))))
     });
-    let parts = serve(move |r| {
-        let t = query(r, "part-number-marker");
-        let next = if t.as_deref() == Some("1") { "2" } else { "1" };
+    let (limits, stop) = unbounded();
+    let s = store_at(&stub.url, limits, stop);
+    let e = bounded(move || s.list_objects("p/")).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Permanent);
+    let text = e.to_string();
+    assert!(text.contains("ListObjectsV2 p/"), "{text}");
+    assert!(text.contains("repeats the marker \"A\""), "{text}");
+    assert_eq!(requests(&stub), 3);
+}
+
+/// The same with ListParts' part-number-marker: 1, 2, 1, 2, ...
+#[test]
+fn list_parts_whose_markers_go_round_ends_with_an_error() {
+    let stub = serve(|r| {
+        let next = match query(r, "part-number-marker").as_deref() {
+            Some("1") => "2",
+            _ => "1",
+        };
         Reply::from((200, parts_page(1, next)))
     });
-    let uploads = serve(move |r| {
+    let (limits, stop) = unbounded();
+    let s = store_at(&stub.url, limits, stop);
+    let e = bounded(move || s.list_parts("p/k", "up1")).unwrap_err();
+    assert!(e.to_string().contains("ListParts p/k"), "{e}");
+    assert!(e.to_string().contains("repeats the marker \"1\""), "{e}");
+    assert_eq!(requests(&stub), 3);
+}
+
+/// The same with ListMultipartUploads' key-marker and upload-id-marker.
+#[test]
+fn list_uploads_whose_markers_go_round_ends_with_an_error() {
+    let stub = serve(|r| {
         let next = match query(r, "upload-id-marker").as_deref() {
             Some("u1") => "u2",
             _ => "u1",
         };
         Reply::from((200, uploads_page("k", next)))
     });
-    let stop = Arc::new(AtomicBool::new(false));
-    let limits = listing::Limits::default();
-    let s = store_at(&objects.url, limits, stop.clone());
-    let e = bounded(move || s.list_objects("p/")).unwrap_err();
-    assert_eq!(e.kind, ErrorKind::Permanent);
-    let text = e.to_string();
-    assert!(text.contains("ListObjectsV2 p/"), "{text}");
-    assert!(text.contains("repeats the marker \"A\""), "{text}");
-    assert_eq!(requests(&objects), 3);
-
-    let s = store_at(&parts.url, limits, stop.clone());
-    let e = bounded(move || s.list_parts("p/k", "up1")).unwrap_err();
-    assert!(e.to_string().contains("ListParts p/k"), "{e}");
-    assert!(e.to_string().contains("repeats the marker \"1\""), "{e}");
-    assert_eq!(requests(&parts), 3);
-
-    let s = store_at(&uploads.url, limits, stop);
+    let (limits, stop) = unbounded();
+    let s = store_at(&stub.url, limits, stop);
     let e = bounded(move || s.list_multipart_uploads("p/")).unwrap_err();
     assert!(e.to_string().contains("ListMultipartUploads p/"), "{e}");
     assert!(e.to_string().contains("\"p/k\" / \"u1\""), "{e}");
-    assert_eq!(requests(&uploads), 3);
+    assert_eq!(requests(&stub), 3);
 }
 
 /// A fresh token on every page and never IsTruncated=false: the page cap ends it.
@@ -190,11 +202,8 @@ fn a_deeply_nested_reply_is_refused() {
     let n = 1_400_000;
     let body = format!("{}{}", "<a>".repeat(n), "</a>".repeat(n));
     let stub = serve(move |_| Reply::from((200, body.clone())));
-    let s = store_at(
-        &stub.url,
-        listing::Limits::default(),
-        Arc::new(AtomicBool::new(false)),
-    );
+    let (limits, stop) = unbounded();
+    let s = store_at(&stub.url, limits, stop);
     let e = bounded(move || s.list_objects("p/")).unwrap_err();
     assert_eq!(e.kind, ErrorKind::Permanent);
     assert!(
@@ -212,11 +221,8 @@ fn an_oversized_reply_is_refused() {
         " ".repeat(MAX_REPLY_BYTES as usize)
     );
     let stub = serve(move |_| Reply::from((200, body.clone())));
-    let s = store_at(
-        &stub.url,
-        listing::Limits::default(),
-        Arc::new(AtomicBool::new(false)),
-    );
+    let (limits, stop) = unbounded();
+    let s = store_at(&stub.url, limits, stop);
     let e = bounded(move || s.list_objects("p/")).unwrap_err();
     assert_eq!(e.kind, ErrorKind::TooLarge);
     assert!(!e.is_transient());
@@ -248,13 +254,12 @@ fn a_bounded_get_reads_no_more_than_its_cap() {
             }
         }
     });
-    let s = store_at(
-        &url,
-        listing::Limits::default(),
-        Arc::new(AtomicBool::new(false)),
-    );
+    let (limits, stop) = unbounded();
+    let s = store_at(&url, limits, stop);
     let key = "p/subvol/a/full/manifest-20240101T000000Z.json";
-    let e = bounded(move || super::super::get_bounded(&s, key, 1 << 20)).unwrap_err();
+    let e = bounded(move || super::super::get_bounded(&s, key, 1 << 20))
+        .err()
+        .expect("read over the cap");
     assert_eq!(e.kind, ErrorKind::TooLarge);
     let text = e.to_string();
     assert!(text.contains(&format!("GET {key}")), "{text}");
