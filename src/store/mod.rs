@@ -336,9 +336,9 @@ mod tests {
         let key = "p/subvol/a/full/manifest-20240101T000000Z.json";
         s.put_object(key, Body::Bytes(&vec![b' '; 3 << 20]), &opts())
             .unwrap();
-        let e = get_bounded(&s, key, 1 << 20)
-            .err()
-            .expect("read over the cap");
+        let Err(e) = get_bounded(&s, key, 1 << 20) else {
+            panic!("read over the cap")
+        };
         assert_eq!(e.kind, ErrorKind::TooLarge);
         assert!(!e.is_transient());
         let text = e.to_string();

@@ -257,9 +257,9 @@ fn a_bounded_get_reads_no_more_than_its_cap() {
     let (limits, stop) = unbounded();
     let s = store_at(&url, limits, stop);
     let key = "p/subvol/a/full/manifest-20240101T000000Z.json";
-    let e = bounded(move || super::super::get_bounded(&s, key, 1 << 20))
-        .err()
-        .expect("read over the cap");
+    let Err(e) = bounded(move || super::super::get_bounded(&s, key, 1 << 20)) else {
+        panic!("read over the cap")
+    };
     assert_eq!(e.kind, ErrorKind::TooLarge);
     let text = e.to_string();
     assert!(text.contains(&format!("GET {key}")), "{text}");
