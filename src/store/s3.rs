@@ -817,7 +817,7 @@ impl ObjectStore for S3Store {
                     return Err(StoreError::new(
                         ErrorKind::Permanent,
                         &op,
-                        "the listing is truncated but gives no NextContinuationToken",
+                        "the listing is truncated but gives no new NextContinuationToken",
                     ))
                 }
                 _ => break,
