@@ -9,6 +9,7 @@ mod compressed;
 mod contrib;
 mod firstrun;
 mod hostile_bucket;
+mod limits;
 mod lock;
 mod operate;
 mod restore;
