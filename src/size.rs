@@ -43,7 +43,7 @@ pub fn parse(text: &str) -> Result<u64, String> {
     };
     let scale = 10u128.pow(frac.len() as u32);
     let frac_bytes = f * mult;
-    if frac_bytes % scale != 0 {
+    if !frac_bytes.is_multiple_of(scale) {
         return Err("not a whole number of bytes".into());
     }
     let bytes = w
