@@ -24,7 +24,7 @@ use crate::journal::{self, Begin, ChunkProgress, Journal, PartDone, Pending, Rec
 use crate::manifest::{ChunkEntry, Kind, Manifest, S3Info, SnapshotRef};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, PipelineConfig, Progress, ResumeMismatch};
-use crate::planner::{plan, Action, Decision, Facts};
+use crate::planner::{plan, Action, Decision, Facts, Trigger};
 use crate::progress::{Counted, Expected, Meter, Metered, Reporter};
 use crate::repo::Repo;
 use crate::retry::Retrier;
@@ -251,10 +251,10 @@ impl Backup<'_> {
         sv: &Subvolume,
         entry: &SubvolState,
         now: Ts,
-        once: bool,
+        trigger: Trigger,
     ) -> Result<Decision> {
         let mut facts = self.facts(sv, entry)?;
-        let d = plan(&facts, &self.cfg.schedule, now, once);
+        let d = plan(&facts, &self.cfg.schedule, now, trigger);
         let (Action::Run(Kind::Incremental), Some(repo), Some(key)) =
             (d.action, self.repo, entry.last_manifest.as_deref())
         else {
@@ -273,7 +273,7 @@ impl Backup<'_> {
             return Ok(d);
         };
         facts.parent_chain_problem = Some(format!("{}: {}", f.key, f.problem));
-        Ok(plan(&facts, &self.cfg.schedule, now, once))
+        Ok(plan(&facts, &self.cfg.schedule, now, trigger))
     }
 
     /// Backs up one subvolume: a pending backup first (resume, recover or abandon), then
@@ -282,7 +282,7 @@ impl Backup<'_> {
         &self,
         sv: &Subvolume,
         entry: &SubvolState,
-        once: bool,
+        trigger: Trigger,
         restart: bool,
         run_ts: Ts,
     ) -> Result<Outcome> {
@@ -315,7 +315,7 @@ impl Backup<'_> {
         };
         let mut owned = HashSet::new();
         if let (Some(p), Some(_)) = (pending, self.repo) {
-            match self.decide(sv, entry, &p, restart, run_ts)? {
+            match self.decide(sv, entry, &p, restart, trigger, run_ts)? {
                 PendingAction::Done => journal::remove(&p.path)?,
                 PendingAction::Recover => return self.recover(sv, entry, &p),
                 PendingAction::Abandon(reason) => self.abandon(sv, entry, &p, &reason),
@@ -333,7 +333,7 @@ impl Backup<'_> {
             }
         }
         self.sweep_stale_uploads(sv, &HashSet::new())?;
-        let d = self.decide_plan(sv, entry, run_ts, once)?;
+        let d = self.decide_plan(sv, entry, run_ts, trigger)?;
         event!(
             Info,
             "plan",
@@ -372,6 +372,7 @@ impl Backup<'_> {
         entry: &SubvolState,
         p: &Pending,
         restart: bool,
+        trigger: Trigger,
         now: Ts,
     ) -> Result<PendingAction> {
         let b = &p.begin;
@@ -390,6 +391,9 @@ impl Backup<'_> {
         }
         if restart {
             return abandon("--restart".into());
+        }
+        if trigger == Trigger::Full && b.kind == Kind::Incremental {
+            return abandon("--full asks for a new full".into());
         }
         let want = settings(self.cfg, part_size(self.cfg)?);
         if b.settings != want {
@@ -411,7 +415,12 @@ impl Backup<'_> {
                     b.parent_manifest, entry.last_manifest
                 ));
             }
-            let d = plan(&self.facts(sv, entry)?, &self.cfg.schedule, now, true);
+            let d = plan(
+                &self.facts(sv, entry)?,
+                &self.cfg.schedule,
+                now,
+                Trigger::Once,
+            );
             if d.action == Action::Run(Kind::Full) {
                 return abandon(format!("a new full is due ({})", d.reason));
             }

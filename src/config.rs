@@ -681,6 +681,17 @@ impl Reader<'_> {
             Some(toml::Value::Integer(i)) => {
                 err(format!("{section}.{key} = {i}: must be greater than 0"))
             }
+            // Sizes (`*_bytes`) may carry a unit.
+            Some(toml::Value::String(t)) if key.ends_with("_bytes") => {
+                match crate::size::parse(t) {
+                    Ok(0) => err(format!("{section}.{key} = {t:?}: must be greater than 0")),
+                    Ok(n) => Ok(n),
+                    Err(why) => err(format!(
+                        "{section}.{key} = {t:?}: {why}; write {}",
+                        crate::size::FORMS
+                    )),
+                }
+            }
             Some(v) => err(format!(
                 "{section}.{key} = {v}: must be a whole number greater than 0, not a {}",
                 type_name(v)

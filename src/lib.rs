@@ -27,6 +27,7 @@ pub mod retry;
 pub mod sendstream;
 pub mod sha256x2;
 pub mod signals;
+pub mod size;
 pub mod snapshots;
 pub mod state;
 pub mod store;

@@ -98,7 +98,12 @@ impl Rig {
     ) -> Result<Outcome> {
         let b = self.backup();
         let sv = &self.cfg.subvolumes[0];
-        b.run(sv, entry, once, restart, Ts::parse(ts).unwrap())
+        let trigger = if once {
+            crate::planner::Trigger::Once
+        } else {
+            crate::planner::Trigger::Schedule
+        };
+        b.run(sv, entry, trigger, restart, Ts::parse(ts).unwrap())
     }
 
     fn journal(&self) -> Option<crate::journal::Pending> {
@@ -650,7 +655,7 @@ fn the_send_protocol_follows_the_config_and_what_the_machine_can_do() {
         .run(
             sv,
             &SubvolState::default(),
-            false,
+            crate::planner::Trigger::Schedule,
             false,
             Ts::parse("20250101T020000Z").unwrap(),
         )

@@ -17,6 +17,7 @@ use crate::cmd::Session;
 use crate::config::{Config, Subvolume};
 use crate::event;
 use crate::metrics::{write_textfile, Metrics, SubvolResult};
+use crate::planner::Trigger;
 use crate::repo::Repo;
 use crate::state::State;
 use crate::ts::Ts;
@@ -86,7 +87,7 @@ pub fn run(config: &Config, args: &BackupArgs) -> Result<u8> {
         send_protocol,
     };
     if args.dry_run {
-        return dry_run(&b, &state, &selected, args.once);
+        return dry_run(&b, &state, &selected, trigger(args));
     }
     check_state_writable(state_path)?;
     let harness = crate::harness::dir()?;
@@ -109,7 +110,7 @@ pub fn run(config: &Config, args: &BackupArgs) -> Result<u8> {
         }
         let entry = state.subvolumes.get(&sv.name).cloned().unwrap_or_default();
         let r = b
-            .run(sv, &entry, args.once, args.restart, run_ts)
+            .run(sv, &entry, trigger(args), args.restart, run_ts)
             .and_then(|o| match o {
                 Outcome::Published(p) => {
                     let m = finish(&b, &mut state, state_path, sv, &p, run_ts)?;
@@ -380,11 +381,20 @@ fn full_estimate(cfg: &Config, sv: &Subvolume) -> String {
     }
 }
 
+/// What asks for this run's backups (`--full`, `--once`, or the schedule).
+fn trigger(args: &BackupArgs) -> Trigger {
+    match (args.full, args.once) {
+        (true, _) => Trigger::Full,
+        (_, true) => Trigger::Once,
+        _ => Trigger::Schedule,
+    }
+}
+
 /// `--dry-run`: the config check the systemd unit runs first. Config problems exit 2
 /// (each named); S3 out of reach exits 1; else the plan, one line per subvolume (a
 /// refused resume journal says so: that subvolume's run will fail), the chunk objects a
 /// full would make, exit 0.
-fn dry_run(b: &Backup<'_>, state: &State, selected: &[&Subvolume], once: bool) -> Result<u8> {
+fn dry_run(b: &Backup<'_>, state: &State, selected: &[&Subvolume], trigger: Trigger) -> Result<u8> {
     let problems = config_problems(b, selected);
     for p in &problems {
         println!("config: {p}");
@@ -419,7 +429,7 @@ fn dry_run(b: &Backup<'_>, state: &State, selected: &[&Subvolume], once: bool) -
             }
             // None, or unreadable: the run abandons an unreadable journal and plans.
             _ => {
-                let d = b.decide_plan(sv, &entry, now, once)?;
+                let d = b.decide_plan(sv, &entry, now, trigger)?;
                 format!("{}: {} ({})", sv.name, d.action.as_str(), d.reason)
             }
         };

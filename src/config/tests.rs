@@ -566,3 +566,51 @@ fn sse_none_and_kms_key_id() {
         Some("arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab")
     );
 }
+
+#[test]
+fn sizes_take_units_and_plain_numbers_keep_working() {
+    let c = Config::parse(
+        &s3_with("chunk_size_bytes = \"2GiB\"\npart_size_bytes = \"16MiB\""),
+        &env(),
+    )
+    .unwrap();
+    assert_eq!(
+        (c.s3.chunk_size_bytes, c.s3.part_size_bytes),
+        (2 << 30, 16 << 20)
+    );
+    let c = Config::parse(&s3_with("chunk_size_bytes = 2147483648"), &env()).unwrap();
+    assert_eq!(c.s3.chunk_size_bytes, 2 << 30);
+    let c = Config::parse(
+        &format!("[global]\nspool_size_bytes = \"1.5 TB\"\n{}", s3_with("")),
+        &env(),
+    )
+    .unwrap();
+    assert_eq!(c.global.spool_size_bytes, 1_500_000_000_000);
+    for (line, words) in [
+        (
+            "chunk_size_bytes = \"16 Mb\"",
+            &["s3.chunk_size_bytes", "\"16 Mb\"", "unknown unit", "MiB"][..],
+        ),
+        (
+            "chunk_size_bytes = \"0GiB\"",
+            &["s3.chunk_size_bytes", "greater than 0"],
+        ),
+        (
+            "chunk_size_bytes = \"6TiB\"",
+            &["s3.chunk_size_bytes", "at most"],
+        ),
+        (
+            "part_size_bytes = \"1MiB\"",
+            &["s3.part_size_bytes", "5 MiB"],
+        ),
+        (
+            "concurrency = \"4MiB\"",
+            &["s3.concurrency", "whole number"],
+        ),
+    ] {
+        let e = parse_err(&s3_with(line));
+        for w in words {
+            assert!(e.contains(w), "{line}: {e} lacks {w}");
+        }
+    }
+}

@@ -54,14 +54,16 @@ fn usage_errors_exit_2() {
     for args in [
         &["backup"][..],
         &["backup", "--bogus"],
+        &["backup", "--full", "--once"],
         &["restore", "--config", "/x"],
         &["nonsense"],
     ] {
         let r = run_bin(args);
         assert_eq!(r.code, 2, "{args:?}: {r:?}");
     }
+    // Without --config (nor BTRFS_TO_S3_CONFIG) the default path is read; it is missing.
     let r = run_bin(&["backup"]);
-    assert!(r.stderr.contains("--config PATH is required"), "{r:?}");
+    assert!(r.stderr.contains("pass --config PATH"), "{r:?}");
 }
 
 #[test]
@@ -190,4 +192,83 @@ fn log_level_precedence_and_dry_run_output() {
         r.stderr.contains("--subvolume nope") && r.stderr.contains("configured: data"),
         "{r:?}"
     );
+}
+
+/// Issue 25 item 4: `-c`, `BTRFS_TO_S3_CONFIG`, and the default path when neither is given.
+#[test]
+fn the_config_comes_from_c_the_environment_or_the_default() {
+    let default = std::path::Path::new("/etc/btrfs_to_s3/config.toml");
+    assert!(
+        !default.exists(),
+        "this test needs no config at {} (move it aside)",
+        default.display()
+    );
+    let r = run_bin(&["list"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("no config at /etc/btrfs_to_s3/config.toml (the default)")
+            && r.stderr.contains("--config PATH"),
+        "{r:?}"
+    );
+    // A config with a mistake shows which file was read.
+    let dir = TempDir::new("cfgsrc");
+    let bad = write_config(&dir, &format!("{GOOD}\n[bogus]\n"));
+    let r = run_bin(&["list", "-c", &bad]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains(&bad) && r.stderr.contains("bogus"),
+        "{r:?}"
+    );
+    let r = output(
+        btrfs_to_s3()
+            .env("BTRFS_TO_S3_CONFIG", &bad)
+            .args(["verify"]),
+    );
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains(&bad), "{r:?}");
+    // --config wins over the environment.
+    let r = output(
+        btrfs_to_s3()
+            .env("BTRFS_TO_S3_CONFIG", "/nonexistent/env.toml")
+            .args(["verify", "--config", &bad]),
+    );
+    assert!(r.stderr.contains(&bad), "{r:?}");
+}
+
+/// Issue 25 item 3: completions and man pages are generated from the clap definitions.
+#[test]
+fn completions_and_man_pages_come_from_the_flags() {
+    let r = run_bin(&["completions", "bash"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    for w in ["_btrfs_to_s3()", "--manifest-key", "--full", "--config"] {
+        assert!(r.stdout.contains(w), "bash completions lack {w}");
+    }
+    for sh in ["zsh", "fish"] {
+        let r = run_bin(&["completions", sh]);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert!(
+            r.stdout.contains("restore") && r.stdout.contains("manifest-key"),
+            "{sh}"
+        );
+    }
+    assert_eq!(run_bin(&["completions", "tcsh"]).code, 2);
+    let r = run_bin(&["man"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.starts_with(".ie") && r.stdout.contains(".TH btrfs_to_s3 1"),
+        "{r:?}"
+    );
+    let dir = TempDir::new("man");
+    let d = dir.path().display().to_string();
+    let r = run_bin(&["man", "--dir", &d]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let backup = std::fs::read_to_string(dir.path().join("btrfs_to_s3-backup.1")).unwrap();
+    assert!(
+        backup.contains("full") && backup.contains("restart"),
+        "{backup}"
+    );
+    assert!(dir.path().join("btrfs_to_s3-restore.1").is_file());
+    let r = run_bin(&["man", "--dir", "/nonexistent/man"]);
+    assert_eq!(r.code, 2, "{r:?}");
 }

@@ -512,3 +512,34 @@ fn a_lying_listing_fails_list_and_prune_and_nothing_is_deleted() {
         );
     }
 }
+
+/// Issue 25 item 4: `backup --full` makes a full whatever the schedule says, and the next
+/// run's incremental builds on it.
+#[test]
+fn backup_full_forces_a_full_and_the_next_incremental_builds_on_it() {
+    if !require_root("backup_full_forces_a_full_and_the_next_incremental_builds_on_it") {
+        return;
+    }
+    let s = Setup::new(SetupOpts {
+        storage_class_chunks: "STANDARD",
+        ..Default::default()
+    });
+    random_file(&s.vol("data").join("f.bin"), MIB);
+    assert_eq!(s.backup(&[]).code, 0);
+    let f1 = s.current_key("data");
+    let i1 = s.next_backup(false);
+    assert!(i1.contains("/incremental/"));
+    let r = s.cmd(&["backup", "--dry-run", "--full"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("data: full (--full)"), "{r:?}");
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = s.backup(&["--full"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let f2 = s.current_key("data");
+    assert!(f2.contains("/full/") && f2 != f1, "{f2}");
+    assert!(r.stderr.contains("reason=--full"), "{r:?}");
+    let i2 = s.next_backup(false);
+    assert_eq!(s.get_json(&i2)["parent_manifest"], f2.as_str());
+    // --full and --once do not go together.
+    assert_eq!(s.backup(&["--full", "--once"]).code, 2);
+}
