@@ -164,11 +164,14 @@ pub fn start_key(
         return Ok(k.to_string());
     }
     let pkey = layout.pointer_key(subvolume);
-    let p: Pointer = fetch_existing(store, retrier, &pkey, Small::Pointer).map_err(|e| {
-        e.context(format!(
-            "no published backup of subvolume {subvolume} under this prefix (check --subvolume and s3.prefix)"
-        ))
-    })?;
+    // Only a pointer that is not there means "no backup": a request that failed (a
+    // wrong key, a dead link) or a damaged pointer keeps its own error.
+    let Some(p): Option<Pointer> = fetch_json(store, retrier, &pkey, Small::Pointer)? else {
+        damaged!(
+            "no published backup of subvolume {subvolume} under this prefix ({pkey} is missing; \
+             check --subvolume and s3.prefix)"
+        );
+    };
     if !layout.owns(subvolume, &p.manifest_key) {
         damaged!(
             "pointer {pkey}: field manifest_key = {:?} is not a key under {within}; refusing to restore from it",
@@ -402,6 +405,20 @@ mod tests {
                 assert!(e.contains(w), "{start}: {e:?} lacks {w:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_failed_request_for_the_pointer_is_not_called_a_missing_backup() {
+        // Issue 25 item 5: a 403 (a wrong key) said "no published backup of subvolume".
+        let s = MemoryStore::new();
+        s.fail("current.json", crate::store::ErrorKind::Permanent, 1);
+        let err = start_key(&s, &retrier(), &Layout::new("p"), "data", None).unwrap_err();
+        let e = format!("{err:#}");
+        assert!(
+            !e.contains("no published backup") && e.contains("injected failure"),
+            "{e}"
+        );
+        assert!(!is_damage(&err), "a failed request is not damage: {e}");
     }
 
     #[test]
