@@ -124,6 +124,18 @@ pub fn run(cli: Cli) -> Result<u8> {
         .into());
     }
     let config = Config::load(&config_path, &ProcessEnv)?;
+    // A config with only `[s3]` (a new machine on the bad day) serves restore, list and
+    // verify; what acts on the configured subvolumes needs them.
+    let needs_subvolumes = match &cli.command {
+        Command::Backup(_) => Some("backup"),
+        Command::Prune(a) if a.subvolumes.is_empty() => Some("prune without --subvolume"),
+        _ => None,
+    };
+    if let Some(what) = needs_subvolumes {
+        config
+            .require_subvolumes(what)
+            .map_err(|e| ConfigError(format!("config {}: {}", config_path.display(), e.0)))?;
+    }
     let level = cli
         .log_level
         .map(level_of)

@@ -328,6 +328,18 @@ impl Env for ProcessEnv {
 
 impl Config {
     /// Reads and validates the file at `path`.
+    /// For the commands that act on the configured subvolumes: `subvolumes.paths` must be
+    /// there (a config with only `[s3]` serves restore, list and verify).
+    pub fn require_subvolumes(&self, command: &str) -> Result<(), ConfigError> {
+        if self.subvolumes.is_empty() {
+            return err(format!(
+                "subvolumes.paths is required for {command} but missing: add [subvolumes] \
+                 paths = [\"/data\"] (restore, list and verify run without it)"
+            ));
+        }
+        Ok(())
+    }
+
     pub fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
@@ -749,10 +761,10 @@ impl Reader<'_> {
     }
 
     fn subvolumes(&self) -> Result<Vec<Subvolume>, ConfigError> {
+        // Absent: a disaster-recovery config (restore, list, verify); `backup` and a
+        // `prune` without --subvolume refuse it (`Config::require_subvolumes`).
         let Some(v) = self.get("subvolumes", "paths") else {
-            return err(
-                "subvolumes.paths is required but missing: add [subvolumes] paths = [\"/data\"]",
-            );
+            return Ok(Vec::new());
         };
         let Some(arr) = v.as_array() else {
             return err(format!(

@@ -34,6 +34,17 @@ pub fn run(config: &Config, args: &VerifyArgs) -> Result<u8> {
     }
     let session = Session::start(config, false)?;
     let repo = Repo::open(config, session.retrier.clone())?;
+    // No --subvolume and none configured (a disaster-recovery config): every subvolume
+    // under the prefix, as `list` shows them.
+    let names = if names.is_empty() {
+        crate::repo::catalog::load(&repo, &[])?
+            .subvolumes
+            .keys()
+            .cloned()
+            .collect()
+    } else {
+        names
+    };
     let checker = Checker {
         repo: &repo,
         sse: &config.s3.sse,

@@ -358,10 +358,6 @@ fn each_rule_names_key_and_value() {
             &["s3.send_compressed_data", "\"auto\", true or false"],
         ),
         (
-            "[s3]\nbucket = \"b\"\nregion = \"r\"\nprefix = \"p\"".to_string(),
-            &["subvolumes.paths", "required"],
-        ),
-        (
             s3_only("[subvolumes]\npaths = []"),
             &["subvolumes.paths", "at least one"],
         ),
@@ -613,4 +609,22 @@ fn sizes_take_units_and_plain_numbers_keep_working() {
             assert!(e.contains(w), "{line}: {e} lacks {w}");
         }
     }
+}
+
+#[test]
+fn a_config_with_only_s3_serves_restore_list_and_verify() {
+    let c = Config::parse(
+        "[s3]\nbucket = \"b\"\nregion = \"r\"\nprefix = \"p\"",
+        &env(),
+    )
+    .unwrap();
+    assert!(c.subvolumes.is_empty());
+    let e = c.require_subvolumes("backup").unwrap_err().0;
+    assert!(
+        e.contains("subvolumes.paths is required for backup")
+            && e.contains("restore, list and verify"),
+        "{e}"
+    );
+    let c = Config::parse(&s3_with(""), &env()).unwrap();
+    assert!(c.require_subvolumes("backup").is_ok());
 }

@@ -69,11 +69,19 @@ fn usage_errors_exit_2() {
 #[test]
 fn config_errors_exit_2_with_the_key() {
     let dir = TempDir::new("cfg");
+    // A config without subvolumes serves restore, list and verify (a new machine), not
+    // backup: exit 2, the file and the key named.
+    let cfg = write_config(
+        &dir,
+        "[s3]\nbucket = \"b\"\nregion = \"r\"\nprefix = \"p\"\n",
+    );
+    let r = run_bin(&["backup", "--config", &cfg]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("subvolumes.paths") && r.stderr.contains(&cfg),
+        "{r:?}"
+    );
     let cases: &[(&str, &str)] = &[
-        (
-            "[s3]\nbucket = \"b\"\nregion = \"r\"\nprefix = \"p\"\n",
-            "subvolumes.paths",
-        ),
         (
             &GOOD.replace("prefix = \"p\"", "prefix = \"p\"\nconcurrency = 0"),
             "s3.concurrency",

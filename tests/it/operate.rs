@@ -543,3 +543,70 @@ fn backup_full_forces_a_full_and_the_next_incremental_builds_on_it() {
     // --full and --once do not go together.
     assert_eq!(s.backup(&["--full", "--once"]).code, 2);
 }
+
+/// Issue 25 item 1: README's "Restore on a new machine", step by step: a config with only
+/// `[s3]` and `[restore]`; `list` with no `--subvolume` shows every subvolume; `verify`
+/// checks them all; `restore` brings one back; `backup` refuses the config.
+#[test]
+fn restore_on_a_new_machine_from_a_config_with_only_s3() {
+    if !require_root("restore_on_a_new_machine_from_a_config_with_only_s3") {
+        return;
+    }
+    let s = Setup::new(SetupOpts {
+        storage_class_chunks: "STANDARD",
+        subvolumes: &["data", "home"],
+        ..Default::default()
+    });
+    random_file(&s.vol("data").join("f.bin"), MIB);
+    random_file(&s.vol("home").join("g.bin"), MIB);
+    assert_eq!(s.backup(&[]).code, 0);
+    // Step 1: only where the backups are.
+    let dr = s.fs.dir.path().join("dr.toml");
+    std::fs::write(
+        &dr,
+        format!(
+            "[s3]\nbucket = \"{BUCKET}\"\nregion = \"{REGION}\"\nprefix = \"backups\"\n\
+             endpoint_url = \"{}\"\n\n[restore]\ntarget_base_dir = \"{}\"\n",
+            s.moto.endpoint,
+            s.fs.mnt.display()
+        ),
+    )
+    .unwrap();
+    let dr = dr.display().to_string();
+    // Step 3.
+    let r = run_bin(&["list", "-c", &dr]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("data") && r.stdout.contains("home"),
+        "{r:?}"
+    );
+    // Step 4.
+    let r = run_bin(&["verify", "-c", &dr]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("data") && r.stdout.contains("home"),
+        "{r:?}"
+    );
+    // Step 5.
+    let r = run_bin(&[
+        "restore",
+        "-c",
+        &dr,
+        "--subvolume",
+        "data",
+        "--target",
+        "data",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("event=verify_content_skipped"), "{r:?}");
+    assert_same_tree(&s.vol("data"), &s.fs.mnt.join("data"));
+    // What such a config cannot do.
+    let r = run_bin(&["backup", "-c", &dr]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("subvolumes.paths is required for backup"),
+        "{r:?}"
+    );
+    let r = run_bin(&["prune", "-c", &dr]);
+    assert_eq!(r.code, 2, "{r:?}");
+}
