@@ -45,7 +45,14 @@ pub fn main() -> ExitCode {
                 "error"
             };
             let line = crate::term::inert(&crate::logging::redact(&format!("{e:#}")));
-            eprintln!("btrfs_to_s3: {what}: {line}");
+            let prio = if !crate::logging::stderr_is_journal() {
+                ""
+            } else if code == exit::RESTORE_PENDING {
+                crate::logging::priority(log::Level::Warn)
+            } else {
+                crate::logging::priority(log::Level::Error)
+            };
+            eprintln!("{prio}btrfs_to_s3: {what}: {line}");
             ExitCode::from(code)
         }
     }

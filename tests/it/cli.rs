@@ -280,3 +280,48 @@ fn completions_and_man_pages_come_from_the_flags() {
     let r = run_bin(&["man", "--dir", "/nonexistent/man"]);
     assert_eq!(r.code, 2, "{r:?}");
 }
+
+/// Issue 25 item 7: under systemd (`JOURNAL_STREAM` naming stderr) each line starts with
+/// its syslog priority, so `journalctl -p err` finds failures; otherwise lines are as
+/// before.
+#[test]
+fn journald_gets_a_priority_on_every_line_when_stderr_is_the_journal() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = TempDir::new("journal");
+    let cfg = write_config(
+        &dir,
+        &GOOD.replace(
+            "prefix = \"p\"",
+            "prefix = \"p\"\nendpoint_url = \"http://127.0.0.1:9\"",
+        ),
+    );
+    let run_with = |journal: Option<&str>| {
+        let log = dir.path().join("stderr.log");
+        let f = std::fs::File::create(&log).unwrap();
+        let meta = f.metadata().unwrap();
+        let mut c = btrfs_to_s3();
+        c.args(["verify", "--log-level", "debug", "-c", &cfg])
+            .stderr(f);
+        match journal {
+            Some(v) => c.env("JOURNAL_STREAM", v),
+            None => c.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino())),
+        };
+        let st = c.status().unwrap();
+        assert_eq!(st.code(), Some(1));
+        std::fs::read_to_string(&log).unwrap()
+    };
+    let text = run_with(None);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.iter().all(|l| l.starts_with('<')), "{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("<7>") && l.contains("event=config_loaded")),
+        "{text}"
+    );
+    let last = lines.last().unwrap();
+    assert!(last.starts_with("<3>btrfs_to_s3: error: "), "{text}");
+    // Another stream's numbers (a child whose stderr was redirected): no prefixes.
+    let text = run_with(Some("1:1"));
+    assert!(!text.lines().any(|l| l.starts_with('<')), "{text}");
+}
