@@ -155,12 +155,43 @@ pub fn run(cli: Cli) -> Result<u8> {
         subvolumes = config.subvolumes.len()
     );
     match cli.command {
-        Command::Backup(args) => crate::cmd::backup::run(&config, &args),
+        Command::Backup(args) => {
+            let started = crate::ts::Ts::now();
+            let r = crate::cmd::backup::run(&config, &args);
+            if !args.dry_run {
+                record_last_run(&config, started, &r);
+            }
+            r
+        }
+        Command::Status(args) => crate::cmd::status::run(&config, &args),
         Command::Restore(args) => crate::cmd::restore::run(&config, &args),
         Command::List(args) => crate::cmd::list::run(&config, &args),
         Command::Verify(args) => crate::cmd::verify::run(&config, &args),
         Command::Prune(args) => crate::cmd::prune::run(&config, &args),
         Command::Completions(_) | Command::Man(_) => Ok(exit::OK),
+    }
+}
+
+/// Keeps the backup run's outcome for `status` (`lastrun`), unless it never started
+/// (another run holds the lock: that run's record is the one that counts). A record that
+/// cannot be written is a warning, not the run's failure.
+fn record_last_run(config: &Config, started: crate::ts::Ts, r: &Result<u8>) {
+    let (code, line) = match r {
+        Ok(code) => (
+            *code,
+            "backup finished: every selected subvolume backed up or not due".to_string(),
+        ),
+        Err(e) if e.chain().any(|c| c.is::<crate::lock::LockHeld>()) => return,
+        Err(e) => (exit_code_for(e), format!("{e:#}")),
+    };
+    let rec = crate::lastrun::LastRun::new(
+        started.to_string(),
+        crate::ts::Ts::now().to_string(),
+        code,
+        &line,
+    );
+    if let Err(e) = rec.save(&config.global.state_path) {
+        event!(Warn, "last_run_not_recorded", error = format!("{e:#}"));
     }
 }
 

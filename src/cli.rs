@@ -46,6 +46,9 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Delete old generations from S3 (a dry run unless --confirm)
     Prune(PruneArgs),
+    /// Per subvolume: the last backup, what is due next, a pending resume, the last run's
+    /// result (local files only; --remote also reads current.json)
+    Status(StatusArgs),
     /// Print shell completions for SHELL to stdout (bash, zsh, fish, elvish, powershell)
     Completions(CompletionsArgs),
     /// Print the man page (roff) to stdout (btrfs_to_s3 man | man -l -), or write one page
@@ -59,6 +62,21 @@ pub struct ManArgs {
     /// existing directory instead
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct StatusArgs {
+    /// Only this subvolume (by name); repeatable. Default: the configured subvolumes
+    #[arg(long = "subvolume", value_name = "NAME")]
+    pub subvolumes: Vec<String>,
+
+    /// Also read each subvolume's current.json from S3 and compare it with the state
+    #[arg(long)]
+    pub remote: bool,
+
+    /// One JSON document on stdout
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args, Clone)]

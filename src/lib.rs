@@ -14,6 +14,7 @@ pub mod config;
 pub mod failpoint;
 pub mod harness;
 pub mod journal;
+pub mod lastrun;
 pub mod lock;
 pub mod logging;
 pub mod manifest;

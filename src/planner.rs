@@ -65,6 +65,12 @@ fn period(every_days: u64) -> i64 {
         .saturating_sub(TIMER_SLACK_SECS)
 }
 
+/// When something last done at `last` is due again every `every_days` (the timer's
+/// slack included, as `plan` counts it).
+pub fn next_due(last: Ts, every_days: u64) -> Ts {
+    Ts::from_unix(last.unix().saturating_add(period(every_days)))
+}
+
 fn due(age: i64, every_days: u64) -> bool {
     age >= period(every_days)
 }

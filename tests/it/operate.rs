@@ -610,3 +610,95 @@ fn restore_on_a_new_machine_from_a_config_with_only_s3() {
     let r = run_bin(&["prune", "-c", &dr]);
     assert_eq!(r.code, 2, "{r:?}");
 }
+
+/// Issue 25 item 6: `status` reads local files only: the last backup, what is due, a
+/// pending resume and the last run's result; `--remote` compares current.json; `--json`;
+/// no lock and no root.
+#[test]
+fn status_tells_the_last_backup_what_is_due_a_pending_resume_and_the_last_run() {
+    if !require_root("status_tells_the_last_backup_what_is_due_a_pending_resume_and_the_last_run") {
+        return;
+    }
+    let s = Setup::new(SetupOpts {
+        storage_class_chunks: "STANDARD",
+        ..Default::default()
+    });
+    let r = s.cmd(&["status"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("last backup:      none recorded")
+            && r.stdout.contains("due now (no backup recorded)")
+            && r.stdout.contains("last run: no record"),
+        "{r:?}"
+    );
+    random_file(&s.vol("data").join("f.bin"), 3 * MIB);
+    assert_eq!(s.backup(&[]).code, 0);
+    let key = s.current_key("data");
+    let r = s.cmd(&["status", "--remote"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    for w in [
+        "data:",
+        "last backup:      full of ",
+        &key,
+        "next incremental: 20",
+        "resume pending:   no",
+        "(the state's last manifest)",
+        "last run: ok at ",
+    ] {
+        assert!(r.stdout.contains(w), "lacks {w}: {r:?}");
+    }
+    // No S3 request without --remote: a dead endpoint does not matter.
+    let r = output(
+        btrfs_to_s3()
+            .args(["status", "--config"])
+            .arg(&s.cfg)
+            .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    // An interrupted incremental: pending, with what is stored.
+    std::thread::sleep(Duration::from_millis(1100));
+    random_file(&s.vol("data").join("g.bin"), 12 * MIB);
+    let r = output(
+        s.backup_cmd(&["--once"])
+            .env("BTRFS_TO_S3_FAILPOINT", "after_chunk_journaled"),
+    );
+    assert_ne!(r.code, 0, "{r:?}");
+    let r = s.cmd(&["status", "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let j: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let sv = &j["subvolumes"][0];
+    assert_eq!(sv["name"], "data");
+    assert_eq!(sv["pending"]["kind"], "incremental", "{j}");
+    assert!(sv["pending"]["stored_bytes"].as_u64().unwrap() > 0, "{j}");
+    assert_eq!(sv["last_backup"]["manifest_key"], key.as_str());
+    assert_eq!(j["last_run"]["result"], "ok");
+    let r = s.cmd(&["status"]);
+    assert!(
+        r.stdout
+            .contains("resume pending:   incremental backup of ")
+            && r.stdout.contains("the next run resumes it"),
+        "{r:?}"
+    );
+    // A failed run is recorded with its error line.
+    let r = output(&mut s.backup_cmd(&["--subvolume", "nope"]));
+    assert_eq!(r.code, 2, "{r:?}");
+    let r = s.cmd(&["status"]);
+    assert!(
+        r.stdout.contains("last run: failed at ")
+            && r.stdout.contains("(exit 2): --subvolume nope"),
+        "{r:?}"
+    );
+    // The run lock is not taken: status works while a run holds it (a run that cannot
+    // start for the lock leaves the record of the run that holds it).
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&s.lock)
+        .unwrap();
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+    let r = s.backup(&[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let r = s.cmd(&["status"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("(exit 2): --subvolume nope"), "{r:?}");
+    drop(f);
+}
