@@ -162,8 +162,8 @@ impl fmt::Display for AgeError {
             ),
             AgeError::EmptyFinalBlock { block } => write!(
                 f,
-                "age payload block {block} is an empty final block after a full one \
-                 (not a valid age file)"
+                "age payload block {block} is an empty final block after a full one: \
+                 the file was cut short, or is not a valid age file"
             ),
         }
     }

@@ -158,18 +158,17 @@ impl Header {
     pub fn read_from<R: BufRead>(input: &mut R) -> Result<Header, AgeError> {
         let mut bytes = Vec::new();
         let mut line_no = 1;
-        let first = match read_line(input, &mut bytes, VERSION_LINE.len() + 1) {
-            Ok(line) => line,
-            Err(_) if [VERSION_LINE, b"\n"].concat().starts_with(&bytes) => {
-                return Err(AgeError::TruncatedHeader)
-            }
-            Err(_) if bytes.starts_with(VERSION_PREFIX) => {
-                return Err(AgeError::UnsupportedVersion)
-            }
-            Err(_) => return Err(AgeError::NotAge),
-        };
-        if first.as_slice() != VERSION_LINE {
-            return Err(if first.starts_with(VERSION_PREFIX) {
+        let first = read_line(input, &mut bytes, 64);
+        if first.as_deref().ok() != Some(VERSION_LINE) {
+            let seen = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+            return Err(if first.is_err() && VERSION_LINE.starts_with(seen) {
+                AgeError::TruncatedHeader
+            } else if seen.starts_with(VERSION_LINE) {
+                AgeError::Header {
+                    line: 1,
+                    what: "the version line must be exactly age-encryption.org/v1 and a LF",
+                }
+            } else if seen.starts_with(VERSION_PREFIX) {
                 AgeError::UnsupportedVersion
             } else {
                 AgeError::NotAge
