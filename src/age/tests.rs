@@ -136,8 +136,14 @@ fn every_recipient_of_a_multi_recipient_file_decrypts_it_and_others_cannot() {
     let (x, y, z) = (identity(), identity(), identity());
     let s = sealing_for(&[&x, &y]);
     let c = encrypt_to_vec(&s, &plaintext(100_000));
-    assert_eq!(decrypt(&c, &[x.clone()]).expect("x"), plaintext(100_000));
-    assert_eq!(decrypt(&c, &[y.clone()]).expect("y"), plaintext(100_000));
+    assert_eq!(
+        decrypt(&c, std::slice::from_ref(&x)).expect("x"),
+        plaintext(100_000)
+    );
+    assert_eq!(
+        decrypt(&c, std::slice::from_ref(&y)).expect("y"),
+        plaintext(100_000)
+    );
     assert_eq!(
         decrypt(&c, &[z.clone(), y]).expect("z, y"),
         plaintext(100_000)
