@@ -92,6 +92,11 @@ impl Retrier {
         self.cancel.load(Ordering::SeqCst)
     }
 
+    /// The run's cancel flag, for what must stop with it (requests in flight).
+    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
+        self.cancel.clone()
+    }
+
     fn random(&self) -> u64 {
         // xorshift64*: jitter only, not security.
         let mut x = self.seed.load(Ordering::Relaxed);

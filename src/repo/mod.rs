@@ -50,7 +50,8 @@ impl Repo {
 
     /// The configured bucket over S3.
     pub fn open(cfg: &Config, retrier: Arc<Retrier>) -> Result<Repo> {
-        Ok(Repo::new(cfg, crate::store::s3::open(cfg)?, retrier))
+        let store = crate::store::s3::open(cfg, retrier.cancel_flag())?;
+        Ok(Repo::new(cfg, store, retrier))
     }
 
     pub fn store(&self) -> &Arc<dyn ObjectStore> {

@@ -4,6 +4,7 @@
 //! (tests).
 
 mod checksum;
+mod connect;
 mod creds;
 mod http;
 pub mod memory;

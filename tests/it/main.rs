@@ -8,6 +8,7 @@ mod cli;
 mod compressed;
 mod contrib;
 mod firstrun;
+mod link;
 mod lock;
 mod operate;
 mod restore;
