@@ -374,8 +374,13 @@ impl Request {
         self
     }
 
+    /// Sends the request without a body (`Content-Length: 0` for a method that may carry
+    /// one, as ureq 2 did: a chunked empty body is not for every S3 service).
     pub fn call(self) -> Result<Response, Error> {
-        self.run(())
+        match self.method.as_str() {
+            "GET" | "HEAD" | "DELETE" | "OPTIONS" => self.run(()),
+            _ => self.run(&[][..]),
+        }
     }
 
     pub fn send_bytes(self, body: &[u8]) -> Result<Response, Error> {
@@ -907,6 +912,24 @@ mod wait_tests {
         let started = Instant::now();
         transport_error(a.request_url("GET", &url).call());
         assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_post_without_a_body_is_not_chunked() {
+        let stub = crate::testing::serve(|_| crate::testing::Reply::from((200, String::new())));
+        let t = Transport::from_env(&NoEnv).unwrap();
+        let url = url::Url::parse(&format!("{}/b/k?uploads", stub.url)).unwrap();
+        agent(&t, 2000)
+            .request_url("POST", &url)
+            .call()
+            .ok()
+            .unwrap();
+        let seen = stub.seen.lock().unwrap().clone();
+        assert!(
+            !seen[0].headers.contains_key("transfer-encoding"),
+            "{seen:?}"
+        );
+        assert_eq!(seen[0].headers["content-length"], "0");
     }
 
     #[test]

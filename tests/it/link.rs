@@ -11,6 +11,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::keepalive::KeepAlive;
 use crate::support::link::{parse_rate, Action, Dir, Link, Mode, Trigger};
 use crate::support::*;
 use btrfs_to_s3::store::ObjectStore;
@@ -206,9 +207,10 @@ fn a_trigger_fires_at_its_byte_on_a_reused_connection_only() {
     assert!(got.len() <= 19 + 6 + 1000, "{}", got.len());
 }
 
-/// A backup setup whose S3 endpoint is a link emulator in front of moto. One uploader:
-/// every request after the first goes over the one pooled connection.
-fn linked(tag: &str, data_mib: usize) -> Option<(Setup, Link)> {
+/// A backup setup whose S3 endpoint is a link emulator in front of moto (through a
+/// keep-alive front: moto closes every connection after one reply, S3 does not). One
+/// uploader: its requests go over one pooled connection.
+fn linked(tag: &str, data_mib: usize) -> Option<(Setup, Link, KeepAlive)> {
     if !require_root(tag) {
         return None;
     }
@@ -220,10 +222,11 @@ fn linked(tag: &str, data_mib: usize) -> Option<(Setup, Link)> {
     if data_mib > 0 {
         random_file(&s.vol("data").join("f"), data_mib * MIB);
     }
-    let link = Link::start(SocketAddr::from(([127, 0, 0, 1], s.moto.port))).unwrap();
+    let front = KeepAlive::start(SocketAddr::from(([127, 0, 0, 1], s.moto.port))).unwrap();
+    let link = Link::start(front.addr()).unwrap();
     let text = std::fs::read_to_string(&s.cfg).unwrap();
     std::fs::write(&s.cfg, text.replace(&s.moto.endpoint, &link.endpoint())).unwrap();
-    Some((s, link))
+    Some((s, link, front))
 }
 
 /// Runs `cmd` in the background with its stderr in a file.
@@ -259,13 +262,19 @@ fn finish(mut child: Child, log: &std::path::Path, secs: u64) -> (i32, String) {
     }
 }
 
-fn wait_fired(link: &Link, child: &mut Child, secs: u64) {
+fn wait_fired(link: &Link, child: &mut Child, log: &std::path::Path, secs: u64) {
     let deadline = Instant::now() + Duration::from_secs(secs);
+    let log = || std::fs::read_to_string(log).unwrap_or_default();
     while link.fired() == 0 {
-        assert!(Instant::now() < deadline, "the trigger never fired");
+        assert!(
+            Instant::now() < deadline,
+            "the trigger never fired: {}",
+            log()
+        );
         assert!(
             child.try_wait().unwrap().is_none(),
-            "ended before the trigger"
+            "ended before the trigger: {}",
+            log()
         );
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -281,7 +290,7 @@ fn retries<'a>(log: &'a str, op: &str) -> Vec<&'a str> {
 /// A blackhole (the link lost, no RST, no FIN) in the middle of a blackholed request,
 /// lifted after `hole`: the run must retry and finish in the same process.
 fn blackhole_then_finish(tag: &str, pattern: &[u8], after: u64, reused_only: bool, op: &str) {
-    let Some((s, link)) = linked(tag, 14) else {
+    let Some((s, link, _front)) = linked(tag, 14) else {
         return;
     };
     link.arm(Trigger {
@@ -298,7 +307,7 @@ fn blackhole_then_finish(tag: &str, pattern: &[u8], after: u64, reused_only: boo
             .env("BTRFS_TO_S3_RETRY_BASE_MS", "200"),
         "backup",
     );
-    wait_fired(&link, &mut child, 120);
+    wait_fired(&link, &mut child, &log, 120);
     let fired = started.elapsed();
     // Longer than one request deadline (1.5 s), shorter than the retry budget.
     std::thread::sleep(Duration::from_secs(3));
@@ -350,7 +359,7 @@ fn a_blackhole_during_complete_multipart_upload_is_bounded_and_retried() {
 
 #[test]
 fn a_trickling_server_fails_each_request_within_its_deadline() {
-    let Some((s, link)) = linked(
+    let Some((s, link, _front)) = linked(
         "a_trickling_server_fails_each_request_within_its_deadline",
         0,
     ) else {
@@ -373,8 +382,11 @@ fn a_trickling_server_fails_each_request_within_its_deadline() {
     // Five attempts of 1.5 s each and their backoff.
     assert!(took < Duration::from_secs(20), "{took:?}: {log}");
     assert!(log.contains("after 5 attempts"), "{log}");
+    // The deadline of the whole request (1.5 s, no body) or of its response, whichever
+    // comes first.
     assert!(
-        log.contains("no response within 1.5 s of the request (timed out)"),
+        log.contains("deadline of 1.5 s (timed out)")
+            || log.contains("no response within 1.5 s of the request (timed out)"),
         "{log}"
     );
 }
@@ -389,7 +401,7 @@ fn sigterm(child: Child, log: &std::path::Path) -> (Duration, i32, String) {
 
 #[test]
 fn sigterm_ends_a_backup_a_listing_and_a_restore_within_5_s_in_a_blackhole() {
-    let Some((s, link)) = linked(
+    let Some((s, link, _front)) = linked(
         "sigterm_ends_a_backup_a_listing_and_a_restore_within_5_s_in_a_blackhole",
         1,
     ) else {
@@ -434,8 +446,8 @@ fn sigterm_ends_a_backup_a_listing_and_a_restore_within_5_s_in_a_blackhole() {
         reused_only: false,
         action: Action::Blackhole,
     });
-    let (mut child, log) = spawn(&s, &mut s.backup_cmd(&[]), "backup");
-    wait_fired(&link, &mut child, 120);
+    let (mut child, log) = spawn(&s, &mut s.backup_cmd(&["--once"]), "backup");
+    wait_fired(&link, &mut child, &log, 120);
     std::thread::sleep(Duration::from_secs(1));
     let (took, code, log) = sigterm(child, &log);
     assert_eq!(code, 1, "{log}");
@@ -445,4 +457,3 @@ fn sigterm_ends_a_backup_a_listing_and_a_restore_within_5_s_in_a_blackhole() {
     );
     assert!(log.contains("interrupted"), "{log}");
 }
-

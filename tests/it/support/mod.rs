@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod keepalive;
 pub mod link;
 pub mod sdk;
 
