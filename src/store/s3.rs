@@ -246,6 +246,9 @@ impl S3Store {
             .signer
             .sign(method, url, headers, &payload_hash)
             .map_err(|e| StoreError::new(ErrorKind::Permanent, op, e))?;
+        // The names of the headers sent (never their values: some are secrets).
+        let names: Vec<&str> = signed.iter().map(|(k, _)| k.as_ref()).collect();
+        crate::event!(Debug, "s3_request", op = op, headers = names.join(","));
         let mut req = self.agent.request_url(method, url).limits(limits);
         for (k, v) in &signed {
             req = req.set(k, v);
