@@ -233,7 +233,7 @@ impl Transport for TcpConn {
             return false;
         }
         let mut b = [0u8; 1];
-        let open = matches!((&*self.stream).peek(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        let open = matches!(self.stream.peek(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
         open && self.stream.set_nonblocking(false).is_ok()
     }
 }

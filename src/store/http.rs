@@ -433,7 +433,7 @@ impl Request {
         };
         // As ureq 2 did: 4xx and 5xx are errors, anything else (a 3xx too) a reply.
         if resp.status >= 400 {
-            return Err(Error::Status(resp.status, resp));
+            return Err(Error::Status(resp.status, Box::new(resp)));
         }
         Ok(resp)
     }
@@ -532,7 +532,7 @@ impl Read for DeadlineReader {
 
 /// A failed request: a 4xx/5xx reply, or no reply.
 pub enum Error {
-    Status(u16, Response),
+    Status(u16, Box<Response>),
     Transport(TransportError),
 }
 

@@ -272,7 +272,7 @@ impl S3Store {
             }
             Ok(resp) => Ok(resp),
             Err(http::Error::Status(code, resp)) => {
-                let e = status_error(method, op, code, resp, &self.signer.describe());
+                let e = status_error(method, op, code, *resp, &self.signer.describe());
                 Err(self.renewed(self.skewed(e)))
             }
             Err(http::Error::Transport(t)) if http::is_certificate_error(&t) => {

@@ -35,7 +35,7 @@ fn read_reply(resp: Response, from: &str) -> Result<String, String> {
 fn http_error(from: &str, e: HttpError) -> String {
     match e {
         HttpError::Status(code, resp) => {
-            let body = read_reply(resp, from).unwrap_or_default();
+            let body = read_reply(*resp, from).unwrap_or_default();
             let detail = xml::parse(&body)
                 .map(|d| {
                     let c = d.text_of("Code").unwrap_or_default();

@@ -505,7 +505,7 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
         _ => return Err(bad()),
     };
     let v = num * mult;
-    if !v.is_finite() || v < 0.0 || v > 1e15 {
+    if !v.is_finite() || !(0.0..=1e15).contains(&v) {
         return Err(bad());
     }
     Ok(v as u64)
