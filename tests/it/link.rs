@@ -81,14 +81,14 @@ fn the_link_caps_the_rate_and_adds_latency() {
     // 4 MB at 8 MB/s: half a second (the down direction is free).
     let capped = round_trip(&mut c, 4_000_000);
     assert!(
-        capped >= Duration::from_millis(450) && capped < Duration::from_millis(900),
+        capped >= Duration::from_millis(450) && capped < Duration::from_secs(2),
         "{capped:?} (unthrottled {fast:?})"
     );
     link.set_rate(Dir::Up, None);
     link.command("rtt 200").unwrap();
     let slow = round_trip(&mut c, 10);
     assert!(
-        slow >= Duration::from_millis(200) && slow < Duration::from_millis(400),
+        slow >= Duration::from_millis(200) && slow < Duration::from_secs(1),
         "{slow:?}"
     );
     // The rate is shared by every connection, as an uplink's is.
@@ -314,6 +314,12 @@ fn blackhole_then_finish(tag: &str, pattern: &[u8], after: u64, reused_only: boo
     link.pass();
     let (code, log) = finish(child, &log, 120);
     assert_eq!(code, 0, "{log}");
+    // The hole, a few request deadlines and the rest of the (small) backup.
+    assert!(
+        started.elapsed() < fired + Duration::from_secs(3 + 15),
+        "{:?}: {log}",
+        started.elapsed()
+    );
     let r = retries(&log, op);
     assert!(!r.is_empty(), "no retry of {op}: {log}");
     assert!(r[0].contains("timed out"), "{}", r[0]);
