@@ -11,7 +11,8 @@
 # after the first need a second SHA-256, for the stream hash, computed in the same pass).
 # A second table compares the two S3 transports on the same parts: rust-s3's own request
 # path and ours (SigV4 from rust-s3's helpers, bytes over ureq), see
-# examples/transport_bench.rs.
+# examples/transport_bench.rs, directly and through examples/link_emulator as a home
+# uplink (LINK_RATE bytes/s, default 25000000; LINK_RTT_MS, default 40 ms added round trip).
 #
 # A third table backs up compressible data (logs, a packed text tree, random bytes) from a
 # compress=zstd btrfs with send_compressed_data = true, against btrfs send (protocol 1) |
@@ -50,14 +51,16 @@ if [ ! -x "$s3s" ]; then
   echo "==> installing s3s-fs 0.14.1 (about 5 minutes)"
   cargo install s3s-fs@0.14.1 --features binary --root "$repo/.test-tools/s3s-fs" --quiet
 fi
-cargo build --release --quiet --bin btrfs_to_s3 --example transport_bench
+cargo build --release --quiet --bin btrfs_to_s3 --example transport_bench --example link_emulator
 # BENCH_BIN measures another build (say, an earlier commit's) in the same rows.
 bin=${BENCH_BIN:-$repo/target/release/btrfs_to_s3}
 
 mnt=$dir/mnt
 s3pid=
+linkpid=
 cleanup() {
   set +e
+  [ -n "$linkpid" ] && kill "$linkpid" 2>/dev/null && wait "$linkpid" 2>/dev/null
   [ -n "$s3pid" ] && kill "$s3pid" 2>/dev/null && wait "$s3pid" 2>/dev/null
   mountpoint -q "$mnt" && { umount "$mnt" || umount -l "$mnt"; }
   mountpoint -q "$dir/zmnt" && { umount "$dir/zmnt" || umount -l "$dir/zmnt"; }
@@ -266,6 +269,20 @@ umount "$dir/zmnt"
 echo "==> transports: 48 parts of ${part_mib} MiB on ${conc} threads, one multipart upload each"
 transport=$("$repo/target/release/examples/transport_bench" "$endpoint" bench 48 "$part_mib" "$conc")
 
+# A home uplink: examples/link_emulator (the tests' link emulator) at LINK_RATE bytes/s
+# with LINK_RTT_MS added round trip in front of the same server; the share of the link
+# the transports fill.
+link_rate=${LINK_RATE:-25000000}
+link_rtt=${LINK_RTT_MS:-40}
+echo "==> transports through a ${link_rate} B/s link with ${link_rtt} ms added round trip"
+"$repo/target/release/examples/link_emulator" --target "127.0.0.1:$port" \
+  "rate up $link_rate" "rtt $link_rtt" > "$dir/link.out" 2>&1 &
+linkpid=$!
+for _ in $(seq 1 100); do grep -q '^listening' "$dir/link.out" 2>/dev/null && break; sleep 0.1; done
+link_addr=$(sed -n 's/^listening //p' "$dir/link.out")
+linked=$("$repo/target/release/examples/transport_bench" "http://$link_addr" bench 12 "$part_mib" "$conc")
+kill "$linkpid"; wait "$linkpid" 2>/dev/null || true; linkpid=
+
 echo
 eff=$(grep -o 'part_size=[0-9]*' "$dir/backup-big.log" | head -n 1 | cut -d= -f2)
 eff_mib=$(( eff / 1024 / 1024 ))
@@ -287,3 +304,10 @@ echo
 echo "| transport (client CPU only) | MB/s | CPU s/GiB |"
 echo "| --- | ---: | ---: |"
 echo "$transport"
+echo
+echo "Through the link emulator (${link_rate} B/s up, ${link_rtt} ms added round trip; 12 parts):"
+echo "| transport | MB/s | CPU s/GiB | share of the link |"
+echo "| --- | ---: | ---: | ---: |"
+echo "$linked" | while IFS='|' read -r _ name mbs cpu _; do
+  printf '|%s|%s|%s| %s |\n' "$name" "$mbs" "$cpu" "$(python3 -c "print(f'{float(\"$mbs\")*1e6/$link_rate*100:.0f} %')")"
+done

@@ -92,8 +92,8 @@ impl Retrier {
         self.cancel.load(Ordering::SeqCst)
     }
 
-    /// The cancel flag itself, for loops below the retrier that must also end between
-    /// requests (the store's listings).
+    /// The run's cancel flag, for what must stop with it: the store's listings (between
+    /// pages) and requests in flight.
     pub fn cancel_flag(&self) -> Arc<AtomicBool> {
         self.cancel.clone()
     }

@@ -5,6 +5,7 @@
 //! an object or a reply into memory without a size cap.
 
 mod checksum;
+mod connect;
 mod creds;
 mod http;
 mod listing;

@@ -1,21 +1,21 @@
 //! [`S3Store`]: the real object store. Requests are signed with SigV4 (`sigv4.rs`) with
-//! credentials from the AWS chain (`creds/`), and carried by one keep-alive `ureq` agent
-//! shared by all threads (`http.rs`: trust store, proxy). One attempt per call: the retry
-//! policy is ours (`retry.rs`), so the transport never retries on its own; this file says
-//! which failures are worth retrying (expired credentials and a skewed clock are, once
-//! corrected; a certificate the trust store rejects is not).
+//! credentials from the AWS chain (`creds/`), and carried by one keep-alive agent shared
+//! by all threads (`http.rs`: trust store, proxy, and each request's deadlines, from the
+//! size of its body). One attempt per call: the retry policy is ours (`retry.rs`), so the
+//! transport never retries on its own; this file says which failures are worth retrying
+//! (expired credentials and a skewed clock are, once corrected; a certificate the trust
+//! store rejects is not).
 
 use std::io::Read;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
 
 use url::Url;
 
 pub use super::checksum::Checksum;
 use super::checksum::PartSums;
 use super::creds::{self, Provider};
-use super::http::{self, AgentOpts, Transport};
+use super::http::{self, Deadlines, Limits, Response, Transport};
 use super::listing::{self, Pages};
 use super::sigv4::{payload_sha256, Signer, EMPTY_SHA256, UNSIGNED_PAYLOAD};
 use super::{
@@ -33,18 +33,12 @@ const MAX_REPLY_BYTES: u64 = 16 << 20;
 /// An error reply is a few hundred bytes; beyond this its details are not read.
 const MAX_ERROR_REPLY_BYTES: u64 = 64 << 10;
 
-/// A request that moves no byte for this long (one read or write of the socket) fails,
-/// as a transient error the retry policy counts: a stalled connection costs half a
-/// minute, not hours.
-const STALL: Duration = Duration::from_secs(30);
-/// CompleteMultipartUpload may be silent while the service assembles the object (s3s-fs
-/// re-reads it: minutes for a 200 GiB chunk); AWS sends white space meanwhile.
-const ASSEMBLY: Duration = Duration::from_secs(3600);
-
 pub struct S3Store {
-    agent: ureq::Agent,
-    /// The same with [`ASSEMBLY`] as read timeout, for CompleteMultipartUpload only.
-    patient: ureq::Agent,
+    agent: http::Agent,
+    /// How long each request may take (`http::Deadlines`): a stalled connection costs half
+    /// a minute, not hours; CompleteMultipartUpload may wait for the service's assembly
+    /// (s3s-fs re-reads the object: minutes for a 200 GiB chunk; AWS sends white space).
+    deadlines: Deadlines,
     signer: Signer,
     /// `scheme://host[:port]` and, for path-style addressing, `/bucket`.
     base: String,
@@ -94,15 +88,17 @@ impl Endpoint {
 }
 
 /// The store for the configured bucket, with the keep-alive pool sized for the uploaders;
-/// its listings end between pages once `stop` (the run's cancel flag) is set.
-pub fn open(
-    cfg: &config::Config,
-    stop: Arc<AtomicBool>,
-) -> anyhow::Result<std::sync::Arc<dyn ObjectStore>> {
-    let store = S3Store::new(&Endpoint::from_config(&cfg.s3), cfg.s3.concurrency + 2)
-        .map_err(|e| anyhow::anyhow!(e))?
-        .with_stop(stop);
-    Ok(std::sync::Arc::new(store))
+/// once `stop` is set (SIGINT/SIGTERM), its requests in flight fail at once and its
+/// listings end between pages.
+pub fn open(cfg: &config::Config, stop: Arc<AtomicBool>) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    let store = S3Store::stoppable(
+        &Endpoint::from_config(&cfg.s3),
+        cfg.s3.concurrency + 2,
+        Some(stop.clone()),
+    )
+    .map_err(|e| anyhow::anyhow!(e))?
+    .with_stop(stop);
+    Ok(Arc::new(store))
 }
 
 impl S3Store {
@@ -111,8 +107,21 @@ impl S3Store {
     /// and proxy from the environment. `connections` is the keep-alive pool size
     /// (uploader threads plus a little).
     pub fn new(ep: &Endpoint, connections: usize) -> Result<S3Store, String> {
+        S3Store::stoppable(ep, connections, None)
+    }
+
+    /// As [`Self::new`]; once `stop` is set, every request of the store (and of its
+    /// credential sources) fails at once, those in flight included.
+    pub fn stoppable(
+        ep: &Endpoint,
+        connections: usize,
+        stop: Option<Arc<AtomicBool>>,
+    ) -> Result<S3Store, String> {
         let env = crate::config::ProcessEnv;
-        let transport = Transport::from_env(&env)?;
+        let mut transport = Transport::from_env(&env)?;
+        if let Some(flag) = stop {
+            transport = transport.stop_on(flag);
+        }
         let provider = creds::from_env(&creds::Lookup {
             env: &env,
             transport: &transport,
@@ -147,12 +156,7 @@ impl S3Store {
         let base = ep.base();
         let target =
             Url::parse(&base).map_err(|e| format!("the S3 endpoint {base} is not a URL: {e}"))?;
-        let opts = |read: Option<Duration>| AgentOpts {
-            connect: Duration::from_secs(10),
-            stall: STALL,
-            read,
-            connections,
-        };
+        let deadlines = Deadlines::from_env(&crate::config::ProcessEnv);
         crate::event!(
             Debug,
             "s3_transport",
@@ -163,8 +167,8 @@ impl S3Store {
                 .unwrap_or_else(|| "none".into())
         );
         Ok(S3Store {
-            agent: transport.agent(&target, &opts(None))?,
-            patient: transport.agent(&target, &opts(Some(ASSEMBLY)))?,
+            agent: transport.agent(&target, &deadlines.agent_opts(connections))?,
+            deadlines,
             signer: Signer::new(provider, &ep.region, "s3"),
             base_path: target.path().trim_end_matches('/').to_string(),
             base,
@@ -227,6 +231,7 @@ impl S3Store {
     }
 
     /// Sends one signed request and returns the response for 2xx, a typed error otherwise.
+    /// Its deadlines follow its body's size (`http::Deadlines::request`).
     fn send(
         &self,
         op: &str,
@@ -234,19 +239,24 @@ impl S3Store {
         url: &Url,
         headers: &[(&str, String)],
         body: Option<Body<'_>>,
-    ) -> StoreResult<ureq::Response> {
-        self.send_on(&self.agent, op, method, url, headers, body)
+    ) -> StoreResult<Response> {
+        let len = match &body {
+            None => 0,
+            Some(Body::Bytes(b)) => b.len() as u64,
+            Some(Body::File { len, .. }) => *len,
+        };
+        self.send_with(self.deadlines.request(len), op, method, url, headers, body)
     }
 
-    fn send_on(
+    fn send_with(
         &self,
-        agent: &ureq::Agent,
+        limits: Limits,
         op: &str,
         method: &str,
         url: &Url,
         headers: &[(&str, String)],
         body: Option<Body<'_>>,
-    ) -> StoreResult<ureq::Response> {
+    ) -> StoreResult<Response> {
         let payload_hash = match body {
             None => EMPTY_SHA256.to_string(),
             Some(Body::Bytes(b)) if b.len() <= SIGN_BODY_LIMIT => payload_sha256(b),
@@ -256,16 +266,16 @@ impl S3Store {
             .signer
             .sign(method, url, headers, &payload_hash)
             .map_err(|e| StoreError::new(ErrorKind::Permanent, op, e))?;
-        let mut req = agent.request_url(method, url);
+        // The names of the headers sent (never their values: some are secrets).
+        let names: Vec<&str> = signed.iter().map(|(k, _)| k.as_ref()).collect();
+        crate::event!(Debug, "s3_request", op = op, headers = names.join(","));
+        let mut req = self.agent.request_url(method, url).limits(limits);
         for (k, v) in &signed {
             req = req.set(k, v);
         }
         let result = match body {
             Some(Body::Bytes(b)) => req.send_bytes(b),
-            // An explicit Content-Length makes ureq send the reader as a plain sized body.
-            Some(b @ Body::File { len, .. }) => {
-                req.set("content-length", &len.to_string()).send(b.reader())
-            }
+            Some(b @ Body::File { len, .. }) => req.send(b.reader(), len),
             None => req.call(),
         };
         match result {
@@ -281,24 +291,22 @@ impl S3Store {
                 ))
             }
             Ok(resp) => Ok(resp),
-            Err(ureq::Error::Status(code, resp)) => {
-                let e = status_error(method, op, code, resp, &self.signer.describe());
+            Err(http::Error::Status(code, resp)) => {
+                let e = status_error(method, op, code, *resp, &self.signer.describe());
                 Err(self.renewed(self.skewed(e)))
             }
-            Err(ureq::Error::Transport(t)) if http::is_certificate_error(&t) => {
+            Err(http::Error::Transport(t)) if http::is_certificate_error(&t) => {
                 Err(StoreError::new(
                     ErrorKind::Permanent,
                     op,
                     format!("{t}: {}", http::certificate_hint(&self.roots)),
                 ))
             }
-            Err(ureq::Error::Transport(t)) => {
-                let kind = match t.kind() {
-                    ureq::ErrorKind::InvalidUrl
-                    | ureq::ErrorKind::UnknownScheme
-                    | ureq::ErrorKind::InvalidProxyUrl
-                    | ureq::ErrorKind::InsecureRequestHttpsOnly => ErrorKind::Permanent,
-                    _ => ErrorKind::Transient,
+            Err(http::Error::Transport(t)) => {
+                let kind = if t.is_permanent() {
+                    ErrorKind::Permanent
+                } else {
+                    ErrorKind::Transient
                 };
                 Err(StoreError::new(kind, op, t.to_string()))
             }
@@ -367,13 +375,7 @@ impl S3Store {
 }
 
 /// `creds_from` says where the credentials came from, for the hint of an auth error.
-fn status_error(
-    method: &str,
-    op: &str,
-    code: u16,
-    resp: ureq::Response,
-    creds_from: &str,
-) -> StoreError {
+fn status_error(method: &str, op: &str, code: u16, resp: Response, creds_from: &str) -> StoreError {
     // HEAD replies have no body: the bucket's region comes from its header.
     let region = resp
         .header("x-amz-bucket-region")
@@ -455,7 +457,7 @@ fn status_error(
 
 /// The reply's ETag: a 2xx reply to PutObject or UploadPart without one did not store
 /// what we sent, whatever its status says.
-fn etag_of(op: &str, resp: &ureq::Response) -> StoreResult<String> {
+fn etag_of(op: &str, resp: &Response) -> StoreResult<String> {
     match resp.header("etag").map(str::trim) {
         Some(e) if !e.is_empty() => Ok(e.to_string()),
         _ => Err(StoreError {
@@ -470,7 +472,7 @@ fn etag_of(op: &str, resp: &ureq::Response) -> StoreResult<String> {
 }
 
 /// The body of a reply, at most [`MAX_REPLY_BYTES`]: a larger one is refused unread.
-fn read_body(op: &str, resp: ureq::Response) -> StoreResult<String> {
+fn read_body(op: &str, resp: Response) -> StoreResult<String> {
     match super::read_at_most(resp.into_reader(), MAX_REPLY_BYTES) {
         Ok(Some(b)) => Ok(String::from_utf8_lossy(&b).into_owned()),
         Ok(None) => Err(StoreError::new(
@@ -599,8 +601,8 @@ impl ObjectStore for S3Store {
         }
         body.push_str("</CompleteMultipartUpload>");
         let headers = [("content-type", "application/xml".to_string())];
-        let resp = self.send_on(
-            &self.patient,
+        let resp = self.send_with(
+            self.deadlines.assembly(body.len() as u64),
             &op,
             "POST",
             &url,
@@ -882,8 +884,9 @@ impl ObjectStore for S3Store {
             }
             _ => vec![],
         };
-        let resp = self.send(&op, "GET", &url, &headers, None)?;
-        Ok(Box::new(resp.into_reader()))
+        // The body is read by the caller: its own deadline follows its length.
+        let resp = self.send_with(self.deadlines.streamed(), &op, "GET", &url, &headers, None)?;
+        Ok(resp.into_reader())
     }
 
     fn restore_object(&self, key: &str, days: u32, tier: &str) -> StoreResult<()> {
@@ -1051,18 +1054,35 @@ mod tests {
     }
 
     #[test]
-    fn http_proxy_carries_plain_http_requests_and_no_proxy_skips_it() {
-        use crate::testing::{serve, Reply};
+    fn http_proxy_tunnels_plain_http_requests_and_no_proxy_skips_it() {
+        use std::io::{BufReader, Write};
         struct E(Vec<(&'static str, String)>);
         impl crate::config::Env for E {
             fn var(&self, n: &str) -> Option<String> {
                 self.0.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone())
             }
         }
-        let proxy = serve(|_| Reply {
-            status: 200,
-            headers: vec![("ETag".into(), "\"e1\"".into())],
-            body: String::new(),
+        // A CONNECT proxy that plays the endpoint itself inside the tunnel: it records the
+        // CONNECT line and the tunneled request.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let proxy_url = format!("http://{}", l.local_addr().unwrap());
+        let record = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s2 = record.clone();
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(mut c) = c else { return };
+                let mut r = BufReader::new(c.try_clone().unwrap());
+                let Some((connect, ..)) = crate::testing::read_request(&mut r) else {
+                    continue;
+                };
+                let _ = c.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
+                let Some((line, headers, ..)) = crate::testing::read_request(&mut r) else {
+                    continue;
+                };
+                s2.lock().unwrap().push((connect, line, headers));
+                let _ =
+                    c.write_all(b"HTTP/1.1 200 OK\r\nETag: \"e1\"\r\nContent-Length: 0\r\n\r\n");
+            }
         });
         let ep = Endpoint {
             bucket: "bkt".into(),
@@ -1089,23 +1109,25 @@ mod tests {
             s.put_object("p/k", Body::Bytes(b"hello"), &opts)
         };
         assert_eq!(
-            via(E(vec![("HTTP_PROXY", proxy.url.clone())])).unwrap(),
+            via(E(vec![("HTTP_PROXY", proxy_url.clone())])).unwrap(),
             "\"e1\""
         );
-        let seen = proxy.seen.lock().unwrap().clone();
+        let seen = record.lock().unwrap().clone();
         assert_eq!(seen.len(), 1);
-        // The proxy is asked for the absolute URL; the signed Host stays the endpoint's.
-        assert_eq!(seen[0].path, "http://127.0.0.1:9/bkt/p/k");
-        assert_eq!(seen[0].headers["host"], "127.0.0.1:9");
+        // The proxy is asked for a tunnel to the endpoint; the signed Host stays the
+        // endpoint's.
+        assert_eq!(seen[0].0, "CONNECT 127.0.0.1:9 HTTP/1.1");
+        assert_eq!(seen[0].1, "PUT /bkt/p/k HTTP/1.1");
+        assert_eq!(seen[0].2["host"], "127.0.0.1:9");
         // CRC-32C of "hello" is 0x9A71BB4C.
-        assert_eq!(seen[0].headers["x-amz-checksum-crc32c"], "mnG7TA==");
+        assert_eq!(seen[0].2["x-amz-checksum-crc32c"], "mnG7TA==");
         // NO_PROXY names the host: it goes direct, and fails (nothing listens).
         let e = via(E(vec![
-            ("HTTP_PROXY", proxy.url.clone()),
+            ("HTTP_PROXY", proxy_url.clone()),
             ("NO_PROXY", "127.0.0.1".into()),
         ]))
         .unwrap_err();
         assert!(e.is_transient(), "{e}");
-        assert_eq!(proxy.seen.lock().unwrap().len(), 1);
+        assert_eq!(record.lock().unwrap().len(), 1);
     }
 }

@@ -410,7 +410,7 @@ fn sse_none_backs_up_and_restores_without_sse_headers() {
     std::fs::write(s.vol("data").join("f"), "no sse").unwrap();
     let r = s.backup(&["--log-level", "debug"]);
     assert_eq!(r.code, 0, "{r:?}");
-    // ureq's debug prelude lists every header sent: no SSE header at all.
+    // The s3_request debug line names every header sent: no SSE header at all.
     assert!(r.stderr.contains("x-amz-storage-class"), "{r:?}");
     assert!(!r.stderr.contains("x-amz-server-side-encryption"), "{r:?}");
     let t = s.fs.path("restored");

@@ -11,6 +11,7 @@ mod contrib;
 mod firstrun;
 mod hostile_bucket;
 mod limits;
+mod link;
 mod lock;
 mod operate;
 mod restore;

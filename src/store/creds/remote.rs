@@ -8,7 +8,7 @@
 use std::io::Read;
 use std::time::Duration;
 
-use super::super::http::AgentOpts;
+use super::super::http::{Agent, AgentOpts, Error as HttpError, Response};
 use super::super::sigv4::{payload_sha256, Signer};
 use super::super::xml;
 use super::{Credentials, Fetch, Lookup, Provider};
@@ -22,7 +22,7 @@ fn parse_expiry(v: &str, from: &str) -> Result<i64, String> {
         .map_err(|_| format!("{from}: the expiration {v:?} is not a time"))
 }
 
-fn read_reply(resp: ureq::Response, from: &str) -> Result<String, String> {
+fn read_reply(resp: Response, from: &str) -> Result<String, String> {
     let mut s = String::new();
     resp.into_reader()
         .take(MAX_REPLY)
@@ -32,10 +32,10 @@ fn read_reply(resp: ureq::Response, from: &str) -> Result<String, String> {
 }
 
 /// A failed HTTP exchange as one line: the status and the service's error code.
-fn http_error(from: &str, e: ureq::Error) -> String {
+fn http_error(from: &str, e: HttpError) -> String {
     match e {
-        ureq::Error::Status(code, resp) => {
-            let body = read_reply(resp, from).unwrap_or_default();
+        HttpError::Status(code, resp) => {
+            let body = read_reply(*resp, from).unwrap_or_default();
             let detail = xml::parse(&body)
                 .map(|d| {
                     let c = d.text_of("Code").unwrap_or_default();
@@ -45,7 +45,7 @@ fn http_error(from: &str, e: ureq::Error) -> String {
                 .unwrap_or_else(|| body.chars().take(200).collect());
             format!("{from}: HTTP {code}: {detail}")
         }
-        ureq::Error::Transport(t) => format!("{from}: {t}"),
+        HttpError::Transport(t) => format!("{from}: {t}"),
     }
 }
 
@@ -100,7 +100,7 @@ fn sts_region(l: &Lookup<'_>, profile_region: Option<String>) -> String {
         .collect()
 }
 
-fn sts_agent(l: &Lookup<'_>, url: &url::Url) -> Result<ureq::Agent, String> {
+fn sts_agent(l: &Lookup<'_>, url: &url::Url) -> Result<Agent, String> {
     l.transport.agent(
         url,
         &AgentOpts {
@@ -119,7 +119,7 @@ fn session_name(given: Option<String>) -> String {
 /// STS AssumeRole, signed with the source's credentials.
 pub struct AssumeRole {
     signer: Signer,
-    agent: ureq::Agent,
+    agent: Agent,
     url: url::Url,
     role_arn: String,
     session_name: String,
@@ -195,7 +195,7 @@ impl Fetch for AssumeRole {
 /// STS AssumeRoleWithWebIdentity: the token file is read at every fetch (it is rotated
 /// by whoever writes it); the request is not signed.
 pub struct WebIdentity {
-    agent: ureq::Agent,
+    agent: Agent,
     url: url::Url,
     token_file: String,
     role_arn: String,
@@ -300,7 +300,7 @@ impl JsonCreds {
 
 /// Metadata endpoints (link-local, loopback) are never reached through a proxy, and
 /// answer at once or not at all.
-fn metadata_agent(l: &Lookup<'_>, timeout: Duration) -> Result<ureq::Agent, String> {
+fn metadata_agent(l: &Lookup<'_>, timeout: Duration) -> Result<Agent, String> {
     l.transport.direct_agent(&AgentOpts {
         connect: timeout,
         stall: timeout * 2,
@@ -311,7 +311,7 @@ fn metadata_agent(l: &Lookup<'_>, timeout: Duration) -> Result<ureq::Agent, Stri
 
 /// ECS/EKS container credentials.
 pub struct Container {
-    agent: ureq::Agent,
+    agent: Agent,
     url: url::Url,
     token: Option<String>,
     token_file: Option<String>,
@@ -393,7 +393,7 @@ impl Fetch for Container {
 
 /// EC2 instance metadata, IMDSv2 only (a PUT for a session token, then GETs with it).
 pub struct Imds {
-    agent: ureq::Agent,
+    agent: Agent,
     base: String,
 }
 

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod keepalive;
+pub mod link;
 pub mod sdk;
 
 use std::io::{Read, Write};
@@ -282,15 +284,16 @@ impl Moto {
                 body.push_str(&format!("&{k}={}", urlencode(v)));
             }
             ureq::post(&format!("{}/", self.endpoint))
-                .set(
+                .header(
                     "Authorization",
                     "AWS4-HMAC-SHA256 Credential=bootstrap/20260101/us-east-1/iam/aws4_request, \
                      SignedHeaders=host, Signature=0",
                 )
-                .set("Content-Type", "application/x-www-form-urlencoded")
-                .send_string(&body)
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .send(&body)
                 .unwrap_or_else(|e| panic!("moto IAM {params:?}: {e}"))
-                .into_string()
+                .into_body()
+                .read_to_string()
                 .expect("moto IAM reply")
         };
         let allow = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["s3:*","sts:AssumeRole"],"Resource":"*"}]}"#;
@@ -326,12 +329,12 @@ impl Moto {
         self.access_key = xml_text(&key, "AccessKeyId");
         self.secret_key = xml_text(&key, "SecretAccessKey");
         for b in [BUCKET, OTHER_BUCKET] {
-            let r = ureq::put(&format!("{}/{b}", self.endpoint)).call();
+            let r = ureq::put(&format!("{}/{b}", self.endpoint)).send_empty();
             assert!(r.is_ok(), "creating bucket {b} on moto: {r:?}");
         }
         let r = ureq::post(&format!("{}/moto-api/reset-auth", self.endpoint))
-            .set("Content-Type", "text/plain")
-            .send_string("0");
+            .header("Content-Type", "text/plain")
+            .send("0");
         assert!(r.is_ok(), "turning on moto's signature checks: {r:?}");
     }
 
@@ -497,6 +500,8 @@ pub fn test_env(c: &mut Command) -> &mut Command {
         // Retries happen as in production (five attempts), with millisecond backoff so
         // that the suite does not sleep for real; a test may override it.
         .env("BTRFS_TO_S3_RETRY_BASE_MS", "20")
+        // Production request deadlines unless a test shortens them.
+        .env_remove("BTRFS_TO_S3_TEST_DEADLINE_MS")
         .stdin(Stdio::null())
 }
 
@@ -901,107 +906,31 @@ pub fn output_within(cmd: &mut Command, secs: u64) -> RunResult {
     }
 }
 
-/// A TCP proxy on 127.0.0.1 in front of a server: forwards while up; while down, every
-/// new connection is closed at once and every forwarded one is cut (a dead network, as
-/// the client sees it). Stopped on drop.
+/// A TCP proxy on 127.0.0.1 in front of a server (the link emulator, `link.rs`): forwards
+/// while up; while down, new connections are refused and every live one is reset (a dead
+/// network, as the client sees it). Stopped on drop.
 pub struct Proxy {
     pub endpoint: String,
-    /// Every forwarded socket, so going down cuts them at once.
-    live: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
-    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    port: u16,
+    pub link: link::Link,
 }
 
 impl Proxy {
     pub fn start(target_port: u16) -> Proxy {
-        use std::sync::atomic::AtomicBool;
-        use std::sync::Arc;
-        let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
-        let port = listener.local_addr().expect("local addr").port();
-        let up = Arc::new(AtomicBool::new(true));
-        let stop = Arc::new(AtomicBool::new(false));
-        let live = Arc::new(std::sync::Mutex::new(Vec::<TcpStream>::new()));
-        let (u, st, lv) = (up.clone(), stop.clone(), live.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if st.load(Ordering::SeqCst) {
-                    return;
-                }
-                let Ok(client) = conn else { continue };
-                if !u.load(Ordering::SeqCst) {
-                    drop(client);
-                    continue;
-                }
-                let Ok(server) = TcpStream::connect(("127.0.0.1", target_port)) else {
-                    continue;
-                };
-                if let (Ok(mut l), Ok(a), Ok(b)) =
-                    (lv.lock(), client.try_clone(), server.try_clone())
-                {
-                    l.push(a);
-                    l.push(b);
-                }
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
-                ] {
-                    let u = u.clone();
-                    std::thread::spawn(move || {
-                        let _ = from.set_read_timeout(Some(Duration::from_millis(200)));
-                        let mut buf = vec![0u8; 1 << 16];
-                        loop {
-                            if !u.load(Ordering::SeqCst) {
-                                let _ = from.shutdown(std::net::Shutdown::Both);
-                                let _ = to.shutdown(std::net::Shutdown::Both);
-                                return;
-                            }
-                            match from.read(&mut buf) {
-                                Ok(0) => {
-                                    let _ = to.shutdown(std::net::Shutdown::Write);
-                                    return;
-                                }
-                                Ok(n) => {
-                                    if to.write_all(&buf[..n]).is_err() {
-                                        return;
-                                    }
-                                }
-                                Err(e)
-                                    if e.kind() == std::io::ErrorKind::WouldBlock
-                                        || e.kind() == std::io::ErrorKind::TimedOut => {}
-                                Err(_) => return,
-                            }
-                        }
-                    });
-                }
-            }
-        });
+        let link = link::Link::start(std::net::SocketAddr::from(([127, 0, 0, 1], target_port)))
+            .expect("starting the link emulator on 127.0.0.1");
         Proxy {
-            endpoint: format!("http://127.0.0.1:{port}"),
-            live,
-            up,
-            stop,
-            port,
+            endpoint: link.endpoint(),
+            link,
         }
     }
 
     pub fn set_up(&self, up: bool) {
-        self.up.store(up, Ordering::SeqCst);
-        if !up {
-            if let Ok(mut l) = self.live.lock() {
-                for s in l.drain(..) {
-                    let _ = s.shutdown(std::net::Shutdown::Both);
-                }
-            }
+        if up {
+            self.link.pass();
+        } else {
+            self.link.refuse();
+            self.link.reset();
         }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.set_up(false);
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
     }
 }
 
