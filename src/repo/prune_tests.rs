@@ -63,6 +63,7 @@ impl World {
             sse: "AES256".into(),
             content_type: "application/octet-stream",
             kms_key_id: None,
+            lock: None,
         }
     }
 

@@ -294,6 +294,7 @@ mod tests {
                     sse: "AES256".into(),
                     content_type: "x",
                     kms_key_id: None,
+                    lock: None,
                 },
             );
             chunks.push(ChunkEntry {
@@ -367,6 +368,7 @@ mod tests {
                 sse: "AES256".into(),
                 content_type: "x",
                 kms_key_id: None,
+                lock: None,
             },
         );
         let mut out = Vec::new();
@@ -421,6 +423,7 @@ mod tests {
                 sse: "AES256".into(),
                 content_type: "x",
                 kms_key_id: None,
+                lock: None,
             },
         );
         let e = format!(
