@@ -10,6 +10,7 @@ mod contrib;
 mod firstrun;
 mod hostile_bucket;
 mod lock;
+mod object_lock;
 mod operate;
 mod restore;
 mod resume;
