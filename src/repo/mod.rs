@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod chain;
 pub mod object_lock;
 pub mod prune;
+pub mod versions;
 
 use std::sync::Arc;
 

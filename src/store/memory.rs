@@ -583,6 +583,7 @@ impl ObjectStore for MemoryStore {
         Ok(g.version(key, version).map(|o| meta(o, None)))
     }
 
+    /// (Archive classes are not modelled for versions: a version reads at once.)
     fn get_version(
         &self,
         key: &str,

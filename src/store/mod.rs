@@ -7,6 +7,7 @@ mod checksum;
 mod creds;
 mod http;
 pub mod memory;
+pub mod pinned;
 pub mod s3;
 mod sigv4;
 mod xml;

@@ -17,7 +17,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use btrfs_to_s3::store::{get_all, ObjectStore, Retention};
+use btrfs_to_s3::store::{get_all, Body, ObjectStore, PutOptions, Retention};
 use btrfs_to_s3::ts::Ts;
 
 use crate::support::*;
@@ -341,4 +341,111 @@ fn prune_deletes_nothing_locked_and_a_refused_deletion_is_kept_locked() {
     );
     let r = cmd(&s, &["verify"]);
     assert_eq!(r.code, 0, "{r:?}");
+}
+
+#[test]
+fn a_writer_overwriting_current_json_and_manifests_cannot_take_the_restore() {
+    if !require_root("a_writer_overwriting_current_json_and_manifests_cannot_take_the_restore") {
+        return;
+    }
+    let s = locked("COMPLIANCE", 1);
+    random_file(&s.vol("data").join("a.bin"), 14 * MIB);
+    assert_eq!(s.backup(&[]).code, 0);
+    let full = current(&s);
+    change(&s, "b.bin", 2 * MIB);
+    assert_eq!(s.backup(&["--once"]).code, 0);
+    let inc = current(&s);
+    let before = describe_tree(&s.vol("data"));
+    let full_chunk = objects(&s, &full)[1].clone();
+    let inc_chunk = objects(&s, &inc)[1].clone();
+
+    // Last night, with the host's key: garbage over current.json, over both manifests
+    // and over a chunk of the full (same size), then a delete marker on the full's
+    // manifest. The locked versions are still there underneath.
+    let store = store(&s);
+    let junk = PutOptions {
+        storage_class: "STANDARD".into(),
+        sse: "AES256".into(),
+        content_type: "application/json",
+        kms_key_id: None,
+        lock: None,
+    };
+    for k in ["backups/subvol/data/current.json", &full, &inc] {
+        store
+            .put_object(k, Body::Bytes(b"{\"pwned\": true}"), &junk)
+            .unwrap();
+    }
+    let size = store.head(&full_chunk).unwrap().unwrap().size as usize;
+    store
+        .put_object(&full_chunk, Body::Bytes(&vec![0u8; size]), &junk)
+        .unwrap();
+    store.delete_object(&full).unwrap();
+    let t = s.fs.path("restored-plain");
+    let r = s.restore(&["--subvolume", "data", "--target", t.to_str().unwrap()]);
+    assert_ne!(r.code, 0, "{r:?}");
+
+    // list --versions shows them; the oldest version of the incremental's manifest is
+    // the one the backup wrote.
+    let r = cmd(&s, &["list", "--versions"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("versions of subvolume data"), "{r:?}");
+    assert!(r.stdout.contains("delete marker (latest)"), "{r:?}");
+    let r = cmd(&s, &["list", "--versions", "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let versions = doc["subvolumes"][0]["versions"].as_array().unwrap();
+    let of = |k: &str| -> Vec<&serde_json::Value> {
+        versions.iter().filter(|v| v["key"] == k).collect()
+    };
+    assert_eq!(
+        of("backups/subvol/data/current.json").len(),
+        3,
+        "{versions:?}"
+    );
+    assert_eq!(of(&full).len(), 3, "{versions:?}");
+    let inc_versions = of(&inc);
+    assert_eq!(inc_versions.len(), 2, "{versions:?}");
+    assert_eq!(inc_versions[0]["latest"], true);
+    let good = inc_versions[1]["version_id"].as_str().unwrap().to_string();
+    assert!(!versions.iter().any(|v| v["key"] == inc_chunk.as_str()));
+
+    // verify and restore from that version: the parents and chunks are read at the
+    // versions the backups wrote.
+    let r = cmd(
+        &s,
+        &[
+            "verify",
+            "--subvolume",
+            "data",
+            "--manifest-key",
+            &inc,
+            "--version-id",
+            &good,
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let t = s.fs.path("restored");
+    let r = s.restore(&[
+        "--subvolume",
+        "data",
+        "--target",
+        t.to_str().unwrap(),
+        "--manifest-key",
+        &inc,
+        "--version-id",
+        &good,
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("manifests=2"), "{r:?}");
+    assert_eq!(describe_tree(&t), before);
+    // Without --manifest-key the flag makes no sense.
+    let r = s.restore(&[
+        "--subvolume",
+        "data",
+        "--target",
+        "/tmp/x",
+        "--version-id",
+        &good,
+    ]);
+    assert_eq!(r.code, 2, "{r:?}");
 }
