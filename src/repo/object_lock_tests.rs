@@ -301,3 +301,32 @@ fn a_chain_of_26_weekly_incrementals_extends_only_short_dates() {
         assert!(max <= objects / 3, "{per_run:?}");
     }
 }
+
+#[test]
+fn a_resumed_backups_chunks_from_an_earlier_run_get_this_runs_date() {
+    let mut w = World::new(locked_cfg("COMPLIANCE", 30));
+    let full = {
+        let repo = w.repo();
+        w.backup(&repo, None, 1)
+    };
+    // The incremental's first chunk went up in a run a day ago (then the network
+    // failed); this run uploads the rest and publishes.
+    w.advance_days(1);
+    let early = w.repo();
+    let ts = Ts::from_unix(w.now + DAY);
+    let key = early.layout.chunk_key("data", Kind::Incremental, ts, 0);
+    w.advance_days(1);
+    let repo = w.repo();
+    let inc = w.backup(&repo, Some(&full), 2);
+    assert!(repo.chain("data", &inc).unwrap().newest().1.chunks[0].key == key);
+    // (the helper wrote every chunk anew: chunk 0 keeps the earlier run's date, as a
+    // resume that finds it stored does not send it again)
+    w.store.set_retention(&key, early.lock().cloned());
+    let done = protect_chain(&w.cfg, &repo, "data", &inc).unwrap();
+    // The full (manifest and chunk) and the early chunk were short.
+    assert_eq!(done.extended, 3);
+    let needed = repo.lock().unwrap().until;
+    for (k, until) in w.dates(&repo, &inc) {
+        assert!(until.is_some_and(|u| u >= needed), "{k}");
+    }
+}

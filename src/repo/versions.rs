@@ -43,10 +43,12 @@ pub fn history(repo: &Repo, subvolume: &str) -> Result<Vec<ListedVersion>> {
             )
         })
         .collect();
-    // Stable: what lists in the same second keeps the listing's order.
+    // The latest first, then newest first; stable: what lists in the same second keeps
+    // the listing's order (S3 lists each key's versions newest first).
     v.sort_by(|a, b| {
         a.key
             .cmp(&b.key)
+            .then(b.is_latest.cmp(&a.is_latest))
             .then(b.last_modified.cmp(&a.last_modified))
     });
     Ok(v)
