@@ -4,12 +4,14 @@
 //! parents' back to the full) stays locked at least as long as the new backup. Only the
 //! objects whose date is short are extended (PutObjectRetention), and then a *slack*
 //! beyond what is needed, so a weekly chain extends each object about once a month
-//! instead of every week. Dates are read with HEAD (`x-amz-object-lock-*`), also for
-//! `prune`, which deletes nothing whose date has not passed.
+//! instead of every week. Dates are read with HEAD (`x-amz-object-lock-*`), and read
+//! again after each extension, so a service that accepts the requests but keeps no dates
+//! fails the run instead of leaving unlocked objects; `prune` reads them too and deletes
+//! nothing whose date has not passed.
 
 use std::collections::HashMap;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use crate::config::{Config, ConfigError, ObjectLock};
 use crate::repo::Repo;
@@ -136,6 +138,27 @@ pub fn protect_chain(
                         target.iso()
                     )
                 })?;
+            // A service that takes the request and keeps no date must not pass for one
+            // that locks: look again.
+            let after = repo
+                .retrier()
+                .run(|| store.head(key))
+                .with_context(|| format!("reading the Object Lock date of {key}"))?
+                .and_then(|h| h.lock);
+            if after.as_ref().is_none_or(|a| a.until < needed.until) {
+                bail!(
+                    "the service accepted PutObjectRetention of {key} until {}, but HEAD then \
+                     shows {}: it does not keep Object Lock dates, so backups there are not \
+                     protected (use a service that implements Object Lock, or remove \
+                     [object_lock])",
+                    target.iso(),
+                    after.map_or("no lock".to_string(), |a| format!(
+                        "{} until {}",
+                        a.mode,
+                        a.until.iso()
+                    ))
+                );
+            }
             done.extended += 1;
         }
     }

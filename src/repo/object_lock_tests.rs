@@ -330,3 +330,112 @@ fn a_resumed_backups_chunks_from_an_earlier_run_get_this_runs_date() {
         assert!(until.is_some_and(|u| u >= needed), "{k}");
     }
 }
+
+/// A store that answers PutObjectRetention and keeps nothing (as a service without
+/// Object Lock that ignores what it does not know).
+struct Forgetful(Arc<MemoryStore>);
+
+impl ObjectStore for Forgetful {
+    fn put_object(
+        &self,
+        k: &str,
+        b: Body<'_>,
+        o: &crate::store::PutOptions,
+    ) -> crate::store::StoreResult<String> {
+        let plain = crate::store::PutOptions {
+            lock: None,
+            ..o.clone()
+        };
+        self.0.put_object(k, b, &plain)
+    }
+    fn create_multipart(
+        &self,
+        k: &str,
+        o: &crate::store::PutOptions,
+    ) -> crate::store::StoreResult<String> {
+        self.0.create_multipart(k, o)
+    }
+    fn upload_part(
+        &self,
+        k: &str,
+        u: &str,
+        n: u32,
+        b: Body<'_>,
+    ) -> crate::store::StoreResult<String> {
+        self.0.upload_part(k, u, n, b)
+    }
+    fn complete_multipart(
+        &self,
+        k: &str,
+        u: &str,
+        p: &[(u32, String)],
+    ) -> crate::store::StoreResult<String> {
+        self.0.complete_multipart(k, u, p)
+    }
+    fn abort_multipart(&self, k: &str, u: &str) -> crate::store::StoreResult<()> {
+        self.0.abort_multipart(k, u)
+    }
+    fn list_parts(
+        &self,
+        k: &str,
+        u: &str,
+    ) -> crate::store::StoreResult<Vec<crate::store::ListedPart>> {
+        self.0.list_parts(k, u)
+    }
+    fn list_multipart_uploads(
+        &self,
+        p: &str,
+    ) -> crate::store::StoreResult<Vec<crate::store::OpenUpload>> {
+        self.0.list_multipart_uploads(p)
+    }
+    fn list_objects(&self, p: &str) -> crate::store::StoreResult<Vec<crate::store::ListedObject>> {
+        self.0.list_objects(p)
+    }
+    fn delete_object(&self, k: &str) -> crate::store::StoreResult<()> {
+        self.0.delete_object(k)
+    }
+    fn head(&self, k: &str) -> crate::store::StoreResult<Option<crate::store::ObjectMeta>> {
+        self.0.head(k)
+    }
+    fn head_bucket(&self) -> crate::store::StoreResult<()> {
+        self.0.head_bucket()
+    }
+    fn get(
+        &self,
+        k: &str,
+        r: Option<(u64, u64)>,
+    ) -> crate::store::StoreResult<Box<dyn std::io::Read + Send>> {
+        self.0.get(k, r)
+    }
+    fn restore_object(&self, k: &str, d: u32, t: &str) -> crate::store::StoreResult<()> {
+        self.0.restore_object(k, d, t)
+    }
+    fn object_lock_enabled(&self) -> crate::store::StoreResult<bool> {
+        Ok(true)
+    }
+    fn put_retention(
+        &self,
+        _: &str,
+        _: Option<&str>,
+        _: &Retention,
+    ) -> crate::store::StoreResult<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_service_that_keeps_no_dates_fails_the_run_instead_of_leaving_unlocked_objects() {
+    let w = World::new(locked_cfg("COMPLIANCE", 30));
+    let store = Arc::new(Forgetful(w.store.clone()));
+    let repo = Repo::new(&w.cfg, store, Arc::new(crate::testing::retrier()))
+        .with_lock(retention(&w.cfg, Ts::from_unix(w.now)));
+    check_bucket(&w.cfg, &repo).unwrap();
+    let key = w.backup(&repo, None, 1);
+    let e = protect_chain(&w.cfg, &repo, "data", &key).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("it does not keep Object Lock dates"), "{msg}");
+    assert!(
+        msg.contains(&format!("PutObjectRetention of {key}")),
+        "{msg}"
+    );
+}
