@@ -24,7 +24,7 @@ use crate::journal::{self, Begin, ChunkProgress, Journal, PartDone, Pending, Rec
 use crate::manifest::{ChunkEntry, Kind, Manifest, S3Info, SnapshotRef};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, PipelineConfig, Progress, ResumeMismatch};
-use crate::planner::{plan, Action, Decision, Facts};
+use crate::planner::{plan, Action, Decision, Facts, Trigger};
 use crate::progress::{Counted, Expected, Meter, Metered, Reporter};
 use crate::repo::Repo;
 use crate::retry::Retrier;
@@ -203,6 +203,19 @@ impl Backup<'_> {
         journal::path_for(&self.cfg.global.state_path, &sv.name)
     }
 
+    /// The subvolume's pending backup, if any, checked like the bucket: a journal that
+    /// others could write, or that names anything but this subvolume's keys of its run
+    /// and its snapshots in `snapshots.base_dir`, is an error holding
+    /// [`journal::Refused`].
+    pub fn load_journal(&self, sv: &Subvolume) -> Result<Option<Pending>> {
+        let Some(p) = journal::load(&self.journal_path(sv))? else {
+            return Ok(None);
+        };
+        let layout = crate::manifest::Layout::new(&self.cfg.s3.prefix);
+        p.check(&sv.name, &layout, &self.cfg.snapshots.base_dir)?;
+        Ok(Some(p))
+    }
+
     /// What the planner needs; consults S3 only for the parent manifest.
     pub fn facts(&self, sv: &Subvolume, entry: &SubvolState) -> Result<Facts> {
         let last_snapshot_at = entry
@@ -238,10 +251,10 @@ impl Backup<'_> {
         sv: &Subvolume,
         entry: &SubvolState,
         now: Ts,
-        once: bool,
+        trigger: Trigger,
     ) -> Result<Decision> {
         let mut facts = self.facts(sv, entry)?;
-        let d = plan(&facts, &self.cfg.schedule, now, once);
+        let d = plan(&facts, &self.cfg.schedule, now, trigger);
         let (Action::Run(Kind::Incremental), Some(repo), Some(key)) =
             (d.action, self.repo, entry.last_manifest.as_deref())
         else {
@@ -260,7 +273,7 @@ impl Backup<'_> {
             return Ok(d);
         };
         facts.parent_chain_problem = Some(format!("{}: {}", f.key, f.problem));
-        Ok(plan(&facts, &self.cfg.schedule, now, once))
+        Ok(plan(&facts, &self.cfg.schedule, now, trigger))
     }
 
     /// Backs up one subvolume: a pending backup first (resume, recover or abandon), then
@@ -269,7 +282,7 @@ impl Backup<'_> {
         &self,
         sv: &Subvolume,
         entry: &SubvolState,
-        once: bool,
+        trigger: Trigger,
         restart: bool,
         run_ts: Ts,
     ) -> Result<Outcome> {
@@ -282,8 +295,11 @@ impl Backup<'_> {
         })?;
         self.say_nested(sv);
         let jpath = self.journal_path(sv);
-        let pending = match journal::load(&jpath) {
+        let pending = match self.load_journal(sv) {
             Ok(p) => p,
+            // Not ours, or not only ours: the run of this subvolume fails, and nothing
+            // the journal names is aborted, deleted or published.
+            Err(e) if e.is::<journal::Refused>() => return Err(e),
             Err(e) => {
                 // Unreadable: nothing in it can be trusted or resumed. Its uploads are
                 // aborted by the sweep below; its snapshot by retention.
@@ -299,7 +315,7 @@ impl Backup<'_> {
         };
         let mut owned = HashSet::new();
         if let (Some(p), Some(_)) = (pending, self.repo) {
-            match self.decide(sv, entry, &p, restart, run_ts)? {
+            match self.decide(sv, entry, &p, restart, trigger, run_ts)? {
                 PendingAction::Done => journal::remove(&p.path)?,
                 PendingAction::Recover => return self.recover(sv, entry, &p),
                 PendingAction::Abandon(reason) => self.abandon(sv, entry, &p, &reason),
@@ -317,7 +333,7 @@ impl Backup<'_> {
             }
         }
         self.sweep_stale_uploads(sv, &HashSet::new())?;
-        let d = self.decide_plan(sv, entry, run_ts, once)?;
+        let d = self.decide_plan(sv, entry, run_ts, trigger)?;
         event!(
             Info,
             "plan",
@@ -356,6 +372,7 @@ impl Backup<'_> {
         entry: &SubvolState,
         p: &Pending,
         restart: bool,
+        trigger: Trigger,
         now: Ts,
     ) -> Result<PendingAction> {
         let b = &p.begin;
@@ -374,6 +391,9 @@ impl Backup<'_> {
         }
         if restart {
             return abandon("--restart".into());
+        }
+        if trigger == Trigger::Full && b.kind == Kind::Incremental {
+            return abandon("--full asks for a new full".into());
         }
         let want = settings(self.cfg, part_size(self.cfg)?);
         if b.settings != want {
@@ -395,7 +415,12 @@ impl Backup<'_> {
                     b.parent_manifest, entry.last_manifest
                 ));
             }
-            let d = plan(&self.facts(sv, entry)?, &self.cfg.schedule, now, true);
+            let d = plan(
+                &self.facts(sv, entry)?,
+                &self.cfg.schedule,
+                now,
+                Trigger::Once,
+            );
             if d.action == Action::Run(Kind::Full) {
                 return abandon(format!("a new full is due ({})", d.reason));
             }
@@ -653,7 +678,7 @@ impl Backup<'_> {
             kind = kind.as_str()
         );
         let Some(_) = self.repo else {
-            let pending = journal::load(&self.journal_path(sv)).ok().flatten();
+            let pending = self.load_journal(sv).ok().flatten();
             let mut keep: Vec<PathBuf> = entry.last_snapshot.iter().map(PathBuf::from).collect();
             if let Some(p) = &pending {
                 keep.push(PathBuf::from(&p.begin.snapshot));
@@ -713,7 +738,7 @@ impl Backup<'_> {
                 Err(e)
             }
             Err(e) => {
-                if let Ok(Some(p)) = journal::load(&jpath) {
+                if let Ok(Some(p)) = self.load_journal(sv) {
                     self.abandon(sv, entry, &p, &format!("{e:#}"));
                 } else {
                     self.remove_snapshot(sv, &snap_path);

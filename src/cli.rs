@@ -16,8 +16,14 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
                   and not waited for (rerun restore later)."
 )]
 pub struct Cli {
-    /// Path of the TOML config file (required)
-    #[arg(long, global = true, value_name = "PATH")]
+    /// Path of the TOML config file [default: /etc/btrfs_to_s3/config.toml]
+    #[arg(
+        short = 'c',
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "BTRFS_TO_S3_CONFIG"
+    )]
     pub config: Option<PathBuf>,
 
     /// Log level; overrides global.log_level (RUST_LOG overrides both)
@@ -40,7 +46,48 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Delete old generations from S3 (a dry run unless --confirm)
     Prune(PruneArgs),
+    /// Per subvolume: the last backup, what is due next, a pending resume, the last run's
+    /// result (local files only; --remote also reads current.json)
+    Status(StatusArgs),
+    /// Print shell completions for SHELL to stdout (bash, zsh, fish, elvish, powershell)
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) to stdout (btrfs_to_s3 man | man -l -), or write one page
+    /// per command into --dir
+    Man(ManArgs),
 }
+
+#[derive(Debug, Args, Clone)]
+pub struct ManArgs {
+    /// Write btrfs_to_s3.1 and a page per command (btrfs_to_s3-backup.1, ...) into this
+    /// existing directory instead
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct StatusArgs {
+    /// Only this subvolume (by name); repeatable. Default: the configured subvolumes
+    #[arg(long = "subvolume", value_name = "NAME")]
+    pub subvolumes: Vec<String>,
+
+    /// Also read each subvolume's current.json from S3 and compare it with the state
+    #[arg(long)]
+    pub remote: bool,
+
+    /// One JSON document on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct CompletionsArgs {
+    /// The shell to write completions for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// Where the config is read from when neither `--config` nor `BTRFS_TO_S3_CONFIG` says.
+pub const DEFAULT_CONFIG: &str = "/etc/btrfs_to_s3/config.toml";
 
 #[derive(Debug, Args, Default, Clone)]
 pub struct ListArgs {
@@ -138,6 +185,11 @@ pub struct BackupArgs {
     /// Ignore the schedule: full if there is no usable parent, else incremental
     #[arg(long)]
     pub once: bool,
+
+    /// Ignore the schedule and make a new full of each selected subvolume (the next
+    /// incrementals build on it)
+    #[arg(long, conflicts_with = "once")]
+    pub full: bool,
 
     /// Create and prune snapshots without uploading anything (a local diagnostic)
     #[arg(long)]

@@ -42,6 +42,9 @@ pub mod limits {
     pub const MAX_RETAIN: u64 = 10_000;
     /// S3's largest object: 5 TiB.
     pub const MAX_CHUNK_SIZE: u64 = 5 * 1024 * GIB;
+    /// The smallest chunk: 1 MiB (what the reference harness uses). A lost digit must
+    /// not turn a 5 TiB backup into billions of objects.
+    pub const MIN_CHUNK_SIZE: u64 = super::MIB;
     /// Uploader (and downloader) threads.
     pub const MAX_CONCURRENCY: u64 = 64;
     /// Part buffers held in memory, `(concurrency + 1) × part size`, without a spool.
@@ -337,6 +340,18 @@ impl Env for ProcessEnv {
 
 impl Config {
     /// Reads and validates the file at `path`.
+    /// For the commands that act on the configured subvolumes: `subvolumes.paths` must be
+    /// there (a config with only `[s3]` serves restore, list and verify).
+    pub fn require_subvolumes(&self, command: &str) -> Result<(), ConfigError> {
+        if self.subvolumes.is_empty() {
+            return err(format!(
+                "subvolumes.paths is required for {command} but missing: add [subvolumes] \
+                 paths = [\"/data\"] (restore, list and verify run without it)"
+            ));
+        }
+        Ok(())
+    }
+
     pub fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
@@ -405,12 +420,7 @@ impl Config {
             bucket: r.bucket()?,
             region: r.region()?,
             prefix: r.prefix()?,
-            chunk_size_bytes: r.bounded(
-                "s3",
-                "chunk_size_bytes",
-                200 * GIB,
-                limits::MAX_CHUNK_SIZE,
-            )?,
+            chunk_size_bytes: r.chunk_size()?,
             storage_class_chunks: r.one_of(
                 "s3",
                 "storage_class_chunks",
@@ -697,6 +707,17 @@ impl Reader<'_> {
             Some(toml::Value::Integer(i)) => {
                 err(format!("{section}.{key} = {i}: must be greater than 0"))
             }
+            // Sizes (`*_bytes`) may carry a unit.
+            Some(toml::Value::String(t)) if key.ends_with("_bytes") => {
+                match crate::size::parse(t) {
+                    Ok(0) => err(format!("{section}.{key} = {t:?}: must be greater than 0")),
+                    Ok(n) => Ok(n),
+                    Err(why) => err(format!(
+                        "{section}.{key} = {t:?}: {why}; write {}",
+                        crate::size::FORMS
+                    )),
+                }
+            }
             Some(v) => err(format!(
                 "{section}.{key} = {v}: must be a whole number greater than 0, not a {}",
                 type_name(v)
@@ -754,10 +775,10 @@ impl Reader<'_> {
     }
 
     fn subvolumes(&self) -> Result<Vec<Subvolume>, ConfigError> {
+        // Absent: a disaster-recovery config (restore, list, verify); `backup` and a
+        // `prune` without --subvolume refuse it (`Config::require_subvolumes`).
         let Some(v) = self.get("subvolumes", "paths") else {
-            return err(
-                "subvolumes.paths is required but missing: add [subvolumes] paths = [\"/data\"]",
-            );
+            return Ok(Vec::new());
         };
         let Some(arr) = v.as_array() else {
             return err(format!(
@@ -870,6 +891,19 @@ impl Reader<'_> {
             return err("s3.checksum = \"none\" with [object_lock]: S3 accepts a locked upload only with a checksum header; set s3.checksum = \"crc32c\" (the default) or \"sha256\"");
         }
         Ok(Some(ObjectLock { mode, retain_days }))
+    }
+
+    fn chunk_size(&self) -> Result<u64, ConfigError> {
+        let v = self.bounded("s3", "chunk_size_bytes", 200 * GIB, limits::MAX_CHUNK_SIZE)?;
+        if v < limits::MIN_CHUNK_SIZE {
+            return err(format!(
+                "s3.chunk_size_bytes = {v}: must be at least {} (1 MiB): every chunk is an \
+                 object, and a chunk this small makes millions of them for a large backup \
+                 (the default is 214748364800, 200 GiB)",
+                limits::MIN_CHUNK_SIZE
+            ));
+        }
+        Ok(v)
     }
 
     fn part_size(&self) -> Result<u64, ConfigError> {

@@ -12,17 +12,26 @@
 //! byte through the end of that part: it covers the part's bytes (and the ones before
 //! them) and costs no extra pass over the data. A torn last line (a crash mid-write) is
 //! ignored; anything unreadable before it ends the reading there.
+//!
+//! The journal is input like the bucket: a resume aborts, HEADs and publishes the keys
+//! it names and sends against the snapshots it names. [`load`] refuses ([`Refused`]) a
+//! file that is a symlink, not a regular single-link file, not ours, or writable by group
+//! or others; [`Pending::check`] refuses one whose keys are not exactly this
+//! subvolume's keys of its run, or whose snapshots are not this subvolume's snapshot
+//! names in `snapshots.base_dir`.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::Kind;
+use crate::manifest::{Kind, Layout};
+use crate::snapshots::SnapName;
+use crate::ts::Ts;
 
 /// The journal format's version (in `begin`).
 pub const VERSION: u32 = 1;
@@ -161,6 +170,193 @@ pub fn stored_bytes(chunks: &BTreeMap<u64, ChunkProgress>) -> u64 {
         .fold(0u64, u64::saturating_add)
 }
 
+/// A journal this tool does not act on (inside `anyhow::Error`): it is not the one this
+/// tool wrote for the subvolume, or others could have changed it. Nothing it names is
+/// touched; the subvolume's run fails with the message, which names the file and the fix.
+#[derive(Debug)]
+pub struct Refused(pub String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// The refusal of the journal at `path` for `problem`, with the way out (`fix`, when
+/// the file may be ours after all, else: remove it).
+fn refused(path: &Path, problem: &str, fix: Option<&str>) -> Refused {
+    let p = path.display();
+    let fix = match fix {
+        Some(f) => format!("{f}, or look at it and remove it"),
+        None => "look at it, then remove it".to_string(),
+    };
+    Refused(format!(
+        "resume journal {p}: {problem}; nothing it names was touched: {fix} \
+         (rm {p}; the next backup of the subvolume starts afresh)"
+    ))
+}
+
+/// The refusal of a journal whose content is not what this tool writes.
+fn foreign(path: &Path, problem: String) -> Refused {
+    refused(
+        path,
+        &format!("{problem}, which this tool never writes"),
+        None,
+    )
+}
+
+fn printable(v: &str, max: usize) -> bool {
+    !v.is_empty() && v.len() <= max && v.bytes().all(|b| (0x21..0x7f).contains(&b))
+}
+
+fn is_sha256(v: &str) -> bool {
+    v.len() == 64 && v.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+impl Pending {
+    /// Refuses a journal that is not exactly what a backup of subvolume `name` writes:
+    /// its subvolume, run timestamp, snapshot (`base_dir/<name>__<run>__<kind>`), parent
+    /// (one of the subvolume's snapshot names in `base_dir`, for an incremental only),
+    /// parent manifest (a manifest key of the subvolume), and every key it names (chunk
+    /// `i` of this run is `layout.chunk_key(name, kind, run, i)`, the published manifest
+    /// `layout.manifest_key(name, kind, run)`), upload ids, ETags and hashes.
+    pub fn check(&self, name: &str, layout: &Layout, base_dir: &Path) -> Result<(), Refused> {
+        let b = &self.begin;
+        let bad = |problem: String| Err(foreign(&self.path, problem));
+        if b.subvolume != name {
+            return bad(format!(
+                "it is the journal of subvolume {:?}, not of {name}",
+                b.subvolume
+            ));
+        }
+        let ts = match Ts::parse(&b.run_ts) {
+            Ok(ts) if ts.to_string() == b.run_ts => ts,
+            _ => return bad(format!("its run timestamp {:?} is not one", b.run_ts)),
+        };
+        let snap = base_dir.join(
+            SnapName {
+                subvolume: name.to_string(),
+                ts,
+                kind: b.kind,
+            }
+            .file_name(),
+        );
+        if Path::new(&b.snapshot) != snap {
+            return bad(format!(
+                "its snapshot {:?} is not {} (snapshots.base_dir and the run's name)",
+                b.snapshot,
+                snap.display()
+            ));
+        }
+        match (b.kind, &b.parent, &b.parent_manifest) {
+            (Kind::Full, None, None) => {}
+            (Kind::Full, _, _) => {
+                return bad("it is a full backup with a parent".to_string());
+            }
+            (Kind::Incremental, Some(parent), Some(manifest)) => {
+                let p = Path::new(parent);
+                let ours = p.parent() == Some(base_dir)
+                    && SnapName::from_path(name, p).is_some()
+                    && p != snap;
+                if !ours {
+                    return bad(format!(
+                        "its parent snapshot {parent:?} is not a snapshot of {name} in {}",
+                        base_dir.display()
+                    ));
+                }
+                if !matches!(
+                    layout.parse(manifest),
+                    Some((n, crate::manifest::Shape::Manifest { .. })) if n == name
+                ) || !layout.owns(name, manifest)
+                {
+                    return bad(format!(
+                        "its parent manifest {manifest:?} is not a manifest key of {name} under {}",
+                        layout.subvolume_prefix(name)
+                    ));
+                }
+            }
+            (Kind::Incremental, _, _) => {
+                return bad("it is an incremental backup without a parent".to_string());
+            }
+        }
+        if let Some(t) = &b.last_full_at {
+            if Ts::parse(t).is_err() {
+                return bad(format!("its last_full_at {t:?} is not a time"));
+            }
+        }
+        if !matches!(b.send_protocol, 1 | 2) {
+            return bad(format!(
+                "its send protocol {} is not 1 or 2",
+                b.send_protocol
+            ));
+        }
+        let key_problem = |i: u64, key: &str| -> Option<String> {
+            let want = layout.chunk_key(name, b.kind, ts, i);
+            if key == want {
+                None
+            } else if !layout.owns(name, key) {
+                Some(format!(
+                    "it names the key {key:?} for chunk {i}, which is not under {name}'s prefix {}",
+                    layout.subvolume_prefix(name)
+                ))
+            } else {
+                Some(format!(
+                    "it names the key {key:?} for chunk {i}, which is {want} in this backup"
+                ))
+            }
+        };
+        for (i, c) in &self.chunks {
+            match c {
+                ChunkProgress::Stored {
+                    key, sha256, etag, ..
+                } => {
+                    if let Some(p) = key_problem(*i, key) {
+                        return bad(p);
+                    }
+                    if !is_sha256(sha256) || !printable(etag, 1024) {
+                        return bad(format!(
+                            "its record of chunk {key} has a malformed SHA-256 or ETag"
+                        ));
+                    }
+                }
+                ChunkProgress::Open {
+                    key,
+                    upload_id,
+                    parts,
+                } => {
+                    if let Some(p) = key_problem(*i, key) {
+                        return bad(p);
+                    }
+                    if !printable(upload_id, 1024) {
+                        return bad(format!("its upload id for chunk {key} is malformed"));
+                    }
+                    for (n, d) in parts {
+                        if !(1..=10_000).contains(n)
+                            || !is_sha256(&d.sha256_through)
+                            || !printable(&d.etag, 1024)
+                        {
+                            return bad(format!(
+                                "its record of part {n} of chunk {key} is malformed"
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(k) = &self.publishing {
+            let want = layout.manifest_key(name, b.kind, ts);
+            if *k != want {
+                return bad(format!(
+                    "it names the manifest {k:?}, which is {want} in this backup"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The journal path of subvolume `name`: beside the state file.
 pub fn path_for(state_path: &Path, name: &str) -> PathBuf {
     let file = state_path
@@ -254,15 +450,77 @@ pub fn remove(path: &Path) -> Result<()> {
     }
 }
 
-/// Reads the journal at `path`; `None` when there is none.
-pub fn load(path: &Path) -> Result<Option<Pending>> {
-    let text = match std::fs::read(path) {
-        Ok(t) => t,
+/// Opens the journal at `path` for reading without following a symlink (nor blocking
+/// on a FIFO), and refuses it unless it is a regular file with one link, owned by the
+/// user we run as and writable by nobody else; `None` when there is none.
+fn open_checked(path: &Path) -> Result<Option<File>> {
+    use rustix::fs::OFlags;
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC).bits() as i32)
+        .open(path)
+    {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            return Err(refused(path, "it is a symbolic link", None).into())
+        }
         Err(e) => {
-            return Err(e).with_context(|| format!("reading the resume journal {}", path.display()))
+            return Err(e).with_context(|| format!("opening the resume journal {}", path.display()))
         }
     };
+    let m = file.metadata().with_context(|| {
+        format!(
+            "reading the metadata of the resume journal {}",
+            path.display()
+        )
+    })?;
+    let me = rustix::process::geteuid().as_raw();
+    if !m.file_type().is_file() {
+        return Err(refused(path, "it is not a regular file", None).into());
+    }
+    if m.uid() != me {
+        return Err(refused(
+            path,
+            &format!("it is owned by uid {}, not by us (uid {me})", m.uid()),
+            Some(&format!("if it is ours, chown {me} {}", path.display())),
+        )
+        .into());
+    }
+    if m.mode() & 0o022 != 0 {
+        return Err(refused(
+            path,
+            &format!(
+                "its mode {:o} lets group or others write it",
+                m.mode() & 0o7777
+            ),
+            Some(&format!("if it is ours, chmod go-w {}", path.display())),
+        )
+        .into());
+    }
+    if m.nlink() != 1 {
+        return Err(refused(
+            path,
+            &format!(
+                "it has {} hard links (it may be another file's name)",
+                m.nlink()
+            ),
+            None,
+        )
+        .into());
+    }
+    Ok(Some(file))
+}
+
+/// Reads the journal at `path`; `None` when there is none. A file others could have
+/// written is refused ([`Refused`]); its content is checked by [`Pending::check`].
+pub fn load(path: &Path) -> Result<Option<Pending>> {
+    let Some(mut file) = open_checked(path)? else {
+        return Ok(None);
+    };
+    let mut text = Vec::new();
+    file.read_to_end(&mut text)
+        .with_context(|| format!("reading the resume journal {}", path.display()))?;
     // Whole lines only, with the offset just past each.
     let mut lines = Vec::new();
     let mut start = 0usize;
@@ -477,5 +735,271 @@ mod tests {
         let line = serde_json::to_string(&Record::Begin(b)).unwrap();
         std::fs::write(&path, line + "\n").unwrap();
         assert!(format!("{:#}", load(&path).unwrap_err()).contains("version 9"));
+    }
+
+    fn refusal(r: Result<Option<Pending>>) -> String {
+        let e = r.expect_err("the journal is refused");
+        assert!(e.is::<Refused>(), "{e:#}");
+        format!("{e:#}")
+    }
+
+    #[test]
+    fn a_journal_others_could_write_is_refused_naming_the_file_and_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = crate::testing::Scratch::new("journal-file");
+        let path = path_for(&d.0.join("state.json"), "data");
+        Journal::create(&path, &begin()).unwrap();
+        assert!(
+            load(&path).unwrap().is_some(),
+            "our own journal (0600) reads"
+        );
+        let good = std::fs::read(&path).unwrap();
+
+        // A symlink to a journal elsewhere is not followed.
+        let elsewhere = d.0.join("elsewhere.jsonl");
+        std::fs::write(&elsewhere, &good).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+        let e = refusal(load(&path));
+        assert!(
+            e.contains(&path.display().to_string()) && e.contains("symbolic link"),
+            "{e}"
+        );
+        assert!(e.contains(&format!("rm {}", path.display())), "{e}");
+        std::fs::remove_file(&path).unwrap();
+
+        // Writable by group, or by others.
+        for mode in [0o620, 0o602, 0o666] {
+            std::fs::write(&path, &good).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = refusal(load(&path));
+            assert!(
+                e.contains(&path.display().to_string())
+                    && e.contains("group or others")
+                    && e.contains("chmod go-w"),
+                "{mode:o}: {e}"
+            );
+            std::fs::remove_file(&path).unwrap();
+        }
+
+        // Another name of the same file (a hard link).
+        std::fs::write(&path, &good).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::hard_link(&path, d.0.join("other-name")).unwrap();
+        let e = refusal(load(&path));
+        assert!(e.contains("2 hard links"), "{e}");
+        std::fs::remove_file(d.0.join("other-name")).unwrap();
+        assert!(load(&path).unwrap().is_some());
+        std::fs::remove_file(&path).unwrap();
+
+        // Not a regular file: a FIFO is refused, not waited on.
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &path,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let e = refusal(load(&path));
+        assert!(e.contains("not a regular file"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+
+        // Owned by someone else: as root, a file given away; otherwise, root's file.
+        let theirs = if rustix::process::geteuid().is_root() {
+            std::fs::write(&path, &good).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+            path.clone()
+        } else {
+            PathBuf::from("/etc/passwd")
+        };
+        let e = refusal(load(&theirs));
+        assert!(
+            e.contains(&theirs.display().to_string()) && e.contains("not by us"),
+            "{e}"
+        );
+    }
+
+    /// A journal as a backup of `data` at 20250101T020000Z writes it, with one stored
+    /// chunk, one open upload with a part, and the manifest being published.
+    fn good(kind: Kind) -> Pending {
+        let layout = Layout::new("p");
+        let ts = Ts::parse("20250101T020000Z").unwrap();
+        let mut b = begin();
+        b.kind = kind;
+        b.snapshot = format!(
+            "/s/data__20250101T020000Z__{}",
+            if kind == Kind::Full { "full" } else { "inc" }
+        );
+        if kind == Kind::Incremental {
+            b.parent = Some("/s/data__20241231T020000Z__full".into());
+            b.parent_manifest = Some("p/subvol/data/full/manifest-20241231T020000Z.json".into());
+            b.last_full_at = Some("20241231T020000Z".into());
+        }
+        let mut parts = BTreeMap::new();
+        parts.insert(
+            1,
+            PartDone {
+                size: 10,
+                sha256_through: "b".repeat(64),
+                etag: "\"e1\"".into(),
+            },
+        );
+        let mut chunks = BTreeMap::new();
+        chunks.insert(
+            0,
+            ChunkProgress::Stored {
+                key: layout.chunk_key("data", kind, ts, 0),
+                size: 100,
+                sha256: "a".repeat(64),
+                etag: "\"e0\"".into(),
+            },
+        );
+        chunks.insert(
+            1,
+            ChunkProgress::Open {
+                key: layout.chunk_key("data", kind, ts, 1),
+                upload_id: "upload-1".into(),
+                parts,
+            },
+        );
+        Pending {
+            path: PathBuf::from("/state/state.json.resume-data.jsonl"),
+            begin: b,
+            chunks,
+            publishing: Some(layout.manifest_key("data", kind, ts)),
+            valid_len: 0,
+        }
+    }
+
+    #[test]
+    fn a_journal_naming_anything_but_this_subvolumes_run_is_refused() {
+        let layout = Layout::new("p");
+        let base = Path::new("/s");
+        let check = |p: &Pending| p.check("data", &layout, base);
+        for kind in [Kind::Full, Kind::Incremental] {
+            check(&good(kind)).unwrap();
+        }
+        let set_key = |p: &mut Pending, i: u64, k: &str| match p.chunks.get_mut(&i) {
+            Some(ChunkProgress::Stored { key, .. } | ChunkProgress::Open { key, .. }) => {
+                *key = k.to_string()
+            }
+            None => unreachable!(),
+        };
+        type Doctor = Box<dyn Fn(&mut Pending)>;
+        let cases: Vec<(Kind, Doctor, &str)> = vec![
+            (Kind::Full, Box::new(|p| p.begin.subvolume = "other".into()), "subvolume \"other\""),
+            (Kind::Full, Box::new(|p| p.begin.run_ts = "2025-01-01T02:00:00Z".into()), "run timestamp"),
+            (
+                Kind::Full,
+                Box::new(|p| p.begin.snapshot = "/etc".into()),
+                "its snapshot \"/etc\" is not /s/data__20250101T020000Z__full",
+            ),
+            (
+                Kind::Full,
+                Box::new(|p| p.begin.snapshot = "/elsewhere/data__20250101T020000Z__full".into()),
+                "its snapshot",
+            ),
+            (Kind::Full, Box::new(|p| p.begin.parent = Some("/s/data__20241231T020000Z__full".into())), "full backup with a parent"),
+            (Kind::Incremental, Box::new(|p| p.begin.parent = None), "without a parent"),
+            (
+                Kind::Incremental,
+                Box::new(|p| p.begin.parent = Some("/srv/important".into())),
+                "parent snapshot \"/srv/important\" is not a snapshot of data in /s",
+            ),
+            (
+                Kind::Incremental,
+                Box::new(|p| p.begin.parent = Some("/s/../srv/data__20241231T020000Z__full".into())),
+                "parent snapshot",
+            ),
+            (
+                Kind::Incremental,
+                Box::new(|p| p.begin.parent = Some("/s/other__20241231T020000Z__full".into())),
+                "parent snapshot",
+            ),
+            (
+                Kind::Incremental,
+                Box::new(|p| p.begin.parent_manifest = Some("p/subvol/other/full/manifest-20241231T020000Z.json".into())),
+                "parent manifest",
+            ),
+            (
+                Kind::Incremental,
+                Box::new(|p| p.begin.parent_manifest = Some("p/subvol/data/full/chunk-20241231T020000Z-0.bin".into())),
+                "parent manifest",
+            ),
+            (Kind::Full, Box::new(|p| p.begin.last_full_at = Some("yesterday".into())), "last_full_at"),
+            (Kind::Full, Box::new(|p| p.begin.send_protocol = 7), "send protocol 7"),
+            (
+                Kind::Full,
+                Box::new(move |p| set_key(p, 0, "p/subvol/other/full/chunk-20250101T020000Z-0.bin")),
+                "\"p/subvol/other/full/chunk-20250101T020000Z-0.bin\" for chunk 0, which is not under data's prefix p/subvol/data/",
+            ),
+            (
+                Kind::Full,
+                Box::new(move |p| set_key(p, 1, "elsewhere/x")),
+                "\"elsewhere/x\" for chunk 1, which is not under",
+            ),
+            (
+                Kind::Full,
+                Box::new(move |p| set_key(p, 1, "p/subvol/data/full/chunk-20250101T020000Z-7.bin")),
+                "for chunk 1, which is p/subvol/data/full/chunk-20250101T020000Z-1.bin",
+            ),
+            (
+                Kind::Full,
+                Box::new(move |p| set_key(p, 0, "p/subvol/data/full/chunk-20240101T020000Z-0.bin")),
+                "for chunk 0, which is",
+            ),
+            (
+                Kind::Full,
+                Box::new(|p| p.publishing = Some("p/subvol/data/current.json".into())),
+                "manifest \"p/subvol/data/current.json\"",
+            ),
+            (
+                Kind::Full,
+                Box::new(|p| p.publishing = Some("p/subvol/other/full/manifest-20250101T020000Z.json".into())),
+                "manifest",
+            ),
+            (
+                Kind::Full,
+                Box::new(|p| {
+                    if let Some(ChunkProgress::Open { upload_id, .. }) = p.chunks.get_mut(&1) {
+                        *upload_id = "a&b c".into();
+                    }
+                }),
+                "upload id",
+            ),
+            (
+                Kind::Full,
+                Box::new(|p| {
+                    if let Some(ChunkProgress::Stored { sha256, .. }) = p.chunks.get_mut(&0) {
+                        *sha256 = "nothex".into();
+                    }
+                }),
+                "malformed SHA-256",
+            ),
+            (
+                Kind::Full,
+                Box::new(|p| {
+                    if let Some(ChunkProgress::Open { parts, .. }) = p.chunks.get_mut(&1) {
+                        let d = parts[&1].clone();
+                        parts.insert(10_001, d);
+                    }
+                }),
+                "part 10001",
+            ),
+        ];
+        for (kind, doctor, words) in cases {
+            let mut p = good(kind);
+            doctor(&mut p);
+            let e = check(&p).expect_err(words).to_string();
+            assert!(
+                e.contains(words)
+                    && e.contains("/state/state.json.resume-data.jsonl")
+                    && e.contains("nothing it names was touched")
+                    && e.contains("rm /state/state.json.resume-data.jsonl"),
+                "{words}: {e}"
+            );
+        }
     }
 }

@@ -84,7 +84,8 @@ pub fn init(level: log::LevelFilter) {
         }
     }
     b.target(env_logger::Target::Stderr);
-    b.format(|f, record| {
+    let journal = stderr_is_journal();
+    b.format(move |f, record| {
         let level = match record.level() {
             log::Level::Error => "ERROR",
             log::Level::Warn => "WARNING",
@@ -94,9 +95,46 @@ pub fn init(level: log::LevelFilter) {
         };
         // Also the lines of other crates (the HTTP library's debug output).
         let line = crate::term::inert(&redact(&record.args().to_string()));
-        writeln!(f, "{} {level} {line}", Ts::now().iso())
+        let prio = if journal {
+            priority(record.level())
+        } else {
+            ""
+        };
+        writeln!(f, "{prio}{} {level} {line}", Ts::now().iso())
     });
     let _ = b.try_init();
+}
+
+/// The syslog priority prefix journald reads at the start of a line (`SyslogLevelPrefix=`,
+/// on by default), so `journalctl -p err` finds failures.
+pub fn priority(level: log::Level) -> &'static str {
+    match level {
+        log::Level::Error => "<3>",
+        log::Level::Warn => "<4>",
+        log::Level::Info => "<6>",
+        log::Level::Debug | log::Level::Trace => "<7>",
+    }
+}
+
+/// Whether stderr is the journal stream systemd gave us: `JOURNAL_STREAM` is
+/// `DEVICE:INODE` of that stream, and it counts only when it is still stderr (a child
+/// of the unit with stderr redirected inherits the variable).
+pub fn stderr_is_journal() -> bool {
+    let Ok(v) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(st) = rustix::fs::fstat(std::io::stderr()) else {
+        return false;
+    };
+    journal_stream_matches(&v, st.st_dev, st.st_ino)
+}
+
+/// `JOURNAL_STREAM`'s `DEVICE:INODE` (decimal) against stderr's device and inode.
+fn journal_stream_matches(var: &str, dev: u64, ino: u64) -> bool {
+    let Some((d, i)) = var.split_once(':') else {
+        return false;
+    };
+    d.parse::<u64>().ok() == Some(dev) && i.parse::<u64>().ok() == Some(ino)
 }
 
 #[cfg(test)]
@@ -122,6 +160,23 @@ mod tests {
             s,
             r"event=x key=p/\x1b]0;pwned\x07/k\u{9b}2J\u{202e} why=two\x0alines"
         );
+    }
+
+    #[test]
+    fn journal_stream_is_believed_only_for_stderr_itself() {
+        assert!(journal_stream_matches("2049:123456", 2049, 123456));
+        for v in [
+            "2049:123457",
+            "2049",
+            "",
+            "x:y",
+            "2049:123456:1",
+            "-1:123456",
+        ] {
+            assert!(!journal_stream_matches(v, 2049, 123456), "{v}");
+        }
+        assert_eq!(priority(log::Level::Error), "<3>");
+        assert_eq!(priority(log::Level::Warn), "<4>");
     }
 
     #[test]

@@ -65,12 +65,30 @@ fn period(every_days: u64) -> i64 {
         .saturating_sub(TIMER_SLACK_SECS)
 }
 
+/// When something last done at `last` is due again every `every_days` (the timer's
+/// slack included, as `plan` counts it).
+pub fn next_due(last: Ts, every_days: u64) -> Ts {
+    Ts::from_unix(last.unix().saturating_add(period(every_days)))
+}
+
 fn due(age: i64, every_days: u64) -> bool {
     age >= period(every_days)
 }
 
-pub fn plan(f: &Facts, s: &Schedule, now: Ts, once: bool) -> Decision {
+/// What asks for a backup: the schedule, `--once` (ignore the schedule), or `--full`
+/// (ignore the schedule and make a full).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    Schedule,
+    Once,
+    Full,
+}
+
+pub fn plan(f: &Facts, s: &Schedule, now: Ts, trigger: Trigger) -> Decision {
     let decide = |action, reason: String| Decision { action, reason };
+    if trigger == Trigger::Full {
+        return decide(Action::Run(Kind::Full), "--full".into());
+    }
     let (Some(last_full), Some(last_snap)) = (f.last_full_at, f.last_snapshot_at) else {
         return decide(
             Action::Run(Kind::Full),
@@ -95,7 +113,7 @@ pub fn plan(f: &Facts, s: &Schedule, now: Ts, once: bool) -> Decision {
             days(age),
             s.incremental_every_days
         )
-    } else if once {
+    } else if trigger == Trigger::Once {
         "--once".to_string()
     } else {
         let next = Ts::from_unix(
@@ -166,7 +184,12 @@ mod tests {
     }
 
     fn check(f: Facts, once: bool, want: Action, reason_has: &str) {
-        let d = plan(&f, &schedule(), Ts::from_unix(NOW), once);
+        let trigger = if once {
+            Trigger::Once
+        } else {
+            Trigger::Schedule
+        };
+        let d = plan(&f, &schedule(), Ts::from_unix(NOW), trigger);
         assert_eq!(d.action, want, "{f:?} once={once}: {}", d.reason);
         assert!(
             d.reason.contains(reason_has),
@@ -282,5 +305,14 @@ mod tests {
         let mut f = facts(Some(8 * day), Some(day));
         f.parent_on_disk = false;
         check(f, false, Action::Skip, "next due");
+    }
+
+    #[test]
+    fn full_forces_a_full_whatever_the_schedule_and_chain() {
+        for f in [facts(Some(DAY), Some(60)), facts(None, None)] {
+            let d = plan(&f, &schedule(), Ts::from_unix(NOW), Trigger::Full);
+            assert_eq!(d.action, Action::Run(Kind::Full));
+            assert_eq!(d.reason, "--full");
+        }
     }
 }

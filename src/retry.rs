@@ -92,6 +92,12 @@ impl Retrier {
         self.cancel.load(Ordering::SeqCst)
     }
 
+    /// The cancel flag itself, for loops below the retrier that must also end between
+    /// requests (the store's listings).
+    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
+        self.cancel.clone()
+    }
+
     fn random(&self) -> u64 {
         // xorshift64*: jitter only, not security.
         let mut x = self.seed.load(Ordering::Relaxed);

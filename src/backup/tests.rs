@@ -22,13 +22,17 @@ paths = ["{d}/vol/data"]
 bucket = "b"
 region = "r"
 prefix = "pre"
-chunk_size_bytes = 400
+chunk_size_bytes = 1048576
 part_size_bytes = 5242880
 storage_class_chunks = "GLACIER"
 "#,
         d = dir.display()
     );
-    Config::parse(&text, &ProcessEnv).unwrap()
+    let mut cfg = Config::parse(&text, &ProcessEnv).unwrap();
+    // Below the config's 1 MiB floor, so that the fakes' small streams make several
+    // chunks: the engine works with any size.
+    cfg.s3.chunk_size_bytes = 400;
+    cfg
 }
 
 struct Rig {
@@ -94,7 +98,12 @@ impl Rig {
     ) -> Result<Outcome> {
         let b = self.backup();
         let sv = &self.cfg.subvolumes[0];
-        b.run(sv, entry, once, restart, Ts::parse(ts).unwrap())
+        let trigger = if once {
+            crate::planner::Trigger::Once
+        } else {
+            crate::planner::Trigger::Schedule
+        };
+        b.run(sv, entry, trigger, restart, Ts::parse(ts).unwrap())
     }
 
     fn journal(&self) -> Option<crate::journal::Pending> {
@@ -647,7 +656,7 @@ fn the_send_protocol_follows_the_config_and_what_the_machine_can_do() {
         .run(
             sv,
             &SubvolState::default(),
-            false,
+            crate::planner::Trigger::Schedule,
             false,
             Ts::parse("20250101T020000Z").unwrap(),
         )

@@ -17,6 +17,7 @@ use crate::cmd::Session;
 use crate::config::{Config, Subvolume};
 use crate::event;
 use crate::metrics::{write_textfile, Metrics, SubvolResult};
+use crate::planner::Trigger;
 use crate::repo::Repo;
 use crate::state::State;
 use crate::ts::Ts;
@@ -86,7 +87,7 @@ pub fn run(config: &Config, args: &BackupArgs) -> Result<u8> {
         send_protocol,
     };
     if args.dry_run {
-        return dry_run(&b, &state, &selected, args.once);
+        return dry_run(&b, &state, &selected, trigger(args));
     }
     check_state_writable(state_path)?;
     if let Some(repo) = &repo {
@@ -112,7 +113,7 @@ pub fn run(config: &Config, args: &BackupArgs) -> Result<u8> {
         }
         let entry = state.subvolumes.get(&sv.name).cloned().unwrap_or_default();
         let r = b
-            .run(sv, &entry, args.once, args.restart, run_ts)
+            .run(sv, &entry, trigger(args), args.restart, run_ts)
             .and_then(|o| match o {
                 Outcome::Published(p) => {
                     let m = finish(&b, &mut state, state_path, sv, &p, run_ts)?;
@@ -374,9 +375,48 @@ fn config_problems(b: &Backup<'_>, selected: &[&Subvolume]) -> Vec<String> {
     out
 }
 
+/// How many chunk objects a full of `sv` would make now. The size is what `statvfs`
+/// says is used on its filesystem (df's "Used"): instant, and at least the subvolume's
+/// data unless the filesystem compresses, but it counts every other subvolume and
+/// snapshot there too (shared extents once), so it usually overestimates.
+fn full_estimate(cfg: &Config, sv: &Subvolume) -> String {
+    let chunk = cfg.s3.chunk_size_bytes.max(1);
+    match rustix::fs::statvfs(&sv.path) {
+        Ok(st) => {
+            let used = st
+                .f_blocks
+                .saturating_sub(st.f_bfree)
+                .saturating_mul(st.f_frsize);
+            format!(
+                "{}: a full now would make about {} chunk objects (s3.chunk_size_bytes = {chunk}; \
+                 estimated from the {used} bytes used on its filesystem, other subvolumes and \
+                 snapshots included)",
+                sv.name,
+                used.div_ceil(chunk).max(1)
+            )
+        }
+        Err(e) => format!(
+            "{}: the size of a full cannot be estimated (statvfs of {}: {e})",
+            sv.name,
+            sv.path.display()
+        ),
+    }
+}
+
+/// What asks for this run's backups (`--full`, `--once`, or the schedule).
+fn trigger(args: &BackupArgs) -> Trigger {
+    match (args.full, args.once) {
+        (true, _) => Trigger::Full,
+        (_, true) => Trigger::Once,
+        _ => Trigger::Schedule,
+    }
+}
+
 /// `--dry-run`: the config check the systemd unit runs first. Config problems exit 2
-/// (each named); S3 out of reach exits 1; else the plan, one line per subvolume, exit 0.
-fn dry_run(b: &Backup<'_>, state: &State, selected: &[&Subvolume], once: bool) -> Result<u8> {
+/// (each named); S3 out of reach exits 1; else the plan, one line per subvolume (a
+/// refused resume journal says so: that subvolume's run will fail), the chunk objects a
+/// full would make, exit 0.
+fn dry_run(b: &Backup<'_>, state: &State, selected: &[&Subvolume], trigger: Trigger) -> Result<u8> {
     let problems = config_problems(b, selected);
     for p in &problems {
         println!("config: {p}");
@@ -405,20 +445,26 @@ fn dry_run(b: &Backup<'_>, state: &State, selected: &[&Subvolume], once: bool) -
     let now = Ts::now();
     for sv in selected {
         let entry = state.subvolumes.get(&sv.name).cloned().unwrap_or_default();
-        let line = match crate::journal::load(&b.journal_path(sv)).ok().flatten() {
-            Some(p) => format!(
+        let line = match b.load_journal(sv) {
+            Ok(Some(p)) => format!(
                 "{}: resume ({} backup of {} interrupted; {} bytes stored)",
                 sv.name,
                 p.begin.kind.as_str(),
                 p.begin.run_ts,
                 p.stored_bytes()
             ),
-            None => {
-                let d = b.decide_plan(sv, &entry, now, once)?;
+            // The run of this subvolume will fail on it (the others go on).
+            Err(e) if e.is::<crate::journal::Refused>() => {
+                format!("{}: refused ({e:#})", sv.name)
+            }
+            // None, or unreadable: the run abandons an unreadable journal and plans.
+            _ => {
+                let d = b.decide_plan(sv, &entry, now, trigger)?;
                 format!("{}: {} ({})", sv.name, d.action.as_str(), d.reason)
             }
         };
         println!("{line}");
+        println!("{}", full_estimate(b.cfg, sv));
         let nested = b.nested(sv);
         if !nested.is_empty() {
             println!(

@@ -6,6 +6,7 @@ pub mod backup;
 pub mod list;
 pub mod prune;
 pub mod restore;
+pub mod status;
 pub mod verify;
 
 use std::sync::Arc;

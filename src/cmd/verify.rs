@@ -41,6 +41,17 @@ pub fn run(config: &Config, args: &VerifyArgs) -> Result<u8> {
     }
     let session = Session::start(config, false)?;
     let mut repo = Repo::open(config, session.retrier.clone())?;
+    // No --subvolume and none configured (a disaster-recovery config): every subvolume
+    // under the prefix, as `list` shows them.
+    let names = if names.is_empty() {
+        crate::repo::catalog::load(&repo, &[])?
+            .subvolumes
+            .keys()
+            .cloned()
+            .collect()
+    } else {
+        names
+    };
     if let (Some(key), Some(v), [name]) = (&args.manifest_key, &args.version_id, &names[..]) {
         let pins = crate::repo::versions::pin_chain(&repo, name, key, v)?;
         repo = crate::repo::versions::pinned_repo(config, &repo, pins);

@@ -312,6 +312,15 @@ fn each_rule_names_key_and_value() {
             s3_with("chunk_size_bytes = 0"),
             &["s3.chunk_size_bytes", "0"],
         ),
+        // A floor: a lost digit must not make billions of objects.
+        (
+            s3_with("chunk_size_bytes = 1000"),
+            &["s3.chunk_size_bytes = 1000", "at least 1048576 (1 MiB)"],
+        ),
+        (
+            s3_with("chunk_size_bytes = 1048575"),
+            &["s3.chunk_size_bytes = 1048575", "at least 1048576"],
+        ),
         (
             s3_with("storage_class_chunks = \"COLD\""),
             &["s3.storage_class_chunks", "COLD", "DEEP_ARCHIVE"],
@@ -347,10 +356,6 @@ fn each_rule_names_key_and_value() {
         (
             s3_with("send_compressed_data = \"yes\""),
             &["s3.send_compressed_data", "\"auto\", true or false"],
-        ),
-        (
-            "[s3]\nbucket = \"b\"\nregion = \"r\"\nprefix = \"p\"".to_string(),
-            &["subvolumes.paths", "required"],
         ),
         (
             s3_only("[subvolumes]\npaths = []"),
@@ -556,6 +561,72 @@ fn sse_none_and_kms_key_id() {
         c.s3.sse_kms_key_id.as_deref(),
         Some("arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab")
     );
+}
+
+#[test]
+fn sizes_take_units_and_plain_numbers_keep_working() {
+    let c = Config::parse(
+        &s3_with("chunk_size_bytes = \"2GiB\"\npart_size_bytes = \"16MiB\""),
+        &env(),
+    )
+    .unwrap();
+    assert_eq!(
+        (c.s3.chunk_size_bytes, c.s3.part_size_bytes),
+        (2 << 30, 16 << 20)
+    );
+    let c = Config::parse(&s3_with("chunk_size_bytes = 2147483648"), &env()).unwrap();
+    assert_eq!(c.s3.chunk_size_bytes, 2 << 30);
+    let c = Config::parse(
+        &format!("[global]\nspool_size_bytes = \"1.5 TB\"\n{}", s3_with("")),
+        &env(),
+    )
+    .unwrap();
+    assert_eq!(c.global.spool_size_bytes, 1_500_000_000_000);
+    for (line, words) in [
+        (
+            "chunk_size_bytes = \"16 Mb\"",
+            &["s3.chunk_size_bytes", "\"16 Mb\"", "unknown unit", "MiB"][..],
+        ),
+        (
+            "chunk_size_bytes = \"0GiB\"",
+            &["s3.chunk_size_bytes", "greater than 0"],
+        ),
+        (
+            "chunk_size_bytes = \"6TiB\"",
+            &["s3.chunk_size_bytes", "at most"],
+        ),
+        (
+            "part_size_bytes = \"1MiB\"",
+            &["s3.part_size_bytes", "5 MiB"],
+        ),
+        (
+            "concurrency = \"4MiB\"",
+            &["s3.concurrency", "whole number"],
+        ),
+    ] {
+        let e = parse_err(&s3_with(line));
+        for w in words {
+            assert!(e.contains(w), "{line}: {e} lacks {w}");
+        }
+    }
+}
+
+#[test]
+fn a_config_with_only_s3_serves_restore_list_and_verify() {
+    let c = Config::parse(
+        "[s3]\nbucket = \"b\"\nregion = \"r\"\nprefix = \"p\"",
+        &env(),
+    )
+    .unwrap();
+    assert!(c.subvolumes.is_empty());
+    let e = c.require_subvolumes("backup").unwrap_err().0;
+    assert!(
+        e.contains("subvolumes.paths is required for backup")
+            && e.contains("restore, list and verify"),
+        "{e}"
+    );
+    let c = Config::parse(&s3_with(""), &env()).unwrap();
+    assert!(c.require_subvolumes("backup").is_ok());
 }
 
 #[test]

@@ -180,7 +180,7 @@ pub fn load(repo: &Repo, only: &[String]) -> Result<Catalog> {
         }
     }
     for (name, o, kind, ts) in manifests {
-        let manifest = read_manifest(repo, &name, &o.key, kind)?;
+        let manifest = read_manifest(repo, &name, &o, kind)?;
         if let Some(sv) = cat.subvolumes.get_mut(&name) {
             sv.backups.push(Backup {
                 key: o.key.clone(),
@@ -205,13 +205,19 @@ pub fn load(repo: &Repo, only: &[String]) -> Result<Catalog> {
 }
 
 /// GETs and checks one manifest as a restore would (`chain::read_manifest`). A transport
-/// failure is an error of the listing; damage is a finding.
+/// failure is an error of the listing; damage is a finding. One the listing shows over
+/// the cap is not even asked for.
 fn read_manifest(
     repo: &Repo,
     name: &str,
-    key: &str,
+    o: &ListedObject,
     kind: Kind,
 ) -> Result<Result<Manifest, String>> {
+    let (key, small) = (o.key.as_str(), chain::Small::Manifest);
+    if o.size > small.cap() {
+        let why = crate::store::too_large(Some(o.size), small.cap());
+        return Ok(Err(small.too_large(key, &why).to_string()));
+    }
     let store = repo.store().as_ref();
     match chain::read_manifest(store, repo.retrier(), &repo.layout, name, key) {
         Ok(m) if m.kind != kind => Ok(Err(format!(

@@ -3,7 +3,9 @@
 //! another subvolume, missing or unparsable manifests, and any key, snapshot name or
 //! size a manifest or pointer names that does not fit this subvolume's layout
 //! ([`Manifest::check`]), each naming the key and the field. What this returns is
-//! checked: later steps may use its names as paths and keys.
+//! checked: later steps may use its names as paths and keys. Manifests and pointers are
+//! read with a size cap ([`fetch_json`]): an object larger than one is damage, read no
+//! further than the cap.
 
 use std::collections::HashSet;
 
@@ -11,7 +13,7 @@ use anyhow::{bail, Result};
 
 use crate::manifest::{Kind, Layout, Manifest, Pointer};
 use crate::retry::Retrier;
-use crate::store::{get_all, ErrorKind, ObjectStore};
+use crate::store::{get_bounded, ErrorKind, ObjectStore};
 
 /// Damage found while resolving a chain (a missing, unreadable, untrustworthy or
 /// misplaced manifest or pointer), as opposed to a request that failed: `verify` reports
@@ -39,6 +41,46 @@ macro_rules! damaged {
 /// No real chain is this long; a longer one is treated as damage.
 pub const MAX_CHAIN: usize = 10_000;
 
+/// The largest manifest read: at about 264 bytes a chunk (measured, with a prefix and
+/// ETags), some 250,000 chunks, a 5 TiB stream in chunks of 22 MiB or more (the default
+/// chunk, 200 GiB, makes 26). `Repo::publish` refuses to write a larger one.
+pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+/// The largest `current.json` read (ours are a few hundred bytes).
+pub const MAX_POINTER_BYTES: u64 = 1 << 20;
+
+/// A small JSON object of the layout: its cap, and its name in errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Small {
+    Manifest,
+    Pointer,
+}
+
+impl Small {
+    pub fn cap(self) -> u64 {
+        match self {
+            Small::Manifest => MAX_MANIFEST_BYTES,
+            Small::Pointer => MAX_POINTER_BYTES,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Small::Manifest => "manifest",
+            Small::Pointer => "pointer",
+        }
+    }
+
+    /// The damage of an object at `key` that is over the cap; `why` is
+    /// [`crate::store::too_large`]'s.
+    pub fn too_large(self, key: &str, why: &str) -> Damaged {
+        Damaged(format!(
+            "{what} {key} is too large: {why}; this tool writes no {what} that large, so \
+             delete or replace the object",
+            what = self.name(),
+        ))
+    }
+}
+
 /// A resolved chain, oldest (the full) first, with each manifest's key.
 #[derive(Clone, Debug)]
 pub struct Chain {
@@ -62,25 +104,45 @@ impl Chain {
     }
 }
 
-fn fetch_json<T: serde::de::DeserializeOwned>(
+/// Reads and parses one manifest or pointer, never more than its cap; `Ok(None)` when
+/// the object does not exist. An object over the cap, or not JSON of the shape, is
+/// [`Damaged`]; a request that failed is an error of its own.
+pub fn fetch_json<T: serde::de::DeserializeOwned>(
     store: &dyn ObjectStore,
     retrier: &Retrier,
     key: &str,
-    what: &str,
-) -> Result<T> {
-    let bytes = retrier.run(|| get_all(store, key)).map_err(|e| {
-        if e.kind == ErrorKind::NotFound {
-            Damaged(format!("{what} {key} is missing from the bucket")).into()
-        } else {
-            anyhow::Error::from(e).context(format!("reading {what} {key}"))
+    what: Small,
+) -> Result<Option<T>> {
+    let bytes = match retrier.run(|| get_bounded(store, key, what.cap())) {
+        Ok(b) => b,
+        Err(e) if e.kind == ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind == ErrorKind::TooLarge => {
+            return Err(what.too_large(key, &e.message).into())
         }
-    })?;
-    serde_json::from_slice(&bytes).map_err(|e| {
+        Err(e) => {
+            return Err(anyhow::Error::from(e).context(format!("reading {} {key}", what.name())))
+        }
+    };
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
         Damaged(format!(
-            "{what} {key} is not valid JSON of the expected shape: {e}"
+            "{} {key} is not valid JSON of the expected shape: {e}",
+            what.name()
         ))
         .into()
     })
+}
+
+/// [`fetch_json`] of an object that must exist: a missing one is [`Damaged`].
+fn fetch_existing<T: serde::de::DeserializeOwned>(
+    store: &dyn ObjectStore,
+    retrier: &Retrier,
+    key: &str,
+    what: Small,
+) -> Result<T> {
+    match fetch_json(store, retrier, key, what)? {
+        Some(v) => Ok(v),
+        None => damaged!("{} {key} is missing from the bucket", what.name()),
+    }
 }
 
 /// The key of the manifest to restore: `--manifest-key`, else what `current.json` names.
@@ -102,11 +164,14 @@ pub fn start_key(
         return Ok(k.to_string());
     }
     let pkey = layout.pointer_key(subvolume);
-    let p: Pointer = fetch_json(store, retrier, &pkey, "pointer").map_err(|e| {
-        e.context(format!(
-            "no published backup of subvolume {subvolume} under this prefix (check --subvolume and s3.prefix)"
-        ))
-    })?;
+    // Only a pointer that is not there means "no backup": a request that failed (a
+    // wrong key, a dead link) or a damaged pointer keeps its own error.
+    let Some(p): Option<Pointer> = fetch_json(store, retrier, &pkey, Small::Pointer)? else {
+        damaged!(
+            "no published backup of subvolume {subvolume} under this prefix ({pkey} is missing; \
+             check --subvolume and s3.prefix)"
+        );
+    };
     if !layout.owns(subvolume, &p.manifest_key) {
         damaged!(
             "pointer {pkey}: field manifest_key = {:?} is not a key under {within}; refusing to restore from it",
@@ -126,7 +191,7 @@ pub fn read_manifest(
     subvolume: &str,
     k: &str,
 ) -> Result<Manifest> {
-    let m: Manifest = fetch_json(store, retrier, k, "manifest")?;
+    let m: Manifest = fetch_existing(store, retrier, k, Small::Manifest)?;
     if m.subvolume != subvolume {
         damaged!(
             "manifest {k} belongs to subvolume {:?}, not {subvolume:?}",
@@ -344,6 +409,20 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_request_for_the_pointer_is_not_called_a_missing_backup() {
+        // Issue 25 item 5: a 403 (a wrong key) said "no published backup of subvolume".
+        let s = MemoryStore::new();
+        s.fail("current.json", crate::store::ErrorKind::Permanent, 1);
+        let err = start_key(&s, &retrier(), &Layout::new("p"), "data", None).unwrap_err();
+        let e = format!("{err:#}");
+        assert!(
+            !e.contains("no published backup") && e.contains("injected failure"),
+            "{e}"
+        );
+        assert!(!is_damage(&err), "a failed request is not damage: {e}");
+    }
+
+    #[test]
     fn start_from_pointer_or_flag() {
         let s = MemoryStore::new();
         let layout = Layout::new("p");
@@ -387,6 +466,49 @@ mod tests {
         assert!(e.to_string().contains("field manifest_key"), "{e}");
         s.insert("p/subvol/data/current.json", b"[]", opts());
         assert!(start_key(&s, &r, &layout, "data", None).is_err());
+    }
+
+    /// A planted object of 64 MiB and a byte at a manifest key, or of 1 MiB and a byte at
+    /// `current.json`: damage naming the key, the size and the cap (the old reader took
+    /// any size into memory, and a 400 MB one whole).
+    #[test]
+    fn a_manifest_or_pointer_over_its_cap_is_damage() {
+        let s = MemoryStore::new();
+        let layout = Layout::new("p");
+        let big = "p/subvol/data/full/manifest-20250101T020000Z.json";
+        s.insert(big, &vec![b' '; MAX_MANIFEST_BYTES as usize + 1], opts());
+        let e = resolve(&s, &retrier(), &layout, "data", big).unwrap_err();
+        assert!(is_damage(&e), "{e:#}");
+        let e = format!("{e:#}");
+        for w in [
+            &format!("manifest {big} is too large"),
+            "the object is 67108865 bytes",
+            "the cap of 67108864 bytes (64 MiB)",
+        ] {
+            assert!(e.contains(w), "{e} lacks {w}");
+        }
+        // Not retried: one GET, and one HEAD for the size.
+        let gets = s.log().iter().filter(|c| c.starts_with("GET")).count();
+        assert_eq!(gets, 1);
+        // At the cap it is read (and found not to be JSON).
+        s.insert(big, &vec![b' '; MAX_MANIFEST_BYTES as usize], opts());
+        let e = format!(
+            "{:#}",
+            resolve(&s, &retrier(), &layout, "data", big).unwrap_err()
+        );
+        assert!(e.contains("not valid JSON"), "{e}");
+        let pkey = "p/subvol/data/current.json";
+        s.insert(pkey, &vec![b' '; MAX_POINTER_BYTES as usize + 1], opts());
+        let e = start_key(&s, &retrier(), &layout, "data", None).unwrap_err();
+        assert!(is_damage(&e));
+        let e = format!("{e:#}");
+        assert!(
+            e.contains(&format!("pointer {pkey} is too large"))
+                && e.contains(
+                    "the object is 1048577 bytes, more than the cap of 1048576 bytes (1 MiB)"
+                ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use crate::config::Config;
 use crate::manifest::{Layout, Manifest, Pointer};
 use crate::retry::Retrier;
-use crate::store::{Body, ErrorKind, ObjectStore, OpenUpload, PutOptions, Retention, StoreResult};
+use crate::store::{Body, ObjectStore, OpenUpload, PutOptions, Retention, StoreResult};
 
 pub use chain::Chain;
 
@@ -71,7 +71,8 @@ impl Repo {
 
     /// The configured bucket over S3.
     pub fn open(cfg: &Config, retrier: Arc<Retrier>) -> Result<Repo> {
-        Ok(Repo::new(cfg, crate::store::s3::open(cfg)?, retrier))
+        let store = crate::store::s3::open(cfg, retrier.cancel_flag())?;
+        Ok(Repo::new(cfg, store, retrier))
     }
 
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
@@ -114,19 +115,15 @@ impl Repo {
     /// unusable pointer is `chain::Damaged`).
     pub fn pointer(&self, subvolume: &str) -> Result<Option<Pointer>> {
         let key = self.layout.pointer_key(subvolume);
-        let bytes = match self
-            .retrier
-            .run(|| crate::store::get_all(self.store.as_ref(), &key))
-        {
-            Ok(b) => b,
-            Err(e) if e.kind == ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(anyhow::Error::from(e).context(format!("reading {key}"))),
+        let Some(p): Option<Pointer> = chain::fetch_json(
+            self.store.as_ref(),
+            &self.retrier,
+            &key,
+            chain::Small::Pointer,
+        )?
+        else {
+            return Ok(None);
         };
-        let p: Pointer = serde_json::from_slice(&bytes).map_err(|e| {
-            chain::Damaged(format!(
-                "pointer {key} is not valid JSON of the expected shape: {e}"
-            ))
-        })?;
         if !self.layout.owns(subvolume, &p.manifest_key) {
             return Err(chain::Damaged(format!(
                 "pointer {key}: field manifest_key = {:?} is not a key under {}",
@@ -158,8 +155,21 @@ impl Repo {
 
     /// Publication order: the manifest (locked with `[object_lock]`), then `current.json`
     /// (never locked: it is overwritten) as the final PUT.
+    /// A manifest larger than readers accept ([`chain::MAX_MANIFEST_BYTES`]) is refused
+    /// before anything is written: nothing is published that a restore could not read.
     pub fn publish(&self, manifest_key: &str, manifest: &Manifest) -> Result<()> {
         let body = manifest.to_json();
+        if body.len() as u64 > chain::MAX_MANIFEST_BYTES {
+            anyhow::bail!(
+                "manifest {manifest_key} would be {} bytes for {} chunks, more than the {} \
+                 bytes ({}) a manifest may have; nothing is published: raise \
+                 s3.chunk_size_bytes so a backup has fewer chunks",
+                body.len(),
+                manifest.chunks.len(),
+                chain::MAX_MANIFEST_BYTES,
+                crate::store::human_bytes(chain::MAX_MANIFEST_BYTES)
+            );
+        }
         let manifest_opts = PutOptions {
             lock: self.lock.clone(),
             ..self.json_opts.clone()
@@ -200,5 +210,94 @@ impl Repo {
         self.retrier
             .run(|| self.store.abort_multipart(key, upload_id))
             .with_context(|| format!("aborting the multipart upload {upload_id} of {key}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ProcessEnv;
+    use crate::manifest::{ChunkEntry, Kind, S3Info, SnapshotRef};
+    use crate::store::memory::MemoryStore;
+    use crate::ts::Ts;
+
+    fn repo(store: Arc<MemoryStore>) -> Repo {
+        let cfg = Config::parse(
+            "[subvolumes]\npaths = [\"/srv/home-user\"]\n[s3]\nbucket = \"b\"\nregion = \"r\"\nprefix = \"backups/hostname\"\n",
+            &ProcessEnv,
+        )
+        .unwrap();
+        Repo::new(&cfg, store, Arc::new(crate::testing::retrier()))
+    }
+
+    fn manifest(repo: &Repo, chunks: u64, chunk_size: u64, pad: usize) -> (String, Manifest) {
+        let ts = Ts::from_unix(1_735_696_800);
+        let sv = "home-user";
+        let key = repo.layout.manifest_key(sv, Kind::Full, ts);
+        let m = Manifest {
+            version: 1,
+            subvolume: sv.into(),
+            kind: Kind::Full,
+            created_at: ts.to_string(),
+            snapshot: SnapshotRef {
+                name: format!("{sv}__{ts}__full"),
+                path: format!("/srv/snapshots/{sv}__{ts}__full"),
+                uuid: Some("0".repeat(36)),
+                parent_uuid: None,
+                extra: Default::default(),
+            },
+            parent_manifest: None,
+            chunks: (0..chunks)
+                .map(|i| ChunkEntry {
+                    key: format!(
+                        "{}{}",
+                        repo.layout.chunk_key(sv, Kind::Full, ts, i),
+                        "x".repeat(pad)
+                    ),
+                    size: chunk_size,
+                    sha256: "0".repeat(64),
+                    etag: Some(format!("\"{}-4\"", "0".repeat(32))),
+                    extra: Default::default(),
+                })
+                .collect(),
+            total_bytes: chunks * chunk_size,
+            chunk_size,
+            s3: S3Info {
+                storage_class: "DEEP_ARCHIVE".into(),
+                extra: Default::default(),
+            },
+            stream_sha256: Some("0".repeat(64)),
+            send_protocol: Some(2),
+            compressed_data: None,
+            extra: Default::default(),
+        };
+        (key, m)
+    }
+
+    /// The manifest cap holds a 5 TiB full in 32 MiB chunks (163,840 of them) with
+    /// room to spare; a manifest over it is refused before anything is written, so no
+    /// published backup is one a restore would refuse to read.
+    #[test]
+    fn publish_writes_only_manifests_a_reader_accepts() {
+        let store = Arc::new(MemoryStore::new());
+        let r = repo(store.clone());
+        let (key, m) = manifest(&r, (5u64 << 40) / (32 << 20), 32 << 20, 0);
+        let len = m.to_json().len() as u64;
+        assert!(len < chain::MAX_MANIFEST_BYTES * 3 / 4, "{len}");
+        r.publish(&key, &m).unwrap();
+        let back = r.chain("home-user", &key).unwrap();
+        assert_eq!(back.chunk_count(), 163_840);
+
+        let store = Arc::new(MemoryStore::new());
+        let r = repo(store.clone());
+        // Chunk keys padded to about 1,000 bytes: 70,000 of them pass the cap.
+        let (key, m) = manifest(&r, 70_000, 1 << 20, 920);
+        let e = r.publish(&key, &m).unwrap_err().to_string();
+        assert!(
+            e.contains(&key) && e.contains("70000 chunks") && e.contains("64 MiB"),
+            "{e}"
+        );
+        assert!(e.contains("raise s3.chunk_size_bytes"), "{e}");
+        assert!(store.keys().is_empty(), "{:?}", store.keys());
     }
 }

@@ -2,8 +2,10 @@
 //! ranged GETs of at most `piece_size` bytes by `concurrency` threads, with a window of
 //! `concurrency + 1` pieces in flight and one being written: `concurrency + 2` buffers,
 //! allocated once and reused (the memory bound). Each chunk is hashed as it streams into
-//! the writer (`btrfs receive`); a size or SHA-256 mismatch stops the restore at once,
-//! and is reported even when the writer already failed on the bad bytes. When the manifest
+//! the writer (`btrfs receive`, behind the send-stream guard); a size or SHA-256 mismatch
+//! stops the restore at once, and is reported even when the writer already failed on the
+//! bad bytes (or the guard refused them: its refusal is reported at the chunk's end when
+//! the chunk's hash is right). When the manifest
 //! records `stream_sha256`, the whole stream is hashed too (in the same pass, see
 //! `sha256x2`) and checked at its end.
 
@@ -208,12 +210,7 @@ fn consume(
         if check.write_error.is_none() {
             match out.write_all(&buf) {
                 Ok(()) => written += buf.len() as u64,
-                // A stream the send-stream guard refused ends the download now: the
-                // rest of a large chunk is not fetched for nothing.
-                Err(e) => match crate::sendstream::refusal(&e) {
-                    Some(r) => return Err(r.clone().into()),
-                    None => check.write_error = Some(e),
-                },
+                Err(e) => check.write_error = Some(e),
             }
         }
         free.push(buf);
@@ -258,6 +255,10 @@ impl ChunkCheck<'_> {
                 );
             }
             if let Some(e) = &self.write_error {
+                // The send-stream guard's refusal names the chunk and the command itself.
+                if let Some(r) = crate::sendstream::refusal(e) {
+                    return Err(r.clone().into());
+                }
                 bail!(
                     "btrfs receive stopped taking the stream at chunk {} ({e})",
                     c.key

@@ -255,6 +255,7 @@ impl MemoryStore {
                     ErrorKind::Permanent => 403,
                     ErrorKind::NotFound => 404,
                     ErrorKind::Archived => 403,
+                    ErrorKind::TooLarge => 200,
                 }),
                 message: "injected failure".into(),
                 server_time: None,

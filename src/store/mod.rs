@@ -1,11 +1,13 @@
 //! The object store seam: an [`ObjectStore`] trait with the few S3 operations this tool
 //! needs (upload, read, list, delete; Object Lock and versions), a typed [`StoreError`] that says whether a failure is worth retrying, and two
 //! implementations: [`s3::S3Store`] (the only network code) and [`memory::MemoryStore`]
-//! (tests).
+//! (tests). Also the one bounded read of a whole object ([`get_bounded`]): nothing reads
+//! an object or a reply into memory without a size cap.
 
 mod checksum;
 mod creds;
 mod http;
+mod listing;
 pub mod memory;
 pub mod pinned;
 pub mod s3;
@@ -26,6 +28,9 @@ pub enum ErrorKind {
     NotFound,
     /// The object is in an archive class and not restored (403 InvalidObjectState).
     Archived,
+    /// The object or reply is larger than this tool reads for it ([`get_bounded`]): not
+    /// one it wrote; asking again cannot help.
+    TooLarge,
 }
 
 #[derive(Clone, Debug)]
@@ -322,16 +327,114 @@ fn unsupported(op: &str) -> StoreError {
     )
 }
 
-/// Reads a whole (small) object, e.g. a manifest or `current.json`.
-pub fn get_all(store: &dyn ObjectStore, key: &str) -> StoreResult<Vec<u8>> {
-    let mut r = store.get(key, None)?;
+/// Reads `r` to its end when it holds at most `cap` bytes; `Ok(None)` when it holds more,
+/// after reading `cap + 1` bytes and never the rest.
+pub(crate) fn read_at_most(r: impl Read, cap: u64) -> std::io::Result<Option<Vec<u8>>> {
     let mut buf = Vec::new();
-    r.read_to_end(&mut buf).map_err(|e| {
-        StoreError::new(
+    r.take(cap.saturating_add(1)).read_to_end(&mut buf)?;
+    Ok((buf.len() as u64 <= cap).then_some(buf))
+}
+
+/// Reads a whole small object (a manifest, `current.json`) of at most `cap` bytes. A
+/// larger one is a [`ErrorKind::TooLarge`] error naming the key, its size (from a HEAD,
+/// asked only then) and the cap, after reading no more than `cap + 1` bytes of it.
+pub fn get_bounded(store: &dyn ObjectStore, key: &str, cap: u64) -> StoreResult<Vec<u8>> {
+    let op = format!("GET {key}");
+    let r = store.get(key, None)?;
+    match read_at_most(r, cap) {
+        Ok(Some(buf)) => Ok(buf),
+        Ok(None) => {
+            let size = match store.head(key) {
+                Ok(Some(m)) if m.size > cap => Some(m.size),
+                _ => None,
+            };
+            Err(StoreError::new(
+                ErrorKind::TooLarge,
+                op,
+                too_large(size, cap),
+            ))
+        }
+        Err(e) => Err(StoreError::new(
             ErrorKind::Transient,
-            format!("GET {key}"),
+            op,
             format!("reading body: {e}"),
-        )
-    })?;
-    Ok(buf)
+        )),
+    }
+}
+
+/// Why an object of `size` bytes (`None`: unknown, but more than `cap`) is not read.
+pub fn too_large(size: Option<u64>, cap: u64) -> String {
+    let size = match size {
+        Some(n) => format!("{n} bytes"),
+        None => format!("more than {cap} bytes"),
+    };
+    format!(
+        "the object is {size}, more than the cap of {cap} bytes ({})",
+        human_bytes(cap)
+    )
+}
+
+/// `64 MiB`, `16 KiB`, `1000 bytes`: a cap as people write it.
+pub fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
+        n => format!("{n} bytes"),
+    }
+}
+
+/// Reads a whole object without a cap, for the tests (unit and integration) that read
+/// what they wrote; the tool itself reads only with [`get_bounded`].
+pub fn get_all(store: &dyn ObjectStore, key: &str) -> StoreResult<Vec<u8>> {
+    get_bounded(store, key, u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::memory::MemoryStore;
+    use super::*;
+
+    fn opts() -> PutOptions {
+        PutOptions {
+            storage_class: "STANDARD".into(),
+            sse: "none".into(),
+            content_type: "application/json",
+            kms_key_id: None,
+            lock: None,
+        }
+    }
+
+    #[test]
+    fn a_bounded_read_stops_after_the_cap() {
+        // An endless body: reading it whole would never end.
+        let r = std::io::repeat(b'x');
+        assert_eq!(read_at_most(r, 1000).unwrap(), None);
+        assert_eq!(
+            read_at_most(&b"0123456789"[..], 10).unwrap().unwrap(),
+            b"0123456789"
+        );
+        assert_eq!(read_at_most(&b"0123456789"[..], 9).unwrap(), None);
+    }
+
+    #[test]
+    fn get_bounded_names_the_key_the_size_and_the_cap() {
+        let s = MemoryStore::new();
+        let key = "p/subvol/a/full/manifest-20240101T000000Z.json";
+        s.put_object(key, Body::Bytes(&vec![b' '; 3 << 20]), &opts())
+            .unwrap();
+        let Err(e) = get_bounded(&s, key, 1 << 20) else {
+            panic!("read over the cap")
+        };
+        assert_eq!(e.kind, ErrorKind::TooLarge);
+        assert!(!e.is_transient());
+        let text = e.to_string();
+        assert!(text.contains(key), "{text}");
+        assert!(text.contains("3145728 bytes"), "{text}");
+        assert!(text.contains("the cap of 1048576 bytes (1 MiB)"), "{text}");
+        assert_eq!(get_bounded(&s, key, 3 << 20).unwrap().len(), 3 << 20);
+        let missing = get_bounded(&s, "p/nope", 10).unwrap_err();
+        assert_eq!(missing.kind, ErrorKind::NotFound);
+        assert_eq!(human_bytes(64 << 20), "64 MiB");
+        assert_eq!(human_bytes(1000), "1000 bytes");
+    }
 }

@@ -6,6 +6,8 @@
 //! corrected; a certificate the trust store rejects is not).
 
 use std::io::Read;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use url::Url;
@@ -14,6 +16,7 @@ pub use super::checksum::Checksum;
 use super::checksum::PartSums;
 use super::creds::{self, Provider};
 use super::http::{self, AgentOpts, Transport};
+use super::listing::{self, Pages};
 use super::sigv4::{payload_sha256, Signer, EMPTY_SHA256, UNSIGNED_PAYLOAD};
 use super::{
     xml, Body, ErrorKind, ListedObject, ListedPart, ListedVersion, ObjectMeta, ObjectStore,
@@ -23,6 +26,12 @@ use crate::config;
 
 /// Bodies up to this size are hashed and signed; larger ones go as UNSIGNED-PAYLOAD.
 const SIGN_BODY_LIMIT: usize = 1 << 20;
+
+/// No S3 reply this tool reads into memory is near this: a ListObjectsV2 page of 1,000
+/// keys of 1,024 bytes each, every character escaped, is about 7 MiB.
+const MAX_REPLY_BYTES: u64 = 16 << 20;
+/// An error reply is a few hundred bytes; beyond this its details are not read.
+const MAX_ERROR_REPLY_BYTES: u64 = 64 << 10;
 
 /// A request that moves no byte for this long (one read or write of the socket) fails,
 /// as a transient error the retry policy counts: a stalled connection costs half a
@@ -46,6 +55,9 @@ pub struct S3Store {
     checksum: Checksum,
     /// The checksums of the parts this process uploaded, for CompleteMultipartUpload.
     part_sums: PartSums,
+    /// The run's stop flag (SIGINT/SIGTERM), checked between the pages of a listing.
+    stop: Arc<AtomicBool>,
+    list_limits: listing::Limits,
 }
 
 /// Where and how to reach the bucket.
@@ -81,10 +93,15 @@ impl Endpoint {
     }
 }
 
-/// The store for the configured bucket, with the keep-alive pool sized for the uploaders.
-pub fn open(cfg: &config::Config) -> anyhow::Result<std::sync::Arc<dyn ObjectStore>> {
+/// The store for the configured bucket, with the keep-alive pool sized for the uploaders;
+/// its listings end between pages once `stop` (the run's cancel flag) is set.
+pub fn open(
+    cfg: &config::Config,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<std::sync::Arc<dyn ObjectStore>> {
     let store = S3Store::new(&Endpoint::from_config(&cfg.s3), cfg.s3.concurrency + 2)
-        .map_err(|e| anyhow::anyhow!(e))?;
+        .map_err(|e| anyhow::anyhow!(e))?
+        .with_stop(stop);
     Ok(std::sync::Arc::new(store))
 }
 
@@ -154,7 +171,15 @@ impl S3Store {
             roots: transport.roots.clone(),
             checksum: ep.checksum,
             part_sums: PartSums::default(),
+            stop: Arc::new(AtomicBool::new(false)),
+            list_limits: listing::Limits::default(),
         })
+    }
+
+    /// Listings end between pages once `stop` is set (the run's SIGINT/SIGTERM flag).
+    pub fn with_stop(mut self, stop: Arc<AtomicBool>) -> S3Store {
+        self.stop = stop;
+        self
     }
 
     /// The request URL for `key`, exactly as the key says: every key segment is
@@ -286,8 +311,13 @@ impl S3Store {
     fn get_xml(&self, op: &str, url: &Url) -> StoreResult<xml::Element> {
         let resp = self.send(op, "GET", url, &[], None)?;
         let body = read_body(op, resp)?;
-        xml::parse(&body)
-            .ok_or_else(|| StoreError::new(ErrorKind::Permanent, op, "the reply is not XML"))
+        xml::parse_checked(&body).map_err(|why| {
+            StoreError::new(
+                ErrorKind::Permanent,
+                op,
+                format!("refusing the reply: {why}"),
+            )
+        })
     }
 
     /// An `ExpiredToken` reply: the service refused our temporary credentials although
@@ -355,7 +385,11 @@ fn status_error(
         .map(str::to_string);
     // HEAD replies have no body: then the code is in x-amz-error-code (some servers).
     let header_code = resp.header("x-amz-error-code").map(str::to_string);
-    let body = resp.into_string().unwrap_or_default();
+    let body = super::read_at_most(resp.into_reader(), MAX_ERROR_REPLY_BYTES)
+        .ok()
+        .flatten()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let doc = xml::parse(&body);
     let s3_code = doc
         .as_ref()
@@ -435,9 +469,25 @@ fn etag_of(op: &str, resp: &ureq::Response) -> StoreResult<String> {
     }
 }
 
+/// The body of a reply, at most [`MAX_REPLY_BYTES`]: a larger one is refused unread.
 fn read_body(op: &str, resp: ureq::Response) -> StoreResult<String> {
-    resp.into_string()
-        .map_err(|e| StoreError::new(ErrorKind::Transient, op, format!("reading reply: {e}")))
+    match super::read_at_most(resp.into_reader(), MAX_REPLY_BYTES) {
+        Ok(Some(b)) => Ok(String::from_utf8_lossy(&b).into_owned()),
+        Ok(None) => Err(StoreError::new(
+            ErrorKind::TooLarge,
+            op,
+            format!(
+                "the reply is larger than {} ({MAX_REPLY_BYTES} bytes), which no S3 reply to \
+                 this request is (is s3.endpoint_url an S3 service?)",
+                super::human_bytes(MAX_REPLY_BYTES)
+            ),
+        )),
+        Err(e) => Err(StoreError::new(
+            ErrorKind::Transient,
+            op,
+            format!("reading reply: {e}"),
+        )),
+    }
 }
 
 /// The headers of a new object: content type, storage class, and SSE unless `none`
@@ -673,7 +723,14 @@ impl ObjectStore for S3Store {
         let op = format!("ListParts {key}");
         let mut out = Vec::new();
         let mut marker: Option<String> = None;
+        // S3 keeps at most 10,000 parts of an upload.
+        let limits = listing::Limits {
+            items: self.list_limits.items.min(10_000),
+            ..self.list_limits
+        };
+        let mut pages = Pages::new(&op, limits, &self.stop);
         loop {
+            pages.next_page()?;
             let mut q = format!("uploadId={}", encode_query(upload_id));
             if let Some(m) = &marker {
                 q.push_str(&format!("&part-number-marker={}", encode_query(m)));
@@ -699,16 +756,20 @@ impl ObjectStore for S3Store {
                     _ => {
                         return Err(StoreError::new(
                             ErrorKind::Permanent,
-                            op,
+                            &op,
                             "a Part in the reply lacks PartNumber, Size or ETag",
                         ))
                     }
                 }
             }
+            pages.check_items(out.len(), "parts")?;
             let truncated = doc.text_of("IsTruncated").as_deref() == Some("true");
             let next = doc.text_of("NextPartNumberMarker");
             match (truncated, next) {
-                (true, Some(n)) if Some(&n) != marker.as_ref() => marker = Some(n),
+                (true, Some(n)) => {
+                    pages.follow(&[&n])?;
+                    marker = Some(n)
+                }
                 _ => break,
             }
         }
@@ -719,7 +780,9 @@ impl ObjectStore for S3Store {
         let op = format!("ListMultipartUploads {prefix}");
         let mut out = Vec::new();
         let mut markers: Option<(String, String)> = None;
+        let mut pages = Pages::new(&op, self.list_limits, &self.stop);
         loop {
+            pages.next_page()?;
             let mut q = format!("prefix={}&uploads", encode_query(prefix));
             if let Some((k, u)) = &markers {
                 q.push_str(&format!(
@@ -735,15 +798,15 @@ impl ObjectStore for S3Store {
                     out.push(OpenUpload { key, upload_id });
                 }
             }
+            pages.check_items(out.len(), "uploads")?;
             let truncated = doc.text_of("IsTruncated").as_deref() == Some("true");
             let next = (
                 doc.text_of("NextKeyMarker"),
                 doc.text_of("NextUploadIdMarker"),
             );
             match (truncated, next) {
-                (true, (Some(k), Some(u)))
-                    if Some((&k, &u)) != markers.as_ref().map(|(a, b)| (a, b)) =>
-                {
+                (true, (Some(k), Some(u))) => {
+                    pages.follow(&[&k, &u])?;
                     markers = Some((k, u))
                 }
                 _ => break,
@@ -756,7 +819,9 @@ impl ObjectStore for S3Store {
         let op = format!("ListObjectsV2 {prefix}");
         let mut out = Vec::new();
         let mut token: Option<String> = None;
+        let mut pages = Pages::new(&op, self.list_limits, &self.stop);
         loop {
+            pages.next_page()?;
             let mut q = String::new();
             if let Some(t) = &token {
                 q.push_str(&format!("continuation-token={}&", encode_query(t)));
@@ -771,7 +836,7 @@ impl ObjectStore for S3Store {
                 ) else {
                     return Err(StoreError::new(
                         ErrorKind::Permanent,
-                        op,
+                        &op,
                         "an object in the listing lacks Key or Size",
                     ));
                 };
@@ -779,7 +844,7 @@ impl ObjectStore for S3Store {
                 if !key.starts_with(prefix) {
                     return Err(StoreError::new(
                         ErrorKind::Permanent,
-                        op,
+                        &op,
                         format!(
                             "the listing names {key:?}, which is not under the prefix asked for"
                         ),
@@ -794,14 +859,18 @@ impl ObjectStore for S3Store {
                     storage_class: c.text_of("StorageClass"),
                 });
             }
+            pages.check_items(out.len(), "objects")?;
             let truncated = doc.text_of("IsTruncated").map(|t| t.trim() == "true");
             let next = doc.text_of("NextContinuationToken");
             match (truncated, next) {
-                (Some(true), Some(n)) if Some(&n) != token.as_ref() => token = Some(n),
-                (Some(true), _) => {
+                (Some(true), Some(n)) => {
+                    pages.follow(&[&n])?;
+                    token = Some(n)
+                }
+                (Some(true), None) => {
                     return Err(StoreError::new(
                         ErrorKind::Permanent,
-                        op,
+                        &op,
                         "the listing is truncated but gives no new NextContinuationToken",
                     ))
                 }
@@ -922,7 +991,9 @@ impl ObjectStore for S3Store {
         let op = format!("ListObjectVersions {prefix}");
         let mut out = Vec::new();
         let mut markers: Option<(String, String)> = None;
+        let mut pages = Pages::new(&op, self.list_limits, &self.stop);
         loop {
+            pages.next_page()?;
             let mut q = String::new();
             if let Some((k, v)) = &markers {
                 q.push_str(&format!(
@@ -976,6 +1047,7 @@ impl ObjectStore for S3Store {
                         .and_then(|t| crate::ts::Ts::parse(t.trim()).ok()),
                 });
             }
+            pages.check_items(out.len(), "versions")?;
             let truncated = doc.text_of("IsTruncated").as_deref() == Some("true");
             let next = (
                 doc.text_of("NextKeyMarker"),
@@ -983,9 +1055,8 @@ impl ObjectStore for S3Store {
             );
             match (truncated, next) {
                 (false, _) => break,
-                (true, (Some(k), Some(v)))
-                    if Some((&k, &v)) != markers.as_ref().map(|(a, b)| (a, b)) =>
-                {
+                (true, (Some(k), Some(v))) => {
+                    pages.follow(&[&k, &v])?;
                     markers = Some((k, v))
                 }
                 (true, _) => return Err(StoreError::new(
@@ -1058,6 +1129,10 @@ impl ObjectStore for S3Store {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "s3_limits_tests.rs"]
+mod limits_tests;
 
 #[cfg(test)]
 mod tests {

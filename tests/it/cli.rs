@@ -54,24 +54,34 @@ fn usage_errors_exit_2() {
     for args in [
         &["backup"][..],
         &["backup", "--bogus"],
+        &["backup", "--full", "--once"],
         &["restore", "--config", "/x"],
         &["nonsense"],
     ] {
         let r = run_bin(args);
         assert_eq!(r.code, 2, "{args:?}: {r:?}");
     }
+    // Without --config (nor BTRFS_TO_S3_CONFIG) the default path is read; it is missing.
     let r = run_bin(&["backup"]);
-    assert!(r.stderr.contains("--config PATH is required"), "{r:?}");
+    assert!(r.stderr.contains("pass --config PATH"), "{r:?}");
 }
 
 #[test]
 fn config_errors_exit_2_with_the_key() {
     let dir = TempDir::new("cfg");
+    // A config without subvolumes serves restore, list and verify (a new machine), not
+    // backup: exit 2, the file and the key named.
+    let cfg = write_config(
+        &dir,
+        "[s3]\nbucket = \"b\"\nregion = \"r\"\nprefix = \"p\"\n",
+    );
+    let r = run_bin(&["backup", "--config", &cfg]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("subvolumes.paths") && r.stderr.contains(&cfg),
+        "{r:?}"
+    );
     let cases: &[(&str, &str)] = &[
-        (
-            "[s3]\nbucket = \"b\"\nregion = \"r\"\nprefix = \"p\"\n",
-            "subvolumes.paths",
-        ),
         (
             &GOOD.replace("prefix = \"p\"", "prefix = \"p\"\nconcurrency = 0"),
             "s3.concurrency",
@@ -190,4 +200,128 @@ fn log_level_precedence_and_dry_run_output() {
         r.stderr.contains("--subvolume nope") && r.stderr.contains("configured: data"),
         "{r:?}"
     );
+}
+
+/// Issue 25 item 4: `-c`, `BTRFS_TO_S3_CONFIG`, and the default path when neither is given.
+#[test]
+fn the_config_comes_from_c_the_environment_or_the_default() {
+    let default = std::path::Path::new("/etc/btrfs_to_s3/config.toml");
+    assert!(
+        !default.exists(),
+        "this test needs no config at {} (move it aside)",
+        default.display()
+    );
+    let r = run_bin(&["list"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("no config at /etc/btrfs_to_s3/config.toml (the default)")
+            && r.stderr.contains("--config PATH"),
+        "{r:?}"
+    );
+    // A config with a mistake shows which file was read.
+    let dir = TempDir::new("cfgsrc");
+    let bad = write_config(&dir, &format!("{GOOD}\n[bogus]\n"));
+    let r = run_bin(&["list", "-c", &bad]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains(&bad) && r.stderr.contains("bogus"),
+        "{r:?}"
+    );
+    let r = output(
+        btrfs_to_s3()
+            .env("BTRFS_TO_S3_CONFIG", &bad)
+            .args(["verify"]),
+    );
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains(&bad), "{r:?}");
+    // --config wins over the environment.
+    let r = output(
+        btrfs_to_s3()
+            .env("BTRFS_TO_S3_CONFIG", "/nonexistent/env.toml")
+            .args(["verify", "--config", &bad]),
+    );
+    assert!(r.stderr.contains(&bad), "{r:?}");
+}
+
+/// Issue 25 item 3: completions and man pages are generated from the clap definitions.
+#[test]
+fn completions_and_man_pages_come_from_the_flags() {
+    let r = run_bin(&["completions", "bash"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    for w in ["_btrfs_to_s3()", "--manifest-key", "--full", "--config"] {
+        assert!(r.stdout.contains(w), "bash completions lack {w}");
+    }
+    for sh in ["zsh", "fish"] {
+        let r = run_bin(&["completions", sh]);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert!(
+            r.stdout.contains("restore") && r.stdout.contains("manifest-key"),
+            "{sh}"
+        );
+    }
+    assert_eq!(run_bin(&["completions", "tcsh"]).code, 2);
+    let r = run_bin(&["man"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.starts_with(".ie") && r.stdout.contains(".TH btrfs_to_s3 1"),
+        "{r:?}"
+    );
+    let dir = TempDir::new("man");
+    let d = dir.path().display().to_string();
+    let r = run_bin(&["man", "--dir", &d]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let backup = std::fs::read_to_string(dir.path().join("btrfs_to_s3-backup.1")).unwrap();
+    assert!(
+        backup.contains("full") && backup.contains("restart"),
+        "{backup}"
+    );
+    assert!(dir.path().join("btrfs_to_s3-restore.1").is_file());
+    let r = run_bin(&["man", "--dir", "/nonexistent/man"]);
+    assert_eq!(r.code, 2, "{r:?}");
+}
+
+/// Issue 25 item 7: under systemd (`JOURNAL_STREAM` naming stderr) each line starts with
+/// its syslog priority, so `journalctl -p err` finds failures; otherwise lines are as
+/// before.
+#[test]
+fn journald_gets_a_priority_on_every_line_when_stderr_is_the_journal() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = TempDir::new("journal");
+    let cfg = write_config(
+        &dir,
+        &GOOD.replace(
+            "prefix = \"p\"",
+            "prefix = \"p\"\nendpoint_url = \"http://127.0.0.1:9\"",
+        ),
+    );
+    let run_with = |journal: Option<&str>| {
+        let log = dir.path().join("stderr.log");
+        let f = std::fs::File::create(&log).unwrap();
+        let meta = f.metadata().unwrap();
+        let mut c = btrfs_to_s3();
+        c.args(["verify", "--log-level", "debug", "-c", &cfg])
+            .stderr(f);
+        match journal {
+            Some(v) => c.env("JOURNAL_STREAM", v),
+            None => c.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino())),
+        };
+        let st = c.status().unwrap();
+        assert_eq!(st.code(), Some(1));
+        std::fs::read_to_string(&log).unwrap()
+    };
+    let text = run_with(None);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.iter().all(|l| l.starts_with('<')), "{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("<7>") && l.contains("event=config_loaded")),
+        "{text}"
+    );
+    let last = lines.last().unwrap();
+    assert!(last.starts_with("<3>btrfs_to_s3: error: "), "{text}");
+    // Another stream's numbers (a child whose stderr was redirected): no prefixes.
+    let text = run_with(Some("1:1"));
+    assert!(!text.lines().any(|l| l.starts_with('<')), "{text}");
 }

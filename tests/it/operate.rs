@@ -340,7 +340,7 @@ fn backup_falls_back_to_a_full_when_the_parent_chain_is_broken() {
     let r = s.cmd(&["backup", "--dry-run", "--once"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(
-        r.stdout.contains("full") && r.stdout.contains("broken"),
+        r.stdout.contains("data: full (") && r.stdout.contains("broken"),
         "{r:?}"
     );
     std::thread::sleep(Duration::from_millis(1100));
@@ -512,4 +512,194 @@ fn a_lying_listing_fails_list_and_prune_and_nothing_is_deleted() {
             "only listings were sent: {reqs:?}"
         );
     }
+}
+
+/// Issue 25 item 4: `backup --full` makes a full whatever the schedule says, and the next
+/// run's incremental builds on it.
+#[test]
+fn backup_full_forces_a_full_and_the_next_incremental_builds_on_it() {
+    if !require_root("backup_full_forces_a_full_and_the_next_incremental_builds_on_it") {
+        return;
+    }
+    let s = Setup::new(SetupOpts {
+        storage_class_chunks: "STANDARD",
+        ..Default::default()
+    });
+    random_file(&s.vol("data").join("f.bin"), MIB);
+    assert_eq!(s.backup(&[]).code, 0);
+    let f1 = s.current_key("data");
+    let i1 = s.next_backup(false);
+    assert!(i1.contains("/incremental/"));
+    let r = s.cmd(&["backup", "--dry-run", "--full"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("data: full (--full)"), "{r:?}");
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = s.backup(&["--full"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let f2 = s.current_key("data");
+    assert!(f2.contains("/full/") && f2 != f1, "{f2}");
+    assert!(r.stderr.contains("reason=--full"), "{r:?}");
+    let i2 = s.next_backup(false);
+    assert_eq!(s.get_json(&i2)["parent_manifest"], f2.as_str());
+    // --full and --once do not go together.
+    assert_eq!(s.backup(&["--full", "--once"]).code, 2);
+}
+
+/// Issue 25 item 1: README's "Restore on a new machine", step by step: a config with only
+/// `[s3]` and `[restore]`; `list` with no `--subvolume` shows every subvolume; `verify`
+/// checks them all; `restore` brings one back; `backup` refuses the config.
+#[test]
+fn restore_on_a_new_machine_from_a_config_with_only_s3() {
+    if !require_root("restore_on_a_new_machine_from_a_config_with_only_s3") {
+        return;
+    }
+    let s = Setup::new(SetupOpts {
+        storage_class_chunks: "STANDARD",
+        subvolumes: &["data", "home"],
+        ..Default::default()
+    });
+    random_file(&s.vol("data").join("f.bin"), MIB);
+    random_file(&s.vol("home").join("g.bin"), MIB);
+    assert_eq!(s.backup(&[]).code, 0);
+    // Step 1: only where the backups are.
+    let dr = s.fs.dir.path().join("dr.toml");
+    std::fs::write(
+        &dr,
+        format!(
+            "[s3]\nbucket = \"{BUCKET}\"\nregion = \"{REGION}\"\nprefix = \"backups\"\n\
+             endpoint_url = \"{}\"\n\n[restore]\ntarget_base_dir = \"{}\"\n",
+            s.moto.endpoint,
+            s.fs.mnt.display()
+        ),
+    )
+    .unwrap();
+    let dr = dr.display().to_string();
+    // Step 3.
+    let r = run_bin(&["list", "-c", &dr]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("data") && r.stdout.contains("home"),
+        "{r:?}"
+    );
+    // Step 4.
+    let r = run_bin(&["verify", "-c", &dr]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("data") && r.stdout.contains("home"),
+        "{r:?}"
+    );
+    // Step 5.
+    let r = run_bin(&[
+        "restore",
+        "-c",
+        &dr,
+        "--subvolume",
+        "data",
+        "--target",
+        "data",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("event=verify_content_skipped"), "{r:?}");
+    assert_same_tree(&s.vol("data"), &s.fs.mnt.join("data"));
+    // What such a config cannot do.
+    let r = run_bin(&["backup", "-c", &dr]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("subvolumes.paths is required for backup"),
+        "{r:?}"
+    );
+    let r = run_bin(&["prune", "-c", &dr]);
+    assert_eq!(r.code, 2, "{r:?}");
+}
+
+/// Issue 25 item 6: `status` reads local files only: the last backup, what is due, a
+/// pending resume and the last run's result; `--remote` compares current.json; `--json`;
+/// no lock and no root.
+#[test]
+fn status_tells_the_last_backup_what_is_due_a_pending_resume_and_the_last_run() {
+    if !require_root("status_tells_the_last_backup_what_is_due_a_pending_resume_and_the_last_run") {
+        return;
+    }
+    let s = Setup::new(SetupOpts {
+        storage_class_chunks: "STANDARD",
+        ..Default::default()
+    });
+    let r = s.cmd(&["status"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("last backup:      none recorded")
+            && r.stdout.contains("due now (no backup recorded)")
+            && r.stdout.contains("last run: no record"),
+        "{r:?}"
+    );
+    random_file(&s.vol("data").join("f.bin"), 3 * MIB);
+    assert_eq!(s.backup(&[]).code, 0);
+    let key = s.current_key("data");
+    let r = s.cmd(&["status", "--remote"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    for w in [
+        "data:",
+        "last backup:      full of ",
+        &key,
+        "next incremental: 20",
+        "resume pending:   no",
+        "(the state's last manifest)",
+        "last run: ok at ",
+    ] {
+        assert!(r.stdout.contains(w), "lacks {w}: {r:?}");
+    }
+    // No S3 request without --remote: a dead endpoint does not matter.
+    let r = output(
+        btrfs_to_s3()
+            .args(["status", "--config"])
+            .arg(&s.cfg)
+            .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    // An interrupted incremental: pending, with what is stored.
+    std::thread::sleep(Duration::from_millis(1100));
+    random_file(&s.vol("data").join("g.bin"), 12 * MIB);
+    let r = output(
+        s.backup_cmd(&["--once"])
+            .env("BTRFS_TO_S3_FAILPOINT", "after_chunk_journaled"),
+    );
+    assert_ne!(r.code, 0, "{r:?}");
+    let r = s.cmd(&["status", "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let j: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let sv = &j["subvolumes"][0];
+    assert_eq!(sv["name"], "data");
+    assert_eq!(sv["pending"]["kind"], "incremental", "{j}");
+    assert!(sv["pending"]["stored_bytes"].as_u64().unwrap() > 0, "{j}");
+    assert_eq!(sv["last_backup"]["manifest_key"], key.as_str());
+    assert_eq!(j["last_run"]["result"], "ok");
+    let r = s.cmd(&["status"]);
+    assert!(
+        r.stdout
+            .contains("resume pending:   incremental backup of ")
+            && r.stdout.contains("the next run resumes it"),
+        "{r:?}"
+    );
+    // A failed run is recorded with its error line.
+    let r = output(&mut s.backup_cmd(&["--subvolume", "nope"]));
+    assert_eq!(r.code, 2, "{r:?}");
+    let r = s.cmd(&["status"]);
+    assert!(
+        r.stdout.contains("last run: failed at ")
+            && r.stdout.contains("(exit 2): --subvolume nope"),
+        "{r:?}"
+    );
+    // The run lock is not taken: status works while a run holds it (a run that cannot
+    // start for the lock leaves the record of the run that holds it).
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&s.lock)
+        .unwrap();
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+    let r = s.backup(&[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let r = s.cmd(&["status"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("(exit 2): --subvolume nope"), "{r:?}");
+    drop(f);
 }

@@ -243,6 +243,7 @@ fn provider(
     }
     if let Some(cmd) = p.get("credential_process") {
         return Ok(Some(Provider::new(Box::new(Process::new(
+            l,
             cmd.clone(),
             what,
         )))));

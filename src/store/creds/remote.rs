@@ -461,72 +461,176 @@ impl Fetch for Imds {
 
 /// `credential_process`: a command (run by /bin/sh, as the AWS CLI runs it without a
 /// shell but with shell-like splitting) printing a JSON document with `Version: 1`.
+///
+/// The command line may carry a token, so it is never shown: errors and the log name the
+/// profile. The process runs in a process group of its own and must exit and close its
+/// output within the timeout, counted from its start; otherwise the whole group is
+/// killed (a helper that leaves a child holding its stdout cannot hang the run). Its
+/// output is read by threads, at most [`MAX_REPLY`] of it.
 pub struct Process {
     command: String,
     what: String,
+    timeout: Duration,
 }
 
 /// A credential process that has not answered in this time is killed.
 const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Tests shorten the timeout with this variable (milliseconds, 1 to the default).
+const PROCESS_TIMEOUT_VAR: &str = "BTRFS_TO_S3_CREDENTIAL_PROCESS_TIMEOUT_MS";
+
 impl Process {
-    pub fn new(command: String, profile: String) -> Process {
+    pub fn new(l: &Lookup<'_>, command: String, profile: String) -> Process {
+        let timeout = l
+            .env
+            .var(PROCESS_TIMEOUT_VAR)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|ms| (1..=PROCESS_TIMEOUT.as_millis() as u64).contains(ms))
+            .map(Duration::from_millis)
+            .unwrap_or(PROCESS_TIMEOUT);
         Process {
-            what: format!("{profile} (credential_process {command})"),
+            what: format!("{profile} (credential_process)"),
             command,
+            timeout,
+        }
+    }
+}
+
+/// One of the process's outputs, read to its end: at most `keep` bytes are kept; with
+/// `stop_after`, reading stops once more than `keep` came (the output is refused anyway).
+fn read_output(
+    mut r: impl Read + Send + 'static,
+    keep: u64,
+    stop_after: bool,
+    tx: std::sync::mpsc::Sender<(bool, std::io::Result<Vec<u8>>)>,
+    is_stdout: bool,
+) {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let mut result = r.by_ref().take(keep + 1).read_to_end(&mut buf).map(|_| ());
+        if result.is_ok() && !stop_after {
+            // Drained, not kept, so that a chatty helper does not block on a full pipe.
+            result = std::io::copy(&mut r, &mut std::io::sink()).map(drop);
+            buf.truncate(keep as usize);
+        }
+        let _ = tx.send((is_stdout, result.map(|()| buf)));
+    });
+}
+
+fn show_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}
+
+impl Process {
+    /// Kills the process group (the helper and whatever it started) and reaps the helper.
+    fn kill(&self, child: &mut std::process::Child, reaped: bool) {
+        if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+        if !reaped {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs the command: its exit status, stdout and stderr, within the timeout.
+    fn run(&self) -> Result<(std::process::ExitStatus, Vec<u8>, Vec<u8>), String> {
+        use std::os::unix::process::CommandExt;
+        use std::process::{Command, Stdio};
+        let deadline = std::time::Instant::now() + self.timeout;
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&self.command)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("{}: starting it: {e}", self.what))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        if let Some(s) = child.stdout.take() {
+            read_output(s, MAX_REPLY, true, tx.clone(), true);
+        }
+        if let Some(s) = child.stderr.take() {
+            read_output(s, MAX_REPLY, false, tx, false);
+        }
+        let (mut out, mut err, mut status) = (None, None, None);
+        loop {
+            if status.is_none() {
+                match child.try_wait() {
+                    Ok(st) => status = st,
+                    Err(e) => {
+                        self.kill(&mut child, false);
+                        return Err(format!("{}: waiting for it: {e}", self.what));
+                    }
+                }
+            }
+            // Done when it has exited and both outputs reached their end.
+            if let Some(st) = status.filter(|_| out.is_some() && err.is_some()) {
+                return Ok((
+                    st,
+                    out.take().unwrap_or_default(),
+                    err.take().unwrap_or_default(),
+                ));
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                self.kill(&mut child, status.is_some());
+                let why = match status {
+                    None => "it had not exited",
+                    Some(_) => {
+                        "it exited, but its output was still held open (by a child it left behind?)"
+                    }
+                };
+                return Err(format!(
+                    "{}: no answer within {} ({why}); killed it and its process group: \
+                     make the helper print its credentials and exit",
+                    self.what,
+                    show_duration(self.timeout)
+                ));
+            }
+            let wait = (deadline - now).min(Duration::from_millis(20));
+            match rx.recv_timeout(wait) {
+                Ok((is_stdout, r)) => {
+                    let bytes = match r {
+                        Ok(b) => b,
+                        Err(e) => {
+                            self.kill(&mut child, status.is_some());
+                            return Err(format!("{}: reading its output: {e}", self.what));
+                        }
+                    };
+                    if is_stdout && bytes.len() as u64 > MAX_REPLY {
+                        self.kill(&mut child, status.is_some());
+                        return Err(format!(
+                            "{}: it printed more than {} KiB, which is no credentials document",
+                            self.what,
+                            MAX_REPLY / 1024
+                        ));
+                    }
+                    *(if is_stdout { &mut out } else { &mut err }) = Some(bytes);
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                // Both readers are done and their results taken.
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
+            }
         }
     }
 }
 
 impl Fetch for Process {
     fn fetch(&self) -> Result<Credentials, String> {
-        let mut child = std::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(&self.command)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("{}: starting it: {e}", self.what))?;
-        let (mut out, mut err) = (String::new(), String::new());
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
-        let reader = std::thread::spawn(move || {
-            let mut e = String::new();
-            if let Some(mut s) = stderr {
-                let _ = s.by_ref().take(MAX_REPLY).read_to_string(&mut e);
-            }
-            e
-        });
-        if let Some(s) = stdout {
-            let _ = s.take(MAX_REPLY).read_to_string(&mut out);
-        }
-        let deadline = std::time::Instant::now() + PROCESS_TIMEOUT;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(st)) => break st,
-                Ok(None) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                Ok(None) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(format!(
-                        "{}: no answer within {} s",
-                        self.what,
-                        PROCESS_TIMEOUT.as_secs()
-                    ));
-                }
-                Err(e) => return Err(format!("{}: {e}", self.what)),
-            }
-        };
-        if let Ok(e) = reader.join() {
-            err = e;
-        }
+        let (status, out, err) = self.run()?;
         if !status.success() {
+            let err = String::from_utf8_lossy(&err);
             let first = err.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
             return Err(format!("{}: {status}: {first}", self.what));
         }
+        let out = String::from_utf8(out)
+            .map_err(|_| format!("{}: its output is not UTF-8", self.what))?;
         let j: serde_json::Value = serde_json::from_str(&out)
             .map_err(|e| format!("{}: its output is not JSON: {e}", self.what))?;
         if j.get("Version").and_then(|v| v.as_u64()) != Some(1) {

@@ -523,3 +523,93 @@ fn replies_are_checked_before_they_become_headers() {
         .unwrap()
         .contains("not a time"));
 }
+
+/// A profile `p` whose credential_process is `cmd`, with a 1 s timeout; the error of
+/// fetching its credentials, and how long that took.
+fn process_error(cmd: &str) -> (String, std::time::Duration) {
+    let d = tempfile::tempdir().unwrap();
+    let config = d.path().join("cfg");
+    std::fs::write(
+        &config,
+        format!("[profile p]\ncredential_process = {cmd}\n"),
+    )
+    .unwrap();
+    let env = base(d.path())
+        .with("AWS_CONFIG_FILE", config.to_str().unwrap())
+        .with("AWS_PROFILE", "p")
+        .with("BTRFS_TO_S3_CREDENTIAL_PROCESS_TIMEOUT_MS", "1000");
+    let started = std::time::Instant::now();
+    let e = match resolve(&env).unwrap().get() {
+        Ok(_) => "it gave credentials".to_string(),
+        Err(e) => e,
+    };
+    (e, started.elapsed())
+}
+
+#[test]
+fn a_credential_process_that_does_not_answer_is_killed_at_its_deadline() {
+    // Sleeps past the deadline; the command line carries a (fake) token.
+    let (e, took) = process_error("sleep 8; echo --token=FAKETOKENxyz123 >/dev/null");
+    assert!(
+        took < std::time::Duration::from_secs(4),
+        "took {took:?}: {e}"
+    );
+    assert!(
+        e.contains("profile p (credential_process)") && e.contains("no answer within 1 s"),
+        "{e}"
+    );
+    assert!(
+        !e.contains("FAKETOKEN"),
+        "the command line is not shown: {e}"
+    );
+}
+
+#[test]
+fn a_credential_process_whose_child_holds_its_output_is_killed_with_the_child() {
+    let d = tempfile::tempdir().unwrap();
+    let pidfile = d.path().join("pid");
+    // The helper exits at once, printing valid credentials, but leaves a child behind
+    // that holds its stdout open.
+    let (e, took) = process_error(&format!(
+        "sh -c 'echo $$ > {}; exec sleep 8' & echo '{{\"Version\": 1, \"AccessKeyId\": \"AKIAPROCESS0000000\", \"SecretAccessKey\": \"s3cr3t\"}}'",
+        pidfile.display()
+    ));
+    assert!(
+        took < std::time::Duration::from_secs(4),
+        "took {took:?}: {e}"
+    );
+    assert!(
+        e.contains("profile p (credential_process)")
+            && e.contains("no answer within 1 s")
+            && e.contains("output was still held open"),
+        "{e}"
+    );
+    // Its process group was killed: the child is gone (reaped by init) soon after.
+    let pid = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .to_string();
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+    let gone = (0..100).any(|_| {
+        let state = std::fs::read_to_string(proc_dir.join("stat")).unwrap_or_default();
+        let zombie_or_gone = state.is_empty() || state.contains(") Z ");
+        if !zombie_or_gone {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        zombie_or_gone
+    });
+    assert!(gone, "the helper's child {pid} is still running");
+}
+
+#[test]
+fn a_credential_process_output_is_capped() {
+    let (e, took) = process_error("head -c 10000000 /dev/zero");
+    assert!(
+        took < std::time::Duration::from_secs(4),
+        "took {took:?}: {e}"
+    );
+    assert!(
+        e.contains("profile p (credential_process)") && e.contains("more than 64 KiB"),
+        "{e}"
+    );
+}

@@ -499,6 +499,7 @@ pub fn test_env(c: &mut Command) -> &mut Command {
         .env_remove("http_proxy")
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env_remove("RUST_LOG")
+        .env_remove("BTRFS_TO_S3_CONFIG")
         // Retries happen as in production (five attempts), with millisecond backoff so
         // that the suite does not sleep for real; a test may override it.
         .env("BTRFS_TO_S3_RETRY_BASE_MS", "20")
