@@ -1,7 +1,8 @@
 //! S3 Object Lock end to end on loop btrfs + moto with a bucket created with Object Lock
 //! enabled (`LOCK_BUCKET`, versioned): a bucket without it fails the backup before any
 //! upload; chunks (single PUT and multipart) and manifests carry the mode and the date,
-//! `current.json` none; an incremental extends its full's date; `prune --confirm`
+//! `current.json` none; an incremental extends its full's date; a chain that cannot be
+//! protected fails the run (exit 1) saying the backup is published but not protected; `prune --confirm`
 //! deletes nothing locked and says until when, and a deletion the server refuses (a
 //! legal hold) is reported as kept, locked, with the chain whole; after a bucket writer
 //! overwrote `current.json` and a manifest, `list --versions` shows the versions and
@@ -448,4 +449,41 @@ fn a_writer_overwriting_current_json_and_manifests_cannot_take_the_restore() {
         &good,
     ]);
     assert_eq!(r.code, 2, "{r:?}");
+}
+
+#[test]
+fn a_chain_that_cannot_be_protected_fails_the_run_saying_the_backup_is_published() {
+    if !require_root(
+        "a_chain_that_cannot_be_protected_fails_the_run_saying_the_backup_is_published",
+    ) {
+        return;
+    }
+    let s = locked("GOVERNANCE", 1);
+    random_file(&s.vol("data").join("a.bin"), 3 * MIB);
+    // Killed between current.json and the state: the next run recovers the backup,
+    // then protects its chain, and finds a chunk hidden behind a delete marker.
+    let r = output(
+        s.backup_cmd(&[])
+            .env("BTRFS_TO_S3_FAILPOINT", "between_pointer_and_state"),
+    );
+    assert_eq!(r.code, -1, "not killed: {r:?}");
+    let m = current(&s);
+    let chunk = objects(&s, &m)[1].clone();
+    store(&s).delete_object(&chunk).unwrap();
+    let r = s.backup(&[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("event=backup_recovered"), "{r:?}");
+    assert!(
+        r.stderr.contains(&format!(
+            "backup {m} is published, but its chain is NOT protected by Object Lock"
+        )) && r.stderr.contains(&format!(
+            "{chunk} of the chain of {m} is missing from the bucket"
+        )),
+        "{r:?}"
+    );
+    // Published and recorded: the state names it.
+    assert_eq!(
+        s.state_json()["subvolumes"]["data"]["last_manifest"],
+        m.as_str()
+    );
 }
