@@ -2,9 +2,10 @@
 //! enabled (`LOCK_BUCKET`, versioned): a bucket without it fails the backup before any
 //! upload; chunks (single PUT and multipart) and manifests carry the mode and the date,
 //! `current.json` none; an incremental extends its full's date; a chain that cannot be
-//! protected fails the run (exit 1) saying the backup is published but not protected; `prune --confirm`
-//! deletes nothing locked and says until when, and a deletion the server refuses (a
-//! legal hold) is reported as kept, locked, with the chain whole; after a bucket writer
+//! protected fails the run (exit 1) saying the backup is published but not protected;
+//! `prune --confirm` deletes nothing locked and says until when, and a deletion the
+//! server refuses (a legal hold) is reported as kept, locked, with the chain whole;
+//! after a bucket writer
 //! overwrote `current.json` and a manifest, `list --versions` shows the versions and
 //! `restore --manifest-key K --version-id V` restores the real backup.
 //!
