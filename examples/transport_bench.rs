@@ -98,6 +98,7 @@ fn main() -> Result<()> {
         sse: "AES256".into(),
         content_type: "application/octet-stream",
         kms_key_id: None,
+        lock: None,
     };
 
     // rust-s3's own path: a new connection per request, MD5 and SHA-256 of every body.

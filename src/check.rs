@@ -358,6 +358,7 @@ mod tests {
             sse: sse.into(),
             content_type: "application/octet-stream",
             kms_key_id: None,
+            lock: None,
         }
     }
 

@@ -98,6 +98,11 @@ pub struct ListArgs {
     /// One JSON document on stdout (its shape is in DESIGN.md)
     #[arg(long)]
     pub json: bool,
+
+    /// Also every version of current.json and of each manifest (versioned buckets, as
+    /// Object Lock makes them): what restore --manifest-key K --version-id V takes
+    #[arg(long)]
+    pub versions: bool,
 }
 
 #[derive(Debug, Args, Default, Clone)]
@@ -109,6 +114,11 @@ pub struct VerifyArgs {
     /// Check the chain of this manifest (an S3 key) instead of current.json's
     #[arg(long, value_name = "KEY")]
     pub manifest_key: Option<String>,
+
+    /// With --manifest-key: that version of it, and the oldest fitting version of each
+    /// parent and chunk (a versioned bucket; see list --versions)
+    #[arg(long, value_name = "V", requires = "manifest_key")]
+    pub version_id: Option<String>,
 
     /// Also download every readable chunk and check its SHA-256 and the stream's
     #[arg(long)]
@@ -205,6 +215,11 @@ pub struct RestoreArgs {
     /// Restore this manifest (an S3 key) instead of the one current.json points to
     #[arg(long, value_name = "KEY")]
     pub manifest_key: Option<String>,
+
+    /// With --manifest-key: restore that version of it, reading each parent and chunk
+    /// at its oldest fitting version (a versioned bucket; see list --versions)
+    #[arg(long, value_name = "V", requires = "manifest_key")]
+    pub version_id: Option<String>,
 
     /// Give up waiting for archive restores after this many seconds
     /// (overrides restore.restore_timeout_seconds)

@@ -238,6 +238,15 @@ pub struct Retention {
     pub prune_after_backup: bool,
 }
 
+/// Extension section `[object_lock]`: S3 Object Lock on every chunk and manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectLock {
+    /// `GOVERNANCE` or `COMPLIANCE` (`x-amz-object-lock-mode`).
+    pub mode: String,
+    /// Days each backup's objects stay locked at least (the chain's parents as long).
+    pub retain_days: u64,
+}
+
 #[derive(Clone, Debug)]
 pub struct Restore {
     pub target_base_dir: PathBuf,
@@ -257,6 +266,8 @@ pub struct Config {
     pub s3: S3,
     pub restore: Restore,
     pub retention: Retention,
+    /// Extension: absent means no Object Lock headers at all (as before).
+    pub object_lock: Option<ObjectLock>,
 }
 
 /// Every section and key the config may hold; anything else is an error naming it.
@@ -310,6 +321,7 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
         ],
     ),
     ("retention", &["remote_generations", "prune_after_backup"]),
+    ("object_lock", &["mode", "retain_days"]),
 ];
 
 /// The environment a config is resolved in: `HOME` for `~` and the endpoint variables.
@@ -464,7 +476,9 @@ impl Config {
             )? as usize,
             prune_after_backup: r.boolean("retention", "prune_after_backup", false)?,
         };
+        let object_lock = r.object_lock(&s3)?;
         Ok(Config {
+            object_lock,
             retention,
             global,
             schedule,
@@ -855,6 +869,28 @@ impl Reader<'_> {
                 "s3.send_compressed_data = {v}: must be \"auto\", true or false"
             )),
         }
+    }
+
+    /// `[object_lock]`: both keys required when the section is there; locked uploads need
+    /// a checksum header, so `s3.checksum = "none"` is refused with it.
+    fn object_lock(&self, s3: &S3) -> Result<Option<ObjectLock>, ConfigError> {
+        if self.doc.get("object_lock").is_none() {
+            return Ok(None);
+        }
+        if self.get("object_lock", "mode").is_none() {
+            return err(
+                "object_lock.mode is required with [object_lock]: \"GOVERNANCE\" or \"COMPLIANCE\"",
+            );
+        }
+        let mode = self.one_of("object_lock", "mode", "", &["GOVERNANCE", "COMPLIANCE"])?;
+        if self.get("object_lock", "retain_days").is_none() {
+            return err("object_lock.retain_days is required with [object_lock]: the days each backup stays locked (e.g. 200 for a full every 180 days)");
+        }
+        let retain_days = self.bounded("object_lock", "retain_days", 1, limits::MAX_DAYS)?;
+        if s3.checksum == "none" {
+            return err("s3.checksum = \"none\" with [object_lock]: S3 accepts a locked upload only with a checksum header; set s3.checksum = \"crc32c\" (the default) or \"sha256\"");
+        }
+        Ok(Some(ObjectLock { mode, retain_days }))
     }
 
     fn chunk_size(&self) -> Result<u64, ConfigError> {

@@ -523,6 +523,7 @@ fn sweep_aborts_stale_uploads() {
         sse: "AES256".into(),
         content_type: "x",
         kms_key_id: None,
+        lock: None,
     };
     rig.store
         .create_multipart("pre/subvol/data/full/chunk-20240101T000000Z-0.bin", &opts)

@@ -90,6 +90,9 @@ pub fn run(config: &Config, args: &BackupArgs) -> Result<u8> {
         return dry_run(&b, &state, &selected, trigger(args));
     }
     check_state_writable(state_path)?;
+    if let Some(repo) = &repo {
+        crate::repo::object_lock::check_bucket(config, repo)?;
+    }
     let harness = crate::harness::dir()?;
     let run_ts = crate::backup::run_timestamp(config, &selected, &Ts::now)?;
     let started = Instant::now();
@@ -118,6 +121,7 @@ pub fn run(config: &Config, args: &BackupArgs) -> Result<u8> {
                     if let (Some(dir), true) = (&harness, sv.name == selected[0].name) {
                         harness_file(&b, dir, sv, &p)?;
                     }
+                    protect(&b, sv, &p)?;
                     Ok(m)
                 }
                 Outcome::SnapshotOnly(path) => {
@@ -273,6 +277,24 @@ fn finish(
     Ok((!p.recovered).then(|| p.metrics.clone()))
 }
 
+/// With `[object_lock]`: the published backup's whole chain stays locked at least as long
+/// as it (`repo::object_lock`). A failure fails the subvolume (exit 1) and says that the
+/// backup is published but not protected; the next backup extends the chain again.
+fn protect(b: &Backup<'_>, sv: &Subvolume, p: &Published) -> Result<()> {
+    let Some(repo) = b.repo else {
+        return Ok(());
+    };
+    crate::repo::object_lock::protect_chain(b.cfg, repo, &sv.name, &p.manifest_key)
+        .map(drop)
+        .with_context(|| {
+            format!(
+                "backup {} is published, but its chain is NOT protected by Object Lock (the \
+                 next backup extends it again; fix the cause)",
+                p.manifest_key
+            )
+        })
+}
+
 /// `BTRFS_TO_S3_HARNESS_RUN_DIR/manifest.json` for a published backup (a recovered one's
 /// chunks are read from its manifest).
 fn harness_file(b: &Backup<'_>, dir: &Path, sv: &Subvolume, p: &Published) -> Result<()> {
@@ -411,6 +433,14 @@ fn dry_run(b: &Backup<'_>, state: &State, selected: &[&Subvolume], trigger: Trig
         repo.retrier()
             .run(|| repo.store().head_bucket())
             .context("S3 cannot be reached (a real run would fail): check the network, s3.endpoint_url, s3.bucket, s3.region and the credentials")?;
+        if let Some(l) = &b.cfg.object_lock {
+            crate::repo::object_lock::check_bucket(b.cfg, repo)?;
+            println!(
+                "object_lock: bucket {} has Object Lock enabled; chunks and manifests are \
+                 locked ({}) for {} days, their chains as long",
+                b.cfg.s3.bucket, l.mode, l.retain_days
+            );
+        }
     }
     let now = Ts::now();
     for sv in selected {

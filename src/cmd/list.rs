@@ -4,6 +4,8 @@
 //! not fit (broken chains, orphan chunks, keys outside the layout). Read-only: no lock.
 //! `--json` prints one document whose shape DESIGN.md fixes ("`list --json`"); the text
 //! form is made inert (`crate::term`), as every key and string in it is the bucket's.
+//! `--versions` adds every version of `current.json` and of the manifests
+//! (`repo::versions`), for `restore --manifest-key K --version-id V`.
 
 use anyhow::Result;
 use serde_json::{json, Value};
@@ -15,19 +17,84 @@ use crate::config::Config;
 use crate::outln;
 use crate::repo::catalog::{self, Catalog, Subvol};
 use crate::repo::Repo;
-use crate::store::ListedObject;
+use crate::store::{ListedObject, ListedVersion};
 
 pub fn run(config: &Config, args: &ListArgs) -> Result<u8> {
     let names = crate::cmd::subvolume_names(&args.subvolumes, None)?;
     let session = Session::start(config, false)?;
     let repo = Repo::open(config, session.retrier.clone())?;
     let cat = catalog::load(&repo, &names)?;
+    let mut versions = std::collections::BTreeMap::new();
+    if args.versions {
+        for name in cat.subvolumes.keys() {
+            versions.insert(name.clone(), crate::repo::versions::history(&repo, name)?);
+        }
+    }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&to_json(config, &cat))?);
+        let mut doc = to_json(config, &cat);
+        if let Some(svs) = doc["subvolumes"].as_array_mut().filter(|_| args.versions) {
+            for sv in svs {
+                let name = sv["name"].as_str().unwrap_or_default().to_string();
+                let v: Vec<Value> = versions
+                    .get(&name)
+                    .into_iter()
+                    .flatten()
+                    .map(version_json)
+                    .collect();
+                sv["versions"] = Value::Array(v);
+            }
+        }
+        println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print_text(&cat);
+        for (name, vs) in &versions {
+            print_versions(name, vs);
+        }
     }
     Ok(exit::OK)
+}
+
+fn version_json(v: &ListedVersion) -> Value {
+    json!({
+        "key": v.key,
+        "version_id": v.version_id,
+        "last_modified": v.last_modified.map(|t| t.iso()),
+        "size": v.size,
+        "latest": v.is_latest,
+        "delete_marker": v.delete_marker,
+    })
+}
+
+/// Each key's versions, newest first: the oldest version of a manifest is the one its
+/// backup wrote; a newer one, or a delete marker, came later (someone else's).
+fn print_versions(name: &str, vs: &[ListedVersion]) {
+    outln!(
+        "versions of subvolume {name} (newest first; restore --manifest-key KEY --version-id V):"
+    );
+    if vs.is_empty() {
+        outln!("  none listed (is the bucket versioned?)");
+    }
+    let mut last_key: Option<&str> = None;
+    for v in vs {
+        if last_key != Some(v.key.as_str()) {
+            outln!("  {}", v.key);
+            last_key = Some(&v.key);
+        }
+        let what = match (v.delete_marker, v.is_latest) {
+            (true, true) => "delete marker (latest)".to_string(),
+            (true, false) => "delete marker".to_string(),
+            (false, latest) => {
+                format!("{}{}", human(v.size), if latest { " (latest)" } else { "" })
+            }
+        };
+        outln!(
+            "    {}  {}  {what}",
+            v.version_id,
+            v.last_modified
+                .map(|t| t.iso())
+                .unwrap_or_else(|| "?".into())
+        );
+    }
 }
 
 fn object_json(o: &ListedObject) -> Value {

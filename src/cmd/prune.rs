@@ -3,8 +3,10 @@
 //! takes the run lock (no backup uploads meanwhile), spares what a resume journal owns.
 //! Refuses a subvolume whose `current.json` disagrees with this host's state (the
 //! bucket's word alone never decides what is deleted) unless `--force`. Also run after a
-//! successful backup when `retention.prune_after_backup` is set. Text output is made
-//! inert (`crate::term`): keys and reasons come from the bucket.
+//! successful backup when `retention.prune_after_backup` is set. With `[object_lock]` the
+//! lock of every planned deletion is read (HEAD) and the plan made again: nothing locked
+//! is deleted, and a deletion the service refuses is reported as kept, locked. Text
+//! output is made inert (`crate::term`): keys and reasons come from the bucket.
 
 use anyhow::{anyhow, Result};
 
@@ -13,9 +15,9 @@ use crate::cli::PruneArgs;
 use crate::cmd::list::human;
 use crate::cmd::Session;
 use crate::config::Config;
-use crate::repo::catalog;
 use crate::repo::prune::{self, Action, Plan, Rules};
 use crate::repo::Repo;
+use crate::repo::{catalog, object_lock};
 use crate::state::State;
 use crate::ts::Ts;
 use crate::{event, outln};
@@ -124,13 +126,14 @@ pub fn prune_all(config: &Config, repo: &Repo, req: &Request) -> Result<(Vec<Pla
         let Some(sv) = cat.subvolumes.get(name) else {
             continue;
         };
-        let rules = Rules {
+        let mut rules = Rules {
             keep: req.keep,
             now,
             allow_early_delete: req.allow_early_delete,
             journal_ts: journal_ts(config, name),
+            locks: Default::default(),
         };
-        let plan = match plan_one(config, repo, state.as_ref(), sv, &rules, req.force) {
+        let mut plan = match plan_one(config, repo, state.as_ref(), sv, &rules, req.force) {
             Ok(p) => p,
             Err(why) => {
                 event!(Error, "prune_refused", subvolume = name, reason = why);
@@ -138,6 +141,12 @@ pub fn prune_all(config: &Config, repo: &Repo, req: &Request) -> Result<(Vec<Pla
                 continue;
             }
         };
+        if config.object_lock.is_some() {
+            // The dates of what would go; the plan again, deferring what is locked (it
+            // only keeps more: the same checks passed).
+            rules.locks = object_lock::read_locks(repo, plan.deletes().map(|i| i.key.as_str()))?;
+            plan = prune::plan(sv, &rules)?;
+        }
         for i in plan.items.iter().filter(|i| i.action != Action::Keep) {
             event!(
                 Info,
@@ -156,14 +165,21 @@ pub fn prune_all(config: &Config, repo: &Repo, req: &Request) -> Result<(Vec<Pla
             );
         }
         if req.confirm {
-            let (n, bytes) = prune::execute(repo, &plan)?;
+            let done = prune::execute_with(repo, &plan, config.object_lock.is_some())?;
             event!(
                 Info,
                 "prune_done",
                 subvolume = name,
-                deleted = n,
-                deleted_bytes = bytes
+                deleted = done.deleted,
+                deleted_bytes = done.bytes,
+                kept_locked = done.kept.len()
             );
+            for (key, why) in done.kept {
+                if let Some(i) = plan.items.iter_mut().find(|i| i.key == key) {
+                    i.action = Action::Keep;
+                    i.why = why;
+                }
+            }
         }
         plans.push(plan);
     }
@@ -239,11 +255,13 @@ fn print_text(plans: &[Plan], refused: &[String], req: &Request) {
                 }
                 Action::Keep => "keep",
             };
-            let until = i
-                .until
-                .as_deref()
-                .map(|u| format!(" (deferred until {u}; --allow-early-delete deletes it now, billed as if kept)"))
-                .unwrap_or_default();
+            let until = match (&i.locked_until, &i.until) {
+                (Some(l), _) => format!(" (locked until {l}: Object Lock)"),
+                (None, Some(u)) => format!(
+                    " (deferred until {u}; --allow-early-delete deletes it now, billed as if kept)"
+                ),
+                (None, None) => String::new(),
+            };
             outln!(
                 "  {what:<7} {} class={} age={age} size={} why: {}{until}",
                 i.key,

@@ -1,6 +1,7 @@
 //! `btrfs_to_s3 restore`: resolve flags over config into a [`Request`], start the session
 //! (signals, retry policy, the lock), run the restore engine (`crate::restore`) over the
-//! repository, report `restore_metrics`.
+//! repository, report `restore_metrics`. With `--version-id` the repository is read
+//! through the versions `repo::versions::pin_chain` chooses.
 
 use std::time::Duration;
 
@@ -44,9 +45,21 @@ pub fn run(config: &Config, args: &RestoreArgs) -> Result<u8> {
         },
         skip_space_check: args.skip_space_check,
     };
+    if let Some(why) = args
+        .version_id
+        .as_deref()
+        .and_then(crate::repo::versions::version_id_problem)
+    {
+        return Err(UsageError(format!("--version-id {why}")).into());
+    }
     let session = Session::start(config, true)?;
     let btrfs = BtrfsCli::default();
-    let repo = Repo::open(config, session.retrier.clone())?;
+    let mut repo = Repo::open(config, session.retrier.clone())?;
+    if let (Some(key), Some(v)) = (&args.manifest_key, &args.version_id) {
+        // The backup as it was written, whatever a bucket writer put over it since.
+        let pins = crate::repo::versions::pin_chain(&repo, &req.subvolume, key, v)?;
+        repo = crate::repo::versions::pinned_repo(config, &repo, pins);
+    }
     let r = Restorer {
         cfg: config,
         btrfs: &btrfs,

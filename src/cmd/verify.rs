@@ -32,8 +32,15 @@ pub fn run(config: &Config, args: &VerifyArgs) -> Result<u8> {
         )
         .into());
     }
+    if let Some(why) = args
+        .version_id
+        .as_deref()
+        .and_then(crate::repo::versions::version_id_problem)
+    {
+        return Err(crate::app::UsageError(format!("--version-id {why}")).into());
+    }
     let session = Session::start(config, false)?;
-    let repo = Repo::open(config, session.retrier.clone())?;
+    let mut repo = Repo::open(config, session.retrier.clone())?;
     // No --subvolume and none configured (a disaster-recovery config): every subvolume
     // under the prefix, as `list` shows them.
     let names = if names.is_empty() {
@@ -45,6 +52,10 @@ pub fn run(config: &Config, args: &VerifyArgs) -> Result<u8> {
     } else {
         names
     };
+    if let (Some(key), Some(v), [name]) = (&args.manifest_key, &args.version_id, &names[..]) {
+        let pins = crate::repo::versions::pin_chain(&repo, name, key, v)?;
+        repo = crate::repo::versions::pinned_repo(config, &repo, pins);
+    }
     let checker = Checker {
         repo: &repo,
         sse: &config.s3.sse,

@@ -628,3 +628,51 @@ fn a_config_with_only_s3_serves_restore_list_and_verify() {
     let c = Config::parse(&s3_with(""), &env()).unwrap();
     assert!(c.require_subvolumes("backup").is_ok());
 }
+
+#[test]
+fn object_lock_section() {
+    assert_eq!(Config::parse(MINIMAL, &env()).unwrap().object_lock, None);
+    let c = Config::parse(
+        &with("[object_lock]\nmode = \"COMPLIANCE\"\nretain_days = 200"),
+        &env(),
+    )
+    .unwrap();
+    assert_eq!(
+        c.object_lock,
+        Some(ObjectLock {
+            mode: "COMPLIANCE".into(),
+            retain_days: 200
+        })
+    );
+    for (section, want) in [
+        (
+            "mode = \"GOVERNANCE\"",
+            "object_lock.retain_days is required",
+        ),
+        ("retain_days = 3", "object_lock.mode is required"),
+        (
+            "mode = \"compliance\"\nretain_days = 3",
+            "must be one of GOVERNANCE, COMPLIANCE",
+        ),
+        ("mode = \"GOVERNANCE\"\nretain_days = 0", "greater than 0"),
+        (
+            "mode = \"GOVERNANCE\"\nretain_days = 36501",
+            "at most 36500",
+        ),
+        (
+            "mode = \"GOVERNANCE\"\nretain_days = 3\nextend = true",
+            "unknown key object_lock.extend",
+        ),
+    ] {
+        let msg = parse_err(&with(&format!("[object_lock]\n{section}")));
+        assert!(msg.contains(want), "{section}: {msg}");
+    }
+    let msg = parse_err(&format!(
+        "{}\n[object_lock]\nmode = \"GOVERNANCE\"\nretain_days = 3",
+        s3_with("checksum = \"none\"")
+    ));
+    assert!(
+        msg.contains("s3.checksum = \"none\" with [object_lock]"),
+        "{msg}"
+    );
+}

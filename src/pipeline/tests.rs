@@ -20,6 +20,7 @@ fn cfg(chunk: u64, part: u64, conc: usize) -> PipelineConfig {
             sse: "AES256".into(),
             content_type: "application/octet-stream",
             kms_key_id: None,
+            lock: None,
         },
         spool: None,
         keep_open_on_failure: false,

@@ -265,6 +265,7 @@ mod tests {
             sse: "AES256".into(),
             content_type: "application/json",
             kms_key_id: None,
+            lock: None,
         }
     }
 

@@ -6,7 +6,9 @@
 
 pub mod catalog;
 pub mod chain;
+pub mod object_lock;
 pub mod prune;
+pub mod versions;
 
 use std::sync::Arc;
 
@@ -15,7 +17,7 @@ use anyhow::{Context, Result};
 use crate::config::Config;
 use crate::manifest::{Layout, Manifest, Pointer};
 use crate::retry::Retrier;
-use crate::store::{Body, ObjectStore, OpenUpload, PutOptions, StoreResult};
+use crate::store::{Body, ObjectStore, OpenUpload, PutOptions, Retention, StoreResult};
 
 pub use chain::Chain;
 
@@ -24,7 +26,10 @@ pub struct Repo {
     store: Arc<dyn ObjectStore>,
     retrier: Arc<Retrier>,
     chunk_opts: PutOptions,
+    /// Manifests and `current.json` (which is never locked).
     json_opts: PutOptions,
+    /// `[object_lock]`: the retention of every chunk and manifest this run writes.
+    lock: Option<Retention>,
 }
 
 impl Repo {
@@ -38,14 +43,30 @@ impl Repo {
                 sse: cfg.s3.sse.clone(),
                 content_type: "application/octet-stream",
                 kms_key_id: cfg.s3.sse_kms_key_id.clone(),
+                lock: None,
             },
+            lock: None,
             json_opts: PutOptions {
                 storage_class: cfg.s3.storage_class_manifest.clone(),
                 sse: cfg.s3.sse.clone(),
                 content_type: "application/json",
                 kms_key_id: cfg.s3.sse_kms_key_id.clone(),
+                lock: None,
             },
         }
+        .with_lock(object_lock::retention(cfg, crate::ts::Ts::now()))
+    }
+
+    /// Every chunk and manifest written through this repository gets `lock`.
+    pub fn with_lock(mut self, lock: Option<Retention>) -> Repo {
+        self.chunk_opts.lock = lock.clone();
+        self.lock = lock;
+        self
+    }
+
+    /// The retention of what this run writes (`None` without `[object_lock]`).
+    pub fn lock(&self) -> Option<&Retention> {
+        self.lock.as_ref()
     }
 
     /// The configured bucket over S3.
@@ -132,7 +153,8 @@ impl Repo {
         Ok(false)
     }
 
-    /// Publication order: the manifest, then `current.json` as the final PUT.
+    /// Publication order: the manifest (locked with `[object_lock]`), then `current.json`
+    /// (never locked: it is overwritten) as the final PUT.
     /// A manifest larger than readers accept ([`chain::MAX_MANIFEST_BYTES`]) is refused
     /// before anything is written: nothing is published that a restore could not read.
     pub fn publish(&self, manifest_key: &str, manifest: &Manifest) -> Result<()> {
@@ -148,10 +170,14 @@ impl Repo {
                 crate::store::human_bytes(chain::MAX_MANIFEST_BYTES)
             );
         }
+        let manifest_opts = PutOptions {
+            lock: self.lock.clone(),
+            ..self.json_opts.clone()
+        };
         self.retrier
             .run(|| {
                 self.store
-                    .put_object(manifest_key, Body::Bytes(&body), &self.json_opts)
+                    .put_object(manifest_key, Body::Bytes(&body), &manifest_opts)
             })
             .with_context(|| format!("uploading manifest {manifest_key}"))?;
         crate::failpoint::hit("between_manifest_and_pointer");

@@ -11,6 +11,11 @@
 //! allowed; a deferred manifest keeps its ancestors and chunks, so no manifest left in
 //! the bucket ever names something prune deleted. Execution deletes manifests newest
 //! first, then chunks: a stop at any point leaves only whole chains and orphans.
+//! With `[object_lock]` the caller reads the lock of every planned deletion
+//! (`Rules::locks`): an object whose retain-until date has not passed is deferred until
+//! then, like one under its minimum storage duration, and the version read is the one
+//! deleted. A deletion the service refuses (`AccessDenied`: a lock or a legal hold the
+//! dates did not show) is *kept, locked*, and so is everything that object needs.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -18,6 +23,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::repo::catalog::{Backup, Subvol};
+use crate::repo::object_lock::LockState;
 use crate::repo::Repo;
 use crate::store::ListedObject;
 use crate::ts::Ts;
@@ -57,6 +63,16 @@ pub struct Item {
     /// For `Defer`: when the minimum storage duration ends (`YYYY-MM-DDTHH:MM:SSZ`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub until: Option<String>,
+    /// Object Lock: the retain-until date read (set when it has not passed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locked_until: Option<String>,
+    /// Object Lock: the version a deletion deletes (`DELETE ?versionId=`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+    /// For a manifest: the keys it needs (its parent manifest, its chunks), kept when
+    /// its own deletion is refused.
+    #[serde(skip)]
+    pub needs: Vec<String>,
 }
 
 /// What the plan may do.
@@ -68,6 +84,8 @@ pub struct Rules {
     pub allow_early_delete: bool,
     /// The run timestamp of a resume journal: its keys are never touched.
     pub journal_ts: Option<Ts>,
+    /// Object Lock: what HEAD said of the keys planned for deletion (empty without it).
+    pub locks: HashMap<String, LockState>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -89,23 +107,33 @@ fn age_days(o: &ListedObject, now: Ts) -> Option<i64> {
         .map(|t| (now.unix() - t.unix()).max(0) / 86_400)
 }
 
-/// The deletion date of `o`, or `None` when it may go now.
+/// The deletion date of `o`, or `None` when it may go now: the later of the end of its
+/// minimum storage duration and of its Object Lock.
 fn deferred_until(o: &ListedObject, rules: &Rules) -> Option<Ts> {
     let min = min_storage_days(o.storage_class_or_standard());
-    if rules.allow_early_delete || min == 0 {
-        return None;
-    }
-    match o.last_modified {
-        Some(t) => {
-            let end = t.add_secs(min * 86_400);
-            (end > rules.now).then_some(end)
+    let storage = if rules.allow_early_delete || min == 0 {
+        None
+    } else {
+        match o.last_modified {
+            Some(t) => {
+                let end = t.add_secs(min * 86_400);
+                (end > rules.now).then_some(end)
+            }
+            // Age unknown: assume young.
+            None => Some(rules.now.add_secs(min * 86_400)),
         }
-        // Age unknown: assume young.
-        None => Some(rules.now.add_secs(min * 86_400)),
-    }
+    };
+    storage.max(locked_until(o, rules))
+}
+
+/// The retain-until date of `o` when it has not passed.
+fn locked_until(o: &ListedObject, rules: &Rules) -> Option<Ts> {
+    let l = rules.locks.get(&o.key)?.lock.as_ref()?;
+    (l.until > rules.now).then_some(l.until)
 }
 
 fn item(o: &ListedObject, action: Action, why: String, rules: &Rules, until: Option<Ts>) -> Item {
+    let lock = rules.locks.get(&o.key);
     Item {
         action,
         key: o.key.clone(),
@@ -114,6 +142,9 @@ fn item(o: &ListedObject, action: Action, why: String, rules: &Rules, until: Opt
         size: o.size,
         why,
         until: until.map(Ts::iso),
+        locked_until: locked_until(o, rules).map(Ts::iso),
+        version_id: lock.and_then(|l| l.version_id.clone()),
+        needs: Vec::new(),
     }
 }
 
@@ -234,7 +265,16 @@ pub fn plan(sv: &Subvol, rules: &Rules) -> Result<Plan> {
         };
         match defer_until.get(b.key.as_str()) {
             Some(t) => rest.push(item(&b.object, Action::Defer, why, rules, Some(*t))),
-            None => del_manifests.push(item(&b.object, Action::Delete, why, rules, None)),
+            None => {
+                let mut i = item(&b.object, Action::Delete, why, rules, None);
+                i.needs = b
+                    .parent()
+                    .into_iter()
+                    .chain(b.chunk_keys())
+                    .map(str::to_string)
+                    .collect();
+                del_manifests.push(i);
+            }
         }
     }
     for o in sv.chunks.values() {
@@ -346,8 +386,28 @@ fn chunk_ts(key: &str) -> Option<Ts> {
 /// Carries out the plan's deletions in order; stops at the first failure (what is left
 /// is whole chains and orphans). Returns the objects and bytes deleted.
 pub fn execute(repo: &Repo, plan: &Plan) -> Result<(usize, u64)> {
+    execute_with(repo, plan, false).map(|d| (d.deleted, d.bytes))
+}
+
+/// What [`execute_with`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Done {
+    pub deleted: usize,
+    pub bytes: u64,
+    /// Deletions not made, with why: refused by the service (`AccessDenied`), or needed
+    /// by an object whose deletion was refused.
+    pub kept: Vec<(String, String)>,
+}
+
+/// [`execute`]; with `locking` (`[object_lock]`) a deletion the service refuses with
+/// `AccessDenied` keeps that object and everything it needs, and the run goes on.
+/// Deletions name the version read with the lock, when there is one.
+pub fn execute_with(repo: &Repo, plan: &Plan, locking: bool) -> Result<Done> {
     let mut n = 0;
     let mut bytes = 0u64;
+    let mut kept = Vec::new();
+    // Keys a refused deletion still needs, and which refused object needs them.
+    let mut held: HashMap<String, String> = HashMap::new();
     for i in plan.deletes() {
         // Never a key outside this subvolume's layout, never the pointer.
         match repo.layout.parse(&i.key) {
@@ -362,9 +422,44 @@ pub fn execute(repo: &Repo, plan: &Plan) -> Result<(usize, u64)> {
         if repo.retrier().cancelled() {
             bail!("interrupted by a signal after deleting {n} objects");
         }
-        repo.retrier()
-            .run(|| repo.store().delete_object(&i.key))
-            .with_context(|| format!("deleting {} (after {n} deletions)", i.key))?;
+        if let Some(by) = held.get(&i.key).cloned() {
+            for k in &i.needs {
+                held.insert(k.clone(), by.clone());
+            }
+            let why = format!("kept, locked: {by} needs it, and its deletion was refused");
+            crate::event!(
+                Info,
+                "prune_kept_locked",
+                subvolume = plan.subvolume,
+                key = i.key,
+                why = why
+            );
+            kept.push((i.key.clone(), why));
+            continue;
+        }
+        let store = repo.store();
+        let deleted = repo.retrier().run(|| match &i.version_id {
+            Some(v) => store.delete_version(&i.key, v),
+            None => store.delete_object(&i.key),
+        });
+        match deleted {
+            Err(e) if locking && e.is_access_denied() => {
+                for k in &i.needs {
+                    held.insert(k.clone(), i.key.clone());
+                }
+                let why = format!("kept, locked: the service refused the deletion ({e})");
+                crate::event!(
+                    Info,
+                    "prune_kept_locked",
+                    subvolume = plan.subvolume,
+                    key = i.key,
+                    why = why
+                );
+                kept.push((i.key.clone(), why));
+                continue;
+            }
+            r => r.with_context(|| format!("deleting {} (after {n} deletions)", i.key))?,
+        }
         crate::event!(
             Info,
             "prune_deleted",
@@ -376,7 +471,11 @@ pub fn execute(repo: &Repo, plan: &Plan) -> Result<(usize, u64)> {
         n += 1;
         bytes += i.size;
     }
-    Ok((n, bytes))
+    Ok(Done {
+        deleted: n,
+        bytes,
+        kept,
+    })
 }
 
 #[cfg(test)]

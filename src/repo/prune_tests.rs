@@ -63,6 +63,7 @@ impl World {
             sse: "AES256".into(),
             content_type: "application/octet-stream",
             kms_key_id: None,
+            lock: None,
         }
     }
 
@@ -143,6 +144,7 @@ impl World {
                 now: Ts::from_unix(self.now),
                 allow_early_delete: early,
                 journal_ts: journal,
+                locks: Default::default(),
             },
         )
     }
@@ -328,6 +330,9 @@ fn execute_refuses_keys_outside_the_subvolume_layout() {
                 size: 0,
                 why: String::new(),
                 until: None,
+                locked_until: None,
+                version_id: None,
+                needs: Vec::new(),
             }],
         };
         assert!(execute(&w.repo, &plan).is_err(), "{key}");
@@ -654,4 +659,113 @@ prefix = "p"
     let (_, refused) = prune_all(&cfg, &w.repo, &req(false)).unwrap();
     assert!(refused.is_empty(), "{refused:?}");
     assert!(w.store.object(&forged).is_none());
+}
+
+/// Object Lock: two generations (a full and an incremental, then a full), the old one
+/// due for deletion; the bucket honours locks. Returns the world and (f1, i1, f2).
+fn locked_world() -> (World, String, String, String) {
+    let mut w = World::new("STANDARD");
+    w.store.enable_object_lock();
+    let f1 = w.backup(Kind::Full, true);
+    w.advance(7 * DAY);
+    let i1 = w.backup(Kind::Incremental, true);
+    w.advance(7 * DAY);
+    let f2 = w.backup(Kind::Full, true);
+    (w, f1, i1, f2)
+}
+
+fn lock_until(w: &World, key: &str, days: i64) {
+    w.store.set_retention(
+        key,
+        Some(crate::store::Retention {
+            mode: "GOVERNANCE".into(),
+            until: Ts::from_unix(w.now + days * DAY),
+        }),
+    );
+}
+
+/// The plan as `prune` makes it with `[object_lock]`: dates read for what would go.
+fn locked_plan(w: &World) -> Plan {
+    let cat = catalog::load(&w.repo, &["data".to_string()]).unwrap();
+    let sv = &cat.subvolumes["data"];
+    let mut rules = Rules {
+        keep: 1,
+        now: Ts::from_unix(w.now),
+        allow_early_delete: false,
+        journal_ts: None,
+        locks: Default::default(),
+    };
+    let first = plan(sv, &rules).unwrap();
+    rules.locks =
+        crate::repo::object_lock::read_locks(&w.repo, first.deletes().map(|i| i.key.as_str()))
+            .unwrap();
+    plan(sv, &rules).unwrap()
+}
+
+#[test]
+fn locked_objects_are_deferred_with_their_chain_and_the_read_version_is_deleted() {
+    let (w, f1, i1, _) = locked_world();
+    let chunk_of = |m: &str| {
+        w.store
+            .keys()
+            .into_iter()
+            .find(|k| k.contains("/chunk-") && k.contains(&m[m.len() - 21..m.len() - 5]))
+    };
+    // The incremental stays locked for 3 more days: it, its chunk and its whole chain
+    // stay (the full as its ancestor), and the plan says until when.
+    lock_until(&w, &i1, 3);
+    let p = locked_plan(&w);
+    assert!(keys(&p, Action::Delete).is_empty(), "{:?}", p.items);
+    let i = p.items.iter().find(|i| i.key == i1).unwrap();
+    assert_eq!(i.action, Action::Defer);
+    let date = Ts::from_unix(w.now + 3 * DAY).iso();
+    assert_eq!(i.locked_until.as_deref(), Some(date.as_str()));
+    assert_eq!(i.until.as_deref(), Some(date.as_str()));
+    assert!(keys(&p, Action::Keep).contains(&f1.as_str()));
+    let c = chunk_of(&i1).unwrap();
+    assert!(keys(&p, Action::Keep).contains(&c.as_str()));
+
+    // Its date passed: everything of the old generation goes, by version, for good.
+    lock_until(&w, &i1, -1);
+    let p = locked_plan(&w);
+    assert_eq!(keys(&p, Action::Delete).len(), 2 + 4);
+    assert!(p.deletes().all(|i| i.version_id.is_some()));
+    let done = execute_with(&w.repo, &p, true).unwrap();
+    assert_eq!((done.deleted, done.kept.len()), (6, 0));
+    let log = w.store.log();
+    assert!(log.iter().any(|l| l
+        == &format!(
+            "DELETE {f1} version {}",
+            p.items[1].version_id.clone().unwrap()
+        )));
+    let left = w.store.list_versions("p/subvol/data/").unwrap();
+    assert!(!left.iter().any(|v| v.key == f1 || v.key == i1), "{left:?}");
+}
+
+#[test]
+fn a_deletion_the_service_refuses_keeps_the_object_and_what_it_needs() {
+    let (w, f1, i1, _) = locked_world();
+    // The full is locked, but HEAD showed no date (say, a legal hold): the plan deletes
+    // the whole generation, newest manifest first.
+    let mut p = locked_plan(&w);
+    lock_until(&w, &f1, 5);
+    assert_eq!(&keys(&p, Action::Delete)[..2], [i1.as_str(), f1.as_str()]);
+    // Without [object_lock] a refusal fails the prune, as before.
+    let e = execute_with(&w.repo, &p, false).unwrap_err();
+    assert!(format!("{e:#}").contains("AccessDenied"), "{e:#}");
+    // (the incremental's manifest went before the refusal)
+    p.items.retain(|i| i.key != i1);
+    let done = execute_with(&w.repo, &p, true).unwrap();
+    let kept: Vec<&str> = done.kept.iter().map(|(k, _)| k.as_str()).collect();
+    // The full's manifest and both its chunks stay; the incremental's two chunks go.
+    assert_eq!(kept.len(), 3, "{:?}", done.kept);
+    assert_eq!(kept[0], f1);
+    assert!(done.kept[0]
+        .1
+        .contains("kept, locked: the service refused the deletion"));
+    assert!(done.kept[1].1.contains(&format!("{f1} needs it")));
+    assert_eq!(done.deleted, 2);
+    assert!(w.store.object(&f1).is_some());
+    let cat = catalog::load(&w.repo, &["data".to_string()]).unwrap();
+    assert!(cat.subvolumes["data"].backup(&f1).unwrap().is_sound());
 }

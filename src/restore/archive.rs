@@ -188,6 +188,7 @@ mod tests {
                 sse: "AES256".into(),
                 content_type: "x",
                 kms_key_id: None,
+                lock: None,
             },
         );
     }

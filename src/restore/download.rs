@@ -295,6 +295,7 @@ mod tests {
                     sse: "AES256".into(),
                     content_type: "x",
                     kms_key_id: None,
+                    lock: None,
                 },
             );
             chunks.push(ChunkEntry {
@@ -368,6 +369,7 @@ mod tests {
                 sse: "AES256".into(),
                 content_type: "x",
                 kms_key_id: None,
+                lock: None,
             },
         );
         let mut out = Vec::new();
@@ -422,6 +424,7 @@ mod tests {
                 sse: "AES256".into(),
                 content_type: "x",
                 kms_key_id: None,
+                lock: None,
             },
         );
         let e = format!(

@@ -28,6 +28,7 @@ fn opts(class: &str) -> PutOptions {
         sse: "AES256".into(),
         content_type: "x",
         kms_key_id: None,
+        lock: None,
     }
 }
 

@@ -1,14 +1,17 @@
 //! [`MemoryStore`]: an in-memory [`ObjectStore`] for unit tests, with a log of every call
 //! and injectable failures, so retry, abort and publish order can be checked without a
 //! server. Archive classes behave like S3: GET fails until a restore has completed.
+//! With [`MemoryStore::enable_object_lock`] the bucket is versioned and honours Object
+//! Lock as S3 does: every write is a new version, a plain DELETE adds a delete marker, a
+//! locked version cannot be deleted nor its retention shortened.
 
 use std::collections::BTreeMap;
 use std::io::{Cursor, Read};
 use std::sync::Mutex;
 
 use super::{
-    Body, ErrorKind, ListedObject, ListedPart, ObjectMeta, ObjectStore, OpenUpload, PutOptions,
-    StoreError, StoreResult,
+    Body, ErrorKind, ListedObject, ListedPart, ListedVersion, ObjectMeta, ObjectStore, OpenUpload,
+    PutOptions, Retention, StoreError, StoreResult,
 };
 
 #[derive(Clone, Debug)]
@@ -20,6 +23,10 @@ pub struct StoredObject {
     pub restore_after_heads: Option<u32>,
     /// When it was stored (the store's clock, see [`MemoryStore::set_clock`]).
     pub modified: i64,
+    /// The version id (versioned buckets; empty otherwise).
+    pub version_id: String,
+    /// The Object Lock retention of this version (from the upload, or PutObjectRetention).
+    pub lock: Option<Retention>,
 }
 
 struct Upload {
@@ -47,11 +54,66 @@ struct Inner {
     restore_delay_heads: u32,
     /// A fixed clock for LastModified (unix seconds); the real clock when `None`.
     clock: Option<i64>,
+    /// Object Lock enabled (and so versioning): `history` keeps every version.
+    locking: bool,
+    /// Per key, every version oldest first; `None` is a delete marker (with its id).
+    history: BTreeMap<String, Vec<(String, Option<StoredObject>)>>,
 }
 
 impl Inner {
     fn now(&self) -> i64 {
         self.clock.unwrap_or_else(|| crate::ts::Ts::now().unix())
+    }
+
+    /// Stores `o` as the current version of `key` (a new version when versioned).
+    fn store(&mut self, key: &str, mut o: StoredObject) {
+        if self.locking {
+            self.next_id += 1;
+            o.version_id = format!("v{}", self.next_id);
+            self.history
+                .entry(key.to_string())
+                .or_default()
+                .push((o.version_id.clone(), Some(o.clone())));
+        }
+        self.objects.insert(key.to_string(), o);
+    }
+
+    fn version(&self, key: &str, version: &str) -> Option<&StoredObject> {
+        self.history
+            .get(key)?
+            .iter()
+            .find(|(v, _)| v == version)?
+            .1
+            .as_ref()
+    }
+
+    /// Whether `lock` still protects its version.
+    fn locked(&self, lock: &Option<Retention>) -> bool {
+        lock.as_ref().is_some_and(|l| l.until.unix() > self.now())
+    }
+}
+
+fn access_denied(op: String, why: &str) -> StoreError {
+    StoreError {
+        kind: ErrorKind::Permanent,
+        op,
+        status: Some(403),
+        message: format!("AccessDenied: {why}"),
+        server_time: None,
+        expired_credentials: false,
+    }
+}
+
+fn meta(o: &StoredObject, restore: Option<String>) -> ObjectMeta {
+    let class = o.opts.storage_class.clone();
+    ObjectMeta {
+        size: o.data.len() as u64,
+        etag: Some(o.etag.clone()),
+        storage_class: (class != "STANDARD").then_some(class),
+        sse: Some(o.opts.sse.clone()),
+        restore,
+        version_id: (!o.version_id.is_empty()).then(|| o.version_id.clone()),
+        lock: o.lock.clone(),
     }
 }
 
@@ -94,6 +156,31 @@ impl MemoryStore {
         self.lock().clock = Some(unix);
     }
 
+    /// Object Lock on (which turns versioning on), as a bucket created with
+    /// `ObjectLockEnabledForBucket`.
+    pub fn enable_object_lock(&self) {
+        self.lock().locking = true;
+    }
+
+    /// Sets the retention of the current version of `key` directly (test set-up).
+    pub fn set_retention(&self, key: &str, lock: Option<Retention>) {
+        let mut g = self.lock();
+        let Some(o) = g.objects.get_mut(key) else {
+            return;
+        };
+        o.lock = lock.clone();
+        let vid = o.version_id.clone();
+        if let Some(h) = g.history.get_mut(key) {
+            for (v, o) in h.iter_mut() {
+                if *v == vid {
+                    if let Some(o) = o {
+                        o.lock = lock.clone();
+                    }
+                }
+            }
+        }
+    }
+
     /// Sets one object's storage class (as a lifecycle transition would).
     pub fn set_class(&self, key: &str, class: &str) {
         if let Some(o) = self.lock().objects.get_mut(key) {
@@ -121,14 +208,17 @@ impl MemoryStore {
     pub fn insert(&self, key: &str, data: &[u8], opts: PutOptions) {
         let mut g = self.lock();
         let modified = g.now();
-        g.objects.insert(
-            key.to_string(),
+        let lock = opts.lock.clone();
+        g.store(
+            key,
             StoredObject {
                 data: data.to_vec(),
                 opts,
                 etag: format!("\"{}\"", data.len()),
                 restore_after_heads: None,
                 modified,
+                version_id: String::new(),
+                lock,
             },
         );
     }
@@ -196,14 +286,16 @@ impl ObjectStore for MemoryStore {
         let mut g = self.enter(op)?;
         let etag = format!("\"put-{}\"", body.len());
         let modified = g.now();
-        g.objects.insert(
-            key.to_string(),
+        g.store(
+            key,
             StoredObject {
                 data: body,
                 opts: opts.clone(),
                 etag: etag.clone(),
                 restore_after_heads: None,
                 modified,
+                version_id: String::new(),
+                lock: opts.lock.clone(),
             },
         );
         Ok(etag)
@@ -271,14 +363,17 @@ impl ObjectStore for MemoryStore {
         }
         let etag = format!("\"mpu-{}\"", parts.len());
         let modified = g.now();
-        g.objects.insert(
-            u.key,
+        let lock = u.opts.lock.clone();
+        g.store(
+            &u.key,
             StoredObject {
                 data,
                 opts: u.opts,
                 etag: etag.clone(),
                 restore_after_heads: None,
                 modified,
+                version_id: String::new(),
+                lock,
             },
         );
         Ok(etag)
@@ -333,6 +428,15 @@ impl ObjectStore for MemoryStore {
 
     fn delete_object(&self, key: &str) -> StoreResult<()> {
         let mut g = self.enter(format!("DELETE {key}"))?;
+        // Versioned: a delete marker hides the object; every version stays.
+        if g.locking && g.objects.remove(key).is_some() {
+            g.next_id += 1;
+            let id = format!("v{}", g.next_id);
+            g.history
+                .entry(key.to_string())
+                .or_default()
+                .push((id, None));
+        }
         g.objects.remove(key);
         Ok(())
     }
@@ -357,14 +461,7 @@ impl ObjectStore for MemoryStore {
                 Some("ongoing-request=\"true\"".to_string())
             }
         };
-        let class = o.opts.storage_class.clone();
-        Ok(Some(ObjectMeta {
-            size: o.data.len() as u64,
-            etag: Some(o.etag.clone()),
-            storage_class: (class != "STANDARD").then_some(class),
-            sse: Some(o.opts.sse.clone()),
-            restore,
-        }))
+        Ok(Some(meta(o, restore)))
     }
 
     fn get(&self, key: &str, range: Option<(u64, u64)>) -> StoreResult<Box<dyn Read + Send>> {
@@ -416,6 +513,122 @@ impl ObjectStore for MemoryStore {
         if o.restore_after_heads.is_none() {
             o.restore_after_heads = Some(delay);
         }
+        Ok(())
+    }
+    fn object_lock_enabled(&self) -> StoreResult<bool> {
+        Ok(self
+            .enter("GetObjectLockConfiguration".to_string())?
+            .locking)
+    }
+
+    fn put_retention(&self, key: &str, version: Option<&str>, r: &Retention) -> StoreResult<()> {
+        let op = format!("PutObjectRetention {key}");
+        let mut g = self.enter(op.clone())?;
+        if !g.locking {
+            return Err(StoreError::new(
+                ErrorKind::Permanent,
+                op,
+                "InvalidRequest: Bucket is missing Object Lock Configuration",
+            ));
+        }
+        let vid = match version {
+            Some(v) => v.to_string(),
+            None => match g.objects.get(key) {
+                Some(o) => o.version_id.clone(),
+                None => return Err(not_found(op)),
+            },
+        };
+        let old = g.version(key, &vid).ok_or_else(|| not_found(op.clone()))?;
+        // As S3: a retention that protects the version is never shortened.
+        if g.locked(&old.lock) && old.lock.as_ref().is_some_and(|l| r.until < l.until) {
+            return Err(access_denied(op, "the retention would be shortened"));
+        }
+        for (v, o) in g.history.get_mut(key).into_iter().flatten() {
+            if *v == vid {
+                if let Some(o) = o {
+                    o.lock = Some(r.clone());
+                }
+            }
+        }
+        if let Some(o) = g.objects.get_mut(key).filter(|o| o.version_id == vid) {
+            o.lock = Some(r.clone());
+        }
+        Ok(())
+    }
+
+    fn list_versions(&self, prefix: &str) -> StoreResult<Vec<ListedVersion>> {
+        let g = self.enter(format!("ListObjectVersions {prefix}"))?;
+        let mut out = Vec::new();
+        for (k, versions) in g
+            .history
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+        {
+            let n = versions.len();
+            for (i, (v, o)) in versions.iter().enumerate().rev() {
+                out.push(ListedVersion {
+                    key: k.clone(),
+                    version_id: v.clone(),
+                    is_latest: i + 1 == n,
+                    delete_marker: o.is_none(),
+                    size: o.as_ref().map_or(0, |o| o.data.len() as u64),
+                    last_modified: o.as_ref().map(|o| crate::ts::Ts::from_unix(o.modified)),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn head_version(&self, key: &str, version: &str) -> StoreResult<Option<ObjectMeta>> {
+        let g = self.enter(format!("HEAD {key} version {version}"))?;
+        Ok(g.version(key, version).map(|o| meta(o, None)))
+    }
+
+    /// (Archive classes are not modelled for versions: a version reads at once.)
+    fn get_version(
+        &self,
+        key: &str,
+        version: &str,
+        range: Option<(u64, u64)>,
+    ) -> StoreResult<Box<dyn Read + Send>> {
+        let op = format!("GET {key} version {version}");
+        let g = self.enter(op.clone())?;
+        let o = g.version(key, version).ok_or_else(|| not_found(op))?;
+        let (start, end) = match range {
+            None => (0, o.data.len()),
+            Some((off, len)) => {
+                let start = (off as usize).min(o.data.len());
+                (start, (start + len as usize).min(o.data.len()))
+            }
+        };
+        Ok(Box::new(Cursor::new(o.data[start..end].to_vec())))
+    }
+
+    fn delete_version(&self, key: &str, version: &str) -> StoreResult<()> {
+        let op = format!("DELETE {key} version {version}");
+        let mut g = self.enter(op.clone())?;
+        let Some(h) = g.history.get(key) else {
+            return Ok(());
+        };
+        let Some(at) = h.iter().position(|(v, _)| v == version) else {
+            return Ok(());
+        };
+        if g.locked(&h[at].1.as_ref().and_then(|o| o.lock.clone())) {
+            return Err(access_denied(
+                op,
+                "the object version is locked (Object Lock)",
+            ));
+        }
+        let h = g.history.entry(key.to_string()).or_default();
+        h.remove(at);
+        let current = h.last().and_then(|(_, o)| o.clone());
+        if h.is_empty() {
+            g.history.remove(key);
+        }
+        match current {
+            Some(o) => g.objects.insert(key.to_string(), o),
+            None => g.objects.remove(key),
+        };
         Ok(())
     }
 }

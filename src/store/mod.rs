@@ -1,5 +1,5 @@
 //! The object store seam: an [`ObjectStore`] trait with the few S3 operations this tool
-//! needs (upload, read, list, delete), a typed [`StoreError`] that says whether a failure is worth retrying, and two
+//! needs (upload, read, list, delete; Object Lock and versions), a typed [`StoreError`] that says whether a failure is worth retrying, and two
 //! implementations: [`s3::S3Store`] (the only network code) and [`memory::MemoryStore`]
 //! (tests). Also the one bounded read of a whole object ([`get_bounded`]): nothing reads
 //! an object or a reply into memory without a size cap.
@@ -10,6 +10,7 @@ mod creds;
 mod http;
 mod listing;
 pub mod memory;
+pub mod pinned;
 pub mod s3;
 mod sigv4;
 mod xml;
@@ -61,6 +62,12 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         self.kind == ErrorKind::Transient
     }
+
+    /// The service refused with `AccessDenied` (403 from AWS; moto says 400): a policy
+    /// forbids it, or Object Lock protects the object version.
+    pub fn is_access_denied(&self) -> bool {
+        matches!(self.status, Some(400 | 403)) && self.message.starts_with("AccessDenied")
+    }
 }
 
 impl fmt::Display for StoreError {
@@ -85,6 +92,16 @@ pub struct PutOptions {
     pub content_type: &'static str,
     /// `x-amz-server-side-encryption-aws-kms-key-id` (with `aws:kms`, `aws:kms:dsse`).
     pub kms_key_id: Option<String>,
+    /// Object Lock: `x-amz-object-lock-mode` and `-retain-until-date` (`None`: no headers).
+    pub lock: Option<Retention>,
+}
+
+/// An Object Lock retention: the mode (`GOVERNANCE`, `COMPLIANCE`) and the instant until
+/// which the object version cannot be deleted or overwritten in place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retention {
+    pub mode: String,
+    pub until: crate::ts::Ts,
 }
 
 /// A request body: bytes in memory, or the first `len` bytes of a (spool) file, read
@@ -158,6 +175,10 @@ pub struct ObjectMeta {
     pub sse: Option<String>,
     /// The raw `x-amz-restore` header, e.g. `ongoing-request="false", expiry-date="..."`.
     pub restore: Option<String>,
+    /// `x-amz-version-id` (versioned buckets).
+    pub version_id: Option<String>,
+    /// `x-amz-object-lock-mode` and `-retain-until-date`, when the version is locked.
+    pub lock: Option<Retention>,
 }
 
 impl ObjectMeta {
@@ -188,6 +209,18 @@ impl ListedObject {
     pub fn storage_class_or_standard(&self) -> &str {
         self.storage_class.as_deref().unwrap_or("STANDARD")
     }
+}
+
+/// One version (or delete marker) of an object, as listed by ListObjectVersions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedVersion {
+    pub key: String,
+    pub version_id: String,
+    pub is_latest: bool,
+    /// A delete marker (no bytes; hides the older versions from a plain GET).
+    pub delete_marker: bool,
+    pub size: u64,
+    pub last_modified: Option<crate::ts::Ts>,
 }
 
 /// A stored part of an open multipart upload, as listed by ListParts.
@@ -241,6 +274,58 @@ pub trait ObjectStore: Send + Sync {
     fn get(&self, key: &str, range: Option<(u64, u64)>) -> StoreResult<Box<dyn Read + Send>>;
     /// RestoreObject for `days` with a retrieval tier; an already running restore is Ok.
     fn restore_object(&self, key: &str, days: u32, tier: &str) -> StoreResult<()>;
+
+    // Object Lock and versions. The defaults say the store has no such thing.
+
+    /// GetObjectLockConfiguration: whether the bucket has Object Lock enabled.
+    fn object_lock_enabled(&self) -> StoreResult<bool> {
+        Err(unsupported("GetObjectLockConfiguration"))
+    }
+    /// PutObjectRetention of `key` (the version `version`, else the current one).
+    fn put_retention(&self, key: &str, version: Option<&str>, r: &Retention) -> StoreResult<()> {
+        let _ = (key, version, r);
+        Err(unsupported("PutObjectRetention"))
+    }
+    /// ListObjectVersions under a prefix (all pages): every version and delete marker,
+    /// each key's newest first.
+    fn list_versions(&self, prefix: &str) -> StoreResult<Vec<ListedVersion>> {
+        let _ = prefix;
+        Err(unsupported("ListObjectVersions"))
+    }
+    /// HeadObject of one version; `Ok(None)` when it does not exist.
+    fn head_version(&self, key: &str, version: &str) -> StoreResult<Option<ObjectMeta>> {
+        let _ = (key, version);
+        Err(unsupported("HeadObject of a version"))
+    }
+    /// GetObject of one version, whole or a range.
+    fn get_version(
+        &self,
+        key: &str,
+        version: &str,
+        range: Option<(u64, u64)>,
+    ) -> StoreResult<Box<dyn Read + Send>> {
+        let _ = (key, version, range);
+        Err(unsupported("GetObject of a version"))
+    }
+    /// RestoreObject of one version.
+    fn restore_version(&self, key: &str, version: &str, days: u32, tier: &str) -> StoreResult<()> {
+        let _ = (key, version, days, tier);
+        Err(unsupported("RestoreObject of a version"))
+    }
+    /// DeleteObject of one version: the bytes go (no delete marker); a locked version is
+    /// refused by the service (`AccessDenied`).
+    fn delete_version(&self, key: &str, version: &str) -> StoreResult<()> {
+        let _ = (key, version);
+        Err(unsupported("DeleteObject of a version"))
+    }
+}
+
+fn unsupported(op: &str) -> StoreError {
+    StoreError::new(
+        ErrorKind::Permanent,
+        op,
+        "this object store does not support Object Lock or versions",
+    )
 }
 
 /// Reads `r` to its end when it holds at most `cap` bytes; `Ok(None)` when it holds more,
@@ -316,6 +401,7 @@ mod tests {
             sse: "none".into(),
             content_type: "application/json",
             kms_key_id: None,
+            lock: None,
         }
     }
 

@@ -19,8 +19,8 @@ use super::http::{self, Deadlines, Limits, Response, Transport};
 use super::listing::{self, Pages};
 use super::sigv4::{payload_sha256, Signer, EMPTY_SHA256, UNSIGNED_PAYLOAD};
 use super::{
-    xml, Body, ErrorKind, ListedObject, ListedPart, ObjectMeta, ObjectStore, OpenUpload,
-    PutOptions, StoreError, StoreResult,
+    xml, Body, ErrorKind, ListedObject, ListedPart, ListedVersion, ObjectMeta, ObjectStore,
+    OpenUpload, PutOptions, Retention, StoreError, StoreResult,
 };
 use crate::config;
 
@@ -506,11 +506,60 @@ fn object_headers(opts: &PutOptions) -> Vec<(&'static str, String)> {
             h.push(("x-amz-server-side-encryption-aws-kms-key-id", k.clone()));
         }
     }
+    if let Some(l) = &opts.lock {
+        h.push(("x-amz-object-lock-mode", l.mode.clone()));
+        h.push(("x-amz-object-lock-retain-until-date", l.until.iso()));
+    }
     h
 }
 
 fn encode_query(v: &str) -> String {
     s3::signing::uri_encode(v, true)
+}
+
+impl S3Store {
+    /// HeadObject (of the version `query` names, if any): the object's metadata.
+    fn head_query(&self, op: &str, key: &str, query: &str) -> StoreResult<Option<ObjectMeta>> {
+        let url = self.url(key, query)?;
+        let resp = match self.send(op, "HEAD", &url, &[], None) {
+            Ok(r) => r,
+            Err(e) if e.kind == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let h = |n: &str| resp.header(n).map(str::to_string);
+        let lock = match (
+            h("x-amz-object-lock-mode"),
+            h("x-amz-object-lock-retain-until-date"),
+        ) {
+            (Some(mode), Some(until)) => Some(Retention {
+                mode,
+                until: crate::ts::Ts::parse(until.trim()).map_err(|_| {
+                    StoreError::new(
+                        ErrorKind::Permanent,
+                        op,
+                        format!("x-amz-object-lock-retain-until-date {until:?} is not a date"),
+                    )
+                })?,
+            }),
+            _ => None,
+        };
+        Ok(Some(ObjectMeta {
+            size: h("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            etag: h("etag"),
+            storage_class: h("x-amz-storage-class"),
+            sse: h("x-amz-server-side-encryption"),
+            restore: h("x-amz-restore"),
+            version_id: h("x-amz-version-id"),
+            lock,
+        }))
+    }
+}
+
+/// `versionId=V` for a query string.
+fn version_query(version: &str) -> String {
+    format!("versionId={}", encode_query(version))
 }
 
 impl ObjectStore for S3Store {
@@ -520,6 +569,11 @@ impl ObjectStore for S3Store {
         let mut headers = object_headers(opts);
         if let Some(h) = self.checksum.header_for(&op, &body)? {
             headers.push(h);
+        }
+        // A locked upload must say which checksum it carries (S3 and moto refuse it with
+        // MissingUploadObjectWithObjectLockHeaders otherwise); config refuses `none`.
+        if let (Some(_), Some(a)) = (&opts.lock, self.checksum.algorithm()) {
+            headers.push(("x-amz-sdk-checksum-algorithm", a.to_string()));
         }
         let resp = self.send(&op, "PUT", &url, &headers, Some(body))?;
         etag_of(&op, &resp)
@@ -839,23 +893,7 @@ impl ObjectStore for S3Store {
     }
 
     fn head(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
-        let op = format!("HEAD {key}");
-        let url = self.url(key, "")?;
-        let resp = match self.send(&op, "HEAD", &url, &[], None) {
-            Ok(r) => r,
-            Err(e) if e.kind == ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let h = |n: &str| resp.header(n).map(str::to_string);
-        Ok(Some(ObjectMeta {
-            size: h("content-length")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0),
-            etag: h("etag"),
-            storage_class: h("x-amz-storage-class"),
-            sse: h("x-amz-server-side-encryption"),
-            restore: h("x-amz-restore"),
-        }))
+        self.head_query(&format!("HEAD {key}"), key, "")
     }
 
     fn head_bucket(&self) -> StoreResult<()> {
@@ -910,6 +948,189 @@ impl ObjectStore for S3Store {
             Err(e) => Err(e),
         }
     }
+
+    fn object_lock_enabled(&self) -> StoreResult<bool> {
+        let op = "GetObjectLockConfiguration".to_string();
+        let url = self.url("", "object-lock")?;
+        match self.get_xml(&op, &url) {
+            Ok(doc) => Ok(doc.text_of("ObjectLockEnabled").as_deref() == Some("Enabled")),
+            Err(e)
+                if e.kind == ErrorKind::NotFound
+                    || e.message
+                        .starts_with("ObjectLockConfigurationNotFoundError") =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn put_retention(&self, key: &str, version: Option<&str>, r: &Retention) -> StoreResult<()> {
+        let op = format!("PutObjectRetention {key}");
+        let mut q = "retention".to_string();
+        if let Some(v) = version {
+            q.push_str(&format!("&{}", version_query(v)));
+        }
+        let url = self.url(key, &q)?;
+        let body = format!(
+            "<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>{}</Mode>\
+             <RetainUntilDate>{}</RetainUntilDate></Retention>",
+            xml::escape(&r.mode),
+            r.until.iso()
+        );
+        let body = Body::Bytes(body.as_bytes());
+        // S3 wants a checksum of this body (Content-MD5 or a flexible checksum).
+        let mut headers = vec![("content-type", "application/xml".to_string())];
+        if let Some(h) = self.checksum.header_for(&op, &body)? {
+            headers.push(h);
+        }
+        if let Some(a) = self.checksum.algorithm() {
+            headers.push(("x-amz-sdk-checksum-algorithm", a.to_string()));
+        }
+        self.send(&op, "PUT", &url, &headers, Some(body)).map(drop)
+    }
+
+    fn list_versions(&self, prefix: &str) -> StoreResult<Vec<ListedVersion>> {
+        let op = format!("ListObjectVersions {prefix}");
+        let mut out = Vec::new();
+        let mut markers: Option<(String, String)> = None;
+        let mut pages = Pages::new(&op, self.list_limits, &self.stop);
+        loop {
+            pages.next_page()?;
+            let mut q = String::new();
+            if let Some((k, v)) = &markers {
+                q.push_str(&format!(
+                    "key-marker={}&version-id-marker={}&",
+                    encode_query(k),
+                    encode_query(v)
+                ));
+            }
+            q.push_str(&format!("prefix={}&versions", encode_query(prefix)));
+            let url = self.url("", &q)?;
+            let doc = self.get_xml(&op, &url)?;
+            for c in doc
+                .children
+                .iter()
+                .filter(|c| c.name == "Version" || c.name == "DeleteMarker")
+            {
+                let delete_marker = c.name == "DeleteMarker";
+                let (Some(key), Some(version_id)) = (c.text_of("Key"), c.text_of("VersionId"))
+                else {
+                    return Err(StoreError::new(
+                        ErrorKind::Permanent,
+                        op,
+                        "a version in the listing lacks Key or VersionId",
+                    ));
+                };
+                if !key.starts_with(prefix) {
+                    return Err(StoreError::new(
+                        ErrorKind::Permanent,
+                        op,
+                        format!(
+                            "the listing names {key:?}, which is not under the prefix asked for"
+                        ),
+                    ));
+                }
+                let size = c.text_of("Size").and_then(|v| v.parse().ok());
+                if size.is_none() && !delete_marker {
+                    return Err(StoreError::new(
+                        ErrorKind::Permanent,
+                        op,
+                        format!("version {version_id:?} of {key:?} in the listing lacks Size"),
+                    ));
+                }
+                out.push(ListedVersion {
+                    key,
+                    version_id,
+                    is_latest: c.text_of("IsLatest").as_deref() == Some("true"),
+                    delete_marker,
+                    size: size.unwrap_or(0),
+                    last_modified: c
+                        .text_of("LastModified")
+                        .and_then(|t| crate::ts::Ts::parse(t.trim()).ok()),
+                });
+            }
+            pages.check_items(out.len(), "versions")?;
+            let truncated = doc.text_of("IsTruncated").as_deref() == Some("true");
+            let next = (
+                doc.text_of("NextKeyMarker"),
+                doc.text_of("NextVersionIdMarker"),
+            );
+            match (truncated, next) {
+                (false, _) => break,
+                (true, (Some(k), Some(v))) => {
+                    pages.follow(&[&k, &v])?;
+                    markers = Some((k, v))
+                }
+                (true, _) => return Err(StoreError::new(
+                    ErrorKind::Permanent,
+                    op,
+                    "the listing is truncated but gives no new NextKeyMarker/NextVersionIdMarker",
+                )),
+            }
+        }
+        Ok(out)
+    }
+
+    fn head_version(&self, key: &str, version: &str) -> StoreResult<Option<ObjectMeta>> {
+        self.head_query(
+            &format!("HEAD {key} version {version}"),
+            key,
+            &version_query(version),
+        )
+    }
+
+    fn get_version(
+        &self,
+        key: &str,
+        version: &str,
+        range: Option<(u64, u64)>,
+    ) -> StoreResult<Box<dyn Read + Send>> {
+        let op = match range {
+            None => format!("GET {key} version {version}"),
+            Some((off, len)) => format!("GET {key} version {version} bytes {off}+{len}"),
+        };
+        let url = self.url(key, &version_query(version))?;
+        let headers: Vec<(&str, String)> = match range {
+            Some((off, len)) if len > 0 => {
+                vec![("range", format!("bytes={off}-{}", off + len - 1))]
+            }
+            _ => vec![],
+        };
+        let resp = self.send(&op, "GET", &url, &headers, None)?;
+        Ok(Box::new(resp.into_reader()))
+    }
+
+    fn restore_version(&self, key: &str, version: &str, days: u32, tier: &str) -> StoreResult<()> {
+        let op = format!("RestoreObject {key} version {version}");
+        let url = self.url(key, &format!("restore&{}", version_query(version)))?;
+        let body = format!(
+            "<RestoreRequest xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Days>{days}</Days>\
+             <GlacierJobParameters><Tier>{tier}</Tier></GlacierJobParameters></RestoreRequest>"
+        );
+        let headers = [("content-type", "application/xml".to_string())];
+        match self.send(
+            &op,
+            "POST",
+            &url,
+            &headers,
+            Some(Body::Bytes(body.as_bytes())),
+        ) {
+            Ok(_) => Ok(()),
+            Err(e) if e.status == Some(409) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn delete_version(&self, key: &str, version: &str) -> StoreResult<()> {
+        let op = format!("DELETE {key} version {version}");
+        let url = self.url(key, &version_query(version))?;
+        match self.send(&op, "DELETE", &url, &[], None) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -951,6 +1172,7 @@ mod tests {
             sse: "AES256".into(),
             content_type: "x",
             kms_key_id: None,
+            lock: None,
         };
         let names = |o: &PutOptions| -> Vec<&'static str> {
             object_headers(o).iter().map(|(k, _)| *k).collect()
@@ -1096,6 +1318,7 @@ mod tests {
             sse: "none".into(),
             content_type: "x",
             kms_key_id: None,
+            lock: None,
         };
         let via = |env: E| {
             let t = Transport::from_env(&env).unwrap();
@@ -1129,5 +1352,140 @@ mod tests {
         .unwrap_err();
         assert!(e.is_transient(), "{e}");
         assert_eq!(record.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn object_lock_requests() {
+        use crate::testing::{serve, Reply};
+        let stub = serve(|r| {
+            match (r.method.as_str(), r.path.as_str()) {
+            ("GET", p) if p.ends_with("?object-lock") => Reply::from((
+                200,
+                "<ObjectLockConfiguration><ObjectLockEnabled>Enabled</ObjectLockEnabled></ObjectLockConfiguration>".to_string(),
+            )),
+            ("HEAD", _) => Reply {
+                status: 200,
+                headers: vec![
+                    ("Content-Length".into(), "5".into()),
+                    ("x-amz-version-id".into(), "v1".into()),
+                    ("x-amz-object-lock-mode".into(), "COMPLIANCE".into()),
+                    (
+                        "x-amz-object-lock-retain-until-date".into(),
+                        "2030-01-01T00:00:00.000Z".into(),
+                    ),
+                ],
+                body: String::new(),
+            },
+            _ => Reply {
+                status: 200,
+                headers: vec![("ETag".into(), "\"e1\"".into())],
+                body: String::new(),
+            },
+        }
+        });
+        let s = store(Some(&stub.url));
+        assert!(s.object_lock_enabled().unwrap());
+        let until = crate::ts::Ts::parse("2030-01-01T00:00:00Z").unwrap();
+        let lock = Retention {
+            mode: "GOVERNANCE".into(),
+            until,
+        };
+        let opts = PutOptions {
+            storage_class: "STANDARD".into(),
+            sse: "none".into(),
+            content_type: "x",
+            kms_key_id: None,
+            lock: Some(lock.clone()),
+        };
+        s.put_object("p/k", Body::Bytes(b"hello"), &opts).unwrap();
+        let h = s.head("p/k").unwrap().unwrap();
+        assert_eq!(h.version_id.as_deref(), Some("v1"));
+        assert_eq!(
+            h.lock,
+            Some(Retention {
+                mode: "COMPLIANCE".into(),
+                until
+            })
+        );
+        s.put_retention("p/k", Some("v 1"), &lock).unwrap();
+        s.delete_version("p/k", "v1").unwrap();
+        let seen = stub.seen.lock().unwrap().clone();
+        let put = &seen[1];
+        assert_eq!(put.headers["x-amz-object-lock-mode"], "GOVERNANCE");
+        assert_eq!(
+            put.headers["x-amz-object-lock-retain-until-date"],
+            "2030-01-01T00:00:00Z"
+        );
+        // A locked upload says which checksum it carries.
+        assert_eq!(put.headers["x-amz-sdk-checksum-algorithm"], "CRC32C");
+        assert!(put.headers.contains_key("x-amz-checksum-crc32c"));
+        let ret = &seen[3];
+        assert_eq!(
+            (ret.method.as_str(), ret.path.as_str()),
+            ("PUT", "/bkt/p/k?retention&versionId=v%201")
+        );
+        assert!(
+            ret.body.contains(
+                "<Mode>GOVERNANCE</Mode><RetainUntilDate>2030-01-01T00:00:00Z</RetainUntilDate>"
+            ),
+            "{}",
+            ret.body
+        );
+        assert!(ret.headers.contains_key("x-amz-checksum-crc32c"));
+        assert_eq!(
+            (seen[4].method.as_str(), seen[4].path.as_str()),
+            ("DELETE", "/bkt/p/k?versionId=v1")
+        );
+        // Without a lock nothing of it is sent.
+        let plain = PutOptions { lock: None, ..opts };
+        s.put_object("p/k", Body::Bytes(b"hello"), &plain).unwrap();
+        let seen = stub.seen.lock().unwrap().clone();
+        let last = seen.last().unwrap();
+        assert!(!last
+            .headers
+            .keys()
+            .any(|k| k.starts_with("x-amz-object-lock") || k == "x-amz-sdk-checksum-algorithm"));
+    }
+
+    #[test]
+    fn listing_versions_keeps_delete_markers_and_pages() {
+        use crate::testing::{serve, Reply};
+        let stub = serve(|r| {
+            let page = if r.path.contains("key-marker=") {
+                "<ListVersionsResult><IsTruncated>false</IsTruncated>\
+                 <Version><Key>p/a</Key><VersionId>v0</VersionId><IsLatest>false</IsLatest><Size>3</Size>\
+                 <LastModified>2026-01-01T00:00:00.000Z</LastModified></Version></ListVersionsResult>"
+            } else {
+                "<ListVersionsResult><IsTruncated>true</IsTruncated><NextKeyMarker>p/a</NextKeyMarker>\
+                 <NextVersionIdMarker>v1</NextVersionIdMarker>\
+                 <DeleteMarker><Key>p/a</Key><VersionId>v2</VersionId><IsLatest>true</IsLatest></DeleteMarker>\
+                 <Version><Key>p/a</Key><VersionId>v1</VersionId><IsLatest>false</IsLatest><Size>4</Size></Version>\
+                 </ListVersionsResult>"
+            };
+            Reply::from((200, page.to_string()))
+        });
+        let s = store(Some(&stub.url));
+        let v = s.list_versions("p/").unwrap();
+        let got: Vec<(&str, bool, bool, u64)> = v
+            .iter()
+            .map(|v| (v.version_id.as_str(), v.delete_marker, v.is_latest, v.size))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("v2", true, true, 0),
+                ("v1", false, false, 4),
+                ("v0", false, false, 3)
+            ]
+        );
+        assert!(v[2].last_modified.is_some());
+        let seen = stub.seen.lock().unwrap().clone();
+        assert!(
+            seen[1]
+                .path
+                .contains("key-marker=p%2Fa&version-id-marker=v1&"),
+            "{}",
+            seen[1].path
+        );
     }
 }

@@ -29,6 +29,7 @@ fn put(s: &Setup, key: &str, body: &[u8]) {
                 sse: "AES256".into(),
                 content_type: "application/json",
                 kms_key_id: None,
+                lock: None,
             },
         )
         .unwrap_or_else(|e| panic!("PUT {key}: {e}"));

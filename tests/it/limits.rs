@@ -16,6 +16,7 @@ fn opts() -> PutOptions {
         sse: "AES256".into(),
         content_type: "application/json",
         kms_key_id: None,
+        lock: None,
     }
 }
 

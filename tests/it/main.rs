@@ -13,6 +13,7 @@ mod hostile_bucket;
 mod limits;
 mod link;
 mod lock;
+mod object_lock;
 mod operate;
 mod restore;
 mod resume;

@@ -18,6 +18,7 @@ fn opts(class: &str) -> PutOptions {
         sse: "AES256".into(),
         content_type: "application/octet-stream",
         kms_key_id: None,
+        lock: None,
     }
 }
 

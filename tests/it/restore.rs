@@ -188,6 +188,7 @@ fn flip_byte(store: &dyn ObjectStore, key: &str, at: usize) {
         sse: "AES256".into(),
         content_type: "application/octet-stream",
         kms_key_id: None,
+        lock: None,
     };
     store.put_object(key, Body::Bytes(&data), &opts).unwrap();
 }
@@ -263,6 +264,7 @@ fn tampered_or_missing_chunks_fail_and_leave_nothing() {
             sse: "AES256".into(),
             content_type: "application/json",
             kms_key_id: None,
+            lock: None,
         };
         let body = serde_json::to_vec(&doctored).unwrap();
         store.put_object(&dkey, Body::Bytes(&body), &opts).unwrap();

@@ -36,6 +36,7 @@ fn btrfs_send_bytes_round_trip_through_moto() {
         sse: "AES256".into(),
         content_type: "application/octet-stream",
         kms_key_id: None,
+        lock: None,
     };
     let etag = store
         .put_object("smoke/stream.bin", Body::Bytes(&stream), &opts)

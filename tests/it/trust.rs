@@ -17,6 +17,7 @@ fn json_opts() -> PutOptions {
         sse: "AES256".into(),
         content_type: "application/json",
         kms_key_id: None,
+        lock: None,
     }
 }
 

@@ -19,6 +19,7 @@ fn chunk_opts() -> PutOptions {
         sse: "AES256".into(),
         content_type: "application/octet-stream",
         kms_key_id: None,
+        lock: None,
     }
 }
 

@@ -24,6 +24,8 @@ pub const BUCKET: &str = "itest";
 pub const REGION: &str = "us-east-1";
 /// A second bucket on every moto server, for tests that check nothing leaks into it.
 pub const OTHER_BUCKET: &str = "other";
+/// A third, created with Object Lock enabled (and so versioning).
+pub const LOCK_BUCKET: &str = "itest-locked";
 
 /// The keys the binary gets when no moto server was started on this thread (tests of
 /// config and flags that never reach S3).
@@ -332,6 +334,10 @@ impl Moto {
             let r = ureq::put(&format!("{}/{b}", self.endpoint)).send_empty();
             assert!(r.is_ok(), "creating bucket {b} on moto: {r:?}");
         }
+        let r = ureq::put(&format!("{}/{LOCK_BUCKET}", self.endpoint))
+            .set("x-amz-bucket-object-lock-enabled", "true")
+            .call();
+        assert!(r.is_ok(), "creating bucket {LOCK_BUCKET} on moto: {r:?}");
         let r = ureq::post(&format!("{}/moto-api/reset-auth", self.endpoint))
             .header("Content-Type", "text/plain")
             .send("0");
