@@ -335,8 +335,8 @@ impl Moto {
             assert!(r.is_ok(), "creating bucket {b} on moto: {r:?}");
         }
         let r = ureq::put(&format!("{}/{LOCK_BUCKET}", self.endpoint))
-            .set("x-amz-bucket-object-lock-enabled", "true")
-            .call();
+            .header("x-amz-bucket-object-lock-enabled", "true")
+            .send_empty();
         assert!(r.is_ok(), "creating bucket {LOCK_BUCKET} on moto: {r:?}");
         let r = ureq::post(&format!("{}/moto-api/reset-auth", self.endpoint))
             .header("Content-Type", "text/plain")
