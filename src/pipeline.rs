@@ -947,7 +947,13 @@ impl Run<'_> {
             Ok(etag) => etag,
             Err(e) => {
                 if self.error.is_none() {
-                    self.error = Some(e);
+                    // A signal cuts the requests in flight (`store::connect`): what they
+                    // report is the signal, not a broken link.
+                    self.error = Some(if self.retrier.cancelled() {
+                        e.context("interrupted by a signal")
+                    } else {
+                        e
+                    });
                 }
                 return false;
             }
