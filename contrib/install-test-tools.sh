@@ -15,6 +15,7 @@ command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v stunnel4 >/dev/null || need_apt+=(stunnel4)
+command -v age-keygen >/dev/null || need_apt+=(age)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing ${need_apt[*]}" >&2

@@ -2,6 +2,7 @@
 //! verified restores. The binary (`main.rs`) is a thin shell around [`app::main`]; see
 //! DESIGN.md for the architecture and the invariants each module keeps.
 
+pub mod age;
 pub mod app;
 pub mod atomic;
 pub mod backup;

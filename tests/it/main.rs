@@ -3,6 +3,7 @@
 
 mod support;
 
+mod age_interop;
 mod backup;
 mod cli;
 mod compressed;
