@@ -432,6 +432,7 @@ mod tests {
             stream_sha256: Some(hex(&stream.finalize())),
             send_protocol: None,
             compressed_data: None,
+            encryption: None,
             extra: Default::default(),
         };
         let key = layout.manifest_key("data", Kind::Full, ts);

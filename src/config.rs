@@ -257,6 +257,7 @@ pub struct Config {
     pub s3: S3,
     pub restore: Restore,
     pub retention: Retention,
+    pub encryption: Encryption,
 }
 
 /// Every section and key the config may hold; anything else is an error naming it.
@@ -310,6 +311,10 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
         ],
     ),
     ("retention", &["remote_generations", "prune_after_backup"]),
+    (
+        "encryption",
+        &["recipients", "recipients_file", "identity_files"],
+    ),
 ];
 
 /// The environment a config is resolved in: `HOME` for `~` and the endpoint variables.
@@ -464,7 +469,9 @@ impl Config {
             )? as usize,
             prune_after_backup: r.boolean("retention", "prune_after_backup", false)?,
         };
+        let encryption = r.encryption()?;
         Ok(Config {
+            encryption,
             retention,
             global,
             schedule,
@@ -898,3 +905,6 @@ pub fn subvolume_name(path: &Path) -> Option<String> {
 
 #[cfg(test)]
 mod tests;
+
+mod encryption;
+pub use encryption::Encryption;

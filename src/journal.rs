@@ -7,7 +7,10 @@
 //!
 //! Records, in order of appearance: one `begin`; then any number of `upload` (a
 //! multipart upload was opened for a chunk), `part` (a part is stored), `chunk` (a chunk
-//! object is stored whole); finally `publishing` (the manifest key about to be PUT).
+//! object is stored whole), `sealed` (encryption only: the file key, age header and
+//! payload nonce of a chunk's age file, written before any of its bytes go up, so a
+//! resume re-encrypts the chunk to the bytes already stored); finally `publishing` (the
+//! manifest key about to be PUT). The file is created 0600 because of `sealed` records.
 //! A `part` record's `sha256_through` is the SHA-256 of the chunk's bytes from its first
 //! byte through the end of that part: it covers the part's bytes (and the ones before
 //! them) and costs no extra pass over the data. A torn last line (a crash mid-write) is
@@ -71,6 +74,63 @@ pub struct Settings {
     pub part_size: u64,
     pub storage_class: String,
     pub sse: String,
+    /// The age recipients (`age1…`) chunks are encrypted to; absent: not encrypted. A
+    /// change of recipients abandons the pending backup like any other setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Vec<String>>,
+}
+
+/// A chunk's age sealing as the journal keeps it: file key and nonce in hex, the header
+/// in base64. `Debug` never shows the file key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealingRecord {
+    pub file_key: String,
+    pub header: String,
+    pub nonce: String,
+}
+
+impl std::fmt::Debug for SealingRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealingRecord")
+            .field("file_key", &"[redacted]")
+            .field("header", &self.header)
+            .field("nonce", &self.nonce)
+            .finish()
+    }
+}
+
+impl SealingRecord {
+    pub fn of(s: &crate::age::Sealing) -> SealingRecord {
+        use base64::Engine;
+        SealingRecord {
+            file_key: crate::chunker::hex(s.file_key().expose_secret()),
+            header: base64::engine::general_purpose::STANDARD.encode(s.header().as_bytes()),
+            nonce: crate::chunker::hex(&s.nonce().0),
+        }
+    }
+
+    /// The sealing, or what is wrong with the record (never quoting the key).
+    pub fn sealing(&self) -> Result<crate::age::Sealing, String> {
+        use base64::Engine;
+        fn unhex<const N: usize>(v: &str) -> Option<[u8; N]> {
+            if v.len() != 2 * N || !v.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+                return None;
+            }
+            let mut out = [0u8; N];
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = u8::from_str_radix(v.get(2 * i..2 * i + 2)?, 16).ok()?;
+            }
+            Some(out)
+        }
+        let key = unhex::<16>(&self.file_key).ok_or("its file key is not 32 hex digits")?;
+        let key = crate::age::FileKey::from_bytes(key);
+        let nonce = unhex::<16>(&self.nonce).ok_or("its nonce is not 32 hex digits")?;
+        let header = base64::engine::general_purpose::STANDARD
+            .decode(&self.header)
+            .map_err(|_| "its header is not base64")?;
+        crate::age::Sealing::from_parts(key, &header, crate::age::PayloadNonce(nonce))
+            .map_err(|e| format!("its age header does not hold: {e}"))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +155,11 @@ pub enum Record {
         size: u64,
         sha256: String,
         etag: String,
+    },
+    Sealed {
+        chunk: u64,
+        #[serde(flatten)]
+        sealing: SealingRecord,
     },
     Publishing {
         manifest_key: String,
@@ -135,6 +200,8 @@ pub struct Pending {
     pub begin: Begin,
     pub chunks: BTreeMap<u64, ChunkProgress>,
     pub publishing: Option<String>,
+    /// Each chunk's age sealing (encryption only), the last record for a chunk winning.
+    pub sealings: BTreeMap<u64, SealingRecord>,
     /// Bytes of whole, readable records: a torn tail after them is cut on reopening.
     pub valid_len: u64,
 }
@@ -343,6 +410,30 @@ impl Pending {
                         }
                     }
                 }
+            }
+        }
+        let encrypted = match &b.settings.encryption {
+            None => false,
+            Some(r) => {
+                if r.is_empty() || crate::age::parse_recipient_list(r).is_err() {
+                    return bad("its encryption recipients are not age recipients".to_string());
+                }
+                true
+            }
+        };
+        if !encrypted && !self.sealings.is_empty() {
+            return bad("it keeps age sealings for a backup without encryption".to_string());
+        }
+        for (i, rec) in &self.sealings {
+            if let Err(p) = rec.sealing() {
+                return bad(format!("its age sealing of chunk {i} is malformed: {p}"));
+            }
+        }
+        if encrypted {
+            if let Some(i) = self.chunks.keys().find(|i| !self.sealings.contains_key(i)) {
+                return bad(format!(
+                    "it names chunk {i} of an encrypted backup without its age sealing"
+                ));
             }
         }
         if let Some(k) = &self.publishing {
@@ -556,6 +647,7 @@ pub fn load(path: &Path) -> Result<Option<Pending>> {
         begin,
         chunks: BTreeMap::new(),
         publishing: None,
+        sealings: BTreeMap::new(),
         valid_len,
     };
     for (line, end) in lines {
@@ -616,6 +708,9 @@ pub fn load(path: &Path) -> Result<Option<Pending>> {
                     },
                 );
             }
+            Record::Sealed { chunk, sealing } => {
+                p.sealings.insert(chunk, sealing);
+            }
             Record::Publishing { manifest_key } => p.publishing = Some(manifest_key),
         }
     }
@@ -644,6 +739,7 @@ mod tests {
                 part_size: 10,
                 storage_class: "STANDARD".into(),
                 sse: "AES256".into(),
+                encryption: None,
             },
         }
     }
@@ -869,6 +965,7 @@ mod tests {
             begin: b,
             chunks,
             publishing: Some(layout.manifest_key("data", kind, ts)),
+            sealings: BTreeMap::new(),
             valid_len: 0,
         }
     }

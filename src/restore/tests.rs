@@ -97,6 +97,7 @@ fn put_stream(
         stream_sha256: None,
         send_protocol: None,
         compressed_data: None,
+        encryption: None,
         extra: Default::default(),
     };
     s.insert(key, &m.to_json(), opts("STANDARD"));
