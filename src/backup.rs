@@ -285,6 +285,7 @@ impl Backup<'_> {
             sse: &self.cfg.s3.sse,
             concurrency: self.cfg.s3.concurrency,
             piece_size: self.cfg.s3.part_size_bytes,
+            identities: &[],
         };
         let rep = checker
             .run(&sv.name, key, None, self.cfg.restore.restore_tier.as_str())

@@ -782,10 +782,12 @@ impl Run<'_> {
         }
         let sealing = match (enc.resumed.get(&index), self.resume.contains_key(&index)) {
             (Some(s), true) => s.clone(),
-            (None, true) => return Err(ResumeMismatch(format!(
+            (None, true) => {
+                return Err(ResumeMismatch(format!(
                 "the interrupted run stored parts of chunk {index} but kept no age sealing for it"
             ))
-            .into()),
+                .into())
+            }
             // A sealing for a chunk nothing of which was stored is not reused: nothing
             // to match, and a fresh one is never a reuse.
             (_, false) => {

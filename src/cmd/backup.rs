@@ -412,6 +412,15 @@ fn dry_run(b: &Backup<'_>, state: &State, selected: &[&Subvolume], trigger: Trig
             .run(|| repo.store().head_bucket())
             .context("S3 cannot be reached (a real run would fail): check the network, s3.endpoint_url, s3.bucket, s3.region and the credentials")?;
     }
+    let enc = &b.cfg.encryption;
+    if enc.enabled() {
+        println!(
+            "encryption: new backups are encrypted (age) to {} recipient{}: {}",
+            enc.recipients.len(),
+            if enc.recipients.len() == 1 { "" } else { "s" },
+            enc.fingerprints().join(", ")
+        );
+    }
     let now = Ts::now();
     for sv in selected {
         let entry = state.subvolumes.get(&sv.name).cloned().unwrap_or_default();

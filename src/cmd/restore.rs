@@ -43,6 +43,11 @@ pub fn run(config: &Config, args: &RestoreArgs) -> Result<u8> {
             None => config.restore.verify_mode,
         },
         skip_space_check: args.skip_space_check,
+        identity_files: if args.identities.is_empty() {
+            config.encryption.identity_files.clone()
+        } else {
+            args.identities.clone()
+        },
     };
     let session = Session::start(config, true)?;
     let btrfs = BtrfsCli::default();

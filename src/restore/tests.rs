@@ -142,6 +142,7 @@ impl Rig {
             timeout: Duration::from_secs(10),
             verify: VerifyMode::Full,
             skip_space_check: false,
+            identity_files: Vec::new(),
         })
     }
 }
