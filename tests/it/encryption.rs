@@ -345,3 +345,127 @@ fn sha256_hex(b: &[u8]) -> String {
         .map(|x| format!("{x:02x}"))
         .collect()
 }
+
+/// Every `file_key` the journal at `path` holds (hex).
+fn journal_file_keys(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .expect("journal")
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["record"] == "sealed")
+        .map(|r| r["file_key"].as_str().expect("file_key").to_string())
+        .collect()
+}
+
+#[test]
+fn encrypted_resume_after_kill_9_stays_within_the_bound_and_leaks_no_key() {
+    if !require_root("encrypted_resume_after_kill_9_stays_within_the_bound_and_leaks_no_key") {
+        return;
+    }
+    require_age();
+    const CHUNK: u64 = 10 * MIB as u64;
+    const PART: u64 = 5 * MIB as u64;
+    const CONC: u64 = 3;
+    let s = Setup::new(SetupOpts {
+        chunk_size: CHUNK,
+        part_size: PART,
+        concurrency: CONC as u32,
+        retain: 1,
+        storage_class_chunks: "STANDARD",
+        fs_mib: 768,
+        ..Default::default()
+    });
+    // The setup logs at debug, the most verbose level: no key may reach it.
+    let keys = TempDir::new("keys");
+    let (id, r1) = keygen(keys.path(), "key.txt");
+    encrypt_to(&s, &[&r1]);
+    random_file(&s.vol("data").join("a.bin"), 29 * MIB);
+    random_file(&s.vol("data").join("b.bin"), 3 * MIB);
+    let journal = s.state.with_file_name("state.json.resume-data.jsonl");
+    let secret = std::fs::read_to_string(&id).unwrap();
+    let secret = secret
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-1"))
+        .expect("secret line")
+        .to_string();
+    let cfg = s.cfg.display().to_string();
+    let ids = id.display().to_string();
+    let mut report = Vec::new();
+    for point in [
+        "after_part_journaled:3",
+        "after_upload_created:2",
+        "after_chunk_journaled:2",
+        "after_part_request:6",
+    ] {
+        let _ = std::fs::remove_file(&s.state);
+        let killed = output(s.backup_cmd(&[]).env("BTRFS_TO_S3_FAILPOINT", point));
+        assert_eq!(killed.code, -1, "{point}: not killed: {killed:?}");
+        let mode = std::fs::metadata(&journal).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600,
+            "{point}"
+        );
+        let file_keys = journal_file_keys(&journal);
+        assert!(!file_keys.is_empty(), "{point}: no sealed record");
+        let stored = btrfs_to_s3::journal::load(&journal)
+            .unwrap()
+            .unwrap()
+            .stored_bytes();
+        let r = s.backup(&[]);
+        assert_eq!(r.code, 0, "{point}: {r:?}");
+        assert!(r.stderr.contains("event=backup_resumed"), "{point}: {r:?}");
+        assert!(
+            !journal.exists(),
+            "{point}: the journal outlived the publish"
+        );
+        let m = s.get_json(&manifest_key(&s));
+        assert!(m["encryption"].is_object());
+        let total = m["total_bytes"].as_u64().unwrap();
+        let uploaded = event_field(&r.stderr, "backup_metrics", "uploaded_bytes")
+            .map(|v| v.parse::<u64>().unwrap())
+            .unwrap_or(0);
+        assert!(
+            uploaded <= total - stored + CONC * PART,
+            "{point}: uploaded {uploaded} of {total} with {stored} stored before"
+        );
+        // The stored parts and the re-sent ones make valid age files of the stream.
+        let v = run_bin(&["verify", "--config", &cfg, "--deep", "--identity", &ids]);
+        assert_eq!(v.code, 0, "{point}: {v:?}");
+        for k in &file_keys {
+            for (what, out) in [("killed", &killed), ("resumed", &r), ("verify", &v)] {
+                assert!(
+                    !out.stderr.contains(k.as_str()) && !out.stdout.contains(k.as_str()),
+                    "{point}: a file key in the {what} run's output"
+                );
+            }
+        }
+        report.push(format!(
+            "{point}: stored before {stored}, uploaded {uploaded} of {total}"
+        ));
+    }
+    eprintln!("{}", report.join("\n"));
+    let t = s.fs.path("restored");
+    let r = s.restore(&[
+        "--subvolume",
+        "data",
+        "--target",
+        t.to_str().unwrap(),
+        "--identity",
+        &ids,
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let snap = PathBuf::from(
+        s.get_json(&manifest_key(&s))["snapshot"]["path"]
+            .as_str()
+            .unwrap(),
+    );
+    assert_same_tree(&snap, &t);
+    let list = run_bin(&["list", "--config", &cfg, "--json"]);
+    for out in [&r, &list] {
+        assert!(
+            !out.stderr.contains(&secret) && !out.stdout.contains(&secret),
+            "the identity in an output: {out:?}"
+        );
+    }
+}
