@@ -316,10 +316,7 @@ impl Checker<'_> {
                         self.concurrency,
                         out,
                     )
-                    .map(|n| {
-                        rep.plaintext_checked += 1;
-                        n
-                    }),
+                    .inspect(|_| rep.plaintext_checked += 1),
                 };
                 match checked {
                     Ok(_) => rep.chunks_hashed += 1,

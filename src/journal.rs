@@ -135,6 +135,8 @@ impl SealingRecord {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "record", rename_all = "snake_case")]
+// One record per line, written and read once: the size of `Begin` does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Record {
     Begin(Begin),
     Upload {
@@ -1098,5 +1100,50 @@ mod tests {
                 "{words}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn sealing_records_round_trip_and_are_checked() {
+        let layout = Layout::new("p");
+        let base = Path::new("/s");
+        let id = crate::age::Identity::generate().unwrap();
+        let sealing = crate::age::Sealing::new(std::slice::from_ref(id.recipient())).unwrap();
+        let rec = SealingRecord::of(&sealing);
+        assert!(
+            !format!("{rec:?}").contains(&rec.file_key),
+            "Debug shows no key"
+        );
+        let back = rec.sealing().unwrap();
+        assert_eq!(back.header().digest(), sealing.header().digest());
+        let line = serde_json::to_string(&Record::Sealed {
+            chunk: 0,
+            sealing: rec.clone(),
+        })
+        .unwrap();
+        assert!(
+            line.starts_with(r#"{"record":"sealed","chunk":0,"file_key":"#),
+            "{line}"
+        );
+
+        let mut p = good(Kind::Full);
+        p.begin.settings.encryption = Some(vec![id.recipient().as_str().to_string()]);
+        let e = p.check("data", &layout, base).unwrap_err().0;
+        assert!(e.contains("without its age sealing"), "{e}");
+        for i in p.chunks.keys().copied().collect::<Vec<_>>() {
+            p.sealings.insert(i, rec.clone());
+        }
+        p.check("data", &layout, base).unwrap();
+        // A key that does not match the header (two files mixed) is refused.
+        let mut other = rec.clone();
+        other.file_key = "00".repeat(16);
+        p.sealings.insert(0, other);
+        let e = p.check("data", &layout, base).unwrap_err().0;
+        assert!(e.contains("age sealing of chunk 0 is malformed"), "{e}");
+        assert!(!e.contains(&"00".repeat(16)), "{e}");
+        // Sealings in a journal of an unencrypted backup are refused.
+        let mut p = good(Kind::Full);
+        p.sealings.insert(0, rec);
+        let e = p.check("data", &layout, base).unwrap_err().0;
+        assert!(e.contains("without encryption"), "{e}");
     }
 }

@@ -467,7 +467,7 @@ struct Run<'a> {
 /// The stream as the pipeline reads it: the send stream, or its age files.
 enum Src<'a> {
     Plain(&'a mut dyn Read),
-    Age(encrypt::AgeChunks<'a>),
+    Age(Box<encrypt::AgeChunks<'a>>),
 }
 
 impl Read for Src<'_> {
@@ -634,7 +634,10 @@ impl Run<'_> {
             ),
             Some(h) => (
                 Cutter::chunks_only(ciphertext_size(self.cfg.chunk_size, h), self.cfg.part_size),
-                Src::Age(encrypt::AgeChunks::new(input, self.cfg.chunk_size)),
+                Src::Age(Box::new(encrypt::AgeChunks::new(
+                    input,
+                    self.cfg.chunk_size,
+                ))),
             ),
         };
         let mut input = Peek { inner, byte: None };

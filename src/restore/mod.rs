@@ -328,34 +328,34 @@ impl Restorer<'_> {
                 &m.snapshot.name,
             );
             let mut recv = self.btrfs.receive(staging.path())?;
-            let mut counted = Counted {
-                inner: &mut recv,
-                meter: &meter,
+            let streamed = {
+                let mut counted = Counted {
+                    inner: &mut recv,
+                    meter: &meter,
+                };
+                let mut out = guard.writer(&mut counted);
+                match sealed {
+                    None => download::stream_chunks(
+                        self.repo.store().clone(),
+                        self.repo.retrier().clone(),
+                        &m.chunks,
+                        m.stream_sha256.as_deref(),
+                        piece,
+                        conc,
+                        &mut out,
+                    ),
+                    Some(s) => decrypt::stream_decrypted(
+                        self.repo.store().clone(),
+                        self.repo.retrier().clone(),
+                        &m.chunks,
+                        s,
+                        &keys.identities,
+                        piece,
+                        conc,
+                        &mut out,
+                    ),
+                }
             };
-            let mut out = guard.writer(&mut counted);
-            let streamed = match sealed {
-                None => download::stream_chunks(
-                    self.repo.store().clone(),
-                    self.repo.retrier().clone(),
-                    &m.chunks,
-                    m.stream_sha256.as_deref(),
-                    piece,
-                    conc,
-                    &mut out,
-                ),
-                Some(s) => decrypt::stream_decrypted(
-                    self.repo.store().clone(),
-                    self.repo.retrier().clone(),
-                    &m.chunks,
-                    s,
-                    &keys.identities,
-                    piece,
-                    conc,
-                    &mut out,
-                ),
-            };
-            drop(out);
-            drop(counted);
             let streamed = streamed.and_then(|n| Ok((n, guard.finish()?.clone())));
             // Whatever the outcome, what the stream created is ours to clean up.
             if let Some(r) = guard.received() {
