@@ -38,6 +38,7 @@ dir=${BENCH_DIR:-/var/tmp/btrfs_to_s3-bench}
 [ "$(id -u)" = 0 ] || { echo "bench.sh: run as root" >&2; exit 1; }
 need=()
 command -v rclone >/dev/null || need+=(rclone)
+command -v age-keygen >/dev/null || need+=(age)
 [ -x /usr/bin/time ] || need+=(time)
 command -v mkfs.btrfs >/dev/null || need+=(btrfs-progs)
 command -v compsize >/dev/null || need+=(btrfs-compsize)
@@ -122,6 +123,12 @@ TOML
 cfg big state-big.json
 cfg small state-small.json
 cfg big state-chunked.json chunked "chunk_size_bytes = $(( chunk_mib * 1024 * 1024 ))"
+# The same backup encrypted to an age recipient (issue 23): CPU within +0.5 s/GiB of the
+# unencrypted row is the target.
+rm -f "$dir/age-key.txt"; age-keygen -o "$dir/age-key.txt" 2>/dev/null
+cfg big state-enc.json enc
+printf '[encryption]\nrecipients = ["%s"]\nidentity_files = ["%s"]\n' \
+  "$(age-keygen -y "$dir/age-key.txt")" "$dir/age-key.txt" >> "$dir/enc.toml"
 
 # measure NAME BYTES CMD...: runs CMD under /usr/bin/time, prints a table row.
 rows=()
@@ -167,6 +174,11 @@ cp "$dir/out.log" "$dir/backup-big.log"
 grep -o 'event=backup_metrics.*' "$dir/out.log"
 measure "btrfs_to_s3 restore (${gib} GiB)" "$stream" "$bin" restore --config "$dir/big.toml" --subvolume big --target "$mnt/restored-big"
 grep -o 'event=restore_metrics.*' "$dir/out.log"
+measure "btrfs_to_s3 backup (${gib} GiB, encrypted to 1 age recipient)" log "$bin" backup --config "$dir/enc.toml" --once
+grep -o 'event=backup_metrics.*' "$dir/out.log"
+btrfs -q subvolume delete "$mnt/restored-big"
+btrfs subvolume sync "$mnt" > /dev/null
+measure "btrfs_to_s3 restore (${gib} GiB, encrypted)" "$stream" "$bin" restore --config "$dir/enc.toml" --subvolume big --target "$mnt/restored-big"
 measure "btrfs_to_s3 backup (200 MiB)" log "$bin" backup --config "$dir/small.toml" --once
 grep -o 'event=backup_metrics.*' "$dir/out.log"
 measure "btrfs_to_s3 backup (${gib} GiB, ${chunk_mib} MiB chunks)" log "$bin" backup --config "$dir/chunked.toml" --once

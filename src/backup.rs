@@ -117,19 +117,33 @@ fn settings(cfg: &Config, part_size: u64) -> Settings {
         part_size,
         storage_class: cfg.s3.storage_class_chunks.clone(),
         sse: cfg.s3.sse.clone(),
+        encryption: cfg.encryption.enabled().then(|| {
+            cfg.encryption
+                .recipients
+                .iter()
+                .map(|r| r.as_str().to_string())
+                .collect()
+        }),
     }
 }
 
 /// The part size for the configured chunk size, or the error naming the key.
 pub fn part_size(cfg: &Config) -> Result<u64> {
-    pipeline::effective_part_size(cfg.s3.part_size_bytes, cfg.s3.chunk_size_bytes).ok_or_else(
-        || {
-            anyhow!(
-                "s3.chunk_size_bytes = {} needs more than 10,000 parts of 5 GiB; lower it",
-                cfg.s3.chunk_size_bytes
-            )
-        },
-    )
+    // Encrypted, a chunk object is an age file: a little larger than its plaintext.
+    let chunk = match cfg.encryption.enabled() {
+        false => cfg.s3.chunk_size_bytes,
+        true => {
+            let s = crate::age::Sealing::new(&cfg.encryption.recipients)
+                .context("encrypting to encryption.recipients")?;
+            crate::age::ciphertext_size(cfg.s3.chunk_size_bytes, s.header().as_bytes().len() as u64)
+        }
+    };
+    pipeline::effective_part_size(cfg.s3.part_size_bytes, chunk).ok_or_else(|| {
+        anyhow!(
+            "s3.chunk_size_bytes = {} needs more than 10,000 parts of 5 GiB; lower it",
+            cfg.s3.chunk_size_bytes
+        )
+    })
 }
 
 /// True when a failure leaves a backup worth resuming: the network or S3 failed, or the
@@ -157,6 +171,12 @@ impl Progress for JournalProgress<'_> {
             size: p.size,
             sha256_through: p.sha256_through.clone(),
             etag: p.etag.clone(),
+        })
+    }
+    fn chunk_sealed(&mut self, chunk: u64, sealing: &crate::age::Sealing) -> Result<()> {
+        self.0.append(&Record::Sealed {
+            chunk,
+            sealing: journal::SealingRecord::of(sealing),
         })
     }
     fn chunk_stored(&mut self, chunk: u64, key: &str, d: &ChunkDone, etag: &str) -> Result<()> {
@@ -265,6 +285,7 @@ impl Backup<'_> {
             sse: &self.cfg.s3.sse,
             concurrency: self.cfg.s3.concurrency,
             piece_size: self.cfg.s3.part_size_bytes,
+            identities: &[],
         };
         let rep = checker
             .run(&sv.name, key, None, self.cfg.restore.restore_tier.as_str())
@@ -633,6 +654,7 @@ impl Backup<'_> {
             parent,
             run_ts,
             &stored,
+            &p.sealings,
             &mut journal,
         );
         result.map(|pb| Outcome::Published(Box::new(pb)))
@@ -723,6 +745,7 @@ impl Backup<'_> {
             parent.as_deref().map(Path::new),
             run_ts,
             &BTreeMap::new(),
+            &BTreeMap::new(),
             &mut journal,
         );
         match result {
@@ -776,6 +799,7 @@ impl Backup<'_> {
         parent: Option<&Path>,
         run_ts: Ts,
         stored: &BTreeMap<u64, ChunkProgress>,
+        sealings: &BTreeMap<u64, journal::SealingRecord>,
         journal: &mut Journal,
     ) -> Result<Published> {
         let repo = self.repo()?;
@@ -796,6 +820,7 @@ impl Backup<'_> {
                 max_bytes: self.cfg.global.spool_size_bytes,
             }),
             keep_open_on_failure: true,
+            encryption: self.encrypt(begin, sealings)?,
         };
         event!(
             Info,
@@ -889,9 +914,33 @@ impl Backup<'_> {
                 storage_class: begin.settings.storage_class.clone(),
                 extra: Default::default(),
             },
-            stream_sha256: Some(outcome.summary.sha256.clone()),
+            // Encrypted: no plaintext-derived value in the clear (the sealed part has
+            // what restore checks the plaintext against).
+            stream_sha256: pcfg
+                .encryption
+                .is_none()
+                .then(|| outcome.summary.sha256.clone()),
             send_protocol: Some(begin.send_protocol),
             compressed_data: Some(compressed),
+            encryption: match &pcfg.encryption {
+                None => None,
+                Some(e) => {
+                    let sealed: Vec<_> = outcome
+                        .chunks
+                        .iter()
+                        .map(|c| {
+                            c.sealed
+                                .clone()
+                                .ok_or_else(|| anyhow!("internal: chunk {} not sealed", c.key))
+                        })
+                        .collect::<Result<_>>()?;
+                    Some(crate::encryption::seal(
+                        &e.recipients,
+                        &sealed,
+                        outcome.stream_bytes,
+                    )?)
+                }
+            },
             extra: Default::default(),
         };
         journal.append(&Record::Publishing {
@@ -921,6 +970,31 @@ impl Backup<'_> {
                 .map(|c| (c.key.clone(), c.sha256.clone()))
                 .collect(),
         })
+    }
+
+    /// The pipeline's encryption for a backup that began with `begin`'s settings (the
+    /// journal's recipients on a resume), with the sealings an interrupted run kept.
+    fn encrypt(
+        &self,
+        begin: &Begin,
+        sealings: &BTreeMap<u64, journal::SealingRecord>,
+    ) -> Result<Option<pipeline::Encrypt>> {
+        let Some(recipients) = &begin.settings.encryption else {
+            return Ok(None);
+        };
+        let recipients = crate::age::parse_recipient_list(recipients)
+            .map_err(|e| anyhow!("the backup's encryption recipients{e}"))?;
+        let mut resumed = BTreeMap::new();
+        for (i, r) in sealings {
+            let s = r
+                .sealing()
+                .map_err(|e| anyhow!("the resume journal's age sealing of chunk {i}: {e}"))?;
+            resumed.insert(*i, s);
+        }
+        Ok(Some(pipeline::Encrypt {
+            recipients,
+            resumed,
+        }))
     }
 
     /// Aborts multipart uploads a killed run left under this subvolume's prefix (we hold

@@ -53,6 +53,8 @@ pub struct Report {
     pub bytes: u64,
     /// Chunks downloaded and hashed (`--deep`).
     pub chunks_hashed: usize,
+    /// Encrypted chunks decrypted and their plaintext checked (`--deep --identity`).
+    pub plaintext_checked: usize,
     /// Archive-class chunks that were not downloaded.
     pub not_checked: Vec<String>,
     /// Archive restores requested and not waited for.
@@ -73,6 +75,9 @@ pub struct Checker<'a> {
     /// Downloader threads and ranged-read size for `--deep`.
     pub concurrency: usize,
     pub piece_size: u64,
+    /// Age identities (`verify --deep --identity`): encrypted chunks are decrypted and
+    /// their plaintext checked too. Without them only the ciphertext is checked.
+    pub identities: &'a [crate::age::Identity],
 }
 
 impl Checker<'_> {
@@ -247,13 +252,26 @@ impl Checker<'_> {
         for (key, m) in &chain.links {
             let mut stream = Sha256::new();
             let mut whole = true;
+            // Encrypted: the plaintext is checked only with identities (the sealed part
+            // opens first: a wrong identity is a failed check, not damage).
+            let sealed = match (&m.encryption, self.identities.is_empty()) {
+                (None, _) | (Some(_), true) => None,
+                (Some(_), false) => Some(crate::encryption::open(key, m, self.identities)?),
+            };
+            let sizes: Vec<u64> = match &sealed {
+                None => m.chunks.iter().map(|c| c.size).collect(),
+                Some(s) => s.chunks.iter().map(|c| c.size).collect(),
+            };
             // The same check restore makes before `btrfs receive` sees a command; it
-            // follows the stream only while no chunk is skipped.
-            let mut guard = Some(Guard::new(
-                m.chunks.iter().map(|c| (c.key.as_str(), c.size)),
-                &m.snapshot.name,
-            ));
-            for c in &m.chunks {
+            // follows the stream only while no chunk is skipped (and only a stream it
+            // can read: not ciphertext).
+            let mut guard = (m.encryption.is_none() || sealed.is_some()).then(|| {
+                Guard::new(
+                    m.chunks.iter().zip(sizes).map(|(c, n)| (c.key.as_str(), n)),
+                    &m.snapshot.name,
+                )
+            });
+            for (i, c) in m.chunks.iter().enumerate() {
                 if unreadable.contains(&c.key) {
                     rep.not_checked.push(c.key.clone());
                     whole = false;
@@ -274,15 +292,33 @@ impl Checker<'_> {
                     }
                     None => &mut hash,
                 };
-                match crate::restore::download::stream_chunks(
-                    store.clone(),
-                    retrier.clone(),
-                    std::slice::from_ref(c),
-                    None,
-                    self.piece_size,
-                    self.concurrency,
-                    out,
-                ) {
+                let checked = match &sealed {
+                    None => crate::restore::download::stream_chunks(
+                        store.clone(),
+                        retrier.clone(),
+                        std::slice::from_ref(c),
+                        None,
+                        self.piece_size,
+                        self.concurrency,
+                        out,
+                    ),
+                    Some(s) => crate::restore::decrypt::stream_decrypted(
+                        store.clone(),
+                        retrier.clone(),
+                        std::slice::from_ref(c),
+                        &crate::manifest::SealedPart {
+                            stream_bytes: s.chunks[i].size,
+                            chunks: vec![s.chunks[i].clone()],
+                            extra: Default::default(),
+                        },
+                        self.identities,
+                        self.piece_size,
+                        self.concurrency,
+                        out,
+                    )
+                    .inspect(|_| rep.plaintext_checked += 1),
+                };
+                match checked {
                     Ok(_) => rep.chunks_hashed += 1,
                     Err(e) if retrier.cancelled() || failed_request(&e) => return Err(e),
                     Err(e) => {
@@ -433,6 +469,7 @@ mod tests {
             stream_sha256: Some(hex(&stream.finalize())),
             send_protocol: None,
             compressed_data: None,
+            encryption: None,
             extra: Default::default(),
         };
         let key = layout.manifest_key("data", Kind::Full, ts);
@@ -446,6 +483,7 @@ mod tests {
             sse: "AES256",
             concurrency: 2,
             piece_size: 300,
+            identities: &[],
         }
         .run("data", key, deep, "Standard")
         .unwrap()

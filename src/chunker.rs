@@ -42,6 +42,9 @@ pub struct Cutter {
     in_chunk: u64,
     total: u64,
     hashes: StreamHashes,
+    /// False: no whole-stream hash (an encrypted stream's would be of ciphertext, which
+    /// nobody checks); every chunk then hashes in one pass, wherever it starts.
+    stream_hash: bool,
 }
 
 impl Cutter {
@@ -54,6 +57,16 @@ impl Cutter {
             in_chunk: 0,
             total: 0,
             hashes: StreamHashes::default(),
+            stream_hash: true,
+        }
+    }
+
+    /// A cutter that hashes each chunk but not the whole stream: [`StreamSummary`]'s
+    /// `sha256` is then empty.
+    pub fn chunks_only(chunk_size: u64, part_size: u64) -> Cutter {
+        Cutter {
+            stream_hash: false,
+            ..Cutter::new(chunk_size, part_size)
         }
     }
 
@@ -90,6 +103,10 @@ impl Cutter {
 
     fn close_chunk(&mut self) -> ChunkDone {
         let hash = self.hashes.end_chunk();
+        if !self.stream_hash {
+            // The next chunk is a "first" chunk again: one hasher, one pass.
+            self.hashes = StreamHashes::default();
+        }
         let done = ChunkDone {
             index: self.index,
             len: self.in_chunk,
@@ -105,7 +122,11 @@ impl Cutter {
         let last = (self.in_chunk > 0).then(|| self.close_chunk());
         let summary = StreamSummary {
             total_bytes: self.total,
-            sha256: hex(&self.hashes.stream()),
+            sha256: if self.stream_hash {
+                hex(&self.hashes.stream())
+            } else {
+                String::new()
+            },
         };
         (last, summary)
     }
@@ -237,6 +258,28 @@ mod tests {
             );
         }
         assert_eq!(summary.sha256, sha(&d));
+    }
+
+    #[test]
+    fn chunks_only_hashes_each_chunk_and_not_the_stream() {
+        let d = data(1000);
+        let mut c = Cutter::chunks_only(300, 128);
+        let mut got = Vec::new();
+        let mut rest = &d[..];
+        while !rest.is_empty() {
+            let n = c.next_part_len().min(rest.len());
+            got.extend(c.feed(&rest[..n]));
+            rest = &rest[n..];
+        }
+        let (last, summary) = c.finish();
+        got.extend(last);
+        let want: Vec<String> = d.chunks(300).map(sha).collect();
+        assert_eq!(
+            got.iter().map(|c| c.sha256.clone()).collect::<Vec<_>>(),
+            want
+        );
+        assert_eq!(summary.total_bytes, 1000);
+        assert_eq!(summary.sha256, "");
     }
 
     #[test]

@@ -124,6 +124,11 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub deep: bool,
 
+    /// With --deep: decrypt encrypted chunks with the age identities in FILE (repeatable;
+    /// overrides encryption.identity_files) and check the plaintext too
+    #[arg(long = "identity", value_name = "FILE")]
+    pub identities: Vec<std::path::PathBuf>,
+
     /// With --deep: request restores of archived chunks, wait, and check them too
     #[arg(long, conflicts_with = "no_wait_restore")]
     pub wait_restore: bool,
@@ -242,6 +247,11 @@ pub struct RestoreArgs {
     /// (the stream sizes; well-compressing data may need less)
     #[arg(long)]
     pub skip_space_check: bool,
+
+    /// Decrypt an encrypted backup with the age identities in FILE (repeatable; overrides
+    /// encryption.identity_files). Refused if group or others may read it
+    #[arg(long = "identity", value_name = "FILE")]
+    pub identities: Vec<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

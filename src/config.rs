@@ -268,6 +268,7 @@ pub struct Config {
     pub retention: Retention,
     /// Extension: absent means no Object Lock headers at all (as before).
     pub object_lock: Option<ObjectLock>,
+    pub encryption: Encryption,
 }
 
 /// Every section and key the config may hold; anything else is an error naming it.
@@ -322,6 +323,10 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
     ),
     ("retention", &["remote_generations", "prune_after_backup"]),
     ("object_lock", &["mode", "retain_days"]),
+    (
+        "encryption",
+        &["recipients", "recipients_file", "identity_files"],
+    ),
 ];
 
 /// The environment a config is resolved in: `HOME` for `~` and the endpoint variables.
@@ -477,8 +482,10 @@ impl Config {
             prune_after_backup: r.boolean("retention", "prune_after_backup", false)?,
         };
         let object_lock = r.object_lock(&s3)?;
+        let encryption = r.encryption()?;
         Ok(Config {
             object_lock,
+            encryption,
             retention,
             global,
             schedule,
@@ -934,3 +941,6 @@ pub fn subvolume_name(path: &Path) -> Option<String> {
 
 #[cfg(test)]
 mod tests;
+
+mod encryption;
+pub use encryption::Encryption;

@@ -7,7 +7,10 @@
 //!
 //! Records, in order of appearance: one `begin`; then any number of `upload` (a
 //! multipart upload was opened for a chunk), `part` (a part is stored), `chunk` (a chunk
-//! object is stored whole); finally `publishing` (the manifest key about to be PUT).
+//! object is stored whole), `sealed` (encryption only: the file key, age header and
+//! payload nonce of a chunk's age file, written before any of its bytes go up, so a
+//! resume re-encrypts the chunk to the bytes already stored); finally `publishing` (the
+//! manifest key about to be PUT). The file is created 0600 because of `sealed` records.
 //! A `part` record's `sha256_through` is the SHA-256 of the chunk's bytes from its first
 //! byte through the end of that part: it covers the part's bytes (and the ones before
 //! them) and costs no extra pass over the data. A torn last line (a crash mid-write) is
@@ -71,10 +74,69 @@ pub struct Settings {
     pub part_size: u64,
     pub storage_class: String,
     pub sse: String,
+    /// The age recipients (`age1…`) chunks are encrypted to; absent: not encrypted. A
+    /// change of recipients abandons the pending backup like any other setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Vec<String>>,
+}
+
+/// A chunk's age sealing as the journal keeps it: file key and nonce in hex, the header
+/// in base64. `Debug` never shows the file key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealingRecord {
+    pub file_key: String,
+    pub header: String,
+    pub nonce: String,
+}
+
+impl std::fmt::Debug for SealingRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealingRecord")
+            .field("file_key", &"[redacted]")
+            .field("header", &self.header)
+            .field("nonce", &self.nonce)
+            .finish()
+    }
+}
+
+impl SealingRecord {
+    pub fn of(s: &crate::age::Sealing) -> SealingRecord {
+        use base64::Engine;
+        SealingRecord {
+            file_key: crate::chunker::hex(s.file_key().expose_secret()),
+            header: base64::engine::general_purpose::STANDARD.encode(s.header().as_bytes()),
+            nonce: crate::chunker::hex(&s.nonce().0),
+        }
+    }
+
+    /// The sealing, or what is wrong with the record (never quoting the key).
+    pub fn sealing(&self) -> Result<crate::age::Sealing, String> {
+        use base64::Engine;
+        fn unhex<const N: usize>(v: &str) -> Option<[u8; N]> {
+            if v.len() != 2 * N || !v.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+                return None;
+            }
+            let mut out = [0u8; N];
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = u8::from_str_radix(v.get(2 * i..2 * i + 2)?, 16).ok()?;
+            }
+            Some(out)
+        }
+        let key = unhex::<16>(&self.file_key).ok_or("its file key is not 32 hex digits")?;
+        let key = crate::age::FileKey::from_bytes(key);
+        let nonce = unhex::<16>(&self.nonce).ok_or("its nonce is not 32 hex digits")?;
+        let header = base64::engine::general_purpose::STANDARD
+            .decode(&self.header)
+            .map_err(|_| "its header is not base64")?;
+        crate::age::Sealing::from_parts(key, &header, crate::age::PayloadNonce(nonce))
+            .map_err(|e| format!("its age header does not hold: {e}"))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "record", rename_all = "snake_case")]
+// One record per line, written and read once: the size of `Begin` does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Record {
     Begin(Begin),
     Upload {
@@ -95,6 +157,11 @@ pub enum Record {
         size: u64,
         sha256: String,
         etag: String,
+    },
+    Sealed {
+        chunk: u64,
+        #[serde(flatten)]
+        sealing: SealingRecord,
     },
     Publishing {
         manifest_key: String,
@@ -135,6 +202,8 @@ pub struct Pending {
     pub begin: Begin,
     pub chunks: BTreeMap<u64, ChunkProgress>,
     pub publishing: Option<String>,
+    /// Each chunk's age sealing (encryption only), the last record for a chunk winning.
+    pub sealings: BTreeMap<u64, SealingRecord>,
     /// Bytes of whole, readable records: a torn tail after them is cut on reopening.
     pub valid_len: u64,
 }
@@ -343,6 +412,30 @@ impl Pending {
                         }
                     }
                 }
+            }
+        }
+        let encrypted = match &b.settings.encryption {
+            None => false,
+            Some(r) => {
+                if r.is_empty() || crate::age::parse_recipient_list(r).is_err() {
+                    return bad("its encryption recipients are not age recipients".to_string());
+                }
+                true
+            }
+        };
+        if !encrypted && !self.sealings.is_empty() {
+            return bad("it keeps age sealings for a backup without encryption".to_string());
+        }
+        for (i, rec) in &self.sealings {
+            if let Err(p) = rec.sealing() {
+                return bad(format!("its age sealing of chunk {i} is malformed: {p}"));
+            }
+        }
+        if encrypted {
+            if let Some(i) = self.chunks.keys().find(|i| !self.sealings.contains_key(i)) {
+                return bad(format!(
+                    "it names chunk {i} of an encrypted backup without its age sealing"
+                ));
             }
         }
         if let Some(k) = &self.publishing {
@@ -556,6 +649,7 @@ pub fn load(path: &Path) -> Result<Option<Pending>> {
         begin,
         chunks: BTreeMap::new(),
         publishing: None,
+        sealings: BTreeMap::new(),
         valid_len,
     };
     for (line, end) in lines {
@@ -616,6 +710,9 @@ pub fn load(path: &Path) -> Result<Option<Pending>> {
                     },
                 );
             }
+            Record::Sealed { chunk, sealing } => {
+                p.sealings.insert(chunk, sealing);
+            }
             Record::Publishing { manifest_key } => p.publishing = Some(manifest_key),
         }
     }
@@ -644,6 +741,7 @@ mod tests {
                 part_size: 10,
                 storage_class: "STANDARD".into(),
                 sse: "AES256".into(),
+                encryption: None,
             },
         }
     }
@@ -869,6 +967,7 @@ mod tests {
             begin: b,
             chunks,
             publishing: Some(layout.manifest_key("data", kind, ts)),
+            sealings: BTreeMap::new(),
             valid_len: 0,
         }
     }
@@ -1001,5 +1100,50 @@ mod tests {
                 "{words}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn sealing_records_round_trip_and_are_checked() {
+        let layout = Layout::new("p");
+        let base = Path::new("/s");
+        let id = crate::age::Identity::generate().unwrap();
+        let sealing = crate::age::Sealing::new(std::slice::from_ref(id.recipient())).unwrap();
+        let rec = SealingRecord::of(&sealing);
+        assert!(
+            !format!("{rec:?}").contains(&rec.file_key),
+            "Debug shows no key"
+        );
+        let back = rec.sealing().unwrap();
+        assert_eq!(back.header().digest(), sealing.header().digest());
+        let line = serde_json::to_string(&Record::Sealed {
+            chunk: 0,
+            sealing: rec.clone(),
+        })
+        .unwrap();
+        assert!(
+            line.starts_with(r#"{"record":"sealed","chunk":0,"file_key":"#),
+            "{line}"
+        );
+
+        let mut p = good(Kind::Full);
+        p.begin.settings.encryption = Some(vec![id.recipient().as_str().to_string()]);
+        let e = p.check("data", &layout, base).unwrap_err().0;
+        assert!(e.contains("without its age sealing"), "{e}");
+        for i in p.chunks.keys().copied().collect::<Vec<_>>() {
+            p.sealings.insert(i, rec.clone());
+        }
+        p.check("data", &layout, base).unwrap();
+        // A key that does not match the header (two files mixed) is refused.
+        let mut other = rec.clone();
+        other.file_key = "00".repeat(16);
+        p.sealings.insert(0, other);
+        let e = p.check("data", &layout, base).unwrap_err().0;
+        assert!(e.contains("age sealing of chunk 0 is malformed"), "{e}");
+        assert!(!e.contains(&"00".repeat(16)), "{e}");
+        // Sealings in a journal of an unencrypted backup are refused.
+        let mut p = good(Kind::Full);
+        p.sealings.insert(0, rec);
+        let e = p.check("data", &layout, base).unwrap_err().0;
+        assert!(e.contains("without encryption"), "{e}");
     }
 }

@@ -12,6 +12,7 @@ pub mod chunker;
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod encryption;
 pub mod failpoint;
 pub mod harness;
 pub mod journal;

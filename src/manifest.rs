@@ -88,9 +88,48 @@ pub struct Manifest {
     /// Extension: compressed extents were sent as they are (`--compressed-data`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compressed_data: Option<bool>,
+    /// Extension: each chunk is an age file (client-side encryption); `chunks`, sizes
+    /// and hashes describe the stored ciphertext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionInfo>,
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
+
+/// The scheme of [`EncryptionInfo`]: every chunk is one age v1 file.
+pub const AGE_V1: &str = "age-v1";
+
+/// An encrypted backup: the scheme, the recipients' fingerprints (for display), and
+/// `sealed`, the base64 of one age file to the same recipients holding a
+/// [`SealedPart`] as JSON (what restore checks the plaintext against).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptionInfo {
+    pub scheme: String,
+    pub recipients: Vec<String>,
+    pub sealed: String,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The encrypted part of an encrypted backup's manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedPart {
+    /// Plaintext bytes of the send stream.
+    pub stream_bytes: u64,
+    /// Per chunk, in order: its age header's SHA-256 and its plaintext size.
+    pub chunks: Vec<SealedChunkEntry>,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedChunkEntry {
+    pub header_sha256: String,
+    pub size: u64,
+}
+
+/// The largest `encryption.sealed` read (base64): ample for 10^5 chunks.
+pub const MAX_SEALED_LEN: usize = 32 << 20;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pointer {
@@ -159,6 +198,32 @@ impl Manifest {
                 return Err(format!(
                     "field chunks[{i}].sha256 = {:?} is not a SHA-256 in hex",
                     c.sha256
+                ));
+            }
+        }
+        if let Some(e) = &self.encryption {
+            if e.scheme != AGE_V1 {
+                return Err(format!(
+                    "field encryption.scheme = {:?} is not {AGE_V1:?}, the only one this version reads",
+                    e.scheme
+                ));
+            }
+            if e.recipients.is_empty()
+                || e.recipients.len() > 1000
+                || !e
+                    .recipients
+                    .iter()
+                    .all(|r| r.len() == 16 && r.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                return Err(
+                    "field encryption.recipients is not a list of recipient fingerprints"
+                        .to_string(),
+                );
+            }
+            if e.sealed.is_empty() || e.sealed.len() > MAX_SEALED_LEN {
+                return Err(format!(
+                    "field encryption.sealed is {} bytes long, not an age file in base64",
+                    e.sealed.len()
                 ));
             }
         }

@@ -14,7 +14,11 @@
 //! On failure the pool stops (no retries, no new jobs), requests in flight get a short
 //! grace period, and open multipart uploads are kept for the resume or aborted
 //! (`keep_open_on_failure`); the first error is returned. With a spool, part buffers are
-//! unnamed files in the spool directory instead of memory.
+//! unnamed files in the spool directory instead of memory. With encryption
+//! ([`Encrypt`]), the stream is first turned into one age file per chunk
+//! (`pipeline/encrypt.rs`), and everything above (parts, hashes, sizes, resume) is about
+//! those files; each chunk's [`Sealing`] is reported to the journal before any of its
+//! bytes go up, and a resumed chunk reuses the one the journal kept.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -28,6 +32,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
+use crate::age::{ciphertext_size, plaintext_size, Recipient, Sealing};
 use crate::chunker::{ChunkDone, Cutter, StreamSummary};
 use crate::config::{MAX_PART_SIZE, MIB, MIN_PART_SIZE};
 use crate::event;
@@ -66,6 +71,25 @@ pub struct PipelineConfig {
     /// On failure, leave open multipart uploads for a resume (the journal knows them)
     /// instead of aborting them.
     pub keep_open_on_failure: bool,
+    /// Encrypt each chunk to age recipients (`None`: chunks are the stream's bytes).
+    pub encryption: Option<Encrypt>,
+}
+
+/// Encryption of a backup's chunks: the recipients, and the sealings an earlier run used
+/// for the chunks it started (a resume re-encrypts them to the same bytes).
+#[derive(Clone, Debug)]
+pub struct Encrypt {
+    pub recipients: Vec<Recipient>,
+    pub resumed: BTreeMap<u64, Sealing>,
+}
+
+/// An encrypted chunk, as the manifest's sealed part records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealedChunk {
+    /// The age header's SHA-256 ([`crate::age::Header::digest`]).
+    pub header_sha256: [u8; 32],
+    /// Plaintext bytes in the chunk.
+    pub plain_size: u64,
 }
 
 impl PipelineConfig {
@@ -105,6 +129,8 @@ pub struct ChunkRecord {
     pub size: u64,
     pub sha256: String,
     pub etag: Option<String>,
+    /// With encryption: what the chunk's age file holds.
+    pub sealed: Option<SealedChunk>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,6 +142,9 @@ pub struct Uploaded {
     pub uploaded_bytes: u64,
     /// Bytes not sent because an earlier run had stored them (resume).
     pub resumed_bytes: u64,
+    /// Bytes of the send stream (with encryption: of plaintext; `summary` counts stored
+    /// bytes and has no stream hash).
+    pub stream_bytes: u64,
 }
 
 /// What the pipeline reports as uploads make progress: the resume journal. Called on the
@@ -124,6 +153,9 @@ pub trait Progress {
     fn upload_opened(&mut self, chunk: u64, key: &str, upload_id: &str) -> Result<()>;
     fn part_stored(&mut self, chunk: u64, part: u32, p: &PartDone) -> Result<()>;
     fn chunk_stored(&mut self, chunk: u64, key: &str, d: &ChunkDone, etag: &str) -> Result<()>;
+    /// A chunk's age file is sealed with `sealing` (encryption only): called after its
+    /// first bytes are read and before any of them is sent.
+    fn chunk_sealed(&mut self, chunk: u64, sealing: &Sealing) -> Result<()>;
     /// Requests (parts, puts, completions) now with the uploaders (for progress lines).
     fn requests_in_flight(&mut self, _n: usize) {}
 }
@@ -139,6 +171,9 @@ impl Progress for NoProgress {
         Ok(())
     }
     fn chunk_stored(&mut self, _: u64, _: &str, _: &ChunkDone, _: &str) -> Result<()> {
+        Ok(())
+    }
+    fn chunk_sealed(&mut self, _: u64, _: &Sealing) -> Result<()> {
         Ok(())
     }
 }
@@ -237,6 +272,8 @@ enum Life {
 struct Slot {
     key: Arc<str>,
     life: Life,
+    /// With encryption: the chunk's sealing.
+    sealing: Option<Sealing>,
     /// The chunk's end has been read: its size and SHA-256.
     closed: Option<ChunkDone>,
     /// The journal has been told the chunk is stored.
@@ -427,9 +464,24 @@ struct Run<'a> {
     error: Option<anyhow::Error>,
 }
 
+/// The stream as the pipeline reads it: the send stream, or its age files.
+enum Src<'a> {
+    Plain(&'a mut dyn Read),
+    Age(Box<encrypt::AgeChunks<'a>>),
+}
+
+impl Read for Src<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Src::Plain(r) => r.read(buf),
+            Src::Age(a) => a.read(buf),
+        }
+    }
+}
+
 /// The input with one byte of look-ahead.
 struct Peek<'a> {
-    inner: &'a mut dyn Read,
+    inner: Src<'a>,
     byte: Option<u8>,
 }
 
@@ -563,11 +615,32 @@ impl Run<'_> {
         input: &mut dyn Read,
         key_for: &dyn Fn(u64) -> String,
     ) -> Result<Uploaded> {
-        let mut cutter = Cutter::new(self.cfg.chunk_size, self.cfg.part_size);
-        let mut input = Peek {
-            inner: input,
-            byte: None,
+        // With encryption the cutter cuts age files: a full chunk's file is its plaintext
+        // plus a header (of one length for given recipients), a nonce and block tags.
+        let header_len = match &self.cfg.encryption {
+            None => None,
+            Some(e) => Some(
+                Sealing::new(&e.recipients)
+                    .context("encrypting to encryption.recipients")?
+                    .header()
+                    .as_bytes()
+                    .len() as u64,
+            ),
         };
+        let (mut cutter, inner) = match header_len {
+            None => (
+                Cutter::new(self.cfg.chunk_size, self.cfg.part_size),
+                Src::Plain(input),
+            ),
+            Some(h) => (
+                Cutter::chunks_only(ciphertext_size(self.cfg.chunk_size, h), self.cfg.part_size),
+                Src::Age(Box::new(encrypt::AgeChunks::new(
+                    input,
+                    self.cfg.chunk_size,
+                ))),
+            ),
+        };
+        let mut input = Peek { inner, byte: None };
         loop {
             if self.error.is_some() {
                 return Err(anyhow!("upload failed"));
@@ -578,6 +651,10 @@ impl Run<'_> {
             let want = cutter.next_part_len();
             let index = cutter.chunk_index();
             let first_part = cutter.in_chunk() == 0;
+            let sealing = match (&mut input.inner, first_part, header_len) {
+                (Src::Age(a), true, Some(h)) => Some(self.sealing_for(index, h, a)?),
+                _ => None,
+            };
             let mut buf = self.buffer()?;
             let (n, done) = fill(&mut input, &mut buf, want, &mut cutter, &mut self.bounce)?;
             if n == 0 {
@@ -585,6 +662,9 @@ impl Run<'_> {
                 break;
             }
             let eof = n < want;
+            if let (Some(s), false) = (&sealing, self.resume.contains_key(&index)) {
+                self.progress.chunk_sealed(index, s)?;
+            }
             if first_part {
                 match self.resume.get(&index) {
                     Some(ChunkProgress::Stored {
@@ -612,6 +692,7 @@ impl Run<'_> {
                         }
                     }
                 }
+                self.slot(index)?.sealing = sealing;
             }
             // The chunk's hash through this part: when this part ended the chunk, the
             // cutter has moved on to the next one, and the chunk's hash is in `done`.
@@ -631,6 +712,10 @@ impl Run<'_> {
         if let Some(d) = last {
             self.close(d)?;
         }
+        let stream_bytes = match &input.inner {
+            Src::Plain(_) => summary.total_bytes,
+            Src::Age(a) => a.plain_total(),
+        };
         if let Some((i, _)) = self.resume.range(self.slots.len() as u64..).next() {
             return Err(ResumeMismatch(format!(
                 "the interrupted run stored chunk {i}, but the stream now ends before it"
@@ -652,11 +737,22 @@ impl Run<'_> {
                 Life::Resumed { etag, .. } | Life::Stored { etag } => etag,
                 _ => return Err(anyhow!("internal: chunk {} was never stored", s.key)),
             };
+            let sealed = match (&s.sealing, header_len) {
+                (Some(sealing), Some(h)) => Some(SealedChunk {
+                    header_sha256: sealing.header().digest(),
+                    plain_size: plaintext_size(d.len, h).ok_or_else(|| {
+                        anyhow!("internal: chunk {} is not an age file's size", s.key)
+                    })?,
+                }),
+                (None, None) => None,
+                _ => return Err(anyhow!("internal: chunk {} has no sealing", s.key)),
+            };
             chunks.push(ChunkRecord {
                 key: s.key.to_string(),
                 size: d.len,
                 sha256: d.sha256,
                 etag: Some(etag),
+                sealed,
             });
         }
         Ok(Uploaded {
@@ -665,7 +761,50 @@ impl Run<'_> {
             parts: self.parts,
             uploaded_bytes: self.uploaded,
             resumed_bytes: self.resumed,
+            stream_bytes,
         })
+    }
+
+    /// The sealing of chunk `index`'s age file, handed to `age` before its first byte is
+    /// read: the one an earlier run used (resume), else a fresh one.
+    fn sealing_for(
+        &mut self,
+        index: u64,
+        header_len: u64,
+        age: &mut encrypt::AgeChunks<'_>,
+    ) -> Result<Sealing> {
+        let enc = self
+            .cfg
+            .encryption
+            .as_ref()
+            .ok_or_else(|| anyhow!("internal: sealing without encryption"))?;
+        if !age.between_files() {
+            return Err(anyhow!(
+                "internal: chunk {index} begins inside the previous chunk's age file"
+            ));
+        }
+        let sealing = match (enc.resumed.get(&index), self.resume.contains_key(&index)) {
+            (Some(s), true) => s.clone(),
+            (None, true) => {
+                return Err(ResumeMismatch(format!(
+                "the interrupted run stored parts of chunk {index} but kept no age sealing for it"
+            ))
+                .into())
+            }
+            // A sealing for a chunk nothing of which was stored is not reused: nothing
+            // to match, and a fresh one is never a reuse.
+            (_, false) => {
+                Sealing::new(&enc.recipients).context("encrypting to encryption.recipients")?
+            }
+        };
+        if sealing.header().as_bytes().len() as u64 != header_len {
+            return Err(ResumeMismatch(format!(
+                "chunk {index}'s kept age header is not one for today's recipients"
+            ))
+            .into());
+        }
+        age.start(sealing.clone());
+        Ok(sealing)
     }
 
     /// A free buffer, allocating up to the bound, else waiting for an upload to finish.
@@ -719,6 +858,7 @@ impl Run<'_> {
                 life: Life::Putting,
                 closed: None,
                 reported: false,
+                sealing: None,
             },
         );
     }
@@ -735,6 +875,7 @@ impl Run<'_> {
                 },
                 closed: None,
                 reported: true,
+                sealing: None,
             },
         );
     }
@@ -760,6 +901,7 @@ impl Run<'_> {
                 },
                 closed: None,
                 reported: false,
+                sealing: None,
             },
         );
     }
@@ -787,6 +929,7 @@ impl Run<'_> {
                 },
                 closed: None,
                 reported: false,
+                sealing: None,
             },
         );
         Ok(())
@@ -1053,6 +1196,8 @@ impl Run<'_> {
         }
     }
 }
+
+mod encrypt;
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -304,6 +304,9 @@ impl Progress for Metered<'_> {
         self.meter.chunk_stored(chunk, d.len);
         self.inner.chunk_stored(chunk, key, d, etag)
     }
+    fn chunk_sealed(&mut self, chunk: u64, sealing: &crate::age::Sealing) -> Result<()> {
+        self.inner.chunk_sealed(chunk, sealing)
+    }
     fn requests_in_flight(&mut self, n: usize) {
         self.meter.in_flight.store(n as u64, Ordering::Relaxed);
         self.inner.requests_in_flight(n);

@@ -16,7 +16,8 @@
 //!   that is what lets an interrupted upload resume. Never encrypt different plaintext
 //!   with a used `Sealing`.
 //! - Payload (`stream.rs`): [`Encryptor`] (a `Write` adapter, one 64 KiB block in
-//!   memory), [`Decryptor`] (a `Read` adapter that releases only verified blocks and
+//!   memory), [`BlockSealer`] (the same blocks sealed in place in a caller's buffer),
+//!   [`Decryptor`] (a `Read` adapter that releases only verified blocks and
 //!   fails on a wrong identity, an altered header or block, a truncated or extended file,
 //!   or a header spliced onto another file's payload); [`Decryptor::expect_header`]
 //!   catches a whole age file swapped for another one encrypted to the same recipients,
@@ -44,5 +45,6 @@ pub use keys::{
     read_recipients_file, Identity, Recipient,
 };
 pub use stream::{
-    ciphertext_size, encrypt_to_vec, plaintext_size, Decryptor, Encryptor, BLOCK_LEN, NONCE_LEN,
+    ciphertext_size, encrypt_to_vec, plaintext_size, BlockSealer, Decryptor, Encryptor, BLOCK_LEN,
+    NONCE_LEN, TAG_BYTES,
 };

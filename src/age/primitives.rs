@@ -73,6 +73,19 @@ impl Aead {
         buf.extend_from_slice(tag.as_ref());
     }
 
+    /// Encrypts `data` in place and writes the tag into `tag` (`TAG_LEN` bytes).
+    pub(super) fn seal_separate(&self, nonce: [u8; 12], data: &mut [u8], tag: &mut [u8]) {
+        let t = self
+            .0
+            .seal_in_place_separate_tag(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::empty(),
+                data,
+            )
+            .expect("ChaCha20-Poly1305 seals any length below 256 GiB");
+        tag.copy_from_slice(t.as_ref());
+    }
+
     /// Checks the tag at the end of `buf` and decrypts in place: the plaintext is
     /// `buf[..buf.len() - TAG_LEN]` on success, and nothing is released on failure.
     pub(super) fn open(&self, nonce: [u8; 12], buf: &mut [u8]) -> bool {

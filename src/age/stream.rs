@@ -132,6 +132,41 @@ impl<W: Write> Write for Encryptor<W> {
     }
 }
 
+/// Seals payload blocks in a buffer the caller owns, for a writer that reads plaintext
+/// straight into the buffer it uploads: the caller writes the header and nonce
+/// ([`Sealing::header`], [`Sealing::nonce`]), then hands each block, in order, as
+/// `BLOCK_LEN` bytes of plaintext (fewer only in the final block) followed by
+/// [`TAG_BYTES`] bytes of room for the tag. The bytes are those [`Encryptor`] writes.
+pub struct BlockSealer {
+    aead: Aead,
+    counter: u64,
+}
+
+/// The Poly1305 tag after each payload block.
+pub const TAG_BYTES: usize = TAG_LEN;
+
+impl BlockSealer {
+    pub fn new(sealing: &Sealing) -> BlockSealer {
+        let key = sealing.file_key().payload_key(&sealing.nonce());
+        BlockSealer {
+            aead: Aead::new(&key),
+            counter: 0,
+        }
+    }
+
+    /// Encrypts `block[..len - TAG_BYTES]` in place and writes its tag into the last
+    /// `TAG_BYTES` bytes. A non-final block must hold exactly `BLOCK_LEN` bytes of
+    /// plaintext, and only the final block of a file may be empty.
+    pub fn seal_in_place(&mut self, block: &mut [u8], last: bool) {
+        let plain = block.len().saturating_sub(TAG_LEN);
+        debug_assert!(block.len() >= TAG_LEN && (last || plain == BLOCK_LEN));
+        let (data, tag) = block.split_at_mut(plain);
+        self.aead
+            .seal_separate(block_nonce(self.counter, last), data, tag);
+        self.counter += 1;
+    }
+}
+
 /// Encrypts `plaintext` into a whole age file in memory (for small objects and tests).
 pub fn encrypt_to_vec(sealing: &Sealing, plaintext: &[u8]) -> Vec<u8> {
     let size = ciphertext_size(

@@ -442,6 +442,15 @@ fn dry_run(b: &Backup<'_>, state: &State, selected: &[&Subvolume], trigger: Trig
             );
         }
     }
+    let enc = &b.cfg.encryption;
+    if enc.enabled() {
+        println!(
+            "encryption: new backups are encrypted (age) to {} recipient{}: {}",
+            enc.recipients.len(),
+            if enc.recipients.len() == 1 { "" } else { "s" },
+            enc.fingerprints().join(", ")
+        );
+    }
     let now = Ts::now();
     for sv in selected {
         let entry = state.subvolumes.get(&sv.name).cloned().unwrap_or_default();

@@ -130,7 +130,7 @@ fn subvol_json(sv: &Subvol) -> Value {
                 .filter_map(|k| sv.chunks.get(k))
                 .map(|o| o.size)
                 .sum();
-            json!({
+            let mut v = json!({
                 "manifest_key": b.key,
                 "kind": b.kind.as_str(),
                 "created_at": b.ts.to_string(),
@@ -142,7 +142,12 @@ fn subvol_json(sv: &Subvol) -> Value {
                 "generation": b.generation,
                 "current": Some(b.key.as_str()) == current,
                 "problems": b.problems,
-            })
+            });
+            // Only encrypted backups get the key: plain listings stay as they were.
+            if let Some(e) = m.and_then(|m| m.encryption.as_ref()) {
+                v["encrypted_to"] = json!(e.recipients);
+            }
+            v
         })
         .collect();
     json!({
@@ -219,6 +224,9 @@ fn print_text(cat: &Catalog) {
                     .map(|g| g.ts.to_string())
                     .unwrap_or_else(|| "-".into()),
             );
+            if let Some(e) = m.and_then(|m| m.encryption.as_ref()) {
+                outln!("    encrypted (age) to {}", e.recipients.join(", "));
+            }
             for p in &b.problems {
                 outln!("    BROKEN {}: {p}", b.key);
             }

@@ -44,6 +44,11 @@ pub fn run(config: &Config, args: &RestoreArgs) -> Result<u8> {
             None => config.restore.verify_mode,
         },
         skip_space_check: args.skip_space_check,
+        identity_files: if args.identities.is_empty() {
+            config.encryption.identity_files.clone()
+        } else {
+            args.identities.clone()
+        },
     };
     if let Some(why) = args
         .version_id

@@ -56,11 +56,20 @@ pub fn run(config: &Config, args: &VerifyArgs) -> Result<u8> {
         let pins = crate::repo::versions::pin_chain(&repo, name, key, v)?;
         repo = crate::repo::versions::pinned_repo(config, &repo, pins);
     }
+    // Identities only for --deep, and only those given here or in the config.
+    let identities = if args.deep
+        && (!args.identities.is_empty() || !config.encryption.identity_files.is_empty())
+    {
+        crate::encryption::identities_for(&args.identities, &config.encryption.identity_files)?
+    } else {
+        Vec::new()
+    };
     let checker = Checker {
         repo: &repo,
         sse: &config.s3.sse,
         concurrency: config.s3.concurrency,
         piece_size: config.s3.part_size_bytes,
+        identities: &identities,
     };
     let deep = args.deep.then(|| {
         if args.wait_restore {
@@ -115,6 +124,7 @@ pub fn run(config: &Config, args: &VerifyArgs) -> Result<u8> {
             chunks = rep.chunks,
             total_bytes = rep.bytes,
             chunks_hashed = rep.chunks_hashed,
+            plaintext_checked = rep.plaintext_checked,
             not_checked = rep.not_checked.len(),
             findings = rep.findings.len()
         );

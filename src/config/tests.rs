@@ -676,3 +676,62 @@ fn object_lock_section() {
         "{msg}"
     );
 }
+
+#[test]
+fn encryption_table_is_checked_and_absent_means_off() {
+    let plain = Config::parse(MINIMAL, &env()).unwrap();
+    assert!(!plain.encryption.enabled());
+    let a = crate::age::Identity::generate().unwrap();
+    let b = crate::age::Identity::generate().unwrap();
+    let (ra, rb) = (a.recipient().as_str(), b.recipient().as_str());
+    let c = Config::parse(
+        &with(&format!("[encryption]\nrecipients = [\"{ra}\", \"{rb}\"]")),
+        &env(),
+    )
+    .unwrap();
+    assert_eq!(c.encryption.recipients.len(), 2);
+    assert_eq!(
+        c.encryption.fingerprints(),
+        vec![a.recipient().fingerprint(), b.recipient().fingerprint()]
+    );
+    // A recipients file adds to the list; the identity files are paths only.
+    let d = crate::testing::Scratch::new("enc-config");
+    let file = d.0.join("recipients.txt");
+    std::fs::write(&file, format!("# ours\n{rb}\n")).unwrap();
+    let c = Config::parse(
+        &with(&format!(
+            "[encryption]\nrecipients = [\"{ra}\"]\nrecipients_file = \"{}\"\nidentity_files = [\"/root/key.txt\"]",
+            file.display()
+        )),
+        &env(),
+    )
+    .unwrap();
+    assert_eq!(c.encryption.recipients.len(), 2);
+    assert_eq!(
+        c.encryption.identity_files,
+        vec![std::path::PathBuf::from("/root/key.txt")]
+    );
+
+    let e = parse_err(&with(&format!(
+        "[encryption]\nrecipients = [\"{ra}\", \"age1notakey\"]"
+    )));
+    assert!(e.contains("encryption.recipients[1]"), "{e}");
+    assert!(!e.contains("age1notakey"), "never quotes the value: {e}");
+    let e = parse_err(&with("[encryption]\nrecipients = []"));
+    assert!(e.contains("encryption.recipients = []"), "{e}");
+    let e = parse_err(&with(
+        "[encryption]\nrecipients_file = \"/nonexistent/r.txt\"",
+    ));
+    assert!(
+        e.contains("encryption.recipients_file") && e.contains("/nonexistent/r.txt"),
+        "{e}"
+    );
+    std::fs::write(&file, format!("{ra}\nAGE-SECRET-KEY-1X\n")).unwrap();
+    let e = parse_err(&with(&format!(
+        "[encryption]\nrecipients_file = \"{}\"",
+        file.display()
+    )));
+    assert!(e.contains("line 2") && !e.contains("AGE-SECRET"), "{e}");
+    let e = parse_err(&with("[encryption]\nrecipients = [\"x\"]\ncolour = 1"));
+    assert!(e.contains("unknown key encryption.colour"), "{e}");
+}

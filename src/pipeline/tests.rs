@@ -24,6 +24,7 @@ fn cfg(chunk: u64, part: u64, conc: usize) -> PipelineConfig {
         },
         spool: None,
         keep_open_on_failure: false,
+        encryption: None,
     }
 }
 
@@ -531,6 +532,7 @@ fn journal_at(dir: &std::path::Path) -> crate::journal::Journal {
             part_size: 300,
             storage_class: "DEEP_ARCHIVE".into(),
             sse: "AES256".into(),
+            encryption: None,
         },
     };
     crate::journal::Journal::create(&dir.join("j"), &begin).unwrap()

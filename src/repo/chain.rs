@@ -299,6 +299,7 @@ mod tests {
             stream_sha256: None,
             send_protocol: None,
             compressed_data: None,
+            encryption: None,
             extra: Default::default(),
         }
     }

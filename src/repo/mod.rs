@@ -269,6 +269,7 @@ mod tests {
             stream_sha256: Some("0".repeat(64)),
             send_protocol: Some(2),
             compressed_data: None,
+            encryption: None,
             extra: Default::default(),
         };
         (key, m)

@@ -119,6 +119,7 @@ impl World {
             stream_sha256: None,
             send_protocol: None,
             compressed_data: None,
+            encryption: None,
             extra: Default::default(),
         };
         repo.publish(&key, &m).unwrap();

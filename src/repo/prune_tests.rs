@@ -124,6 +124,7 @@ impl World {
             stream_sha256: None,
             send_protocol: None,
             compressed_data: None,
+            encryption: None,
             extra: Default::default(),
         };
         if publish {

@@ -73,6 +73,7 @@ fn two_backups(store: &Arc<MemoryStore>) -> (Repo, String, String) {
             stream_sha256: None,
             send_protocol: None,
             compressed_data: None,
+            encryption: None,
             extra: Default::default(),
         };
         repo.publish(&key, &m).unwrap();

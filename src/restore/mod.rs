@@ -6,6 +6,7 @@
 //! `--target`.
 
 pub mod archive;
+pub mod decrypt;
 pub mod download;
 pub mod staging;
 
@@ -53,6 +54,40 @@ pub struct Request {
     pub verify: VerifyMode,
     /// Do not refuse for want of free space (`--skip-space-check`).
     pub skip_space_check: bool,
+    /// Age identity files for encrypted manifests (`--identity`, else the config's).
+    pub identity_files: Vec<PathBuf>,
+}
+
+/// What decrypts a chain: the identities, and each manifest's sealed part (`None`: that
+/// manifest is not encrypted; a chain may mix both).
+pub struct Keys {
+    pub identities: Vec<crate::age::Identity>,
+    pub sealed: Vec<Option<crate::manifest::SealedPart>>,
+}
+
+impl Keys {
+    /// Opens every encrypted manifest's sealed part with the identities in `files` (read
+    /// only when the chain has one): the identity check, before anything is downloaded
+    /// or an archive restore is requested.
+    pub fn open(chain: &Chain, files: &[PathBuf]) -> Result<Keys> {
+        let mut keys = Keys {
+            identities: Vec::new(),
+            sealed: Vec::new(),
+        };
+        for (key, m) in &chain.links {
+            if m.encryption.is_none() {
+                keys.sealed.push(None);
+                continue;
+            }
+            if keys.identities.is_empty() {
+                keys.identities = crate::encryption::identities_for(files, &[])
+                    .with_context(|| format!("manifest {key}"))?;
+            }
+            keys.sealed
+                .push(Some(crate::encryption::open(key, m, &keys.identities)?));
+        }
+        Ok(keys)
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -111,6 +146,7 @@ impl Restorer<'_> {
             total_bytes = chain.total_bytes(),
             newest = chain.newest().0,
         );
+        let keys = Keys::open(&chain, &req.identity_files)?;
         self.preflight(&chain, &target, req.skip_space_check)?;
         let refs: Vec<archive::ChunkRef<'_>> = chain
             .links
@@ -156,7 +192,7 @@ impl Restorer<'_> {
             std::process::id()
         )))?;
         let mut received = Vec::new();
-        let placed = self.receive_chain(&chain, &staging, &mut received, &target);
+        let placed = self.receive_chain(&chain, &keys, &staging, &mut received, &target);
         staging.clean(self.btrfs, &received);
         let bytes = match placed {
             Ok(b) => b,
@@ -251,6 +287,7 @@ impl Restorer<'_> {
     fn receive_chain(
         &self,
         chain: &Chain,
+        keys: &Keys,
         staging: &Staging,
         received: &mut Vec<Received>,
         target: &Path,
@@ -272,7 +309,7 @@ impl Restorer<'_> {
             meter.clone(),
             Duration::from_secs(self.cfg.global.progress_interval_seconds),
         );
-        for (key, m) in &chain.links {
+        for ((key, m), sealed) in chain.links.iter().zip(&keys.sealed) {
             event!(
                 Info,
                 "restore_receive",
@@ -281,24 +318,45 @@ impl Restorer<'_> {
                 chunks = m.chunks.len(),
                 total_bytes = m.total_bytes
             );
+            // The guard sees the stream: with encryption, the chunks' plaintext.
+            let sizes: Vec<u64> = match sealed {
+                None => m.chunks.iter().map(|c| c.size).collect(),
+                Some(s) => s.chunks.iter().map(|c| c.size).collect(),
+            };
             let mut guard = Guard::new(
-                m.chunks.iter().map(|c| (c.key.as_str(), c.size)),
+                m.chunks.iter().zip(sizes).map(|(c, n)| (c.key.as_str(), n)),
                 &m.snapshot.name,
             );
             let mut recv = self.btrfs.receive(staging.path())?;
-            let streamed = download::stream_chunks(
-                self.repo.store().clone(),
-                self.repo.retrier().clone(),
-                &m.chunks,
-                m.stream_sha256.as_deref(),
-                piece,
-                conc,
-                &mut guard.writer(&mut Counted {
+            let streamed = {
+                let mut counted = Counted {
                     inner: &mut recv,
                     meter: &meter,
-                }),
-            )
-            .and_then(|n| Ok((n, guard.finish()?.clone())));
+                };
+                let mut out = guard.writer(&mut counted);
+                match sealed {
+                    None => download::stream_chunks(
+                        self.repo.store().clone(),
+                        self.repo.retrier().clone(),
+                        &m.chunks,
+                        m.stream_sha256.as_deref(),
+                        piece,
+                        conc,
+                        &mut out,
+                    ),
+                    Some(s) => decrypt::stream_decrypted(
+                        self.repo.store().clone(),
+                        self.repo.retrier().clone(),
+                        &m.chunks,
+                        s,
+                        &keys.identities,
+                        piece,
+                        conc,
+                        &mut out,
+                    ),
+                }
+            };
+            let streamed = streamed.and_then(|n| Ok((n, guard.finish()?.clone())));
             // Whatever the outcome, what the stream created is ours to clean up.
             if let Some(r) = guard.received() {
                 if !received.contains(r) {

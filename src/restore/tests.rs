@@ -98,6 +98,7 @@ fn put_stream(
         stream_sha256: None,
         send_protocol: None,
         compressed_data: None,
+        encryption: None,
         extra: Default::default(),
     };
     s.insert(key, &m.to_json(), opts("STANDARD"));
@@ -142,6 +143,7 @@ impl Rig {
             timeout: Duration::from_secs(10),
             verify: VerifyMode::Full,
             skip_space_check: false,
+            identity_files: Vec::new(),
         })
     }
 }

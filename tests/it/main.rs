@@ -8,6 +8,7 @@ mod backup;
 mod cli;
 mod compressed;
 mod contrib;
+mod encryption;
 mod firstrun;
 mod hostile_bucket;
 mod limits;
