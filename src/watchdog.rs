@@ -30,8 +30,9 @@ pub const COMPLETION_LIMIT: Duration = Duration::from_secs(61 * 60);
 /// gives requests in flight 5 s).
 pub const STOP_GRACE: Duration = Duration::from_secs(20);
 
-/// Sets both limits to N seconds (1 to 86,400): a test knob, and a way out for a link
-/// so slow that a request legitimately moves nothing for longer.
+/// Sets both limits to N seconds (1 to 86,400), and the grace to N seconds within 8 to
+/// 20: a test knob, and a way out for a link so slow that a request legitimately moves
+/// nothing for longer.
 pub const ENV: &str = "BTRFS_TO_S3_STALL_SECONDS";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +66,7 @@ impl Limits {
             Ok(n @ 1..=86_400) => {
                 l.stall = Duration::from_secs(n);
                 l.completion = l.stall;
+                l.grace = Duration::from_secs(n.clamp(8, STOP_GRACE.as_secs()));
             }
             _ => event!(
                 Warn,
@@ -331,6 +333,8 @@ mod tests {
         let l = Limits::from_value(Some("3"));
         assert_eq!(l.stall, Duration::from_secs(3));
         assert_eq!(l.completion, Duration::from_secs(3));
+        assert_eq!(l.grace, Duration::from_secs(8));
+        assert_eq!(Limits::from_value(Some("3600")).grace, STOP_GRACE);
         for bad in ["0", "-1", "86401", "1e3", "", "ten"] {
             assert_eq!(Limits::from_value(Some(bad)), Limits::default(), "{bad}");
         }

@@ -16,3 +16,4 @@ mod resume;
 mod rig;
 mod sdk;
 mod trust;
+mod unattended;
