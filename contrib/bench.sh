@@ -19,12 +19,25 @@
 # aws s3 cp -, and compares the bytes uploaded with the data's on-disk size (compsize).
 # The main rows keep protocol 1 (SEND_COMPRESSED=false) so they compare like for like.
 #
+# A fourth table measures what a resume costs before it uses the link again: a full of
+# RESUME_GIB + 0.25 GiB of random data with the default 200 GiB chunk is cut by a kill -9
+# once RESUME_GIB GiB of its parts are stored, and the next run re-runs btrfs send and
+# re-hashes that stored prefix before its first new byte (event=resume_first_new_byte);
+# a second case is cut after everything is stored (kill between the manifest and the
+# pointer), whose resume is all verification and compares builds (BENCH_BIN) that lack
+# the event. Both start with dropped caches; `btrfs send > /dev/null` of the same snapshot
+# is the disk's floor. These rows upload to moto (contrib/install-test-tools.sh installs
+# it; MOTO_SERVER overrides), not s3s-fs: s3s-fs 0.14.1 answers ListParts without the
+# parts' sizes and ETags, so an open upload cannot be checked against it for a resume.
+#
 #   bash contrib/bench.sh [GIB]
 # Env: BENCH_DIR (/var/tmp/btrfs_to_s3-bench), CONCURRENCY (4), PART_MIB (16),
 #      CHUNK_MIB (512), ROUNDS (1): with ROUNDS=N the aws CLI row and both big backups are
 #      measured N times, interleaved, and the ratio to the aws CLI is printed per round
 #      (this shared machine varies by 10-20 % from run to run); BENCH_BIN: the binary to
-#      measure (default: this tree's release build), for before/after comparisons.
+#      measure (default: this tree's release build), for before/after comparisons;
+#      BENCH_RESUME (1): 0 leaves the resume table out, "only" measures nothing else;
+#      RESUME_GIB (2): the stored prefix.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -34,16 +47,22 @@ part_mib=${PART_MIB:-16}
 chunk_mib=${CHUNK_MIB:-512}
 rounds=${ROUNDS:-1}
 dir=${BENCH_DIR:-/var/tmp/btrfs_to_s3-bench}
+resume=${BENCH_RESUME:-1}
+resume_gib=${RESUME_GIB:-2}
+main=1
+[ "$resume" = only ] && main=0
 
 [ "$(id -u)" = 0 ] || { echo "bench.sh: run as root" >&2; exit 1; }
 need=()
-command -v rclone >/dev/null || need+=(rclone)
-command -v age-keygen >/dev/null || need+=(age)
 [ -x /usr/bin/time ] || need+=(time)
 command -v mkfs.btrfs >/dev/null || need+=(btrfs-progs)
-command -v compsize >/dev/null || need+=(btrfs-compsize)
+if [ "$main" = 1 ]; then
+  command -v rclone >/dev/null || need+=(rclone)
+  command -v compsize >/dev/null || need+=(btrfs-compsize)
+  command -v age-keygen >/dev/null || need+=(age)
+fi
 if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; fi
-if ! command -v aws >/dev/null; then
+if [ "$main" = 1 ] && ! command -v aws >/dev/null; then
   python3 -m venv .test-tools/awscli && .test-tools/awscli/bin/pip install -q awscli
   PATH=$repo/.test-tools/awscli/bin:$PATH
 fi
@@ -52,17 +71,23 @@ if [ ! -x "$s3s" ]; then
   echo "==> installing s3s-fs 0.14.1 (about 5 minutes)"
   cargo install s3s-fs@0.14.1 --features binary --root "$repo/.test-tools/s3s-fs" --quiet
 fi
-cargo build --release --quiet --bin btrfs_to_s3 --example transport_bench --example link_emulator
+if [ "$main" = 1 ]; then
+  cargo build --release --quiet --bin btrfs_to_s3 --example transport_bench --example link_emulator
+else
+  cargo build --release --quiet --bin btrfs_to_s3
+fi
 # BENCH_BIN measures another build (say, an earlier commit's) in the same rows.
 bin=${BENCH_BIN:-$repo/target/release/btrfs_to_s3}
 
 mnt=$dir/mnt
 s3pid=
 linkpid=
+motopid=
 cleanup() {
   set +e
   [ -n "$linkpid" ] && kill "$linkpid" 2>/dev/null && wait "$linkpid" 2>/dev/null
   [ -n "$s3pid" ] && kill "$s3pid" 2>/dev/null && wait "$s3pid" 2>/dev/null
+  [ -n "$motopid" ] && kill "$motopid" 2>/dev/null && wait "$motopid" 2>/dev/null
   mountpoint -q "$mnt" && { umount "$mnt" || umount -l "$mnt"; }
   mountpoint -q "$dir/zmnt" && { umount "$dir/zmnt" || umount -l "$dir/zmnt"; }
   losetup -j "$dir/fs.img" -O NAME -n 2>/dev/null | xargs -r -n1 losetup -d
@@ -74,11 +99,12 @@ cleanup
 mkdir -p "$mnt" "$dir/s3data/bench"
 
 echo "==> building a ${gib} GiB btrfs with mixed data"
-truncate -s "$(( gib * 3 + 2 ))G" "$dir/fs.img"
+truncate -s "$(( gib * 3 + resume_gib + 3 ))G" "$dir/fs.img"
 mkfs.btrfs -q -f "$dir/fs.img" >/dev/null 2>&1
 mount -o loop "$dir/fs.img" "$mnt"
 rnd() { { openssl enc -aes-128-ctr -pass "pass:$1" -nosalt -pbkdf2 < /dev/zero 2>/dev/null || true; } | head -c "$2"; }
 btrfs -q subvolume create "$mnt/big"
+[ "$main" = 1 ] || gib=0
 total=$(( gib * 1024 * 1024 * 1024 ))
 # 70% large random files, 20% compressible text, 10% many small files.
 rnd big1 $(( total * 35 / 100 )) > "$mnt/big/random1.bin"
@@ -87,7 +113,9 @@ yes "btrfs_to_s3 benchmark line of compressible text" | head -c $(( total * 20 /
 mkdir -p "$mnt/big/small"
 rnd small $(( total * 10 / 100 )) | split -b 64k - "$mnt/big/small/f"
 btrfs -q subvolume create "$mnt/small"
-rnd s200 $(( 200 * 1024 * 1024 )) > "$mnt/small/random.bin"
+[ "$main" = 1 ] && rnd s200 $(( 200 * 1024 * 1024 )) > "$mnt/small/random.bin"
+btrfs -q subvolume create "$mnt/resume"
+[ "$resume" != 0 ] && rnd resume $(( (resume_gib * 1024 + 256) * 1024 * 1024 )) > "$mnt/resume/random.bin"
 sync
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -134,7 +162,7 @@ printf '[encryption]\nrecipients = ["%s"]\nidentity_files = ["%s"]\n' \
 rows=()
 measure() {
   local name=$1 bytes=$2; shift 2
-  sync; echo 3 > /proc/sys/vm/drop_caches
+  sync; [ "${warm:-0}" = 1 ] || echo 3 > /proc/sys/vm/drop_caches
   /usr/bin/time -f '%e %U %S %M' -o "$dir/time" "$@" > "$dir/out.log" 2>&1 || { cat "$dir/out.log"; echo "$name failed" >&2; exit 1; }
   read -r el us sy rss < "$dir/time"
   rows+=("$(python3 - "$name" "$bytes" "$el" "$us" "$sy" "$rss" "$dir/out.log" <<'PY'
@@ -152,6 +180,7 @@ PY
 last_mbps() { awk -F'|' '{v = $(NF - 4); gsub(/ /, "", v); print v}' <<< "${rows[-1]}"; }
 ratios=()
 
+if [ "$main" = 1 ]; then
 echo "==> measuring (each run starts with dropped caches)"
 "$bin" backup --config "$dir/big.toml" --no-s3 --once > /dev/null 2>&1
 snap=$(ls -d "$mnt"/snapshots/big__* | tail -n 1)
@@ -280,7 +309,9 @@ umount "$dir/zmnt"
 
 echo "==> transports: 48 parts of ${part_mib} MiB on ${conc} threads, one multipart upload each"
 transport=$("$repo/target/release/examples/transport_bench" "$endpoint" bench 48 "$part_mib" "$conc")
+fi
 
+if [ "$main" = 1 ]; then
 # A home uplink: examples/link_emulator (the tests' link emulator) at LINK_RATE bytes/s
 # with LINK_RTT_MS added round trip in front of the same server; the share of the link
 # the transports fill.
@@ -294,7 +325,82 @@ for _ in $(seq 1 100); do grep -q '^listening' "$dir/link.out" 2>/dev/null && br
 link_addr=$(sed -n 's/^listening //p' "$dir/link.out")
 linked=$("$repo/target/release/examples/transport_bench" "http://$link_addr" bench 12 "$part_mib" "$conc")
 kill "$linkpid"; wait "$linkpid" 2>/dev/null || true; linkpid=
+fi
 
+# The resume: what it spends before its first new byte.
+resume_rows=()
+if [ "$resume" != 0 ]; then
+  echo "==> resume of a ${resume_gib} GiB stored prefix (each resume starts with dropped caches)"
+  # The contract's 200 GiB chunk raises the parts to 21 MiB (10,000 parts at most).
+  eff_part=$(( part_mib > 21 ? part_mib : 21 ))
+  cut_at=$(( resume_gib * 1024 / eff_part ))
+  moto=${MOTO_SERVER:-}
+  [ -n "$moto" ] || moto=$(bash contrib/install-test-tools.sh | tail -n 1)
+  s3s_endpoint=$endpoint
+  resume_case() { # $1 = label, $2 = failpoint that cuts the first run, $3 = warm|spool|
+    rm -f "$dir/state-resume.json" "$dir/state-resume.json.resume-resume.jsonl"
+    for s in "$mnt"/snapshots/resume__*; do [ -e "$s" ] && btrfs -q subvolume delete "$s"; done
+    # A fresh moto (in memory) for each case.
+    [ -n "${motopid:-}" ] && { kill "$motopid"; wait "$motopid" 2>/dev/null || true; }
+    mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    "$moto" -H 127.0.0.1 -p "$mport" > "$dir/moto.log" 2>&1 &
+    motopid=$!
+    for _ in $(seq 1 200); do curl -s -o /dev/null "http://127.0.0.1:$mport/" && break; sleep 0.1; done
+    curl -s -X PUT "http://127.0.0.1:$mport/bench" > /dev/null
+    endpoint=http://127.0.0.1:$mport
+    cfg resume state-resume.json
+    endpoint=$s3s_endpoint
+    if [ "${3:-}" = spool ]; then
+      sed -i -e "s|^\[global\]|[global]\nspool_dir = \"$dir/spool\"|" \
+        -e "s|^\[s3\]|[s3]\nspool_enabled = true|" "$dir/resume.toml"
+    fi
+    if BTRFS_TO_S3_FAILPOINT=$2 "$bin" backup --config "$dir/resume.toml" --once > "$dir/cut.log" 2>&1; then
+      echo "the first run was not cut at $2" >&2; exit 1
+    fi
+    if [ "${3:-}" = warm ]; then
+      # The snapshot in the page cache: what the CPU allows when the disk is not the limit.
+      btrfs send -q "$(ls -d "$mnt"/snapshots/resume__* | tail -n 1)" > /dev/null
+      warm=1 measure "btrfs_to_s3 resume ($1)" log "$bin" backup --config "$dir/resume.toml"
+    else
+      measure "btrfs_to_s3 resume ($1)" log "$bin" backup --config "$dir/resume.toml"
+    fi
+    grep -o 'event=backup_resumed.*' "$dir/out.log"
+    grep -o 'event=resume_first_new_byte.*' "$dir/out.log" || true
+    grep -o 'event=backup_metrics.*' "$dir/out.log"
+    read -r el us sy rss < "$dir/time"
+    resume_rows+=("$(python3 - "$1" "$el" "$us" "$sy" "$dir/out.log" <<'PY'
+import re, sys
+label, el, us, sy, log = sys.argv[1], *map(float, sys.argv[2:5]), open(sys.argv[5]).read()
+def field(event, key):
+    m = re.search(r"event=%s .*?\b%s=([^ \n]+)" % (event, key), log)
+    return m.group(1) if m else None
+stored = int(field("backup_resumed", "bytes_stored"))
+total = int(field("backup_metrics", "total_bytes"))
+first = field("resume_first_new_byte", "seconds") or field("backup_metrics", "first_new_byte_seconds")
+gib = stored / 2**30
+if first is None:
+    cell, rate, tib = "n/a (this build says nothing)", "", ""
+else:
+    f = float(first)
+    cell, rate, tib = f"{f:.1f}", f"{stored / f / 1e6:.0f}", f"{f / gib * 1024 / 3600:.2f}"
+print(f"| {label} | {gib:.2f} of {total / 2**30:.2f} | {cell} | {rate} | {tib} | {el:.1f} | {(us + sy) / (total / 2**30):.2f} |")
+PY
+)")
+  }
+  resume_case "${resume_gib} GiB stored, the rest sent" "after_part_journaled:$cut_at"
+  resume_case "everything stored" between_manifest_and_pointer
+  resume_case "everything stored, page cache warm" between_manifest_and_pointer warm
+  resume_case "everything stored, s3.spool_enabled" between_manifest_and_pointer spool
+  kill "$motopid"; wait "$motopid" 2>/dev/null || true; motopid=
+  snap=$(ls -d "$mnt"/snapshots/resume__* | tail -n 1)
+  rstream=$(btrfs send -q "$snap" | wc -c)
+  rows_before=${#rows[@]}
+  measure "btrfs send > /dev/null (the resume's snapshot)" "$rstream" sh -c "btrfs send -q '$snap' > /dev/null"
+  floor=("${rows[@]:$rows_before}")
+  rows=("${rows[@]:0:$rows_before}")
+fi
+
+if [ "$main" = 1 ]; then
 echo
 eff=$(grep -o 'part_size=[0-9]*' "$dir/backup-big.log" | head -n 1 | cut -d= -f2)
 eff_mib=$(( eff / 1024 / 1024 ))
@@ -323,3 +429,14 @@ echo "| --- | ---: | ---: | ---: |"
 echo "$linked" | while IFS='|' read -r _ name mbs cpu _; do
   printf '|%s|%s|%s| %s |\n' "$name" "$mbs" "$cpu" "$(python3 -c "print(f'{float(\"$mbs\")*1e6/$link_rate*100:.0f} %')")"
 done
+fi
+if [ "$resume" != 0 ]; then
+  echo
+  echo "Resume: a full of $(( resume_gib * 1024 + 256 )) MiB of random data (default chunk, ${eff_part} MiB parts, concurrency ${conc}) cut by kill -9; the next run's time before its first new byte (the whole run when everything was stored):"
+  echo "| resume | GiB stored of the stream | seconds to first new byte | verify MB/s | hours per TiB stored | run seconds | CPU s/GiB of stream |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+  printf '%s\n' "${resume_rows[@]}"
+  echo "| command | MB/s | CPU s/GiB | peak RSS MiB | seconds |"
+  echo "| --- | ---: | ---: | ---: | ---: |"
+  printf '%s\n' "${floor[@]}"
+fi

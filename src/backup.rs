@@ -32,6 +32,7 @@ use crate::snapshots::{self, SnapName};
 use crate::state::{State, SubvolState};
 use crate::store::{ErrorKind, StoreError};
 use crate::ts::Ts;
+use crate::watchdog::{Actions, Limits, Watchdog};
 
 /// What a backup run works with. `repo` is `None` with `--no-s3`.
 pub struct Backup<'a> {
@@ -238,6 +239,20 @@ impl Backup<'_> {
 
     /// What the planner needs; consults S3 only for the parent manifest.
     pub fn facts(&self, sv: &Subvolume, entry: &SubvolState) -> Result<Facts> {
+        let parent_manifest_in_s3 = match (self.repo, &entry.last_manifest) {
+            (Some(repo), Some(key)) => repo
+                .exists(key)
+                .with_context(|| format!("checking the parent manifest {key}"))?,
+            _ => true,
+        };
+        Ok(Facts {
+            parent_manifest_in_s3,
+            ..self.local_facts(sv, entry)
+        })
+    }
+
+    /// The facts from the state and the disk alone (the parent manifest taken as there).
+    fn local_facts(&self, sv: &Subvolume, entry: &SubvolState) -> Facts {
         let last_snapshot_at = entry
             .last_snapshot
             .as_deref()
@@ -247,25 +262,21 @@ impl Backup<'_> {
             .last_snapshot
             .as_deref()
             .is_some_and(|p| Path::new(p).is_dir());
-        let parent_manifest_in_s3 = match (self.repo, &entry.last_manifest) {
-            (Some(repo), Some(key)) => repo
-                .exists(key)
-                .with_context(|| format!("checking the parent manifest {key}"))?,
-            _ => true,
-        };
-        Ok(Facts {
+        Facts {
             last_full_at: entry.last_full(),
             last_snapshot_at,
             has_parent_manifest: entry.last_manifest.is_some(),
             parent_on_disk,
-            parent_manifest_in_s3,
+            parent_manifest_in_s3: true,
             parent_chain_problem: None,
-        })
+        }
     }
 
-    /// The plan for `sv`. When it is an incremental, the parent's chain gets the cheap
-    /// check first (`check`: manifests resolve to a full, every chunk is there with its
-    /// size); damage turns the plan into a full, saying why.
+    /// The plan for `sv`. A skip depends on the state, the disk and the schedule only, so
+    /// it asks S3 nothing (a run with nothing due is cheap, e.g. the timer's run at boot).
+    /// When it is an incremental, the parent's chain gets the cheap check first (`check`:
+    /// manifests resolve to a full, every chunk is there with its size); damage turns the
+    /// plan into a full, saying why.
     pub fn decide_plan(
         &self,
         sv: &Subvolume,
@@ -273,6 +284,15 @@ impl Backup<'_> {
         now: Ts,
         trigger: Trigger,
     ) -> Result<Decision> {
+        let local = plan(
+            &self.local_facts(sv, entry),
+            &self.cfg.schedule,
+            now,
+            trigger,
+        );
+        if local.action == Action::Skip {
+            return Ok(local);
+        }
         let mut facts = self.facts(sv, entry)?;
         let d = plan(&facts, &self.cfg.schedule, now, trigger);
         let (Action::Run(Kind::Incremental), Some(repo), Some(key)) =
@@ -353,7 +373,6 @@ impl Backup<'_> {
                 }
             }
         }
-        self.sweep_stale_uploads(sv, &HashSet::new())?;
         let d = self.decide_plan(sv, entry, run_ts, trigger)?;
         event!(
             Info,
@@ -362,6 +381,10 @@ impl Backup<'_> {
             action = d.action.as_str(),
             reason = d.reason
         );
+        // A skip touches no S3 (stale uploads wait for the next run that backs up).
+        if d.action != Action::Skip {
+            self.sweep_stale_uploads(sv, &HashSet::new())?;
+        }
         self.run_fresh(sv, entry, &d, run_ts)
     }
 
@@ -848,6 +871,7 @@ impl Backup<'_> {
             meter.clone(),
             Duration::from_secs(self.cfg.global.progress_interval_seconds),
         );
+        let watchdog = Watchdog::start(meter.clone(), Limits::from_env(), Actions::process());
         let mut send = self.btrfs.send(snap_path, parent, compressed)?;
         let key_for = |i| repo.layout.chunk_key(&sv.name, kind, run_ts, i);
         let uploaded = pipeline::upload_stream(
@@ -866,6 +890,8 @@ impl Backup<'_> {
             },
         );
         drop(reporter);
+        // A stall stopped the run (as SIGTERM would): that is the error to name.
+        let stalled = watchdog.finish();
         let outcome = match uploaded {
             Ok(o) => {
                 send.finish()?;
@@ -873,11 +899,14 @@ impl Backup<'_> {
             }
             Err(e) => {
                 send.kill();
-                return Err(e);
+                return Err(stalled.map_or(e, |s| anyhow!(s)));
             }
         };
         if self.retrier.cancelled() {
-            return Err(anyhow!("interrupted by a signal; nothing published"));
+            return Err(stalled.map_or_else(
+                || anyhow!("interrupted by a signal; nothing published"),
+                |s| anyhow!(s),
+            ));
         }
         let snap_name = snap_path
             .file_name()
@@ -956,6 +985,8 @@ impl Backup<'_> {
             uploaded_bytes: outcome.uploaded_bytes,
             resumed_bytes: outcome.resumed_bytes,
             compressed_data: compressed,
+            first_new_byte: outcome.first_new_byte,
+            upload_time: outcome.upload_time,
         };
         Ok(Published {
             state: state_after(entry, begin, &manifest_key),

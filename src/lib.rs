@@ -39,5 +39,6 @@ pub mod term;
 pub mod testing;
 pub mod ts;
 pub mod verify;
+pub mod watchdog;
 pub mod worker;
 pub mod xattr;

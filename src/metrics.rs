@@ -1,6 +1,13 @@
 //! Run metrics: per subvolume and per run (bytes, elapsed seconds, throughput, chunks,
-//! parts, retries, bytes uploaded and bytes a resume did not send again) as `event=backup_metrics ...` lines, and an optional Prometheus
-//! textfile with the last success time of each subvolume.
+//! parts, retries, bytes uploaded and their rate on the link, bytes a resume did not send
+//! again and how long it took to verify them) as `event=backup_metrics ...` lines, and an
+//! optional Prometheus textfile with the last success time of each subvolume and the last
+//! run's figures.
+//!
+//! Two rates, kept apart: `throughput` is the contract's, `total_bytes / elapsed_seconds`,
+//! the whole stream (resumed bytes included) over the whole run; `upload_rate` is
+//! `uploaded_bytes / upload_seconds`, what this run sent over the time it was sending
+//! (from its first byte sent to its last upload stored), which is the link's rate.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -8,7 +15,6 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::event;
 use crate::state::State;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -25,6 +31,11 @@ pub struct Metrics {
     /// The stream carried compressed extents as they are on disk (send protocol 2): its
     /// bytes are then fewer than the data's logical bytes.
     pub compressed_data: bool,
+    /// From the start of the stream to the first byte this run sent: on a resume, what
+    /// verifying the stored prefix cost before the link was used again.
+    pub first_new_byte: Duration,
+    /// From the first byte sent to the last upload stored.
+    pub upload_time: Duration,
 }
 
 impl Metrics {
@@ -33,6 +44,17 @@ impl Metrics {
         let s = self.elapsed.as_secs_f64();
         if s > 0.0 {
             self.bytes as f64 / s
+        } else {
+            0.0
+        }
+    }
+
+    /// Bytes per second this run sent while it was sending: the link's rate, resumed
+    /// bytes not counted.
+    pub fn upload_rate(&self) -> f64 {
+        let s = self.upload_time.as_secs_f64();
+        if s > 0.0 {
+            self.uploaded_bytes as f64 / s
         } else {
             0.0
         }
@@ -47,23 +69,47 @@ impl Metrics {
         self.uploaded_bytes += o.uploaded_bytes;
         self.resumed_bytes += o.resumed_bytes;
         self.compressed_data |= o.compressed_data;
+        self.first_new_byte += o.first_new_byte;
+        self.upload_time += o.upload_time;
+    }
+
+    /// The `key=value` fields of a metrics or summary line after `subvolume`, in order.
+    pub fn fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("total_bytes", self.bytes.to_string()),
+            (
+                "elapsed_seconds",
+                format!("{:.3}", self.elapsed.as_secs_f64()),
+            ),
+            ("throughput", format!("{:.1}MB/s", self.throughput() / 1e6)),
+            ("chunks", self.chunks.to_string()),
+            ("parts", self.parts.to_string()),
+            ("retries", self.retries.to_string()),
+            ("uploaded_bytes", self.uploaded_bytes.to_string()),
+            (
+                "upload_seconds",
+                format!("{:.3}", self.upload_time.as_secs_f64()),
+            ),
+            (
+                "upload_rate",
+                format!("{:.1}MB/s", self.upload_rate() / 1e6),
+            ),
+            ("resumed_bytes", self.resumed_bytes.to_string()),
+            (
+                "first_new_byte_seconds",
+                format!("{:.3}", self.first_new_byte.as_secs_f64()),
+            ),
+        ]
     }
 
     pub fn log(&self, event_name: &str, subvolume: &str) {
-        event!(
-            Info,
-            event_name,
-            subvolume = subvolume,
-            total_bytes = self.bytes,
-            elapsed_seconds = format!("{:.3}", self.elapsed.as_secs_f64()),
-            throughput = format!("{:.1}MB/s", self.throughput() / 1e6),
-            chunks = self.chunks,
-            parts = self.parts,
-            retries = self.retries,
-            uploaded_bytes = self.uploaded_bytes,
-            resumed_bytes = self.resumed_bytes,
-            compressed_data = self.compressed_data,
-        );
+        let mut line = format!("event={event_name}");
+        crate::logging::push_kv(&mut line, "subvolume", &subvolume);
+        for (k, v) in self.fields() {
+            crate::logging::push_kv(&mut line, k, &v);
+        }
+        crate::logging::push_kv(&mut line, "compressed_data", &self.compressed_data);
+        log::info!("{line}");
     }
 }
 
@@ -157,6 +203,39 @@ pub fn write_textfile(
         "Seconds the subvolume's backup took in the last run.",
         &per(&|r| r.metrics.map(|m| format!("{:.3}", m.elapsed.as_secs_f64()))),
     );
+    family(
+        &mut s,
+        "btrfs_to_s3_last_run_uploaded_bytes",
+        "Bytes the last run sent to S3 (a resume's stored bytes not counted).",
+        &per(&|r| r.metrics.map(|m| m.uploaded_bytes.to_string())),
+    );
+    family(
+        &mut s,
+        "btrfs_to_s3_last_run_resumed_bytes",
+        "Bytes of the stream an interrupted run had stored, verified and not sent again.",
+        &per(&|r| r.metrics.map(|m| m.resumed_bytes.to_string())),
+    );
+    family(
+        &mut s,
+        "btrfs_to_s3_last_run_upload_seconds",
+        "Seconds from the last run's first byte sent to its last upload stored.",
+        &per(&|r| {
+            r.metrics
+                .map(|m| format!("{:.3}", m.upload_time.as_secs_f64()))
+        }),
+    );
+    family(
+        &mut s,
+        "btrfs_to_s3_last_run_upload_rate_bytes_per_second",
+        "uploaded_bytes / upload_seconds: the rate the link took the last run's bytes at.",
+        &per(&|r| r.metrics.map(|m| format!("{:.0}", m.upload_rate()))),
+    );
+    family(
+        &mut s,
+        "btrfs_to_s3_last_run_first_new_byte_seconds",
+        "Seconds from the start of the last run's stream to its first byte sent (a resume verifies the stored prefix first).",
+        &per(&|r| r.metrics.map(|m| format!("{:.3}", m.first_new_byte.as_secs_f64()))),
+    );
     let _ = writeln!(
         s,
         "# HELP btrfs_to_s3_last_run_timestamp_seconds When the last run ended.\n\
@@ -187,6 +266,32 @@ mod tests {
         assert_eq!(a.bytes, 20_000_000);
         assert_eq!(a.parts, 4);
         assert_eq!(Metrics::default().throughput(), 0.0);
+        assert_eq!(Metrics::default().upload_rate(), 0.0);
+    }
+
+    #[test]
+    fn a_resumed_run_reports_what_it_sent_apart_from_what_it_verified() {
+        // 1 GB stream, 900 MB of it stored by an earlier run and verified in 8 s, then
+        // 100 MB sent in 10 s: the link's rate is 10 MB/s, not 1 GB over the run.
+        let m = Metrics {
+            bytes: 1_000_000_000,
+            elapsed: Duration::from_secs(20),
+            uploaded_bytes: 100_000_000,
+            resumed_bytes: 900_000_000,
+            first_new_byte: Duration::from_secs(8),
+            upload_time: Duration::from_secs(10),
+            ..Default::default()
+        };
+        let f: std::collections::BTreeMap<&str, String> = m.fields().into_iter().collect();
+        assert_eq!(f["throughput"], "50.0MB/s");
+        assert_eq!(f["upload_rate"], "10.0MB/s");
+        assert_eq!(f["uploaded_bytes"], "100000000");
+        assert_eq!(f["resumed_bytes"], "900000000");
+        assert_eq!(f["upload_seconds"], "10.000");
+        assert_eq!(f["first_new_byte_seconds"], "8.000");
+        // The contract's keys stay, in their order, first.
+        let keys: Vec<&str> = m.fields().iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys[..3], ["total_bytes", "elapsed_seconds", "throughput"]);
     }
 
     #[test]
@@ -203,6 +308,10 @@ mod tests {
         );
         let m = Metrics {
             bytes: 5,
+            uploaded_bytes: 3,
+            resumed_bytes: 2,
+            upload_time: Duration::from_millis(1500),
+            first_new_byte: Duration::from_millis(250),
             ..Default::default()
         };
         write_textfile(
@@ -237,6 +346,17 @@ mod tests {
         assert!(t.contains("btrfs_to_s3_last_run_bytes{subvolume=\"data\"} 5"));
         assert!(t.contains("btrfs_to_s3_last_backup_bytes{subvolume=\"data\"} 5"));
         assert!(t.contains("btrfs_to_s3_last_run_failed{subvolume=\"home\"} 1"));
+        for sample in [
+            "btrfs_to_s3_last_run_uploaded_bytes{subvolume=\"data\"} 3\n",
+            "btrfs_to_s3_last_run_resumed_bytes{subvolume=\"data\"} 2\n",
+            "btrfs_to_s3_last_run_upload_seconds{subvolume=\"data\"} 1.500\n",
+            "btrfs_to_s3_last_run_upload_rate_bytes_per_second{subvolume=\"data\"} 2\n",
+            "btrfs_to_s3_last_run_first_new_byte_seconds{subvolume=\"data\"} 0.250\n",
+        ] {
+            assert!(t.contains(sample), "{sample}: {t}");
+        }
+        // No figures for a subvolume that had no backup in the run.
+        assert!(!t.contains("btrfs_to_s3_last_run_uploaded_bytes{subvolume=\"home\"}"));
         assert!(t.contains("btrfs_to_s3_last_run_failed{subvolume=\"data\"} 0"));
         assert!(
             t.contains("btrfs_to_s3_last_run_failed{subvolume=\"we\\\"ird\\\\\"} 0"),

@@ -9,8 +9,11 @@
 //! Each chunk's upload is a small state machine ([`Life`]): put, or open → parts stored →
 //! completing → stored. A resumed backup passes what an earlier run stored: those parts
 //! and chunks are read and hashed as usual but not sent again, and a fresh hash that
-//! differs from the earlier one is a [`ResumeMismatch`]. Every upload opened, part stored
-//! and chunk stored is reported to a [`Progress`] sink (the resume journal) on this thread.
+//! differs from the earlier one is a [`ResumeMismatch`]. A stored part takes no part buffer
+//! and does no upload-path work: it is read through one small buffer that stays in cache,
+//! hashed, compared and forgotten. Every upload opened, part stored and chunk stored is
+//! reported to a [`Progress`] sink (the resume journal, the progress meter) on this thread,
+//! and so are the bytes verified and sent, which the run's timings come from.
 //! On failure the pool stops (no retries, no new jobs), requests in flight get a short
 //! grace period, and open multipart uploads are kept for the resume or aborted
 //! (`keep_open_on_failure`); the first error is returned. With a spool, part buffers are
@@ -27,7 +30,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use crossbeam_channel::{unbounded, Receiver, Sender};
@@ -145,6 +148,13 @@ pub struct Uploaded {
     /// Bytes of the send stream (with encryption: of plaintext; `summary` counts stored
     /// bytes and has no stream hash).
     pub stream_bytes: u64,
+    /// From the start of reading to the first byte this run sent (handed to an uploader);
+    /// to the end of the stream when it sent nothing. For a resume, the time the stored
+    /// prefix took to verify before the link was used again.
+    pub first_new_byte: Duration,
+    /// From the first byte this run sent to its last upload stored (zero when it sent
+    /// nothing): what `uploaded_bytes` took on the link.
+    pub upload_time: Duration,
 }
 
 /// What the pipeline reports as uploads make progress: the resume journal. Called on the
@@ -158,6 +168,17 @@ pub trait Progress {
     fn chunk_sealed(&mut self, chunk: u64, sealing: &Sealing) -> Result<()>;
     /// Requests (parts, puts, completions) now with the uploaders (for progress lines).
     fn requests_in_flight(&mut self, _n: usize) {}
+    /// Of those, CompleteMultipartUploads (the service may assemble silently for long).
+    fn completions_in_flight(&mut self, _n: usize) {}
+    /// A resume begins: `bytes` of the stream are stored already and will be verified.
+    fn resuming(&mut self, _bytes: u64) {}
+    /// `bytes` more of what an earlier run stored were read and hashed (a stored part, or
+    /// part of a stored chunk), not sent.
+    fn verified(&mut self, _bytes: u64) {}
+    /// The first byte this run sends is handed to the uploaders (once per run).
+    fn sending(&mut self) {}
+    /// `bytes` of a part or chunk this run sent are stored.
+    fn sent(&mut self, _bytes: u64) {}
 }
 
 /// No journal (tests, tools).
@@ -201,6 +222,10 @@ const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// How often a waiting reader looks at the cancel flag.
 const WAIT_SLICE: Duration = Duration::from_millis(200);
+
+/// The buffer stored parts are read through on a resume: small enough to stay in the
+/// core's cache between the pipe's copy and the hash (a part buffer is 16 MiB or more).
+const VERIFY_READ: usize = 256 << 10;
 
 enum Job {
     Put {
@@ -324,6 +349,9 @@ pub fn upload_stream(
         .context("starting uploader threads")?;
     drop((job_rx, done_tx));
 
+    if !resume.is_empty() {
+        progress.resuming(crate::journal::stored_bytes(resume));
+    }
     let mut run = Run {
         store: store.as_ref(),
         retrier: &retrier,
@@ -335,11 +363,15 @@ pub fn upload_stream(
         free: Vec::new(),
         allocated: 0,
         bounce: Vec::new(),
+        verify: Vec::new(),
         slots: BTreeMap::new(),
         in_flight: 0,
+        completing: 0,
         parts: 0,
         uploaded: 0,
         resumed: 0,
+        started: Instant::now(),
+        first_send: None,
         error: None,
     };
     let result = run.read_all(input, key_for);
@@ -456,11 +488,18 @@ struct Run<'a> {
     free: Vec<PartBuf>,
     allocated: usize,
     bounce: Vec<u8>,
+    /// What stored parts are read through ([`VERIFY_READ`]).
+    verify: Vec<u8>,
     slots: BTreeMap<u64, Slot>,
     in_flight: usize,
+    /// CompleteMultipartUploads among `in_flight`.
+    completing: usize,
     parts: u64,
     uploaded: u64,
     resumed: u64,
+    started: Instant,
+    /// When the first part or PUT of this run was handed to an uploader.
+    first_send: Option<Instant>,
     error: Option<anyhow::Error>,
 }
 
@@ -609,6 +648,29 @@ fn fill(
     }
 }
 
+/// Reads up to `want` bytes of a part an earlier run stored, through `buf` (at most
+/// [`VERIFY_READ`] at a time, so it stays in cache), feeding the cutter; returns the bytes
+/// read and the chunk they completed, if any. Nothing is kept.
+fn verify_fill(
+    input: &mut dyn Read,
+    buf: &mut Vec<u8>,
+    want: usize,
+    cutter: &mut Cutter,
+) -> Result<(usize, Option<ChunkDone>)> {
+    let mut n = 0;
+    let mut done = None;
+    while n < want {
+        let (k, d) = fill_mem(input, buf, (want - n).min(VERIFY_READ), cutter)
+            .context("reading the btrfs send stream")?;
+        if k == 0 {
+            break;
+        }
+        done = d.or(done);
+        n += k;
+    }
+    Ok((n, done))
+}
+
 impl Run<'_> {
     fn read_all(
         &mut self,
@@ -655,10 +717,22 @@ impl Run<'_> {
                 (Src::Age(a), true, Some(h)) => Some(self.sealing_for(index, h, a)?),
                 _ => None,
             };
-            let mut buf = self.buffer()?;
-            let (n, done) = fill(&mut input, &mut buf, want, &mut cutter, &mut self.bounce)?;
+            // A part an earlier run stored is only read, hashed and compared: no part
+            // buffer (none is waited for), no spool file, nothing for the uploaders.
+            let (buf, n, done) = if self.is_stored(index, first_part) {
+                let (n, done) = verify_fill(&mut input, &mut self.verify, want, &mut cutter)?;
+                (None, n, done)
+            } else {
+                // Where a new chunk would begin, the stream may be over: no buffer then.
+                if first_part && input.at_eof().context("reading the btrfs send stream")? {
+                    break;
+                }
+                let mut buf = self.buffer()?;
+                let (n, done) = fill(&mut input, &mut buf, want, &mut cutter, &mut self.bounce)?;
+                (Some(buf), n, done)
+            };
             if n == 0 {
-                self.free.push(buf);
+                self.free.extend(buf);
                 break;
             }
             let eof = n < want;
@@ -728,6 +802,11 @@ impl Run<'_> {
         if let Some(e) = self.error.take() {
             return Err(e);
         }
+        let end = Instant::now();
+        let (first_new_byte, upload_time) = match self.first_send {
+            Some(t) => (t - self.started, end - t),
+            None => (end - self.started, Duration::ZERO),
+        };
         let mut chunks = Vec::with_capacity(self.slots.len());
         for (i, s) in std::mem::take(&mut self.slots) {
             let d = s
@@ -762,6 +841,8 @@ impl Run<'_> {
             uploaded_bytes: self.uploaded,
             resumed_bytes: self.resumed,
             stream_bytes,
+            first_new_byte,
+            upload_time,
         })
     }
 
@@ -807,6 +888,25 @@ impl Run<'_> {
         Ok(sealing)
     }
 
+    /// True when the next part (of chunk `index`; its first when `first_part`) is one an
+    /// earlier run stored: it is then verified, not sent. The same test as [`Self::part`]'s.
+    fn is_stored(&self, index: u64, first_part: bool) -> bool {
+        if first_part {
+            return match self.resume.get(&index) {
+                Some(ChunkProgress::Stored { .. }) => true,
+                Some(ChunkProgress::Open { parts, .. }) => parts.contains_key(&1),
+                None => false,
+            };
+        }
+        match self.slots.get(&index).map(|s| &s.life) {
+            Some(Life::Resumed { .. }) => true,
+            Some(Life::Open {
+                resumed, next_part, ..
+            }) => resumed.contains_key(next_part),
+            _ => false,
+        }
+    }
+
     /// A free buffer, allocating up to the bound, else waiting for an upload to finish.
     fn buffer(&mut self) -> Result<PartBuf> {
         loop {
@@ -834,13 +934,22 @@ impl Run<'_> {
             .jobs
             .as_ref()
             .ok_or_else(|| anyhow!("internal: job channel closed"))?;
-        if !matches!(job, Job::Complete { .. }) {
+        let complete = matches!(job, Job::Complete { .. });
+        if !complete {
             self.parts += 1;
+            if self.first_send.is_none() {
+                self.first_send = Some(Instant::now());
+                self.progress.sending();
+            }
         }
         tx.send(job)
             .map_err(|_| anyhow!("uploader threads stopped unexpectedly"))?;
         self.in_flight += 1;
         self.progress.requests_in_flight(self.in_flight);
+        if complete {
+            self.completing += 1;
+            self.progress.completions_in_flight(self.completing);
+        }
         Ok(())
     }
 
@@ -935,22 +1044,30 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// One part's bytes of chunk `index`: uploaded, or (stored by an earlier run) compared
-    /// with the journal and dropped. `through` is the chunk's SHA-256 through this part.
-    fn part(&mut self, index: u64, buf: PartBuf, n: u64, through: String) -> Result<()> {
+    /// One part's bytes of chunk `index`: uploaded from `buf`, or (stored by an earlier
+    /// run, read without a part buffer) compared with the journal. `through` is the
+    /// chunk's SHA-256 through this part.
+    fn part(&mut self, index: u64, buf: Option<PartBuf>, n: u64, through: String) -> Result<()> {
         let slot = self.slot(index)?;
         let key = slot.key.clone();
+        let needed = |buf: Option<PartBuf>| {
+            buf.ok_or_else(|| anyhow!("internal: a part of chunk {key} to send was not kept"))
+        };
         match &mut slot.life {
             Life::Resumed { .. } => {
                 self.resumed += n;
-                self.free.push(buf);
+                self.free.extend(buf);
+                self.progress.verified(n);
                 Ok(())
             }
-            Life::Putting => self.send(Job::Put {
-                chunk: index,
-                key,
-                buf,
-            }),
+            Life::Putting => {
+                let buf = needed(buf)?;
+                self.send(Job::Put {
+                    chunk: index,
+                    key: key.clone(),
+                    buf,
+                })
+            }
             Life::Open {
                 upload_id,
                 etags,
@@ -972,15 +1089,17 @@ impl Run<'_> {
                     }
                     etags.insert(part, p.etag);
                     self.resumed += n;
-                    self.free.push(buf);
+                    self.free.extend(buf);
+                    self.progress.verified(n);
                     return Ok(());
                 }
+                let buf = needed(buf)?;
                 *in_flight += 1;
                 sent.insert(part, (n, through));
                 let upload_id = upload_id.clone();
                 self.send(Job::Part {
                     chunk: index,
-                    key,
+                    key: key.clone(),
                     upload_id,
                     part,
                     buf,
@@ -1083,6 +1202,10 @@ impl Run<'_> {
     fn record(&mut self, d: Done) -> bool {
         self.in_flight -= 1;
         self.progress.requests_in_flight(self.in_flight);
+        if d.did == Did::Complete {
+            self.completing -= 1;
+            self.progress.completions_in_flight(self.completing);
+        }
         if let Some(buf) = d.buf {
             self.free.push(buf);
         }
@@ -1109,6 +1232,7 @@ impl Run<'_> {
             (Did::Put, life @ Life::Putting) => {
                 if let Some(c) = &slot.closed {
                     self.uploaded += c.len;
+                    self.progress.sent(c.len);
                 }
                 *life = Life::Stored { etag };
             }
@@ -1125,6 +1249,7 @@ impl Run<'_> {
                 etags.insert(n, etag.clone());
                 if let Some((size, through)) = sent.remove(&n) {
                     self.uploaded += size;
+                    self.progress.sent(size);
                     stored_part = Some((
                         n,
                         PartDone {

@@ -1,10 +1,12 @@
 //! Progress a person can watch during a long backup or restore. A [`Meter`] is a set of
-//! counters the working threads bump (bytes through, bytes stored, the chunk, requests in
-//! flight, the last successful request); a [`Reporter`] thread reads it: a
+//! counters the working threads bump (bytes through, bytes stored, bytes sent and their
+//! rate, a resume's verified prefix, the chunk, requests in flight, the last successful
+//! request, the last time anything moved); a [`Reporter`] thread reads it: a
 //! `event=backup_progress` / `restore_progress` log line every
 //! `global.progress_interval_seconds`, or, when stderr is a terminal, one live line
 //! redrawn every second instead. The total of a backup stream is not known in advance:
-//! the estimate (from the previous backup of the same kind) is labelled as one.
+//! the estimate (from the previous backup of the same kind) is labelled as one. The stall
+//! watchdog (`watchdog`) reads [`Meter::idle`].
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read, Write};
@@ -46,6 +48,19 @@ pub struct Meter {
     last_ok_ms: AtomicU64,
     /// Part bytes of chunks still being uploaded, so a stored chunk is not counted twice.
     open_parts: Mutex<BTreeMap<u64, u64>>,
+    /// Bytes this run sent that are stored (parts and PUTs; a resume's stored bytes not).
+    sent: AtomicU64,
+    /// Milliseconds after `started` when the first byte was sent (0: not yet).
+    first_send_ms: AtomicU64,
+    /// A resume: the bytes an earlier run stored (0: not a resume).
+    prefix: AtomicU64,
+    /// A resume: bytes of that prefix read and hashed again so far.
+    verified: AtomicU64,
+    /// CompleteMultipartUploads in flight.
+    completing: AtomicU64,
+    /// Milliseconds after `started` of the last movement: a byte read, a request queued,
+    /// ended or stored, a retry (0: none since the start).
+    moved_ms: AtomicU64,
 }
 
 impl Meter {
@@ -68,11 +83,110 @@ impl Meter {
             in_flight: AtomicU64::new(0),
             last_ok_ms: AtomicU64::new(0),
             open_parts: Mutex::new(BTreeMap::new()),
+            sent: AtomicU64::new(0),
+            first_send_ms: AtomicU64::new(0),
+            prefix: AtomicU64::new(0),
+            verified: AtomicU64::new(0),
+            completing: AtomicU64::new(0),
+            moved_ms: AtomicU64::new(0),
         })
+    }
+
+    fn ms(&self) -> u64 {
+        self.started.elapsed().as_millis().max(1) as u64
+    }
+
+    /// Something moved (bytes, a request queued, ended or stored, a retry).
+    pub fn touch(&self) {
+        self.moved_ms.store(self.ms(), Ordering::Relaxed);
+    }
+
+    /// How long nothing has moved.
+    pub fn idle(&self) -> Duration {
+        let since = self.moved_ms.load(Ordering::Relaxed);
+        Duration::from_millis((self.started.elapsed().as_millis() as u64).saturating_sub(since))
+    }
+
+    /// Retries of this run so far (attempts beyond the first).
+    pub fn retries(&self) -> u64 {
+        self.retrier.retries().saturating_sub(self.retries_before)
+    }
+
+    /// CompleteMultipartUploads in flight now.
+    pub fn completions_in_flight(&self) -> u64 {
+        self.completing.load(Ordering::Relaxed)
+    }
+
+    pub fn subvolume(&self) -> &str {
+        &self.subvolume
     }
 
     pub fn add_through(&self, n: u64) {
         self.through.fetch_add(n, Ordering::Relaxed);
+        if n > 0 {
+            self.touch();
+        }
+    }
+
+    /// A resume begins with `bytes` stored by an earlier run.
+    pub fn resuming(&self, bytes: u64) {
+        self.prefix.store(bytes, Ordering::Relaxed);
+    }
+
+    fn verified(&self, bytes: u64) {
+        self.verified.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn sent(&self, bytes: u64) {
+        self.sent.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// The first byte of this run goes to the uploaders; on a resume, says how long the
+    /// stored prefix took to verify (`event=resume_first_new_byte`).
+    fn sending(&self) {
+        let ms = self.ms();
+        if self
+            .first_send_ms
+            .compare_exchange(0, ms, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let prefix = self.prefix.load(Ordering::Relaxed);
+        if prefix > 0 {
+            let verified = self.verified.load(Ordering::Relaxed);
+            let secs = ms as f64 / 1000.0;
+            crate::event!(
+                Info,
+                "resume_first_new_byte",
+                subvolume = self.subvolume,
+                verified_bytes = verified,
+                stored_bytes = prefix,
+                seconds = format!("{secs:.1}"),
+                verify_rate = format!("{:.1}MB/s", verified as f64 / secs / 1e6)
+            );
+        }
+    }
+
+    /// Still reading again what an earlier run stored, before sending anything.
+    fn verifying(&self) -> bool {
+        self.prefix.load(Ordering::Relaxed) > 0
+            && self.first_send_ms.load(Ordering::Relaxed) == 0
+            && self.verified.load(Ordering::Relaxed) < self.prefix.load(Ordering::Relaxed)
+    }
+
+    /// Bytes per second of what this run sent, since its first byte went (`None` before).
+    fn upload_rate(&self) -> Option<f64> {
+        let first = self.first_send_ms.load(Ordering::Relaxed);
+        if first == 0 {
+            return None;
+        }
+        let secs = (self.ms().saturating_sub(first)) as f64 / 1000.0;
+        Some(if secs > 0.0 {
+            self.sent.load(Ordering::Relaxed) as f64 / secs
+        } else {
+            0.0
+        })
     }
 
     pub fn set_chunk(&self, i: u64) {
@@ -80,8 +194,9 @@ impl Meter {
     }
 
     pub fn request_ok(&self) {
-        let ms = self.started.elapsed().as_millis().max(1) as u64;
+        let ms = self.ms();
         self.last_ok_ms.store(ms, Ordering::Relaxed);
+        self.moved_ms.store(ms, Ordering::Relaxed);
     }
 
     fn part_stored(&self, chunk: u64, size: u64) {
@@ -129,9 +244,14 @@ impl Meter {
                 self.in_flight.load(Ordering::Relaxed).to_string(),
             ),
             (
-                "retries",
-                (self.retrier.retries() - self.retries_before).to_string(),
+                "uploaded_bytes",
+                self.sent.load(Ordering::Relaxed).to_string(),
             ),
+            (
+                "upload_rate",
+                format!("{:.1}MB/s", self.upload_rate().unwrap_or(0.0) / 1e6),
+            ),
+            ("retries", self.retries().to_string()),
             (
                 "since_last_success_seconds",
                 if last == 0 {
@@ -145,6 +265,23 @@ impl Meter {
                 },
             ),
         ];
+        let prefix = self.prefix.load(Ordering::Relaxed);
+        if prefix > 0 {
+            f.push((
+                "phase",
+                if self.verifying() {
+                    "verifying_stored_prefix"
+                } else {
+                    "uploading"
+                }
+                .into(),
+            ));
+            f.push((
+                "resumed_bytes",
+                self.verified.load(Ordering::Relaxed).to_string(),
+            ));
+            f.push(("stored_prefix_bytes", prefix.to_string()));
+        }
         if let Some(e) = &self.expected {
             f.push(("expected_bytes", e.bytes.to_string()));
             f.push(("expected_from", e.source.clone()));
@@ -179,9 +316,19 @@ impl Meter {
                 .map(|b| format!("{:.1} MB", b as f64 / 1e6))
                 .unwrap_or_default()
         };
+        let what = self.event.trim_end_matches("_progress");
+        if self.verifying() {
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+            return format!(
+                "{what} {}: verifying stored prefix: {:.2} of {:.2} GiB at {}",
+                self.subvolume,
+                gib(self.verified.load(Ordering::Relaxed)),
+                gib(self.prefix.load(Ordering::Relaxed)),
+                get("rate"),
+            );
+        }
         let mut s = format!(
-            "{} {}: {} at {}, chunk {}, {} in flight, {} retries",
-            self.event.trim_end_matches("_progress"),
+            "{what} {}: {} at {}, chunk {}, {} in flight, {} retries",
             self.subvolume,
             mb("bytes"),
             get("rate"),
@@ -189,6 +336,13 @@ impl Meter {
             get("requests_in_flight"),
             get("retries")
         );
+        if self.upload_rate().is_some() {
+            s.push_str(&format!(
+                ", sent {} at {}",
+                mb("uploaded_bytes"),
+                get("upload_rate")
+            ));
+        }
         if let Some(p) = f.get("percent") {
             let approx = if get("expected_from") == "exact" {
                 ""
@@ -309,7 +463,28 @@ impl Progress for Metered<'_> {
     }
     fn requests_in_flight(&mut self, n: usize) {
         self.meter.in_flight.store(n as u64, Ordering::Relaxed);
+        self.meter.touch();
         self.inner.requests_in_flight(n);
+    }
+    fn completions_in_flight(&mut self, n: usize) {
+        self.meter.completing.store(n as u64, Ordering::Relaxed);
+        self.inner.completions_in_flight(n);
+    }
+    fn resuming(&mut self, bytes: u64) {
+        self.meter.resuming(bytes);
+        self.inner.resuming(bytes);
+    }
+    fn verified(&mut self, bytes: u64) {
+        self.meter.verified(bytes);
+        self.inner.verified(bytes);
+    }
+    fn sending(&mut self) {
+        self.meter.sending();
+        self.inner.sending();
+    }
+    fn sent(&mut self, bytes: u64) {
+        self.meter.sent(bytes);
+        self.inner.sent(bytes);
     }
 }
 
@@ -340,5 +515,75 @@ mod tests {
         assert_eq!(f["expected_from"], "previous full");
         assert_ne!(f["since_last_success_seconds"], "none_yet");
         assert!(m.live_line().contains("~50% of"), "{}", m.live_line());
+        assert!(!f.contains_key("phase"), "not a resume: {f:?}");
+    }
+
+    #[test]
+    fn a_resume_says_it_verifies_its_stored_prefix_then_counts_sent_bytes_apart() {
+        let m = Meter::new(
+            "backup_progress",
+            "data",
+            Arc::new(crate::testing::retrier()),
+            None,
+        );
+        let mut sink = crate::pipeline::NoProgress;
+        let mut p = Metered {
+            inner: &mut sink,
+            meter: &m,
+        };
+        p.resuming(3 << 30);
+        m.add_through(1 << 30);
+        p.verified(1 << 30);
+        let f: BTreeMap<&str, String> = m.fields().into_iter().collect();
+        assert_eq!(f["phase"], "verifying_stored_prefix");
+        assert_eq!(f["resumed_bytes"], (1u64 << 30).to_string());
+        assert_eq!(f["stored_prefix_bytes"], (3u64 << 30).to_string());
+        assert_eq!(f["uploaded_bytes"], "0");
+        let live = m.live_line();
+        assert!(
+            live.contains("verifying stored prefix: 1.00 of 3.00 GiB at"),
+            "{live}"
+        );
+        // A gap: the first new byte goes before the whole prefix is verified.
+        p.sending();
+        m.add_through(5_000_000);
+        p.sent(5_000_000);
+        std::thread::sleep(Duration::from_millis(20));
+        let f: BTreeMap<&str, String> = m.fields().into_iter().collect();
+        assert_eq!(f["phase"], "uploading");
+        assert_eq!(f["uploaded_bytes"], "5000000");
+        // Sent bytes over the time since the first one went: not the stream's rate.
+        let rate: f64 = f["upload_rate"].trim_end_matches("MB/s").parse().unwrap();
+        assert!(rate > 0.0 && rate < 5_000.0, "{f:?}");
+        assert_ne!(f["upload_rate"], f["rate"]);
+        assert!(
+            m.live_line().contains("sent 5.0 MB at"),
+            "{}",
+            m.live_line()
+        );
+    }
+
+    #[test]
+    fn idle_is_the_time_since_anything_moved() {
+        let m = Meter::new(
+            "backup_progress",
+            "data",
+            Arc::new(crate::testing::retrier()),
+            None,
+        );
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(m.idle() >= Duration::from_millis(50));
+        m.add_through(0);
+        assert!(m.idle() >= Duration::from_millis(50), "no byte is no move");
+        m.add_through(1);
+        assert!(m.idle() < Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(60));
+        let mut sink = crate::pipeline::NoProgress;
+        Metered {
+            inner: &mut sink,
+            meter: &m,
+        }
+        .requests_in_flight(1);
+        assert!(m.idle() < Duration::from_millis(50));
     }
 }

@@ -179,20 +179,15 @@ pub fn run(config: &Config, args: &BackupArgs) -> Result<u8> {
         }
     }
     total.elapsed = started.elapsed();
-    event!(
-        Info,
-        "backup_summary",
-        subvolumes = selected.len(),
-        failed = failed.len(),
-        total_bytes = total.bytes,
-        elapsed_seconds = format!("{:.3}", total.elapsed.as_secs_f64()),
-        throughput = format!("{:.1}MB/s", total.throughput() / 1e6),
-        chunks = total.chunks,
-        parts = total.parts,
-        retries = total.retries,
-        uploaded_bytes = total.uploaded_bytes,
-        resumed_bytes = total.resumed_bytes,
-    );
+    // The run's sums: `throughput` over the whole run, `upload_rate` over the seconds the
+    // subvolumes were sending (see `metrics`).
+    let mut line = String::from("event=backup_summary");
+    crate::logging::push_kv(&mut line, "subvolumes", &selected.len());
+    crate::logging::push_kv(&mut line, "failed", &failed.len());
+    for (k, v) in total.fields() {
+        crate::logging::push_kv(&mut line, k, &v);
+    }
+    log::info!("{line}");
     if let Some(path) = &config.global.metrics_path {
         let rs: Vec<SubvolResult<'_>> = results
             .iter()

@@ -1,5 +1,6 @@
 //! Pipeline tests against the in-memory store: single PUTs, multipart chunks, boundaries,
-//! retries, and abort on failure.
+//! retries, abort on failure, and resumes (what is sent, what is only verified, and that
+//! verifying takes no part buffer or spool file).
 
 use super::*;
 use crate::store::memory::MemoryStore;
@@ -648,4 +649,283 @@ fn a_stored_part_whose_bytes_differ_is_a_mismatch() {
         assert!(e.chain().any(|c| c.is::<ResumeMismatch>()), "{e:#}");
         assert!(format!("{e:#}").contains(says), "{e:#}");
     }
+}
+
+/// A store whose UploadParts and PUTs wait until the gate opens (a slow link): the
+/// uploaders hold every part buffer meanwhile.
+struct Gated {
+    inner: MemoryStore,
+    open: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl Gated {
+    fn wait(&self) {
+        let g = self.open.0.lock().unwrap();
+        let _ = self
+            .open
+            .1
+            .wait_timeout_while(g, std::time::Duration::from_secs(30), |o| !*o)
+            .unwrap();
+    }
+}
+
+impl ObjectStore for Gated {
+    fn put_object(
+        &self,
+        key: &str,
+        body: Body<'_>,
+        opts: &PutOptions,
+    ) -> crate::store::StoreResult<String> {
+        self.wait();
+        self.inner.put_object(key, body, opts)
+    }
+    fn create_multipart(&self, key: &str, opts: &PutOptions) -> crate::store::StoreResult<String> {
+        self.inner.create_multipart(key, opts)
+    }
+    fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Body<'_>,
+    ) -> crate::store::StoreResult<String> {
+        self.wait();
+        self.inner.upload_part(key, upload_id, part_number, body)
+    }
+    fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(u32, String)],
+    ) -> crate::store::StoreResult<String> {
+        self.inner.complete_multipart(key, upload_id, parts)
+    }
+    fn abort_multipart(&self, key: &str, upload_id: &str) -> crate::store::StoreResult<()> {
+        self.inner.abort_multipart(key, upload_id)
+    }
+    fn list_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+    ) -> crate::store::StoreResult<Vec<crate::store::ListedPart>> {
+        self.inner.list_parts(key, upload_id)
+    }
+    fn list_multipart_uploads(
+        &self,
+        prefix: &str,
+    ) -> crate::store::StoreResult<Vec<crate::store::OpenUpload>> {
+        self.inner.list_multipart_uploads(prefix)
+    }
+    fn list_objects(
+        &self,
+        prefix: &str,
+    ) -> crate::store::StoreResult<Vec<crate::store::ListedObject>> {
+        self.inner.list_objects(prefix)
+    }
+    fn delete_object(&self, key: &str) -> crate::store::StoreResult<()> {
+        self.inner.delete_object(key)
+    }
+    fn head(&self, key: &str) -> crate::store::StoreResult<Option<crate::store::ObjectMeta>> {
+        self.inner.head(key)
+    }
+    fn head_bucket(&self) -> crate::store::StoreResult<()> {
+        self.inner.head_bucket()
+    }
+    fn get(
+        &self,
+        key: &str,
+        range: Option<(u64, u64)>,
+    ) -> crate::store::StoreResult<Box<dyn Read + Send>> {
+        self.inner.get(key, range)
+    }
+    fn restore_object(&self, key: &str, days: u32, tier: &str) -> crate::store::StoreResult<()> {
+        self.inner.restore_object(key, days, tier)
+    }
+}
+
+/// The input, counting what has been read of it.
+struct CountingReader {
+    data: Vec<u8>,
+    at: usize,
+    read: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Read for CountingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (&self.data[self.at..]).read(buf)?;
+        self.at += n;
+        self.read.fetch_add(n, Ordering::SeqCst);
+        Ok(n)
+    }
+}
+
+/// What the pipeline told its progress sink.
+#[derive(Default, Debug, Clone, PartialEq, Eq)]
+struct Told {
+    resuming: u64,
+    verified: u64,
+    sending: u32,
+    sent: u64,
+}
+
+impl Progress for Arc<std::sync::Mutex<Told>> {
+    fn upload_opened(&mut self, _: u64, _: &str, _: &str) -> Result<()> {
+        Ok(())
+    }
+    fn part_stored(&mut self, _: u64, _: u32, _: &PartDone) -> Result<()> {
+        Ok(())
+    }
+    fn chunk_stored(&mut self, _: u64, _: &str, _: &ChunkDone, _: &str) -> Result<()> {
+        Ok(())
+    }
+    fn chunk_sealed(&mut self, _: u64, _: &crate::age::Sealing) -> Result<()> {
+        Ok(())
+    }
+    fn resuming(&mut self, bytes: u64) {
+        self.lock().unwrap().resuming += bytes;
+    }
+    fn verified(&mut self, bytes: u64) {
+        self.lock().unwrap().verified += bytes;
+    }
+    fn sending(&mut self) {
+        self.lock().unwrap().sending += 1;
+    }
+    fn sent(&mut self, bytes: u64) {
+        self.lock().unwrap().sent += bytes;
+    }
+}
+
+/// An open upload of `key` in `store` holding the parts `stored` of `d` (whole parts of
+/// `part` bytes, numbered from 1), as a journal would describe it.
+fn stored_upload(
+    store: &dyn ObjectStore,
+    key: &str,
+    d: &[u8],
+    part: usize,
+    stored: impl Iterator<Item = u32>,
+) -> ChunkProgress {
+    let opts = cfg(1, 1, 1).chunk_opts;
+    let upload_id = store.create_multipart(key, &opts).unwrap();
+    let mut parts = BTreeMap::new();
+    for n in stored {
+        let end = (n as usize * part).min(d.len());
+        let bytes = &d[(n as usize - 1) * part..end];
+        let etag = store
+            .upload_part(key, &upload_id, n, Body::Bytes(bytes))
+            .unwrap();
+        parts.insert(
+            n,
+            PartDone {
+                size: bytes.len() as u64,
+                sha256_through: crate::chunker::hex(&Sha256::digest(&d[..end])),
+                etag,
+            },
+        );
+    }
+    ChunkProgress::Open {
+        key: key.into(),
+        upload_id,
+        parts,
+    }
+}
+
+#[test]
+fn stored_parts_are_verified_while_every_part_buffer_is_with_a_slow_upload() {
+    // One uploader, so two part buffers; parts 1 and 2 are new and wait on the link,
+    // parts 3 to 10 were stored by an earlier run. Verifying them needs no part buffer:
+    // the reader gets through them (and to the end) while the link holds both.
+    let open = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let store = Arc::new(Gated {
+        inner: MemoryStore::new(),
+        open: open.clone(),
+    });
+    let d = data(1000);
+    let mut resume = BTreeMap::new();
+    resume.insert(
+        0,
+        stored_upload(&store.inner, "p/chunk-0.bin", &d, 100, 3..=10),
+    );
+    let read = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let told = Arc::new(std::sync::Mutex::new(Told::default()));
+    let (s, r, t) = (store.clone(), read.clone(), told.clone());
+    let input = d.clone();
+    let run = std::thread::spawn(move || {
+        let mut input = CountingReader {
+            data: input,
+            at: 0,
+            read: r,
+        };
+        let mut t = t;
+        let s: Arc<dyn ObjectStore> = s;
+        upload_stream(
+            &mut input,
+            s,
+            retrier(),
+            &cfg(1000, 100, 1),
+            &key,
+            &resume,
+            &mut t,
+        )
+    });
+    // Opens the gate however this test ends, so the run's thread ends too.
+    struct Opener(Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+    impl Drop for Opener {
+        fn drop(&mut self) {
+            *self.0 .0.lock().unwrap() = true;
+            self.0 .1.notify_all();
+        }
+    }
+    let opener = Opener(open);
+    let t0 = std::time::Instant::now();
+    while read.load(Ordering::SeqCst) < d.len() && t0.elapsed().as_secs() < 3 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let got = read.load(Ordering::SeqCst);
+    drop(opener);
+    let o = run.join().unwrap().unwrap();
+    assert_eq!(
+        got,
+        d.len(),
+        "the stored parts waited for a part buffer held by a slow upload"
+    );
+    assert_eq!(reassemble(&store.inner, &o), d);
+    assert_eq!((o.uploaded_bytes, o.resumed_bytes), (200, 800));
+    assert!(o.upload_time > Duration::ZERO);
+    let t = told.lock().unwrap().clone();
+    assert_eq!(
+        t,
+        Told {
+            resuming: 800,
+            verified: 800,
+            sending: 1,
+            sent: 200,
+        }
+    );
+}
+
+#[test]
+fn a_resume_with_everything_stored_touches_no_spool_and_sends_nothing() {
+    // The spool directory cannot be used: only a part that is sent would need it.
+    let store = Arc::new(MemoryStore::new());
+    let d = data(1000);
+    let mut resume = BTreeMap::new();
+    resume.insert(
+        0,
+        stored_upload(store.as_ref(), "p/chunk-0.bin", &d, 300, 1..=4),
+    );
+    let c = spooled(
+        1000,
+        300,
+        2,
+        std::path::Path::new("/proc/no-such-dir"),
+        10_000,
+    );
+    let told = Arc::new(std::sync::Mutex::new(Told::default()));
+    let o = run_with(&store, &d, &c, &resume, &mut told.clone()).unwrap();
+    assert_eq!(reassemble(&store, &o), d);
+    assert_eq!((o.uploaded_bytes, o.resumed_bytes), (0, 1000));
+    assert_eq!(o.upload_time, Duration::ZERO);
+    assert!(o.first_new_byte > Duration::ZERO);
+    let t = told.lock().unwrap().clone();
+    assert_eq!((t.verified, t.sending, t.sent), (1000, 0, 0));
 }

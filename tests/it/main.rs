@@ -22,3 +22,4 @@ mod rig;
 mod sdk;
 mod trust;
 mod trust_local;
+mod unattended;
