@@ -432,17 +432,13 @@ fn a_resumed_backup_reports_what_it_sent_apart_from_what_it_verified() {
     assert!(resumed >= before as f64, "{r:?}");
     // throughput is the contract's: the whole stream over the whole run.
     let elapsed = num("elapsed_seconds");
-    assert!(
-        (num("throughput") - total / elapsed / 1e6).abs() < 0.2,
-        "{r:?}"
-    );
+    // (Seconds are printed with 3 decimals: on a run this short that alone is ~1 %.)
+    let close = |got: f64, want: f64| (got - want).abs() <= 0.2 + 0.02 * want;
+    assert!(close(num("throughput"), total / elapsed / 1e6), "{r:?}");
     // upload_rate is what this run sent over the time it was sending.
     let secs = num("upload_seconds");
     assert!(secs > 0.0 && secs <= elapsed, "{r:?}");
-    assert!(
-        (num("upload_rate") - uploaded / secs / 1e6).abs() < 0.2,
-        "{r:?}"
-    );
+    assert!(close(num("upload_rate"), uploaded / secs / 1e6), "{r:?}");
     assert!(num("first_new_byte_seconds") > 0.0, "{r:?}");
     // The resume said when it reached the link again, and what it had verified by then.
     let verified: u64 = event_field(&r.stderr, "resume_first_new_byte", "verified_bytes")
