@@ -186,6 +186,27 @@ impl S3Store {
         self
     }
 
+    /// RestoreObject (of an object or one version at `url`) for `days` at `tier`; one
+    /// already in progress (409 RestoreAlreadyInProgress) will do.
+    fn request_restore(&self, op: &str, url: &Url, days: u32, tier: &str) -> StoreResult<()> {
+        let body = format!(
+            "<RestoreRequest xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Days>{days}</Days>\
+             <GlacierJobParameters><Tier>{tier}</Tier></GlacierJobParameters></RestoreRequest>"
+        );
+        let headers = [("content-type", "application/xml".to_string())];
+        match self.send(
+            op,
+            "POST",
+            url,
+            &headers,
+            Some(Body::Bytes(body.as_bytes())),
+        ) {
+            Ok(_) => Ok(()),
+            Err(e) if e.status == Some(409) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The request URL for `key`, exactly as the key says: every key segment is
     /// percent-encoded, and a key with an empty, `.` or `..` segment is refused, because
     /// URL handling would collapse it and the request would name another object (or
@@ -928,25 +949,8 @@ impl ObjectStore for S3Store {
     }
 
     fn restore_object(&self, key: &str, days: u32, tier: &str) -> StoreResult<()> {
-        let op = format!("RestoreObject {key}");
         let url = self.url(key, "restore")?;
-        let body = format!(
-            "<RestoreRequest xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Days>{days}</Days>\
-             <GlacierJobParameters><Tier>{tier}</Tier></GlacierJobParameters></RestoreRequest>"
-        );
-        let headers = [("content-type", "application/xml".to_string())];
-        match self.send(
-            &op,
-            "POST",
-            &url,
-            &headers,
-            Some(Body::Bytes(body.as_bytes())),
-        ) {
-            Ok(_) => Ok(()),
-            // RestoreAlreadyInProgress: the earlier request will do.
-            Err(e) if e.status == Some(409) => Ok(()),
-            Err(e) => Err(e),
-        }
+        self.request_restore(&format!("RestoreObject {key}"), &url, days, tier)
     }
 
     fn object_lock_enabled(&self) -> StoreResult<bool> {
@@ -1102,24 +1106,13 @@ impl ObjectStore for S3Store {
     }
 
     fn restore_version(&self, key: &str, version: &str, days: u32, tier: &str) -> StoreResult<()> {
-        let op = format!("RestoreObject {key} version {version}");
         let url = self.url(key, &format!("restore&{}", version_query(version)))?;
-        let body = format!(
-            "<RestoreRequest xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Days>{days}</Days>\
-             <GlacierJobParameters><Tier>{tier}</Tier></GlacierJobParameters></RestoreRequest>"
-        );
-        let headers = [("content-type", "application/xml".to_string())];
-        match self.send(
-            &op,
-            "POST",
+        self.request_restore(
+            &format!("RestoreObject {key} version {version}"),
             &url,
-            &headers,
-            Some(Body::Bytes(body.as_bytes())),
-        ) {
-            Ok(_) => Ok(()),
-            Err(e) if e.status == Some(409) => Ok(()),
-            Err(e) => Err(e),
-        }
+            days,
+            tier,
+        )
     }
 
     fn delete_version(&self, key: &str, version: &str) -> StoreResult<()> {
