@@ -12,7 +12,7 @@ mod listing;
 pub mod memory;
 pub mod pinned;
 pub mod s3;
-mod sigv4;
+pub(crate) mod sigv4;
 mod xml;
 
 use std::fmt;

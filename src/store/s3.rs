@@ -232,7 +232,7 @@ impl S3Store {
         let path = if key.is_empty() {
             String::new()
         } else {
-            format!("/{}", s3::signing::uri_encode(key, false))
+            format!("/{}", super::sigv4::uri_encode(key, false))
         };
         let q = if query.is_empty() {
             String::new()
@@ -535,7 +535,7 @@ fn object_headers(opts: &PutOptions) -> Vec<(&'static str, String)> {
 }
 
 fn encode_query(v: &str) -> String {
-    s3::signing::uri_encode(v, true)
+    super::sigv4::uri_encode(v, true)
 }
 
 impl S3Store {

@@ -2,8 +2,8 @@
 //! fetchers (`sts`) send: the canonical request, the string to sign, the signing key and
 //! the `Authorization` header, as pure functions checked against the AWS SigV4 test-suite
 //! vectors; and [`Signer`], which adds the date, payload hash and session token and learns
-//! the clock skew from the service. Only the percent-encoding comes from rust-s3
-//! (`s3::signing::uri_encode`, the AWS unreserved set).
+//! the clock skew from the service. The percent-encoding ([`uri_encode`]) is the
+//! `percent-encoding` crate's with the AWS unreserved set.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -49,12 +49,25 @@ pub fn amz_date(unix: i64) -> String {
 /// S3 encodes once and never normalises `.`/`..` (our URLs never carry them).
 fn canonical_uri(url: &Url) -> String {
     let decoded = percent_decode(url.path());
-    let path = s3::signing::uri_encode(&decoded, false);
+    let path = uri_encode(&decoded, false);
     if path.is_empty() {
         "/".to_string()
     } else {
         path
     }
+}
+
+/// The SigV4 URI encoding: every byte but the unreserved ones (letters, digits, `-_.~`)
+/// as `%XX` in upper-case hex, `/` too when `encode_slash` (query parts; not in paths).
+pub fn uri_encode(s: &str, encode_slash: bool) -> String {
+    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+    const QUERY: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    const PATH: &AsciiSet = &QUERY.remove(b'/');
+    utf8_percent_encode(s, if encode_slash { QUERY } else { PATH }).to_string()
 }
 
 fn percent_decode(s: &str) -> String {
@@ -88,8 +101,8 @@ fn canonical_query(url: &Url) -> String {
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
             (
-                s3::signing::uri_encode(&percent_decode(k), true),
-                s3::signing::uri_encode(&percent_decode(v), true),
+                uri_encode(&percent_decode(k), true),
+                uri_encode(&percent_decode(v), true),
             )
         })
         .collect();

@@ -52,7 +52,7 @@ fn http_error(from: &str, e: HttpError) -> String {
 fn form(pairs: &[(&str, &str)]) -> String {
     pairs
         .iter()
-        .map(|(k, v)| format!("{k}={}", s3::signing::uri_encode(v, true)))
+        .map(|(k, v)| format!("{k}={}", crate::store::sigv4::uri_encode(v, true)))
         .collect::<Vec<_>>()
         .join("&")
 }
