@@ -312,6 +312,27 @@ fn existing_ancestor(p: &Path) -> Option<&Path> {
     p.ancestors().find(|a| a.exists())
 }
 
+/// With spooling on: whether the filesystem of `global.spool_dir` (or of its nearest
+/// existing ancestor: the run creates it) has room for the spool files a run holds at once,
+/// `min(concurrency + 1, spool_size_bytes / part)` parts.
+fn spool_room_problem(cfg: &Config, part: u64) -> Option<String> {
+    let dir = &cfg.global.spool_dir;
+    let at = existing_ancestor(dir)?;
+    let free = rustix::fs::statvfs(at)
+        .map(|v| v.f_bavail.saturating_mul(v.f_frsize))
+        .ok()?;
+    let files = (cfg.s3.concurrency as u64 + 1).min(cfg.global.spool_size_bytes / part);
+    let need = files.saturating_mul(part);
+    (free < need).then(|| {
+        format!(
+            "global.spool_dir = {}: its filesystem has {free} bytes free, and a run spools up to \
+             {files} parts of {part} bytes ({need} bytes, s3.concurrency + 1): free space, move \
+             global.spool_dir, or lower s3.concurrency or s3.part_size_bytes",
+            dir.display()
+        )
+    })
+}
+
 /// What can be checked of the config without writing: subvolumes are btrfs subvolumes
 /// we can read, `snapshots.base_dir` is (or would be) on the same filesystem as each,
 /// the sizes fit together. One line per problem, each naming the key.
@@ -325,6 +346,11 @@ fn config_problems(b: &Backup<'_>, selected: &[&Subvolume]) -> Vec<String> {
                 "global.spool_size_bytes = {} cannot hold one part of {part} bytes; raise it",
                 cfg.global.spool_size_bytes
             ))
+        }
+        Ok(part) if cfg.s3.spool_enabled => {
+            if let Some(p) = spool_room_problem(cfg, part) {
+                out.push(p);
+            }
         }
         Ok(_) => {}
     }

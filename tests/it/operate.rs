@@ -703,3 +703,44 @@ fn status_tells_the_last_backup_what_is_due_a_pending_resume_and_the_last_run() 
     assert!(r.stdout.contains("(exit 2): --subvolume nope"), "{r:?}");
     drop(f);
 }
+
+/// Issue 25 item 8: `--dry-run` checks that the spool has room for the parts a run holds
+/// at once (before: a full 8 MiB tmpfs passed the dry run and failed the backup).
+#[test]
+fn dry_run_checks_that_the_spool_has_room_for_concurrency_plus_one_parts() {
+    if !require_root("dry_run_checks_that_the_spool_has_room_for_concurrency_plus_one_parts") {
+        return;
+    }
+    struct Tmpfs(std::path::PathBuf);
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let dir = TempDir::new("spool-tmpfs");
+    let spool = dir.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    run(&format!(
+        "mount -t tmpfs -o size=8m tmpfs {}",
+        spool.display()
+    ));
+    let _guard = Tmpfs(spool.clone());
+    let global = format!(
+        "spool_dir = \"{}\"\nspool_size_bytes = 104857600",
+        spool.display()
+    );
+    let s = Setup::new(SetupOpts {
+        storage_class_chunks: "STANDARD",
+        extra: &global,
+        s3_extra: "spool_enabled = true",
+        ..Default::default()
+    });
+    let r = s.cmd(&["backup", "--dry-run"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stdout.contains("global.spool_dir")
+            && r.stdout.contains("bytes free")
+            && r.stdout.contains("s3.concurrency + 1"),
+        "{r:?}"
+    );
+}
