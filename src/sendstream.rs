@@ -436,7 +436,8 @@ fn check_path(p: &[u8], empty_ok: bool) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn format_uuid(u: &[u8]) -> String {
+/// A 16-byte UUID as `btrfs subvolume show` prints it.
+pub(crate) fn format_uuid(u: &[u8]) -> String {
     let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
     format!(
         "{}-{}-{}-{}-{}",

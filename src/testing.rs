@@ -162,17 +162,7 @@ fn first_command(buf: &[u8]) -> Option<(String, String)> {
         let v = payload.get(p + 4..p + 4 + l)?;
         match t {
             15 => name = Some(String::from_utf8_lossy(v).into_owned()),
-            1 => {
-                let h: String = v.iter().map(|b| format!("{b:02x}")).collect();
-                uuid = Some(format!(
-                    "{}-{}-{}-{}-{}",
-                    &h[..8],
-                    &h[8..12],
-                    &h[12..16],
-                    &h[16..20],
-                    &h[20..]
-                ))
-            }
+            1 if v.len() == 16 => uuid = Some(crate::sendstream::format_uuid(v)),
             _ => {}
         }
         p += 4 + l;
