@@ -36,6 +36,7 @@
 #      measured N times, interleaved, and the ratio to the aws CLI is printed per round
 #      (this shared machine varies by 10-20 % from run to run); BENCH_BIN: the binary to
 #      measure (default: this tree's release build), for before/after comparisons;
+#      BENCH_ENCRYPTED (1): 0 leaves the encrypted rows out (for a BENCH_BIN without them);
 #      BENCH_RESUME (1): 0 leaves the resume table out, "only" measures nothing else;
 #      RESUME_GIB (2): the stored prefix.
 set -euo pipefail
@@ -203,11 +204,14 @@ cp "$dir/out.log" "$dir/backup-big.log"
 grep -o 'event=backup_metrics.*' "$dir/out.log"
 measure "btrfs_to_s3 restore (${gib} GiB)" "$stream" "$bin" restore --config "$dir/big.toml" --subvolume big --target "$mnt/restored-big"
 grep -o 'event=restore_metrics.*' "$dir/out.log"
+# BENCH_ENCRYPTED=0 leaves these rows out (a BENCH_BIN from before [encryption]).
+if [ "${BENCH_ENCRYPTED:-1}" != 0 ]; then
 measure "btrfs_to_s3 backup (${gib} GiB, encrypted to 1 age recipient)" log "$bin" backup --config "$dir/enc.toml" --once
 grep -o 'event=backup_metrics.*' "$dir/out.log"
 btrfs -q subvolume delete "$mnt/restored-big"
 btrfs subvolume sync "$mnt" > /dev/null
 measure "btrfs_to_s3 restore (${gib} GiB, encrypted)" "$stream" "$bin" restore --config "$dir/enc.toml" --subvolume big --target "$mnt/restored-big"
+fi
 measure "btrfs_to_s3 backup (200 MiB)" log "$bin" backup --config "$dir/small.toml" --once
 grep -o 'event=backup_metrics.*' "$dir/out.log"
 measure "btrfs_to_s3 backup (${gib} GiB, ${chunk_mib} MiB chunks)" log "$bin" backup --config "$dir/chunked.toml" --once
