@@ -95,7 +95,7 @@ fn main() -> Result<()> {
     let store = S3Store::with_keys(&ep, threads + 1, &access, &secret).map_err(|e| anyhow!(e))?;
     let opts = PutOptions {
         storage_class: "STANDARD".into(),
-        sse: "AES256".into(),
+        sse: btrfs_to_s3::config::Sse::Aes256,
         content_type: "application/octet-stream",
         kms_key_id: None,
         lock: None,

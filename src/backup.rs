@@ -116,8 +116,8 @@ fn settings(cfg: &Config, part_size: u64) -> Settings {
         prefix: cfg.s3.prefix.clone(),
         chunk_size: cfg.s3.chunk_size_bytes,
         part_size,
-        storage_class: cfg.s3.storage_class_chunks.clone(),
-        sse: cfg.s3.sse.clone(),
+        storage_class: cfg.s3.storage_class_chunks.as_str().into(),
+        sse: cfg.s3.sse.as_str().into(),
         encryption: cfg.encryption.enabled().then(|| {
             cfg.encryption
                 .recipients
@@ -302,7 +302,7 @@ impl Backup<'_> {
         };
         let checker = crate::check::Checker {
             repo,
-            sse: &self.cfg.s3.sse,
+            sse: self.cfg.s3.sse,
             concurrency: self.cfg.s3.concurrency,
             piece_size: self.cfg.s3.part_size_bytes,
             identities: &[],

@@ -71,7 +71,7 @@ impl Report {
 pub struct Checker<'a> {
     pub repo: &'a Repo,
     /// `s3.sse`: what every chunk must carry (`none`: not checked).
-    pub sse: &'a str,
+    pub sse: crate::config::Sse,
     /// Downloader threads and ranged-read size for `--deep`.
     pub concurrency: usize,
     pub piece_size: u64,
@@ -170,7 +170,8 @@ impl Checker<'_> {
                         false,
                     );
                 }
-                if self.sse != "none" && h.sse.as_deref() != Some(self.sse) {
+                let want = self.sse.header_value();
+                if want.is_some() && h.sse.as_deref() != want {
                     find(
                         match &h.sse {
                             Some(s) => format!(
@@ -391,7 +392,7 @@ mod tests {
     fn opts(class: &str, sse: &str) -> PutOptions {
         PutOptions {
             storage_class: class.into(),
-            sse: sse.into(),
+            sse: crate::config::Sse::parse(sse).expect("an s3.sse spelling"),
             content_type: "application/octet-stream",
             kms_key_id: None,
             lock: None,
@@ -480,7 +481,7 @@ mod tests {
     fn check(repo: &Repo, key: &str, deep: Option<Archived>) -> Report {
         Checker {
             repo,
-            sse: "AES256",
+            sse: crate::config::Sse::Aes256,
             concurrency: 2,
             piece_size: 300,
             identities: &[],

@@ -1,5 +1,7 @@
-//! The TOML config of the contract (DESIGN.md, "Formats") turned into a validated [`Config`]: every key, every
-//! default, `~` expansion, range checks, and an error naming the key for anything wrong.
+//! The TOML config of the contract (DESIGN.md, "Formats") turned into a validated [`Config`]
+//! of typed values: serde reads the file into one struct per section (config/file.rs, the
+//! schema; config/value.rs, the value types), then [`Config::parse`] applies the defaults,
+//! `~` expansion, the environment and the rules between keys. Every error names the key.
 //! CLI overrides are applied by `app`, not here; nothing here touches btrfs or S3.
 
 use std::collections::BTreeSet;
@@ -16,21 +18,6 @@ pub const MIN_PART_SIZE: u64 = 5 * MIB;
 pub const MAX_PART_SIZE: u64 = 5 * GIB;
 /// Default part size (extension key `s3.part_size_bytes`).
 pub const DEFAULT_PART_SIZE: u64 = 16 * MIB;
-
-/// Storage classes S3 knows (the AWS list).
-pub const STORAGE_CLASSES: &[&str] = &[
-    "STANDARD",
-    "REDUCED_REDUNDANCY",
-    "STANDARD_IA",
-    "ONEZONE_IA",
-    "INTELLIGENT_TIERING",
-    "GLACIER",
-    "DEEP_ARCHIVE",
-    "OUTPOSTS",
-    "GLACIER_IR",
-    "SNOW",
-    "EXPRESS_ONEZONE",
-];
 
 /// Upper bounds checked at validation, so that arithmetic on config values cannot
 /// overflow and the memory bound stays reasonable (DESIGN.md, "Config schema").
@@ -57,10 +44,6 @@ pub mod limits {
     pub const MAX_RESTORE_TIMEOUT_SECONDS: u64 = 30 * 86_400;
 }
 
-/// Server-side encryption values S3 accepts in `x-amz-server-side-encryption`.
-/// `none` (extension) sends no SSE header.
-pub const SSE_VALUES: &[&str] = &["AES256", "aws:kms", "aws:kms:dsse", "none"];
-
 /// A config problem: exit code 2, and the message names the key and the bad value.
 #[derive(Debug)]
 pub struct ConfigError(pub String);
@@ -77,7 +60,140 @@ fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
     Err(ConfigError(msg.into()))
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// An enum setting spelled as one of fixed strings: `NAMES` (in the order messages list
+/// them), `parse`, `as_str` and `Display` (the spelling), and reading from the config.
+macro_rules! spelled {
+    ($(#[$m:meta])* pub enum $name:ident {
+        $($(#[$vm:meta])* $variant:ident = $text:literal,)+
+    }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+        #[serde(try_from = "toml::Value")]
+        pub enum $name {
+            $($(#[$vm])* $variant,)+
+        }
+
+        impl $name {
+            pub const NAMES: &'static [&'static str] = &[$($text),+];
+
+            pub fn parse(s: &str) -> Option<$name> {
+                match s {
+                    $($text => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl TryFrom<toml::Value> for $name {
+            type Error = String;
+            fn try_from(v: toml::Value) -> Result<Self, String> {
+                value::one_of(v, Self::NAMES, Self::parse)
+            }
+        }
+    };
+}
+
+spelled! {
+    /// A storage class S3 knows (the AWS list): `s3.storage_class_chunks`,
+    /// `s3.storage_class_manifest`.
+    pub enum StorageClass {
+        Standard = "STANDARD",
+        ReducedRedundancy = "REDUCED_REDUNDANCY",
+        StandardIa = "STANDARD_IA",
+        OnezoneIa = "ONEZONE_IA",
+        IntelligentTiering = "INTELLIGENT_TIERING",
+        Glacier = "GLACIER",
+        DeepArchive = "DEEP_ARCHIVE",
+        Outposts = "OUTPOSTS",
+        GlacierIr = "GLACIER_IR",
+        Snow = "SNOW",
+        ExpressOnezone = "EXPRESS_ONEZONE",
+    }
+}
+
+/// Storage classes S3 knows (the AWS list).
+pub const STORAGE_CLASSES: &[&str] = StorageClass::NAMES;
+
+spelled! {
+    /// `s3.sse`: the server-side encryption S3 applies (`x-amz-server-side-encryption`).
+    pub enum Sse {
+        Aes256 = "AES256",
+        AwsKms = "aws:kms",
+        AwsKmsDsse = "aws:kms:dsse",
+        /// Extension: no SSE header at all.
+        None = "none",
+    }
+}
+
+/// Server-side encryption values S3 accepts in `x-amz-server-side-encryption`.
+/// `none` (extension) sends no SSE header.
+pub const SSE_VALUES: &[&str] = Sse::NAMES;
+
+impl Sse {
+    /// The `x-amz-server-side-encryption` value, or None when no header is sent.
+    pub fn header_value(self) -> Option<&'static str> {
+        (self != Sse::None).then_some(self.as_str())
+    }
+
+    /// SSE with a KMS key (`s3.sse_kms_key_id` applies).
+    pub fn uses_kms(self) -> bool {
+        matches!(self, Sse::AwsKms | Sse::AwsKmsDsse)
+    }
+}
+
+spelled! {
+    /// `s3.checksum` (extension): the `x-amz-checksum-*` every upload carries for the
+    /// service to check. Its wire forms are store/checksum.rs's.
+    #[derive(Default)]
+    pub enum Checksum {
+        #[default]
+        Crc32c = "crc32c",
+        Sha256 = "sha256",
+        None = "none",
+    }
+}
+
+spelled! {
+    /// `object_lock.mode` (`x-amz-object-lock-mode`).
+    pub enum LockMode {
+        Governance = "GOVERNANCE",
+        Compliance = "COMPLIANCE",
+    }
+}
+
+spelled! {
+    /// `restore.verify_mode`.
+    pub enum VerifyMode {
+        Full = "full",
+        Sample = "sample",
+        None = "none",
+    }
+}
+
+spelled! {
+    /// `restore.restore_tier`: the RestoreObject tier of archive-class chunks.
+    pub enum RestoreTier {
+        Standard = "Standard",
+        Bulk = "Bulk",
+        Expedited = "Expedited",
+    }
+}
+
+/// `global.log_level`; any case, and `warn` for `warning`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "toml::Value")]
 pub enum LogLevel {
     Debug,
     Info,
@@ -110,57 +226,17 @@ impl LogLevel {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VerifyMode {
-    Full,
-    Sample,
-    None,
-}
-
-impl VerifyMode {
-    pub const NAMES: &'static [&'static str] = &["full", "sample", "none"];
-
-    pub fn parse(s: &str) -> Option<VerifyMode> {
-        Some(match s {
-            "full" => VerifyMode::Full,
-            "sample" => VerifyMode::Sample,
-            "none" => VerifyMode::None,
-            _ => return None,
-        })
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RestoreTier {
-    Standard,
-    Bulk,
-    Expedited,
-}
-
-impl RestoreTier {
-    pub const NAMES: &'static [&'static str] = &["Standard", "Bulk", "Expedited"];
-
-    pub fn parse(s: &str) -> Option<RestoreTier> {
-        Some(match s {
-            "Standard" => RestoreTier::Standard,
-            "Bulk" => RestoreTier::Bulk,
-            "Expedited" => RestoreTier::Expedited,
-            _ => return None,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RestoreTier::Standard => "Standard",
-            RestoreTier::Bulk => "Bulk",
-            RestoreTier::Expedited => "Expedited",
-        }
+impl TryFrom<toml::Value> for LogLevel {
+    type Error = String;
+    fn try_from(v: toml::Value) -> Result<Self, String> {
+        value::one_of(v, Self::NAMES, Self::parse)
     }
 }
 
 /// `s3.send_compressed_data` (extension): send compressed extents as they are on disk
 /// (`btrfs send --proto 2 --compressed-data`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "toml::Value")]
 pub enum SendCompressed {
     /// When the kernel and btrfs-progs support it (detected once per run).
     Auto,
@@ -168,6 +244,18 @@ pub enum SendCompressed {
     On,
     /// Never: protocol 1, as the earlier tool.
     Off,
+}
+
+impl TryFrom<toml::Value> for SendCompressed {
+    type Error = String;
+    fn try_from(v: toml::Value) -> Result<Self, String> {
+        match v {
+            toml::Value::Boolean(true) => Ok(SendCompressed::On),
+            toml::Value::Boolean(false) => Ok(SendCompressed::Off),
+            toml::Value::String(s) if s == "auto" => Ok(SendCompressed::Auto),
+            v => Err(format!(" = {v}: must be \"auto\", true or false")),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -210,11 +298,11 @@ pub struct S3 {
     pub region: String,
     pub prefix: String,
     pub chunk_size_bytes: u64,
-    pub storage_class_chunks: String,
-    pub storage_class_manifest: String,
+    pub storage_class_chunks: StorageClass,
+    pub storage_class_manifest: StorageClass,
     pub concurrency: usize,
     pub spool_enabled: bool,
-    pub sse: String,
+    pub sse: Sse,
     /// Extension: custom endpoint (config, else `AWS_ENDPOINT_URL_S3`, else
     /// `AWS_ENDPOINT_URL`); a custom endpoint uses path-style addressing.
     pub endpoint_url: Option<String>,
@@ -226,7 +314,7 @@ pub struct S3 {
     pub sse_kms_key_id: Option<String>,
     /// Extension: the `x-amz-checksum-*` every upload carries for the service to check:
     /// `crc32c` (default), `sha256` or `none`.
-    pub checksum: String,
+    pub checksum: Checksum,
 }
 
 /// Extension section `[retention]`: what `prune` keeps in S3.
@@ -242,7 +330,7 @@ pub struct Retention {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectLock {
     /// `GOVERNANCE` or `COMPLIANCE` (`x-amz-object-lock-mode`).
-    pub mode: String,
+    pub mode: LockMode,
     /// Days each backup's objects stay locked at least (the chain's parents as long).
     pub retain_days: u64,
 }
@@ -271,63 +359,10 @@ pub struct Config {
     pub encryption: Encryption,
 }
 
-/// Every section and key the config may hold; anything else is an error naming it.
-pub const SCHEMA: &[(&str, &[&str])] = &[
-    (
-        "global",
-        &[
-            "log_level",
-            "state_path",
-            "lock_path",
-            "spool_dir",
-            "spool_size_bytes",
-            "metrics_path",
-            "progress_interval_seconds",
-        ],
-    ),
-    (
-        "schedule",
-        &["full_every_days", "incremental_every_days", "run_at"],
-    ),
-    ("snapshots", &["base_dir", "retain"]),
-    ("subvolumes", &["paths"]),
-    (
-        "s3",
-        &[
-            "bucket",
-            "region",
-            "prefix",
-            "chunk_size_bytes",
-            "storage_class_chunks",
-            "storage_class_manifest",
-            "concurrency",
-            "spool_enabled",
-            "sse",
-            "endpoint_url",
-            "part_size_bytes",
-            "send_compressed_data",
-            "sse_kms_key_id",
-            "checksum",
-        ],
-    ),
-    (
-        "restore",
-        &[
-            "target_base_dir",
-            "verify_mode",
-            "sample_max_files",
-            "wait_for_restore",
-            "restore_timeout_seconds",
-            "restore_tier",
-        ],
-    ),
-    ("retention", &["remote_generations", "prune_after_backup"]),
-    ("object_lock", &["mode", "retain_days"]),
-    (
-        "encryption",
-        &["recipients", "recipients_file", "identity_files"],
-    ),
-];
+/// Every section and key the config may hold (config/file.rs's structs); anything else
+/// is an error naming it.
+pub static SCHEMA: std::sync::LazyLock<Vec<(&'static str, &'static [&'static str])>> =
+    std::sync::LazyLock::new(file::schema);
 
 /// The environment a config is resolved in: `HOME` for `~` and the endpoint variables.
 pub trait Env {
@@ -344,7 +379,6 @@ impl Env for ProcessEnv {
 }
 
 impl Config {
-    /// Reads and validates the file at `path`.
     /// For the commands that act on the configured subvolumes: `subvolumes.paths` must be
     /// there (a config with only `[s3]` serves restore, list and verify).
     pub fn require_subvolumes(&self, command: &str) -> Result<(), ConfigError> {
@@ -357,6 +391,7 @@ impl Config {
         Ok(())
     }
 
+    /// Reads and validates the file at `path`.
     pub fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
@@ -371,7 +406,8 @@ impl Config {
             .map_err(|e| ConfigError(format!("config {}: {}", path.display(), e.0)))
     }
 
-    /// Validates TOML text.
+    /// Validates TOML text: serde reads it into the file's sections (each key checked
+    /// alone), then the defaults, `~`, the environment and the rules between keys.
     pub fn parse(text: &str, env: &dyn Env) -> Result<Config, ConfigError> {
         let doc: toml::Table = match text.parse() {
             Ok(d) => d,
@@ -380,109 +416,80 @@ impl Config {
                 return err(format!("not valid TOML: {}", msg.trim()));
             }
         };
-        check_known_keys(&doc)?;
-        let r = Reader { doc: &doc, env };
+        let f = file::read(text, &doc)?;
+        let path = |key: &str, raw: Option<value::Text>, default: &str| {
+            expand(env, key, raw.as_ref().map_or(default, |t| t.0.as_str()))
+        };
 
+        let g = f.global;
         let global = Global {
-            log_level: r.log_level("global", "log_level", "info")?,
-            state_path: r.path(
-                "global",
-                "state_path",
-                Some("~/.local/state/btrfs_to_s3/state.json"),
+            log_level: g.log_level.unwrap_or(LogLevel::Info),
+            state_path: path(
+                "global.state_path",
+                g.state_path,
+                "~/.local/state/btrfs_to_s3/state.json",
             )?,
-            lock_path: r.path("global", "lock_path", Some("/var/lock/btrfs_to_s3.lock"))?,
-            spool_dir: r.path("global", "spool_dir", Some("/mnt/ssd/btrfs_to_s3_spool"))?,
-            spool_size_bytes: r.bounded(
-                "global",
-                "spool_size_bytes",
-                200 * GIB,
-                limits::MAX_SPOOL_BYTES,
+            lock_path: path(
+                "global.lock_path",
+                g.lock_path,
+                "/var/lock/btrfs_to_s3.lock",
             )?,
-            metrics_path: r.opt_path("global", "metrics_path")?,
-            progress_interval_seconds: r.bounded(
-                "global",
-                "progress_interval_seconds",
-                60,
-                limits::MAX_DAYS * 86_400,
+            spool_dir: path(
+                "global.spool_dir",
+                g.spool_dir,
+                "/mnt/ssd/btrfs_to_s3_spool",
             )?,
+            spool_size_bytes: g.spool_size_bytes.map_or(200 * GIB, |n| n.0),
+            metrics_path: match g.metrics_path {
+                Some(t) => Some(expand(env, "global.metrics_path", &t.0)?),
+                None => None,
+            },
+            progress_interval_seconds: g.progress_interval_seconds.map_or(60, |n| n.0),
         };
         let schedule = Schedule {
-            full_every_days: r.bounded("schedule", "full_every_days", 180, limits::MAX_DAYS)?,
-            incremental_every_days: r.bounded(
-                "schedule",
-                "incremental_every_days",
-                7,
-                limits::MAX_DAYS,
-            )?,
-            run_at: r.run_at("schedule", "run_at", "02:00")?,
+            full_every_days: f.schedule.full_every_days.map_or(180, |n| n.0),
+            incremental_every_days: f.schedule.incremental_every_days.map_or(7, |n| n.0),
+            run_at: f.schedule.run_at.map_or((2, 0), |t| t.0),
         };
         let snapshots = Snapshots {
-            base_dir: r.path("snapshots", "base_dir", Some("/srv/snapshots"))?,
-            retain: r.bounded("snapshots", "retain", 2, limits::MAX_RETAIN)? as usize,
+            base_dir: path("snapshots.base_dir", f.snapshots.base_dir, "/srv/snapshots")?,
+            retain: f.snapshots.retain.map_or(2, |n| n.0) as usize,
         };
-        let subvolumes = r.subvolumes()?;
+        let subvolumes = subvolumes(env, f.subvolumes.paths)?;
+        let k = f.s3;
+        let sse = k.sse.unwrap_or(Sse::Aes256);
         let s3 = S3 {
-            bucket: r.bucket()?,
-            region: r.region()?,
-            prefix: r.prefix()?,
-            chunk_size_bytes: r.chunk_size()?,
-            storage_class_chunks: r.one_of(
-                "s3",
-                "storage_class_chunks",
-                "DEEP_ARCHIVE",
-                STORAGE_CLASSES,
-            )?,
-            storage_class_manifest: r.one_of(
-                "s3",
-                "storage_class_manifest",
-                "STANDARD",
-                STORAGE_CLASSES,
-            )?,
-            concurrency: r.bounded("s3", "concurrency", 4, limits::MAX_CONCURRENCY)? as usize,
-            spool_enabled: r.boolean("s3", "spool_enabled", false)?,
-            sse: r.one_of("s3", "sse", "AES256", SSE_VALUES)?,
-            endpoint_url: r.endpoint()?,
-            part_size_bytes: r.part_size()?,
-            send_compressed_data: r.send_compressed()?,
-            sse_kms_key_id: r.kms_key_id()?,
-            checksum: r.one_of("s3", "checksum", "crc32c", &["crc32c", "sha256", "none"])?,
+            bucket: bucket(required("s3", "bucket", k.bucket)?)?,
+            region: region(required("s3", "region", k.region)?)?,
+            prefix: prefix(required("s3", "prefix", k.prefix)?)?,
+            chunk_size_bytes: chunk_size(k.chunk_size_bytes.map_or(200 * GIB, |n| n.0))?,
+            storage_class_chunks: k.storage_class_chunks.unwrap_or(StorageClass::DeepArchive),
+            storage_class_manifest: k.storage_class_manifest.unwrap_or(StorageClass::Standard),
+            concurrency: k.concurrency.map_or(4, |n| n.0) as usize,
+            spool_enabled: k.spool_enabled.is_some_and(|b| b.0),
+            sse,
+            endpoint_url: endpoint(env, k.endpoint_url)?,
+            part_size_bytes: part_size(k.part_size_bytes.map_or(DEFAULT_PART_SIZE, |n| n.0))?,
+            send_compressed_data: k.send_compressed_data.unwrap_or(SendCompressed::Auto),
+            sse_kms_key_id: kms_key_id(k.sse_kms_key_id, sse)?,
+            checksum: k.checksum.unwrap_or(Checksum::Crc32c),
         };
         check_buffer_bound(&s3)?;
+        let r = f.restore;
         let restore = Restore {
-            target_base_dir: r.path("restore", "target_base_dir", Some("/srv/restore"))?,
-            verify_mode: {
-                let v = r.one_of("restore", "verify_mode", "full", VerifyMode::NAMES)?;
-                VerifyMode::parse(&v).unwrap_or(VerifyMode::Full)
-            },
-            sample_max_files: r.bounded(
-                "restore",
-                "sample_max_files",
-                1000,
-                limits::MAX_SAMPLE_FILES,
-            )?,
-            wait_for_restore: r.boolean("restore", "wait_for_restore", true)?,
-            restore_timeout_seconds: r.bounded(
-                "restore",
-                "restore_timeout_seconds",
-                259_200,
-                limits::MAX_RESTORE_TIMEOUT_SECONDS,
-            )?,
-            restore_tier: {
-                let v = r.one_of("restore", "restore_tier", "Standard", RestoreTier::NAMES)?;
-                RestoreTier::parse(&v).unwrap_or(RestoreTier::Standard)
-            },
+            target_base_dir: path("restore.target_base_dir", r.target_base_dir, "/srv/restore")?,
+            verify_mode: r.verify_mode.unwrap_or(VerifyMode::Full),
+            sample_max_files: r.sample_max_files.map_or(1000, |n| n.0),
+            wait_for_restore: r.wait_for_restore.is_none_or(|b| b.0),
+            restore_timeout_seconds: r.restore_timeout_seconds.map_or(259_200, |n| n.0),
+            restore_tier: r.restore_tier.unwrap_or(RestoreTier::Standard),
         };
         let retention = Retention {
-            remote_generations: r.bounded(
-                "retention",
-                "remote_generations",
-                1,
-                limits::MAX_RETAIN,
-            )? as usize,
-            prune_after_backup: r.boolean("retention", "prune_after_backup", false)?,
+            remote_generations: f.retention.remote_generations.map_or(1, |n| n.0) as usize,
+            prune_after_backup: f.retention.prune_after_backup.is_some_and(|b| b.0),
         };
-        let object_lock = r.object_lock(&s3)?;
-        let encryption = r.encryption()?;
+        let object_lock = object_lock(f.object_lock, &s3)?;
+        let encryption = Encryption::resolve(f.encryption, env)?;
         Ok(Config {
             object_lock,
             encryption,
@@ -495,6 +502,208 @@ impl Config {
             restore,
         })
     }
+}
+
+/// A required string key's value, or the error naming where to add it.
+fn required(section: &str, key: &str, v: Option<value::Text>) -> Result<String, ConfigError> {
+    match v {
+        Some(t) => Ok(t.0),
+        None => err(format!(
+            "{section}.{key} is required but missing: add it under [{section}]"
+        )),
+    }
+}
+
+/// `raw` with a leading `~` replaced by `HOME`; it must then be absolute. `key` is the
+/// dotted key the messages name.
+fn expand(env: &dyn Env, key: &str, raw: &str) -> Result<PathBuf, ConfigError> {
+    let expanded = if raw == "~" || raw.starts_with("~/") {
+        let Some(home) = env.var("HOME") else {
+            return err(format!(
+                "{key} = {raw:?}: cannot expand ~ because HOME is not set; use an absolute path"
+            ));
+        };
+        format!("{}{}", home.trim_end_matches('/'), &raw[1..])
+    } else {
+        raw.to_string()
+    };
+    let p = PathBuf::from(&expanded);
+    if !p.is_absolute() {
+        return err(format!(
+            "{key} = {raw:?}: must be an absolute path (start with / or ~/)"
+        ));
+    }
+    Ok(p)
+}
+
+/// `s3.bucket`: the characters of a bucket name (S3's, with upper case and `_`
+/// tolerated for S3-compatible servers); it names the URL's host or first path
+/// segment, so nothing that could change the URL's shape gets through.
+fn bucket(b: String) -> Result<String, ConfigError> {
+    if b.is_empty() {
+        return err("s3.bucket = \"\": must name a bucket");
+    }
+    let ok_chars = b
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if b.len() > 255 || !ok_chars || b.contains("..") || b.starts_with('.') {
+        return err(format!(
+            "s3.bucket = {b:?}: not a bucket name (letters, digits, '.', '-' or '_', no '..')"
+        ));
+    }
+    Ok(b)
+}
+
+/// `s3.region`: part of the AWS host name and of every signature.
+fn region(r: String) -> Result<String, ConfigError> {
+    if r.is_empty() {
+        return err("s3.region = \"\": must name a region (e.g. \"us-east-1\")");
+    }
+    let ok = r.len() <= 64
+        && r.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !ok {
+        return err(format!(
+            "s3.region = {r:?}: not a region name (letters, digits and '-', e.g. \"eu-west-1\")"
+        ));
+    }
+    Ok(r)
+}
+
+/// `s3.prefix`: the root of every key; see [`prefix_problem`].
+fn prefix(p: String) -> Result<String, ConfigError> {
+    if let Some(why) = prefix_problem(&p) {
+        return err(format!(
+            "s3.prefix = {p:?}: {why}; use plain segments such as \"backups/host1\""
+        ));
+    }
+    Ok(p)
+}
+
+fn subvolumes(
+    env: &dyn Env,
+    paths: Option<value::SubvolumePaths>,
+) -> Result<Vec<Subvolume>, ConfigError> {
+    // Absent: a disaster-recovery config (restore, list, verify); `backup` and a
+    // `prune` without --subvolume refuse it (`Config::require_subvolumes`).
+    let Some(paths) = paths else {
+        return Ok(Vec::new());
+    };
+    let mut out: Vec<Subvolume> = Vec::new();
+    let mut names = BTreeSet::new();
+    for raw in &paths.0 {
+        let path = expand(env, "subvolumes.paths", raw)?;
+        let name = subvolume_name(&path).ok_or_else(|| {
+            ConfigError(format!(
+                "subvolumes.paths: {raw:?} has no usable last path component to name it"
+            ))
+        })?;
+        if !names.insert(name.clone()) {
+            return err(format!(
+                "subvolumes.paths: two paths share the name {name:?} (the last path component names a subvolume in S3 and must be unique)"
+            ));
+        }
+        out.push(Subvolume { name, path });
+    }
+    Ok(out)
+}
+
+/// `s3.endpoint_url`, else `AWS_ENDPOINT_URL_S3`, else `AWS_ENDPOINT_URL`; the message
+/// names where a bad value came from.
+fn endpoint(env: &dyn Env, configured: Option<value::Text>) -> Result<Option<String>, ConfigError> {
+    let (value, source) = match configured {
+        Some(t) => (t.0, "s3.endpoint_url"),
+        None => match env.var("AWS_ENDPOINT_URL_S3") {
+            Some(v) => (v, "AWS_ENDPOINT_URL_S3"),
+            None => match env.var("AWS_ENDPOINT_URL") {
+                Some(v) => (v, "AWS_ENDPOINT_URL"),
+                None => return Ok(None),
+            },
+        },
+    };
+    let rest = value
+        .strip_prefix("http://")
+        .or_else(|| value.strip_prefix("https://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.starts_with('/') => {
+            Ok(Some(value.trim_end_matches('/').to_string()))
+        }
+        _ => err(format!(
+            "{source} = {value:?}: must be an http:// or https:// URL with a host"
+        )),
+    }
+}
+
+/// `s3.sse_kms_key_id`: only with a KMS `s3.sse`, and only the characters of a key id,
+/// alias or ARN (it goes into a header).
+fn kms_key_id(k: Option<value::Text>, sse: Sse) -> Result<Option<String>, ConfigError> {
+    let Some(value::Text(k)) = k else {
+        return Ok(None);
+    };
+    if !sse.uses_kms() {
+        return err(format!(
+            "s3.sse_kms_key_id is set but s3.sse = {:?}: set s3.sse = \"aws:kms\" (or \"aws:kms:dsse\"), or remove the key id",
+            sse.as_str()
+        ));
+    }
+    let ok = !k.is_empty()
+        && k.len() <= 2048
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '/' | '-' | '_'));
+    if !ok {
+        return err(format!(
+            "s3.sse_kms_key_id = {k:?}: not a KMS key id, alias or ARN (letters, digits, ':', '/', '-', '_')"
+        ));
+    }
+    Ok(Some(k))
+}
+
+/// `[object_lock]`: both keys required when the section is there; locked uploads need
+/// a checksum header, so `s3.checksum = "none"` is refused with it.
+fn object_lock(
+    keys: Option<file::ObjectLockKeys>,
+    s3: &S3,
+) -> Result<Option<ObjectLock>, ConfigError> {
+    let Some(keys) = keys else {
+        return Ok(None);
+    };
+    let Some(mode) = keys.mode else {
+        return err(
+            "object_lock.mode is required with [object_lock]: \"GOVERNANCE\" or \"COMPLIANCE\"",
+        );
+    };
+    let Some(retain_days) = keys.retain_days else {
+        return err("object_lock.retain_days is required with [object_lock]: the days each backup stays locked (e.g. 200 for a full every 180 days)");
+    };
+    if s3.checksum == Checksum::None {
+        return err("s3.checksum = \"none\" with [object_lock]: S3 accepts a locked upload only with a checksum header; set s3.checksum = \"crc32c\" (the default) or \"sha256\"");
+    }
+    Ok(Some(ObjectLock {
+        mode,
+        retain_days: retain_days.0,
+    }))
+}
+
+/// `s3.chunk_size_bytes` has a floor besides its ceiling (checked with its type).
+fn chunk_size(v: u64) -> Result<u64, ConfigError> {
+    if v < limits::MIN_CHUNK_SIZE {
+        return err(format!(
+            "s3.chunk_size_bytes = {v}: must be at least {} (1 MiB): every chunk is an \
+             object, and a chunk this small makes millions of them for a large backup \
+             (the default is 214748364800, 200 GiB)",
+            limits::MIN_CHUNK_SIZE
+        ));
+    }
+    Ok(v)
+}
+
+fn part_size(v: u64) -> Result<u64, ConfigError> {
+    if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&v) {
+        return err(format!(
+            "s3.part_size_bytes = {v}: must be between {MIN_PART_SIZE} (5 MiB) and {MAX_PART_SIZE} (5 GiB), the limits of S3 multipart uploads"
+        ));
+    }
+    Ok(v)
 }
 
 /// Without a spool, `(concurrency + 1)` part buffers live in memory: refuse a config
@@ -540,399 +749,6 @@ pub fn prefix_problem(prefix: &str) -> Option<&'static str> {
     None
 }
 
-fn check_known_keys(doc: &toml::Table) -> Result<(), ConfigError> {
-    for (section, value) in doc {
-        let Some((_, keys)) = SCHEMA.iter().find(|(s, _)| s == section) else {
-            let known: Vec<&str> = SCHEMA.iter().map(|(s, _)| *s).collect();
-            return err(format!(
-                "unknown section [{section}] (known sections: {})",
-                known.join(", ")
-            ));
-        };
-        let Some(table) = value.as_table() else {
-            return err(format!("{section} must be a table ([{section}])"));
-        };
-        for key in table.keys() {
-            if !keys.contains(&key.as_str()) {
-                return err(format!(
-                    "unknown key {section}.{key} (known keys in [{section}]: {}); check the spelling",
-                    keys.join(", ")
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-struct Reader<'a> {
-    doc: &'a toml::Table,
-    env: &'a dyn Env,
-}
-
-fn type_name(v: &toml::Value) -> &'static str {
-    v.type_str()
-}
-
-impl Reader<'_> {
-    fn get(&self, section: &str, key: &str) -> Option<&toml::Value> {
-        self.doc.get(section)?.as_table()?.get(key)
-    }
-
-    fn string(
-        &self,
-        section: &str,
-        key: &str,
-        default: Option<&str>,
-    ) -> Result<String, ConfigError> {
-        match self.get(section, key) {
-            Some(toml::Value::String(s)) => Ok(s.clone()),
-            Some(v) => err(format!(
-                "{section}.{key} = {v}: must be a string, not a {}",
-                type_name(v)
-            )),
-            None => match default {
-                Some(d) => Ok(d.to_string()),
-                None => err(format!(
-                    "{section}.{key} is required but missing: add it under [{section}]"
-                )),
-            },
-        }
-    }
-
-    fn required_str(&self, section: &str, key: &str) -> Result<String, ConfigError> {
-        self.string(section, key, None)
-    }
-
-    fn one_of(
-        &self,
-        section: &str,
-        key: &str,
-        default: &str,
-        allowed: &[&str],
-    ) -> Result<String, ConfigError> {
-        let v = self.string(section, key, Some(default))?;
-        if allowed.contains(&v.as_str()) {
-            Ok(v)
-        } else {
-            err(format!(
-                "{section}.{key} = {v:?}: must be one of {}",
-                allowed.join(", ")
-            ))
-        }
-    }
-
-    fn log_level(&self, section: &str, key: &str, default: &str) -> Result<LogLevel, ConfigError> {
-        let v = self.string(section, key, Some(default))?;
-        LogLevel::parse(&v).map_or_else(
-            || {
-                err(format!(
-                    "{section}.{key} = {v:?}: must be one of {}",
-                    LogLevel::NAMES.join(", ")
-                ))
-            },
-            Ok,
-        )
-    }
-
-    fn boolean(&self, section: &str, key: &str, default: bool) -> Result<bool, ConfigError> {
-        match self.get(section, key) {
-            None => Ok(default),
-            Some(toml::Value::Boolean(b)) => Ok(*b),
-            Some(v) => err(format!(
-                "{section}.{key} = {v}: must be true or false, not a {}",
-                type_name(v)
-            )),
-        }
-    }
-
-    /// A whole number in `1..=max`.
-    fn bounded(
-        &self,
-        section: &str,
-        key: &str,
-        default: u64,
-        max: u64,
-    ) -> Result<u64, ConfigError> {
-        let v = self.positive(section, key, default)?;
-        if v > max {
-            return err(format!("{section}.{key} = {v}: must be at most {max}"));
-        }
-        Ok(v)
-    }
-
-    /// `s3.bucket`: the characters of a bucket name (S3's, with upper case and `_`
-    /// tolerated for S3-compatible servers); it names the URL's host or first path
-    /// segment, so nothing that could change the URL's shape gets through.
-    fn bucket(&self) -> Result<String, ConfigError> {
-        let b = self.required_str("s3", "bucket")?;
-        if b.is_empty() {
-            return err("s3.bucket = \"\": must name a bucket");
-        }
-        let ok_chars = b
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
-        if b.len() > 255 || !ok_chars || b.contains("..") || b.starts_with('.') {
-            return err(format!(
-                "s3.bucket = {b:?}: not a bucket name (letters, digits, '.', '-' or '_', no '..')"
-            ));
-        }
-        Ok(b)
-    }
-
-    /// `s3.region`: part of the AWS host name and of every signature.
-    fn region(&self) -> Result<String, ConfigError> {
-        let r = self.required_str("s3", "region")?;
-        if r.is_empty() {
-            return err("s3.region = \"\": must name a region (e.g. \"us-east-1\")");
-        }
-        let ok = r.len() <= 64
-            && r.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !ok {
-            return err(format!(
-                "s3.region = {r:?}: not a region name (letters, digits and '-', e.g. \"eu-west-1\")"
-            ));
-        }
-        Ok(r)
-    }
-
-    /// `s3.prefix`: the root of every key; see [`prefix_problem`].
-    fn prefix(&self) -> Result<String, ConfigError> {
-        let p = self.string("s3", "prefix", None)?;
-        if let Some(why) = prefix_problem(&p) {
-            return err(format!(
-                "s3.prefix = {p:?}: {why}; use plain segments such as \"backups/host1\""
-            ));
-        }
-        Ok(p)
-    }
-
-    fn positive(&self, section: &str, key: &str, default: u64) -> Result<u64, ConfigError> {
-        match self.get(section, key) {
-            None => Ok(default),
-            Some(toml::Value::Integer(i)) if *i > 0 => Ok(*i as u64),
-            Some(toml::Value::Integer(i)) => {
-                err(format!("{section}.{key} = {i}: must be greater than 0"))
-            }
-            // Sizes (`*_bytes`) may carry a unit.
-            Some(toml::Value::String(t)) if key.ends_with("_bytes") => {
-                match crate::size::parse(t) {
-                    Ok(0) => err(format!("{section}.{key} = {t:?}: must be greater than 0")),
-                    Ok(n) => Ok(n),
-                    Err(why) => err(format!(
-                        "{section}.{key} = {t:?}: {why}; write {}",
-                        crate::size::FORMS
-                    )),
-                }
-            }
-            Some(v) => err(format!(
-                "{section}.{key} = {v}: must be a whole number greater than 0, not a {}",
-                type_name(v)
-            )),
-        }
-    }
-
-    fn expand(&self, section: &str, key: &str, raw: &str) -> Result<PathBuf, ConfigError> {
-        let expanded = if raw == "~" || raw.starts_with("~/") {
-            let Some(home) = self.env.var("HOME") else {
-                return err(format!(
-                    "{section}.{key} = {raw:?}: cannot expand ~ because HOME is not set; use an absolute path"
-                ));
-            };
-            format!("{}{}", home.trim_end_matches('/'), &raw[1..])
-        } else {
-            raw.to_string()
-        };
-        let p = PathBuf::from(&expanded);
-        if !p.is_absolute() {
-            return err(format!(
-                "{section}.{key} = {raw:?}: must be an absolute path (start with / or ~/)"
-            ));
-        }
-        Ok(p)
-    }
-
-    fn path(
-        &self,
-        section: &str,
-        key: &str,
-        default: Option<&str>,
-    ) -> Result<PathBuf, ConfigError> {
-        let raw = self.string(section, key, default)?;
-        self.expand(section, key, &raw)
-    }
-
-    fn opt_path(&self, section: &str, key: &str) -> Result<Option<PathBuf>, ConfigError> {
-        match self.get(section, key) {
-            None => Ok(None),
-            Some(_) => self.path(section, key, None).map(Some),
-        }
-    }
-
-    fn run_at(&self, section: &str, key: &str, default: &str) -> Result<(u8, u8), ConfigError> {
-        let v = self.string(section, key, Some(default))?;
-        parse_hhmm(&v).map_or_else(
-            || {
-                err(format!(
-                    "{section}.{key} = {v:?}: must be a 24-hour time HH:MM between 00:00 and 23:59"
-                ))
-            },
-            Ok,
-        )
-    }
-
-    fn subvolumes(&self) -> Result<Vec<Subvolume>, ConfigError> {
-        // Absent: a disaster-recovery config (restore, list, verify); `backup` and a
-        // `prune` without --subvolume refuse it (`Config::require_subvolumes`).
-        let Some(v) = self.get("subvolumes", "paths") else {
-            return Ok(Vec::new());
-        };
-        let Some(arr) = v.as_array() else {
-            return err(format!(
-                "subvolumes.paths = {v}: must be a list of absolute paths"
-            ));
-        };
-        if arr.is_empty() {
-            return err("subvolumes.paths = []: list at least one subvolume path");
-        }
-        let mut out: Vec<Subvolume> = Vec::new();
-        let mut names = BTreeSet::new();
-        for item in arr {
-            let Some(raw) = item.as_str() else {
-                return err(format!(
-                    "subvolumes.paths: entry {item} must be a string path"
-                ));
-            };
-            let path = self.expand("subvolumes", "paths", raw)?;
-            let name = subvolume_name(&path).ok_or_else(|| {
-                ConfigError(format!(
-                    "subvolumes.paths: {raw:?} has no usable last path component to name it"
-                ))
-            })?;
-            if !names.insert(name.clone()) {
-                return err(format!(
-                    "subvolumes.paths: two paths share the name {name:?} (the last path component names a subvolume in S3 and must be unique)"
-                ));
-            }
-            out.push(Subvolume { name, path });
-        }
-        Ok(out)
-    }
-
-    fn endpoint(&self) -> Result<Option<String>, ConfigError> {
-        let (value, source) = match self.get("s3", "endpoint_url") {
-            Some(_) => (self.string("s3", "endpoint_url", None)?, "s3.endpoint_url"),
-            None => match self.env.var("AWS_ENDPOINT_URL_S3") {
-                Some(v) => (v, "AWS_ENDPOINT_URL_S3"),
-                None => match self.env.var("AWS_ENDPOINT_URL") {
-                    Some(v) => (v, "AWS_ENDPOINT_URL"),
-                    None => return Ok(None),
-                },
-            },
-        };
-        let rest = value
-            .strip_prefix("http://")
-            .or_else(|| value.strip_prefix("https://"));
-        match rest {
-            Some(host) if !host.is_empty() && !host.starts_with('/') => {
-                Ok(Some(value.trim_end_matches('/').to_string()))
-            }
-            _ => err(format!(
-                "{source} = {value:?}: must be an http:// or https:// URL with a host"
-            )),
-        }
-    }
-
-    fn kms_key_id(&self) -> Result<Option<String>, ConfigError> {
-        if self.get("s3", "sse_kms_key_id").is_none() {
-            return Ok(None);
-        }
-        let k = self.string("s3", "sse_kms_key_id", None)?;
-        let sse = self.string("s3", "sse", Some("AES256"))?;
-        if !sse.starts_with("aws:kms") {
-            return err(format!(
-                "s3.sse_kms_key_id is set but s3.sse = {sse:?}: set s3.sse = \"aws:kms\" (or \"aws:kms:dsse\"), or remove the key id"
-            ));
-        }
-        let ok = !k.is_empty()
-            && k.len() <= 2048
-            && k.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '/' | '-' | '_'));
-        if !ok {
-            return err(format!(
-                "s3.sse_kms_key_id = {k:?}: not a KMS key id, alias or ARN (letters, digits, ':', '/', '-', '_')"
-            ));
-        }
-        Ok(Some(k))
-    }
-
-    fn send_compressed(&self) -> Result<SendCompressed, ConfigError> {
-        match self.get("s3", "send_compressed_data") {
-            None => Ok(SendCompressed::Auto),
-            Some(toml::Value::Boolean(true)) => Ok(SendCompressed::On),
-            Some(toml::Value::Boolean(false)) => Ok(SendCompressed::Off),
-            Some(toml::Value::String(v)) if v == "auto" => Ok(SendCompressed::Auto),
-            Some(v) => err(format!(
-                "s3.send_compressed_data = {v}: must be \"auto\", true or false"
-            )),
-        }
-    }
-
-    /// `[object_lock]`: both keys required when the section is there; locked uploads need
-    /// a checksum header, so `s3.checksum = "none"` is refused with it.
-    fn object_lock(&self, s3: &S3) -> Result<Option<ObjectLock>, ConfigError> {
-        if self.doc.get("object_lock").is_none() {
-            return Ok(None);
-        }
-        if self.get("object_lock", "mode").is_none() {
-            return err(
-                "object_lock.mode is required with [object_lock]: \"GOVERNANCE\" or \"COMPLIANCE\"",
-            );
-        }
-        let mode = self.one_of("object_lock", "mode", "", &["GOVERNANCE", "COMPLIANCE"])?;
-        if self.get("object_lock", "retain_days").is_none() {
-            return err("object_lock.retain_days is required with [object_lock]: the days each backup stays locked (e.g. 200 for a full every 180 days)");
-        }
-        let retain_days = self.bounded("object_lock", "retain_days", 1, limits::MAX_DAYS)?;
-        if s3.checksum == "none" {
-            return err("s3.checksum = \"none\" with [object_lock]: S3 accepts a locked upload only with a checksum header; set s3.checksum = \"crc32c\" (the default) or \"sha256\"");
-        }
-        Ok(Some(ObjectLock { mode, retain_days }))
-    }
-
-    fn chunk_size(&self) -> Result<u64, ConfigError> {
-        let v = self.bounded("s3", "chunk_size_bytes", 200 * GIB, limits::MAX_CHUNK_SIZE)?;
-        if v < limits::MIN_CHUNK_SIZE {
-            return err(format!(
-                "s3.chunk_size_bytes = {v}: must be at least {} (1 MiB): every chunk is an \
-                 object, and a chunk this small makes millions of them for a large backup \
-                 (the default is 214748364800, 200 GiB)",
-                limits::MIN_CHUNK_SIZE
-            ));
-        }
-        Ok(v)
-    }
-
-    fn part_size(&self) -> Result<u64, ConfigError> {
-        let v = self.positive("s3", "part_size_bytes", DEFAULT_PART_SIZE)?;
-        if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&v) {
-            return err(format!(
-                "s3.part_size_bytes = {v}: must be between {MIN_PART_SIZE} (5 MiB) and {MAX_PART_SIZE} (5 GiB), the limits of S3 multipart uploads"
-            ));
-        }
-        Ok(v)
-    }
-}
-
-fn parse_hhmm(v: &str) -> Option<(u8, u8)> {
-    let (h, m) = v.split_once(':')?;
-    if h.len() != 2 || m.len() != 2 || !h.bytes().chain(m.bytes()).all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let (h, m): (u8, u8) = (h.parse().ok()?, m.parse().ok()?);
-    (h < 24 && m < 60).then_some((h, m))
-}
-
 /// The name of a subvolume: its last path component.
 pub fn subvolume_name(path: &Path) -> Option<String> {
     let name = path.file_name()?.to_str()?.to_string();
@@ -940,7 +756,11 @@ pub fn subvolume_name(path: &Path) -> Option<String> {
 }
 
 #[cfg(test)]
+mod messages_tests;
+#[cfg(test)]
 mod tests;
 
 mod encryption;
+mod file;
+mod value;
 pub use encryption::Encryption;

@@ -172,7 +172,7 @@ fn full_then_incremental_chain() {
     assert_eq!(obj.opts.storage_class, "GLACIER");
     let ptr = rig.store.object("pre/subvol/data/current.json").unwrap();
     assert_eq!(ptr.opts.storage_class, "STANDARD");
-    assert_eq!(ptr.opts.sse, "AES256");
+    assert_eq!(ptr.opts.sse.as_str(), "AES256");
 
     // Eight days later: an incremental against the full.
     let p2 = published(rig.run(&p1.state, "20250109T020000Z", false).unwrap());
@@ -527,7 +527,7 @@ fn sweep_aborts_stale_uploads() {
     let rig = Rig::new();
     let opts = PutOptions {
         storage_class: "STANDARD".into(),
-        sse: "AES256".into(),
+        sse: crate::config::Sse::Aes256,
         content_type: "x",
         kms_key_id: None,
         lock: None,

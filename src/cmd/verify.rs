@@ -66,7 +66,7 @@ pub fn run(config: &Config, args: &VerifyArgs) -> Result<u8> {
     };
     let checker = Checker {
         repo: &repo,
-        sse: &config.s3.sse,
+        sse: config.s3.sse,
         concurrency: config.s3.concurrency,
         piece_size: config.s3.part_size_bytes,
         identities: &identities,

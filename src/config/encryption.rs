@@ -5,7 +5,11 @@
 
 use std::path::PathBuf;
 
-use super::{err, ConfigError, Reader};
+use serde::Deserialize;
+use toml::Value;
+
+use super::file::EncryptionKeys;
+use super::{expand, ConfigError, Env};
 use crate::age::{parse_recipient_list, read_recipients_file, Recipient};
 
 /// Client-side encryption settings.
@@ -26,39 +30,13 @@ impl Encryption {
     pub fn fingerprints(&self) -> Vec<String> {
         self.recipients.iter().map(|r| r.fingerprint()).collect()
     }
-}
 
-impl Reader<'_> {
-    pub(super) fn encryption(&self) -> Result<Encryption, ConfigError> {
-        let mut recipients = Vec::new();
-        let listed = self.get("encryption", "recipients");
-        if let Some(v) = listed {
-            let Some(arr) = v.as_array() else {
-                return err(format!(
-                    "encryption.recipients = {}: must be a list of age recipients (\"age1…\")",
-                    type_name_of(v)
-                ));
-            };
-            let mut values = Vec::with_capacity(arr.len());
-            for (i, item) in arr.iter().enumerate() {
-                let Some(s) = item.as_str() else {
-                    return err(format!(
-                        "encryption.recipients[{i}]: must be a string \"age1…\", not a {}",
-                        type_name_of(item)
-                    ));
-                };
-                values.push(s.to_string());
-            }
-            if values.is_empty() {
-                return err(
-                    "encryption.recipients = []: list at least one age recipient (\"age1…\", \
-                     from age-keygen -y), or remove the key",
-                );
-            }
-            recipients = parse_recipient_list(&values)
-                .map_err(|e| ConfigError(format!("encryption.recipients{e}")))?;
-        }
-        if let Some(path) = self.opt_path("encryption", "recipients_file")? {
+    /// The table's keys resolved: the recipients file read and merged (duplicates once),
+    /// identity paths expanded.
+    pub(super) fn resolve(keys: EncryptionKeys, env: &dyn Env) -> Result<Self, ConfigError> {
+        let mut recipients = keys.recipients.map(|r| r.0).unwrap_or_default();
+        if let Some(raw) = keys.recipients_file {
+            let path = expand(env, "encryption.recipients_file", &raw.0)?;
             // An empty file is an error there too (it names the file).
             let from_file = read_recipients_file(&path)
                 .map_err(|e| ConfigError(format!("encryption.recipients_file: {e}")))?;
@@ -68,27 +46,20 @@ impl Reader<'_> {
                 }
             }
         }
-        let identity_files = match self.get("encryption", "identity_files") {
-            None => Vec::new(),
-            Some(v) => {
-                let Some(arr) = v.as_array() else {
-                    return err(format!(
-                        "encryption.identity_files = {}: must be a list of absolute paths",
-                        type_name_of(v)
-                    ));
-                };
-                let mut out = Vec::new();
-                for (i, item) in arr.iter().enumerate() {
-                    let Some(raw) = item.as_str() else {
-                        return err(format!(
-                            "encryption.identity_files[{i}]: must be a string path"
-                        ));
-                    };
-                    out.push(self.expand("encryption", &format!("identity_files[{i}]"), raw)?);
-                }
-                out
-            }
-        };
+        let mut identity_files = Vec::new();
+        for (i, raw) in keys
+            .identity_files
+            .map(|l| l.0)
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            identity_files.push(expand(
+                env,
+                &format!("encryption.identity_files[{i}]"),
+                raw,
+            )?);
+        }
         Ok(Encryption {
             recipients,
             identity_files,
@@ -96,6 +67,40 @@ impl Reader<'_> {
     }
 }
 
-fn type_name_of(v: &toml::Value) -> String {
-    format!("a {}", v.type_str())
+/// `encryption.recipients`: a non-empty list of `age1…` recipients. Its messages never
+/// quote a value (a pasted secret key must not reach a log).
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "toml::Value")]
+pub(super) struct Recipients(pub Vec<Recipient>);
+
+impl TryFrom<Value> for Recipients {
+    type Error = String;
+    fn try_from(v: Value) -> Result<Self, String> {
+        let Value::Array(items) = v else {
+            return Err(format!(
+                " = a {}: must be a list of age recipients (\"age1…\")",
+                v.type_str()
+            ));
+        };
+        let mut values = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            match item {
+                Value::String(s) => values.push(s),
+                item => {
+                    return Err(format!(
+                        "[{i}]: must be a string \"age1…\", not a {}",
+                        item.type_str()
+                    ))
+                }
+            }
+        }
+        if values.is_empty() {
+            return Err(" = []: list at least one age recipient (\"age1…\", from \
+                        age-keygen -y), or remove the key"
+                .into());
+        }
+        parse_recipient_list(&values)
+            .map(Recipients)
+            .map_err(|e| e.to_string())
+    }
 }

@@ -74,11 +74,11 @@ fn defaults_match_contract() {
         }]
     );
     assert_eq!(c.s3.chunk_size_bytes, 200 * GIB);
-    assert_eq!(c.s3.storage_class_chunks, "DEEP_ARCHIVE");
-    assert_eq!(c.s3.storage_class_manifest, "STANDARD");
+    assert_eq!(c.s3.storage_class_chunks.as_str(), "DEEP_ARCHIVE");
+    assert_eq!(c.s3.storage_class_manifest.as_str(), "STANDARD");
     assert_eq!(c.s3.concurrency, 4);
     assert!(!c.s3.spool_enabled);
-    assert_eq!(c.s3.sse, "AES256");
+    assert_eq!(c.s3.sse.as_str(), "AES256");
     assert_eq!(c.s3.endpoint_url, None);
     assert_eq!(c.s3.part_size_bytes, DEFAULT_PART_SIZE);
     assert_eq!(c.restore.target_base_dir, PathBuf::from("/srv/restore"));
@@ -147,7 +147,7 @@ restore_tier = "Bulk"
     assert_eq!(c.subvolumes[1].path, PathBuf::from("/home/u/data/"));
     assert_eq!(c.s3.concurrency, 8);
     assert!(c.s3.spool_enabled);
-    assert_eq!(c.s3.sse, "aws:kms");
+    assert_eq!(c.s3.sse.as_str(), "aws:kms");
     assert_eq!(c.s3.endpoint_url.as_deref(), Some("http://127.0.0.1:9000"));
     assert_eq!(c.s3.part_size_bytes, 8 * MIB);
     assert_eq!(c.restore.verify_mode, VerifyMode::Sample);
@@ -551,7 +551,7 @@ fn send_compressed_data_values() {
 #[test]
 fn sse_none_and_kms_key_id() {
     let c = Config::parse(&s3_with("sse = \"none\""), &env()).unwrap();
-    assert_eq!(c.s3.sse, "none");
+    assert_eq!(c.s3.sse.as_str(), "none");
     let c = Config::parse(
         &s3_with("sse = \"aws:kms\"\nsse_kms_key_id = \"arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab\""),
         &env(),
@@ -640,7 +640,7 @@ fn object_lock_section() {
     assert_eq!(
         c.object_lock,
         Some(ObjectLock {
-            mode: "COMPLIANCE".into(),
+            mode: LockMode::parse("COMPLIANCE").unwrap(),
             retain_days: 200
         })
     );
@@ -734,4 +734,52 @@ fn encryption_table_is_checked_and_absent_means_off() {
     assert!(e.contains("line 2") && !e.contains("AGE-SECRET"), "{e}");
     let e = parse_err(&with("[encryption]\nrecipients = [\"x\"]\ncolour = 1"));
     assert!(e.contains("unknown key encryption.colour"), "{e}");
+}
+
+#[test]
+fn schema_is_the_file_structs() {
+    // The sections listed for unknown-key detection are exactly the file's sections, in
+    // its order; each lists its struct's keys.
+    let sections: Vec<&str> = SCHEMA.iter().map(|(s, _)| *s).collect();
+    assert_eq!(sections, file::keys_of::<file::File>());
+    let s3 = SCHEMA.iter().find(|(s, _)| *s == "s3").unwrap().1;
+    assert_eq!(s3, file::keys_of::<file::S3Keys>());
+    assert!(s3.contains(&"checksum") && s3.len() == 14, "{s3:?}");
+}
+
+#[test]
+fn spellings_round_trip_and_sse_none_sends_no_header() {
+    for n in StorageClass::NAMES {
+        assert_eq!(StorageClass::parse(n).map(StorageClass::as_str), Some(*n));
+    }
+    for n in Sse::NAMES {
+        assert_eq!(Sse::parse(n).map(|s| s.to_string()).as_deref(), Some(*n));
+    }
+    for n in Checksum::NAMES.iter().chain(LockMode::NAMES) {
+        let ok = Checksum::parse(n).map(Checksum::as_str) == Some(*n)
+            || LockMode::parse(n).map(LockMode::as_str) == Some(*n);
+        assert!(ok, "{n}");
+    }
+    assert_eq!(Sse::None.header_value(), None);
+    assert_eq!(Sse::AwsKmsDsse.header_value(), Some("aws:kms:dsse"));
+    assert!(Sse::AwsKms.uses_kms() && !Sse::Aes256.uses_kms());
+    let c = Config::parse(
+        &s3_with("storage_class_chunks = \"GLACIER\"\nchecksum = \"sha256\""),
+        &env(),
+    )
+    .unwrap();
+    assert_eq!(c.s3.storage_class_chunks, StorageClass::Glacier);
+    assert_eq!(c.s3.checksum, Checksum::Sha256);
+    assert_eq!(c.s3.sse, Sse::Aes256);
+}
+
+#[test]
+fn inline_tables_and_dotted_keys_read_like_sections() {
+    let c = Config::parse(
+        "subvolumes.paths = [\"/data\"]\ns3 = { bucket = \"b\", region = \"r\", prefix = \"p\", concurrency = 2 }",
+        &env(),
+    )
+    .unwrap();
+    assert_eq!((c.s3.bucket.as_str(), c.s3.concurrency), ("b", 2));
+    assert_eq!(c.subvolumes[0].name, "data");
 }

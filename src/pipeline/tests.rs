@@ -18,7 +18,7 @@ fn cfg(chunk: u64, part: u64, conc: usize) -> PipelineConfig {
         concurrency: conc,
         chunk_opts: PutOptions {
             storage_class: "DEEP_ARCHIVE".into(),
-            sse: "AES256".into(),
+            sse: crate::config::Sse::Aes256,
             content_type: "application/octet-stream",
             kms_key_id: None,
             lock: None,
@@ -57,7 +57,7 @@ fn reassemble(store: &MemoryStore, o: &Uploaded) -> Vec<u8> {
         assert_eq!(obj.data.len() as u64, c.size);
         assert_eq!(crate::chunker::hex(&Sha256::digest(&obj.data)), c.sha256);
         assert_eq!(obj.opts.storage_class, "DEEP_ARCHIVE");
-        assert_eq!(obj.opts.sse, "AES256");
+        assert_eq!(obj.opts.sse.as_str(), "AES256");
         assert_eq!(Some(obj.etag.clone()), c.etag);
         all.extend_from_slice(&obj.data);
     }

@@ -262,7 +262,7 @@ mod tests {
     fn opts() -> PutOptions {
         PutOptions {
             storage_class: "STANDARD".into(),
-            sse: "AES256".into(),
+            sse: crate::config::Sse::Aes256,
             content_type: "application/json",
             kms_key_id: None,
             lock: None,

@@ -25,7 +25,7 @@ pub const MAX_SLACK_DAYS: i64 = 30;
 /// The retention of objects written at `now`: `retain_days` from then.
 pub fn retention(cfg: &Config, now: Ts) -> Option<Retention> {
     cfg.object_lock.as_ref().map(|l| Retention {
-        mode: l.mode.clone(),
+        mode: l.mode.as_str().into(),
         until: now.add_secs(l.retain_days as i64 * DAY),
     })
 }
@@ -126,7 +126,7 @@ pub fn protect_chain(
                 continue;
             }
             let r = Retention {
-                mode: mode_for(&l.mode, head.lock.as_ref()),
+                mode: mode_for(l.mode.as_str(), head.lock.as_ref()),
                 until: target,
             };
             repo.retrier()

@@ -60,7 +60,7 @@ impl World {
     fn opts(&self, class: &str) -> PutOptions {
         PutOptions {
             storage_class: class.into(),
-            sse: "AES256".into(),
+            sse: crate::config::Sse::Aes256,
             content_type: "application/octet-stream",
             kms_key_id: None,
             lock: None,

@@ -24,7 +24,7 @@ fn cfg() -> Config {
 fn garbage() -> PutOptions {
     PutOptions {
         storage_class: "STANDARD".into(),
-        sse: "AES256".into(),
+        sse: crate::config::Sse::Aes256,
         content_type: "x",
         kms_key_id: None,
         lock: None,

@@ -185,7 +185,7 @@ mod tests {
             b"abc",
             PutOptions {
                 storage_class: class.into(),
-                sse: "AES256".into(),
+                sse: crate::config::Sse::Aes256,
                 content_type: "x",
                 kms_key_id: None,
                 lock: None,

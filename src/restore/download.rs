@@ -292,7 +292,7 @@ mod tests {
                 &data,
                 PutOptions {
                     storage_class: "STANDARD".into(),
-                    sse: "AES256".into(),
+                    sse: crate::config::Sse::Aes256,
                     content_type: "x",
                     kms_key_id: None,
                     lock: None,
@@ -366,7 +366,7 @@ mod tests {
             &bad,
             PutOptions {
                 storage_class: "STANDARD".into(),
-                sse: "AES256".into(),
+                sse: crate::config::Sse::Aes256,
                 content_type: "x",
                 kms_key_id: None,
                 lock: None,
@@ -421,7 +421,7 @@ mod tests {
             &bad,
             PutOptions {
                 storage_class: "STANDARD".into(),
-                sse: "AES256".into(),
+                sse: crate::config::Sse::Aes256,
                 content_type: "x",
                 kms_key_id: None,
                 lock: None,

@@ -25,7 +25,7 @@ fn config(dir: &Path) -> Config {
 fn opts(class: &str) -> PutOptions {
     PutOptions {
         storage_class: class.into(),
-        sse: "AES256".into(),
+        sse: crate::config::Sse::Aes256,
         content_type: "x",
         kms_key_id: None,
         lock: None,

@@ -15,25 +15,10 @@ use sha2::{Digest, Sha256};
 
 use super::{Body, ErrorKind, ListedPart, StoreError, StoreResult};
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Checksum {
-    #[default]
-    Crc32c,
-    Sha256,
-    None,
-}
+/// The setting (`s3.checksum`) is config's enum; what it means on the wire is here.
+pub use crate::config::Checksum;
 
 impl Checksum {
-    /// The config value (`crc32c`, `sha256`, `none`).
-    pub fn parse(v: &str) -> Option<Checksum> {
-        match v {
-            "crc32c" => Some(Checksum::Crc32c),
-            "sha256" => Some(Checksum::Sha256),
-            "none" => Some(Checksum::None),
-            _ => None,
-        }
-    }
-
     /// `x-amz-checksum-algorithm` of CreateMultipartUpload.
     pub fn algorithm(self) -> Option<&'static str> {
         match self {

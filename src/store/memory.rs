@@ -110,7 +110,7 @@ fn meta(o: &StoredObject, restore: Option<String>) -> ObjectMeta {
         size: o.data.len() as u64,
         etag: Some(o.etag.clone()),
         storage_class: (class != "STANDARD").then_some(class),
-        sse: Some(o.opts.sse.clone()),
+        sse: Some(o.opts.sse.as_str().to_string()),
         restore,
         version_id: (!o.version_id.is_empty()).then(|| o.version_id.clone()),
         lock: o.lock.clone(),

@@ -88,7 +88,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub struct PutOptions {
     pub storage_class: String,
     /// `x-amz-server-side-encryption`; `none` sends no SSE header at all.
-    pub sse: String,
+    pub sse: crate::config::Sse,
     pub content_type: &'static str,
     /// `x-amz-server-side-encryption-aws-kms-key-id` (with `aws:kms`, `aws:kms:dsse`).
     pub kms_key_id: Option<String>,
@@ -398,7 +398,7 @@ mod tests {
     fn opts() -> PutOptions {
         PutOptions {
             storage_class: "STANDARD".into(),
-            sse: "none".into(),
+            sse: crate::config::Sse::None,
             content_type: "application/json",
             kms_key_id: None,
             lock: None,

@@ -70,7 +70,7 @@ impl Endpoint {
             bucket: s3.bucket.clone(),
             region: s3.region.clone(),
             endpoint_url: s3.endpoint_url.clone(),
-            checksum: Checksum::parse(&s3.checksum).unwrap_or_default(),
+            checksum: s3.checksum,
         }
     }
 
@@ -521,8 +521,8 @@ fn object_headers(opts: &PutOptions) -> Vec<(&'static str, String)> {
         ("content-type", opts.content_type.to_string()),
         ("x-amz-storage-class", opts.storage_class.clone()),
     ];
-    if opts.sse != "none" {
-        h.push(("x-amz-server-side-encryption", opts.sse.clone()));
+    if let Some(sse) = opts.sse.header_value() {
+        h.push(("x-amz-server-side-encryption", sse.to_string()));
         if let Some(k) = &opts.kms_key_id {
             h.push(("x-amz-server-side-encryption-aws-kms-key-id", k.clone()));
         }
@@ -1162,7 +1162,7 @@ mod tests {
     fn sse_headers() {
         let mut o = PutOptions {
             storage_class: "STANDARD".into(),
-            sse: "AES256".into(),
+            sse: config::Sse::Aes256,
             content_type: "x",
             kms_key_id: None,
             lock: None,
@@ -1171,9 +1171,9 @@ mod tests {
             object_headers(o).iter().map(|(k, _)| *k).collect()
         };
         assert!(names(&o).contains(&"x-amz-server-side-encryption"));
-        o.sse = "none".into();
+        o.sse = config::Sse::None;
         assert!(!names(&o).iter().any(|k| k.starts_with("x-amz-server-side")));
-        o.sse = "aws:kms".into();
+        o.sse = config::Sse::AwsKms;
         o.kms_key_id = Some("arn:aws:kms:eu-west-1:111122223333:key/abcd".into());
         let h = object_headers(&o);
         assert!(h.contains(&("x-amz-server-side-encryption", "aws:kms".into())));
@@ -1308,7 +1308,7 @@ mod tests {
         };
         let opts = PutOptions {
             storage_class: "STANDARD".into(),
-            sse: "none".into(),
+            sse: config::Sse::None,
             content_type: "x",
             kms_key_id: None,
             lock: None,
@@ -1385,7 +1385,7 @@ mod tests {
         };
         let opts = PutOptions {
             storage_class: "STANDARD".into(),
-            sse: "none".into(),
+            sse: config::Sse::None,
             content_type: "x",
             kms_key_id: None,
             lock: Some(lock.clone()),

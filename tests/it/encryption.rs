@@ -72,7 +72,7 @@ fn put(store: &dyn ObjectStore, key: &str, bytes: &[u8]) {
             Body::Bytes(bytes),
             &PutOptions {
                 storage_class: "STANDARD".into(),
-                sse: "AES256".into(),
+                sse: btrfs_to_s3::config::Sse::Aes256,
                 content_type: "application/octet-stream",
                 kms_key_id: None,
                 lock: None,

@@ -26,7 +26,7 @@ fn put(s: &Setup, key: &str, body: &[u8]) {
             Body::Bytes(body),
             &PutOptions {
                 storage_class: "STANDARD".into(),
-                sse: "AES256".into(),
+                sse: btrfs_to_s3::config::Sse::Aes256,
                 content_type: "application/json",
                 kms_key_id: None,
                 lock: None,

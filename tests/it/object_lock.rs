@@ -367,7 +367,7 @@ fn a_writer_overwriting_current_json_and_manifests_cannot_take_the_restore() {
     let store = store(&s);
     let junk = PutOptions {
         storage_class: "STANDARD".into(),
-        sse: "AES256".into(),
+        sse: btrfs_to_s3::config::Sse::Aes256,
         content_type: "application/json",
         kms_key_id: None,
         lock: None,

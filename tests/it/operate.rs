@@ -15,7 +15,7 @@ const MIB: usize = 1024 * 1024;
 fn opts(class: &str) -> PutOptions {
     PutOptions {
         storage_class: class.into(),
-        sse: "AES256".into(),
+        sse: btrfs_to_s3::config::Sse::Aes256,
         content_type: "application/octet-stream",
         kms_key_id: None,
         lock: None,

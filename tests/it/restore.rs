@@ -185,7 +185,7 @@ fn flip_byte(store: &dyn ObjectStore, key: &str, at: usize) {
     data[at] ^= 0x01;
     let opts = PutOptions {
         storage_class: "STANDARD".into(),
-        sse: "AES256".into(),
+        sse: btrfs_to_s3::config::Sse::Aes256,
         content_type: "application/octet-stream",
         kms_key_id: None,
         lock: None,
@@ -261,7 +261,7 @@ fn tampered_or_missing_chunks_fail_and_leave_nothing() {
         let dkey = format!("backups/subvol/data/full/{name}");
         let opts = PutOptions {
             storage_class: "STANDARD".into(),
-            sse: "AES256".into(),
+            sse: btrfs_to_s3::config::Sse::Aes256,
             content_type: "application/json",
             kms_key_id: None,
             lock: None,

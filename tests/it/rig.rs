@@ -33,7 +33,7 @@ fn btrfs_send_bytes_round_trip_through_moto() {
     let store = moto.store();
     let opts = PutOptions {
         storage_class: "STANDARD".into(),
-        sse: "AES256".into(),
+        sse: btrfs_to_s3::config::Sse::Aes256,
         content_type: "application/octet-stream",
         kms_key_id: None,
         lock: None,

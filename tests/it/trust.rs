@@ -14,7 +14,7 @@ const MIB: usize = 1024 * 1024;
 fn json_opts() -> PutOptions {
     PutOptions {
         storage_class: "STANDARD".into(),
-        sse: "AES256".into(),
+        sse: btrfs_to_s3::config::Sse::Aes256,
         content_type: "application/json",
         kms_key_id: None,
         lock: None,

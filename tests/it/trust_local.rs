@@ -16,7 +16,7 @@ const TOKEN: &str = "FAKETOKENf00dfeed1234";
 fn chunk_opts() -> PutOptions {
     PutOptions {
         storage_class: "STANDARD".into(),
-        sse: "AES256".into(),
+        sse: btrfs_to_s3::config::Sse::Aes256,
         content_type: "application/octet-stream",
         kms_key_id: None,
         lock: None,
