@@ -8,7 +8,7 @@ use serde::Deserialize;
 use toml::Value;
 
 /// `value` when it is a string; else the message every string key gives.
-pub(crate) fn text(value: Value) -> Result<String, String> {
+pub(super) fn text(value: Value) -> Result<String, String> {
     match value {
         Value::String(s) => Ok(s),
         v => Err(format!(" = {v}: must be a string, not a {}", v.type_str())),
@@ -16,7 +16,7 @@ pub(crate) fn text(value: Value) -> Result<String, String> {
 }
 
 /// A string that must be one of `names` (what `parse` accepts), for enum settings.
-pub(crate) fn one_of<T>(
+pub(super) fn one_of<T>(
     value: Value,
     names: &[&str],
     parse: fn(&str) -> Option<T>,
