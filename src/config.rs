@@ -42,6 +42,10 @@ pub mod limits {
     pub const MAX_SAMPLE_FILES: u64 = 1_000_000_000;
     /// Waiting for archive restores: 30 days (Bulk from DEEP_ARCHIVE takes up to 48 h).
     pub const MAX_RESTORE_TIMEOUT_SECONDS: u64 = 30 * 86_400;
+    /// Waiting out a network outage: 7 days.
+    pub const MAX_OUTAGE_PATIENCE_SECONDS: u64 = 7 * 86_400;
+    /// The default outage patience: 4 hours.
+    pub const DEFAULT_OUTAGE_PATIENCE_SECONDS: u64 = 4 * 3600;
 }
 
 /// A config problem: exit code 2, and the message names the key and the bad value.
@@ -310,6 +314,9 @@ pub struct S3 {
     pub part_size_bytes: u64,
     /// Extension: `auto` (default), `true` or `false`.
     pub send_compressed_data: SendCompressed,
+    /// Extension: how long a backup or restore waits for a network that stopped answering
+    /// (probing it) before it gives up; 0: the bounded retries only.
+    pub outage_patience_seconds: u64,
     /// Extension: the KMS key for `sse = "aws:kms"` / `"aws:kms:dsse"`.
     pub sse_kms_key_id: Option<String>,
     /// Extension: the `x-amz-checksum-*` every upload carries for the service to check:
@@ -471,6 +478,9 @@ impl Config {
             endpoint_url: endpoint(env, k.endpoint_url)?,
             part_size_bytes: part_size(k.part_size_bytes.map_or(DEFAULT_PART_SIZE, |n| n.0))?,
             send_compressed_data: k.send_compressed_data.unwrap_or(SendCompressed::Auto),
+            outage_patience_seconds: k
+                .outage_patience_seconds
+                .map_or(limits::DEFAULT_OUTAGE_PATIENCE_SECONDS, |n| n.0),
             sse_kms_key_id: kms_key_id(k.sse_kms_key_id, sse)?,
             checksum: k.checksum.unwrap_or(Checksum::Crc32c),
         };
@@ -490,6 +500,7 @@ impl Config {
         };
         let object_lock = object_lock(f.object_lock, &s3)?;
         let encryption = Encryption::resolve(f.encryption, env)?;
+        encryption::check_chunk_size(&s3, &encryption)?;
         Ok(Config {
             object_lock,
             encryption,

@@ -11,7 +11,7 @@ use serde::de::{Deserializer, Visitor};
 use serde::Deserialize;
 
 use super::encryption::Recipients;
-use super::value::{Count, Flag, PathList, RunAt, Size, SubvolumePaths, Text};
+use super::value::{Count, Flag, OutagePatience, PathList, RunAt, Size, SubvolumePaths, Text};
 use super::{
     limits, Checksum, ConfigError, LockMode, LogLevel, RestoreTier, SendCompressed, Sse,
     StorageClass, VerifyMode,
@@ -80,6 +80,7 @@ pub(super) struct S3Keys {
     /// Range-checked in `Config::parse` (its message names S3's limits).
     pub part_size_bytes: Option<Size<{ u64::MAX }>>,
     pub send_compressed_data: Option<SendCompressed>,
+    pub outage_patience_seconds: Option<OutagePatience>,
     pub sse_kms_key_id: Option<Text>,
     pub checksum: Option<Checksum>,
 }

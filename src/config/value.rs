@@ -7,6 +7,8 @@
 use serde::Deserialize;
 use toml::Value;
 
+use super::limits;
+
 /// `value` when it is a string; else the message every string key gives.
 pub(super) fn text(value: Value) -> Result<String, String> {
     match value {
@@ -99,6 +101,27 @@ fn whole(v: Value, max: u64, units: bool) -> Result<u64, String> {
         return Err(format!(" = {n}: must be at most {max}"));
     }
     Ok(n)
+}
+
+/// `s3.outage_patience_seconds`: whole seconds from 0 (no waiting: the bounded retries
+/// only) to [`limits::MAX_OUTAGE_PATIENCE_SECONDS`].
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "toml::Value")]
+pub(super) struct OutagePatience(pub u64);
+
+impl TryFrom<Value> for OutagePatience {
+    type Error = String;
+    fn try_from(v: Value) -> Result<Self, String> {
+        let max = limits::MAX_OUTAGE_PATIENCE_SECONDS;
+        match v {
+            Value::Integer(i) if (0..=max as i64).contains(&i) => Ok(OutagePatience(i as u64)),
+            v => Err(format!(
+                " = {v}: must be a whole number of seconds from 0 \
+                 (give up after the bounded retries) to {max} (7 days); the default is {} (4 hours)",
+                limits::DEFAULT_OUTAGE_PATIENCE_SECONDS
+            )),
+        }
+    }
 }
 
 /// A 24-hour `HH:MM`, as `(hour, minute)`.
