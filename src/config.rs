@@ -227,6 +227,12 @@ pub struct S3 {
     /// Extension: the `x-amz-checksum-*` every upload carries for the service to check:
     /// `crc32c` (default), `sha256` or `none`.
     pub checksum: String,
+    /// Extension: `s3.max_upload_rate` or `s3.upload_rate_schedule` (off by default);
+    /// `backup --limit-upload` replaces it for one run.
+    pub upload_cap: crate::ratelimit::Cap,
+    /// Extension: `s3.max_download_rate` or `s3.download_rate_schedule` (restore);
+    /// `restore --limit-download` replaces it for one run.
+    pub download_cap: crate::ratelimit::Cap,
 }
 
 /// Extension section `[retention]`: what `prune` keeps in S3.
@@ -308,6 +314,10 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
             "send_compressed_data",
             "sse_kms_key_id",
             "checksum",
+            "max_upload_rate",
+            "upload_rate_schedule",
+            "max_download_rate",
+            "download_rate_schedule",
         ],
     ),
     (
@@ -446,6 +456,8 @@ impl Config {
             send_compressed_data: r.send_compressed()?,
             sse_kms_key_id: r.kms_key_id()?,
             checksum: r.one_of("s3", "checksum", "crc32c", &["crc32c", "sha256", "none"])?,
+            upload_cap: r.rate_cap("max_upload_rate", "upload_rate_schedule")?,
+            download_cap: r.rate_cap("max_download_rate", "download_rate_schedule")?,
         };
         check_buffer_bound(&s3)?;
         let restore = Restore {
@@ -898,6 +910,53 @@ impl Reader<'_> {
             return err("s3.checksum = \"none\" with [object_lock]: S3 accepts a locked upload only with a checksum header; set s3.checksum = \"crc32c\" (the default) or \"sha256\"");
         }
         Ok(Some(ObjectLock { mode, retain_days }))
+    }
+
+    /// A rate cap: `s3.<max>` (bytes per second as a number, or a string with a unit;
+    /// `"off"` or 0 for none) or the timetable `s3.<schedule>`, not both.
+    fn rate_cap(&self, max: &str, schedule: &str) -> Result<crate::ratelimit::Cap, ConfigError> {
+        use crate::ratelimit::{parse_rate, Cap, Timetable};
+        let fixed = match self.get("s3", max) {
+            None => None,
+            Some(toml::Value::Integer(0)) => Some(Cap::Off),
+            Some(toml::Value::Integer(i)) if *i > 0 => Some(match parse_rate(&i.to_string()) {
+                Ok(Some(r)) => Cap::Fixed(r),
+                Ok(None) => Cap::Off,
+                Err(why) => return err(format!("s3.{max} = {i}: {why}")),
+            }),
+            Some(toml::Value::String(t)) => Some(match parse_rate(t) {
+                Ok(Some(r)) => Cap::Fixed(r),
+                Ok(None) => Cap::Off,
+                Err(why) => return err(format!("s3.{max} = {t:?}: {why}")),
+            }),
+            Some(v) => {
+                return err(format!(
+                    "s3.{max} = {v}: must be bytes per second, as a whole number or a string \
+                     such as \"20MiB\" (\"off\" or 0: no cap)"
+                ))
+            }
+        };
+        let table = match self.get("s3", schedule) {
+            None => None,
+            Some(toml::Value::String(t)) => match Timetable::parse(t) {
+                Ok(t) => Some(Cap::Timetable(t)),
+                Err(why) => return err(format!("s3.{schedule} = {t:?}: {why}")),
+            },
+            Some(v) => {
+                return err(format!(
+                    "s3.{schedule} = {v}: must be a string such as \"08:00,20MiB 23:00,off\" \
+                     (local times of day and the rate from each)"
+                ))
+            }
+        };
+        match (fixed, table) {
+            (Some(_), Some(_)) => err(format!(
+                "s3.{max} and s3.{schedule} are both set: the timetable decides the rate at \
+                 every time of day; remove one of them"
+            )),
+            (Some(c), None) | (None, Some(c)) => Ok(c),
+            (None, None) => Ok(Cap::Off),
+        }
     }
 
     fn chunk_size(&self) -> Result<u64, ConfigError> {

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod planner;
 pub mod progress;
+pub mod ratelimit;
 pub mod repo;
 pub mod restore;
 pub mod retry;
