@@ -631,7 +631,9 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         // A cap that moves nothing is no movement.
         assert!(m.idle() >= Duration::from_millis(50));
-        t.take(1000).unwrap();
+        let mut buf = [0u8; 1000];
+        let mut r = crate::ratelimit::Throttled::new(&[0u8; 1000][..], t.clone());
+        assert_eq!(std::io::Read::read(&mut r, &mut buf).unwrap(), 1000);
         assert!(m.idle() < Duration::from_millis(50));
         let f: BTreeMap<_, _> = m.fields().into_iter().collect();
         assert_eq!(f["rate_cap"], "10.0MiB/s");

@@ -357,8 +357,6 @@ impl Throttle {
             let Some(rate) = st.rate else {
                 // No cap now: a later cap starts with an empty debt.
                 st.tat = now;
-                drop(st);
-                self.moved();
                 return Ok(want);
             };
             let grant = (want as u64).min(MAX_GRANT.min(rate / 64).max(1));
@@ -379,7 +377,6 @@ impl Throttle {
             }
             self.clock.sleep((go - now).min(STOP_POLL));
         }
-        self.moved();
         Ok(n)
     }
 
@@ -397,6 +394,7 @@ impl Throttle {
         }
     }
 
+    /// Bytes went (the reader says so once they have).
     fn moved(&self) {
         let ms = self
             .clock
@@ -442,6 +440,9 @@ impl<R: Read> Read for Throttled<R> {
             }
         };
         self.throttle.give_back(n - got);
+        if got > 0 {
+            self.throttle.moved();
+        }
         Ok(got)
     }
 }

@@ -261,9 +261,25 @@ fn a_stop_ends_a_wait() {
 fn idle_counts_only_bytes_that_move() {
     let clock = FakeClock::new(0);
     let t = Throttle::with_clock(Cap::Fixed(MIB), clock.clone(), None);
+    let t = Arc::new(t);
     clock.sleep(Duration::from_secs(5));
     assert_eq!(t.idle(), Duration::from_secs(5));
-    t.take(1000).unwrap();
+    // A grant whose bytes never came (a read that fails) is no movement.
+    struct Stuck;
+    impl Read for Stuck {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("the link is gone"))
+        }
+    }
+    let mut buf = [0u8; 1000];
+    assert!(Throttled::new(Stuck, t.clone()).read(&mut buf).is_err());
+    assert_eq!(t.idle(), Duration::from_secs(5));
+    assert_eq!(
+        Throttled::new(&[1u8; 1000][..], t.clone())
+            .read(&mut buf)
+            .unwrap(),
+        1000
+    );
     assert!(t.idle() < Duration::from_millis(2));
     clock.sleep(Duration::from_secs(2));
     assert!(t.idle() >= Duration::from_secs(2));
