@@ -81,6 +81,7 @@ fn defaults_match_contract() {
     assert_eq!(c.s3.sse, "AES256");
     assert_eq!(c.s3.endpoint_url, None);
     assert_eq!(c.s3.part_size_bytes, DEFAULT_PART_SIZE);
+    assert_eq!(c.s3.outage_patience_seconds, 4 * 3600);
     assert_eq!(c.restore.target_base_dir, PathBuf::from("/srv/restore"));
     assert_eq!(c.restore.verify_mode, VerifyMode::Full);
     assert_eq!(c.restore.sample_max_files, 1000);
@@ -124,6 +125,7 @@ spool_enabled = true
 sse = "aws:kms"
 endpoint_url = "http://127.0.0.1:9000/"
 part_size_bytes = 8388608
+outage_patience_seconds = 0
 [restore]
 target_base_dir = "/restore"
 verify_mode = "sample"
@@ -150,6 +152,7 @@ restore_tier = "Bulk"
     assert_eq!(c.s3.sse, "aws:kms");
     assert_eq!(c.s3.endpoint_url.as_deref(), Some("http://127.0.0.1:9000"));
     assert_eq!(c.s3.part_size_bytes, 8 * MIB);
+    assert_eq!(c.s3.outage_patience_seconds, 0);
     assert_eq!(c.restore.verify_mode, VerifyMode::Sample);
     assert!(!c.restore.wait_for_restore);
     assert_eq!(c.restore.restore_tier, RestoreTier::Bulk);
@@ -330,6 +333,18 @@ fn each_rule_names_key_and_value() {
             &["s3.storage_class_manifest", "glacier"],
         ),
         (s3_with("concurrency = 0"), &["s3.concurrency", "0"]),
+        (
+            s3_with("outage_patience_seconds = -1"),
+            &["s3.outage_patience_seconds = -1", "from 0", "604800"],
+        ),
+        (
+            s3_with("outage_patience_seconds = 604801"),
+            &["s3.outage_patience_seconds = 604801", "to 604800"],
+        ),
+        (
+            s3_with("outage_patience_seconds = \"4h\""),
+            &["s3.outage_patience_seconds", "whole number of seconds"],
+        ),
         (s3_with("spool_enabled = 1"), &["s3.spool_enabled"]),
         (s3_with("sse = \"rot13\""), &["s3.sse", "rot13", "AES256"]),
         (
@@ -790,4 +805,71 @@ fn rate_caps_for_uploads_and_downloads() {
         let e = parse_err(&s3_with(line));
         assert!(e.contains(want), "{line}: {e}");
     }
+}
+
+/// S3's limits hold for the largest chunk an encrypted config allows: its age file (with
+/// the largest header this tool accepts) is at most 5 TiB, in at most 10,000 parts of at
+/// most 5 GiB; one byte more is refused, naming the key and the largest value.
+#[test]
+fn the_largest_encrypted_chunk_fits_s3s_object_and_part_limits() {
+    use crate::age::{ciphertext_size, max_plaintext, MAX_HEADER_LEN};
+    const TIB: u64 = 1024 * GIB;
+    let header = MAX_HEADER_LEN as u64;
+    let max = encryption::max_encrypted_chunk_size();
+    let stored = ciphertext_size(max, header);
+    assert!(stored <= 5 * TIB, "{stored}");
+    assert!(ciphertext_size(max + 1, header) > 5 * TIB);
+    // 16 bytes of tag per 64 KiB block (1.25 GiB in 5 TiB) and the header.
+    assert!((GIB..2 * GIB).contains(&(5 * TIB - max)), "{max}");
+    let part = crate::pipeline::effective_part_size(5 * MIB, stored).expect("a part size");
+    assert!(part <= 5 * GIB, "{part}");
+    assert!(stored.div_ceil(part) <= 10_000, "{part}");
+    // The bound is exact around block edges, tiny limits and real header sizes.
+    for h in [0u64, 1, 168, 266, header] {
+        for limit in [
+            0u64,
+            h + 31,
+            h + 32,
+            h + 33,
+            h + 16 + 65_536,
+            h + 16 + 65_552,
+            h + 16 + 65_553,
+            h + 16 + 65_569,
+            h + 16 + 3 * 65_552 + 17,
+            5 * TIB,
+        ] {
+            let p = max_plaintext(limit, h);
+            if ciphertext_size(0, h) > limit {
+                assert_eq!(p, 0, "{limit} {h}");
+                continue;
+            }
+            assert!(ciphertext_size(p, h) <= limit, "{limit} {h}: {p}");
+            assert!(ciphertext_size(p + 1, h) > limit, "{limit} {h}: {p}");
+        }
+    }
+
+    let r = crate::age::Identity::generate()
+        .unwrap()
+        .recipient()
+        .as_str()
+        .to_string();
+    let config = |size: u64, enc: bool| {
+        let mut text = s3_with(&format!("chunk_size_bytes = {size}"));
+        if enc {
+            text.push_str(&format!("[encryption]\nrecipients = [\"{r}\"]\n"));
+        }
+        text
+    };
+    let c = Config::parse(&config(max, true), &env()).unwrap();
+    assert_eq!(c.s3.chunk_size_bytes, max);
+    let e = parse_err(&config(max + 1, true));
+    assert!(
+        e.contains(&format!(
+            "s3.chunk_size_bytes = {} with [encryption]",
+            max + 1
+        )) && e.contains(&format!("at most {max}")),
+        "{e}"
+    );
+    // Unencrypted, the chunk is the object: up to 5 TiB.
+    Config::parse(&config(5 * TIB, false), &env()).unwrap();
 }

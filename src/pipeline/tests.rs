@@ -651,6 +651,83 @@ fn a_stored_part_whose_bytes_differ_is_a_mismatch() {
     }
 }
 
+/// An encrypted resume uses the journal's sealing for a chunk with stored parts; a kept
+/// sealing that was changed (another nonce, or another file key and header) does not
+/// reproduce the stored parts, and the resume refuses it (the backup then starts afresh
+/// with new keys) instead of encrypting the rest of the chunk under it.
+#[test]
+fn a_resume_with_a_kept_sealing_that_was_changed_is_a_mismatch() {
+    use crate::backup::JournalProgress;
+    use std::io::Read;
+    let dir = crate::testing::Scratch::new("pipeline-sealed");
+    let id = crate::age::Identity::generate().unwrap();
+    let d = data(2500);
+    let store = Arc::new(MemoryStore::new());
+    store.fail("UploadPart p/chunk-1.bin part 3", ErrorKind::Permanent, 1);
+    let mut c = cfg(1000, 300, 1);
+    c.keep_open_on_failure = true;
+    c.encryption = Some(Encrypt {
+        recipients: vec![id.recipient().clone()],
+        resumed: BTreeMap::new(),
+    });
+    let mut j = journal_at(&dir.0);
+    assert!(run_with(
+        &store,
+        &d,
+        &c,
+        &BTreeMap::new(),
+        &mut JournalProgress(&mut j)
+    )
+    .is_err());
+    let pending = crate::journal::load(&dir.0.join("j")).unwrap().unwrap();
+    let kept = pending.sealings[&1].clone();
+    let with = |rec: &crate::journal::SealingRecord| {
+        let mut c = c.clone();
+        let mut resumed = BTreeMap::new();
+        for (i, r) in &pending.sealings {
+            resumed.insert(*i, if *i == 1 { rec } else { r }.sealing().unwrap());
+        }
+        c.encryption = Some(Encrypt {
+            recipients: vec![id.recipient().clone()],
+            resumed,
+        });
+        c
+    };
+    let mut nonce = kept.clone();
+    nonce.nonce = if nonce.nonce.starts_with('0') {
+        "1"
+    } else {
+        "0"
+    }
+    .to_string()
+        + &kept.nonce[1..];
+    let other = crate::journal::SealingRecord::of(
+        &crate::age::Sealing::new(std::slice::from_ref(id.recipient())).unwrap(),
+    );
+    for changed in [nonce, other] {
+        let e = run_with(
+            &store,
+            &d,
+            &with(&changed),
+            &pending.chunks,
+            &mut NoProgress,
+        )
+        .unwrap_err();
+        assert!(e.chain().any(|c| c.is::<ResumeMismatch>()), "{e:#}");
+        assert!(format!("{e:#}").contains("chunk p/chunk-1.bin"), "{e:#}");
+    }
+    // The kept sealing as written resumes, and the chunks decrypt to the stream.
+    let o = run_with(&store, &d, &with(&kept), &pending.chunks, &mut NoProgress).unwrap();
+    assert!(o.resumed_bytes > 0);
+    let mut plain = Vec::new();
+    for ch in &o.chunks {
+        let obj = store.object(&ch.key).unwrap();
+        let mut dec = crate::age::Decryptor::new(&obj.data[..], std::slice::from_ref(&id)).unwrap();
+        dec.read_to_end(&mut plain).unwrap();
+    }
+    assert_eq!(plain, d);
+}
+
 /// A store whose UploadParts and PUTs wait until the gate opens (a slow link): the
 /// uploaders hold every part buffer meanwhile.
 struct Gated {
@@ -928,4 +1005,57 @@ fn a_resume_with_everything_stored_touches_no_spool_and_sends_nothing() {
     assert!(o.first_new_byte > Duration::ZERO);
     let t = told.lock().unwrap().clone();
     assert_eq!((t.verified, t.sending, t.sent), (1000, 0, 0));
+}
+
+#[test]
+fn a_network_outage_mid_upload_is_ridden_out_by_the_same_run() {
+    let store = Arc::new(MemoryStore::new());
+    let r = Arc::new(
+        crate::testing::retrier().with_outage(crate::outage::Outage::new(
+            std::time::Duration::ZERO,
+            crate::outage::Backoff {
+                first: std::time::Duration::from_millis(10),
+                cap: std::time::Duration::from_millis(40),
+            },
+            Arc::new(crate::outage::RealClock),
+        )),
+    );
+    let probe = store.clone();
+    r.outage().enable(
+        std::time::Duration::from_secs(60),
+        Arc::new(move || probe.probe()),
+    );
+    // The service answered this run before (the backup's first listing).
+    r.outage().online();
+    store.set_offline(true);
+    let s2 = store.clone();
+    let lift = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        s2.set_offline(false);
+    });
+    let d = data(5000);
+    let s: Arc<dyn ObjectStore> = store.clone();
+    let o = upload_stream(
+        &mut &d[..],
+        s,
+        r.clone(),
+        &cfg(1000, 300, 3),
+        &key,
+        &BTreeMap::new(),
+        &mut NoProgress,
+    )
+    .unwrap();
+    lift.join().unwrap();
+    assert_eq!(reassemble(&store, &o), d);
+    assert_eq!(r.outage().outages(), 1);
+    assert!(r.outage().probes() >= 2, "{}", r.outage().probes());
+    assert!(!r.outage().is_down());
+    // One prober: each uploader sent its request, retried it once, then waited; the
+    // probes (HeadBucket) did the asking until the link came back.
+    let log = store.log();
+    let heads = count(&log, "HeadBucket");
+    let sends = log.len() - heads;
+    assert!(heads as u64 == r.outage().probes(), "{log:?}");
+    // 5 chunks of 4 parts (create, 4 parts, complete) and at most 3 requests × 2 lost.
+    assert!(sends <= 5 * 6 + 3 * 2, "{sends}: {log:?}");
 }
