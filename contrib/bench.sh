@@ -30,6 +30,13 @@
 # it; MOTO_SERVER overrides), not s3s-fs: s3s-fs 0.14.1 answers ListParts without the
 # parts' sizes and ETags, so an open upload cannot be checked against it for a resume.
 #
+# A fifth table measures the upload and download rate caps (s3.max_upload_rate and
+# --limit-download): the 200 MiB subvolume backed up with --limit-upload 10MiB and 50MiB,
+# and restored with --limit-download of the same, through examples/link_emulator with no
+# cap of its own, whose byte counters are sampled every 50 ms: the rate achieved on the
+# wire between 1 % and 99 % of the bytes, and the largest deviation from the cap over any
+# 1 s and 10 s window of that span. On s3s-fs when it is installed, else on moto.
+#
 #   bash contrib/bench.sh [GIB]
 # Env: BENCH_DIR (/var/tmp/btrfs_to_s3-bench), CONCURRENCY (4), PART_MIB (16),
 #      CHUNK_MIB (512), ROUNDS (1): with ROUNDS=N the aws CLI row and both big backups are
@@ -38,7 +45,10 @@
 #      measure (default: this tree's release build), for before/after comparisons;
 #      BENCH_ENCRYPTED (1): 0 leaves the encrypted rows out (for a BENCH_BIN without them);
 #      BENCH_RESUME (1): 0 leaves the resume table out, "only" measures nothing else;
-#      RESUME_GIB (2): the stored prefix.
+#      RESUME_GIB (2): the stored prefix;
+#      BENCH_CAP (1): 0 leaves the rate cap table out, "only" measures nothing else (and
+#      then does not install s3s-fs: moto serves when s3s-fs is not there); CAP_MIBS
+#      ("10 50 off"): the caps in MiB/s, "off" for the uncapped run (the setup's ceiling).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -50,8 +60,11 @@ rounds=${ROUNDS:-1}
 dir=${BENCH_DIR:-/var/tmp/btrfs_to_s3-bench}
 resume=${BENCH_RESUME:-1}
 resume_gib=${RESUME_GIB:-2}
+cap=${BENCH_CAP:-1}
 main=1
 [ "$resume" = only ] && main=0
+if [ "$cap" = only ]; then main=0; resume=0; fi
+[ "$resume" = only ] && cap=0
 
 [ "$(id -u)" = 0 ] || { echo "bench.sh: run as root" >&2; exit 1; }
 need=()
@@ -68,12 +81,14 @@ if [ "$main" = 1 ] && ! command -v aws >/dev/null; then
   PATH=$repo/.test-tools/awscli/bin:$PATH
 fi
 s3s=${S3S_FS:-$repo/.test-tools/s3s-fs/bin/s3s-fs}
-if [ ! -x "$s3s" ]; then
+if [ ! -x "$s3s" ] && [ "$cap" != only ]; then
   echo "==> installing s3s-fs 0.14.1 (about 5 minutes)"
   cargo install s3s-fs@0.14.1 --features binary --root "$repo/.test-tools/s3s-fs" --quiet
 fi
 if [ "$main" = 1 ]; then
   cargo build --release --quiet --bin btrfs_to_s3 --example transport_bench --example link_emulator
+elif [ "$cap" != 0 ]; then
+  cargo build --release --quiet --bin btrfs_to_s3 --example link_emulator
 else
   cargo build --release --quiet --bin btrfs_to_s3
 fi
@@ -84,8 +99,10 @@ mnt=$dir/mnt
 s3pid=
 linkpid=
 motopid=
+samplerpid=
 cleanup() {
   set +e
+  [ -n "$samplerpid" ] && kill "$samplerpid" 2>/dev/null && wait "$samplerpid" 2>/dev/null
   [ -n "$linkpid" ] && kill "$linkpid" 2>/dev/null && wait "$linkpid" 2>/dev/null
   [ -n "$s3pid" ] && kill "$s3pid" 2>/dev/null && wait "$s3pid" 2>/dev/null
   [ -n "$motopid" ] && kill "$motopid" 2>/dev/null && wait "$motopid" 2>/dev/null
@@ -114,16 +131,18 @@ yes "btrfs_to_s3 benchmark line of compressible text" | head -c $(( total * 20 /
 mkdir -p "$mnt/big/small"
 rnd small $(( total * 10 / 100 )) | split -b 64k - "$mnt/big/small/f"
 btrfs -q subvolume create "$mnt/small"
-[ "$main" = 1 ] && rnd s200 $(( 200 * 1024 * 1024 )) > "$mnt/small/random.bin"
+{ [ "$main" = 1 ] || [ "$cap" != 0 ]; } && rnd s200 $(( 200 * 1024 * 1024 )) > "$mnt/small/random.bin"
 btrfs -q subvolume create "$mnt/resume"
 [ "$resume" != 0 ] && rnd resume $(( (resume_gib * 1024 + 256) * 1024 * 1024 )) > "$mnt/resume/random.bin"
 sync
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret AWS_DEFAULT_REGION=us-east-1
+if [ -x "$s3s" ]; then
 "$s3s" --host 127.0.0.1 --port "$port" --access-key bench --secret-key benchsecret "$dir/s3data" > "$dir/s3s.log" 2>&1 &
 s3pid=$!
 for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+fi
 endpoint=http://127.0.0.1:$port
 
 cfg() { # $1 = subvolume, $2 = state file, $3 = config name, $4 = extra [s3] line
@@ -404,6 +423,99 @@ PY
   rows=("${rows[@]:0:$rows_before}")
 fi
 
+# The rate caps, measured on the wire by the link emulator's byte counters.
+cap_rows=()
+if [ "$cap" != 0 ]; then
+  if [ -x "$s3s" ]; then
+    cap_server="s3s-fs 0.14.1"; cap_port=$port
+  else
+    cap_server="moto 5.1.22 (s3s-fs is not installed)"
+    moto=${MOTO_SERVER:-}
+    [ -n "$moto" ] || moto=$(bash contrib/install-test-tools.sh | tail -n 1)
+    cap_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    "$moto" -H 127.0.0.1 -p "$cap_port" > "$dir/moto.log" 2>&1 &
+    motopid=$!
+    for _ in $(seq 1 200); do curl -s -o /dev/null "http://127.0.0.1:$cap_port/" && break; sleep 0.1; done
+    curl -s -X PUT "http://127.0.0.1:$cap_port/bench" > /dev/null
+  fi
+  ctl_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  "$repo/target/release/examples/link_emulator" --target "127.0.0.1:$cap_port" \
+    --control "127.0.0.1:$ctl_port" > "$dir/caplink.out" 2>&1 &
+  linkpid=$!
+  for _ in $(seq 1 100); do grep -q '^control' "$dir/caplink.out" 2>/dev/null && break; sleep 0.1; done
+  cap_link=$(sed -n 's/^listening //p' "$dir/caplink.out")
+  sampler() { # $1 = samples file: "monotonic-seconds up_bytes down_bytes" every 50 ms
+    rm -f "$1"
+    python3 - "$ctl_port" "$1" <<'PY' &
+import re, socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+f = s.makefile("rw")
+out = open(sys.argv[2], "w")
+while True:
+    f.write("status\n"); f.flush()
+    m = re.search(r"up_bytes=(\d+) down_bytes=(\d+)", f.readline())
+    out.write(f"{time.monotonic():.4f} {m.group(1)} {m.group(2)}\n"); out.flush()
+    time.sleep(0.05)
+PY
+    samplerpid=$!
+    # The run starts after the first sample, so the counts start at its first byte.
+    for _ in $(seq 1 100); do [ -s "$1" ] && break; sleep 0.05; done
+  }
+  cap_row() { # $1 = label, $2 = samples, $3 = column (1 up, 2 down), $4 = cap bytes/s
+    python3 - "$@" <<'PY'
+import sys
+label, path, col, cap = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+pts = [(float(l.split()[0]), int(l.split()[col])) for l in open(path) if len(l.split()) == 3]
+b0, moved = pts[0][1], pts[-1][1] - pts[0][1]
+# The span between 1 % and 99 % of the bytes: no start-up, no CompleteMultipartUpload tail.
+lo = max(i for i, (t, b) in enumerate(pts) if b - b0 <= 0.01 * moved)
+hi = min(i for i, (t, b) in enumerate(pts) if b - b0 >= 0.99 * moved)
+span = pts[lo:hi + 1]
+(t0, c0), (t1, c1) = span[0], span[-1]
+rate = (c1 - c0) / (t1 - t0)
+def at(t):  # bytes at time t, linear between samples
+    for (ta, ba), (tb, bb) in zip(span, span[1:]):
+        if ta <= t <= tb:
+            return ba + (bb - ba) * (t - ta) / (tb - ta) if tb > ta else bb
+    return span[-1][1]
+def dev(w):
+    ds = [(at(t + w) - at(t)) / w / cap - 1 for t, _ in span if t + w <= t1]
+    return "n/a (shorter span)" if not ds else f"{min(ds) * 100:+.1f} % / {max(ds) * 100:+.1f} %"
+if cap == 0:  # the uncapped run: what the server and this machine allow
+    print(f"| {label} | off | {rate / 2**20:.2f} | | | | {moved / 2**20:.1f} | {t1 - t0:.1f} |")
+else:
+    print(f"| {label} | {cap / 2**20:.0f} | {rate / 2**20:.2f} | {(rate / cap - 1) * 100:+.1f} % | {dev(1.0)} | {dev(10.0)} | {moved / 2**20:.1f} | {t1 - t0:.1f} |")
+PY
+  }
+  s3s_endpoint=$endpoint
+  endpoint=http://$cap_link
+  for mib in ${CAP_MIBS:-10 50 off}; do
+    if [ "$mib" = off ]; then flag=off; bps=0; else flag=${mib}MiB; bps=$(( mib * 1024 * 1024 )); fi
+    echo "==> rate cap ${flag}: backup and restore of 200 MiB through the link emulator"
+    for sn in "$mnt"/snapshots/small__*; do [ -e "$sn" ] && btrfs -q subvolume delete "$sn"; done
+    cfg small "state-cap$mib.json" "cap$mib"
+    sampler "$dir/cap-up.txt"
+    "$bin" backup --config "$dir/cap$mib.toml" --once --limit-upload "$flag" > "$dir/cap.log" 2>&1 \
+      || { cat "$dir/cap.log"; echo "capped backup failed" >&2; exit 1; }
+    kill "$samplerpid"; wait "$samplerpid" 2>/dev/null || true
+    grep -o 'event=backup_metrics.*' "$dir/cap.log"
+    cap_rows+=("$(cap_row "backup --limit-upload $flag" "$dir/cap-up.txt" 1 "$bps")")
+    # A download is paced where the restore reads its sockets; what the link passes on
+    # runs ahead of that by what the TCP buffers between them hold.
+    sampler "$dir/cap-down.txt"
+    "$bin" restore --config "$dir/cap$mib.toml" --subvolume small --target "$mnt/restored-cap$mib" \
+      --limit-download "$flag" > "$dir/cap.log" 2>&1 \
+      || { cat "$dir/cap.log"; echo "capped restore failed" >&2; exit 1; }
+    kill "$samplerpid"; wait "$samplerpid" 2>/dev/null || true
+    grep -o 'event=restore_metrics.*' "$dir/cap.log"
+    cap_rows+=("$(cap_row "restore --limit-download $flag" "$dir/cap-down.txt" 2 "$bps")")
+    btrfs -q subvolume delete "$mnt/restored-cap$mib"
+  done
+  endpoint=$s3s_endpoint
+  kill "$linkpid"; wait "$linkpid" 2>/dev/null || true; linkpid=
+  if [ -n "${motopid:-}" ]; then kill "$motopid"; wait "$motopid" 2>/dev/null || true; motopid=; fi
+fi
+
 if [ "$main" = 1 ]; then
 echo
 eff=$(grep -o 'part_size=[0-9]*' "$dir/backup-big.log" | head -n 1 | cut -d= -f2)
@@ -443,4 +555,11 @@ if [ "$resume" != 0 ]; then
   echo "| command | MB/s | CPU s/GiB | peak RSS MiB | seconds |"
   echo "| --- | ---: | ---: | ---: | ---: |"
   printf '%s\n' "${floor[@]}"
+fi
+if [ "$cap" != 0 ]; then
+  echo
+  echo "Rate caps on ${cap_server}, measured on the wire (link emulator byte counters sampled every 50 ms; span: 1 % to 99 % of the bytes; concurrency ${conc}, ${part_mib} MiB parts):"
+  echo "| run | cap MiB/s | achieved MiB/s | vs cap | 1 s windows min / max | 10 s windows min / max | MiB on the wire | span s |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  printf '%s\n' "${cap_rows[@]}"
 fi

@@ -868,6 +868,7 @@ impl Backup<'_> {
             self.retrier.clone(),
             self.expected_size(sv, entry, kind),
         );
+        meter.show_cap(repo.store().throttles().upload);
         let reporter = Reporter::start(
             meter.clone(),
             Duration::from_secs(self.cfg.global.progress_interval_seconds),

@@ -204,6 +204,11 @@ pub struct BackupArgs {
     /// snapshot and journal) and start a fresh one
     #[arg(long)]
     pub restart: bool,
+
+    /// Cap the upload rate for this run: bytes per second, or with a unit ("20MiB"), or
+    /// "off" (overrides s3.max_upload_rate and s3.upload_rate_schedule)
+    #[arg(long, value_name = "RATE", value_parser = crate::ratelimit::parse_flag)]
+    pub limit_upload: Option<crate::ratelimit::Cap>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -252,6 +257,11 @@ pub struct RestoreArgs {
     /// encryption.identity_files). Refused if group or others may read it
     #[arg(long = "identity", value_name = "FILE")]
     pub identities: Vec<std::path::PathBuf>,
+
+    /// Cap the download rate for this run: bytes per second, or with a unit ("50MiB"), or
+    /// "off" (overrides s3.max_download_rate and s3.download_rate_schedule)
+    #[arg(long, value_name = "RATE", value_parser = crate::ratelimit::parse_flag)]
+    pub limit_download: Option<crate::ratelimit::Cap>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

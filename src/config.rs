@@ -322,6 +322,12 @@ pub struct S3 {
     /// Extension: the `x-amz-checksum-*` every upload carries for the service to check:
     /// `crc32c` (default), `sha256` or `none`.
     pub checksum: Checksum,
+    /// Extension: `s3.max_upload_rate` or `s3.upload_rate_schedule` (off by default);
+    /// `backup --limit-upload` replaces it for one run.
+    pub upload_cap: crate::ratelimit::Cap,
+    /// Extension: `s3.max_download_rate` or `s3.download_rate_schedule` (restore);
+    /// `restore --limit-download` replaces it for one run.
+    pub download_cap: crate::ratelimit::Cap,
 }
 
 /// Extension section `[retention]`: what `prune` keeps in S3.
@@ -483,6 +489,18 @@ impl Config {
                 .map_or(limits::DEFAULT_OUTAGE_PATIENCE_SECONDS, |n| n.0),
             sse_kms_key_id: kms_key_id(k.sse_kms_key_id, sse)?,
             checksum: k.checksum.unwrap_or(Checksum::Crc32c),
+            upload_cap: rate_cap(
+                "max_upload_rate",
+                k.max_upload_rate,
+                "upload_rate_schedule",
+                k.upload_rate_schedule,
+            )?,
+            download_cap: rate_cap(
+                "max_download_rate",
+                k.max_download_rate,
+                "download_rate_schedule",
+                k.download_rate_schedule,
+            )?,
         };
         check_buffer_bound(&s3)?;
         let r = f.restore;
@@ -719,6 +737,23 @@ fn part_size(v: u64) -> Result<u64, ConfigError> {
 
 /// Without a spool, `(concurrency + 1)` part buffers live in memory: refuse a config
 /// whose buffers alone would exceed [`limits::MAX_BUFFER_BYTES`].
+/// One direction's cap: a fixed rate or a timetable, not both.
+fn rate_cap(
+    max: &str,
+    fixed: Option<value::Rate>,
+    schedule: &str,
+    table: Option<value::Schedule>,
+) -> Result<crate::ratelimit::Cap, ConfigError> {
+    match (fixed, table) {
+        (Some(_), Some(_)) => err(format!(
+            "s3.{max} and s3.{schedule} are both set: the timetable decides the rate at \
+             every time of day; remove one of them"
+        )),
+        (Some(value::Rate(c)), None) | (None, Some(value::Schedule(c))) => Ok(c),
+        (None, None) => Ok(crate::ratelimit::Cap::Off),
+    }
+}
+
 fn check_buffer_bound(s3: &S3) -> Result<(), ConfigError> {
     if s3.spool_enabled {
         return Ok(());

@@ -25,6 +25,7 @@ pub mod outage;
 pub mod pipeline;
 pub mod planner;
 pub mod progress;
+pub mod ratelimit;
 pub mod repo;
 pub mod restore;
 pub mod retry;

@@ -4,15 +4,16 @@
 //! request, the last time anything moved); a [`Reporter`] thread reads it: a
 //! `event=backup_progress` / `restore_progress` log line every
 //! `global.progress_interval_seconds`, or, when stderr is a terminal, one live line
-//! redrawn every second instead. The total of a backup stream is not known in advance:
-//! the estimate (from the previous backup of the same kind) is labelled as one. During a
-//! network outage (`outage`) the lines say "waiting for the network since T (N s), next
-//! probe in M s". The stall watchdog (`watchdog`) reads [`Meter::idle`].
+//! redrawn every second instead; both show the rate cap when one is active. The total of
+//! a backup stream is not known in advance: the estimate (from the previous backup of the
+//! same kind) is labelled as one. During a network outage (`outage`) the lines say
+//! "waiting for the network since T (N s), next probe in M s". The stall watchdog
+//! (`watchdog`) reads [`Meter::idle`].
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 use crate::chunker::ChunkDone;
 use crate::journal::PartDone;
 use crate::pipeline::Progress;
+use crate::ratelimit::Throttle;
 use crate::retry::Retrier;
 
 /// The total a run expects, and where the number comes from.
@@ -62,6 +64,9 @@ pub struct Meter {
     /// Milliseconds after `started` of the last movement: a byte read, a request queued,
     /// ended or stored, a retry (0: none since the start).
     moved_ms: AtomicU64,
+    /// The rate cap of this run's transfers, when one is active: shown in progress
+    /// lines, and bytes going through it are movement.
+    cap: OnceLock<Arc<Throttle>>,
 }
 
 impl Meter {
@@ -90,6 +95,7 @@ impl Meter {
             verified: AtomicU64::new(0),
             completing: AtomicU64::new(0),
             moved_ms: AtomicU64::new(0),
+            cap: OnceLock::new(),
         })
     }
 
@@ -102,10 +108,28 @@ impl Meter {
         self.moved_ms.store(self.ms(), Ordering::Relaxed);
     }
 
-    /// How long nothing has moved.
+    /// How long nothing has moved (bytes through the rate cap count).
     pub fn idle(&self) -> Duration {
         let since = self.moved_ms.load(Ordering::Relaxed);
-        Duration::from_millis((self.started.elapsed().as_millis() as u64).saturating_sub(since))
+        let own = Duration::from_millis(
+            (self.started.elapsed().as_millis() as u64).saturating_sub(since),
+        );
+        match self.cap.get() {
+            Some(t) => own.min(t.idle()),
+            None => own,
+        }
+    }
+
+    /// The run's transfers go through `cap` (no-op for None; the first one set stays).
+    pub fn show_cap(&self, cap: Option<Arc<Throttle>>) {
+        if let Some(t) = cap {
+            let _ = self.cap.set(t);
+        }
+    }
+
+    /// The rate the cap holds now, when one is active.
+    fn cap_now(&self) -> Option<u64> {
+        self.cap.get().and_then(|t| t.rate_now())
     }
 
     /// Retries of this run so far (attempts beyond the first).
@@ -271,6 +295,9 @@ impl Meter {
                 },
             ),
         ];
+        if let Some(r) = self.cap_now() {
+            f.push(("rate_cap", crate::ratelimit::describe(r)));
+        }
         if let Some(o) = self.retrier.outage().status() {
             f.push(("network", o.describe()));
             f.push(("outage_seconds", o.down_for.as_secs().to_string()));
@@ -360,6 +387,9 @@ impl Meter {
                 mb("uploaded_bytes"),
                 get("upload_rate")
             ));
+        }
+        if let Some(c) = f.get("rate_cap") {
+            s.push_str(&format!(" (capped at {c})"));
         }
         if let Some(p) = f.get("percent") {
             let approx = if get("expected_from") == "exact" {
@@ -603,5 +633,33 @@ mod tests {
         }
         .requests_in_flight(1);
         assert!(m.idle() < Duration::from_millis(50));
+    }
+
+    #[test]
+    fn bytes_through_the_cap_are_movement_and_the_cap_is_shown() {
+        use crate::ratelimit::{Cap, Throttle};
+        let m = Meter::new(
+            "backup_progress",
+            "data",
+            Arc::new(crate::testing::retrier()),
+            None,
+        );
+        assert!(!m.live_line().contains("capped"));
+        let t = Throttle::new(&Cap::Fixed(10 << 20), None).unwrap();
+        m.show_cap(Some(t.clone()));
+        std::thread::sleep(Duration::from_millis(60));
+        // A cap that moves nothing is no movement.
+        assert!(m.idle() >= Duration::from_millis(50));
+        let mut buf = [0u8; 1000];
+        let mut r = crate::ratelimit::Throttled::new(&[0u8; 1000][..], t.clone());
+        assert_eq!(std::io::Read::read(&mut r, &mut buf).unwrap(), 1000);
+        assert!(m.idle() < Duration::from_millis(50));
+        let f: BTreeMap<_, _> = m.fields().into_iter().collect();
+        assert_eq!(f["rate_cap"], "10.0MiB/s");
+        assert!(
+            m.live_line().contains("(capped at 10.0MiB/s)"),
+            "{}",
+            m.live_line()
+        );
     }
 }

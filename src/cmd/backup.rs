@@ -61,6 +61,16 @@ fn check_state_writable(state_path: &Path) -> Result<()> {
 }
 
 pub fn run(config: &Config, args: &BackupArgs) -> Result<u8> {
+    // --limit-upload replaces the configured cap for this run.
+    let mut capped;
+    let config = match &args.limit_upload {
+        Some(cap) => {
+            capped = config.clone();
+            capped.s3.upload_cap = cap.clone();
+            &capped
+        }
+        None => config,
+    };
     let selected = select(config, &args.subvolumes)?;
     crate::cmd::require_root("backup")?;
     // --dry-run reads only: no lock, no writes, not even the lock file's contents.

@@ -18,6 +18,16 @@ use crate::restore::{check_target, ArchivePending, Request, Restorer};
 
 /// `btrfs_to_s3 restore`: flags over config, session (lock), run, metrics.
 pub fn run(config: &Config, args: &RestoreArgs) -> Result<u8> {
+    // --limit-download replaces the configured cap for this run.
+    let mut capped;
+    let config = match &args.limit_download {
+        Some(cap) => {
+            capped = config.clone();
+            capped.s3.download_cap = cap.clone();
+            &capped
+        }
+        None => config,
+    };
     crate::cmd::require_root("restore")?;
     if let Some(why) = crate::manifest::subvolume_name_problem(&args.subvolume) {
         return Err(UsageError(format!(

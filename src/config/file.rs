@@ -11,7 +11,9 @@ use serde::de::{Deserializer, Visitor};
 use serde::Deserialize;
 
 use super::encryption::Recipients;
-use super::value::{Count, Flag, OutagePatience, PathList, RunAt, Size, SubvolumePaths, Text};
+use super::value::{
+    Count, Flag, OutagePatience, PathList, Rate, RunAt, Schedule, Size, SubvolumePaths, Text,
+};
 use super::{
     limits, Checksum, ConfigError, LockMode, LogLevel, RestoreTier, SendCompressed, Sse,
     StorageClass, VerifyMode,
@@ -83,6 +85,10 @@ pub(super) struct S3Keys {
     pub outage_patience_seconds: Option<OutagePatience>,
     pub sse_kms_key_id: Option<Text>,
     pub checksum: Option<Checksum>,
+    pub max_upload_rate: Option<Rate>,
+    pub upload_rate_schedule: Option<Schedule>,
+    pub max_download_rate: Option<Rate>,
+    pub download_rate_schedule: Option<Schedule>,
 }
 
 #[derive(Debug, Default, Deserialize)]

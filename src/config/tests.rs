@@ -799,6 +799,62 @@ fn inline_tables_and_dotted_keys_read_like_sections() {
     assert_eq!(c.subvolumes[0].name, "data");
 }
 
+#[test]
+fn rate_caps_for_uploads_and_downloads() {
+    use crate::ratelimit::Cap;
+    let c = Config::parse(MINIMAL, &env()).unwrap();
+    assert_eq!(c.s3.upload_cap, Cap::Off);
+    assert_eq!(c.s3.download_cap, Cap::Off);
+    for (line, want) in [
+        ("max_upload_rate = \"20MiB\"", Cap::Fixed(20 << 20)),
+        ("max_upload_rate = \"20MiB/s\"", Cap::Fixed(20 << 20)),
+        ("max_upload_rate = 2500000", Cap::Fixed(2_500_000)),
+        ("max_upload_rate = \"off\"", Cap::Off),
+        ("max_upload_rate = 0", Cap::Off),
+    ] {
+        let c = Config::parse(&s3_with(line), &env()).unwrap();
+        assert_eq!(c.s3.upload_cap, want, "{line}");
+    }
+    let c = Config::parse(
+        &s3_with("upload_rate_schedule = \"23:00,off 08:00,20MiB\"\nmax_download_rate = \"50MiB\""),
+        &env(),
+    )
+    .unwrap();
+    assert_eq!(c.s3.upload_cap.at(9 * 60), Some(20 << 20));
+    assert_eq!(c.s3.upload_cap.at(60), None);
+    assert_eq!(c.s3.download_cap, Cap::Fixed(50 << 20));
+    let c = Config::parse(&s3_with("download_rate_schedule = \"01:00,1MiB\""), &env()).unwrap();
+    assert_eq!(c.s3.download_cap.lowest(), Some(1 << 20));
+    for (line, want) in [
+        (
+            "max_upload_rate = \"fast\"",
+            "s3.max_upload_rate = \"fast\": not a number; write off, 0 or a size",
+        ),
+        ("max_upload_rate = -5", "s3.max_upload_rate = -5: must be bytes per second"),
+        ("max_upload_rate = 100", "s3.max_upload_rate = 100: 100 bytes/s is below"),
+        ("max_download_rate = true", "s3.max_download_rate = true: must be bytes"),
+        (
+            "upload_rate_schedule = \"8:00,1MiB\"",
+            "s3.upload_rate_schedule = \"8:00,1MiB\": entry \"8:00,1MiB\": \"8:00\" is not a 24-hour time",
+        ),
+        (
+            "upload_rate_schedule = 5",
+            "s3.upload_rate_schedule = 5: must be a string such as \"08:00,20MiB 23:00,off\"",
+        ),
+        (
+            "download_rate_schedule = \"\"",
+            "s3.download_rate_schedule = \"\": no entries",
+        ),
+        (
+            "max_upload_rate = \"1MiB\"\nupload_rate_schedule = \"08:00,2MiB\"",
+            "s3.max_upload_rate and s3.upload_rate_schedule are both set",
+        ),
+    ] {
+        let e = parse_err(&s3_with(line));
+        assert!(e.contains(want), "{line}: {e}");
+    }
+}
+
 /// S3's limits hold for the largest chunk an encrypted config allows: its age file (with
 /// the largest header this tool accepts) is at most 5 TiB, in at most 10,000 parts of at
 /// most 5 GiB; one byte more is refused, naming the key and the largest value.

@@ -124,6 +124,60 @@ impl TryFrom<Value> for OutagePatience {
     }
 }
 
+/// `s3.max_upload_rate` / `s3.max_download_rate`: bytes per second, a whole number or a
+/// size with a unit (`"20MiB"`, `"20MiB/s"`); `"off"` or 0 is no cap.
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "toml::Value")]
+pub(super) struct Rate(pub crate::ratelimit::Cap);
+
+impl TryFrom<Value> for Rate {
+    type Error = String;
+    fn try_from(v: Value) -> Result<Self, String> {
+        use crate::ratelimit::{parse_rate, Cap};
+        let cap = |r: Result<Option<_>, String>| match r {
+            Ok(Some(r)) => Ok(Cap::Fixed(r)),
+            Ok(None) => Ok(Cap::Off),
+            Err(why) => Err(why),
+        };
+        match v {
+            Value::Integer(0) => Ok(Rate(Cap::Off)),
+            Value::Integer(i) if i > 0 => cap(parse_rate(&i.to_string()))
+                .map(Rate)
+                .map_err(|why| format!(" = {i}: {why}")),
+            Value::String(t) => cap(parse_rate(&t))
+                .map(Rate)
+                .map_err(|why| format!(" = {t:?}: {why}")),
+            v => Err(format!(
+                " = {v}: must be bytes per second, as a whole number or a string \
+                 such as \"20MiB\" (\"off\" or 0: no cap)"
+            )),
+        }
+    }
+}
+
+/// `s3.upload_rate_schedule` / `s3.download_rate_schedule`: an rclone-style timetable
+/// (`"08:00,20MiB 23:00,off"`, local time).
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "toml::Value")]
+pub(super) struct Schedule(pub crate::ratelimit::Cap);
+
+impl TryFrom<Value> for Schedule {
+    type Error = String;
+    fn try_from(v: Value) -> Result<Self, String> {
+        use crate::ratelimit::{Cap, Timetable};
+        match v {
+            Value::String(t) => match Timetable::parse(&t) {
+                Ok(table) => Ok(Schedule(Cap::Timetable(table))),
+                Err(why) => Err(format!(" = {t:?}: {why}")),
+            },
+            v => Err(format!(
+                " = {v}: must be a string such as \"08:00,20MiB 23:00,off\" \
+                 (local times of day and the rate from each)"
+            )),
+        }
+    }
+}
+
 /// A 24-hour `HH:MM`, as `(hour, minute)`.
 #[derive(Debug, Deserialize)]
 #[serde(try_from = "toml::Value")]

@@ -305,6 +305,7 @@ impl Restorer<'_> {
                 source: "exact".into(),
             }),
         );
+        meter.show_cap(self.repo.store().throttles().download);
         let _reporter = Reporter::start(
             meter.clone(),
             Duration::from_secs(self.cfg.global.progress_interval_seconds),

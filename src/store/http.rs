@@ -116,6 +116,18 @@ impl Deadlines {
         }
     }
 
+    /// These deadlines for requests under a rate cap: when `rate` (the slowest a request
+    /// may be held to by the cap: its lowest rate shared by the threads) is below
+    /// `min_rate`, it is the minimum rate instead, so that a low cap cannot fail requests
+    /// that move at the cap.
+    pub fn capped(&self, rate: Option<u64>) -> Deadlines {
+        let mut d = *self;
+        if let Some(r) = rate {
+            d.min_rate = d.min_rate.min(r.max(1));
+        }
+        d
+    }
+
     /// `floor` plus `bytes` at `min_rate`.
     pub fn for_bytes(&self, bytes: u64) -> Duration {
         self.floor + Duration::from_secs_f64(bytes as f64 / self.min_rate.max(1) as f64)
@@ -1091,5 +1103,15 @@ mod wait_tests {
             Duration::from_secs(60 + 1024)
         );
         let _ = HashMap::<u8, u8>::new();
+        // Under a cap of 20 KiB/s shared by 6 threads, a 16 MiB part may take 60 s plus
+        // 16 MiB at 20480 / 6 bytes/s; a cap above the minimum rate changes nothing.
+        let capped = Deadlines::DEFAULT.capped(Some(20480 / 6));
+        assert_eq!(capped.min_rate, 3413);
+        assert_eq!(
+            capped.for_bytes(16 << 20),
+            Duration::from_secs(60) + Duration::from_secs_f64((16u64 << 20) as f64 / 3413.0)
+        );
+        assert_eq!(Deadlines::DEFAULT.capped(Some(1 << 30)), Deadlines::DEFAULT);
+        assert_eq!(Deadlines::DEFAULT.capped(None), Deadlines::DEFAULT);
     }
 }

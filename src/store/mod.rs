@@ -303,6 +303,12 @@ pub trait ObjectStore: Send + Sync {
     /// RestoreObject for `days` with a retrieval tier; an already running restore is Ok.
     fn restore_object(&self, key: &str, days: u32, tier: &str) -> StoreResult<()>;
 
+    /// The rate caps its requests go through (none by default), for progress lines and
+    /// the stall watchdog (bytes moving under a cap are movement).
+    fn throttles(&self) -> crate::ratelimit::Throttles {
+        crate::ratelimit::Throttles::default()
+    }
+
     // Object Lock and versions. The defaults say the store has no such thing.
 
     /// GetObjectLockConfiguration: whether the bucket has Object Lock enabled.

@@ -75,6 +75,9 @@ impl ObjectStore for Pinned {
     fn head_bucket(&self) -> StoreResult<()> {
         self.inner.head_bucket()
     }
+    fn throttles(&self) -> crate::ratelimit::Throttles {
+        self.inner.throttles()
+    }
     fn get(&self, key: &str, range: Option<(u64, u64)>) -> StoreResult<Box<dyn Read + Send>> {
         match self.version(key) {
             Some(v) => self.inner.get_version(key, v, range),

@@ -23,6 +23,7 @@ use super::{
     OpenUpload, PutOptions, Retention, StoreError, StoreResult,
 };
 use crate::config;
+use crate::ratelimit::{Cap, Throttle, Throttled, Throttles};
 
 /// Bodies up to this size are hashed and signed; larger ones go as UNSIGNED-PAYLOAD.
 const SIGN_BODY_LIMIT: usize = 1 << 20;
@@ -52,6 +53,13 @@ pub struct S3Store {
     /// The run's stop flag (SIGINT/SIGTERM), checked between the pages of a listing.
     stop: Arc<AtomicBool>,
     list_limits: listing::Limits,
+    /// The run's rate caps: every request body goes through `throttles.upload`, every
+    /// response body through `throttles.download`.
+    throttles: Throttles,
+    /// The slowest a request of each direction may be held to by its cap (its lowest
+    /// rate shared by every connection of the pool), for the deadlines.
+    upload_floor: Option<u64>,
+    download_floor: Option<u64>,
 }
 
 /// Where and how to reach the bucket.
@@ -97,7 +105,13 @@ pub fn open(cfg: &config::Config, stop: Arc<AtomicBool>) -> anyhow::Result<Arc<d
         Some(stop.clone()),
     )
     .map_err(|e| anyhow::anyhow!(e))?
-    .with_stop(stop);
+    .with_stop(stop.clone())
+    .with_caps(
+        &cfg.s3.upload_cap,
+        &cfg.s3.download_cap,
+        cfg.s3.concurrency + 2,
+        Some(stop),
+    );
     Ok(Arc::new(store))
 }
 
@@ -177,7 +191,47 @@ impl S3Store {
             part_sums: PartSums::default(),
             stop: Arc::new(AtomicBool::new(false)),
             list_limits: listing::Limits::default(),
+            throttles: Throttles::default(),
+            upload_floor: None,
+            download_floor: None,
         })
+    }
+
+    /// Caps the rate of request bodies (`upload`) and response bodies (`download`), each
+    /// with one bucket shared by the `connections` of the pool; a wait for the cap ends
+    /// once `stop` is set. Deadlines then allow each request the cap's lowest rate shared
+    /// by all connections, when that is below their minimum rate.
+    pub fn with_caps(
+        mut self,
+        upload: &Cap,
+        download: &Cap,
+        connections: usize,
+        stop: Option<Arc<AtomicBool>>,
+    ) -> S3Store {
+        let share = |c: &Cap| c.lowest().map(|r| (r / connections.max(1) as u64).max(1));
+        self.throttles = Throttles {
+            upload: Throttle::new(upload, stop.clone()),
+            download: Throttle::new(download, stop),
+        };
+        self.upload_floor = share(upload);
+        self.download_floor = share(download);
+        if !upload.is_off() || !download.is_off() {
+            crate::event!(
+                Info,
+                "rate_cap",
+                upload = upload.describe(),
+                download = download.describe()
+            );
+        }
+        self
+    }
+
+    /// The response body of a request, through the download cap.
+    fn body_of(&self, resp: Response) -> Box<dyn Read + Send> {
+        match &self.throttles.download {
+            Some(t) => Box::new(Throttled::new(resp.into_reader(), t.clone())),
+            None => Box::new(resp.into_reader()),
+        }
     }
 
     /// Listings end between pages once `stop` is set (the run's SIGINT/SIGTERM flag).
@@ -266,7 +320,8 @@ impl S3Store {
             Some(Body::Bytes(b)) => b.len() as u64,
             Some(Body::File { len, .. }) => *len,
         };
-        self.send_with(self.deadlines.request(len), op, method, url, headers, body)
+        let deadlines = self.deadlines.capped(self.upload_floor);
+        self.send_with(deadlines.request(len), op, method, url, headers, body)
     }
 
     fn send_with(
@@ -294,10 +349,11 @@ impl S3Store {
         for (k, v) in &signed {
             req = req.set(k, v);
         }
-        let result = match body {
-            Some(Body::Bytes(b)) => req.send_bytes(b),
-            Some(b @ Body::File { len, .. }) => req.send(b.reader(), len),
-            None => req.call(),
+        let result = match (body, &self.throttles.upload) {
+            (Some(b), Some(t)) => req.send(Throttled::new(b.reader(), t.clone()), b.len()),
+            (Some(Body::Bytes(b)), None) => req.send_bytes(b),
+            (Some(b @ Body::File { len, .. }), None) => req.send(b.reader(), len),
+            (None, _) => req.call(),
         };
         match result {
             // With redirects off ureq hands a 3xx back as a success: it is not one.
@@ -967,8 +1023,13 @@ impl ObjectStore for S3Store {
             _ => vec![],
         };
         // The body is read by the caller: its own deadline follows its length.
-        let resp = self.send_with(self.deadlines.streamed(), &op, "GET", &url, &headers, None)?;
-        Ok(resp.into_reader())
+        let deadlines = self.deadlines.capped(self.download_floor);
+        let resp = self.send_with(deadlines.streamed(), &op, "GET", &url, &headers, None)?;
+        Ok(self.body_of(resp))
+    }
+
+    fn throttles(&self) -> Throttles {
+        self.throttles.clone()
     }
 
     fn restore_object(&self, key: &str, days: u32, tier: &str) -> StoreResult<()> {
@@ -1124,8 +1185,10 @@ impl ObjectStore for S3Store {
             }
             _ => vec![],
         };
-        let resp = self.send(&op, "GET", &url, &headers, None)?;
-        Ok(Box::new(resp.into_reader()))
+        // A chunk's version is read as a stream too: its deadline follows its length.
+        let deadlines = self.deadlines.capped(self.download_floor);
+        let resp = self.send_with(deadlines.streamed(), &op, "GET", &url, &headers, None)?;
+        Ok(self.body_of(resp))
     }
 
     fn restore_version(&self, key: &str, version: &str, days: u32, tier: &str) -> StoreResult<()> {

@@ -17,6 +17,7 @@ mod lock;
 mod object_lock;
 mod operate;
 mod outage;
+mod ratecap;
 mod restore;
 mod resume;
 mod rig;
