@@ -759,7 +759,7 @@ fn schema_is_the_file_structs() {
     assert_eq!(sections, file::keys_of::<file::File>());
     let s3 = SCHEMA.iter().find(|(s, _)| *s == "s3").unwrap().1;
     assert_eq!(s3, file::keys_of::<file::S3Keys>());
-    assert!(s3.contains(&"checksum") && s3.len() == 15, "{s3:?}");
+    assert!(s3.contains(&"checksum") && s3.len() == 19, "{s3:?}");
 }
 
 #[test]

@@ -329,6 +329,12 @@ fn server_stopped_mid_run_fails_and_publishes_nothing() {
     let Some(mut s) = big_setup("server_stopped_mid_run_fails_and_publishes_nothing") else {
         return;
     };
+    // No outage patience: a dead server is an outage, which a run would otherwise wait
+    // out for hours (tests/it/outage.rs has the patience's own tests).
+    let text = std::fs::read_to_string(&s.cfg).unwrap();
+    let text = text.replacen("[s3]\n", "[s3]\noutage_patience_seconds = 0\n", 1);
+    assert!(text.contains("outage_patience_seconds = 0"), "{text}");
+    std::fs::write(&s.cfg, text).unwrap();
     let (mut child, log) = spawn_logged(&s, &[]);
     let store = s.moto.store();
     wait_for_open_upload(&store, "backups/", &mut child, 60);
