@@ -252,6 +252,28 @@ pub struct RestoreArgs {
     /// encryption.identity_files). Refused if group or others may read it
     #[arg(long = "identity", value_name = "FILE")]
     pub identities: Vec<std::path::PathBuf>,
+
+    /// Archive restore tier for GLACIER and DEEP_ARCHIVE chunks (overrides
+    /// restore.restore_tier)
+    #[arg(long, value_enum, value_name = "TIER")]
+    pub restore_tier: Option<TierArg>,
+
+    /// Only show what the restore would read, thaw and cost (AWS us-east-1 list prices)
+    /// and the space it needs: reads manifests and HEADs chunks, requests and downloads
+    /// nothing, takes no lock
+    #[arg(long)]
+    pub plan: bool,
+
+    /// With --plan: one JSON document on stdout
+    #[arg(long, requires = "plan")]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TierArg {
+    Standard,
+    Bulk,
+    Expedited,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
