@@ -75,8 +75,10 @@ need=()
 [ -x /usr/bin/time ] || need+=(time)
 command -v mkfs.btrfs >/dev/null || need+=(btrfs-progs)
 if [ "$main" = 1 ]; then
-  command -v rclone >/dev/null || need+=(rclone)
-  command -v compsize >/dev/null || need+=(btrfs-compsize)
+  if [ "$extra" = 1 ]; then
+    command -v rclone >/dev/null || need+=(rclone)
+    command -v compsize >/dev/null || need+=(btrfs-compsize)
+  fi
   command -v age-keygen >/dev/null || need+=(age)
 fi
 if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; fi

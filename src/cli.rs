@@ -255,7 +255,7 @@ pub struct RestoreArgs {
 
     /// Archive restore tier for GLACIER and DEEP_ARCHIVE chunks (overrides
     /// restore.restore_tier)
-    #[arg(long, value_enum, value_name = "TIER")]
+    #[arg(long, value_enum, value_name = "TIER", ignore_case = true)]
     pub restore_tier: Option<TierArg>,
 
     /// Only show what the restore would read, thaw and cost (AWS us-east-1 list prices)
@@ -402,6 +402,31 @@ mod tests {
             panic!("not restore")
         };
         assert_eq!(r.wait_override(), None);
+        assert!(!r.plan && !r.json && r.restore_tier.is_none());
+        let cli = parse(&[
+            "restore",
+            "--subvolume",
+            "d",
+            "--target",
+            "/t",
+            "--plan",
+            "--json",
+            "--restore-tier",
+            "Bulk",
+        ])
+        .unwrap();
+        let Command::Restore(r) = cli.command else {
+            panic!("not restore")
+        };
+        assert!(r.plan && r.json);
+        assert_eq!(r.restore_tier, Some(TierArg::Bulk));
+        // --json is for the plan only; tiers are the three S3 has.
+        for bad in [
+            &["restore", "--subvolume", "d", "--target", "/t", "--json"][..],
+            &["restore", "--subvolume", "d", "--target", "/t", "--restore-tier", "fast"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
