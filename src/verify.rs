@@ -313,8 +313,9 @@ pub fn compare_with(
 /// again and reports that failure in place).
 type Prehashed = (u64, Option<([u8; 32], u64)>);
 
-/// Files whose hashes a [`Prehash`] holds ahead of the comparison: 48 bytes each, so a
-/// full queue is at most 48 MiB; past it the hashing thread waits for the comparison.
+/// Files whose hashes a [`Prehash`] holds ahead of the comparison: about 56 bytes each in
+/// the queue (allocated as it fills), so at most about 56 MiB; past it the hashing thread
+/// waits for the comparison.
 const PREHASH_QUEUE: usize = 1 << 20;
 
 fn fingerprint(rel: &Path) -> u64 {
@@ -346,7 +347,9 @@ impl Prehash {
         if stride == 0 {
             return None;
         }
-        let (tx, rx) = crossbeam_channel::bounded(PREHASH_QUEUE);
+        // Unbounded (a bounded channel allocates all its slots at once); `PreWalk` keeps
+        // it within PREHASH_QUEUE.
+        let (tx, rx) = crossbeam_channel::unbounded();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let src = source.to_path_buf();
         let halt = stop.clone();
@@ -375,8 +378,6 @@ impl Prehash {
 impl Drop for Prehash {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        // Unblocks a thread waiting on a full queue.
-        while self.rx.try_recv().is_ok() {}
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -410,6 +411,12 @@ impl PreWalk<'_> {
             } else if t.is_file() {
                 self.files += 1;
                 if (self.files - 1).is_multiple_of(self.stride) {
+                    while self.tx.len() >= PREHASH_QUEUE {
+                        if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            return Err(());
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
                     let h = hash_file_until(&self.src.join(&rel), self.stop);
                     let failed = h.is_none();
                     self.tx.send((fingerprint(&rel), h)).map_err(|_| ())?;
