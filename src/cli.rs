@@ -423,7 +423,15 @@ mod tests {
         // --json is for the plan only; tiers are the three S3 has.
         for bad in [
             &["restore", "--subvolume", "d", "--target", "/t", "--json"][..],
-            &["restore", "--subvolume", "d", "--target", "/t", "--restore-tier", "fast"],
+            &[
+                "restore",
+                "--subvolume",
+                "d",
+                "--target",
+                "/t",
+                "--restore-tier",
+                "fast",
+            ],
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
