@@ -337,10 +337,10 @@ el, us, sy, rss = map(float, sys.argv[4:8])
 pts = [(0.0, 0)]
 total = None
 for line in open(log):
-    m = re.match(r"([\d.]+) .*event=%s .*?bytes=(\d+)" % event, line)
+    m = re.match(r"([\d.]+) .*event=%s .*?\bbytes=(\d+)" % event, line)
     if m:
         pts.append((float(m.group(1)), int(m.group(2))))
-    m = re.search(r"event=(backup|restore)_metrics .*?total_bytes=(\d+)", line)
+    m = re.search(r"event=(backup|restore)_metrics .*?\btotal_bytes=(\d+)", line)
     if m:
         total = int(m.group(2))
 if total is None:
