@@ -542,6 +542,7 @@ echo
 echo "btrfs_to_s3 backup throughput over the aws CLI's in the same round:"
 printf '  %s\n' "${ratios[@]}"
 echo
+if [ "${#rratios[@]}" -gt 0 ]; then
 echo "Restore: the same chunks through aws s3 cp - | btrfs receive, and btrfs_to_s3 restore (each row with dropped caches):"
 echo "| command | MB/s | CPU s/GiB | peak RSS MiB | seconds |"
 echo "| --- | ---: | ---: | ---: | ---: |"
@@ -553,6 +554,7 @@ for i, (f, n) in enumerate(pairs, 1):
     print(f"  round {i}: --verify full {f:.2f}x, --verify none {n:.2f}x the aws CLI pipeline")
 print(f"  medians: --verify full {statistics.median(p[0] for p in pairs):.2f}x, --verify none {statistics.median(p[1] for p in pairs):.2f}x")
 PY
+fi
 if [ "${#scale_rows[@]}" -gt 0 ]; then
   echo
   echo "Scale (${scale_gib} GiB of random data; MB/s of each GiB from start to end):"
