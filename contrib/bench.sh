@@ -49,6 +49,20 @@
 #      BENCH_CAP (1): 0 leaves the rate cap table out, "only" measures nothing else (and
 #      then does not install s3s-fs: moto serves when s3s-fs is not there); CAP_MIBS
 #      ("10 50 off"): the caps in MiB/s, "off" for the uncapped run (the setup's ceiling).
+#      BENCH_EXTRA (1): 0 leaves out the rclone, 200 MiB, chunked, compressible, transport
+#      and link rows (the aws CLI, backup and restore rows stay);
+#      BENCH_RESTORE_ROUNDS (ROUNDS): rounds of the restore table below;
+#      BENCH_SCALE_GIB (unset): the scale rows below, of that many GiB (8 to 10 shows it).
+#
+# A restore table (issue 26): the big backup's chunks, in order, through
+# `aws s3 cp - | btrfs receive`, alternating with btrfs_to_s3 restore with
+# --verify full (the default; the source snapshot is here, so every file is hashed on
+# both sides) and --verify none; each row starts with dropped caches; the ratios to the
+# aws CLI pipeline per round and their medians.
+#
+# Scale rows (BENCH_SCALE_GIB=N): a backup and a restore (--verify none) of N GiB of random
+# data, each with the MB/s of every GiB from start to end (from progress reports every
+# second, stamped as they arrive) and peak RSS, to show both stay flat.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -61,6 +75,9 @@ dir=${BENCH_DIR:-/var/tmp/btrfs_to_s3-bench}
 resume=${BENCH_RESUME:-1}
 resume_gib=${RESUME_GIB:-2}
 cap=${BENCH_CAP:-1}
+extra=${BENCH_EXTRA:-1}
+rrounds=${BENCH_RESTORE_ROUNDS:-$rounds}
+scale_gib=${BENCH_SCALE_GIB:-0}
 main=1
 [ "$resume" = only ] && main=0
 if [ "$cap" = only ]; then main=0; resume=0; fi
@@ -71,8 +88,10 @@ need=()
 [ -x /usr/bin/time ] || need+=(time)
 command -v mkfs.btrfs >/dev/null || need+=(btrfs-progs)
 if [ "$main" = 1 ]; then
-  command -v rclone >/dev/null || need+=(rclone)
-  command -v compsize >/dev/null || need+=(btrfs-compsize)
+  if [ "$extra" = 1 ]; then
+    command -v rclone >/dev/null || need+=(rclone)
+    command -v compsize >/dev/null || need+=(btrfs-compsize)
+  fi
   command -v age-keygen >/dev/null || need+=(age)
 fi
 if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; fi
@@ -117,7 +136,7 @@ cleanup
 mkdir -p "$mnt" "$dir/s3data/bench"
 
 echo "==> building a ${gib} GiB btrfs with mixed data"
-truncate -s "$(( gib * 3 + resume_gib + 3 ))G" "$dir/fs.img"
+truncate -s "$(( gib * 3 + resume_gib + 3 + scale_gib * 2 ))G" "$dir/fs.img"
 mkfs.btrfs -q -f "$dir/fs.img" >/dev/null 2>&1
 mount -o loop "$dir/fs.img" "$mnt"
 rnd() { { openssl enc -aes-128-ctr -pass "pass:$1" -nosalt -pbkdf2 < /dev/zero 2>/dev/null || true; } | head -c "$2"; }
@@ -134,6 +153,10 @@ btrfs -q subvolume create "$mnt/small"
 { [ "$main" = 1 ] || [ "$cap" != 0 ]; } && rnd s200 $(( 200 * 1024 * 1024 )) > "$mnt/small/random.bin"
 btrfs -q subvolume create "$mnt/resume"
 [ "$resume" != 0 ] && rnd resume $(( (resume_gib * 1024 + 256) * 1024 * 1024 )) > "$mnt/resume/random.bin"
+if [ "$scale_gib" -gt 0 ]; then
+  btrfs -q subvolume create "$mnt/scale"
+  rnd scale $(( scale_gib * 1024 * 1024 * 1024 )) > "$mnt/scale/random.bin"
+fi
 sync
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -212,10 +235,12 @@ aws_cp() { # $1 = read-only snapshot; prints the pipeline for sh -c
 measure "btrfs send | aws s3 cp -" "$stream" sh -c "$(aws_cp "$snap")"
 aws_mbps=$(last_mbps)
 rm -rf "$dir/s3data/bench/aws.bin"
+if [ "$extra" = 1 ]; then
 measure "btrfs send | rclone rcat" "$stream" env -u AWS_CA_BUNDLE RCLONE_CONFIG_B_TYPE=s3 RCLONE_CONFIG_B_PROVIDER=Other \
   RCLONE_CONFIG_B_ENDPOINT="$endpoint" RCLONE_CONFIG_B_ACCESS_KEY_ID=bench RCLONE_CONFIG_B_SECRET_ACCESS_KEY=benchsecret \
   sh -c "btrfs send -q '$snap' | rclone rcat b:bench/rclone.bin"
 rm -rf "$dir/s3data/bench/rclone.bin"
+fi
 btrfs -q subvolume delete "$snap"
 measure "btrfs_to_s3 backup (${gib} GiB)" log "$bin" backup --config "$dir/big.toml" --once
 big_mbps=$(last_mbps)
@@ -223,6 +248,42 @@ cp "$dir/out.log" "$dir/backup-big.log"
 grep -o 'event=backup_metrics.*' "$dir/out.log"
 measure "btrfs_to_s3 restore (${gib} GiB)" "$stream" "$bin" restore --config "$dir/big.toml" --subvolume big --target "$mnt/restored-big"
 grep -o 'event=restore_metrics.*' "$dir/out.log"
+
+# The restore table: the same chunks through the aws CLI into btrfs receive, and
+# btrfs_to_s3 restore with full and with no verification, alternating.
+big_snap=$(ls -d "$mnt"/snapshots/big__* | tail -n 1)
+big_keys=$(python3 - "$dir/s3data/bench" <<'PY'
+import json, sys
+root = sys.argv[1]
+cur = json.load(open(f"{root}/bench-big/subvol/big/current.json"))
+m = json.load(open(f"{root}/{cur['manifest_key']}"))
+print(" ".join(c["key"] for c in m["chunks"]))
+PY
+)
+mkdir -p "$mnt/recv-aws"
+rrows=()
+rratios=()
+for r in $(seq 1 "$rrounds"); do
+  echo "==> restore round $r of $rrounds"
+  rows_before=${#rows[@]}
+  measure "aws s3 cp - | btrfs receive (round $r)" "$stream" sh -c \
+    "for k in $big_keys; do aws --endpoint-url '$endpoint' s3 cp \"s3://bench/\$k\" - --only-show-errors || exit 1; done | btrfs receive -q '$mnt/recv-aws'"
+  aws_r=$(last_mbps)
+  btrfs -q subvolume delete "$mnt/recv-aws/$(basename "$big_snap")"
+  btrfs subvolume sync "$mnt" > /dev/null
+  measure "btrfs_to_s3 restore --verify full (round $r)" "$stream" "$bin" restore --config "$dir/big.toml" --subvolume big --target "$mnt/restored-full" --verify full
+  grep -q 'event=verify_ok mode=full' "$dir/out.log" || { echo "the full verification did not run" >&2; exit 1; }
+  full_r=$(last_mbps)
+  btrfs -q subvolume delete "$mnt/restored-full"
+  btrfs subvolume sync "$mnt" > /dev/null
+  measure "btrfs_to_s3 restore --verify none (round $r)" "$stream" "$bin" restore --config "$dir/big.toml" --subvolume big --target "$mnt/restored-none" --verify none
+  none_r=$(last_mbps)
+  btrfs -q subvolume delete "$mnt/restored-none"
+  btrfs subvolume sync "$mnt" > /dev/null
+  rratios+=("$(python3 -c "print(f'{$full_r/$aws_r:.3f} {$none_r/$aws_r:.3f}')")")
+  rrows+=("${rows[@]:$rows_before}")
+  rows=("${rows[@]:0:$rows_before}")
+done
 # BENCH_ENCRYPTED=0 leaves these rows out (a BENCH_BIN from before [encryption]).
 if [ "${BENCH_ENCRYPTED:-1}" != 0 ]; then
 measure "btrfs_to_s3 backup (${gib} GiB, encrypted to 1 age recipient)" log "$bin" backup --config "$dir/enc.toml" --once
@@ -231,6 +292,7 @@ btrfs -q subvolume delete "$mnt/restored-big"
 btrfs subvolume sync "$mnt" > /dev/null
 measure "btrfs_to_s3 restore (${gib} GiB, encrypted)" "$stream" "$bin" restore --config "$dir/enc.toml" --subvolume big --target "$mnt/restored-big"
 fi
+if [ "$extra" = 1 ]; then
 measure "btrfs_to_s3 backup (200 MiB)" log "$bin" backup --config "$dir/small.toml" --once
 grep -o 'event=backup_metrics.*' "$dir/out.log"
 measure "btrfs_to_s3 backup (${gib} GiB, ${chunk_mib} MiB chunks)" log "$bin" backup --config "$dir/chunked.toml" --once
@@ -242,6 +304,9 @@ btrfs subvolume sync "$mnt" > /dev/null
 measure "btrfs_to_s3 restore (${gib} GiB, ${chunk_mib} MiB chunks)" "$stream" "$bin" restore --config "$dir/chunked.toml" --subvolume big --target "$mnt/restored-chunked"
 grep -o 'event=restore_metrics.*' "$dir/out.log"
 btrfs -q subvolume delete "$mnt/restored-chunked"
+else
+ratios+=("round 1: $(python3 -c "print(f'{$big_mbps/$aws_mbps:.2f}x default')")")
+fi
 
 # Later rounds: each backup starts again from no state (a full), like round 1.
 fresh() { # $1 = state file, $2 = prefix
@@ -260,12 +325,71 @@ for r in $(seq 2 "$rounds"); do
   fresh state-big.json bench-big
   measure "btrfs_to_s3 backup (${gib} GiB) (round $r)" log "$bin" backup --config "$dir/big.toml" --once
   big_mbps=$(last_mbps)
+  if [ "$extra" = 1 ]; then
   fresh state-chunked.json bench-chunked
   measure "btrfs_to_s3 backup (${gib} GiB, ${chunk_mib} MiB chunks) (round $r)" log "$bin" backup --config "$dir/chunked.toml" --once
   ratios+=("round $r: $(python3 -c "print(f'{$big_mbps/$aws_mbps:.2f}x default, {$(last_mbps)/$aws_mbps:.2f}x ${chunk_mib} MiB chunks')")")
+  else
+  ratios+=("round $r: $(python3 -c "print(f'{$big_mbps/$aws_mbps:.2f}x default')")")
+  fi
 done
 rm -rf "$dir/s3data/bench/"*
 
+# The scale rows: per-GiB MB/s from start to end, and peak RSS.
+scale_rows=()
+if [ "$scale_gib" -gt 0 ]; then
+  echo "==> scale: backup and restore of ${scale_gib} GiB"
+  cfg scale state-scale.json
+  sed -i "s|^\[global\]|[global]\nprogress_interval_seconds = 1|" "$dir/scale.toml"
+  stamp() { python3 -u -c '
+import sys, time
+t0 = time.monotonic()
+for line in sys.stdin:
+    sys.stdout.write(f"{time.monotonic() - t0:.3f} {line}")
+'; }
+  scale_row() { # $1 = label, $2 = progress event, $3 = stamped log
+    read -r el us sy rss < "$dir/time"
+    scale_rows+=("$(python3 - "$1" "$2" "$3" "$el" "$us" "$sy" "$rss" <<'PY'
+import re, sys
+label, event, log = sys.argv[1:4]
+el, us, sy, rss = map(float, sys.argv[4:8])
+pts = [(0.0, 0)]
+total = None
+for line in open(log):
+    m = re.match(r"([\d.]+) .*event=%s .*?\bbytes=(\d+)" % event, line)
+    if m:
+        pts.append((float(m.group(1)), int(m.group(2))))
+    m = re.search(r"event=(backup|restore)_metrics .*?\btotal_bytes=(\d+)", line)
+    if m:
+        total = int(m.group(2))
+if total is None:
+    sys.exit(f"{label}: no metrics line in {log}")
+pts.append((el, total))
+G = 2**30
+rates, k, last_t = [], 1, 0.0
+for (t0, b0), (t1, b1) in zip(pts, pts[1:]):
+    while k * G <= b1 and b1 > b0:
+        t = t0 + (t1 - t0) * (k * G - b0) / (b1 - b0)
+        rates.append(G / 1e6 / max(t - last_t, 1e-9))
+        last_t, k = t, k + 1
+per = " ".join(f"{r:.0f}" for r in rates)
+print(f"| {label} | {total/1e6/el:.1f} | {(us+sy)/(total/G):.2f} | {rss/1024:.1f} | {el:.1f} | {per} |")
+PY
+)")
+  }
+  sync; echo 3 > /proc/sys/vm/drop_caches
+  /usr/bin/time -f '%e %U %S %M' -o "$dir/time" "$bin" backup --config "$dir/scale.toml" --once 2>&1 | stamp > "$dir/scale-backup.log"
+  [ "${PIPESTATUS[0]}" = 0 ] || { cat "$dir/scale-backup.log"; echo "scale backup failed" >&2; exit 1; }
+  scale_row "btrfs_to_s3 backup (${scale_gib} GiB)" backup_progress "$dir/scale-backup.log"
+  sync; echo 3 > /proc/sys/vm/drop_caches
+  /usr/bin/time -f '%e %U %S %M' -o "$dir/time" "$bin" restore --config "$dir/scale.toml" --subvolume scale --target "$mnt/restored-scale" --verify none 2>&1 | stamp > "$dir/scale-restore.log"
+  [ "${PIPESTATUS[0]}" = 0 ] || { cat "$dir/scale-restore.log"; echo "scale restore failed" >&2; exit 1; }
+  scale_row "btrfs_to_s3 restore (${scale_gib} GiB, --verify none)" restore_progress "$dir/scale-restore.log"
+  btrfs -q subvolume delete "$mnt/restored-scale"
+  rm -rf "$dir/s3data/bench/"*
+fi
+
+if [ "$extra" = 1 ]; then
 # Compressible data on a compress=zstd filesystem: generated web-server logs, a packed
 # tree of text files from this machine, and incompressible random bytes. btrfs_to_s3 with
 # send_compressed_data = true uploads the compressed extents as they are on disk; the aws
@@ -333,8 +457,9 @@ umount "$dir/zmnt"
 echo "==> transports: 48 parts of ${part_mib} MiB on ${conc} threads, one multipart upload each"
 transport=$("$repo/target/release/examples/transport_bench" "$endpoint" bench 48 "$part_mib" "$conc")
 fi
+fi
 
-if [ "$main" = 1 ]; then
+if [ "$main" = 1 ] && [ "$extra" = 1 ]; then
 # A home uplink: examples/link_emulator (the tests' link emulator) at LINK_RATE bytes/s
 # with LINK_RTT_MS added round trip in front of the same server; the share of the link
 # the transports fill.
@@ -529,6 +654,28 @@ echo
 echo "btrfs_to_s3 backup throughput over the aws CLI's in the same round:"
 printf '  %s\n' "${ratios[@]}"
 echo
+if [ "${#rratios[@]}" -gt 0 ]; then
+echo "Restore: the same chunks through aws s3 cp - | btrfs receive, and btrfs_to_s3 restore (each row with dropped caches):"
+echo "| command | MB/s | CPU s/GiB | peak RSS MiB | seconds |"
+echo "| --- | ---: | ---: | ---: | ---: |"
+printf '%s\n' "${rrows[@]}"
+python3 - "${rratios[@]}" <<'PY'
+import statistics, sys
+pairs = [tuple(map(float, a.split())) for a in sys.argv[1:]]
+for i, (f, n) in enumerate(pairs, 1):
+    print(f"  round {i}: --verify full {f:.2f}x, --verify none {n:.2f}x the aws CLI pipeline")
+print(f"  medians: --verify full {statistics.median(p[0] for p in pairs):.2f}x, --verify none {statistics.median(p[1] for p in pairs):.2f}x")
+PY
+fi
+if [ "${#scale_rows[@]}" -gt 0 ]; then
+  echo
+  echo "Scale (${scale_gib} GiB of random data; MB/s of each GiB from start to end):"
+  echo "| command | MB/s | CPU s/GiB | peak RSS MiB | seconds | MB/s per GiB, in order |"
+  echo "| --- | ---: | ---: | ---: | ---: | --- |"
+  printf '%s\n' "${scale_rows[@]}"
+fi
+if [ "$extra" = 1 ]; then
+echo
 echo "Compressible data (compress=zstd): logical ${logical} bytes, on disk ${disk} bytes (compsize);"
 echo "protocol-1 stream ${zstream1} bytes; btrfs_to_s3 uploaded ${zbytes} bytes = $(python3 -c "print(f'{$zbytes/$disk:.3f}')") x the on-disk size (target <= 1.05)"
 echo "| command | MB/s of its stream | CPU s/GiB | peak RSS MiB | seconds |"
@@ -545,6 +692,7 @@ echo "| --- | ---: | ---: | ---: |"
 echo "$linked" | while IFS='|' read -r _ name mbs cpu _; do
   printf '|%s|%s|%s| %s |\n' "$name" "$mbs" "$cpu" "$(python3 -c "print(f'{float(\"$mbs\")*1e6/$link_rate*100:.0f} %')")"
 done
+fi
 fi
 if [ "$resume" != 0 ]; then
   echo

@@ -262,6 +262,28 @@ pub struct RestoreArgs {
     /// "off" (overrides s3.max_download_rate and s3.download_rate_schedule)
     #[arg(long, value_name = "RATE", value_parser = crate::ratelimit::parse_flag)]
     pub limit_download: Option<crate::ratelimit::Cap>,
+
+    /// Archive restore tier for GLACIER and DEEP_ARCHIVE chunks (overrides
+    /// restore.restore_tier)
+    #[arg(long, value_enum, value_name = "TIER", ignore_case = true)]
+    pub restore_tier: Option<TierArg>,
+
+    /// Only show what the restore would read, thaw and cost (AWS us-east-1 list prices)
+    /// and the space it needs: reads manifests and HEADs chunks, requests and downloads
+    /// nothing, takes no lock
+    #[arg(long)]
+    pub plan: bool,
+
+    /// With --plan: one JSON document on stdout
+    #[arg(long, requires = "plan")]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TierArg {
+    Standard,
+    Bulk,
+    Expedited,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -390,6 +412,39 @@ mod tests {
             panic!("not restore")
         };
         assert_eq!(r.wait_override(), None);
+        assert!(!r.plan && !r.json && r.restore_tier.is_none());
+        let cli = parse(&[
+            "restore",
+            "--subvolume",
+            "d",
+            "--target",
+            "/t",
+            "--plan",
+            "--json",
+            "--restore-tier",
+            "Bulk",
+        ])
+        .unwrap();
+        let Command::Restore(r) = cli.command else {
+            panic!("not restore")
+        };
+        assert!(r.plan && r.json);
+        assert_eq!(r.restore_tier, Some(TierArg::Bulk));
+        // --json is for the plan only; tiers are the three S3 has.
+        for bad in [
+            &["restore", "--subvolume", "d", "--target", "/t", "--json"][..],
+            &[
+                "restore",
+                "--subvolume",
+                "d",
+                "--target",
+                "/t",
+                "--restore-tier",
+                "fast",
+            ],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

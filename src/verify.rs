@@ -60,7 +60,7 @@ fn sorted_names(dir: &Path) -> Result<Vec<std::ffi::OsString>> {
     Ok(v)
 }
 
-fn hash_file(p: &Path) -> Result<(String, u64)> {
+fn hash_file(p: &Path) -> Result<([u8; 32], u64)> {
     let mut f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -75,7 +75,7 @@ fn hash_file(p: &Path) -> Result<(String, u64)> {
         h.update(&buf[..k]);
         n += k as u64;
     }
-    Ok((crate::chunker::hex(&h.finalize()), n))
+    Ok((h.finalize().into(), n))
 }
 
 struct Walk<'a> {
@@ -84,6 +84,8 @@ struct Walk<'a> {
     /// Hash every `stride`-th regular file (1 = all, 0 = none).
     stride: u64,
     report: Report,
+    /// The source's hashes, computed ahead in the same order (see [`Prehash`]).
+    pre: Option<crossbeam_channel::Receiver<Prehashed>>,
 }
 
 impl Walk<'_> {
@@ -97,6 +99,20 @@ impl Walk<'_> {
             }
             .display()
         )
+    }
+
+    /// The next hash the source's [`Prehash`] computed, when it is for `rel`; `None` (and
+    /// no more taken from it) when it ended, failed or went out of step: the file is then
+    /// hashed here, and a failure reads as it always did.
+    fn prehashed(&mut self, rel: &Path) -> Option<([u8; 32], u64)> {
+        let got = self.pre.as_ref()?.recv().ok();
+        match got {
+            Some((fp, Some(h))) if fp == fingerprint(rel) => Some(h),
+            _ => {
+                self.pre = None;
+                None
+            }
+        }
     }
 
     fn dir(&mut self, rel: &Path) -> Result<()> {
@@ -204,7 +220,10 @@ impl Walk<'_> {
             }
             self.report.files += 1;
             if self.stride > 0 && (self.report.files - 1).is_multiple_of(self.stride) {
-                let (x, n) = hash_file(&sp)?;
+                let (x, n) = match self.prehashed(rel) {
+                    Some(h) => h,
+                    None => hash_file(&sp)?,
+                };
                 let (y, _) = hash_file(&dp)?;
                 if x != y {
                     return Err(self.fail(rel, "content differs (SHA-256)"));
@@ -234,6 +253,17 @@ fn count_files(dir: &Path) -> Result<u64> {
     Ok(n)
 }
 
+fn stride(source: &Path, mode: VerifyMode, sample_max_files: u64) -> Result<u64> {
+    Ok(match mode {
+        VerifyMode::None => 0,
+        VerifyMode::Full => 1,
+        VerifyMode::Sample => {
+            let files = count_files(source)?;
+            files.div_ceil(sample_max_files.max(1)).max(1)
+        }
+    })
+}
+
 /// Compares `restored` with `source`; `VerifyMode::None` checks nothing.
 pub fn compare(
     source: &Path,
@@ -241,13 +271,24 @@ pub fn compare(
     mode: VerifyMode,
     sample_max_files: u64,
 ) -> Result<Report> {
-    let stride = match mode {
-        VerifyMode::None => return Ok(Report::default()),
-        VerifyMode::Full => 1,
-        VerifyMode::Sample => {
-            let files = count_files(source)?;
-            files.div_ceil(sample_max_files.max(1)).max(1)
-        }
+    compare_with(source, restored, mode, sample_max_files, None)
+}
+
+/// [`compare`], taking the source's hashes from `pre` (started with the same source,
+/// mode and `sample_max_files`) as far as it got.
+pub fn compare_with(
+    source: &Path,
+    restored: &Path,
+    mode: VerifyMode,
+    sample_max_files: u64,
+    pre: Option<Prehash>,
+) -> Result<Report> {
+    if mode == VerifyMode::None {
+        return Ok(Report::default());
+    }
+    let (stride, pre) = match pre {
+        Some(p) if p.stride > 0 => (p.stride, Some(p)),
+        _ => (stride(source, mode, sample_max_files)?, None),
     };
     if !restored.is_dir() {
         bail!(
@@ -260,9 +301,153 @@ pub fn compare(
         dst: restored,
         stride,
         report: Report::default(),
+        pre: pre.as_ref().map(|p| p.rx.clone()),
     };
+    // Dropping `pre` (after the walk, whatever its outcome) stops and joins its thread.
     w.dir(Path::new(""))?;
     Ok(w.report)
+}
+
+/// One file's hash from a [`Prehash`]: the fingerprint of its path relative to the
+/// source, and its SHA-256 and length (`None`: hashing it failed; the walk hashes it
+/// again and reports that failure in place).
+type Prehashed = (u64, Option<([u8; 32], u64)>);
+
+/// Files whose hashes a [`Prehash`] holds ahead of the comparison: about 56 bytes each in
+/// the queue (allocated as it fills), so at most about 56 MiB; past it the hashing thread
+/// waits for the comparison.
+const PREHASH_QUEUE: usize = 1 << 20;
+
+fn fingerprint(rel: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    rel.hash(&mut h);
+    h.finish()
+}
+
+/// The source snapshot hashed on a thread of its own while the restore downloads and
+/// receives (the CPU `btrfs receive` leaves idle), in the order the comparison walk
+/// visits files and with the same choice of files (every one in `full` mode, every
+/// `stride`-th in `sample`). The comparison takes the hashes as they come, so the
+/// restored tree's hashing overlaps whatever source hashing is left. Dropping it stops
+/// the thread (within one read of 1 MiB) and joins it.
+pub struct Prehash {
+    stride: u64,
+    rx: crossbeam_channel::Receiver<Prehashed>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Prehash {
+    /// Starts hashing `source`; `None` for `VerifyMode::None` or when the source cannot
+    /// be counted or the thread cannot start (the comparison then hashes it itself and
+    /// reports any error in place).
+    pub fn start(source: &Path, mode: VerifyMode, sample_max_files: u64) -> Option<Prehash> {
+        let stride = stride(source, mode, sample_max_files).ok()?;
+        if stride == 0 {
+            return None;
+        }
+        // Unbounded (a bounded channel allocates all its slots at once); `PreWalk` keeps
+        // it within PREHASH_QUEUE.
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let src = source.to_path_buf();
+        let halt = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("verify-source".into())
+            .spawn(move || {
+                let mut w = PreWalk {
+                    src: &src,
+                    stride,
+                    files: 0,
+                    tx,
+                    stop: &halt,
+                };
+                let _ = w.dir(Path::new(""));
+            })
+            .ok()?;
+        Some(Prehash {
+            stride,
+            rx,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Prehash {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The source side of [`Walk`] alone: same order, same files; ends (`Err(())`) at the
+/// first thing it cannot read, when stopped, or when nobody takes its hashes.
+struct PreWalk<'a> {
+    src: &'a Path,
+    stride: u64,
+    files: u64,
+    tx: crossbeam_channel::Sender<Prehashed>,
+    stop: &'a std::sync::atomic::AtomicBool,
+}
+
+impl PreWalk<'_> {
+    fn dir(&mut self, rel: &Path) -> Result<(), ()> {
+        let src_dir = self.src.join(rel);
+        let mut names = sorted_names(&src_dir).map_err(|_| ())?;
+        names.retain(|n| !is_nested_placeholder(&src_dir.join(n)));
+        for n in names {
+            if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(());
+            }
+            let rel = rel.join(&n);
+            let m = fs::symlink_metadata(self.src.join(&rel)).map_err(|_| ())?;
+            let t = m.file_type();
+            if t.is_dir() {
+                self.dir(&rel)?;
+            } else if t.is_file() {
+                self.files += 1;
+                if (self.files - 1).is_multiple_of(self.stride) {
+                    while self.tx.len() >= PREHASH_QUEUE {
+                        if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            return Err(());
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                    let h = hash_file_until(&self.src.join(&rel), self.stop);
+                    let failed = h.is_none();
+                    self.tx.send((fingerprint(&rel), h)).map_err(|_| ())?;
+                    if failed {
+                        return Err(());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// [`hash_file`] that gives up (`None`) when `stop` is set or on any error.
+fn hash_file_until(p: &Path, stop: &std::sync::atomic::AtomicBool) -> Option<([u8; 32], u64)> {
+    let mut f = File::open(p).ok()?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        let k = f.read(&mut buf).ok()?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Some((h.finalize().into(), n))
 }
 
 #[cfg(test)]
@@ -333,6 +518,43 @@ mod tests {
         assert!(err(&a, &b, VerifyMode::Full)
             .contains("a.txt: a file in the source, a directory restored"));
         assert!(compare(&a, &b.join("nope"), VerifyMode::Full, 5).is_err());
+    }
+
+    #[test]
+    fn hashes_computed_ahead_give_the_same_results_and_errors() {
+        let (_s, a, b) = pair();
+        for mode in [VerifyMode::Full, VerifyMode::Sample] {
+            let plain = compare(&a, &b, mode, 5).unwrap();
+            let pre = Prehash::start(&a, mode, 5);
+            assert!(pre.is_some());
+            assert_eq!(compare_with(&a, &b, mode, 5, pre).unwrap(), plain);
+        }
+        assert!(Prehash::start(&a, VerifyMode::None, 5).is_none());
+        fs::write(b.join("d/e/f03"), "file X").unwrap();
+        let e = compare_with(
+            &a,
+            &b,
+            VerifyMode::Full,
+            5,
+            Prehash::start(&a, VerifyMode::Full, 5),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("d/e/f03: content differs"),
+            "{e:#}"
+        );
+        fs::write(b.join("d/e/f03"), "file 3").unwrap();
+        // Hashes out of step with the walk (the source changed under it) are not used.
+        let pre = Prehash::start(&a, VerifyMode::Full, 5);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        fs::write(a.join("d/e/f03"), "file Y").unwrap();
+        fs::write(b.join("d/e/f03"), "file Y").unwrap();
+        fs::rename(a.join("a.txt"), a.join("z.txt")).unwrap();
+        fs::rename(b.join("a.txt"), b.join("z.txt")).unwrap();
+        let r = compare_with(&a, &b, VerifyMode::Full, 5, pre).unwrap();
+        assert_eq!(r.files_hashed, 23);
+        // Dropped before the comparison (a failed restore): the thread stops and is joined.
+        drop(Prehash::start(&a, VerifyMode::Full, 5));
     }
 
     #[test]

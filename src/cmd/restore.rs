@@ -9,9 +9,9 @@ use anyhow::Result;
 
 use crate::app::{exit, UsageError};
 use crate::btrfs::BtrfsCli;
-use crate::cli::{RestoreArgs, VerifyArg};
+use crate::cli::{RestoreArgs, TierArg, VerifyArg};
 use crate::cmd::Session;
-use crate::config::{Config, VerifyMode};
+use crate::config::{Config, RestoreTier, VerifyMode};
 use crate::event;
 use crate::repo::Repo;
 use crate::restore::{check_target, ArchivePending, Request, Restorer};
@@ -28,7 +28,23 @@ pub fn run(config: &Config, args: &RestoreArgs) -> Result<u8> {
         }
         None => config,
     };
-    crate::cmd::require_root("restore")?;
+    // A plan reads S3 and the target's free space only: no root, no lock.
+    if !args.plan {
+        crate::cmd::require_root("restore")?;
+    }
+    let mut tiered;
+    let config = match args.restore_tier {
+        None => config,
+        Some(t) => {
+            tiered = config.clone();
+            tiered.restore.restore_tier = match t {
+                TierArg::Standard => RestoreTier::Standard,
+                TierArg::Bulk => RestoreTier::Bulk,
+                TierArg::Expedited => RestoreTier::Expedited,
+            };
+            &tiered
+        }
+    };
     if let Some(why) = crate::manifest::subvolume_name_problem(&args.subvolume) {
         return Err(UsageError(format!(
             "--subvolume {:?} {why}: give the subvolume's name (the last component of its path)",
@@ -67,7 +83,7 @@ pub fn run(config: &Config, args: &RestoreArgs) -> Result<u8> {
     {
         return Err(UsageError(format!("--version-id {why}")).into());
     }
-    let session = Session::start(config, true)?;
+    let session = Session::start(config, !args.plan)?;
     let btrfs = BtrfsCli::default();
     let mut repo = Repo::open(config, session.retrier.clone())?;
     repo.ride_outages(config);
@@ -81,6 +97,17 @@ pub fn run(config: &Config, args: &RestoreArgs) -> Result<u8> {
         btrfs: &btrfs,
         repo: &repo,
     };
+    if args.plan {
+        let plan = r.plan(&req)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&plan.json())?);
+        } else {
+            for line in plan.text().lines() {
+                crate::outln!("{line}");
+            }
+        }
+        return Ok(exit::OK);
+    }
     let report = match r.run(&req) {
         Ok(rep) => rep,
         Err(e) if e.is::<ArchivePending>() => return Err(e),

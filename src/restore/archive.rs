@@ -45,14 +45,32 @@ pub struct ChunkRef<'a> {
     pub manifest_class: &'a str,
 }
 
-/// Checks every chunk and requests restores; returns the keys still being restored.
-pub fn request_all(
+/// One chunk as S3 reports it (HEAD), before anything is requested or read.
+#[derive(Clone, Debug)]
+pub struct ChunkState {
+    pub key: String,
+    pub size: u64,
+    /// The storage class HEAD names, else the manifest's (`inferred`).
+    pub class: String,
+    pub inferred: bool,
+    pub restore: RestoreHeader,
+}
+
+impl ChunkState {
+    /// Readable with a plain GET now: not archived, or its restored copy is there.
+    pub fn readable(&self) -> bool {
+        !is_archive(&self.class) || self.restore == RestoreHeader::Done
+    }
+}
+
+/// Checks every chunk with HEAD (present, right size, storage class, restore status);
+/// read-only: no RestoreObject, no GET. Used by `restore --plan` and before `request`.
+pub fn survey(
     store: &dyn ObjectStore,
     retrier: &Retrier,
     chunks: &[ChunkRef<'_>],
-    tier: &str,
-) -> Result<Vec<String>> {
-    let mut pending = Vec::new();
+) -> Result<Vec<ChunkState>> {
+    let mut out = Vec::with_capacity(chunks.len());
     for c in chunks {
         let head = retrier
             .run(|| store.head(c.key))
@@ -71,18 +89,50 @@ pub fn request_all(
                 c.size
             );
         }
-        let (class, inferred) = match &head.storage_class {
-            Some(cls) => (cls.as_str(), false),
-            None => (c.manifest_class, true),
+        let (class, inferred) = match head.storage_class {
+            Some(cls) => (cls, false),
+            None => (c.manifest_class.to_string(), true),
         };
+        out.push(ChunkState {
+            key: c.key.to_string(),
+            size: c.size,
+            class,
+            inferred,
+            restore: parse_restore_header(head.restore.as_deref()),
+        });
+    }
+    Ok(out)
+}
+
+/// Checks every chunk and requests restores; returns the keys still being restored.
+pub fn request_all(
+    store: &dyn ObjectStore,
+    retrier: &Retrier,
+    chunks: &[ChunkRef<'_>],
+    tier: &str,
+) -> Result<Vec<String>> {
+    request(store, retrier, &survey(store, retrier, chunks)?, tier)
+}
+
+/// Requests the restore of every surveyed archive-class chunk that has none yet; returns
+/// the keys still being restored.
+pub fn request(
+    store: &dyn ObjectStore,
+    retrier: &Retrier,
+    chunks: &[ChunkState],
+    tier: &str,
+) -> Result<Vec<String>> {
+    let mut pending = Vec::new();
+    for c in chunks {
+        let (class, inferred) = (c.class.as_str(), c.inferred);
         if !is_archive(class) {
             continue;
         }
-        match parse_restore_header(head.restore.as_deref()) {
+        match c.restore {
             RestoreHeader::Done => {}
             RestoreHeader::Ongoing => pending.push(c.key.to_string()),
             RestoreHeader::Absent => {
-                match retrier.run(|| store.restore_object(c.key, RESTORE_DAYS, tier)) {
+                match retrier.run(|| store.restore_object(&c.key, RESTORE_DAYS, tier)) {
                     Ok(()) => {
                         event!(
                             Info,

@@ -8,6 +8,7 @@
 pub mod archive;
 pub mod decrypt;
 pub mod download;
+pub mod plan;
 pub mod staging;
 
 use std::path::{Path, PathBuf};
@@ -148,19 +149,14 @@ impl Restorer<'_> {
         );
         let keys = Keys::open(&chain, &req.identity_files)?;
         self.preflight(&chain, &target, req.skip_space_check)?;
-        let refs: Vec<archive::ChunkRef<'_>> = chain
-            .links
-            .iter()
-            .flat_map(|(_, m)| {
-                m.chunks.iter().map(|c| archive::ChunkRef {
-                    key: &c.key,
-                    size: c.size,
-                    manifest_class: &m.s3.storage_class,
-                })
-            })
-            .collect();
         let tier = self.cfg.restore.restore_tier.as_str();
-        let pending = archive::request_all(store, retrier, &refs, tier)?;
+        // The same survey `--plan` makes, and its summary, before anything is spent.
+        let surveyed = archive::survey(store, retrier, &chunk_refs(&chain))?;
+        let plan = self.plan_of(&req.subvolume, &chain, &surveyed, &target)?;
+        let summary = plan.summary();
+        event!(Info, "restore_plan", summary = summary);
+        crate::outln!("{summary}");
+        let pending = archive::request(store, retrier, &surveyed, tier)?;
         let mut archive_wait = Duration::ZERO;
         if !pending.is_empty() {
             if !req.wait {
@@ -191,6 +187,15 @@ impl Restorer<'_> {
             req.subvolume,
             std::process::id()
         )))?;
+        // The source snapshot, when it is here, is hashed while the chain downloads and
+        // `btrfs receive` runs; the comparison takes those hashes as they come.
+        let snap = &chain.newest().1.snapshot;
+        let pre = match (req.verify, self.local_source(&snap.name, &snap.path)) {
+            (VerifyMode::None, _) | (_, Err(_)) => None,
+            (mode, Ok(source)) => {
+                crate::verify::Prehash::start(&source, mode, self.cfg.restore.sample_max_files)
+            }
+        };
         let mut received = Vec::new();
         let placed = self.receive_chain(&chain, &keys, &staging, &mut received, &target);
         staging.clean(self.btrfs, &received);
@@ -203,7 +208,7 @@ impl Restorer<'_> {
                 return Err(e);
             }
         };
-        let verified = match self.verify(&chain, &target, req.verify) {
+        let verified = match self.verify(&chain, &target, req.verify, pre) {
             Ok(v) => v,
             Err(e) => {
                 self.remove_target(&target);
@@ -250,18 +255,9 @@ impl Restorer<'_> {
                 );
             }
         }
+        let (need, free) = space(chain, dir)?;
         let full = chain.links.first().map_or(0, |(_, m)| m.total_bytes);
-        let largest_inc = chain
-            .links
-            .iter()
-            .skip(1)
-            .map(|(_, m)| m.total_bytes)
-            .max()
-            .unwrap_or(0);
-        let need = full.saturating_add(largest_inc);
-        let free = rustix::fs::statvfs(dir)
-            .map(|v| v.f_bavail.saturating_mul(v.f_frsize))
-            .with_context(|| format!("reading the free space of {}", dir.display()))?;
+        let largest_inc = need.saturating_sub(full);
         event!(
             Info,
             "restore_space",
@@ -412,6 +408,42 @@ impl Restorer<'_> {
         Ok(bytes)
     }
 
+    /// `restore --plan`: the chain, one HEAD per chunk, the target's filesystem and space;
+    /// nothing requested, nothing downloaded.
+    pub fn plan(&self, req: &Request) -> Result<plan::Plan> {
+        let key = self
+            .repo
+            .start_key(&req.subvolume, req.manifest_key.as_deref())?;
+        let chain = self.repo.chain(&req.subvolume, &key)?;
+        let surveyed = archive::survey(
+            self.repo.store().as_ref(),
+            self.repo.retrier(),
+            &chunk_refs(&chain),
+        )?;
+        self.plan_of(&req.subvolume, &chain, &surveyed, &req.target)
+    }
+
+    fn plan_of(
+        &self,
+        subvolume: &str,
+        chain: &Chain,
+        surveyed: &[archive::ChunkState],
+        target: &Path,
+    ) -> Result<plan::Plan> {
+        let dir = target.parent().unwrap_or(Path::new("/"));
+        let fs = self.btrfs.filesystem(dir)?;
+        Ok(plan::make(
+            subvolume,
+            chain,
+            surveyed,
+            self.cfg.s3.part_size_bytes,
+            self.cfg.restore.restore_tier.as_str(),
+            target,
+            &fs.fstype,
+            space(chain, dir)?,
+        ))
+    }
+
     fn remove_target(&self, target: &Path) {
         match self.btrfs.delete_subvolume(target) {
             Ok(()) => event!(Info, "restore_target_removed", path = target.display()),
@@ -443,7 +475,13 @@ impl Restorer<'_> {
     }
 
     /// Metadata always; content when the source snapshot is still here.
-    fn verify(&self, chain: &Chain, target: &Path, mode: VerifyMode) -> Result<u64> {
+    fn verify(
+        &self,
+        chain: &Chain,
+        target: &Path,
+        mode: VerifyMode,
+        pre: Option<crate::verify::Prehash>,
+    ) -> Result<u64> {
         let info = self.btrfs.show(target).with_context(|| {
             format!(
                 "verification: {} is not a btrfs subvolume",
@@ -469,7 +507,13 @@ impl Restorer<'_> {
                 return Ok(0);
             }
         };
-        let r = crate::verify::compare(&source, target, mode, self.cfg.restore.sample_max_files)?;
+        let r = crate::verify::compare_with(
+            &source,
+            target,
+            mode,
+            self.cfg.restore.sample_max_files,
+            pre,
+        )?;
         event!(
             Info,
             "verify_ok",
@@ -482,6 +526,40 @@ impl Restorer<'_> {
         );
         Ok(r.files_hashed)
     }
+}
+
+/// Every chunk of the chain, each key once, oldest manifest first.
+fn chunk_refs(chain: &Chain) -> Vec<archive::ChunkRef<'_>> {
+    let mut seen = std::collections::HashSet::new();
+    chain
+        .links
+        .iter()
+        .flat_map(|(_, m)| {
+            m.chunks.iter().map(|c| archive::ChunkRef {
+                key: &c.key,
+                size: c.size,
+                manifest_class: &m.s3.storage_class,
+            })
+        })
+        .filter(|c| seen.insert(c.key))
+        .collect()
+}
+
+/// The space a restore of `chain` needs in `dir` (its full stream plus its largest
+/// incremental: restore keeps at most two received subvolumes at once) and what is free.
+fn space(chain: &Chain, dir: &Path) -> Result<(u64, u64)> {
+    let full = chain.links.first().map_or(0, |(_, m)| m.total_bytes);
+    let largest_inc = chain
+        .links
+        .iter()
+        .skip(1)
+        .map(|(_, m)| m.total_bytes)
+        .max()
+        .unwrap_or(0);
+    let free = rustix::fs::statvfs(dir)
+        .map(|v| v.f_bavail.saturating_mul(v.f_frsize))
+        .with_context(|| format!("reading the free space of {}", dir.display()))?;
+    Ok((full.saturating_add(largest_inc), free))
 }
 
 #[cfg(test)]

@@ -460,3 +460,209 @@ fn a_target_that_is_not_on_btrfs_is_refused_before_any_download() {
     assert!(!r.stderr.contains("event=restore_receive"), "{r:?}");
     assert!(!target.exists());
 }
+
+/// The requests moto recorded (method, path and query) while `f` ran; recording is on
+/// only for `f` (`MOTO_RECORDER_FILEPATH` names the file).
+fn recorded(s: &Setup, f: impl FnOnce()) -> Vec<(String, String)> {
+    let api = |what: &str| {
+        ureq::post(&format!("{}/moto-api/recorder/{what}", s.moto.endpoint))
+            .send_empty()
+            .unwrap_or_else(|e| panic!("moto recorder {what}: {e}"))
+            .into_body()
+            .read_to_string()
+            .expect("moto recorder reply")
+    };
+    api("reset-recording");
+    api("start-recording");
+    f();
+    api("stop-recording");
+    let log = ureq::get(&format!(
+        "{}/moto-api/recorder/download-recording",
+        s.moto.endpoint
+    ))
+    .call()
+    .expect("moto recording")
+    .into_body()
+    .with_config()
+    .limit(64 << 20)
+    .read_to_string()
+    .expect("moto recording body");
+    log.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("recording line");
+            let url = v["url"].as_str().unwrap_or_default();
+            let path = url.splitn(4, '/').nth(3).unwrap_or_default();
+            (
+                v["method"].as_str().unwrap_or_default().to_string(),
+                format!("/{path}"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn plan_lists_classes_tiers_and_costs_and_spends_nothing() {
+    if !require_root("plan_lists_classes_tiers_and_costs_and_spends_nothing") {
+        return;
+    }
+    let rec = TempDir::new("moto-recording");
+    let rec_file = rec.path().join("recording.jsonl");
+    let env = [("MOTO_RECORDER_FILEPATH", rec_file.to_str().unwrap())];
+    let s = Setup::new(SetupOpts {
+        storage_class_chunks: "STANDARD",
+        moto_env: &env,
+        ..Default::default()
+    });
+    // A STANDARD full, then a DEEP_ARCHIVE and a GLACIER incremental.
+    random_file(&s.vol("data").join("a"), 20 * MIB);
+    assert_eq!(s.backup(&[]).code, 0);
+    let full = manifest_key(&s, "data");
+    let cfg = std::fs::read_to_string(&s.cfg).unwrap();
+    let mut keys = vec![full];
+    for (class, file, size) in [("DEEP_ARCHIVE", "b", 14 * MIB), ("GLACIER", "c", 3 * MIB)] {
+        let text = cfg.replace(
+            "storage_class_chunks = \"STANDARD\"",
+            &format!("storage_class_chunks = \"{class}\""),
+        );
+        std::fs::write(&s.cfg, text).unwrap();
+        random_file(&s.vol("data").join(file), size);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let r = s.backup(&["--once"]);
+        assert_eq!(r.code, 0, "{r:?}");
+        keys.push(manifest_key(&s, "data"));
+    }
+    // What the manifests say: objects and bytes per class, stream sizes.
+    let mut want: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    let mut chunk_keys = Vec::new();
+    let mut totals = Vec::new();
+    for k in &keys {
+        let m = s.get_json(k);
+        let class = m["s3"]["storage_class"].as_str().unwrap().to_string();
+        totals.push(m["total_bytes"].as_u64().unwrap());
+        for c in m["chunks"].as_array().unwrap() {
+            let e = want.entry(class.clone()).or_default();
+            e.0 += 1;
+            e.1 += c["size"].as_u64().unwrap();
+            chunk_keys.push(c["key"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(want.len(), 3, "{want:?}");
+
+    let target = s.fs.path("restored");
+    let t = target.to_str().unwrap().to_string();
+    let mut out = None;
+    let requests = recorded(&s, || {
+        out = Some(s.restore(&["--subvolume", "data", "--target", &t, "--plan", "--json"]));
+    });
+    let r = out.unwrap();
+    assert_eq!(r.code, 0, "{r:?}");
+    let p: serde_json::Value = serde_json::from_str(&r.stdout).expect("plan JSON");
+    let listed: Vec<&str> = p["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, keys, "oldest first");
+    for c in p["storage_classes"].as_array().unwrap() {
+        let class = c["class"].as_str().unwrap();
+        let (n, b) = want[class];
+        assert_eq!(
+            (c["objects"].as_u64(), c["bytes"].as_u64()),
+            (Some(n), Some(b)),
+            "{c}"
+        );
+        let readable = if class == "STANDARD" { n } else { 0 };
+        assert_eq!(c["readable_objects"].as_u64(), Some(readable), "{c}");
+        assert_eq!(c["to_restore_objects"].as_u64(), Some(n - readable), "{c}");
+    }
+    let gib = (1u64 << 30) as f64;
+    let (deep, glacier) = (want["DEEP_ARCHIVE"], want["GLACIER"]);
+    let tier = |name: &str| {
+        p["tiers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["tier"] == name)
+            .unwrap()
+            .clone()
+    };
+    let close = |a: &serde_json::Value, b: f64| (a.as_f64().unwrap() - b).abs() < 1e-12;
+    let standard = tier("Standard");
+    assert_eq!(
+        standard["restore_requests"].as_u64(),
+        Some(deep.0 + glacier.0)
+    );
+    assert_eq!(standard["thaw_hours_max"].as_f64(), Some(12.0));
+    assert!(
+        close(
+            &standard["retrieval_usd"],
+            deep.1 as f64 / gib * 0.02 + glacier.1 as f64 / gib * 0.01
+        ),
+        "{standard}"
+    );
+    assert!(
+        close(
+            &standard["request_usd"],
+            deep.0 as f64 * 0.10 / 1000.0 + glacier.0 as f64 * 0.05 / 1000.0
+        ),
+        "{standard}"
+    );
+    let bulk = tier("Bulk");
+    assert_eq!(bulk["thaw_hours_max"].as_f64(), Some(48.0));
+    assert!(
+        close(&bulk["retrieval_usd"], deep.1 as f64 / gib * 0.0025),
+        "{bulk}"
+    );
+    let expedited = tier("Expedited");
+    assert_eq!(expedited["offered"], false, "{expedited}");
+    assert_eq!(expedited["not_offered_for"][0], "DEEP_ARCHIVE");
+    assert_eq!(p["tier"], "Standard");
+    let need = totals[0] + totals[1].max(totals[2]);
+    assert_eq!(p["target"]["needed_bytes"].as_u64(), Some(need));
+    assert!(p["target"]["free_bytes"].as_u64().unwrap() > need, "{p}");
+    assert_eq!(p["target"]["filesystem"], "btrfs");
+    assert_eq!(p["prices"]["region"], "us-east-1");
+
+    // The server saw one HEAD per chunk and no RestoreObject, no GET of a chunk.
+    let heads = requests
+        .iter()
+        .filter(|(m, u)| m == "HEAD" && chunk_keys.iter().any(|k| u.ends_with(k.as_str())))
+        .count();
+    assert_eq!(heads, chunk_keys.len(), "{requests:?}");
+    let spent: Vec<&(String, String)> = requests
+        .iter()
+        .filter(|(m, u)| {
+            u.contains("restore")
+                || (m == "GET" && chunk_keys.iter().any(|k| u.contains(k.as_str())))
+                || (m != "GET" && m != "HEAD")
+        })
+        .collect();
+    assert!(spent.is_empty(), "{spent:?}");
+    assert!(!target.exists());
+
+    // The text form, and a real restore prints the same summary before it spends.
+    let r = s.restore(&["--subvolume", "data", "--target", &t, "--plan"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let summary = r.stdout.lines().next().unwrap().to_string();
+    assert!(
+        summary.starts_with("restore plan for data: 3 manifests")
+            && summary.contains("tier Standard:")
+            && r.stdout.contains("nothing was requested or downloaded"),
+        "{r:?}"
+    );
+    let r = s.restore(&["--subvolume", "data", "--target", &t, "--no-wait-restore"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert_eq!(r.stdout.lines().next(), Some(summary.as_str()), "{r:?}");
+    // With the restores requested, a new plan sees them under way.
+    let r = s.restore(&["--subvolume", "data", "--target", &t, "--plan", "--json"]);
+    let p: serde_json::Value = serde_json::from_str(&r.stdout).expect("plan JSON");
+    let under_way: u64 = p["storage_classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["restoring_objects"].as_u64().unwrap() + c["readable_objects"].as_u64().unwrap())
+        .sum();
+    assert_eq!(under_way, chunk_keys.len() as u64, "{p}");
+}

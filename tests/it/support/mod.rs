@@ -565,6 +565,8 @@ pub struct SetupOpts<'a> {
     pub s3_extra: &'a str,
     /// Extra mount options of the test filesystem (`compress=zstd`).
     pub mount_options: &'a str,
+    /// Extra environment of the moto server (`MOTO_RECORDER_FILEPATH`).
+    pub moto_env: &'a [(&'a str, &'a str)],
 }
 
 impl Default for SetupOpts<'_> {
@@ -580,13 +582,14 @@ impl Default for SetupOpts<'_> {
             extra: "",
             s3_extra: "",
             mount_options: "",
+            moto_env: &[],
         }
     }
 }
 
 impl Setup {
     pub fn new(o: SetupOpts<'_>) -> Setup {
-        let moto = Moto::start();
+        let moto = Moto::start_with_env(o.moto_env);
         let fs = BtrfsFs::with_options(o.fs_mib, o.mount_options);
         let paths: Vec<String> = o
             .subvolumes
