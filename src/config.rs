@@ -269,6 +269,8 @@ pub struct Config {
     /// Extension: absent means no Object Lock headers at all (as before).
     pub object_lock: Option<ObjectLock>,
     pub encryption: Encryption,
+    /// Extension `[notify]`: health-check pings of backup runs.
+    pub notify: Notify,
 }
 
 /// Every section and key the config may hold; anything else is an error naming it.
@@ -327,6 +329,7 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
         "encryption",
         &["recipients", "recipients_file", "identity_files"],
     ),
+    ("notify", &["ping_url"]),
 ];
 
 /// The environment a config is resolved in: `HOME` for `~` and the endpoint variables.
@@ -483,7 +486,9 @@ impl Config {
         };
         let object_lock = r.object_lock(&s3)?;
         let encryption = r.encryption()?;
+        let notify = r.notify()?;
         Ok(Config {
+            notify,
             object_lock,
             encryption,
             retention,
@@ -944,3 +949,5 @@ mod tests;
 
 mod encryption;
 pub use encryption::Encryption;
+mod notify;
+pub use notify::{Notify, PingUrl};

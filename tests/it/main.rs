@@ -14,6 +14,7 @@ mod hostile_bucket;
 mod limits;
 mod link;
 mod lock;
+mod notify;
 mod object_lock;
 mod operate;
 mod package;
