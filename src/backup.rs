@@ -85,6 +85,29 @@ pub enum Outcome {
     Published(Box<Published>),
 }
 
+/// What an upload that stopped before publishing had done: the context of its error, so
+/// that the run's summary and last line count what it stored (`uploaded_bytes`) and its
+/// `s3_retry` events (`retries`), not zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoppedAfter {
+    /// Bytes this run sent that S3 stored (parts and whole chunks).
+    pub uploaded_bytes: u64,
+    /// The run's `s3_retry` events while this subvolume was sending.
+    pub retries: u64,
+}
+
+impl std::fmt::Display for StoppedAfter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "nothing published; this run stored {} ({} bytes) after {} retries",
+            crate::cmd::list::human(self.uploaded_bytes),
+            self.uploaded_bytes,
+            self.retries
+        )
+    }
+}
+
 #[derive(Debug)]
 pub struct Published {
     pub state: SubvolState,
@@ -899,7 +922,11 @@ impl Backup<'_> {
             }
             Err(e) => {
                 send.kill();
-                return Err(stalled.map_or(e, |s| anyhow!(s)));
+                let stopped = StoppedAfter {
+                    uploaded_bytes: meter.uploaded_bytes(),
+                    retries: meter.retries(),
+                };
+                return Err(stalled.map_or(e, |s| anyhow!(s)).context(stopped));
             }
         };
         if self.retrier.cancelled() {

@@ -112,6 +112,11 @@ impl Meter {
         self.retrier.retries().saturating_sub(self.retries_before)
     }
 
+    /// Bytes this run sent that are stored (a resume's earlier bytes not).
+    pub fn uploaded_bytes(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
     /// CompleteMultipartUploads in flight now.
     pub fn completions_in_flight(&self) -> u64 {
         self.completing.load(Ordering::Relaxed)

@@ -11,6 +11,7 @@ mod contrib;
 mod encryption;
 mod firstrun;
 mod hostile_bucket;
+mod lastline;
 mod limits;
 mod link;
 mod lock;
