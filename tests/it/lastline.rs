@@ -152,3 +152,74 @@ fn the_last_line_says_what_happened_and_how_a_stopped_backup_goes_on() {
         "{r:?}"
     );
 }
+
+#[test]
+fn list_verify_prune_print_tables_without_repeating_them_and_restore_says_its_target() {
+    if !require_root(
+        "list_verify_prune_print_tables_without_repeating_them_and_restore_says_its_target",
+    ) {
+        return;
+    }
+    let s = Setup::new(SetupOpts::default());
+    std::fs::write(s.vol("data").join("f"), "one").unwrap();
+    let r = s.backup(&[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let current = s.get_json("backups/subvol/data/current.json")["manifest_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cfg = s.cfg.display().to_string();
+    // The default log level (the rig's config says debug).
+    let at_info = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend_from_slice(&["--config", &cfg, "--log-level", "info"]);
+        run_bin(&a)
+    };
+    let r = at_info(&["list"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains(&format!("    manifest {current}")),
+        "the table names the key restore --manifest-key takes: {r:?}"
+    );
+    // Only what the table does not say (where the credentials came from).
+    assert!(
+        r.stderr
+            .lines()
+            .all(|l| l.contains(" INFO event=credentials_loaded ")),
+        "{r:?}"
+    );
+    let r = at_info(&["verify"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("subvolume data: ok"), "{r:?}");
+    assert!(!r.stderr.contains("event=verify_"), "{r:?}");
+    let r = at_info(&["prune"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(!r.stdout.is_empty(), "{r:?}");
+    assert!(!r.stderr.contains("event=prune_"), "{r:?}");
+
+    // A relative --target: the resolved path is the first thing said, at any level.
+    let r = run_bin(&[
+        "restore",
+        "--config",
+        &cfg,
+        "--log-level",
+        "error",
+        "--subvolume",
+        "data",
+        "--target",
+        "back",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let resolved = s.fs.mnt.join("back");
+    assert_eq!(
+        r.stderr.lines().next().unwrap_or(""),
+        format!(
+            "btrfs_to_s3: restoring into {} (--target back is relative: taken under \
+             restore.target_base_dir {})",
+            resolved.display(),
+            s.fs.mnt.display()
+        ),
+        "{r:?}"
+    );
+    assert!(resolved.join("f").exists());
+}
