@@ -15,6 +15,7 @@ mod lastline;
 mod limits;
 mod link;
 mod lock;
+mod nonroot;
 mod notify;
 mod object_lock;
 mod operate;
