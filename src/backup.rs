@@ -100,11 +100,15 @@ impl std::fmt::Display for StoppedAfter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "nothing published; this run stored {} ({} bytes) after {} retries",
+            "nothing published; this run stored {} ({} bytes)",
             crate::cmd::list::human(self.uploaded_bytes),
-            self.uploaded_bytes,
-            self.retries
-        )
+            self.uploaded_bytes
+        )?;
+        match self.retries {
+            0 => Ok(()),
+            1 => write!(f, " after 1 retry"),
+            n => write!(f, " after {n} retries"),
+        }
     }
 }
 

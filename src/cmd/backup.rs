@@ -265,16 +265,19 @@ pub fn run(config: &Config, args: &BackupArgs) -> Result<u8> {
     }
 }
 
-/// A published backup in a few words: `full, 12.0 MiB stored (3.0 MiB resumed) in 4.2 s`.
+/// A published backup in a few words: `backed up, 12.0 MiB sent (3.0 MiB already stored)
+/// in 4.2 s`.
 fn said(m: &Metrics) -> String {
-    let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0));
-    let mut s = format!("backed up, {} sent", mib(m.uploaded_bytes));
+    let human = crate::cmd::list::human;
+    let mut s = format!("backed up, {} sent", human(m.uploaded_bytes));
     if m.resumed_bytes > 0 {
-        s.push_str(&format!(" ({} already stored)", mib(m.resumed_bytes)));
+        s.push_str(&format!(" ({} already stored)", human(m.resumed_bytes)));
     }
     s.push_str(&format!(" in {:.1} s", m.elapsed.as_secs_f64()));
-    if m.retries > 0 {
-        s.push_str(&format!(", {} retries", m.retries));
+    match m.retries {
+        0 => {}
+        1 => s.push_str(", 1 retry"),
+        n => s.push_str(&format!(", {n} retries")),
     }
     s
 }

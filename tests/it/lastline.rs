@@ -107,8 +107,13 @@ fn the_last_line_says_what_happened_and_how_a_stopped_backup_goes_on() {
         .parse()
         .unwrap();
     assert_eq!(retries, retry_lines, "{log}");
+    let said = if retry_lines == 1 {
+        "after 1 retry".to_string()
+    } else {
+        format!("after {retry_lines} retries")
+    };
     assert!(
-        last.contains(&format!("after {retry_lines} retries")),
+        last.contains(&format!("({first_stored} bytes) {said}: ")),
         "{last}"
     );
 
