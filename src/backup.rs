@@ -930,7 +930,18 @@ impl Backup<'_> {
                     uploaded_bytes: meter.uploaded_bytes(),
                     retries: meter.retries(),
                 };
-                return Err(stalled.map_or(e, |s| anyhow!(s)).context(stopped));
+                let e = match stalled {
+                    Some(s) => anyhow!(s),
+                    // A request the stop cut (CreateMultipartUpload says "Agent is shut
+                    // down"): what stopped the run is the signal.
+                    None if self.retrier.cancelled()
+                        && !format!("{e:#}").contains("interrupted by a signal") =>
+                    {
+                        e.context("interrupted by a signal")
+                    }
+                    None => e,
+                };
+                return Err(e.context(stopped));
             }
         };
         if self.retrier.cancelled() {
