@@ -98,7 +98,7 @@ Upstream-Name: btrfs_to_s3
 Source: https://github.com/btrfs-to-s3/btrfs_to_s3
 
 Files: *
-Copyright: the btrfs_to_s3 authors
+Copyright: 2025-$(date -u -d "@${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}" +%Y) the btrfs_to_s3 authors
 License: MIT or Apache-2.0
  The binary also contains the Rust crates listed in the source's Cargo.lock, each
  under its own license (MIT, Apache-2.0, ISC, BSD or compatible; see cargo tree).
@@ -130,9 +130,13 @@ EOF
 cat >"$root/DEBIAN/prerm" <<'EOF'
 #!/bin/sh
 set -e
-if [ "$1" = remove ] && [ -d /run/systemd/system ]; then
-  systemctl --system stop btrfs_to_s3.timer btrfs_to_s3.service >/dev/null 2>&1 || true
-  systemctl --system disable btrfs_to_s3.timer >/dev/null 2>&1 || true
+if [ "$1" = remove ]; then
+  if [ -d /run/systemd/system ] && command -v deb-systemd-invoke >/dev/null; then
+    deb-systemd-invoke stop btrfs_to_s3.timer btrfs_to_s3.service >/dev/null 2>&1 || true
+  fi
+  if command -v deb-systemd-helper >/dev/null; then
+    deb-systemd-helper disable btrfs_to_s3.timer >/dev/null 2>&1 || true
+  fi
 fi
 exit 0
 EOF
@@ -168,11 +172,13 @@ Section: admin
 Priority: optional
 Homepage: https://github.com/btrfs-to-s3/btrfs_to_s3
 Description: back up btrfs subvolumes to S3 with btrfs send, restore them verified
- Every night (a systemd timer) each configured subvolume is snapshotted read-only,
- streamed with btrfs send (full or incremental), cut into chunks with a SHA-256 each,
- uploaded to S3 and published by a manifest and current.json; interrupted uploads
- resume. restore brings a subvolume back bit for bit; list, verify, prune and status
- inspect the bucket. The timer is not enabled on install: copy
+ Every night (a systemd timer) each configured subvolume is snapshotted
+ read-only, streamed with btrfs send (full or incremental), cut into chunks
+ with a SHA-256 each, uploaded to S3 and published by a manifest and
+ current.json; interrupted uploads resume. restore brings a subvolume back
+ bit for bit; list, verify, prune and status inspect the bucket.
+ .
+ The timer is not enabled on install: copy
  /etc/btrfs_to_s3/config.toml.example to config.toml, edit it, then
  systemctl enable --now btrfs_to_s3.timer.
 EOF
