@@ -94,6 +94,8 @@ pub struct StoppedAfter {
     pub uploaded_bytes: u64,
     /// The run's `s3_retry` events while this subvolume was sending.
     pub retries: u64,
+    /// From its first byte sent to the stop.
+    pub upload_time: Duration,
 }
 
 impl std::fmt::Display for StoppedAfter {
@@ -929,6 +931,7 @@ impl Backup<'_> {
                 let stopped = StoppedAfter {
                     uploaded_bytes: meter.uploaded_bytes(),
                     retries: meter.retries(),
+                    upload_time: meter.upload_time(),
                 };
                 let e = match stalled {
                     Some(s) => anyhow!(s),

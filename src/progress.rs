@@ -117,6 +117,15 @@ impl Meter {
         self.sent.load(Ordering::Relaxed)
     }
 
+    /// From this run's first byte sent until now (zero before it).
+    pub fn upload_time(&self) -> Duration {
+        let first = self.first_send_ms.load(Ordering::Relaxed);
+        if first == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_millis(self.ms().saturating_sub(first))
+    }
+
     /// CompleteMultipartUploads in flight now.
     pub fn completions_in_flight(&self) -> u64 {
         self.completing.load(Ordering::Relaxed)

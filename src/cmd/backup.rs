@@ -158,6 +158,7 @@ pub fn run(config: &Config, args: &BackupArgs) -> Result<u8> {
                 // What the stopped upload did counts in the run's sums.
                 if let Some(s) = e.downcast_ref::<crate::backup::StoppedAfter>() {
                     total.uploaded_bytes += s.uploaded_bytes;
+                    total.upload_time += s.upload_time;
                 }
                 event!(
                     Error,

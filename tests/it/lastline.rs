@@ -96,6 +96,14 @@ fn the_last_line_says_what_happened_and_how_a_stopped_backup_goes_on() {
         .parse()
         .unwrap();
     assert_eq!(uploaded, first_stored, "{log}");
+    let upload_seconds: f64 = event_field(&log, "backup_summary", "upload_seconds")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        upload_seconds > 0.0,
+        "the stopped upload's time counts: {log}"
+    );
     assert!(last.contains(&format!("({first_stored} bytes)")), "{last}");
     let retry_lines = log
         .lines()
