@@ -13,7 +13,8 @@
 #   E2E_DATA_MIB      size of the large test file (24)
 #   E2E_SSE           s3.sse (AES256; "none" for servers that refuse or drop SSE headers)
 #   E2E_CHECKSUM      s3.checksum (crc32c; sha256; none)
-#   E2E_BIN           binary to test (default: build target/release/btrfs_to_s3)
+#   E2E_BIN           binary to test (default: cargo build --release, into $CARGO_TARGET_DIR
+#                     when set, else target/)
 #   E2E_OBJECT_LOCK   MODE:DAYS (e.g. GOVERNANCE:1): back up with [object_lock] into
 #                     E2E_BUCKET, which must have Object Lock enabled; adds the steps:
 #                     --dry-run finds the lock, verify checks every object's lock, and
@@ -44,12 +45,29 @@ cleanup() {
 }
 trap 'cleanup' EXIT
 
+# Say up front what this run installs (only what is missing) and builds, and where.
+step "what this needs"
+if [ -z "${E2E_BUCKET:-}" ] && [ -n "${BTRFS_TO_S3_MOTO_SERVER:-}" ] && [ -x "$BTRFS_TO_S3_MOTO_SERVER" ]; then
+  echo "moto: $BTRFS_TO_S3_MOTO_SERVER (already installed)"
+  command -v mkfs.btrfs >/dev/null || bash contrib/install-test-tools.sh --plan
+elif [ -z "${E2E_BUCKET:-}" ] || ! command -v mkfs.btrfs >/dev/null; then
+  bash contrib/install-test-tools.sh --plan
+fi
+target_dir=${CARGO_TARGET_DIR:-$repo/target}
+if [ -n "${E2E_BIN:-}" ]; then
+  echo "binary: $E2E_BIN (E2E_BIN; nothing is built)"
+else
+  echo "binary: cargo build --release into $target_dir (a first build takes about 10 minutes on 2 cores; progress below)"
+fi
+echo "scratch: $work (a 1 GiB sparse file on a loop device; removed at the end)"
+
 step "build"
 if [ -n "${E2E_BIN:-}" ]; then
   bin=$E2E_BIN
 else
-  cargo build --release --quiet
-  bin=$repo/target/release/btrfs_to_s3
+  # cargo's own progress on stderr (not --quiet): a first build is minutes, not silence.
+  cargo build --release
+  bin=$target_dir/release/btrfs_to_s3
 fi
 "$bin" --version
 

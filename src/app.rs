@@ -44,7 +44,7 @@ pub fn main() -> ExitCode {
             } else {
                 "error"
             };
-            let line = crate::term::inert(&crate::logging::redact(&format!("{e:#}")));
+            let line = error_line(&e);
             let prio = if !crate::logging::stderr_is_journal() {
                 ""
             } else if code == exit::RESTORE_PENDING {
@@ -56,6 +56,12 @@ pub fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// The final error line's text: the whole context chain, outermost first, with no
+/// credential and no terminal control (also the body of a failure ping).
+pub fn error_line(e: &anyhow::Error) -> String {
+    crate::term::inert(&crate::logging::redact(&format!("{e:#}")))
 }
 
 /// Maps an error to its exit code by the typed errors in its chain.
@@ -157,9 +163,27 @@ pub fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Backup(args) => {
             let started = crate::ts::Ts::now();
+            // Health pings (`[notify] ping_url`) for runs that act, not for a dry run.
+            let pinger = if args.dry_run {
+                None
+            } else {
+                crate::notify::pinger(config.notify.ping_url.as_ref(), &ProcessEnv)
+            };
+            if let Some(p) = &pinger {
+                p.ping(crate::notify::Ping::Start);
+            }
             let r = crate::cmd::backup::run(&config, &args);
             if !args.dry_run {
                 record_last_run(&config, started, &r);
+            }
+            if let Some(p) = &pinger {
+                match &r {
+                    Ok(0) => p.ping(crate::notify::Ping::Success),
+                    Ok(code) => p.ping(crate::notify::Ping::Fail(&format!(
+                        "btrfs_to_s3 backup exited with code {code}"
+                    ))),
+                    Err(e) => p.ping(crate::notify::Ping::Fail(&error_line(e))),
+                }
             }
             r
         }

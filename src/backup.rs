@@ -85,6 +85,35 @@ pub enum Outcome {
     Published(Box<Published>),
 }
 
+/// What an upload that stopped before publishing had done: the context of its error, so
+/// that the run's summary and last line count what it stored (`uploaded_bytes`) and its
+/// `s3_retry` events (`retries`), not zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoppedAfter {
+    /// Bytes this run sent that S3 stored (parts and whole chunks).
+    pub uploaded_bytes: u64,
+    /// The run's `s3_retry` events while this subvolume was sending.
+    pub retries: u64,
+    /// From its first byte sent to the stop.
+    pub upload_time: Duration,
+}
+
+impl std::fmt::Display for StoppedAfter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "nothing published; this run stored {} ({} bytes)",
+            crate::cmd::list::human(self.uploaded_bytes),
+            self.uploaded_bytes
+        )?;
+        match self.retries {
+            0 => Ok(()),
+            1 => write!(f, " after 1 retry"),
+            n => write!(f, " after {n} retries"),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Published {
     pub state: SubvolState,
@@ -901,7 +930,23 @@ impl Backup<'_> {
             }
             Err(e) => {
                 send.kill();
-                return Err(stalled.map_or(e, |s| anyhow!(s)));
+                let stopped = StoppedAfter {
+                    uploaded_bytes: meter.uploaded_bytes(),
+                    retries: meter.retries(),
+                    upload_time: meter.upload_time(),
+                };
+                let e = match stalled {
+                    Some(s) => anyhow!(s),
+                    // A request the stop cut (CreateMultipartUpload says "Agent is shut
+                    // down"): what stopped the run is the signal.
+                    None if self.retrier.cancelled()
+                        && !format!("{e:#}").contains("interrupted by a signal") =>
+                    {
+                        e.context("interrupted by a signal")
+                    }
+                    None => e,
+                };
+                return Err(e.context(stopped));
             }
         };
         if self.retrier.cancelled() {

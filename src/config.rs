@@ -370,6 +370,8 @@ pub struct Config {
     /// Extension: absent means no Object Lock headers at all (as before).
     pub object_lock: Option<ObjectLock>,
     pub encryption: Encryption,
+    /// Extension `[notify]`: health-check pings of backup runs.
+    pub notify: Notify,
 }
 
 /// Every section and key the config may hold (config/file.rs's structs); anything else
@@ -519,7 +521,9 @@ impl Config {
         let object_lock = object_lock(f.object_lock, &s3)?;
         let encryption = Encryption::resolve(f.encryption, env)?;
         encryption::check_chunk_size(&s3, &encryption)?;
+        let notify = notify::resolve(f.notify)?;
         Ok(Config {
+            notify,
             object_lock,
             encryption,
             retention,
@@ -810,3 +814,5 @@ mod encryption;
 mod file;
 mod value;
 pub use encryption::Encryption;
+mod notify;
+pub use notify::{Notify, PingUrl};

@@ -21,6 +21,7 @@ pub mod lock;
 pub mod logging;
 pub mod manifest;
 pub mod metrics;
+pub mod notify;
 pub mod outage;
 pub mod pipeline;
 pub mod planner;

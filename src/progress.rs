@@ -142,6 +142,20 @@ impl Meter {
         self.retrier.outage()
     }
 
+    /// Bytes this run sent that are stored (a resume's earlier bytes not).
+    pub fn uploaded_bytes(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// From this run's first byte sent until now (zero before it).
+    pub fn upload_time(&self) -> Duration {
+        let first = self.first_send_ms.load(Ordering::Relaxed);
+        if first == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_millis(self.ms().saturating_sub(first))
+    }
+
     /// CompleteMultipartUploads in flight now.
     pub fn completions_in_flight(&self) -> u64 {
         self.completing.load(Ordering::Relaxed)

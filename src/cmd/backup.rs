@@ -111,6 +111,10 @@ pub fn run(config: &Config, args: &BackupArgs) -> Result<u8> {
     let run_ts = crate::backup::run_timestamp(config, &selected, &Ts::now)?;
     let started = Instant::now();
     let mut failed: Vec<String> = Vec::new();
+    // Failed subvolumes whose snapshot, journal and uploads are kept for the next run.
+    let mut kept: Vec<String> = Vec::new();
+    // What happened to each subvolume, for the run's closing line.
+    let mut done: Vec<String> = Vec::new();
     let mut total = Metrics::default();
     let mut results: Vec<(String, bool, Option<Metrics>)> = Vec::new();
     for sv in &selected {
@@ -145,18 +149,31 @@ pub fn run(config: &Config, args: &BackupArgs) -> Result<u8> {
                         subvolume = sv.name,
                         path = path.display()
                     );
+                    done.push(format!("{}: snapshot only (--no-s3)", sv.name));
                     Ok(None)
                 }
-                Outcome::Skipped(_) => Ok(None),
+                Outcome::Skipped(_) => {
+                    done.push(format!("{}: not due", sv.name));
+                    Ok(None)
+                }
             });
         match r {
             Ok(m) => {
                 if let Some(m) = &m {
                     total.add(m);
+                    done.push(format!("{}: {}", sv.name, said(m)));
                 }
                 results.push((sv.name.clone(), true, m));
             }
             Err(e) => {
+                if b.journal_path(sv).exists() {
+                    kept.push(sv.name.clone());
+                }
+                // What the stopped upload did counts in the run's sums.
+                if let Some(s) = e.downcast_ref::<crate::backup::StoppedAfter>() {
+                    total.uploaded_bytes += s.uploaded_bytes;
+                    total.upload_time += s.upload_time;
+                }
                 event!(
                     Error,
                     "backup_failed",
@@ -193,6 +210,9 @@ pub fn run(config: &Config, args: &BackupArgs) -> Result<u8> {
         }
     }
     total.elapsed = started.elapsed();
+    // Every s3_retry event of the run (pre-checks, listings and prune included): the
+    // retrier counts each one it logs.
+    total.retries = retrier.retries();
     // The run's sums: `throughput` over the whole run, `upload_rate` over the seconds the
     // subvolumes were sending (see `metrics`).
     let mut line = String::from("event=backup_summary");
@@ -236,15 +256,59 @@ pub fn run(config: &Config, args: &BackupArgs) -> Result<u8> {
         ));
     }
     if failed.is_empty() {
+        // One closing line at every log level: what the run did, per subvolume.
+        closing_line(&format!("backup finished: {}", done.join("; ")));
         Ok(exit::OK)
     } else {
+        let resume = match kept.len() {
+            0 => String::new(),
+            1 => format!(
+                " -- {} is kept: the next run resumes it; backup --restart starts over",
+                kept[0]
+            ),
+            _ => format!(
+                " -- {} are kept: the next run resumes them; backup --restart starts over",
+                kept.join(", ")
+            ),
+        };
         Err(anyhow!(
-            "backup failed for {} of {} subvolumes: {}",
+            "backup failed for {} of {} subvolumes: {}{resume}",
             failed.len(),
             selected.len(),
             failed.join("; ")
         ))
     }
+}
+
+/// A published backup in a few words: `backed up, 12.0 MiB sent (3.0 MiB already stored)
+/// in 4.2 s`.
+fn said(m: &Metrics) -> String {
+    let human = crate::cmd::list::human;
+    let mut s = format!("backed up, {} sent", human(m.uploaded_bytes));
+    if m.resumed_bytes > 0 {
+        s.push_str(&format!(" ({} already stored)", human(m.resumed_bytes)));
+    }
+    s.push_str(&format!(" in {:.1} s", m.elapsed.as_secs_f64()));
+    match m.retries {
+        0 => {}
+        1 => s.push_str(", 1 retry"),
+        n => s.push_str(&format!(", {n} retries")),
+    }
+    s
+}
+
+/// Writes the run's last line to stderr whatever the log level (a failed run's last line
+/// is its error, from `app::main`), with the journal's priority under systemd.
+fn closing_line(text: &str) {
+    let prio = if crate::logging::stderr_is_journal() {
+        crate::logging::priority(log::Level::Info)
+    } else {
+        ""
+    };
+    eprintln!(
+        "{prio}btrfs_to_s3: {}",
+        crate::term::inert(&crate::logging::redact(text))
+    );
 }
 
 /// After a publish: the state (one atomic write), then the journal goes, then retention

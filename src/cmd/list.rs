@@ -224,6 +224,8 @@ fn print_text(cat: &Catalog) {
                     .map(|g| g.ts.to_string())
                     .unwrap_or_else(|| "-".into()),
             );
+            // What restore and verify --manifest-key take.
+            outln!("    manifest {}", b.key);
             if let Some(e) = m.and_then(|m| m.encryption.as_ref()) {
                 outln!("    encrypted (age) to {}", e.recipients.join(", "));
             }

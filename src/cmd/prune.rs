@@ -136,7 +136,7 @@ pub fn prune_all(config: &Config, repo: &Repo, req: &Request) -> Result<(Vec<Pla
         let mut plan = match plan_one(config, repo, state.as_ref(), sv, &rules, req.force) {
             Ok(p) => p,
             Err(why) => {
-                event!(Error, "prune_refused", subvolume = name, reason = why);
+                event!(Debug, "prune_refused", subvolume = name, reason = why);
                 refused.push(why);
                 continue;
             }
@@ -148,8 +148,9 @@ pub fn prune_all(config: &Config, repo: &Repo, req: &Request) -> Result<(Vec<Pla
             plan = prune::plan(sv, &rules)?;
         }
         for i in plan.items.iter().filter(|i| i.action != Action::Keep) {
+            // The plan is the table on stdout; the events are for --log-level debug.
             event!(
-                Info,
+                Debug,
                 "prune_plan",
                 subvolume = name,
                 action = format!("{:?}", i.action).to_lowercase(),
@@ -167,7 +168,7 @@ pub fn prune_all(config: &Config, repo: &Repo, req: &Request) -> Result<(Vec<Pla
         if req.confirm {
             let done = prune::execute_with(repo, &plan, config.object_lock.is_some())?;
             event!(
-                Info,
+                Debug,
                 "prune_done",
                 subvolume = name,
                 deleted = done.deleted,

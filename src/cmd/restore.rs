@@ -52,6 +52,24 @@ pub fn run(config: &Config, args: &RestoreArgs) -> Result<u8> {
         ))
         .into());
     }
+    if args.target.is_relative() {
+        // Said first, at every log level: a relative --target is not under the current
+        // directory but under restore.target_base_dir (the contract).
+        eprintln!(
+            "btrfs_to_s3: restoring into {} (--target {} is relative: taken under \
+             restore.target_base_dir {})",
+            crate::term::inert(
+                &config
+                    .restore
+                    .target_base_dir
+                    .join(&args.target)
+                    .display()
+                    .to_string()
+            ),
+            crate::term::inert(&args.target.display().to_string()),
+            crate::term::inert(&config.restore.target_base_dir.display().to_string())
+        );
+    }
     let req = Request {
         subvolume: args.subvolume.clone(),
         manifest_key: args.manifest_key.clone(),

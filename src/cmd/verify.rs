@@ -108,8 +108,9 @@ pub fn run(config: &Config, args: &VerifyArgs) -> Result<u8> {
         };
         let rep = checker.run(name, &start, deep, tier)?;
         for f in &rep.findings {
+            // The table on stdout shows it; the event is for --log-level debug.
             event!(
-                Error,
+                Debug,
                 "verify_finding",
                 subvolume = name,
                 key = f.key,
@@ -118,7 +119,7 @@ pub fn run(config: &Config, args: &VerifyArgs) -> Result<u8> {
             );
         }
         event!(
-            Info,
+            Debug,
             "verify_result",
             subvolume = name,
             manifest = rep.start_key,

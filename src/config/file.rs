@@ -31,6 +31,13 @@ pub(super) struct File {
     pub retention: RetentionKeys,
     pub object_lock: Option<ObjectLockKeys>,
     pub encryption: EncryptionKeys,
+    pub notify: NotifyKeys,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct NotifyKeys {
+    pub ping_url: Option<super::notify::PingUrlValue>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -139,6 +146,7 @@ pub(super) fn schema() -> Vec<(&'static str, &'static [&'static str])> {
         ("retention", keys_of::<RetentionKeys>()),
         ("object_lock", keys_of::<ObjectLockKeys>()),
         ("encryption", keys_of::<EncryptionKeys>()),
+        ("notify", keys_of::<NotifyKeys>()),
     ]
 }
 

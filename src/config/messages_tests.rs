@@ -45,7 +45,7 @@ fn cases() -> Vec<(String, &'static str)> {
         (s3("endpoint_url = \"localhost:9000\""), "s3.endpoint_url = \"localhost:9000\": must be an http:// or https:// URL with a host"),
         (s3("colour = \"blue\""), "unknown key s3.colour (known keys in [s3]: bucket, region, prefix, chunk_size_bytes, storage_class_chunks, storage_class_manifest, concurrency, spool_enabled, sse, endpoint_url, part_size_bytes, send_compressed_data, outage_patience_seconds, sse_kms_key_id, checksum, max_upload_rate, upload_rate_schedule, max_download_rate, download_rate_schedule); check the spelling"),
         (with("[global]\nlogg_level = \"info\""), "unknown key global.logg_level (known keys in [global]: log_level, state_path, lock_path, spool_dir, spool_size_bytes, metrics_path, progress_interval_seconds); check the spelling"),
-        (with("[backup]\nx = 1"), "unknown section [backup] (known sections: global, schedule, snapshots, subvolumes, s3, restore, retention, object_lock, encryption)"),
+        (with("[backup]\nx = 1"), "unknown section [backup] (known sections: global, schedule, snapshots, subvolumes, s3, restore, retention, object_lock, encryption, notify)"),
         (format!("restore = 3\n{S3}"), "restore must be a table ([restore])"),
         ("[s3]\nregion = \"r\"\nprefix = \"p\"".into(), "s3.bucket is required but missing: add it under [s3]"),
         ("[s3]\nbucket = \"b/c\"\nregion = \"r\"\nprefix = \"p\"".into(), "s3.bucket = \"b/c\": not a bucket name (letters, digits, '.', '-' or '_', no '..')"),

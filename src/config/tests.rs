@@ -921,3 +921,34 @@ fn the_largest_encrypted_chunk_fits_s3s_object_and_part_limits() {
     // Unencrypted, the chunk is the object: up to 5 TiB.
     Config::parse(&config(5 * TIB, false), &env()).unwrap();
 }
+
+#[test]
+fn notify_ping_url_is_checked_and_never_quoted() {
+    let c = Config::parse(
+        &with("[notify]\nping_url = \"https://hc-ping.com/secret-uuid\""),
+        &env(),
+    )
+    .unwrap();
+    let url = c.notify.ping_url.expect("a ping URL");
+    assert_eq!(url.shown(), "https://hc-ping.com/…");
+    for (line, want) in [
+        ("ping_url = 5", "notify.ping_url: must be a string"),
+        (
+            "ping_url = \"\"",
+            "notify.ping_url = \"\": give the check's URL",
+        ),
+        (
+            "ping_url = \"ftp://h/x\"",
+            "notify.ping_url: must start with http://",
+        ),
+        (
+            "ping_url = \"https://u:secret@h/x\"",
+            "notify.ping_url: must not hold a user name or password",
+        ),
+        ("colour = 1", "unknown key notify.colour"),
+    ] {
+        let e = parse_err(&with(&format!("[notify]\n{line}")));
+        assert!(e.contains(want), "{line}: {e}");
+        assert!(!e.contains("secret"), "{line}: {e}");
+    }
+}

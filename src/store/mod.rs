@@ -7,7 +7,7 @@
 mod checksum;
 mod connect;
 mod creds;
-mod http;
+pub(crate) mod http;
 mod listing;
 pub mod memory;
 pub mod pinned;

@@ -142,3 +142,74 @@ fn e2e_harness_runs_against_the_local_server() {
         "{o}"
     );
 }
+
+#[test]
+fn e2e_and_demo_build_into_cargo_target_dir_and_say_what_they_install() {
+    if !require_root("e2e_and_demo_build_into_cargo_target_dir_and_say_what_they_install") {
+        return;
+    }
+    // The plan alone installs nothing and says what would be installed, and where.
+    let plan = std::process::Command::new("bash")
+        .arg(repo().join("contrib/install-test-tools.sh"))
+        .arg("--plan")
+        .output()
+        .unwrap();
+    let pe = String::from_utf8_lossy(&plan.stderr);
+    assert!(plan.status.success(), "{pe}");
+    assert!(
+        pe.contains("==> test tools: nothing to install")
+            || pe.contains("==> will install Debian packages with apt-get: ")
+            || pe.contains("==> will create a Python venv with moto[server]==5.1.22"),
+        "{pe}"
+    );
+    // A stand-in cargo records how it was called and "builds" a binary that fails, so
+    // e2e.sh stops right after its build step.
+    let dir = TempDir::new("target-dir");
+    let fake_bin = dir.path().join("bin");
+    std::fs::create_dir_all(&fake_bin).unwrap();
+    let calls = dir.path().join("cargo-calls");
+    let target = dir.path().join("elsewhere");
+    std::fs::write(
+        fake_bin.join("cargo"),
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {calls}\nmkdir -p \"$CARGO_TARGET_DIR/release\"\n\
+             printf '#!/bin/sh\\necho fake-built-binary; exit 1\\n' > \"$CARGO_TARGET_DIR/release/btrfs_to_s3\"\n\
+             chmod +x \"$CARGO_TARGET_DIR/release/btrfs_to_s3\"\necho '   Compiling btrfs_to_s3' >&2\n",
+            calls = calls.display()
+        ),
+    )
+    .unwrap();
+    run(&format!("chmod +x {}", fake_bin.join("cargo").display()));
+    let path = format!(
+        "{}:{}",
+        fake_bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = std::process::Command::new("bash")
+        .arg(repo().join("contrib/demo.sh"))
+        .env("PATH", path)
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("E2E_BIN")
+        .output()
+        .unwrap();
+    let (o, e) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "the fake binary fails: {o}\n{e}");
+    assert_eq!(
+        std::fs::read_to_string(&calls).unwrap().trim(),
+        "build --release",
+        "cargo's progress is shown (no --quiet)"
+    );
+    assert!(e.contains("   Compiling btrfs_to_s3"), "{e}");
+    let said = format!("binary: cargo build --release into {}", target.display());
+    let what = o.find("==> what this needs").expect("the plan step");
+    let build = o.find("==> build").expect("the build step");
+    assert!(what < build && o.contains(&said), "{o}");
+    assert!(
+        o.contains("fake-built-binary"),
+        "the binary from CARGO_TARGET_DIR ran: {o}"
+    );
+    assert!(e.contains("E2E FAILED at step: build"), "{e}");
+}

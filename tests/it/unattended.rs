@@ -267,7 +267,9 @@ fn a_link_that_blackholes_ends_the_run_with_exit_1_before_any_socket_timeout() {
     assert!(!stderr.contains("event=backup_stall_exit"), "{stderr}");
     assert!(stderr.contains("event=backup_kept_for_resume"), "{stderr}");
     assert!(
-        stderr.contains("backup failed for 1 of 1 subvolumes: data: the backup of data stalled"),
+        stderr.contains(
+            "backup failed for 1 of 1 subvolumes: data: nothing published; this run stored "
+        ) && stderr.contains("): the backup of data stalled"),
         "{stderr}"
     );
     assert!(journal_path(&s).exists(), "the journal is kept");
