@@ -78,7 +78,8 @@ pub fn send_protocol(cfg: &Config, btrfs: &dyn Btrfs) -> Result<u32> {
 /// The result of one subvolume in a run.
 #[derive(Debug)]
 pub enum Outcome {
-    Skipped(Decision),
+    /// The schedule said skip (the decision says why; the unit tests read it).
+    Skipped(#[cfg_attr(not(test), allow(dead_code))] Decision),
     /// `--no-s3`: a snapshot was made and retention applied; nothing uploaded.
     SnapshotOnly(PathBuf),
     /// Published by this run (fresh or resumed): record the state, then drop the journal.

@@ -63,6 +63,7 @@ pub struct Report {
 }
 
 impl Report {
+    #[cfg(test)]
     pub fn damaged(&self) -> bool {
         self.findings.iter().any(|f| f.damage)
     }

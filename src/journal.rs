@@ -43,18 +43,23 @@ pub const VERSION: u32 = 1;
 /// happens only when all of them still hold.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Begin {
+    /// The journal format's version ([`VERSION`]).
     pub version: u32,
+    /// The subvolume's name.
     pub subvolume: String,
     /// The run's timestamp: chunk and manifest keys and `created_at` use it.
     pub run_ts: String,
+    /// Full or incremental.
     pub kind: Kind,
     /// The new read-only snapshot being sent.
     pub snapshot: String,
     /// The parent snapshot (incremental), and its manifest.
     pub parent: Option<String>,
+    /// The parent's manifest key (incremental).
     pub parent_manifest: Option<String>,
     /// The state's `last_full_at` when the backup began (for the state after publishing).
     pub last_full_at: Option<String>,
+    /// The settings the stream and keys were made with.
     pub settings: Settings,
     /// The send protocol the backup began with (2: `--compressed-data`); a resume sends
     /// the same way, whatever `s3.send_compressed_data` detects now.
@@ -67,12 +72,19 @@ fn proto1() -> u32 {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The settings a resume needs unchanged: bucket, prefix, sizes, class, SSE, encryption.
 pub struct Settings {
+    /// `s3.bucket`.
     pub bucket: String,
+    /// `s3.prefix`.
     pub prefix: String,
+    /// `s3.chunk_size_bytes`.
     pub chunk_size: u64,
+    /// The effective part size.
     pub part_size: u64,
+    /// `s3.storage_class`.
     pub storage_class: String,
+    /// `s3.sse`.
     pub sse: String,
     /// The age recipients (`age1…`) chunks are encrypted to; absent: not encrypted. A
     /// change of recipients abandons the pending backup like any other setting.
@@ -84,8 +96,11 @@ pub struct Settings {
 /// in base64. `Debug` never shows the file key.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SealingRecord {
+    /// The file key, 32 hex digits (the journal is 0600).
     pub file_key: String,
+    /// The age header, base64.
     pub header: String,
+    /// The payload nonce, 32 hex digits.
     pub nonce: String,
 }
 
@@ -100,6 +115,7 @@ impl std::fmt::Debug for SealingRecord {
 }
 
 impl SealingRecord {
+    /// The record of a sealing.
     pub fn of(s: &crate::age::Sealing) -> SealingRecord {
         use base64::Engine;
         SealingRecord {
@@ -137,33 +153,56 @@ impl SealingRecord {
 #[serde(tag = "record", rename_all = "snake_case")]
 // One record per line, written and read once: the size of `Begin` does not matter.
 #[allow(clippy::large_enum_variant)]
+/// One line of the journal.
 pub enum Record {
+    /// The first line: what the backup is.
     Begin(Begin),
+    /// A multipart upload was opened for a chunk.
     Upload {
+        /// The chunk's index, from 0.
         chunk: u64,
+        /// The chunk object's key.
         key: String,
+        /// The multipart upload's id.
         upload_id: String,
     },
+    /// A part of an open upload is stored.
     Part {
+        /// The chunk's index, from 0.
         chunk: u64,
+        /// The part number, from 1.
         part: u32,
+        /// Bytes stored.
         size: u64,
+        /// The chunk's SHA-256 state through this part, to resume hashing.
         sha256_through: String,
+        /// The ETag the service returned.
         etag: String,
     },
+    /// A chunk object is stored whole.
     Chunk {
+        /// The chunk's index, from 0.
         chunk: u64,
+        /// The chunk object's key.
         key: String,
+        /// Bytes stored.
         size: u64,
+        /// The chunk's SHA-256.
         sha256: String,
+        /// The ETag the service returned.
         etag: String,
     },
+    /// A chunk's age sealing, before any of its bytes go up (encryption only).
     Sealed {
+        /// The chunk's index, from 0.
         chunk: u64,
+        /// The sealing.
         #[serde(flatten)]
         sealing: SealingRecord,
     },
+    /// The manifest is being published: what a crash leaves to recover.
     Publishing {
+        /// The manifest's key.
         manifest_key: String,
     },
 }
@@ -171,8 +210,11 @@ pub enum Record {
 /// A stored part of an open multipart upload.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartDone {
+    /// Bytes in the part.
     pub size: u64,
+    /// The chunk's SHA-256 state through this part, to resume hashing.
     pub sha256_through: String,
+    /// The part's ETag.
     pub etag: String,
 }
 
@@ -182,15 +224,22 @@ pub struct PartDone {
 pub enum ChunkProgress {
     /// A multipart upload is open; these parts are stored.
     Open {
+        /// The chunk object's key.
         key: String,
+        /// The multipart upload's id.
         upload_id: String,
+        /// The stored parts, by number.
         parts: BTreeMap<u32, PartDone>,
     },
     /// The chunk object is stored whole.
     Stored {
+        /// The chunk object's key.
         key: String,
+        /// Bytes stored.
         size: u64,
+        /// The chunk's SHA-256.
         sha256: String,
+        /// The ETag the service returned.
         etag: String,
     },
 }
@@ -198,9 +247,13 @@ pub enum ChunkProgress {
 /// A journal as read back.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pending {
+    /// Where the journal is.
     pub path: PathBuf,
+    /// Its begin record.
     pub begin: Begin,
+    /// How far each started chunk got.
     pub chunks: BTreeMap<u64, ChunkProgress>,
+    /// The manifest key being published, if it got that far.
     pub publishing: Option<String>,
     /// Each chunk's age sealing (encryption only), the last record for a chunk winning.
     pub sealings: BTreeMap<u64, SealingRecord>,
@@ -519,6 +572,7 @@ impl Journal {
         })
     }
 
+    /// Where the journal is.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -45,6 +45,7 @@ impl std::error::Error for LockHeld {}
 pub struct RunLock {
     // The fd-lock guard is forgotten once taken: the flock lives as long as the open file.
     _file: fd_lock::RwLock<File>,
+    #[cfg(test)]
     path: PathBuf,
 }
 
@@ -77,10 +78,12 @@ impl RunLock {
         }
         Ok(RunLock {
             _file: lock,
+            #[cfg(test)]
             path: path.to_path_buf(),
         })
     }
 
+    #[cfg(test)]
     pub fn path(&self) -> &Path {
         &self.path
     }

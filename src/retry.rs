@@ -64,6 +64,7 @@ impl Retrier {
         Retrier::build(policy, cancel, None)
     }
 
+    #[cfg(test)]
     pub fn with_sleep(policy: Policy, cancel: Arc<AtomicBool>, sleep: Sleep) -> Retrier {
         Retrier::build(policy, cancel, Some(sleep))
     }

@@ -9,13 +9,13 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 
-use crate::app::{exit, UsageError};
 use crate::backup::{Backup, Outcome, Published};
 use crate::btrfs::BtrfsCli;
 use crate::cli::BackupArgs;
 use crate::cmd::Session;
 use crate::config::{Config, Subvolume};
 use crate::event;
+use crate::exit::{self, UsageError};
 use crate::metrics::{write_textfile, Metrics, SubvolResult};
 use crate::planner::Trigger;
 use crate::repo::Repo;

@@ -10,10 +10,10 @@
 use anyhow::Result;
 use serde_json::{json, Value};
 
-use crate::app::exit;
 use crate::cli::ListArgs;
 use crate::cmd::Session;
 use crate::config::Config;
+use crate::exit;
 use crate::outln;
 use crate::repo::catalog::{self, Catalog, Subvol};
 use crate::repo::Repo;

@@ -468,7 +468,7 @@ impl Restorer<'_> {
                 return Ok(0);
             }
         };
-        let r = crate::verify::compare(&source, target, mode, self.cfg.restore.sample_max_files)?;
+        let r = crate::treecmp::compare(&source, target, mode, self.cfg.restore.sample_max_files)?;
         event!(
             Info,
             "verify_ok",

@@ -16,10 +16,14 @@ use sha2::{Digest, Sha256};
 use super::{Body, ErrorKind, ListedPart, StoreError, StoreResult};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// The `x-amz-checksum-*` every upload carries for the service to check.
 pub enum Checksum {
     #[default]
+    /// CRC32C (hardware; the default).
     Crc32c,
+    /// SHA-256.
     Sha256,
+    /// No checksum header (servers that reject them).
     None,
 }
 
