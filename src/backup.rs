@@ -20,7 +20,9 @@ use crate::btrfs::Btrfs;
 use crate::chunker::ChunkDone;
 use crate::config::{Config, Subvolume};
 use crate::event;
-use crate::journal::{self, Begin, ChunkProgress, Journal, PartDone, Pending, Record, Settings};
+use crate::journal::{
+    self, Begin, ChunkProgress, Journal, LoadError, PartDone, Pending, Record, Settings,
+};
 use crate::manifest::{ChunkEntry, Kind, Manifest, S3Info, SnapshotRef};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, PipelineConfig, Progress, ResumeMismatch};
@@ -227,14 +229,14 @@ impl Backup<'_> {
 
     /// The subvolume's pending backup, if any, checked like the bucket: a journal that
     /// others could write, or that names anything but this subvolume's keys of its run
-    /// and its snapshots in `snapshots.base_dir`, is an error holding
-    /// [`journal::Refused`].
-    pub fn load_journal(&self, sv: &Subvolume) -> Result<Option<Pending>> {
+    /// and its snapshots in `snapshots.base_dir`, is [`LoadError::Refused`].
+    pub fn load_journal(&self, sv: &Subvolume) -> Result<Option<Pending>, LoadError> {
         let Some(p) = journal::load(&self.journal_path(sv))? else {
             return Ok(None);
         };
         let layout = crate::manifest::Layout::new(&self.cfg.s3.prefix);
-        p.check(&sv.name, &layout, &self.cfg.snapshots.base_dir)?;
+        p.check(&sv.name, &layout, &self.cfg.snapshots.base_dir)
+            .map_err(LoadError::Refused)?;
         Ok(Some(p))
     }
 
@@ -341,8 +343,8 @@ impl Backup<'_> {
             Ok(p) => p,
             // Not ours, or not only ours: the run of this subvolume fails, and nothing
             // the journal names is aborted, deleted or published.
-            Err(e) if e.is::<journal::Refused>() => return Err(e),
-            Err(e) => {
+            Err(LoadError::Refused(r)) => return Err(r.into()),
+            Err(LoadError::Unreadable(e)) => {
                 // Unreadable: nothing in it can be trusted or resumed. Its uploads are
                 // aborted by the sweep below; its snapshot by retention.
                 event!(

@@ -306,6 +306,29 @@ impl std::fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
+/// Why [`load`] gives no journal: the caller decides by the variant (a refused journal
+/// fails the subvolume's run and nothing it names is touched; an unreadable one is
+/// abandoned), not by looking into an error chain.
+#[derive(Debug)]
+pub enum LoadError {
+    /// A file others could have written, or naming what is not this subvolume's.
+    Refused(Refused),
+    /// It cannot be read or does not parse: nothing in it can be trusted or resumed.
+    Unreadable(anyhow::Error),
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadError::Refused(r) => r.fmt(f),
+            // The whole chain, as the error was printed before it was typed.
+            LoadError::Unreadable(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
 /// The refusal of the journal at `path` for `problem`, with the way out (`fix`, when
 /// the file may be ours after all, else: remove it).
 fn refused(path: &Path, problem: &str, fix: Option<&str>) -> Refused {
@@ -600,7 +623,7 @@ pub fn remove(path: &Path) -> Result<()> {
 /// Opens the journal at `path` for reading without following a symlink (nor blocking
 /// on a FIFO), and refuses it unless it is a regular file with one link, owned by the
 /// user we run as and writable by nobody else; `None` when there is none.
-fn open_checked(path: &Path) -> Result<Option<File>> {
+fn open_checked(path: &Path) -> Result<Option<File>, LoadError> {
     use rustix::fs::OFlags;
     let file = match OpenOptions::new()
         .read(true)
@@ -610,61 +633,77 @@ fn open_checked(path: &Path) -> Result<Option<File>> {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
-            return Err(refused(path, "it is a symbolic link", None).into())
+            return Err(LoadError::Refused(refused(
+                path,
+                "it is a symbolic link",
+                None,
+            )))
         }
         Err(e) => {
-            return Err(e).with_context(|| format!("opening the resume journal {}", path.display()))
+            return Err(LoadError::Unreadable(
+                anyhow::Error::new(e)
+                    .context(format!("opening the resume journal {}", path.display())),
+            ))
         }
     };
-    let m = file.metadata().with_context(|| {
-        format!(
-            "reading the metadata of the resume journal {}",
-            path.display()
-        )
-    })?;
+    let m = file
+        .metadata()
+        .with_context(|| {
+            format!(
+                "reading the metadata of the resume journal {}",
+                path.display()
+            )
+        })
+        .map_err(LoadError::Unreadable)?;
     let me = rustix::process::geteuid().as_raw();
     if !m.file_type().is_file() {
-        return Err(refused(path, "it is not a regular file", None).into());
+        return Err(LoadError::Refused(refused(
+            path,
+            "it is not a regular file",
+            None,
+        )));
     }
     if m.uid() != me {
-        return Err(refused(
+        return Err(LoadError::Refused(refused(
             path,
             &format!("it is owned by uid {}, not by us (uid {me})", m.uid()),
             Some(&format!("if it is ours, chown {me} {}", path.display())),
-        )
-        .into());
+        )));
     }
     if m.mode() & 0o022 != 0 {
-        return Err(refused(
+        return Err(LoadError::Refused(refused(
             path,
             &format!(
                 "its mode {:o} lets group or others write it",
                 m.mode() & 0o7777
             ),
             Some(&format!("if it is ours, chmod go-w {}", path.display())),
-        )
-        .into());
+        )));
     }
     if m.nlink() != 1 {
-        return Err(refused(
+        return Err(LoadError::Refused(refused(
             path,
             &format!(
                 "it has {} hard links (it may be another file's name)",
                 m.nlink()
             ),
             None,
-        )
-        .into());
+        )));
     }
     Ok(Some(file))
 }
 
 /// Reads the journal at `path`; `None` when there is none. A file others could have
 /// written is refused ([`Refused`]); its content is checked by [`Pending::check`].
-pub fn load(path: &Path) -> Result<Option<Pending>> {
-    let Some(mut file) = open_checked(path)? else {
+pub fn load(path: &Path) -> Result<Option<Pending>, LoadError> {
+    let Some(file) = open_checked(path)? else {
         return Ok(None);
     };
+    read(path, file).map(Some).map_err(LoadError::Unreadable)
+}
+
+/// The records of an opened journal, checked for shape and version.
+fn read(path: &Path, mut file: File) -> Result<Pending> {
     let mut text = Vec::new();
     file.read_to_end(&mut text)
         .with_context(|| format!("reading the resume journal {}", path.display()))?;
@@ -770,7 +809,7 @@ pub fn load(path: &Path) -> Result<Option<Pending>> {
             Record::Publishing { manifest_key } => p.publishing = Some(manifest_key),
         }
     }
-    Ok(Some(p))
+    Ok(p)
 }
 
 #[cfg(test)]
@@ -889,9 +928,9 @@ mod tests {
         assert!(format!("{:#}", load(&path).unwrap_err()).contains("version 9"));
     }
 
-    fn refusal(r: Result<Option<Pending>>) -> String {
+    fn refusal(r: Result<Option<Pending>, LoadError>) -> String {
         let e = r.expect_err("the journal is refused");
-        assert!(e.is::<Refused>(), "{e:#}");
+        assert!(matches!(e, LoadError::Refused(_)), "{e:#}");
         format!("{e:#}")
     }
 

@@ -1,5 +1,6 @@
-//! The restored-tree comparison (`restore.verify` after a restore; not the `verify`
-//! command, whose engine is `check`): a restored tree against the source snapshot: the same set of paths,
+//! The restored-tree comparison, the last step of a restore (`restore.verify_mode`; not
+//! the `verify` command, whose engine is `check`): a restored tree against the source
+//! snapshot: the same set of paths,
 //! file types, permission bits (with setuid/setgid/sticky), owners, extended attributes,
 //! symlink targets and file sizes, and SHA-256 of file contents (every file
 //! in `full` mode, up to `sample_max_files` spread evenly in `sample` mode). Walks both

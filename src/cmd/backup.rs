@@ -484,7 +484,7 @@ fn dry_run(b: &Backup<'_>, state: &State, selected: &[&Subvolume], trigger: Trig
                 p.stored_bytes()
             ),
             // The run of this subvolume will fail on it (the others go on).
-            Err(e) if e.is::<crate::journal::Refused>() => {
+            Err(crate::journal::LoadError::Refused(e)) => {
                 format!("{}: refused ({e:#})", sv.name)
             }
             // None, or unreadable: the run abandons an unreadable journal and plans.
