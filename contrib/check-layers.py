@@ -35,8 +35,8 @@ LAYERS = [
     # pipeline and what watches it, the send-stream reader, the restored-tree comparison.
     ("services", ["repo", "pipeline", "watchdog", "progress", "metrics", "harness",
                   "sendstream", "treecmp"], True),
-    # The object store and the retry policy every request runs under.
-    ("store", ["store", "retry"], True),
+    # The object store, the retry policy every request runs under, the shared outage wait.
+    ("store", ["store", "retry", "outage"], True),
     # Leaves: local pieces and plain types, no request to the bucket; they import only
     # one another. `cli` is here because the commands take its parsed flags as input; it
     # imports nothing.

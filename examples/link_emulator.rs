@@ -11,7 +11,8 @@
 //! line with `ok ...` or `error: ...`. Commands: see `Link::command`
 //! (`pass`, `refuse`, `blackhole`, `pause`, `resume`, `reset`, `status`,
 //! `rate up|down|both RATE|off`, `latency up|down|both MS`, `rtt MS`,
-//! `trickle SECONDS|off`, `blackhole-after|reset-after|pause-after BYTES PATTERN [reused]`).
+//! `trickle SECONDS|off`, `blackhole-after|reset-after|pause-after|refuse-after BYTES PATTERN
+//! [reused]`).
 //! It runs until killed; the end of stdin does not stop it.
 
 #[allow(dead_code)]

@@ -55,6 +55,10 @@ pub mod limits {
     pub const MAX_SAMPLE_FILES: u64 = 1_000_000_000;
     /// Waiting for archive restores: 30 days (Bulk from DEEP_ARCHIVE takes up to 48 h).
     pub const MAX_RESTORE_TIMEOUT_SECONDS: u64 = 30 * 86_400;
+    /// Waiting out a network outage: 7 days.
+    pub const MAX_OUTAGE_PATIENCE_SECONDS: u64 = 7 * 86_400;
+    /// The default outage patience: 4 hours.
+    pub const DEFAULT_OUTAGE_PATIENCE_SECONDS: u64 = 4 * 3600;
 }
 
 /// Server-side encryption values S3 accepts in `x-amz-server-side-encryption`.
@@ -222,6 +226,9 @@ pub struct S3 {
     pub part_size_bytes: u64,
     /// Extension: `auto` (default), `true` or `false`.
     pub send_compressed_data: SendCompressed,
+    /// Extension: how long a backup or restore waits for a network that stopped answering
+    /// (probing it) before it gives up; 0: the bounded retries only.
+    pub outage_patience_seconds: u64,
     /// Extension: the KMS key for `sse = "aws:kms"` / `"aws:kms:dsse"`.
     pub sse_kms_key_id: Option<String>,
     /// Extension: the `x-amz-checksum-*` every upload carries for the service to check:
@@ -306,6 +313,7 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
             "endpoint_url",
             "part_size_bytes",
             "send_compressed_data",
+            "outage_patience_seconds",
             "sse_kms_key_id",
             "checksum",
         ],
@@ -444,6 +452,7 @@ impl Config {
             endpoint_url: r.endpoint()?,
             part_size_bytes: r.part_size()?,
             send_compressed_data: r.send_compressed()?,
+            outage_patience_seconds: r.outage_patience()?,
             sse_kms_key_id: r.kms_key_id()?,
             checksum: r.one_of("s3", "checksum", "crc32c", &["crc32c", "sha256", "none"])?,
         };
@@ -705,6 +714,21 @@ impl Reader<'_> {
             ));
         }
         Ok(p)
+    }
+
+    /// `s3.outage_patience_seconds`: a whole number of seconds, 0 (no waiting) up to
+    /// [`limits::MAX_OUTAGE_PATIENCE_SECONDS`].
+    fn outage_patience(&self) -> Result<u64, ConfigError> {
+        let max = limits::MAX_OUTAGE_PATIENCE_SECONDS;
+        match self.get("s3", "outage_patience_seconds") {
+            None => Ok(limits::DEFAULT_OUTAGE_PATIENCE_SECONDS),
+            Some(toml::Value::Integer(i)) if (0..=max as i64).contains(i) => Ok(*i as u64),
+            Some(v) => err(format!(
+                "s3.outage_patience_seconds = {v}: must be a whole number of seconds from 0 \
+                 (give up after the bounded retries) to {max} (7 days); the default is {} (4 hours)",
+                limits::DEFAULT_OUTAGE_PATIENCE_SECONDS
+            )),
+        }
     }
 
     fn positive(&self, section: &str, key: &str, default: u64) -> Result<u64, ConfigError> {

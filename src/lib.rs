@@ -36,6 +36,7 @@ pub(crate) mod lock;
 pub(crate) mod logging;
 pub(crate) mod manifest;
 pub(crate) mod metrics;
+pub(crate) mod outage;
 pub(crate) mod parts;
 pub(crate) mod pipeline;
 pub(crate) mod planner;

@@ -5,8 +5,9 @@
 //! `event=backup_progress` / `restore_progress` log line every
 //! `global.progress_interval_seconds`, or, when stderr is a terminal, one live line
 //! redrawn every second instead. The total of a backup stream is not known in advance:
-//! the estimate (from the previous backup of the same kind) is labelled as one. The stall
-//! watchdog (`watchdog`) reads [`Meter::idle`].
+//! the estimate (from the previous backup of the same kind) is labelled as one. During a
+//! network outage (`outage`) the lines say "waiting for the network since T (N s), next
+//! probe in M s". The stall watchdog (`watchdog`) reads [`Meter::idle`].
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read, Write};
@@ -110,6 +111,11 @@ impl Meter {
     /// Retries of this run so far (attempts beyond the first).
     pub fn retries(&self) -> u64 {
         self.retrier.retries().saturating_sub(self.retries_before)
+    }
+
+    /// The run's network outage state (shared with the retry loop).
+    pub fn outage(&self) -> &crate::outage::Outage {
+        self.retrier.outage()
     }
 
     /// CompleteMultipartUploads in flight now.
@@ -265,6 +271,10 @@ impl Meter {
                 },
             ),
         ];
+        if let Some(o) = self.retrier.outage().status() {
+            f.push(("network", o.describe()));
+            f.push(("outage_seconds", o.down_for.as_secs().to_string()));
+        }
         let prefix = self.prefix.load(Ordering::Relaxed);
         if prefix > 0 {
             f.push((
@@ -317,6 +327,14 @@ impl Meter {
                 .unwrap_or_default()
         };
         let what = self.event.trim_end_matches("_progress");
+        if let Some(o) = self.retrier.outage().status() {
+            return format!(
+                "{what} {}: {}; {} so far",
+                self.subvolume,
+                o.describe(),
+                mb("bytes")
+            );
+        }
         if self.verifying() {
             let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
             return format!(

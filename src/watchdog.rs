@@ -6,6 +6,10 @@
 //! that hangs), the process exits 1 there and then: the resume journal is already
 //! durable.
 //!
+//! A network outage the run rides out (`outage`) is not a stall: while it waits for its
+//! next probe the run counts as moving, and each probe that ends is movement; a probe
+//! that hangs past the limit is a stall like any request.
+//!
 //! The limit is above every request deadline, so a request that is only slow ends on its
 //! own first; a CompleteMultipartUpload, which a service may answer only after assembling
 //! the object, gets the longer [`COMPLETION_LIMIT`] while one is in flight.
@@ -117,6 +121,7 @@ impl Watchdog {
             .name("watchdog".into())
             .spawn(move || {
                 let mut retries = meter.retries();
+                let mut probes = meter.outage().probes();
                 loop {
                     match rx.recv_timeout(tick) {
                         Err(RecvTimeoutError::Timeout) => {}
@@ -126,6 +131,17 @@ impl Watchdog {
                     let r = meter.retries();
                     if r != retries {
                         retries = r;
+                        meter.touch();
+                    }
+                    // An outage ridden out: waiting for the next probe is not a stall,
+                    // and a probe that ended is movement; one in flight is not.
+                    let p = meter.outage().probes();
+                    let waiting = meter
+                        .outage()
+                        .status()
+                        .is_some_and(|o| o.next_probe_in.is_some());
+                    if p != probes || waiting {
+                        probes = p;
                         meter.touch();
                     }
                     let completing = meter.completions_in_flight() > 0;
@@ -325,6 +341,66 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert!(w.finish().is_some());
+    }
+
+    /// A meter whose run is in a network outage: its probe fails after `probe_ms`, and the
+    /// next one is due `gap_ms` later. Dropping the flag ends the ride.
+    fn in_outage(probe_ms: u64, gap_ms: u64) -> (Arc<Meter>, Arc<std::sync::atomic::AtomicBool>) {
+        use crate::outage::{Backoff, Outage, RealClock};
+        use crate::store::StoreError;
+        let r = Arc::new(crate::testing::retrier().with_outage(Outage::new(
+            Duration::ZERO,
+            Backoff {
+                first: Duration::from_millis(gap_ms),
+                cap: Duration::from_millis(gap_ms),
+            },
+            Arc::new(RealClock),
+        )));
+        r.outage().enable(
+            Duration::from_secs(3600),
+            Arc::new(move || {
+                std::thread::sleep(Duration::from_millis(probe_ms));
+                Err(StoreError::network("HeadBucket", "timed out"))
+            }),
+        );
+        r.outage().online();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (r2, d) = (r.clone(), done.clone());
+        std::thread::spawn(move || {
+            r2.outage().ride(
+                &StoreError::network("UploadPart k part 1", "connection refused"),
+                &|| d.load(Ordering::SeqCst),
+            )
+        });
+        let m = Meter::new("backup_progress", "data", r.clone(), None);
+        while !r.outage().is_down() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (m, done)
+    }
+
+    #[test]
+    fn an_outage_waiting_for_its_probes_is_no_stall_but_a_probe_that_hangs_is() {
+        // Probes of 10 ms, 300 ms apart: nothing else moves for 1.5 s, no stall (150 ms).
+        let (m, done) = in_outage(10, 300);
+        let (actions, stops, _) = counting();
+        let w = Watchdog::start(m.clone(), limits(150), actions);
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(m.outage().probes() >= 2);
+        assert!(w.finish().is_none());
+        assert_eq!(stops.load(Ordering::SeqCst), 0);
+        done.store(true, Ordering::SeqCst);
+        // A probe that hangs (10 s) past the stall limit: the watchdog fires.
+        let (m, done) = in_outage(10_000, 10);
+        let (actions, stops, _) = counting();
+        let t = Instant::now();
+        let w = Watchdog::start(m.clone(), limits(150), actions);
+        while stops.load(Ordering::SeqCst) == 0 {
+            assert!(t.elapsed() < Duration::from_secs(5), "never fired");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(w.finish().is_some());
+        done.store(true, Ordering::SeqCst);
     }
 
     #[test]

@@ -74,6 +74,10 @@ pub fn run(config: &Config, args: &BackupArgs) -> Result<u8> {
     } else {
         Some(Repo::open(config, retrier.clone())?)
     };
+    // --dry-run is a check: it says at once that the bucket cannot be reached.
+    if let (Some(repo), false) = (&repo, args.dry_run) {
+        repo.ride_outages(config);
+    }
     let send_protocol = if args.no_s3 {
         1
     } else {

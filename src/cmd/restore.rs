@@ -60,6 +60,7 @@ pub fn run(config: &Config, args: &RestoreArgs) -> Result<u8> {
     let session = Session::start(config, true)?;
     let btrfs = BtrfsCli::default();
     let mut repo = Repo::open(config, session.retrier.clone())?;
+    repo.ride_outages(config);
     if let (Some(key), Some(v)) = (&args.manifest_key, &args.version_id) {
         // The backup as it was written, whatever a bucket writer put over it since.
         let pins = crate::repo::versions::pin_chain(&repo, &req.subvolume, key, v)?;

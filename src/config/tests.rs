@@ -81,6 +81,7 @@ fn defaults_match_contract() {
     assert_eq!(c.s3.sse, "AES256");
     assert_eq!(c.s3.endpoint_url, None);
     assert_eq!(c.s3.part_size_bytes, DEFAULT_PART_SIZE);
+    assert_eq!(c.s3.outage_patience_seconds, 4 * 3600);
     assert_eq!(c.restore.target_base_dir, PathBuf::from("/srv/restore"));
     assert_eq!(c.restore.verify_mode, VerifyMode::Full);
     assert_eq!(c.restore.sample_max_files, 1000);
@@ -124,6 +125,7 @@ spool_enabled = true
 sse = "aws:kms"
 endpoint_url = "http://127.0.0.1:9000/"
 part_size_bytes = 8388608
+outage_patience_seconds = 0
 [restore]
 target_base_dir = "/restore"
 verify_mode = "sample"
@@ -150,6 +152,7 @@ restore_tier = "Bulk"
     assert_eq!(c.s3.sse, "aws:kms");
     assert_eq!(c.s3.endpoint_url.as_deref(), Some("http://127.0.0.1:9000"));
     assert_eq!(c.s3.part_size_bytes, 8 * MIB);
+    assert_eq!(c.s3.outage_patience_seconds, 0);
     assert_eq!(c.restore.verify_mode, VerifyMode::Sample);
     assert!(!c.restore.wait_for_restore);
     assert_eq!(c.restore.restore_tier, RestoreTier::Bulk);
@@ -330,6 +333,18 @@ fn each_rule_names_key_and_value() {
             &["s3.storage_class_manifest", "glacier"],
         ),
         (s3_with("concurrency = 0"), &["s3.concurrency", "0"]),
+        (
+            s3_with("outage_patience_seconds = -1"),
+            &["s3.outage_patience_seconds = -1", "from 0", "604800"],
+        ),
+        (
+            s3_with("outage_patience_seconds = 604801"),
+            &["s3.outage_patience_seconds = 604801", "to 604800"],
+        ),
+        (
+            s3_with("outage_patience_seconds = \"4h\""),
+            &["s3.outage_patience_seconds", "whole number of seconds"],
+        ),
         (s3_with("spool_enabled = 1"), &["s3.spool_enabled"]),
         (s3_with("sse = \"rot13\""), &["s3.sse", "rot13", "AES256"]),
         (

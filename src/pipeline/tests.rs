@@ -930,3 +930,56 @@ fn a_resume_with_everything_stored_touches_no_spool_and_sends_nothing() {
     let t = told.lock().unwrap().clone();
     assert_eq!((t.verified, t.sending, t.sent), (1000, 0, 0));
 }
+
+#[test]
+fn a_network_outage_mid_upload_is_ridden_out_by_the_same_run() {
+    let store = Arc::new(MemoryStore::new());
+    let r = Arc::new(
+        crate::testing::retrier().with_outage(crate::outage::Outage::new(
+            std::time::Duration::ZERO,
+            crate::outage::Backoff {
+                first: std::time::Duration::from_millis(10),
+                cap: std::time::Duration::from_millis(40),
+            },
+            Arc::new(crate::outage::RealClock),
+        )),
+    );
+    let probe = store.clone();
+    r.outage().enable(
+        std::time::Duration::from_secs(60),
+        Arc::new(move || probe.probe()),
+    );
+    // The service answered this run before (the backup's first listing).
+    r.outage().online();
+    store.set_offline(true);
+    let s2 = store.clone();
+    let lift = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        s2.set_offline(false);
+    });
+    let d = data(5000);
+    let s: Arc<dyn ObjectStore> = store.clone();
+    let o = upload_stream(
+        &mut &d[..],
+        s,
+        r.clone(),
+        &cfg(1000, 300, 3),
+        &key,
+        &BTreeMap::new(),
+        &mut NoProgress,
+    )
+    .unwrap();
+    lift.join().unwrap();
+    assert_eq!(reassemble(&store, &o), d);
+    assert_eq!(r.outage().outages(), 1);
+    assert!(r.outage().probes() >= 2, "{}", r.outage().probes());
+    assert!(!r.outage().is_down());
+    // One prober: each uploader sent its request, retried it once, then waited; the
+    // probes (HeadBucket) did the asking until the link came back.
+    let log = store.log();
+    let heads = count(&log, "HeadBucket");
+    let sends = log.len() - heads;
+    assert!(heads as u64 == r.outage().probes(), "{log:?}");
+    // 5 chunks of 4 parts (create, 4 parts, complete) and at most 3 requests × 2 lost.
+    assert!(sends <= 5 * 6 + 3 * 2, "{sends}: {log:?}");
+}

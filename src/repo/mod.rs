@@ -77,6 +77,17 @@ impl Repo {
         Ok(Repo::new(cfg, store, retrier))
     }
 
+    /// From now on, requests of this repository's retrier ride out a network outage for
+    /// up to `s3.outage_patience_seconds`, probing the store (backup and restore; the
+    /// read-only commands keep the bounded retries).
+    pub fn ride_outages(&self, cfg: &Config) {
+        let store = self.store.clone();
+        self.retrier.outage().enable(
+            std::time::Duration::from_secs(cfg.s3.outage_patience_seconds),
+            Arc::new(move || store.probe()),
+        );
+    }
+
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
     }

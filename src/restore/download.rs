@@ -67,10 +67,8 @@ fn fetch(
                 Ok(0) => break,
                 Ok(k) => n += k,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let msg = format!("reading body: {e}");
-                    return Err(StoreError::new(ErrorKind::Transient, op(), msg));
-                }
+                // A link that fails mid-body is an outage the restore rides out.
+                Err(e) => return Err(crate::store::body_error(op(), &e)),
             }
         }
         let extra = r.read(&mut [0u8; 1]).unwrap_or(0);

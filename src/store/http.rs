@@ -61,6 +61,9 @@ pub struct Limits {
     pub body: Option<(Duration, u64)>,
 }
 
+/// The longest an outage probe waits for its reply, its connection apart.
+pub const PROBE_LIMIT: Duration = Duration::from_secs(20);
+
 /// The test suite's knob for [`Deadlines`] (see [`Deadlines::from_env`]).
 pub const DEADLINE_KNOB: &str = "BTRFS_TO_S3_TEST_DEADLINE_MS";
 
@@ -136,6 +139,20 @@ impl Deadlines {
             write: self.stall,
             response: self.assembly,
             total: Some(self.assembly + self.for_bytes(body)),
+            body: None,
+        }
+    }
+
+    /// The outage probe (a HEAD of the bucket): a request without a body whose reply
+    /// must come within `stall`, at most [`PROBE_LIMIT`]: a probe that hangs is a failed
+    /// probe, and the next one comes soon.
+    pub fn probe(&self) -> Limits {
+        let d = self.stall.min(PROBE_LIMIT);
+        Limits {
+            read: d,
+            write: d,
+            response: d,
+            total: Some(self.connect + d),
             body: None,
         }
     }
@@ -409,6 +426,7 @@ impl Request {
             Error::Transport(TransportError {
                 message: format!("building the request: {e}"),
                 permanent: true,
+                network: false,
             })
         })?;
         let req = self
@@ -523,6 +541,8 @@ pub enum Error {
 pub struct TransportError {
     message: String,
     permanent: bool,
+    /// No reply because the link failed (see [`TransportError::is_network`]).
+    network: bool,
 }
 
 impl TransportError {
@@ -532,9 +552,28 @@ impl TransportError {
         self.permanent
     }
 
+    /// Whether the link failed under the request: the connection was refused, reset or
+    /// cut (a TLS handshake too), a timeout passed, the name did not resolve. Not a
+    /// certificate the trust store rejects, not a reply the client cannot parse.
+    pub fn is_network(&self) -> bool {
+        self.network && !self.permanent
+    }
+
     fn from_ureq(e: ureq::Error, l: &Limits, connect: Duration) -> TransportError {
         use ureq::Timeout as T;
         let secs = |d: Duration| format!("{} s", d.as_secs_f64());
+        let network = match &e {
+            ureq::Error::Timeout(_) | ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => {
+                true
+            }
+            // A failed name lookup comes from the system resolver as a plain I/O error.
+            ureq::Error::Io(e) => {
+                super::is_network_io(e.kind())
+                    || e.to_string()
+                        .contains("failed to lookup address information")
+            }
+            _ => false,
+        };
         let (message, permanent) = match e {
             ureq::Error::Timeout(t) => (
                 match t {
@@ -565,7 +604,11 @@ impl TransportError {
             ureq::Error::Tls(t) => (t.to_string(), true),
             other => (other.to_string(), false),
         };
-        TransportError { message, permanent }
+        TransportError {
+            message,
+            permanent,
+            network,
+        }
     }
 }
 
@@ -668,6 +711,96 @@ mod tests {
             all.proxy_for(&url::Url::parse("https://x.y/").unwrap()),
             None
         );
+    }
+
+    #[test]
+    fn failures_of_the_link_are_network_failures_and_nothing_else_is() {
+        use std::io::{Error as IoError, ErrorKind as K};
+        let l = Deadlines::DEFAULT.request(0);
+        let c = Duration::from_secs(10);
+        let classify = |e: ureq::Error| {
+            let t = TransportError::from_ureq(e, &l, c);
+            (t.is_network(), t.is_permanent())
+        };
+        for (e, what) in [
+            (ureq::Error::Timeout(ureq::Timeout::RecvResponse), "timeout"),
+            (
+                ureq::Error::Timeout(ureq::Timeout::Connect),
+                "connect timeout",
+            ),
+            (ureq::Error::HostNotFound, "no name"),
+            (ureq::Error::ConnectionFailed, "connection failed"),
+            (
+                ureq::Error::Io(IoError::from(K::ConnectionRefused)),
+                "refused",
+            ),
+            (ureq::Error::Io(IoError::from(K::ConnectionReset)), "reset"),
+            (
+                ureq::Error::Io(IoError::from(K::UnexpectedEof)),
+                "TLS handshake cut",
+            ),
+            (
+                ureq::Error::Io(IoError::from(K::NetworkUnreachable)),
+                "no route",
+            ),
+            (
+                ureq::Error::Io(IoError::other(
+                    "failed to lookup address information: Temporary failure in name resolution",
+                )),
+                "DNS",
+            ),
+        ] {
+            assert_eq!(classify(e), (true, false), "{what}");
+        }
+        // A certificate the trust store rejects (rustls' error as an I/O error), a bad
+        // URL, a reply that is not HTTP: not the link.
+        for (e, what) in [
+            (
+                ureq::Error::Io(IoError::new(
+                    K::InvalidData,
+                    "invalid peer certificate: UnknownIssuer",
+                )),
+                "certificate",
+            ),
+            (ureq::Error::BadUri("x".into()), "bad URL"),
+            (ureq::Error::Tls("no provider"), "TLS config"),
+            (ureq::Error::InvalidProxyUrl, "proxy"),
+        ] {
+            assert!(!classify(e).0, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_refused_connection_is_a_network_store_error_and_a_403_is_not() {
+        use crate::store::s3::{Endpoint, S3Store};
+        use crate::store::ObjectStore;
+        // A port nothing listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let ep = |url: String| Endpoint {
+            bucket: "b".into(),
+            region: "us-east-1".into(),
+            endpoint_url: Some(url),
+            ..Default::default()
+        };
+        let s = S3Store::with_keys(&ep(format!("http://127.0.0.1:{port}")), 2, "AK", "SK").unwrap();
+        let e = s.head("k").unwrap_err();
+        assert!(e.is_network(), "{e}");
+        assert!(s.probe().unwrap_err().is_network());
+        let stub = crate::testing::serve(|_| {
+            crate::testing::Reply::from((
+                403,
+                "<Error><Code>AccessDenied</Code><Message>no</Message></Error>".to_string(),
+            ))
+        });
+        let s = S3Store::with_keys(&ep(stub.url.clone()), 2, "AK", "SK").unwrap();
+        let e = s.head_bucket().unwrap_err();
+        assert!(!e.is_network() && !e.is_transient(), "{e}");
+        // Any reply ends an outage: the probe says the link is back.
+        assert!(s.probe().is_ok());
     }
 
     #[test]

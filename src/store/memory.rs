@@ -50,6 +50,8 @@ struct Inner {
     faults: Vec<Fault>,
     /// The next call whose operation contains one of these panics (once each).
     panics: Vec<String>,
+    /// The link is down: every call fails with a network error (no reply).
+    offline: bool,
     /// HEADs an archive restore takes to finish.
     restore_delay_heads: u32,
     /// A fixed clock for LastModified (unix seconds); the real clock when `None`.
@@ -101,6 +103,7 @@ fn access_denied(op: String, why: &str) -> StoreError {
         message: format!("AccessDenied: {why}"),
         server_time: None,
         expired_credentials: false,
+        network: false,
     }
 }
 
@@ -143,6 +146,12 @@ impl MemoryStore {
             kind,
             times,
         });
+    }
+
+    /// While `down`, every call (the outage probe too) fails as a link that is down does:
+    /// a [`StoreError::network`] error, with no reply.
+    pub fn set_offline(&self, down: bool) {
+        self.lock().offline = down;
     }
 
     /// The next call whose operation text contains `op_contains` panics, as a bug in a
@@ -233,6 +242,12 @@ impl MemoryStore {
             drop(g);
             panic!("injected panic in {op}");
         }
+        if g.offline {
+            return Err(StoreError::network(
+                op,
+                "connection refused (injected outage)",
+            ));
+        }
         if let Some(f) = g
             .faults
             .iter_mut()
@@ -253,6 +268,7 @@ impl MemoryStore {
                 message: "injected failure".into(),
                 server_time: None,
                 expired_credentials: false,
+                network: false,
             });
         }
         Ok(g)
@@ -267,6 +283,7 @@ fn not_found(op: String) -> StoreError {
         message: "NoSuchKey".into(),
         server_time: None,
         expired_credentials: false,
+        network: false,
     }
 }
 
@@ -472,6 +489,7 @@ impl ObjectStore for MemoryStore {
                 message: "InvalidObjectState".into(),
                 server_time: None,
                 expired_credentials: false,
+                network: false,
             });
         }
         let (start, end) = match range {
@@ -501,6 +519,7 @@ impl ObjectStore for MemoryStore {
                 message: "InvalidObjectState".into(),
                 server_time: None,
                 expired_credentials: false,
+                network: false,
             });
         }
         if o.restore_after_heads.is_none() {

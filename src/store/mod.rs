@@ -22,7 +22,8 @@ use std::io::Read;
 /// Whether a failed request may succeed if sent again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorKind {
-    /// 5xx, 429, timeouts, resets, refused connections: retry with backoff.
+    /// 5xx, 429, timeouts, resets, refused connections: retry with backoff (those that
+    /// got no reply at all are also [`StoreError::network`]).
     Transient,
     /// 4xx (403, 400, ...): retrying cannot help.
     Permanent,
@@ -50,6 +51,10 @@ pub struct StoreError {
     pub server_time: Option<crate::ts::Ts>,
     /// The service refused the credentials as expired (`ExpiredToken`).
     pub expired_credentials: bool,
+    /// No reply came: the connection was refused, reset or timed out, the name did not
+    /// resolve, the TLS handshake was cut. The link may be down: the run rides such
+    /// failures out (`outage`) instead of giving up after the bounded retries.
+    pub network: bool,
 }
 
 impl StoreError {
@@ -62,7 +67,21 @@ impl StoreError {
             message: message.into(),
             server_time: None,
             expired_credentials: false,
+            network: false,
         }
+    }
+
+    /// A transient failure that got no reply (see [`StoreError::network`]).
+    pub fn network(op: impl Into<String>, message: impl Into<String>) -> Self {
+        StoreError {
+            network: true,
+            ..StoreError::new(ErrorKind::Transient, op, message)
+        }
+    }
+
+    /// Whether the request got no reply at all (the link may be down).
+    pub fn is_network(&self) -> bool {
+        self.network && self.kind == ErrorKind::Transient
     }
 
     /// Whether the retry policy may send the request again.
@@ -308,6 +327,15 @@ pub trait ObjectStore: Send + Sync {
     fn head(&self, key: &str) -> StoreResult<Option<ObjectMeta>>;
     /// HeadBucket: `Ok` when the bucket answers; a missing bucket is an error.
     fn head_bucket(&self) -> StoreResult<()>;
+    /// The outage probe: a cheap request that says whether the service answers at all.
+    /// `Err` (a [`StoreError::network`] one) while no reply comes; any reply, an error
+    /// status too, is `Ok`: the link is back, and the requests waiting on it say the rest.
+    fn probe(&self) -> StoreResult<()> {
+        match self.head_bucket() {
+            Err(e) if e.is_network() => Err(e),
+            _ => Ok(()),
+        }
+    }
     /// GetObject, whole or `range = (offset, len)`, as a stream.
     fn get(&self, key: &str, range: Option<(u64, u64)>) -> StoreResult<Box<dyn Read + Send>>;
     /// RestoreObject for `days` with a retrieval tier; an already running restore is Ok.
@@ -393,11 +421,39 @@ pub fn get_bounded(store: &dyn ObjectStore, key: &str, cap: u64) -> StoreResult<
                 too_large(size, cap),
             ))
         }
-        Err(e) => Err(StoreError::new(
-            ErrorKind::Transient,
-            op,
-            format!("reading body: {e}"),
-        )),
+        Err(e) => Err(body_error(op, &e)),
+    }
+}
+
+/// Whether an I/O error of a connection means the link failed (no bytes came or went:
+/// refused, reset, cut, timed out, unreachable) rather than the data being wrong.
+pub fn is_network_io(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        kind,
+        K::ConnectionRefused
+            | K::ConnectionReset
+            | K::ConnectionAborted
+            | K::NotConnected
+            | K::BrokenPipe
+            | K::TimedOut
+            | K::WouldBlock
+            | K::UnexpectedEof
+            | K::HostUnreachable
+            | K::NetworkUnreachable
+            | K::NetworkDown
+            | K::AddrNotAvailable
+    )
+}
+
+/// A failure while reading a reply's body: transient, and a network failure when the
+/// connection failed under it.
+pub fn body_error(op: impl Into<String>, e: &std::io::Error) -> StoreError {
+    let message = format!("reading body: {e}");
+    if is_network_io(e.kind()) {
+        StoreError::network(op, message)
+    } else {
+        StoreError::new(ErrorKind::Transient, op, message)
     }
 }
 

@@ -328,13 +328,14 @@ impl S3Store {
                     format!("{t}: {}", http::certificate_hint(&self.roots)),
                 ))
             }
+            Err(http::Error::Transport(t)) if t.is_permanent() => {
+                Err(StoreError::new(ErrorKind::Permanent, op, t.to_string()))
+            }
+            Err(http::Error::Transport(t)) if t.is_network() => {
+                Err(StoreError::network(op, t.to_string()))
+            }
             Err(http::Error::Transport(t)) => {
-                let kind = if t.is_permanent() {
-                    ErrorKind::Permanent
-                } else {
-                    ErrorKind::Transient
-                };
-                Err(StoreError::new(kind, op, t.to_string()))
+                Err(StoreError::new(ErrorKind::Transient, op, t.to_string()))
             }
         }
     }
@@ -478,6 +479,7 @@ fn status_error(method: &str, op: &str, code: u16, resp: Response, creds_from: &
             s3_code.as_str(),
             "ExpiredToken" | "ExpiredTokenException" | "TokenRefreshRequired"
         ) || (method == "HEAD" && code == 400 && s3_code.is_empty()),
+        network: false,
     }
 }
 
@@ -493,6 +495,7 @@ fn etag_of(op: &str, resp: &Response) -> StoreResult<String> {
             message: "the reply has no ETag, so the object was not stored (is s3.endpoint_url an S3 service?)".into(),
  server_time: None,
  expired_credentials: false,
+ network: false,
 }),
     }
 }
@@ -510,6 +513,9 @@ fn read_body(op: &str, resp: Response) -> StoreResult<String> {
                 super::human_bytes(MAX_REPLY_BYTES)
             ),
         )),
+        Err(e) if super::is_network_io(e.kind()) => {
+            Err(StoreError::network(op, format!("reading reply: {e}")))
+        }
         Err(e) => Err(StoreError::new(
             ErrorKind::Transient,
             op,
@@ -702,6 +708,7 @@ impl ObjectStore for S3Store {
                 message: format!("error in reply: {code}"),
                 server_time: None,
                 expired_credentials: false,
+                network: false,
             });
         }
         let no_etag = || {
@@ -933,6 +940,22 @@ impl ObjectStore for S3Store {
                 Err(e)
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// A HEAD of the bucket with the short deadlines of a probe (`Deadlines::probe`).
+    fn probe(&self) -> StoreResult<()> {
+        let url = self.url("", "")?;
+        match self.send_with(
+            self.deadlines.probe(),
+            "HeadBucket (outage probe)",
+            "HEAD",
+            &url,
+            &[],
+            None,
+        ) {
+            Err(e) if e.is_network() => Err(e),
+            _ => Ok(()),
         }
     }
 

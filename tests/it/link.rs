@@ -16,8 +16,8 @@ use crate::support::link::{parse_rate, Action, Dir, Link, Mode, Trigger};
 use crate::support::*;
 use btrfs_to_s3::store::ObjectStore;
 
-const MIB: usize = 1 << 20;
-const KNOB: &str = "BTRFS_TO_S3_TEST_DEADLINE_MS";
+pub(crate) const MIB: usize = 1 << 20;
+pub(crate) const KNOB: &str = "BTRFS_TO_S3_TEST_DEADLINE_MS";
 
 /// An echo server on 127.0.0.1 (each connection's bytes come back).
 fn echo() -> SocketAddr {
@@ -210,7 +210,7 @@ fn a_trigger_fires_at_its_byte_on_a_reused_connection_only() {
 /// A backup setup whose S3 endpoint is a link emulator in front of moto (through a
 /// keep-alive front: moto closes every connection after one reply, S3 does not). One
 /// uploader: its requests go over one pooled connection.
-fn linked(tag: &str, data_mib: usize) -> Option<(Setup, Link, KeepAlive)> {
+pub(crate) fn linked(tag: &str, data_mib: usize) -> Option<(Setup, Link, KeepAlive)> {
     if !require_root(tag) {
         return None;
     }
@@ -230,7 +230,11 @@ fn linked(tag: &str, data_mib: usize) -> Option<(Setup, Link, KeepAlive)> {
 }
 
 /// Runs `cmd` in the background with its stderr in a file.
-fn spawn(s: &Setup, cmd: &mut std::process::Command, name: &str) -> (Child, std::path::PathBuf) {
+pub(crate) fn spawn(
+    s: &Setup,
+    cmd: &mut std::process::Command,
+    name: &str,
+) -> (Child, std::path::PathBuf) {
     let log = s.fs.dir.path().join(format!("{name}.log"));
     let child = cmd
         .stdout(Stdio::null())
@@ -241,7 +245,7 @@ fn spawn(s: &Setup, cmd: &mut std::process::Command, name: &str) -> (Child, std:
 }
 
 /// Waits for `child` up to `secs`; kills it and fails the test when it is still running.
-fn finish(mut child: Child, log: &std::path::Path, secs: u64) -> (i32, String) {
+pub(crate) fn finish(mut child: Child, log: &std::path::Path, secs: u64) -> (i32, String) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         if let Some(st) = child.try_wait().unwrap() {
@@ -262,7 +266,7 @@ fn finish(mut child: Child, log: &std::path::Path, secs: u64) -> (i32, String) {
     }
 }
 
-fn wait_fired(link: &Link, child: &mut Child, log: &std::path::Path, secs: u64) {
+pub(crate) fn wait_fired(link: &Link, child: &mut Child, log: &std::path::Path, secs: u64) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     let log = || std::fs::read_to_string(log).unwrap_or_default();
     while link.fired() == 0 {
@@ -398,7 +402,7 @@ fn a_trickling_server_fails_each_request_within_its_deadline() {
 }
 
 /// Sends SIGTERM to `child` and says how long it took to end.
-fn sigterm(child: Child, log: &std::path::Path) -> (Duration, i32, String) {
+pub(crate) fn sigterm(child: Child, log: &std::path::Path) -> (Duration, i32, String) {
     let signalled = Instant::now();
     run(&format!("kill -TERM {}", child.id()));
     let (code, log) = finish(child, log, 60);

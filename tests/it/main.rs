@@ -16,6 +16,7 @@ mod link;
 mod lock;
 mod object_lock;
 mod operate;
+mod outage;
 mod restore;
 mod resume;
 mod rig;

@@ -186,6 +186,9 @@ fn a_dead_network_fails_the_run_keeps_the_work_and_the_next_run_resumes() {
     };
     let proxy = Proxy::start(s.moto.port);
     let text = std::fs::read_to_string(&s.cfg).unwrap();
+    // No outage patience: the bounded retries only, as before outages were ridden out
+    // (tests/it/outage.rs has the patience's own tests).
+    let text = text.replacen("[s3]\n", "[s3]\noutage_patience_seconds = 0\n", 1);
     std::fs::write(&s.cfg, text.replace(&s.moto.endpoint, &proxy.endpoint)).unwrap();
     let store = s.moto.store();
     let log = s.fs.dir.path().join("dead.log");

@@ -59,6 +59,9 @@ pub enum Action {
     /// Resets every live connection (RST).
     Reset,
     Pause,
+    /// Resets every live connection and refuses new ones (the route or the far end is
+    /// gone and says so).
+    Refuse,
 }
 
 /// Fires `action` once, when `after` more client bytes have gone through after `pattern`
@@ -172,6 +175,10 @@ impl Shared {
             Action::Blackhole => self.set_mode(Mode::Blackhole),
             Action::Pause => self.set_mode(Mode::Pause),
             Action::Reset => self.reset_all(),
+            Action::Refuse => {
+                self.set_mode(Mode::Refuse);
+                self.reset_all();
+            }
         }
     }
 
@@ -358,7 +365,7 @@ impl Link {
     ///   pass | refuse | blackhole | pause | resume | reset | status
     ///   rate up|down|both RATE|off      latency up|down|both MS   rtt MS (half each way)
     ///   trickle SECONDS|off
-    ///   blackhole-after|reset-after|pause-after BYTES PATTERN [reused]
+    ///   blackhole-after|reset-after|pause-after|refuse-after BYTES PATTERN [reused]
     pub fn command(&self, line: &str) -> Result<String, String> {
         let w: Vec<&str> = line.split_whitespace().collect();
         let dirs = |s: &str| match s {
@@ -447,10 +454,12 @@ impl Link {
                 self.set_trickle(Some(v));
                 Ok(format!("trickle one byte every {v:?}"))
             }
-            [what @ ("blackhole-after" | "reset-after" | "pause-after"), n, pat, rest @ ..] => {
+            [what @ ("blackhole-after" | "reset-after" | "pause-after" | "refuse-after"), n, pat, rest @ ..] =>
+            {
                 let action = match *what {
                     "blackhole-after" => Action::Blackhole,
                     "reset-after" => Action::Reset,
+                    "refuse-after" => Action::Refuse,
                     _ => Action::Pause,
                 };
                 let after = parse_rate(n)?;
