@@ -14,6 +14,12 @@
 #   E2E_SSE           s3.sse (AES256; "none" for servers that refuse or drop SSE headers)
 #   E2E_CHECKSUM      s3.checksum (crc32c; sha256; none)
 #   E2E_BIN           binary to test (default: build target/release/btrfs_to_s3)
+#   E2E_OBJECT_LOCK   MODE:DAYS (e.g. GOVERNANCE:1): back up with [object_lock] into
+#                     E2E_BUCKET, which must have Object Lock enabled; adds the steps:
+#                     --dry-run finds the lock, verify checks every object's lock, and
+#                     after a new full, prune --confirm deletes nothing locked
+#   E2E_NO_LOCK_BUCKET with E2E_OBJECT_LOCK: a bucket on the same endpoint without Object
+#                     Lock; a backup into it must be refused (exit 2) before any upload
 #   AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN / AWS_PROFILE: credentials
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -115,6 +121,23 @@ ${endpoint:+endpoint_url = \"$endpoint\"}
 [restore]
 verify_mode = "full"
 TOML
+lock=${E2E_OBJECT_LOCK:-}
+if [ -n "$lock" ]; then
+  printf '[object_lock]\nmode = "%s"\nretain_days = %s\n' "${lock%%:*}" "${lock##*:}" >> "$cfg"
+
+  if [ -n "${E2E_NO_LOCK_BUCKET:-}" ]; then
+    step "a bucket without Object Lock is refused before any upload (exit 2)"
+    sed "s/^bucket = .*/bucket = \"$E2E_NO_LOCK_BUCKET\"/" "$cfg" > "$work/nolock.toml"
+    code=0
+    "$bin" backup --config "$work/nolock.toml" > "$work/nolock.log" 2>&1 || code=$?
+    grep -E 'Object Lock' "$work/nolock.log" | tail -n 1
+    [ "$code" = 2 ]
+    grep -q 'nothing was uploaded' "$work/nolock.log"
+  fi
+
+  step "backup --dry-run finds Object Lock on the bucket"
+  "$bin" backup --config "$cfg" --dry-run 2>&1 | tee "$work/dry.log" | grep -i 'object lock'
+fi
 
 step "full backup"
 "$bin" backup --config "$cfg" 2>&1 | tee "$work/full.log" | grep -E 'event=(plan|backup_metrics|backup_summary)|ERROR|error:'
@@ -142,6 +165,12 @@ echo "restored tree matches $snap"
 
 step "verify: every chunk present, of its size, class and encryption"
 "$bin" verify --config "$cfg" 2>&1 | tail -n 3
+if [ -n "$lock" ]; then
+  step "verify with [object_lock]: every manifest and chunk locked as long as the chain needs"
+  "$bin" verify --config "$cfg" > "$work/verify-lock.log" 2>&1
+  grep 'Object Lock:' "$work/verify-lock.log"
+  grep -q 'Object Lock: all [0-9]* objects locked until at least' "$work/verify-lock.log"
+fi
 
 step "verify --deep: every chunk read back and its SHA-256 checked"
 "$bin" verify --config "$cfg" --deep 2>&1 | tail -n 3
@@ -152,6 +181,14 @@ if AWS_SECRET_ACCESS_KEY="wrong-$RANDOM$RANDOM" "$bin" list --config "$cfg" > "$
   false
 fi
 grep -Eo 'SignatureDoesNotMatch|InvalidAccessKeyId|AccessDenied|Forbidden' "$work/wrong.log" | head -n 1
+
+if [ -n "$lock" ]; then
+  step "a new full, then prune --confirm deletes nothing locked"
+  "$bin" backup --config "$cfg" --full 2>&1 | grep -E 'event=(plan|object_lock_chain)|ERROR|error:'
+  "$bin" prune --config "$cfg" --confirm 2>&1 | tee "$work/prune.log" | grep -E 'locked until|deleted|kept'
+  grep -q 'deleted 0 objects' "$work/prune.log"
+  grep -q 'locked until' "$work/prune.log"
+fi
 
 if [ "${E2E_CLEANUP:-0}" = 1 ] && [ -z "$moto_pid" ]; then
   step "delete the test prefix"

@@ -11,8 +11,10 @@
 # s3s-fs     .test-tools/s3s-fs/bin/s3s-fs, else `cargo install s3s-fs@0.14.1 --features
 #            binary` (about 5 minutes). Keeps neither SSE nor classes: run with sse = "none".
 # ceph       Debian's radosgw, ceph-mon, ceph-osd, ceph-mgr (apt-get), one mon, one memstore
-#            OSD, beast on 127.0.0.1:7480 (../shared/s3-servers/ceph.conf.template). Several
-#            minutes. Refuses SSE headers over plain HTTP: sse = "none".
+#            OSD, beast on 127.0.0.1:7480 (contrib/testing/ceph.sh). Several minutes.
+#            Refuses SSE headers over plain HTTP: sse = "none". A second row, "ceph +
+#            Object Lock", runs e2e.sh with [object_lock] (GOVERNANCE, 1 day) into a
+#            bucket created with Object Lock, and checks that a bucket without it is refused.
 # garage     only when `garage` is on PATH or in .test-tools/garage/bin (its build takes
 #            about 23 minutes: cargo install garage@2.5.0 --locked --no-default-features
 #            --features bundled-libs,sqlite --root .test-tools/garage). Else "not installed".
@@ -38,16 +40,21 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 wait_port() { for _ in $(seq 1 "${2:-300}"); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 1; done; return 1; }
 
 rows=()
-# run_e2e NAME ENDPOINT BUCKET KEY SECRET SSE: one row of the matrix.
+# run_e2e NAME ENDPOINT BUCKET KEY SECRET SSE [LOCK NO_LOCK_BUCKET]: one row of the
+# matrix; with LOCK (MODE:DAYS) e2e.sh backs up with [object_lock] (E2E_OBJECT_LOCK).
 run_e2e() {
-  local name=$1 endpoint=$2 bucket=$3 key=$4 secret=$5 sse=$6 log="$dir/$1.log" t0=$SECONDS
+  local name=$1 endpoint=$2 bucket=$3 key=$4 secret=$5 sse=$6 lock=${7:-} nolock=${8:-}
+  local log="$dir/${1// /-}.log" t0=$SECONDS notes
   echo "==> $name: contrib/e2e.sh against $endpoint (log: $log)"
   if env -u AWS_PROFILE -u AWS_SESSION_TOKEN AWS_ACCESS_KEY_ID="$key" AWS_SECRET_ACCESS_KEY="$secret" \
       E2E_BIN="$bin" E2E_BUCKET="$bucket" E2E_ENDPOINT_URL="$endpoint" E2E_SSE="$sse" \
+      E2E_OBJECT_LOCK="$lock" E2E_NO_LOCK_BUCKET="$nolock" \
       bash contrib/e2e.sh > "$log" 2>&1; then
     local refused
     refused=$(grep -A1 'wrong secret key is refused' "$log" | tail -n 1)
-    rows+=("| $name | $(server_version "$name") | pass | pass | pass | pass | pass | pass ($refused) | sse=$sse, $((SECONDS - t0)) s |")
+    notes="sse=$sse"
+    [ -n "$lock" ] && notes="$notes; [object_lock] $lock: every object locked (verify), prune --confirm deleted nothing locked${nolock:+, a bucket without Object Lock refused (exit 2)}"
+    rows+=("| $name | $(server_version "$name") | pass | pass | pass | pass | pass | pass ($refused) | $notes, $((SECONDS - t0)) s |")
   else
     local at
     at=$(grep -o 'E2E FAILED at step: .*' "$log" | sed 's/E2E FAILED at step: //')
@@ -58,7 +65,7 @@ server_version() {
   case $1 in
     moto) "$repo/.test-tools/venv/bin/python" -c 'import moto; print("moto", moto.__version__)' ;;
     s3s-fs) echo "s3s-fs 0.14.1" ;;
-    ceph) radosgw --version 2>/dev/null | awk '{print "ceph", $3}' ;;
+    ceph*) radosgw --version 2>/dev/null | awk '{print "ceph", $3}' ;;
     garage) garage_bin --version 2>/dev/null | head -n 1 ;;
   esac
 }
@@ -96,6 +103,7 @@ for s in "${servers[@]}"; do
       rows+=("| ceph | | FAILED to start (see $dir/ceph-setup.log) | | | | | | |"); continue; }
     read -r key secret < "$dir/ceph/s3-keys"
     run_e2e ceph "http://127.0.0.1:7480" interop "$key" "$secret" none
+    run_e2e "ceph + Object Lock" "http://127.0.0.1:7480" interop-lock "$key" "$secret" none GOVERNANCE:1 interop
     bash contrib/testing/ceph.sh stop "$dir/ceph" >> "$dir/ceph-setup.log" 2>&1
     ;;
   garage)

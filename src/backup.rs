@@ -309,6 +309,7 @@ impl Backup<'_> {
             concurrency: self.cfg.s3.concurrency,
             piece_size: self.cfg.s3.part_size_bytes,
             identities: &[],
+            locks: false,
         };
         let rep = checker
             .run(&sv.name, key, None, self.cfg.restore.restore_tier.as_str())

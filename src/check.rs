@@ -7,7 +7,10 @@
 //! receive` (`sendstream::Guard`: no path that leaves the subvolume); archive-class chunks are checked only once restored
 //! (`restore::archive`). `backup` runs the cheap check on the parent chain before
 //! building an incremental on it (damage only: class and SSE differences do not force a
-//! full). Every finding names the key.
+//! full). With `locks` (verify under `[object_lock]`) it also reads every manifest's and
+//! chunk's Object Lock (HEAD; the chunks' HEADs are the ones above) and names each object
+//! that is unlocked or locked for less than the chain needs: the newest manifest's date,
+//! which a published backup gives its whole chain. Every finding names the key.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -60,10 +63,25 @@ pub struct Report {
     /// Archive restores requested and not waited for.
     pub restores_pending: usize,
     pub findings: Vec<Finding>,
+    /// With `[object_lock]` (`Checker::locks`): the chain's locks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<LockReport>,
+}
+
+/// The Object Lock of a chain as `verify` read it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LockReport {
+    /// Objects whose lock was read (manifests and the chunks present).
+    pub objects: usize,
+    /// What every object must be locked until: the newest manifest's retain-until date
+    /// (ISO 8601), `None` when that manifest is not locked itself.
+    pub needed_until: Option<String>,
+    /// Objects unlocked or locked for less than that (each is also a finding).
+    pub short: usize,
 }
 
 impl Report {
-    #[cfg(test)]
+    /// Whether any finding is damage (not a failed request).
     pub fn damaged(&self) -> bool {
         self.findings.iter().any(|f| f.damage)
     }
@@ -79,6 +97,33 @@ pub struct Checker<'a> {
     /// Age identities (`verify --deep --identity`): encrypted chunks are decrypted and
     /// their plaintext checked too. Without them only the ciphertext is checked.
     pub identities: &'a [crate::age::Identity],
+    /// Check Object Lock too (`verify` with `[object_lock]`): every object of the chain
+    /// locked at least until the newest manifest's date. Costs a HEAD per manifest.
+    pub locks: bool,
+}
+
+/// What is wrong with an object's lock `lock` in a chain that needs `needed` (the newest
+/// manifest's date; `None`: that manifest is unlocked, so any lock will do).
+pub fn lock_problem(
+    lock: Option<&crate::store::Retention>,
+    needed: Option<crate::ts::Ts>,
+) -> Option<String> {
+    match (lock, needed) {
+        (None, _) => Some(
+            "not locked ([object_lock] is set, but the object has no Object Lock retention): \
+             whoever may delete in the bucket can remove it; the next incremental on this \
+             chain locks the whole chain"
+                .into(),
+        ),
+        (Some(l), Some(n)) if l.until < n => Some(format!(
+            "locked ({}) only until {}, shorter than the chain needs (until {}, the newest \
+             backup's date): the next incremental on this chain extends it",
+            l.mode,
+            l.until.iso(),
+            n.iso()
+        )),
+        _ => None,
+    }
 }
 
 impl Checker<'_> {
@@ -119,15 +164,67 @@ impl Checker<'_> {
         rep.manifests = chain.links.iter().map(|(k, _)| k.clone()).collect();
         rep.chunks = chain.chunk_count();
         rep.bytes = chain.total_bytes();
-        let archived = self.heads(&chain, &mut rep)?;
+        let needed = match self.locks {
+            true => Some(self.manifest_locks(&chain, &mut rep)?),
+            false => None,
+        };
+        let archived = self.heads(&chain, needed.flatten(), &mut rep)?;
         if let Some(mode) = deep {
             self.deep(&chain, archived, mode, tier, &mut rep)?;
         }
         Ok(rep)
     }
 
-    /// HEADs every chunk; returns the archive-class chunks not readable now.
-    fn heads(&self, chain: &Chain, rep: &mut Report) -> Result<Vec<String>> {
+    /// HEADs every manifest of the chain for its lock; returns the date the chain needs
+    /// (the newest manifest's), with each manifest short of it a finding.
+    fn manifest_locks(&self, chain: &Chain, rep: &mut Report) -> Result<Option<crate::ts::Ts>> {
+        let store = self.repo.store().as_ref();
+        let mut locks = Vec::with_capacity(chain.links.len());
+        for (key, _) in &chain.links {
+            let head = self.repo.retrier().run(|| store.head(key)).map_err(|e| {
+                anyhow::Error::from(e).context(format!("reading the Object Lock of manifest {key}"))
+            })?;
+            match head {
+                Some(h) => locks.push((key, h.lock)),
+                None => rep.findings.push(Finding {
+                    key: key.clone(),
+                    problem: "the manifest is missing from the bucket".into(),
+                    damage: true,
+                }),
+            }
+        }
+        let needed = chain
+            .links
+            .last()
+            .and_then(|(newest, _)| locks.iter().find(|(k, _)| *k == newest))
+            .and_then(|(_, l)| l.as_ref().map(|l| l.until));
+        let mut lr = LockReport {
+            needed_until: needed.map(|n| n.iso()),
+            ..Default::default()
+        };
+        for (key, lock) in locks {
+            lr.objects += 1;
+            if let Some(problem) = lock_problem(lock.as_ref(), needed) {
+                lr.short += 1;
+                rep.findings.push(Finding {
+                    key: key.clone(),
+                    problem,
+                    damage: false,
+                });
+            }
+        }
+        rep.object_lock = Some(lr);
+        Ok(needed)
+    }
+
+    /// HEADs every chunk; returns the archive-class chunks not readable now. With
+    /// `locks`, each chunk's lock is held against `needed` too.
+    fn heads(
+        &self,
+        chain: &Chain,
+        needed: Option<crate::ts::Ts>,
+        rep: &mut Report,
+    ) -> Result<Vec<String>> {
         let store = self.repo.store().as_ref();
         let mut archived = Vec::new();
         for (_, m) in &chain.links {
@@ -139,16 +236,31 @@ impl Checker<'_> {
                     .map_err(|e| {
                         anyhow::Error::from(e).context(format!("checking chunk {}", c.key))
                     })?;
+                let Some(h) = head else {
+                    rep.findings.push(Finding {
+                        key: c.key.clone(),
+                        problem: "the chunk is missing from the bucket".into(),
+                        damage: true,
+                    });
+                    continue;
+                };
+                if let Some(lr) = rep.object_lock.as_mut() {
+                    lr.objects += 1;
+                    if let Some(problem) = lock_problem(h.lock.as_ref(), needed) {
+                        lr.short += 1;
+                        rep.findings.push(Finding {
+                            key: c.key.clone(),
+                            problem,
+                            damage: false,
+                        });
+                    }
+                }
                 let mut find = |problem: String, damage: bool| {
                     rep.findings.push(Finding {
                         key: c.key.clone(),
                         problem,
                         damage,
                     })
-                };
-                let Some(h) = head else {
-                    find("the chunk is missing from the bucket".into(), true);
-                    continue;
                 };
                 if h.size != c.size {
                     find(
@@ -485,6 +597,7 @@ mod tests {
             concurrency: 2,
             piece_size: 300,
             identities: &[],
+            locks: false,
         }
         .run("data", key, deep, "Standard")
         .unwrap()

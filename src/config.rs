@@ -492,6 +492,7 @@ impl Config {
         };
         let object_lock = r.object_lock(&s3)?;
         let encryption = r.encryption()?;
+        encryption::check_chunk_size(&s3, &encryption)?;
         Ok(Config {
             object_lock,
             encryption,

@@ -696,14 +696,46 @@ fn open_checked(path: &Path) -> Result<Option<File>, LoadError> {
 /// Reads the journal at `path`; `None` when there is none. A file others could have
 /// written is refused ([`Refused`]); its content is checked by [`Pending::check`].
 pub fn load(path: &Path) -> Result<Option<Pending>, LoadError> {
-    let Some(file) = open_checked(path)? else {
+    let Some(mut file) = open_checked(path)? else {
         return Ok(None);
     };
-    read(path, file).map(Some).map_err(LoadError::Unreadable)
+    let p = read(path, &mut file).map_err(LoadError::Unreadable)?;
+    sealings_private(path, &file, &p)?;
+    Ok(Some(p))
+}
+
+/// Age file keys others could have read are not reused: what a resume would add to
+/// those chunks could be read by whoever copied the keys.
+fn sealings_private(path: &Path, file: &File, p: &Pending) -> Result<(), LoadError> {
+    if p.sealings.is_empty() {
+        return Ok(());
+    }
+    let mode = file
+        .metadata()
+        .with_context(|| {
+            format!(
+                "reading the metadata of the resume journal {}",
+                path.display()
+            )
+        })
+        .map_err(LoadError::Unreadable)?
+        .mode();
+    if mode & 0o044 != 0 {
+        return Err(LoadError::Refused(refused(
+            path,
+            &format!(
+                "it keeps age file keys and its mode {:o} lets group or others read \
+                 them (it is written 0600), so a resume must not reuse them",
+                mode & 0o7777
+            ),
+            None,
+        )));
+    }
+    Ok(())
 }
 
 /// The records of an opened journal, checked for shape and version.
-fn read(path: &Path, mut file: File) -> Result<Pending> {
+fn read(path: &Path, file: &mut File) -> Result<Pending> {
     let mut text = Vec::new();
     file.read_to_end(&mut text)
         .with_context(|| format!("reading the resume journal {}", path.display()))?;
@@ -1010,6 +1042,89 @@ mod tests {
             e.contains(&theirs.display().to_string()) && e.contains("not by us"),
             "{e}"
         );
+    }
+
+    /// A journal that keeps age file keys is refused once group or others may read it
+    /// (the keys may have been copied: a resume must start afresh with new ones); one
+    /// without sealings may be readable. A sealing whose header was changed is refused by
+    /// `check` (its MAC no longer holds under the kept key); one whose nonce was changed
+    /// passes both, and the resume's check of the stored parts against their journaled
+    /// hashes refuses it (`pipeline::tests`, a kept sealing that was changed).
+    #[test]
+    fn a_journal_whose_sealings_others_could_read_or_that_were_changed_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = crate::testing::Scratch::new("journal-sealed");
+        let path = path_for(&d.0.join("state.json"), "data");
+        let id = crate::age::Identity::generate().unwrap();
+        let sealing = crate::age::Sealing::new(std::slice::from_ref(id.recipient())).unwrap();
+        let mut b = begin();
+        b.settings.encryption = Some(vec![id.recipient().as_str().to_string()]);
+        let mut j = Journal::create(&path, &b).unwrap();
+        j.append(&Record::Sealed {
+            chunk: 0,
+            sealing: SealingRecord::of(&sealing),
+        })
+        .unwrap();
+        drop(j);
+        let p = load(&path).unwrap().unwrap();
+        assert_eq!(p.sealings.len(), 1);
+        let key = p.sealings[&0].file_key.clone();
+        for mode in [0o640, 0o604, 0o644] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = refusal(load(&path));
+            assert!(
+                e.contains(&path.display().to_string())
+                    && e.contains(&format!("its mode {mode:o} lets group or others read"))
+                    && e.contains("must not reuse them")
+                    && e.contains(&format!("rm {}", path.display())),
+                "{mode:o}: {e}"
+            );
+            assert!(!e.contains(&key), "never quotes a key: {e}");
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(load(&path).unwrap().is_some());
+        std::fs::remove_file(&path).unwrap();
+
+        // Without sealings a readable journal is still read (it holds no secret).
+        Journal::create(&path, &begin()).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(load(&path).unwrap().is_some());
+        std::fs::remove_file(&path).unwrap();
+
+        // A changed header (one byte of a stanza's body) no longer matches its MAC.
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut rec = SealingRecord::of(&sealing);
+        let mut header = b64.decode(&rec.header).unwrap();
+        let at = header.len() / 2;
+        header[at] = if header[at] == b'A' { b'B' } else { b'A' };
+        rec.header = b64.encode(&header);
+        let e = rec.sealing().unwrap_err();
+        assert!(!e.contains(&key), "{e}");
+        let mut p = good(Kind::Full);
+        p.begin.settings.encryption = Some(vec![id.recipient().as_str().to_string()]);
+        for i in p.chunks.keys().copied().collect::<Vec<_>>() {
+            p.sealings.insert(i, SealingRecord::of(&sealing));
+        }
+        p.check("data", &Layout::new("p"), Path::new("/s")).unwrap();
+        p.sealings.insert(0, rec);
+        let e = p
+            .check("data", &Layout::new("p"), Path::new("/s"))
+            .unwrap_err()
+            .0;
+        assert!(e.contains("age sealing of chunk 0 is malformed"), "{e}");
+        // Not base64, or a nonce of the wrong length.
+        let zz = "zz".repeat(16);
+        for (header, nonce) in [("%%%", None), ("", Some("00")), ("", Some(zz.as_str()))] {
+            let mut rec = SealingRecord::of(&sealing);
+            if !header.is_empty() {
+                rec.header = header.into();
+            }
+            if let Some(n) = nonce {
+                rec.nonce = n.to_string();
+            }
+            assert!(rec.sealing().is_err(), "{header} {nonce:?}");
+        }
     }
 
     /// A journal as a backup of `data` at 20250101T020000Z writes it, with one stored

@@ -3,21 +3,33 @@
 # contrib/interop.sh (as root): one mon, one mgr, one memstore OSD (RAM only), cephx on.
 #
 #   bash contrib/testing/ceph.sh start DIR   installs the Debian packages if missing, starts
-#                                             everything under DIR, creates the S3 user and
-#                                             bucket "interop", writes "KEY SECRET" to DIR/s3-keys
-#   bash contrib/testing/ceph.sh stop DIR    stops the daemons and removes DIR
+#                                             everything under DIR, creates the S3 user, the
+#                                             bucket "interop" and the bucket "interop-lock"
+#                                             (created with Object Lock enabled, so versioned),
+#                                             writes "KEY SECRET" to DIR/s3-keys
+#   bash contrib/testing/ceph.sh stop DIR    stops the daemons (by the pids in DIR/run) and
+#                                             removes DIR
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cmd=${1:?start or stop}
 D=${2:?directory}
 
+# Only the daemons this script started, by the pids they wrote under DIR/run.
 stop() {
+  local pids=() f p
   for f in "$D"/run/*.pid; do
-    [ -e "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
+    [ -e "$f" ] || continue
+    p=$(cat "$f")
+    [[ $p =~ ^[0-9]+$ ]] && pids+=("$p")
   done
-  pkill -f "ceph-.* -c $D/ceph.conf" 2>/dev/null || true
-  pkill -f "radosgw -c $D/ceph.conf" 2>/dev/null || true
-  sleep 2
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for _ in $(seq 1 30); do
+    local alive=0
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && break
+    sleep 1
+  done
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   rm -rf "$D"
 }
 if [ "$cmd" = stop ]; then stop; exit 0; fi
@@ -74,9 +86,12 @@ key=INTEROP$(openssl rand -hex 6 | tr a-f A-F)
 sec=$(openssl rand -hex 20)
 radosgw-admin "${c[@]}" user create --uid=interop --display-name=interop --access-key="$key" --secret-key="$sec" >/dev/null
 echo "$key $sec" > "$D/s3-keys"
-# The bucket, with boto3 from the test venv (contrib/install-test-tools.sh).
+# The buckets, with boto3 from the test venv (contrib/install-test-tools.sh).
 py=$(dirname "$(bash contrib/install-test-tools.sh | tail -n 1)")/python
 "$py" -c 'import sys, boto3
-boto3.client("s3", endpoint_url="http://127.0.0.1:7480", region_name="us-east-1",
-             aws_access_key_id=sys.argv[1], aws_secret_access_key=sys.argv[2]).create_bucket(Bucket="interop")' "$key" "$sec"
-echo "==> ceph is up: bucket interop, keys in $D/s3-keys"
+s3 = boto3.client("s3", endpoint_url="http://127.0.0.1:7480", region_name="us-east-1",
+                  aws_access_key_id=sys.argv[1], aws_secret_access_key=sys.argv[2])
+s3.create_bucket(Bucket="interop")
+s3.create_bucket(Bucket="interop-lock", ObjectLockEnabledForBucket=True)
+print("interop-lock:", s3.get_object_lock_configuration(Bucket="interop-lock")["ObjectLockConfiguration"])' "$key" "$sec"
+echo "==> ceph is up: buckets interop and interop-lock, keys in $D/s3-keys"

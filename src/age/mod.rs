@@ -47,6 +47,6 @@ pub use keys::{
     read_recipients_file, Identity, Recipient,
 };
 pub use stream::{
-    ciphertext_size, encrypt_to_vec, plaintext_size, BlockSealer, Decryptor, Encryptor, BLOCK_LEN,
-    NONCE_LEN, TAG_BYTES,
+    ciphertext_size, encrypt_to_vec, max_plaintext, plaintext_size, BlockSealer, Decryptor,
+    Encryptor, BLOCK_LEN, NONCE_LEN, TAG_BYTES,
 };

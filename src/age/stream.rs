@@ -38,6 +38,18 @@ pub fn ciphertext_size(plaintext: u64, header_len: u64) -> u64 {
     header_len + NONCE_LEN as u64 + plaintext + TAG_LEN as u64 * blocks(plaintext)
 }
 
+/// The largest plaintext whose age file, under a header of at most `header_len` bytes,
+/// is at most `limit` bytes (0 when not even an empty file fits): the inverse bound of
+/// [`ciphertext_size`].
+pub fn max_plaintext(limit: u64, header_len: u64) -> u64 {
+    let Some(payload) = limit.checked_sub(header_len + NONCE_LEN as u64) else {
+        return 0;
+    };
+    let full = payload / SEALED_LEN as u64;
+    let rest = payload % SEALED_LEN as u64;
+    full * BLOCK_LEN as u64 + rest.saturating_sub(TAG_LEN as u64)
+}
+
 /// The inverse of [`ciphertext_size`]: `None` when no plaintext size gives `ciphertext`.
 pub fn plaintext_size(ciphertext: u64, header_len: u64) -> Option<u64> {
     let payload = ciphertext.checked_sub(header_len + NONCE_LEN as u64)?;

@@ -70,6 +70,8 @@ pub fn run(config: &Config, args: &VerifyArgs) -> Result<u8> {
         concurrency: config.s3.concurrency,
         piece_size: config.s3.part_size_bytes,
         identities: &identities,
+        // With [object_lock], each object's lock too (findings, so exit 1).
+        locks: config.object_lock.is_some(),
     };
     let deep = args.deep.then(|| {
         if args.wait_restore {
@@ -161,9 +163,24 @@ pub fn run(config: &Config, args: &VerifyArgs) -> Result<u8> {
     Ok(exit::OK)
 }
 
+/// A note when the date the chain needs has passed: nothing of it is locked any more.
+fn lock_passed(l: &crate::check::LockReport) -> &'static str {
+    let passed = l
+        .needed_until
+        .as_deref()
+        .and_then(|d| crate::ts::Ts::parse(d).ok())
+        .is_some_and(|d| d < crate::ts::Ts::now());
+    match passed {
+        true => "; that date has passed, so none of the chain is locked now (the next backup on it locks it again)",
+        false => "",
+    }
+}
+
 fn print_text(r: &Report, deep: bool) {
-    let verdict = if !r.findings.is_empty() {
+    let verdict = if r.damaged() {
         "DAMAGED"
+    } else if !r.findings.is_empty() {
+        "restorable, with problems"
     } else if !r.not_checked.is_empty() || r.restores_pending > 0 {
         "ok as far as checked"
     } else {
@@ -179,6 +196,26 @@ fn print_text(r: &Report, deep: bool) {
     );
     if deep {
         outln!("  chunks downloaded and hashed: {}", r.chunks_hashed);
+    }
+    if let Some(l) = &r.object_lock {
+        let until = l
+            .needed_until
+            .as_deref()
+            .unwrap_or("(the newest manifest is not locked)");
+        if l.short == 0 {
+            outln!(
+                "  Object Lock: all {} objects locked until at least {until} (the newest backup's date){}",
+                l.objects,
+                lock_passed(l)
+            );
+        } else {
+            outln!(
+                "  Object Lock: {} of {} objects not locked as long as the chain needs (until {until}); each is a PROBLEM below{}",
+                l.short,
+                l.objects,
+                lock_passed(l)
+            );
+        }
     }
     for k in &r.not_checked {
         outln!("  not checked (in archive storage; --deep --wait-restore checks it): {k}");

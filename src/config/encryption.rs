@@ -28,6 +28,30 @@ impl Encryption {
     }
 }
 
+/// The largest `s3.chunk_size_bytes` with encryption: a chunk's age file (the chunk, 16
+/// bytes of tag per 64 KiB block, the 16-byte nonce and a header of at most
+/// [`crate::age::MAX_HEADER_LEN`]) must fit in S3's largest object, 5 TiB.
+pub fn max_encrypted_chunk_size() -> u64 {
+    crate::age::max_plaintext(
+        super::limits::MAX_CHUNK_SIZE,
+        crate::age::MAX_HEADER_LEN as u64,
+    )
+}
+
+/// Refuses a chunk size whose encrypted objects would exceed S3's 5 TiB.
+pub(super) fn check_chunk_size(s3: &super::S3, e: &Encryption) -> Result<(), ConfigError> {
+    let max = max_encrypted_chunk_size();
+    if e.enabled() && s3.chunk_size_bytes > max {
+        return err(format!(
+            "s3.chunk_size_bytes = {} with [encryption]: each chunk is stored as an age file, \
+             16 bytes per 64 KiB larger than the chunk plus its header, and S3's largest \
+             object is 5 TiB: set it to at most {max}",
+            s3.chunk_size_bytes
+        ));
+    }
+    Ok(())
+}
+
 impl Reader<'_> {
     pub(super) fn encryption(&self) -> Result<Encryption, ConfigError> {
         let mut recipients = Vec::new();

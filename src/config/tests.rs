@@ -750,3 +750,70 @@ fn encryption_table_is_checked_and_absent_means_off() {
     let e = parse_err(&with("[encryption]\nrecipients = [\"x\"]\ncolour = 1"));
     assert!(e.contains("unknown key encryption.colour"), "{e}");
 }
+
+/// S3's limits hold for the largest chunk an encrypted config allows: its age file (with
+/// the largest header this tool accepts) is at most 5 TiB, in at most 10,000 parts of at
+/// most 5 GiB; one byte more is refused, naming the key and the largest value.
+#[test]
+fn the_largest_encrypted_chunk_fits_s3s_object_and_part_limits() {
+    use crate::age::{ciphertext_size, max_plaintext, MAX_HEADER_LEN};
+    const TIB: u64 = 1024 * GIB;
+    let header = MAX_HEADER_LEN as u64;
+    let max = encryption::max_encrypted_chunk_size();
+    let stored = ciphertext_size(max, header);
+    assert!(stored <= 5 * TIB, "{stored}");
+    assert!(ciphertext_size(max + 1, header) > 5 * TIB);
+    // 16 bytes of tag per 64 KiB block (1.25 GiB in 5 TiB) and the header.
+    assert!((GIB..2 * GIB).contains(&(5 * TIB - max)), "{max}");
+    let part = crate::pipeline::effective_part_size(5 * MIB, stored).expect("a part size");
+    assert!(part <= 5 * GIB, "{part}");
+    assert!(stored.div_ceil(part) <= 10_000, "{part}");
+    // The bound is exact around block edges, tiny limits and real header sizes.
+    for h in [0u64, 1, 168, 266, header] {
+        for limit in [
+            0u64,
+            h + 31,
+            h + 32,
+            h + 33,
+            h + 16 + 65_536,
+            h + 16 + 65_552,
+            h + 16 + 65_553,
+            h + 16 + 65_569,
+            h + 16 + 3 * 65_552 + 17,
+            5 * TIB,
+        ] {
+            let p = max_plaintext(limit, h);
+            if ciphertext_size(0, h) > limit {
+                assert_eq!(p, 0, "{limit} {h}");
+                continue;
+            }
+            assert!(ciphertext_size(p, h) <= limit, "{limit} {h}: {p}");
+            assert!(ciphertext_size(p + 1, h) > limit, "{limit} {h}: {p}");
+        }
+    }
+
+    let r = crate::age::Identity::generate()
+        .unwrap()
+        .recipient()
+        .as_str()
+        .to_string();
+    let config = |size: u64, enc: bool| {
+        let mut text = s3_with(&format!("chunk_size_bytes = {size}"));
+        if enc {
+            text.push_str(&format!("[encryption]\nrecipients = [\"{r}\"]\n"));
+        }
+        text
+    };
+    let c = Config::parse(&config(max, true), &env()).unwrap();
+    assert_eq!(c.s3.chunk_size_bytes, max);
+    let e = parse_err(&config(max + 1, true));
+    assert!(
+        e.contains(&format!(
+            "s3.chunk_size_bytes = {} with [encryption]",
+            max + 1
+        )) && e.contains(&format!("at most {max}")),
+        "{e}"
+    );
+    // Unencrypted, the chunk is the object: up to 5 TiB.
+    Config::parse(&config(5 * TIB, false), &env()).unwrap();
+}

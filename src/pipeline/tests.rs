@@ -652,6 +652,83 @@ fn a_stored_part_whose_bytes_differ_is_a_mismatch() {
     }
 }
 
+/// An encrypted resume uses the journal's sealing for a chunk with stored parts; a kept
+/// sealing that was changed (another nonce, or another file key and header) does not
+/// reproduce the stored parts, and the resume refuses it (the backup then starts afresh
+/// with new keys) instead of encrypting the rest of the chunk under it.
+#[test]
+fn a_resume_with_a_kept_sealing_that_was_changed_is_a_mismatch() {
+    use crate::backup::JournalProgress;
+    use std::io::Read;
+    let dir = crate::testing::Scratch::new("pipeline-sealed");
+    let id = crate::age::Identity::generate().unwrap();
+    let d = data(2500);
+    let store = Arc::new(MemoryStore::new());
+    store.fail("UploadPart p/chunk-1.bin part 3", ErrorKind::Permanent, 1);
+    let mut c = cfg(1000, 300, 1);
+    c.keep_open_on_failure = true;
+    c.encryption = Some(Encrypt {
+        recipients: vec![id.recipient().clone()],
+        resumed: BTreeMap::new(),
+    });
+    let mut j = journal_at(&dir.0);
+    assert!(run_with(
+        &store,
+        &d,
+        &c,
+        &BTreeMap::new(),
+        &mut JournalProgress(&mut j)
+    )
+    .is_err());
+    let pending = crate::journal::load(&dir.0.join("j")).unwrap().unwrap();
+    let kept = pending.sealings[&1].clone();
+    let with = |rec: &crate::journal::SealingRecord| {
+        let mut c = c.clone();
+        let mut resumed = BTreeMap::new();
+        for (i, r) in &pending.sealings {
+            resumed.insert(*i, if *i == 1 { rec } else { r }.sealing().unwrap());
+        }
+        c.encryption = Some(Encrypt {
+            recipients: vec![id.recipient().clone()],
+            resumed,
+        });
+        c
+    };
+    let mut nonce = kept.clone();
+    nonce.nonce = if nonce.nonce.starts_with('0') {
+        "1"
+    } else {
+        "0"
+    }
+    .to_string()
+        + &kept.nonce[1..];
+    let other = crate::journal::SealingRecord::of(
+        &crate::age::Sealing::new(std::slice::from_ref(id.recipient())).unwrap(),
+    );
+    for changed in [nonce, other] {
+        let e = run_with(
+            &store,
+            &d,
+            &with(&changed),
+            &pending.chunks,
+            &mut NoProgress,
+        )
+        .unwrap_err();
+        assert!(e.chain().any(|c| c.is::<ResumeMismatch>()), "{e:#}");
+        assert!(format!("{e:#}").contains("chunk p/chunk-1.bin"), "{e:#}");
+    }
+    // The kept sealing as written resumes, and the chunks decrypt to the stream.
+    let o = run_with(&store, &d, &with(&kept), &pending.chunks, &mut NoProgress).unwrap();
+    assert!(o.resumed_bytes > 0);
+    let mut plain = Vec::new();
+    for ch in &o.chunks {
+        let obj = store.object(&ch.key).unwrap();
+        let mut dec = crate::age::Decryptor::new(&obj.data[..], std::slice::from_ref(&id)).unwrap();
+        dec.read_to_end(&mut plain).unwrap();
+    }
+    assert_eq!(plain, d);
+}
+
 /// A store whose UploadParts and PUTs wait until the gate opens (a slow link): the
 /// uploaders hold every part buffer meanwhile.
 struct Gated {

@@ -440,3 +440,142 @@ fn a_service_that_keeps_no_dates_fails_the_run_instead_of_leaving_unlocked_objec
         "{msg}"
     );
 }
+
+/// `verify`'s lock check (`check::Checker { locks: true }`) over the same bucket, with
+/// only its lock findings (the test manifests say STANDARD of DEEP_ARCHIVE chunks).
+fn verify_locks(w: &World, repo: &Repo, key: &str) -> crate::check::Report {
+    let mut r = crate::check::Checker {
+        repo,
+        sse: "none",
+        concurrency: 1,
+        piece_size: 1 << 20,
+        identities: &[],
+        locks: true,
+    }
+    .run("data", key, None, "Standard")
+    .unwrap_or_else(|e| panic!("{e:#} {:?}", w.store.log()));
+    r.findings.retain(|f| !f.problem.contains("storage class"));
+    r
+}
+
+#[test]
+fn verify_names_each_object_unlocked_or_locked_shorter_than_its_chain_needs() {
+    let mut w = World::new(locked_cfg("GOVERNANCE", 60));
+    let repo = w.repo();
+    let full = w.backup(&repo, None, 2);
+    w.advance_days(7);
+    let repo = w.repo();
+    let inc = w.backup(&repo, Some(&full), 1);
+    protect_chain(&w.cfg, &repo, "data", &inc).unwrap();
+    let needed = Ts::from_unix(w.now + 60 * DAY);
+
+    // A protected chain: no finding, every object counted, the newest backup's date.
+    let heads_before = w
+        .store
+        .log()
+        .iter()
+        .filter(|l| l.starts_with("HEAD"))
+        .count();
+    let r = verify_locks(&w, &repo, &inc);
+    assert!(r.findings.is_empty(), "{:?}", r.findings);
+    let want = crate::check::LockReport {
+        objects: 5,
+        needed_until: Some(needed.iso()),
+        short: 0,
+    };
+    assert_eq!(r.object_lock.as_ref(), Some(&want));
+    // One HEAD per manifest beyond the cheap check's HEAD per chunk (and its one
+    // existence check of the start manifest).
+    let heads = w
+        .store
+        .log()
+        .iter()
+        .filter(|l| l.starts_with("HEAD"))
+        .count()
+        - heads_before;
+    assert!(heads <= 3 + 2 + 1, "{heads} HEADs");
+
+    // Without locks asked for, nothing about them.
+    let mut plain = crate::check::Checker {
+        repo: &repo,
+        sse: "none",
+        concurrency: 1,
+        piece_size: 1 << 20,
+        identities: &[],
+        locks: false,
+    }
+    .run("data", &inc, None, "Standard")
+    .unwrap();
+    assert!(plain.object_lock.take().is_none());
+    assert!(plain
+        .findings
+        .iter()
+        .all(|f| f.problem.contains("storage class")));
+
+    // One chunk of the full lost its lock (a bucket without default retention, a
+    // copy by another tool), another was locked for less than the chain needs.
+    let chain = repo.chain("data", &inc).unwrap();
+    let full_chunks: Vec<String> = chain.links[0]
+        .1
+        .chunks
+        .iter()
+        .map(|c| c.key.clone())
+        .collect();
+    w.store.set_retention(&full_chunks[0], None);
+    let short = needed.add_secs(-DAY);
+    w.store.set_retention(
+        &full_chunks[1],
+        Some(Retention {
+            mode: "GOVERNANCE".into(),
+            until: short,
+        }),
+    );
+    let r = verify_locks(&w, &repo, &inc);
+    assert_eq!(r.findings.len(), 2, "{:?}", r.findings);
+    assert!(r.findings.iter().all(|f| !f.damage), "{:?}", r.findings);
+    assert_eq!(r.findings[0].key, full_chunks[0]);
+    assert!(
+        r.findings[0].problem.starts_with("not locked"),
+        "{:?}",
+        r.findings
+    );
+    assert_eq!(r.findings[1].key, full_chunks[1]);
+    let p = &r.findings[1].problem;
+    assert!(
+        p.contains(&format!("GOVERNANCE) only until {}", short.iso()))
+            && p.contains(&format!("needs (until {}", needed.iso())),
+        "{p}"
+    );
+    assert_eq!(r.object_lock.as_ref().map(|l| l.short), Some(2));
+    assert!(!r.damaged());
+    // The next incremental's chain extension heals both.
+    w.advance_days(1);
+    let repo = w.repo();
+    let inc2 = w.backup(&repo, Some(&inc), 1);
+    protect_chain(&w.cfg, &repo, "data", &inc2).unwrap();
+    let r = verify_locks(&w, &repo, &inc2);
+    assert!(r.findings.is_empty(), "{:?}", r.findings);
+    assert_eq!(r.object_lock.map(|l| l.objects), Some(7));
+
+    // A chain written before [object_lock]: every object is named, and with the newest
+    // manifest unlocked there is no date to hold the rest to.
+    let w = World::new(locked_cfg("GOVERNANCE", 60));
+    let unlocked =
+        Repo::new(&w.cfg, w.store.clone(), Arc::new(crate::testing::retrier())).with_lock(None);
+    let key = w.backup(&unlocked, None, 2);
+    let r = verify_locks(&w, &unlocked, &key);
+    assert_eq!(r.findings.len(), 3, "{:?}", r.findings);
+    assert_eq!(r.findings[0].key, key);
+    assert!(r
+        .findings
+        .iter()
+        .all(|f| f.problem.starts_with("not locked")));
+    assert_eq!(
+        r.object_lock,
+        Some(crate::check::LockReport {
+            objects: 3,
+            needed_until: None,
+            short: 3
+        })
+    );
+}

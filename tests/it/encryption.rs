@@ -470,3 +470,214 @@ fn encrypted_resume_after_kill_9_stays_within_the_bound_and_leaks_no_key() {
         );
     }
 }
+
+/// The backups of `data` as `list --json` gives them: (manifest key, encrypted_to).
+fn listed(cfg: &str) -> Vec<(String, Option<serde_json::Value>)> {
+    let r = run_bin(&["list", "--config", cfg, "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("list --json");
+    let subvols = v["subvolumes"].as_array().expect("subvolumes");
+    let data = subvols
+        .iter()
+        .find(|s| s["name"] == "data")
+        .expect("data listed");
+    data["backups"]
+        .as_array()
+        .expect("backups")
+        .iter()
+        .map(|b| {
+            (
+                b["manifest_key"].as_str().unwrap().to_string(),
+                b.get("encrypted_to").cloned(),
+            )
+        })
+        .collect()
+}
+
+/// Turning encryption on under an existing plain full: the next incremental is encrypted
+/// and chains to the plain full (README: a chain may mix both; turning encryption on does
+/// not re-encrypt what is stored, `backup --full` starts an all-encrypted chain). `list`,
+/// `verify` and `verify --deep` work with the recipients only; restore of the mixed chain
+/// refuses without an identity (naming the fix, nothing at the target) and restores with
+/// one. Then an encrypted generation, and `prune --confirm` with the recipients only
+/// deletes the old mixed one and keeps the encrypted chain restorable.
+#[test]
+fn a_mixed_chain_and_list_verify_prune_with_recipients_only() {
+    if !require_root("a_mixed_chain_and_list_verify_prune_with_recipients_only") {
+        return;
+    }
+    require_age();
+    let s = Setup::new(SetupOpts {
+        storage_class_chunks: "STANDARD",
+        chunk_size: 6 * MIB as u64,
+        ..Default::default()
+    });
+    let keys = TempDir::new("keys");
+    let (id, r1) = keygen(keys.path(), "key.txt");
+    let ids = id.display().to_string();
+    let cfg = s.cfg.display().to_string();
+    let v = s.vol("data");
+    source_tree(&v);
+
+    // A plain full.
+    let r = s.backup(&[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let plain_full = manifest_key(&s);
+    assert!(s.get_json(&plain_full).get("encryption").is_none());
+
+    // Encryption turned on: the incremental on the plain full is encrypted.
+    encrypt_to(&s, &[&r1]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    random_file(&v.join("after.bin"), 7 * MIB);
+    let r = s.backup(&["--once"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let enc_inc = manifest_key(&s);
+    assert!(enc_inc.contains("/incremental/"), "{enc_inc}");
+    let m = s.get_json(&enc_inc);
+    assert_eq!(m["parent_manifest"], plain_full.as_str());
+    assert_eq!(
+        m["encryption"]["recipients"],
+        serde_json::json!([fingerprint(&r1)])
+    );
+    // The new file's bytes went up only as ciphertext; the plain full stays as it was.
+    let store = s.moto.store();
+    let after = std::fs::read(v.join("after.bin")).unwrap();
+    let probe = &after[MIB..MIB + 64];
+    for c in m["chunks"].as_array().unwrap() {
+        let body = get_all(&store, c["key"].as_str().unwrap()).unwrap();
+        assert!(!body.windows(64).any(|w| w == probe), "{c}");
+        assert!(body.starts_with(b"age-encryption.org/v1\n"), "{c}");
+    }
+
+    // list shows which backups are encrypted, and to whom.
+    let backups = listed(&cfg);
+    assert_eq!(
+        backups,
+        vec![
+            (plain_full.clone(), None),
+            (enc_inc.clone(), Some(serde_json::json!([fingerprint(&r1)])))
+        ]
+    );
+    let r = run_bin(&["list", "--config", &cfg]);
+    assert!(
+        r.stdout
+            .contains(&format!("encrypted (age) to {}", fingerprint(&r1))),
+        "{r:?}"
+    );
+    // verify (cheap) and verify --deep (the ciphertext) with the recipients only.
+    for args in [&["verify"][..], &["verify", "--deep"][..]] {
+        let mut a = vec![args[0], "--config", &cfg];
+        a.extend_from_slice(&args[1..]);
+        let r = run_bin(&a);
+        assert_eq!(r.code, 0, "{args:?}: {r:?}");
+        assert!(r.stdout.contains("subvolume data: ok"), "{args:?}: {r:?}");
+    }
+
+    // Restore of the mixed chain: without an identity it is refused before anything is
+    // written; with one, the tree is the incremental's snapshot.
+    let t = s.fs.path("restored-mixed");
+    let r = s.restore(&["--subvolume", "data", "--target", t.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("the backup is encrypted: pass the identity file with --identity"),
+        "{r:?}"
+    );
+    assert!(!t.exists() && s.staging_left(&s.fs.mnt).is_empty());
+    let r = s.restore(&[
+        "--subvolume",
+        "data",
+        "--target",
+        t.to_str().unwrap(),
+        "--identity",
+        &ids,
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let snap = |key: &str| PathBuf::from(s.get_json(key)["snapshot"]["path"].as_str().unwrap());
+    assert_same_tree(&snap(&enc_inc), &t);
+    // The plain full alone needs no identity.
+    let t0 = s.fs.path("restored-plain");
+    let r = s.restore(&[
+        "--subvolume",
+        "data",
+        "--target",
+        t0.to_str().unwrap(),
+        "--manifest-key",
+        &plain_full,
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_same_tree(&snap(&plain_full), &t0);
+
+    // A new, encrypted generation, then prune with the recipients only (remote_generations
+    // = 1): the mixed generation goes, the encrypted chain stays whole.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let r = s.backup(&["--full"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let enc_full = manifest_key(&s);
+    assert!(enc_full.contains("/full/"), "{enc_full}");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    run(&format!("echo three >> {}/d/a", v.display()));
+    let r = s.backup(&["--once"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let enc_inc2 = manifest_key(&s);
+    let old: Vec<String> = [&plain_full, &enc_inc]
+        .iter()
+        .flat_map(|k| {
+            let m = s.get_json(k);
+            std::iter::once(k.to_string()).chain(
+                m["chunks"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| c["key"].as_str().unwrap().to_string())
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    let r = run_bin(&["prune", "--config", &cfg]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = run_bin(&["prune", "--config", &cfg, "--confirm"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains(&format!("deleted {} objects", old.len())),
+        "{r:?}"
+    );
+    let left = s.moto.list_keys();
+    for k in &old {
+        assert!(!left.contains(k), "{k} survived the prune");
+    }
+    assert_eq!(
+        listed(&cfg),
+        vec![
+            (
+                enc_full.clone(),
+                Some(serde_json::json!([fingerprint(&r1)]))
+            ),
+            (
+                enc_inc2.clone(),
+                Some(serde_json::json!([fingerprint(&r1)]))
+            )
+        ]
+    );
+    let r = run_bin(&["verify", "--config", &cfg, "--deep"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let t2 = s.fs.path("restored-after-prune");
+    let r = s.restore(&[
+        "--subvolume",
+        "data",
+        "--target",
+        t2.to_str().unwrap(),
+        "--identity",
+        &ids,
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_same_tree(&snap(&enc_inc2), &t2);
+    // Nothing in any output carries the identity.
+    let secret = std::fs::read_to_string(&id).unwrap();
+    let secret = secret
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-1"))
+        .unwrap()
+        .to_string();
+    assert!(!r.stderr.contains(&secret) && !r.stdout.contains(&secret));
+}
