@@ -11,26 +11,11 @@ use crate::cli::{Cli, Command, LogLevelArg};
 use crate::config::{Config, ConfigError, LogLevel, ProcessEnv};
 use crate::event;
 
-/// Exit codes (also in DESIGN.md and `--help`).
-pub mod exit {
-    pub const OK: u8 = 0;
-    pub const FAILED: u8 = 1;
-    pub const USAGE: u8 = 2;
-    pub const RESTORE_PENDING: u8 = 3;
-}
+// The exit codes and the usage error live in the leaf `exit`; `app::exit` and
+// `app::UsageError` stay as names for them.
+pub(crate) use crate::exit::{self, UsageError};
 
-/// A usage problem found after clap (e.g. a missing `--config`): exit code 2.
-#[derive(Debug)]
-pub struct UsageError(pub String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
-
+/// The whole process: parse the flags, run, print the one-line error, exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -87,6 +72,7 @@ fn level_of(arg: LogLevelArg) -> LogLevel {
     }
 }
 
+/// Runs parsed flags: completions and man pages, else config, logging and the command.
 pub fn run(cli: Cli) -> Result<u8> {
     // Generated from the flags themselves: no config, no logging, nothing touched. Made
     // in memory first (clap_complete panics on a failed write, e.g. a closed pipe).

@@ -20,7 +20,9 @@ use crate::btrfs::Btrfs;
 use crate::chunker::ChunkDone;
 use crate::config::{Config, Subvolume};
 use crate::event;
-use crate::journal::{self, Begin, ChunkProgress, Journal, PartDone, Pending, Record, Settings};
+use crate::journal::{
+    self, Begin, ChunkProgress, Journal, LoadError, PartDone, Pending, Record, Settings,
+};
 use crate::manifest::{ChunkEntry, Kind, Manifest, S3Info, SnapshotRef};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, PipelineConfig, Progress, ResumeMismatch};
@@ -78,7 +80,8 @@ pub fn send_protocol(cfg: &Config, btrfs: &dyn Btrfs) -> Result<u32> {
 /// The result of one subvolume in a run.
 #[derive(Debug)]
 pub enum Outcome {
-    Skipped(Decision),
+    /// The schedule said skip (the decision says why; the unit tests read it).
+    Skipped(#[cfg_attr(not(test), allow(dead_code))] Decision),
     /// `--no-s3`: a snapshot was made and retention applied; nothing uploaded.
     SnapshotOnly(PathBuf),
     /// Published by this run (fresh or resumed): record the state, then drop the journal.
@@ -103,7 +106,7 @@ impl std::fmt::Display for StoppedAfter {
         write!(
             f,
             "nothing published; this run stored {} ({} bytes)",
-            crate::cmd::list::human(self.uploaded_bytes),
+            crate::size::human(self.uploaded_bytes),
             self.uploaded_bytes
         )?;
         match self.retries {
@@ -255,14 +258,14 @@ impl Backup<'_> {
 
     /// The subvolume's pending backup, if any, checked like the bucket: a journal that
     /// others could write, or that names anything but this subvolume's keys of its run
-    /// and its snapshots in `snapshots.base_dir`, is an error holding
-    /// [`journal::Refused`].
-    pub fn load_journal(&self, sv: &Subvolume) -> Result<Option<Pending>> {
+    /// and its snapshots in `snapshots.base_dir`, is [`LoadError::Refused`].
+    pub fn load_journal(&self, sv: &Subvolume) -> Result<Option<Pending>, LoadError> {
         let Some(p) = journal::load(&self.journal_path(sv))? else {
             return Ok(None);
         };
         let layout = crate::manifest::Layout::new(&self.cfg.s3.prefix);
-        p.check(&sv.name, &layout, &self.cfg.snapshots.base_dir)?;
+        p.check(&sv.name, &layout, &self.cfg.snapshots.base_dir)
+            .map_err(LoadError::Refused)?;
         Ok(Some(p))
     }
 
@@ -370,8 +373,8 @@ impl Backup<'_> {
             Ok(p) => p,
             // Not ours, or not only ours: the run of this subvolume fails, and nothing
             // the journal names is aborted, deleted or published.
-            Err(e) if e.is::<journal::Refused>() => return Err(e),
-            Err(e) => {
+            Err(LoadError::Refused(r)) => return Err(r.into()),
+            Err(LoadError::Unreadable(e)) => {
                 // Unreadable: nothing in it can be trusted or resumed. Its uploads are
                 // aborted by the sweep below; its snapshot by retention.
                 event!(

@@ -1,5 +1,6 @@
-//! The `Btrfs` trait and the real `btrfs` CLI behind it: the only code that spawns
-//! processes. Child processes are finished, not forgotten: after EOF we wait for them,
+//! The `Btrfs` trait and the real `btrfs` CLI behind it (and `findmnt`, for the mount
+//! options): the code that spawns the btrfs tools. (The one other child process is an AWS
+//! `credential_process`, in `store/creds/remote.rs`.) Child processes are finished, not forgotten: after EOF we wait for them,
 //! check the exit status and report their stderr (kept in a bounded buffer); on failure
 //! downstream they are killed and reaped.
 
@@ -13,8 +14,11 @@ use anyhow::{anyhow, bail, Context, Result};
 /// What `btrfs subvolume show` tells about a subvolume.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SubvolInfo {
+    /// `UUID:` (`None` when `-`).
     pub uuid: Option<String>,
+    /// `Parent UUID:` (`None` when `-`).
     pub parent_uuid: Option<String>,
+    /// `Received UUID:` (`None` when `-`).
     pub received_uuid: Option<String>,
 }
 
@@ -36,6 +40,7 @@ pub trait ReceiveSink: Write + Send {
     fn kill(self: Box<Self>) -> String;
 }
 
+/// The btrfs operations this tool needs; [`BtrfsCli`] runs the `btrfs` tool, tests use a fake.
 pub trait Btrfs: Send + Sync {
     /// `btrfs subvolume snapshot -r SOURCE DEST`.
     fn snapshot_readonly(&self, source: &Path, dest: &Path) -> Result<()>;
@@ -74,6 +79,7 @@ pub trait Btrfs: Send + Sync {
 /// receives protocol 2 with `--compressed-data`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SendSupport {
+    /// The highest send protocol the kernel writes.
     pub kernel_proto: u32,
     /// `(major, minor)` of btrfs-progs.
     pub progs: (u32, u32),
@@ -93,6 +99,7 @@ impl SendSupport {
         self.progs >= Self::PROGS_PROTO2
     }
 
+    /// `kernel send protocol N, btrfs-progs X.Y`, for messages.
     pub fn describe(&self) -> String {
         format!(
             "kernel send protocol {}, btrfs-progs {}.{}",
@@ -114,6 +121,7 @@ pub fn parse_progs_version(out: &str) -> Option<(u32, u32)> {
 /// A mounted filesystem, as `findmnt` names it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Filesystem {
+    /// The filesystem type (`btrfs`, `ext4`, …).
     pub fstype: String,
     /// The device, without the `[/subvolume]` findmnt appends for btrfs.
     pub source: String,
@@ -122,6 +130,7 @@ pub struct Filesystem {
 /// The `btrfs` command line tool.
 #[derive(Clone, Debug)]
 pub struct BtrfsCli {
+    /// The `btrfs` binary (`btrfs`, found on `PATH`, by default).
     pub program: PathBuf,
 }
 

@@ -81,6 +81,7 @@ pub struct LockReport {
 }
 
 impl Report {
+    /// Whether any finding is damage (not a failed request).
     pub fn damaged(&self) -> bool {
         self.findings.iter().any(|f| f.damage)
     }

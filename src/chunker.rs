@@ -132,7 +132,8 @@ impl Cutter {
     }
 }
 
-/// Cuts a whole buffer (tests and small streams): chunks with their part lengths.
+/// Cuts a whole buffer (tests): chunks with their part lengths.
+#[cfg(test)]
 pub fn cut(
     data: &[u8],
     chunk_size: u64,

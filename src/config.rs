@@ -521,7 +521,7 @@ impl Config {
         let object_lock = object_lock(f.object_lock, &s3)?;
         let encryption = Encryption::resolve(f.encryption, env)?;
         encryption::check_chunk_size(&s3, &encryption)?;
-        let notify = notify::resolve(f.notify)?;
+        let notify = notify::resolve(f.notify.ping_url)?;
         Ok(Config {
             notify,
             object_lock,

@@ -15,7 +15,15 @@ use crate::chunker::hex;
 use crate::manifest::{
     EncryptionInfo, Manifest, SealedChunkEntry, SealedPart, AGE_V1, MAX_SEALED_LEN,
 };
-use crate::pipeline::SealedChunk;
+
+/// An encrypted chunk, as the manifest's sealed part records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealedChunk {
+    /// The age header's SHA-256 ([`crate::age::Header::digest`]).
+    pub header_sha256: [u8; 32],
+    /// Plaintext bytes in the chunk.
+    pub plain_size: u64,
+}
 
 /// The manifest's `encryption` for chunks sealed as `chunks` say, holding `stream_bytes`.
 pub fn seal(

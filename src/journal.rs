@@ -43,18 +43,23 @@ pub const VERSION: u32 = 1;
 /// happens only when all of them still hold.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Begin {
+    /// The journal format's version ([`VERSION`]).
     pub version: u32,
+    /// The subvolume's name.
     pub subvolume: String,
     /// The run's timestamp: chunk and manifest keys and `created_at` use it.
     pub run_ts: String,
+    /// Full or incremental.
     pub kind: Kind,
     /// The new read-only snapshot being sent.
     pub snapshot: String,
     /// The parent snapshot (incremental), and its manifest.
     pub parent: Option<String>,
+    /// The parent's manifest key (incremental).
     pub parent_manifest: Option<String>,
     /// The state's `last_full_at` when the backup began (for the state after publishing).
     pub last_full_at: Option<String>,
+    /// The settings the stream and keys were made with.
     pub settings: Settings,
     /// The send protocol the backup began with (2: `--compressed-data`); a resume sends
     /// the same way, whatever `s3.send_compressed_data` detects now.
@@ -67,12 +72,19 @@ fn proto1() -> u32 {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The settings a resume needs unchanged: bucket, prefix, sizes, class, SSE, encryption.
 pub struct Settings {
+    /// `s3.bucket`.
     pub bucket: String,
+    /// `s3.prefix`.
     pub prefix: String,
+    /// `s3.chunk_size_bytes`.
     pub chunk_size: u64,
+    /// The effective part size.
     pub part_size: u64,
+    /// `s3.storage_class`.
     pub storage_class: String,
+    /// `s3.sse`.
     pub sse: String,
     /// The age recipients (`age1…`) chunks are encrypted to; absent: not encrypted. A
     /// change of recipients abandons the pending backup like any other setting.
@@ -84,8 +96,11 @@ pub struct Settings {
 /// in base64. `Debug` never shows the file key.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SealingRecord {
+    /// The file key, 32 hex digits (the journal is 0600).
     pub file_key: String,
+    /// The age header, base64.
     pub header: String,
+    /// The payload nonce, 32 hex digits.
     pub nonce: String,
 }
 
@@ -100,6 +115,7 @@ impl std::fmt::Debug for SealingRecord {
 }
 
 impl SealingRecord {
+    /// The record of a sealing.
     pub fn of(s: &crate::age::Sealing) -> SealingRecord {
         use base64::Engine;
         SealingRecord {
@@ -137,33 +153,56 @@ impl SealingRecord {
 #[serde(tag = "record", rename_all = "snake_case")]
 // One record per line, written and read once: the size of `Begin` does not matter.
 #[allow(clippy::large_enum_variant)]
+/// One line of the journal.
 pub enum Record {
+    /// The first line: what the backup is.
     Begin(Begin),
+    /// A multipart upload was opened for a chunk.
     Upload {
+        /// The chunk's index, from 0.
         chunk: u64,
+        /// The chunk object's key.
         key: String,
+        /// The multipart upload's id.
         upload_id: String,
     },
+    /// A part of an open upload is stored.
     Part {
+        /// The chunk's index, from 0.
         chunk: u64,
+        /// The part number, from 1.
         part: u32,
+        /// Bytes stored.
         size: u64,
+        /// The chunk's SHA-256 state through this part, to resume hashing.
         sha256_through: String,
+        /// The ETag the service returned.
         etag: String,
     },
+    /// A chunk object is stored whole.
     Chunk {
+        /// The chunk's index, from 0.
         chunk: u64,
+        /// The chunk object's key.
         key: String,
+        /// Bytes stored.
         size: u64,
+        /// The chunk's SHA-256.
         sha256: String,
+        /// The ETag the service returned.
         etag: String,
     },
+    /// A chunk's age sealing, before any of its bytes go up (encryption only).
     Sealed {
+        /// The chunk's index, from 0.
         chunk: u64,
+        /// The sealing.
         #[serde(flatten)]
         sealing: SealingRecord,
     },
+    /// The manifest is being published: what a crash leaves to recover.
     Publishing {
+        /// The manifest's key.
         manifest_key: String,
     },
 }
@@ -171,8 +210,11 @@ pub enum Record {
 /// A stored part of an open multipart upload.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartDone {
+    /// Bytes in the part.
     pub size: u64,
+    /// The chunk's SHA-256 state through this part, to resume hashing.
     pub sha256_through: String,
+    /// The part's ETag.
     pub etag: String,
 }
 
@@ -182,15 +224,22 @@ pub struct PartDone {
 pub enum ChunkProgress {
     /// A multipart upload is open; these parts are stored.
     Open {
+        /// The chunk object's key.
         key: String,
+        /// The multipart upload's id.
         upload_id: String,
+        /// The stored parts, by number.
         parts: BTreeMap<u32, PartDone>,
     },
     /// The chunk object is stored whole.
     Stored {
+        /// The chunk object's key.
         key: String,
+        /// Bytes stored.
         size: u64,
+        /// The chunk's SHA-256.
         sha256: String,
+        /// The ETag the service returned.
         etag: String,
     },
 }
@@ -198,9 +247,13 @@ pub enum ChunkProgress {
 /// A journal as read back.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pending {
+    /// Where the journal is.
     pub path: PathBuf,
+    /// Its begin record.
     pub begin: Begin,
+    /// How far each started chunk got.
     pub chunks: BTreeMap<u64, ChunkProgress>,
+    /// The manifest key being published, if it got that far.
     pub publishing: Option<String>,
     /// Each chunk's age sealing (encryption only), the last record for a chunk winning.
     pub sealings: BTreeMap<u64, SealingRecord>,
@@ -252,6 +305,29 @@ impl std::fmt::Display for Refused {
 }
 
 impl std::error::Error for Refused {}
+
+/// Why [`load`] gives no journal: the caller decides by the variant (a refused journal
+/// fails the subvolume's run and nothing it names is touched; an unreadable one is
+/// abandoned), not by looking into an error chain.
+#[derive(Debug)]
+pub enum LoadError {
+    /// A file others could have written, or naming what is not this subvolume's.
+    Refused(Refused),
+    /// It cannot be read or does not parse: nothing in it can be trusted or resumed.
+    Unreadable(anyhow::Error),
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadError::Refused(r) => r.fmt(f),
+            // The whole chain, as the error was printed before it was typed.
+            LoadError::Unreadable(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
 
 /// The refusal of the journal at `path` for `problem`, with the way out (`fix`, when
 /// the file may be ours after all, else: remove it).
@@ -519,6 +595,7 @@ impl Journal {
         })
     }
 
+    /// Where the journal is.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -546,7 +623,7 @@ pub fn remove(path: &Path) -> Result<()> {
 /// Opens the journal at `path` for reading without following a symlink (nor blocking
 /// on a FIFO), and refuses it unless it is a regular file with one link, owned by the
 /// user we run as and writable by nobody else; `None` when there is none.
-fn open_checked(path: &Path) -> Result<Option<File>> {
+fn open_checked(path: &Path) -> Result<Option<File>, LoadError> {
     use rustix::fs::OFlags;
     let file = match OpenOptions::new()
         .read(true)
@@ -556,61 +633,109 @@ fn open_checked(path: &Path) -> Result<Option<File>> {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
-            return Err(refused(path, "it is a symbolic link", None).into())
+            return Err(LoadError::Refused(refused(
+                path,
+                "it is a symbolic link",
+                None,
+            )))
         }
         Err(e) => {
-            return Err(e).with_context(|| format!("opening the resume journal {}", path.display()))
+            return Err(LoadError::Unreadable(
+                anyhow::Error::new(e)
+                    .context(format!("opening the resume journal {}", path.display())),
+            ))
         }
     };
-    let m = file.metadata().with_context(|| {
-        format!(
-            "reading the metadata of the resume journal {}",
-            path.display()
-        )
-    })?;
+    let m = file
+        .metadata()
+        .with_context(|| {
+            format!(
+                "reading the metadata of the resume journal {}",
+                path.display()
+            )
+        })
+        .map_err(LoadError::Unreadable)?;
     let me = rustix::process::geteuid().as_raw();
     if !m.file_type().is_file() {
-        return Err(refused(path, "it is not a regular file", None).into());
+        return Err(LoadError::Refused(refused(
+            path,
+            "it is not a regular file",
+            None,
+        )));
     }
     if m.uid() != me {
-        return Err(refused(
+        return Err(LoadError::Refused(refused(
             path,
             &format!("it is owned by uid {}, not by us (uid {me})", m.uid()),
             Some(&format!("if it is ours, chown {me} {}", path.display())),
-        )
-        .into());
+        )));
     }
     if m.mode() & 0o022 != 0 {
-        return Err(refused(
+        return Err(LoadError::Refused(refused(
             path,
             &format!(
                 "its mode {:o} lets group or others write it",
                 m.mode() & 0o7777
             ),
             Some(&format!("if it is ours, chmod go-w {}", path.display())),
-        )
-        .into());
+        )));
     }
     if m.nlink() != 1 {
-        return Err(refused(
+        return Err(LoadError::Refused(refused(
             path,
             &format!(
                 "it has {} hard links (it may be another file's name)",
                 m.nlink()
             ),
             None,
-        )
-        .into());
+        )));
     }
     Ok(Some(file))
 }
 
 /// Reads the journal at `path`; `None` when there is none. A file others could have
 /// written is refused ([`Refused`]); its content is checked by [`Pending::check`].
-pub fn load(path: &Path) -> Result<Option<Pending>> {
+pub fn load(path: &Path) -> Result<Option<Pending>, LoadError> {
     let Some(mut file) = open_checked(path)? else {
         return Ok(None);
     };
+    let p = read(path, &mut file).map_err(LoadError::Unreadable)?;
+    sealings_private(path, &file, &p)?;
+    Ok(Some(p))
+}
+
+/// Age file keys others could have read are not reused: what a resume would add to
+/// those chunks could be read by whoever copied the keys.
+fn sealings_private(path: &Path, file: &File, p: &Pending) -> Result<(), LoadError> {
+    if p.sealings.is_empty() {
+        return Ok(());
+    }
+    let mode = file
+        .metadata()
+        .with_context(|| {
+            format!(
+                "reading the metadata of the resume journal {}",
+                path.display()
+            )
+        })
+        .map_err(LoadError::Unreadable)?
+        .mode();
+    if mode & 0o044 != 0 {
+        return Err(LoadError::Refused(refused(
+            path,
+            &format!(
+                "it keeps age file keys and its mode {:o} lets group or others read \
+                 them (it is written 0600), so a resume must not reuse them",
+                mode & 0o7777
+            ),
+            None,
+        )));
+    }
+    Ok(())
+}
+
+/// The records of an opened journal, checked for shape and version.
+fn read(path: &Path, file: &mut File) -> Result<Pending> {
     let mut text = Vec::new();
     file.read_to_end(&mut text)
         .with_context(|| format!("reading the resume journal {}", path.display()))?;
@@ -716,32 +841,7 @@ pub fn load(path: &Path) -> Result<Option<Pending>> {
             Record::Publishing { manifest_key } => p.publishing = Some(manifest_key),
         }
     }
-    // Age file keys others could have read are not reused: what a resume would add to
-    // those chunks could be read by whoever copied the keys.
-    if !p.sealings.is_empty() {
-        let mode = file
-            .metadata()
-            .with_context(|| {
-                format!(
-                    "reading the metadata of the resume journal {}",
-                    path.display()
-                )
-            })?
-            .mode();
-        if mode & 0o044 != 0 {
-            return Err(refused(
-                path,
-                &format!(
-                    "it keeps age file keys and its mode {:o} lets group or others read \
-                     them (it is written 0600), so a resume must not reuse them",
-                    mode & 0o7777
-                ),
-                None,
-            )
-            .into());
-        }
-    }
-    Ok(Some(p))
+    Ok(p)
 }
 
 #[cfg(test)]
@@ -860,9 +960,9 @@ mod tests {
         assert!(format!("{:#}", load(&path).unwrap_err()).contains("version 9"));
     }
 
-    fn refusal(r: Result<Option<Pending>>) -> String {
+    fn refusal(r: Result<Option<Pending>, LoadError>) -> String {
         let e = r.expect_err("the journal is refused");
-        assert!(e.is::<Refused>(), "{e:#}");
+        assert!(matches!(e, LoadError::Refused(_)), "{e:#}");
         format!("{e:#}")
     }
 

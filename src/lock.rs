@@ -22,7 +22,9 @@ const PID_WAIT: Duration = Duration::from_secs(2);
 /// Returned (inside `anyhow::Error`) when another process holds the lock.
 #[derive(Debug)]
 pub struct LockHeld {
+    /// The lock file.
     pub path: PathBuf,
+    /// The holder's PID, when it wrote one.
     pub pid: Option<u32>,
 }
 
@@ -45,6 +47,7 @@ impl std::error::Error for LockHeld {}
 pub struct RunLock {
     // The fd-lock guard is forgotten once taken: the flock lives as long as the open file.
     _file: fd_lock::RwLock<File>,
+    #[cfg(test)]
     path: PathBuf,
 }
 
@@ -77,10 +80,13 @@ impl RunLock {
         }
         Ok(RunLock {
             _file: lock,
+            #[cfg(test)]
             path: path.to_path_buf(),
         })
     }
 
+    /// The lock file held.
+    #[cfg(test)]
     pub fn path(&self) -> &Path {
         &self.path
     }

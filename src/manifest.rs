@@ -10,31 +10,8 @@ use crate::ts::Ts;
 /// The largest object S3 stores (5 TiB): no chunk is larger.
 pub const MAX_CHUNK_BYTES: u64 = 5 * (1 << 40);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    Full,
-    Incremental,
-}
-
-/// Full or incremental: one type for manifests, keys, snapshot names and plans.
-impl Kind {
-    /// As in manifests, `current.json` and keys: `full`, `incremental`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Full => "full",
-            Kind::Incremental => "incremental",
-        }
-    }
-
-    /// As at the end of snapshot names: `full`, `inc`.
-    pub fn snap_suffix(self) -> &'static str {
-        match self {
-            Kind::Full => "full",
-            Kind::Incremental => "inc",
-        }
-    }
-}
+/// Full or incremental (a leaf of its own, `kind`; named here too for the wire types).
+pub use crate::kind::Kind;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotRef {

@@ -199,6 +199,7 @@ impl Outage {
     }
 
     /// Outages this run has had.
+    #[cfg(test)]
     pub fn outages(&self) -> u64 {
         self.outages.load(Ordering::SeqCst)
     }

@@ -37,25 +37,13 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use crate::age::{ciphertext_size, plaintext_size, Recipient, Sealing};
 use crate::chunker::{ChunkDone, Cutter, StreamSummary};
-use crate::config::{MAX_PART_SIZE, MIB, MIN_PART_SIZE};
 use crate::event;
 use crate::journal::{ChunkProgress, PartDone};
 use crate::retry::Retrier;
 use crate::store::{Body, ObjectStore, PutOptions, StoreResult};
 
-/// S3's limit on parts per multipart upload.
-pub const MAX_PARTS: u64 = 10_000;
-
-/// Part size for a chunk size: the configured one, raised (to whole MiB) so a chunk needs
-/// at most 10,000 parts, and never above 5 GiB. `None` when even 5 GiB parts are too few.
-pub fn effective_part_size(configured: u64, chunk_size: u64) -> Option<u64> {
-    let needed = chunk_size.div_ceil(MAX_PARTS);
-    let mut p = configured.max(MIN_PART_SIZE);
-    if needed > p {
-        p = needed.div_ceil(MIB) * MIB;
-    }
-    (p <= MAX_PART_SIZE).then_some(p)
-}
+// The part-size arithmetic is the leaf `parts`'s; named here too for older callers.
+pub use crate::parts::effective_part_size;
 
 /// Spool parts to files in `dir`, using at most `max_bytes` of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,14 +74,9 @@ pub struct Encrypt {
     pub resumed: BTreeMap<u64, Sealing>,
 }
 
-/// An encrypted chunk, as the manifest's sealed part records it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SealedChunk {
-    /// The age header's SHA-256 ([`crate::age::Header::digest`]).
-    pub header_sha256: [u8; 32],
-    /// Plaintext bytes in the chunk.
-    pub plain_size: u64,
-}
+/// An encrypted chunk, as the manifest's sealed part records it (defined in the leaf
+/// `encryption`, which seals the manifest's part from these).
+pub use crate::encryption::SealedChunk;
 
 impl PipelineConfig {
     /// Part buffers that can exist at once: one per uploader and one being filled. A spool
@@ -181,9 +164,11 @@ pub trait Progress {
     fn sent(&mut self, _bytes: u64) {}
 }
 
-/// No journal (tests, tools).
+/// No journal (tests).
+#[cfg(test)]
 pub struct NoProgress;
 
+#[cfg(test)]
 impl Progress for NoProgress {
     fn upload_opened(&mut self, _: u64, _: &str, _: &str) -> Result<()> {
         Ok(())

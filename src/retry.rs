@@ -74,6 +74,7 @@ impl Retrier {
         Retrier::build(policy, cancel, None)
     }
 
+    #[cfg(test)]
     pub fn with_sleep(policy: Policy, cancel: Arc<AtomicBool>, sleep: Sleep) -> Retrier {
         Retrier::build(policy, cancel, Some(sleep))
     }
@@ -95,6 +96,7 @@ impl Retrier {
     }
 
     /// As [`Self::with_sleep`], with an outage of its own (a fake clock, in tests).
+    #[cfg(test)]
     pub fn with_outage(mut self, outage: Outage) -> Retrier {
         self.outage = outage;
         self

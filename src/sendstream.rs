@@ -84,6 +84,7 @@ mod attr {
 /// `btrfs receive` sets as its received UUID.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Received {
+    /// The subvolume's name in the staging directory.
     pub name: String,
     /// As `btrfs subvolume show` prints it: lowercase, 8-4-4-4-12.
     pub uuid: String,
@@ -475,6 +476,7 @@ pub mod build {
     pub struct Stream(Vec<u8>);
 
     impl Stream {
+        /// A stream of protocol `version`: the magic and the version.
         pub fn new(version: u32) -> Stream {
             let mut v = MAGIC.to_vec();
             v.extend_from_slice(&version.to_le_bytes());
@@ -501,6 +503,7 @@ pub mod build {
             self
         }
 
+        /// A `subvol` command (a full stream's first).
         pub fn subvol(self, name: &str, uuid: [u8; 16]) -> Stream {
             self.command(
                 cmd::SUBVOL,
@@ -512,6 +515,7 @@ pub mod build {
             )
         }
 
+        /// A `snapshot` command (an incremental stream's first).
         pub fn snapshot(self, name: &str, uuid: [u8; 16], parent: [u8; 16]) -> Stream {
             self.command(
                 cmd::SNAPSHOT,
@@ -525,6 +529,7 @@ pub mod build {
             )
         }
 
+        /// A `mkfile` of `path`.
         pub fn mkfile(self, path: &str) -> Stream {
             self.command(
                 3,
@@ -544,6 +549,7 @@ pub mod build {
             )
         }
 
+        /// A `symlink` at `path` to `target`.
         pub fn symlink(self, path: &str, target: &str) -> Stream {
             self.command(
                 8,
@@ -555,10 +561,12 @@ pub mod build {
             )
         }
 
+        /// The `end` command.
         pub fn end(self) -> Stream {
             self.command(cmd::END, &[])
         }
 
+        /// The stream's bytes.
         pub fn bytes(self) -> Vec<u8> {
             self.0
         }

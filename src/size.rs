@@ -58,6 +58,22 @@ pub const FORMS: &str = "a whole number of bytes, or a string with a unit such a
                          \"200GiB\" or \"1.5TB\" (KiB, MiB, GiB, TiB, PiB are 1024-based; KB, MB, \
                          GB, TB, PB 1000-based)";
 
+/// Bytes for people: `1.5 GiB`.
+pub fn human(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse;

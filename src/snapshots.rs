@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 
 use crate::btrfs::Btrfs;
 use crate::event;
-use crate::manifest::Kind;
+use crate::kind::Kind;
 use crate::ts::Ts;
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -19,14 +19,17 @@ const ISO: &[time::format_description::FormatItem<'static>] =
 pub struct Ts(i64);
 
 impl Ts {
+    /// The current time, to the second.
     pub fn now() -> Ts {
         Ts(OffsetDateTime::now_utc().unix_timestamp())
     }
 
+    /// The time `secs` seconds after the Unix epoch.
     pub fn from_unix(secs: i64) -> Ts {
         Ts(secs)
     }
 
+    /// Seconds since the Unix epoch.
     pub fn unix(self) -> i64 {
         self.0
     }
@@ -48,6 +51,7 @@ impl Ts {
         }
     }
 
+    /// This time plus `secs` seconds (negative: earlier).
     pub fn add_secs(self, secs: i64) -> Ts {
         Ts(self.0 + secs)
     }

@@ -98,7 +98,7 @@ impl Actions {
             stop: Box::new(|| {
                 crate::signals::stop_run();
             }),
-            exit: Box::new(|| std::process::exit(i32::from(crate::app::exit::FAILED))),
+            exit: Box::new(|| std::process::exit(i32::from(crate::exit::FAILED))),
         }
     }
 }

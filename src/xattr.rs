@@ -1,6 +1,6 @@
 //! Reads the extended attributes of a path, without following a symlink (`llistxattr`,
-//! `lgetxattr`, through rustix's safe calls), for the verifier; a file system without
-//! xattr support reads as having none.
+//! `lgetxattr`, through rustix's safe calls), for the restored-tree comparison
+//! (`treecmp`); a file system without xattr support reads as having none.
 
 use std::ffi::{OsStr, OsString};
 use std::io;

@@ -8,6 +8,7 @@ use std::path::Path;
 /// Where in a list or file a key was found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Position {
+    /// Not from a list or a file.
     None,
     /// 0-based index in a list of values (a config array).
     Index(usize),
@@ -20,7 +21,9 @@ pub enum Position {
 pub struct KeyError {
     /// `identity file /path` or `recipients file /path` (made inert for a terminal).
     pub file: Option<String>,
+    /// Where in the list or file.
     pub position: Position,
+    /// What is wrong, without the value.
     pub problem: String,
 }
 
@@ -77,9 +80,17 @@ pub enum AgeError {
     /// An `age-encryption.org/` version other than v1.
     UnsupportedVersion,
     /// The header does not parse (1-based line of the header).
-    Header { line: usize, what: &'static str },
+    Header {
+        /// 1-based line of the header.
+        line: usize,
+        /// What is wrong there.
+        what: &'static str,
+    },
     /// A stanza this implementation reads (X25519) is malformed.
-    Stanza { what: &'static str },
+    Stanza {
+        /// What is wrong with it.
+        what: &'static str,
+    },
     /// The header ended before its MAC line, or the payload nonce is cut short.
     TruncatedHeader,
     /// The reader failed (the I/O error's text).
@@ -87,17 +98,31 @@ pub enum AgeError {
     /// The file ends right after the payload nonce.
     NoPayload,
     /// None of the identities unwraps a file key from any stanza.
-    NoIdentityMatches { identities: usize, stanzas: usize },
+    NoIdentityMatches {
+        /// Identities tried.
+        identities: usize,
+        /// Stanzas in the header.
+        stanzas: usize,
+    },
     /// A file key was unwrapped but the header MAC does not match it.
     HeaderMac,
     /// The header is not the one the caller expected (another file).
     OtherFile,
     /// A payload block does not authenticate.
-    Block { block: u64 },
+    Block {
+        /// The block's index, from 0.
+        block: u64,
+    },
     /// The payload ends at a block boundary with no final block.
-    NoFinalBlock { after: u64 },
+    NoFinalBlock {
+        /// Full blocks read before the end.
+        after: u64,
+    },
     /// An empty final block after a full block (age writes a full final block instead).
-    EmptyFinalBlock { block: u64 },
+    EmptyFinalBlock {
+        /// The empty block's index, from 0.
+        block: u64,
+    },
 }
 
 impl fmt::Display for AgeError {

@@ -1,19 +1,18 @@
-//! The age v1 header and the values that fix a file's ciphertext: the [`FileKey`], the
+//! The age v1 header and the values that fix a file's ciphertext: the
 //! [`Header`] (recipient stanzas and the header MAC; built, written as bytes, parsed
-//! strictly and with a size bound), the [`PayloadNonce`], and [`Sealing`], the three
+//! strictly and with a size bound) and [`Sealing`]: a file key, a header and a payload nonce
 //! together, which re-encrypts the same plaintext to the same bytes.
 
 use super::error::AgeError;
+use super::filekey::{FileKey, PayloadNonce, Stanza};
 use super::keys::{Identity, Recipient};
-use super::primitives::{fill_random, hkdf_sha256, hmac_sha256, hmac_sha256_verify};
+use super::primitives::{hmac_sha256, hmac_sha256_verify};
 use base64::engine::general_purpose::STANDARD_NO_PAD;
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::io::{BufRead, Read};
-use zeroize::Zeroizing;
 
-pub(super) const FILE_KEY_LEN: usize = 16;
 const VERSION_LINE: &[u8] = b"age-encryption.org/v1";
 const VERSION_PREFIX: &[u8] = b"age-encryption.org/";
 /// Body lines are wrapped at 64 base64 columns; a shorter line ends the body.
@@ -22,65 +21,6 @@ const BODY_COLUMNS: usize = 64;
 pub const MAX_HEADER_LEN: usize = 1 << 20;
 /// The longest header line read (an argument line; body lines are 64 columns).
 const MAX_LINE: usize = 16 * 1024;
-
-/// The 16-byte key of one age file, from the OS random generator. Never printed; wiped
-/// when dropped.
-#[derive(Clone)]
-pub struct FileKey(Zeroizing<[u8; FILE_KEY_LEN]>);
-
-impl FileKey {
-    /// A fresh random file key.
-    pub fn generate() -> Result<FileKey, AgeError> {
-        let mut key = Zeroizing::new([0u8; FILE_KEY_LEN]);
-        fill_random(&mut key[..]).map_err(|e| AgeError::Random(e.to_string()))?;
-        Ok(FileKey(key))
-    }
-
-    /// A file key kept earlier (the resume journal).
-    pub fn from_bytes(bytes: [u8; FILE_KEY_LEN]) -> FileKey {
-        FileKey(Zeroizing::new(bytes))
-    }
-
-    /// The key bytes, to keep in a 0600 journal; nothing else should need them.
-    pub fn expose_secret(&self) -> &[u8; FILE_KEY_LEN] {
-        &self.0
-    }
-
-    fn mac_key(&self) -> Zeroizing<[u8; 32]> {
-        hkdf_sha256(&self.0[..], b"", b"header")
-    }
-
-    /// `HKDF-SHA-256(ikm = file key, salt = nonce, info = "payload")`.
-    pub(super) fn payload_key(&self, nonce: &PayloadNonce) -> Zeroizing<[u8; 32]> {
-        hkdf_sha256(&self.0[..], &nonce.0, b"payload")
-    }
-}
-
-impl fmt::Debug for FileKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("FileKey(redacted)")
-    }
-}
-
-/// The 16 bytes between the header and the payload, the payload key's HKDF salt. Not
-/// secret (it is stored in the clear in the file).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct PayloadNonce(pub [u8; 16]);
-
-impl PayloadNonce {
-    pub fn generate() -> Result<PayloadNonce, AgeError> {
-        let mut nonce = [0u8; 16];
-        fill_random(&mut nonce).map_err(|e| AgeError::Random(e.to_string()))?;
-        Ok(PayloadNonce(nonce))
-    }
-}
-
-/// One recipient stanza: arguments (the first is the type) and the body bytes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Stanza {
-    pub args: Vec<String>,
-    pub body: Vec<u8>,
-}
 
 /// A parsed or built age v1 header: its exact bytes (version line through the MAC
 /// line's newline), its stanzas and its MAC.
@@ -249,6 +189,7 @@ impl Header {
         Sha256::digest(&self.bytes).into()
     }
 
+    /// The recipient stanzas, in file order.
     pub fn stanzas(&self) -> &[Stanza] {
         &self.stanzas
     }
@@ -389,14 +330,17 @@ impl Sealing {
         })
     }
 
+    /// The file key the header wraps.
     pub fn file_key(&self) -> &FileKey {
         &self.file_key
     }
 
+    /// The header every file of this sealing starts with.
     pub fn header(&self) -> &Header {
         &self.header
     }
 
+    /// The payload nonce after the header.
     pub fn nonce(&self) -> PayloadNonce {
         self.nonce
     }

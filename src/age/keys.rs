@@ -4,7 +4,7 @@
 //! key into an `X25519` header stanza (age v1 specification, "X25519 recipient stanza").
 
 use super::error::{AgeError, KeyError, Position};
-use super::header::{FileKey, Stanza, FILE_KEY_LEN};
+use super::filekey::{FileKey, Stanza, FILE_KEY_LEN};
 use super::primitives::{fill_random, hkdf_sha256, Aead, TAG_LEN};
 use base64::engine::general_purpose::STANDARD_NO_PAD;
 use base64::Engine as _;

@@ -31,6 +31,7 @@
 //! Not here: SSH, scrypt (passphrase), plugin and post-quantum recipients; the ASCII armor.
 
 mod error;
+mod filekey;
 mod header;
 mod keys;
 mod primitives;
@@ -39,7 +40,8 @@ mod stream;
 mod tests;
 
 pub use error::{AgeError, KeyError, Position};
-pub use header::{FileKey, Header, PayloadNonce, Sealing, Stanza, MAX_HEADER_LEN};
+pub use filekey::{FileKey, PayloadNonce, Stanza};
+pub use header::{Header, Sealing, MAX_HEADER_LEN};
 pub use keys::{
     parse_identity_file, parse_recipient_list, parse_recipients_file, read_identity_file,
     read_recipients_file, Identity, Recipient,

@@ -5,7 +5,8 @@
 //! altered file; [`ciphertext_size`] and [`plaintext_size`] convert sizes.
 
 use super::error::AgeError;
-use super::header::{Header, PayloadNonce, Sealing};
+use super::filekey::PayloadNonce;
+use super::header::{Header, Sealing};
 use super::keys::Identity;
 use super::primitives::{Aead, TAG_LEN};
 use std::io::{self, BufReader, Read, Write};
@@ -79,6 +80,7 @@ pub struct Encryptor<W: Write> {
 }
 
 impl<W: Write> Encryptor<W> {
+    /// Writes the sealing's header and nonce to `inner`; the payload follows as written.
     pub fn new(sealing: &Sealing, mut inner: W) -> io::Result<Encryptor<W>> {
         inner.write_all(sealing.header().as_bytes())?;
         inner.write_all(&sealing.nonce().0)?;
@@ -158,6 +160,7 @@ pub struct BlockSealer {
 pub const TAG_BYTES: usize = TAG_LEN;
 
 impl BlockSealer {
+    /// A sealer of the payload blocks of `sealing`'s file.
     pub fn new(sealing: &Sealing) -> BlockSealer {
         let key = sealing.file_key().payload_key(&sealing.nonce());
         BlockSealer {
@@ -221,6 +224,7 @@ enum State {
 }
 
 impl<R: Read> Decryptor<R> {
+    /// Reads and checks the header with `identities` (one must unwrap the file key).
     pub fn new(inner: R, identities: &[Identity]) -> Result<Decryptor<R>, AgeError> {
         let mut inner = BufReader::new(inner);
         let header = Header::read_from(&mut inner)?;

@@ -9,13 +9,13 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 
-use crate::app::{exit, UsageError};
 use crate::backup::{Backup, Outcome, Published};
 use crate::btrfs::BtrfsCli;
 use crate::cli::BackupArgs;
 use crate::cmd::Session;
 use crate::config::{Config, Subvolume};
 use crate::event;
+use crate::exit::{self, UsageError};
 use crate::metrics::{write_textfile, Metrics, SubvolResult};
 use crate::planner::Trigger;
 use crate::repo::Repo;
@@ -562,7 +562,7 @@ fn dry_run(b: &Backup<'_>, state: &State, selected: &[&Subvolume], trigger: Trig
                 p.stored_bytes()
             ),
             // The run of this subvolume will fail on it (the others go on).
-            Err(e) if e.is::<crate::journal::Refused>() => {
+            Err(crate::journal::LoadError::Refused(e)) => {
                 format!("{}: refused ({e:#})", sv.name)
             }
             // None, or unreadable: the run abandons an unreadable journal and plans.

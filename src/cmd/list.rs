@@ -10,10 +10,10 @@
 use anyhow::Result;
 use serde_json::{json, Value};
 
-use crate::app::exit;
 use crate::cli::ListArgs;
 use crate::cmd::Session;
 use crate::config::Config;
+use crate::exit;
 use crate::outln;
 use crate::repo::catalog::{self, Catalog, Subvol};
 use crate::repo::Repo;
@@ -164,21 +164,7 @@ fn subvol_json(sv: &Subvol) -> Value {
     })
 }
 
-/// Bytes for people: `1.5 GiB`.
-pub fn human(bytes: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
-}
+pub(crate) use crate::size::human;
 
 fn print_text(cat: &Catalog) {
     if cat.subvolumes.is_empty() {

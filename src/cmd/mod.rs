@@ -1,6 +1,9 @@
-//! The commands, each a thin function of the same shape over the repository layer
-//! (`repo`): resolve flags over config, start a [`Session`] (signals, retry policy, the
-//! lock), run the engine (`backup`, `restore`), report. Exit codes are `app`'s.
+//! The commands, each a function of the same shape over the repository layer (`repo`):
+//! resolve flags over config, start a [`Session`] (signals, retry policy, the lock), run
+//! the engine (`backup`, `restore`, `check`) or the query (`repo::catalog`,
+//! `repo::prune`), report. Not all thin yet: `backup.rs` also records state, drops the
+//! journal, runs retention and prune-after-backup and does `--dry-run`; `prune.rs` and
+//! `list.rs` format their reports. Exit codes are the leaf `exit`'s.
 
 pub mod backup;
 pub mod list;
@@ -27,7 +30,7 @@ pub fn subvolume_names(names: &[String], default: Option<&Config>) -> Result<Vec
     let mut out: Vec<String> = Vec::new();
     for n in names {
         if let Some(why) = crate::manifest::subvolume_name_problem(n) {
-            return Err(crate::app::UsageError(format!(
+            return Err(crate::exit::UsageError(format!(
                 "--subvolume {n:?} {why}: give the subvolume's name (the last component of its path)"
             ))
             .into());

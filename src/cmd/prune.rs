@@ -10,11 +10,11 @@
 
 use anyhow::{anyhow, Result};
 
-use crate::app::exit;
 use crate::cli::PruneArgs;
 use crate::cmd::list::human;
 use crate::cmd::Session;
 use crate::config::Config;
+use crate::exit;
 use crate::repo::prune::{self, Action, Plan, Rules};
 use crate::repo::Repo;
 use crate::repo::{catalog, object_lock};

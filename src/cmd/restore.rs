@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::app::{exit, UsageError};
 use crate::btrfs::BtrfsCli;
 use crate::cli::{RestoreArgs, TierArg, VerifyArg};
 use crate::cmd::Session;
 use crate::config::{Config, RestoreTier, VerifyMode};
 use crate::event;
+use crate::exit::{self, UsageError};
 use crate::repo::Repo;
 use crate::restore::{check_target, ArchivePending, Request, Restorer};
 

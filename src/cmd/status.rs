@@ -10,10 +10,10 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
-use crate::app::exit;
 use crate::cli::StatusArgs;
 use crate::cmd::Session;
 use crate::config::Config;
+use crate::exit;
 use crate::lastrun::LastRun;
 use crate::outln;
 use crate::planner::next_due;

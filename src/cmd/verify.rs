@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 
-use crate::app::exit;
 use crate::check::{Archived, Checker, Finding, Report};
 use crate::cli::VerifyArgs;
 use crate::cmd::Session;
 use crate::config::Config;
+use crate::exit;
 use crate::repo::chain::is_damage;
 use crate::repo::Repo;
 use crate::{event, outln};
@@ -20,13 +20,13 @@ use crate::{event, outln};
 pub fn run(config: &Config, args: &VerifyArgs) -> Result<u8> {
     let names = crate::cmd::subvolume_names(&args.subvolumes, Some(config))?;
     if args.manifest_key.is_some() && names.len() != 1 {
-        return Err(crate::app::UsageError(
+        return Err(crate::exit::UsageError(
             "--manifest-key needs exactly one --subvolume (the key's subvolume)".into(),
         )
         .into());
     }
     if (args.wait_restore || args.no_wait_restore) && !args.deep {
-        return Err(crate::app::UsageError(
+        return Err(crate::exit::UsageError(
             "--wait-restore and --no-wait-restore go with --deep (only the deep check reads chunks)"
                 .into(),
         )
@@ -37,7 +37,7 @@ pub fn run(config: &Config, args: &VerifyArgs) -> Result<u8> {
         .as_deref()
         .and_then(crate::repo::versions::version_id_problem)
     {
-        return Err(crate::app::UsageError(format!("--version-id {why}")).into());
+        return Err(crate::exit::UsageError(format!("--version-id {why}")).into());
     }
     let session = Session::start(config, false)?;
     let mut repo = Repo::open(config, session.retrier.clone())?;

@@ -5,12 +5,9 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
-use toml::Value;
-
 use super::file::EncryptionKeys;
 use super::{err, expand, ConfigError, Env};
-use crate::age::{parse_recipient_list, read_recipients_file, Recipient};
+use crate::age::{read_recipients_file, Recipient};
 
 /// Client-side encryption settings.
 #[derive(Clone, Debug, Default)]
@@ -89,42 +86,4 @@ pub(super) fn check_chunk_size(s3: &super::S3, e: &Encryption) -> Result<(), Con
         ));
     }
     Ok(())
-}
-
-/// `encryption.recipients`: a non-empty list of `age1…` recipients. Its messages never
-/// quote a value (a pasted secret key must not reach a log).
-#[derive(Debug, Deserialize)]
-#[serde(try_from = "toml::Value")]
-pub(super) struct Recipients(pub Vec<Recipient>);
-
-impl TryFrom<Value> for Recipients {
-    type Error = String;
-    fn try_from(v: Value) -> Result<Self, String> {
-        let Value::Array(items) = v else {
-            return Err(format!(
-                " = a {}: must be a list of age recipients (\"age1…\")",
-                v.type_str()
-            ));
-        };
-        let mut values = Vec::with_capacity(items.len());
-        for (i, item) in items.into_iter().enumerate() {
-            match item {
-                Value::String(s) => values.push(s),
-                item => {
-                    return Err(format!(
-                        "[{i}]: must be a string \"age1…\", not a {}",
-                        item.type_str()
-                    ))
-                }
-            }
-        }
-        if values.is_empty() {
-            return Err(" = []: list at least one age recipient (\"age1…\", from \
-                        age-keygen -y), or remove the key"
-                .into());
-        }
-        parse_recipient_list(&values)
-            .map(Recipients)
-            .map_err(|e| e.to_string())
-    }
 }

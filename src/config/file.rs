@@ -10,9 +10,9 @@
 use serde::de::{Deserializer, Visitor};
 use serde::Deserialize;
 
-use super::encryption::Recipients;
 use super::value::{
-    Count, Flag, OutagePatience, PathList, Rate, RunAt, Schedule, Size, SubvolumePaths, Text,
+    Count, Flag, OutagePatience, PathList, Rate, Recipients, RunAt, Schedule, Size, SubvolumePaths,
+    Text,
 };
 use super::{
     limits, Checksum, ConfigError, LockMode, LogLevel, RestoreTier, SendCompressed, Sse,

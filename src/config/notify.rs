@@ -83,8 +83,8 @@ impl TryFrom<toml::Value> for PingUrlValue {
 }
 
 /// The `[notify]` section as the config holds it.
-pub(super) fn resolve(keys: super::file::NotifyKeys) -> Result<Notify, ConfigError> {
+pub(super) fn resolve(ping_url: Option<PingUrlValue>) -> Result<Notify, ConfigError> {
     Ok(Notify {
-        ping_url: keys.ping_url.map(|v| v.0),
+        ping_url: ping_url.map(|v| v.0),
     })
 }

@@ -3,6 +3,7 @@
 //! verifying takes no part buffer or spool file).
 
 use super::*;
+use crate::config::{MAX_PART_SIZE, MIB};
 use crate::store::memory::MemoryStore;
 use crate::store::ErrorKind;
 use sha2::{Digest, Sha256};

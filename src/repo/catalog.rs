@@ -35,6 +35,7 @@ pub struct Backup {
 }
 
 impl Backup {
+    #[cfg(test)]
     pub fn is_sound(&self) -> bool {
         self.generation.is_some()
     }

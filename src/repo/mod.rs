@@ -1,8 +1,10 @@
 //! The repository: one bucket prefix seen as backups. It owns the key layout, the object
 //! store and the retry policy every request runs under, reads manifests and pointers
 //! (always checked against the layout, see `chain`), and publishes (manifest, then
-//! `current.json`). Commands (`cmd/`) and the engines below them (`backup`, `restore`)
-//! reach S3 only through it.
+//! `current.json`). Commands (`cmd/`) and the engines below them (`backup`, `restore`,
+//! `check`) reach S3 through it, but not yet only through it: `store()` and `retrier()`
+//! hand out the store, and the stale-upload sweep, the resume checks and prune's deletes
+//! call it directly (issue 22 item 1 makes them methods here).
 
 pub mod catalog;
 pub mod chain;

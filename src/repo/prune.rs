@@ -385,6 +385,7 @@ fn chunk_ts(key: &str) -> Option<Ts> {
 
 /// Carries out the plan's deletions in order; stops at the first failure (what is left
 /// is whole chains and orphans). Returns the objects and bytes deleted.
+#[cfg(test)]
 pub fn execute(repo: &Repo, plan: &Plan) -> Result<(usize, u64)> {
     execute_with(repo, plan, false).map(|d| (d.deleted, d.bytes))
 }

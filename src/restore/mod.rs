@@ -193,7 +193,7 @@ impl Restorer<'_> {
         let pre = match (req.verify, self.local_source(&snap.name, &snap.path)) {
             (VerifyMode::None, _) | (_, Err(_)) => None,
             (mode, Ok(source)) => {
-                crate::verify::Prehash::start(&source, mode, self.cfg.restore.sample_max_files)
+                crate::treecmp::Prehash::start(&source, mode, self.cfg.restore.sample_max_files)
             }
         };
         let mut received = Vec::new();
@@ -480,7 +480,7 @@ impl Restorer<'_> {
         chain: &Chain,
         target: &Path,
         mode: VerifyMode,
-        pre: Option<crate::verify::Prehash>,
+        pre: Option<crate::treecmp::Prehash>,
     ) -> Result<u64> {
         let info = self.btrfs.show(target).with_context(|| {
             format!(
@@ -507,7 +507,7 @@ impl Restorer<'_> {
                 return Ok(0);
             }
         };
-        let r = crate::verify::compare_with(
+        let r = crate::treecmp::compare_with(
             &source,
             target,
             mode,

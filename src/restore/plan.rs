@@ -28,9 +28,8 @@ pub struct Retrieval {
     pub tier: &'static str,
     pub usd_per_gib: f64,
     pub usd_per_1000_requests: f64,
-    /// AWS's typical time until the restored copy is readable ("within" this).
+    /// The longest typical time AWS gives until the restored copy is readable, in hours.
     pub hours_max: f64,
-    pub typical: &'static str,
 }
 
 /// Archive retrieval (RestoreObject) prices in `us-east-1`, taken on [`PRICES_TAKEN`].
@@ -42,7 +41,7 @@ pub const RETRIEVALS: &[Retrieval] = &[
         usd_per_gib: 0.03,
         usd_per_1000_requests: 10.0,
         hours_max: 5.0 / 60.0,
-        typical: "1-5 minutes",
+        // AWS: "1-5 minutes".
     },
     Retrieval {
         class: "GLACIER",
@@ -50,7 +49,7 @@ pub const RETRIEVALS: &[Retrieval] = &[
         usd_per_gib: 0.01,
         usd_per_1000_requests: 0.05,
         hours_max: 5.0,
-        typical: "3-5 hours",
+        // AWS: "3-5 hours".
     },
     Retrieval {
         class: "GLACIER",
@@ -58,7 +57,7 @@ pub const RETRIEVALS: &[Retrieval] = &[
         usd_per_gib: 0.0,
         usd_per_1000_requests: 0.0,
         hours_max: 12.0,
-        typical: "5-12 hours",
+        // AWS: "5-12 hours".
     },
     Retrieval {
         class: "DEEP_ARCHIVE",
@@ -66,7 +65,7 @@ pub const RETRIEVALS: &[Retrieval] = &[
         usd_per_gib: 0.02,
         usd_per_1000_requests: 0.10,
         hours_max: 12.0,
-        typical: "within 12 hours",
+        // AWS: "within 12 hours".
     },
     Retrieval {
         class: "DEEP_ARCHIVE",
@@ -74,7 +73,7 @@ pub const RETRIEVALS: &[Retrieval] = &[
         usd_per_gib: 0.0025,
         usd_per_1000_requests: 0.025,
         hours_max: 48.0,
-        typical: "within 48 hours",
+        // AWS: "within 48 hours".
     },
 ];
 

@@ -190,13 +190,6 @@ impl MemoryStore {
         }
     }
 
-    /// Sets one object's storage class (as a lifecycle transition would).
-    pub fn set_class(&self, key: &str, class: &str) {
-        if let Some(o) = self.lock().objects.get_mut(key) {
-            o.opts.storage_class = class.to_string();
-        }
-    }
-
     pub fn set_restore_delay_heads(&self, n: u32) {
         self.lock().restore_delay_heads = n;
     }

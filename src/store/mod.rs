@@ -9,7 +9,8 @@ mod connect;
 mod creds;
 pub(crate) mod http;
 mod listing;
-pub mod memory;
+#[cfg(test)]
+pub(crate) mod memory;
 pub mod pinned;
 pub mod s3;
 pub(crate) mod sigv4;
@@ -36,11 +37,15 @@ pub enum ErrorKind {
 }
 
 #[derive(Clone, Debug)]
+/// A failed store request: what kind of failure, which operation and key, and why.
 pub struct StoreError {
+    /// Whether asking again may help.
     pub kind: ErrorKind,
     /// The operation and key, e.g. `PUT p/subvol/data/full/chunk-...-0.bin`.
     pub op: String,
+    /// The HTTP status, when the service answered.
     pub status: Option<u16>,
+    /// The service's error code and message, or the transport's error.
     pub message: String,
     /// The service's clock, from a `RequestTimeTooSkewed` reply.
     pub server_time: Option<crate::ts::Ts>,
@@ -53,6 +58,7 @@ pub struct StoreError {
 }
 
 impl StoreError {
+    /// An error without an HTTP status.
     pub fn new(kind: ErrorKind, op: impl Into<String>, message: impl Into<String>) -> Self {
         StoreError {
             kind,
@@ -78,6 +84,7 @@ impl StoreError {
         self.network && self.kind == ErrorKind::Transient
     }
 
+    /// Whether the retry policy may send the request again.
     pub fn is_transient(&self) -> bool {
         self.kind == ErrorKind::Transient
     }
@@ -100,14 +107,17 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+/// The result of one store request.
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Headers that go with a new object (PutObject or CreateMultipartUpload).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PutOptions {
+    /// `x-amz-storage-class` (`STANDARD`, `GLACIER_IR`, …).
     pub storage_class: String,
     /// `x-amz-server-side-encryption`; `none` sends no SSE header at all.
     pub sse: crate::config::Sse,
+    /// `content-type`.
     pub content_type: &'static str,
     /// `x-amz-server-side-encryption-aws-kms-key-id` (with `aws:kms`, `aws:kms:dsse`).
     pub kms_key_id: Option<String>,
@@ -119,7 +129,9 @@ pub struct PutOptions {
 /// which the object version cannot be deleted or overwritten in place.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Retention {
+    /// `GOVERNANCE` or `COMPLIANCE`.
     pub mode: String,
+    /// The retain-until date.
     pub until: crate::ts::Ts,
 }
 
@@ -127,11 +139,19 @@ pub struct Retention {
 /// with positioned reads so a retry can send it again.
 #[derive(Clone, Copy, Debug)]
 pub enum Body<'a> {
+    /// Bytes in memory.
     Bytes(&'a [u8]),
-    File { file: &'a std::fs::File, len: u64 },
+    /// The first `len` bytes of a (spool) file, read with positioned reads.
+    File {
+        /// The file.
+        file: &'a std::fs::File,
+        /// Bytes of it in the body.
+        len: u64,
+    },
 }
 
 impl<'a> Body<'a> {
+    /// Bytes in the body.
     pub fn len(&self) -> u64 {
         match self {
             Body::Bytes(b) => b.len() as u64,
@@ -139,6 +159,7 @@ impl<'a> Body<'a> {
         }
     }
 
+    /// Whether the body has no bytes.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -187,10 +208,13 @@ impl Read for FileRange<'_> {
 /// What HEAD tells about an object.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ObjectMeta {
+    /// `content-length`.
     pub size: u64,
+    /// The ETag, as the service quotes it.
     pub etag: Option<String>,
     /// `None` means STANDARD (S3 omits the header for it).
     pub storage_class: Option<String>,
+    /// `x-amz-server-side-encryption`, when the object has it.
     pub sse: Option<String>,
     /// The raw `x-amz-restore` header, e.g. `ongoing-request="false", expiry-date="..."`.
     pub restore: Option<String>,
@@ -201,6 +225,7 @@ pub struct ObjectMeta {
 }
 
 impl ObjectMeta {
+    /// The storage class, `STANDARD` when the reply omits it.
     pub fn storage_class_or_standard(&self) -> &str {
         self.storage_class.as_deref().unwrap_or("STANDARD")
     }
@@ -209,14 +234,18 @@ impl ObjectMeta {
 /// An open multipart upload, as listed by ListMultipartUploads.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OpenUpload {
+    /// The object's key.
     pub key: String,
+    /// The upload's id.
     pub upload_id: String,
 }
 
 /// An object as listed by ListObjectsV2.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListedObject {
+    /// The object's key.
     pub key: String,
+    /// Bytes in the object.
     pub size: u64,
     /// `LastModified`; `None` when the reply lacks it or it does not parse.
     pub last_modified: Option<crate::ts::Ts>,
@@ -225,6 +254,7 @@ pub struct ListedObject {
 }
 
 impl ListedObject {
+    /// The storage class, `STANDARD` when the reply omits it.
     pub fn storage_class_or_standard(&self) -> &str {
         self.storage_class.as_deref().unwrap_or("STANDARD")
     }
@@ -233,20 +263,28 @@ impl ListedObject {
 /// One version (or delete marker) of an object, as listed by ListObjectVersions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListedVersion {
+    /// The object's key.
     pub key: String,
+    /// The version's id.
     pub version_id: String,
+    /// The key's current version (or delete marker).
     pub is_latest: bool,
     /// A delete marker (no bytes; hides the older versions from a plain GET).
     pub delete_marker: bool,
+    /// Bytes in the version (0 for a delete marker).
     pub size: u64,
+    /// `LastModified`; `None` when the reply lacks it or it does not parse.
     pub last_modified: Option<crate::ts::Ts>,
 }
 
 /// A stored part of an open multipart upload, as listed by ListParts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListedPart {
+    /// The part number, from 1.
     pub number: u32,
+    /// Bytes in the part.
     pub size: u64,
+    /// The part's ETag.
     pub etag: String,
     /// The part's `x-amz-checksum-*` as the service computed it, when it keeps them.
     pub checksum: Option<String>,

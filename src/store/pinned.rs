@@ -14,6 +14,7 @@ use super::{
     PutOptions, Retention, StoreError, StoreResult,
 };
 
+/// A read-only view of a store that reads chosen keys at chosen versions.
 pub struct Pinned {
     inner: Arc<dyn ObjectStore>,
     /// Key → the version to read.
@@ -21,6 +22,7 @@ pub struct Pinned {
 }
 
 impl Pinned {
+    /// Reads `versions`' keys at those versions, other keys as `inner` does.
     pub fn new(inner: Arc<dyn ObjectStore>, versions: HashMap<String, String>) -> Pinned {
         Pinned { inner, versions }
     }

@@ -14,10 +14,10 @@ use url::Url;
 
 pub use super::checksum::Checksum;
 use super::checksum::PartSums;
-use super::creds::{self, Provider};
+use super::creds::{self, Provider, Signer};
 use super::http::{self, Deadlines, Limits, Response, Transport};
 use super::listing::{self, Pages};
-use super::sigv4::{payload_sha256, Signer, EMPTY_SHA256, UNSIGNED_PAYLOAD};
+use super::sigv4::{payload_sha256, EMPTY_SHA256, UNSIGNED_PAYLOAD};
 use super::{
     xml, Body, ErrorKind, ListedObject, ListedPart, ListedVersion, ObjectMeta, ObjectStore,
     OpenUpload, PutOptions, Retention, StoreError, StoreResult,
@@ -34,6 +34,7 @@ const MAX_REPLY_BYTES: u64 = 16 << 20;
 /// An error reply is a few hundred bytes; beyond this its details are not read.
 const MAX_ERROR_REPLY_BYTES: u64 = 64 << 10;
 
+/// The S3 [`ObjectStore`]: signed requests over one keep-alive agent.
 pub struct S3Store {
     agent: http::Agent,
     /// How long each request may take (`http::Deadlines`): a stalled connection costs half
@@ -65,14 +66,18 @@ pub struct S3Store {
 /// Where and how to reach the bucket.
 #[derive(Clone, Debug, Default)]
 pub struct Endpoint {
+    /// The bucket's name.
     pub bucket: String,
+    /// The region requests are signed for.
     pub region: String,
+    /// A custom endpoint (path-style addressing); `None`: AWS.
     pub endpoint_url: Option<String>,
     /// The checksum every upload carries for the service to verify.
     pub checksum: Checksum,
 }
 
 impl Endpoint {
+    /// The endpoint the config's `[s3]` names.
     pub fn from_config(s3: &config::S3) -> Endpoint {
         Endpoint {
             bucket: s3.bucket.clone(),

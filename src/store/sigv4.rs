@@ -1,17 +1,13 @@
 //! AWS Signature Version 4 for the requests `s3.rs` (service `s3`) and the credential
 //! fetchers (`sts`) send: the canonical request, the string to sign, the signing key and
 //! the `Authorization` header, as pure functions checked against the AWS SigV4 test-suite
-//! vectors; and [`Signer`], which adds the date, payload hash and session token and learns
-//! the clock skew from the service. The percent-encoding ([`uri_encode`]) is the
+//! vectors. The stateful signer that holds the credentials (`creds::Signer`) is built on
+//! these. The percent-encoding ([`uri_encode`]) is the
 //! `percent-encoding` crate's with the AWS unreserved set.
-
-use std::sync::atomic::{AtomicI64, Ordering};
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use url::Url;
-
-use super::creds::{Credentials, Provider};
 
 /// Payload hash for bodies we do not hash twice (TLS protects them in transit, the
 /// `x-amz-checksum-*` header lets the service check them, and chunk hashes are checked
@@ -230,94 +226,6 @@ pub fn host_header(url: &Url) -> String {
     match url.port() {
         Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
         None => url.host_str().unwrap_or_default().to_string(),
-    }
-}
-
-/// Signs requests for one service and region with credentials from a [`Provider`].
-pub struct Signer {
-    creds: Provider,
-    region: String,
-    service: &'static str,
-    /// Seconds to add to our clock when signing: the service's time minus ours, learnt
-    /// from a `RequestTimeTooSkewed` reply (as the AWS SDKs do).
-    skew: AtomicI64,
-}
-
-impl Signer {
-    pub fn new(creds: Provider, region: &str, service: &'static str) -> Signer {
-        Signer {
-            creds,
-            region: region.to_string(),
-            service,
-            skew: AtomicI64::new(0),
-        }
-    }
-
-    /// Where the credentials come from.
-    pub fn describe(&self) -> String {
-        self.creds.describe()
-    }
-
-    /// The credentials in use (renewed ahead of their expiry).
-    pub fn credentials(&self) -> Result<Credentials, String> {
-        self.creds.get()
-    }
-
-    /// The service said our credentials have expired (`ExpiredToken`): fetch new ones
-    /// before the next request. False when they cannot be renewed (static keys).
-    pub fn expired(&self) -> bool {
-        self.creds.invalidate()
-    }
-
-    /// Corrects the signing clock to the service's `server_unix` time; returns the
-    /// offset in seconds. A correction beyond a day is refused (a lying reply).
-    pub fn correct_skew(&self, server_unix: i64) -> Option<i64> {
-        let offset = server_unix - crate::ts::Ts::now().unix();
-        (offset.abs() <= 86_400).then(|| {
-            self.skew.store(offset, Ordering::Relaxed);
-            offset
-        })
-    }
-
-    /// Returns the headers to send, `Authorization` included. `headers` are the request's
-    /// own (x-amz-*, content-type); they are all signed.
-    pub fn sign(
-        &self,
-        method: &str,
-        url: &Url,
-        headers: &[(&str, String)],
-        payload_sha256: &str,
-    ) -> Result<Vec<(String, String)>, String> {
-        let creds = self.credentials()?;
-        let now = crate::ts::Ts::now().unix() + self.skew.load(Ordering::Relaxed);
-        let date = amz_date(now);
-        let mut out: Vec<(String, String)> = vec![
-            ("host".into(), host_header(url)),
-            ("x-amz-date".into(), date.clone()),
-            ("x-amz-content-sha256".into(), payload_sha256.to_string()),
-        ];
-        if let Some(token) = &creds.session_token {
-            out.push(("x-amz-security-token".into(), token.clone()));
-        }
-        for (k, v) in headers {
-            out.push((k.to_ascii_lowercase(), v.clone()));
-        }
-        let scope = Scope {
-            amz_date: &date,
-            region: &self.region,
-            service: self.service,
-        };
-        let auth = authorization(
-            &creds.access_key,
-            &creds.secret_key,
-            &scope,
-            method,
-            url,
-            &out,
-            payload_sha256,
-        );
-        out.push(("authorization".into(), auth));
-        Ok(out)
     }
 }
 

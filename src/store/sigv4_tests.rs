@@ -5,6 +5,7 @@
 //! suite are left out: S3 signs the path as sent and never normalises `.`/`..`.
 
 use super::*;
+use crate::store::creds::{Provider, Signer};
 
 const SUITE_KEY: (&str, &str) = ("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY");
 const SUITE_DATE: &str = "20150830T123600Z";

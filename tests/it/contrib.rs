@@ -213,3 +213,96 @@ fn e2e_and_demo_build_into_cargo_target_dir_and_say_what_they_install() {
     );
     assert!(e.contains("E2E FAILED at step: build"), "{e}");
 }
+
+/// Writes a crate's `src/` whose files hold `files` (path under src/, text).
+fn fake_src(dir: &Path, files: &[(&str, &str)]) -> PathBuf {
+    let src = dir.join("src");
+    for (path, text) in files {
+        let p = src.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    src
+}
+
+fn check_layers(src: &Path) -> std::process::Output {
+    std::process::Command::new("python3")
+        .arg(repo().join("contrib/check-layers.py"))
+        .arg("--src")
+        .arg(src)
+        .output()
+        .expect("python3 is missing: apt-get install python3")
+}
+
+#[test]
+fn the_layer_check_passes_on_src_and_fails_on_a_cycle_or_an_upward_import() {
+    // The real tree passes (contrib/test.sh runs the same before cargo test).
+    let out = check_layers(&repo().join("src"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let dir = TempDir::new("layers");
+    // A cycle between two leaves: found and printed, with where each edge is.
+    let src = fake_src(
+        &dir.path().join("cycle"),
+        &[
+            ("lib.rs", "pub mod manifest;\npub mod snapshots;\n"),
+            ("manifest.rs", "use crate::snapshots::SnapName;\n"),
+            (
+                "snapshots.rs",
+                "// use crate::kind::Kind; (a comment is not an import)\n\
+                 use crate::manifest::{Kind, Manifest};\n",
+            ),
+        ],
+    );
+    let out = check_layers(&src);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cycle between top-level modules manifest -> snapshots -> manifest")
+            && err.contains("src/manifest.rs:1")
+            && err.contains("src/snapshots.rs:2"),
+        "{err}"
+    );
+    // An upward import (the store naming a command), one engine calling another, and a
+    // cycle between sibling submodules; test code is left out.
+    let src = fake_src(
+        &dir.path().join("upward"),
+        &[
+            (
+                "lib.rs",
+                "mod store;\nmod cmd;\nmod backup;\nmod restore;\n",
+            ),
+            ("cmd/mod.rs", "use crate::backup::Backup;\n"),
+            (
+                "store/mod.rs",
+                "mod a;\nmod b;\nfn f() { crate::cmd::run(); }\n\
+                 #[cfg(test)]\nmod tests { use crate::backup::X; }\n",
+            ),
+            ("store/a.rs", "use super::b::B;\n"),
+            ("store/b.rs", "use super::a::A;\n"),
+            ("store/tests.rs", "use crate::cmd::X;\n"),
+            (
+                "backup.rs",
+                "use crate::{restore::{self, Restorer}, store};\n",
+            ),
+            ("restore.rs", "use crate::store::ObjectStore;\n"),
+        ],
+    );
+    let out = check_layers(&src);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("src/store/mod.rs:3: `store` imports `cmd`, a higher layer"),
+        "{err}"
+    );
+    assert!(
+        err.contains("src/backup.rs:1: `backup` imports `restore`, another module of its layer"),
+        "{err}"
+    );
+    assert!(
+        err.contains("cycle inside `store`: store::a -> store::b -> store::a"),
+        "{err}"
+    );
+    assert!(!err.contains("`store` imports `backup`"), "{err}");
+    assert_eq!(err.matches("check-layers: ").count(), 5, "{err}");
+}

@@ -369,7 +369,7 @@ fn verifier_names_owner_differences() {
         return;
     }
     use btrfs_to_s3::config::VerifyMode;
-    use btrfs_to_s3::verify::compare;
+    use btrfs_to_s3::treecmp::compare;
     let t = TempDir::new("verify-owner");
     let (a, b) = (t.path().join("src"), t.path().join("dst"));
     for d in [&a, &b] {

@@ -13,6 +13,9 @@
 
 mod profile;
 mod remote;
+mod signer;
+
+pub use signer::Signer;
 
 use std::sync::Mutex;
 

@@ -9,9 +9,9 @@ use std::io::Read;
 use std::time::Duration;
 
 use super::super::http::{Agent, AgentOpts, Error as HttpError, Response};
-use super::super::sigv4::{payload_sha256, Signer};
+use super::super::sigv4::payload_sha256;
 use super::super::xml;
-use super::{Credentials, Fetch, Lookup, Provider};
+use super::{Credentials, Fetch, Lookup, Provider, Signer};
 
 /// Replies of credential services are small; a larger one is not one of them.
 const MAX_REPLY: u64 = 64 * 1024;

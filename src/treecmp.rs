@@ -1,4 +1,6 @@
-//! Verification of a restored tree against the source snapshot: the same set of paths,
+//! The restored-tree comparison, the last step of a restore (`restore.verify_mode`; not
+//! the `verify` command, whose engine is `check`): a restored tree against the source
+//! snapshot: the same set of paths,
 //! file types, permission bits (with setuid/setgid/sticky), owners, extended attributes,
 //! symlink targets and file sizes, and SHA-256 of file contents (every file
 //! in `full` mode, up to `sample_max_files` spread evenly in `sample` mode). Walks both
@@ -17,10 +19,15 @@ use crate::config::VerifyMode;
 use crate::xattr;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What a comparison covered.
 pub struct Report {
+    /// Paths compared.
     pub entries: u64,
+    /// Regular files among them.
     pub files: u64,
+    /// Files whose contents were hashed and compared.
     pub files_hashed: u64,
+    /// Bytes hashed, on each side.
     pub bytes_hashed: u64,
     /// Nested subvolumes' placeholders in the source, expected to be absent.
     pub nested_placeholders: u64,
