@@ -76,6 +76,10 @@ fn the_last_line_says_what_happened_and_how_a_stopped_backup_goes_on() {
     random_file(&s.vol("data").join("a.bin"), 32 * MIB as usize);
     let proxy = Proxy::start(s.moto.port);
     let text = std::fs::read_to_string(&s.cfg).unwrap();
+    // No outage patience: the link's death below ends the run after the bounded retries
+    // (a run with patience waits it out: tests/it/outage.rs).
+    let text = text.replacen("[s3]\n", "[s3]\noutage_patience_seconds = 0\n", 1);
+    assert!(text.contains("outage_patience_seconds = 0"), "{text}");
     std::fs::write(&s.cfg, text.replace(&s.moto.endpoint, &proxy.endpoint)).unwrap();
     // Slow enough that the run is still sending when the test acts.
     proxy.link.set_rate(Dir::Up, Some(16_000_000));
