@@ -2,8 +2,7 @@
 //! ranged GETs of at most `piece_size` bytes by `concurrency` threads, with a window of
 //! `concurrency + 1` pieces in flight and one being written: `concurrency + 2` buffers,
 //! allocated once and reused (the memory bound). Each chunk is hashed as it streams into
-//! the writer (`btrfs receive`, behind the send-stream guard; each piece on a second thread
-//! while it is written); a size or SHA-256 mismatch
+//! the writer (`btrfs receive`, behind the send-stream guard); a size or SHA-256 mismatch
 //! stops the restore at once, and is reported even when the writer already failed on the
 //! bad bytes (or the guard refused them: its refusal is reported at the chunk's end when
 //! the chunk's hash is right). When the manifest
@@ -204,25 +203,13 @@ fn consume(
             ready.insert(s, b);
         };
         send(job_tx, &mut free, seq + window)?;
+        check.hashes.update(&buf);
         check.in_chunk += buf.len() as u64;
         if check.write_error.is_none() {
-            // The piece is hashed on a second thread while it goes into the pipe: `btrfs
-            // receive` is not left idle while we hash, nor we while it writes.
-            let (hashes, piece) = (&mut check.hashes, &buf[..]);
-            let wrote = std::thread::scope(|s| {
-                let hashing = s.spawn(move || hashes.update(piece));
-                let wrote = out.write_all(piece);
-                hashing
-                    .join()
-                    .map_err(|_| anyhow!("hashing a downloaded piece panicked"))
-                    .map(|()| wrote)
-            })?;
-            match wrote {
+            match out.write_all(&buf) {
                 Ok(()) => written += buf.len() as u64,
                 Err(e) => check.write_error = Some(e),
             }
-        } else {
-            check.hashes.update(&buf);
         }
         free.push(buf);
         if check.in_chunk == chunks[p.chunk].size {
