@@ -252,6 +252,19 @@ fn encrypted_backups_restore_and_recover_with_age_and_hold_only_ciphertext() {
     );
     run(&format!("chmod 0600 {}", id1.display()));
 
+    // The doctored chain below must fail the restore from the full, leaving nothing.
+    let restore_full = || {
+        s.restore(&[
+            "--subvolume",
+            "data",
+            "--target",
+            bad.to_str().unwrap(),
+            "--manifest-key",
+            &full,
+            "--identity",
+            &id1s,
+        ])
+    };
     // A tampered chunk (one ciphertext byte) fails naming it.
     let k0 = chunks[1]["key"].as_str().unwrap().to_string();
     let original = get_all(&store, &k0).unwrap();
@@ -259,16 +272,7 @@ fn encrypted_backups_restore_and_recover_with_age_and_hold_only_ciphertext() {
     let at = changed.len() / 2;
     changed[at] ^= 1;
     put(&store, &k0, &changed);
-    let r = s.restore(&[
-        "--subvolume",
-        "data",
-        "--target",
-        bad.to_str().unwrap(),
-        "--manifest-key",
-        &full,
-        "--identity",
-        &id1s,
-    ]);
+    let r = restore_full();
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains(&k0), "{r:?}");
     assert!(!bad.exists() && s.staging_left(&s.fs.mnt).is_empty());
@@ -281,16 +285,7 @@ fn encrypted_backups_restore_and_recover_with_age_and_hold_only_ciphertext() {
     arr.swap(0, 1);
     let key0 = arr[0]["key"].as_str().unwrap().to_string();
     put(&store, &full, &serde_json::to_vec_pretty(&edited).unwrap());
-    let r = s.restore(&[
-        "--subvolume",
-        "data",
-        "--target",
-        bad.to_str().unwrap(),
-        "--manifest-key",
-        &full,
-        "--identity",
-        &id1s,
-    ]);
+    let r = restore_full();
     assert_eq!(r.code, 1, "{r:?}");
     assert!(
         r.stderr.contains(&key0) && r.stderr.contains("not the one recorded"),
@@ -310,16 +305,7 @@ fn encrypted_backups_restore_and_recover_with_age_and_hold_only_ciphertext() {
     edited["chunks"][last]["sha256"] = serde_json::json!(sha256_hex(cut));
     edited["chunks"][last]["etag"] = serde_json::Value::Null;
     put(&store, &full, &serde_json::to_vec_pretty(&edited).unwrap());
-    let r = s.restore(&[
-        "--subvolume",
-        "data",
-        "--target",
-        bad.to_str().unwrap(),
-        "--manifest-key",
-        &full,
-        "--identity",
-        &id1s,
-    ]);
+    let r = restore_full();
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains(&kl), "{r:?}");
     assert!(!bad.exists() && s.staging_left(&s.fs.mnt).is_empty());

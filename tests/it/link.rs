@@ -332,16 +332,7 @@ fn blackhole_then_finish(tag: &str, pattern: &[u8], after: u64, reused_only: boo
         started.elapsed(),
         r[0]
     );
-    assert!(s
-        .moto
-        .store()
-        .head("backups/subvol/data/current.json")
-        .unwrap()
-        .is_some());
-    let t = s.fs.path("restored");
-    let r = s.restore(&["--subvolume", "data", "--target", t.to_str().unwrap()]);
-    assert_eq!(r.code, 0, "{r:?}");
-    assert_same_tree(&s.vol("data"), &t);
+    assert_published_and_restored(&s);
 }
 
 #[test]
@@ -466,4 +457,18 @@ fn sigterm_ends_a_backup_a_listing_and_a_restore_within_5_s_in_a_blackhole() {
         "{took:?} after SIGTERM: {log}"
     );
     assert!(log.contains("interrupted"), "{log}");
+}
+
+/// The backup was published (`current.json`) and restores to the same tree.
+pub(crate) fn assert_published_and_restored(s: &Setup) {
+    assert!(s
+        .moto
+        .store()
+        .head("backups/subvol/data/current.json")
+        .unwrap()
+        .is_some());
+    let t = s.fs.path("restored");
+    let r = s.restore(&["--subvolume", "data", "--target", t.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_same_tree(&s.vol("data"), &t);
 }

@@ -9,7 +9,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::link::{finish, linked, sigterm, spawn, wait_fired, KNOB, MIB};
+use crate::link::{
+    assert_published_and_restored, finish, linked, sigterm, spawn, wait_fired, KNOB, MIB,
+};
 use crate::support::link::{Action, Dir, Link, Trigger};
 use crate::support::*;
 use btrfs_to_s3::store::ObjectStore;
@@ -96,16 +98,7 @@ fn ride_out(tag: &str, pattern: &[u8], after: u64, reused_only: bool, action: Ac
          {took:?} in; {up} bytes up for {total}; {} outage line(s)",
         count(&log, "event=s3_outage ")
     );
-    assert!(s
-        .moto
-        .store()
-        .head("backups/subvol/data/current.json")
-        .unwrap()
-        .is_some());
-    let t = s.fs.path("restored");
-    let r = s.restore(&["--subvolume", "data", "--target", t.to_str().unwrap()]);
-    assert_eq!(r.code, 0, "{r:?}");
-    assert_same_tree(&s.vol("data"), &t);
+    assert_published_and_restored(&s);
 }
 
 #[test]
