@@ -241,6 +241,26 @@ fn wait_for_open_upload(
     }
 }
 
+/// Waits until the backup's journal records a stored part of an open upload.
+fn wait_for_journal_part(journal: &std::path::Path, child: &mut std::process::Child, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let text = std::fs::read_to_string(journal).unwrap_or_default();
+        if text.contains("\"record\":\"part\"") {
+            return;
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("backup ended ({st}) before its journal recorded a part");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no part in {} within {secs} s",
+            journal.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Starts a backup in the background with its log going to a file (a pipe could fill up).
 fn spawn_logged(s: &Setup, args: &[&str]) -> (std::process::Child, std::path::PathBuf) {
     let log =
@@ -292,11 +312,24 @@ fn kill_9_mid_upload_keeps_old_pointer_and_next_run_succeeds() {
     BtrfsCli::default()
         .delete_subvolume(std::path::Path::new(&parent))
         .unwrap();
+    // The killed run goes at 20 MiB/s (a 40 MiB chunk takes 2 s), and the kill waits for
+    // the journal's first part: a kill between CreateMultipartUpload and the journal's
+    // record of it leaves an upload no journal owns, which the next run rightly aborts.
+    let text = std::fs::read_to_string(&s.cfg).unwrap();
+    let capped = text.replacen(
+        "[s3]\n",
+        "[s3]\nupload_rate_schedule = \"00:00,20MiB\"\n",
+        1,
+    );
+    assert_ne!(capped, text);
+    std::fs::write(&s.cfg, &capped).unwrap();
+    let journal = s.state.with_file_name("state.json.resume-data.jsonl");
     let (mut child, _log) = spawn_logged(&s, &["--once"]);
     let store = s.moto.store();
-    wait_for_open_upload(&store, "backups/", &mut child, 60);
+    wait_for_journal_part(&journal, &mut child, 60);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
+    std::fs::write(&s.cfg, &text).unwrap();
     assert_eq!(
         s.get_json("backups/subvol/data/current.json"),
         old,
@@ -305,7 +338,6 @@ fn kill_9_mid_upload_keeps_old_pointer_and_next_run_succeeds() {
     assert_eq!(std::fs::read(&s.state).unwrap(), old_state, "state changed");
     assert!(!store.list_multipart_uploads("backups/").unwrap().is_empty());
     // The killed run's snapshot and journal are kept for the next run.
-    let journal = s.state.with_file_name("state.json.resume-data.jsonl");
     assert!(journal.exists());
 
     // The next run resumes that backup (whatever the schedule says) and succeeds, with
