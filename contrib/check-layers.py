@@ -53,11 +53,6 @@ ALLOWED = {
     # passes (Checker over the repo). Goes when that check is a method of repo/ (issue 22
     # item 1: chain resolution and archive readiness move into the repository).
     ("backup", "check"): "the parent chain's cheap check before an incremental",
-    # The verify engine's --deep reads chunks as restore does: restore/archive.rs
-    # (readiness of archive-class objects), restore/download.rs (verified download),
-    # restore/decrypt.rs. Too big to move this session (another helper is changing
-    # restore/); they move to repo/ with issue 22 item 1.
-    ("check", "restore"): "archive readiness and the verified download of --deep",
     # config.rs checks the part size with pipeline::effective_part_size, which now lives in
     # the leaf `parts` (pipeline re-exports it). config.rs is being rewritten (serde,
     # issue 22 item 4): it should call crate::parts::effective_part_size, and MIB,

@@ -32,7 +32,7 @@ use crate::repo::Repo;
 use crate::retry::Retrier;
 use crate::snapshots::{self, SnapName};
 use crate::state::{State, SubvolState};
-use crate::store::{ErrorKind, StoreError};
+use crate::store::StoreError;
 use crate::ts::Ts;
 use crate::watchdog::{Actions, Limits, Watchdog};
 
@@ -221,11 +221,6 @@ impl Progress for JournalProgress<'_> {
             etag: etag.into(),
         })
     }
-}
-
-/// ETags as the service quotes them or not: compared without quotes.
-fn same_etag(a: &str, b: &str) -> bool {
-    a.trim().trim_matches('"') == b.trim().trim_matches('"')
 }
 
 impl Backup<'_> {
@@ -589,86 +584,9 @@ impl Backup<'_> {
         })))
     }
 
-    /// Checks what the journal says is stored against the store: chunks by HEAD (present,
-    /// same size), open uploads by ListParts (same number, size and ETag). An upload that
-    /// is gone but whose object is there with the parts' total size was completed before
-    /// the crash: its SHA-256 is the last part's hash-through.
-    fn stored(&self, p: &Pending) -> Result<BTreeMap<u64, ChunkProgress>> {
-        let repo = self.repo()?;
-        let store = repo.store();
-        let r = repo.retrier();
-        let mut out = BTreeMap::new();
-        for (i, c) in &p.chunks {
-            match c {
-                ChunkProgress::Stored { key, size, .. } => {
-                    let head = r
-                        .run(|| store.head(key))
-                        .with_context(|| format!("checking chunk {key}"))?;
-                    if head.is_some_and(|h| h.size == *size) {
-                        out.insert(*i, c.clone());
-                    }
-                }
-                ChunkProgress::Open {
-                    key,
-                    upload_id,
-                    parts,
-                } => match r.run(|| store.list_parts(key, upload_id)) {
-                    Ok(listed) => {
-                        let kept: BTreeMap<u32, PartDone> = parts
-                            .iter()
-                            .filter(|(n, d)| {
-                                listed.iter().any(|l| {
-                                    l.number == **n
-                                        && l.size == d.size
-                                        && same_etag(&l.etag, &d.etag)
-                                })
-                            })
-                            .map(|(n, d)| (*n, d.clone()))
-                            .collect();
-                        out.insert(
-                            *i,
-                            ChunkProgress::Open {
-                                key: key.clone(),
-                                upload_id: upload_id.clone(),
-                                parts: kept,
-                            },
-                        );
-                    }
-                    Err(e) if e.kind == ErrorKind::NotFound => {
-                        let total: u64 = parts.values().map(|d| d.size).sum();
-                        let contiguous = parts.keys().copied().eq(1..=parts.len() as u32);
-                        let head = r
-                            .run(|| store.head(key))
-                            .with_context(|| format!("checking chunk {key}"))?;
-                        if let (Some(h), Some(last), true) =
-                            (head, parts.values().last(), contiguous)
-                        {
-                            if h.size == total {
-                                out.insert(
-                                    *i,
-                                    ChunkProgress::Stored {
-                                        key: key.clone(),
-                                        size: total,
-                                        sha256: last.sha256_through.clone(),
-                                        etag: h.etag.unwrap_or_default(),
-                                    },
-                                );
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        return Err(anyhow::Error::from(e))
-                            .with_context(|| format!("listing the stored parts of chunk {key}"))
-                    }
-                },
-            }
-        }
-        Ok(out)
-    }
-
     /// Sends the pending backup's snapshot again and uploads what is not stored yet.
     fn resume(&self, sv: &Subvolume, entry: &SubvolState, p: &Pending) -> Result<Outcome> {
-        let stored = self.stored(p)?;
+        let stored = self.repo()?.stored(&p.chunks)?;
         let parts: usize = stored
             .values()
             .map(|c| match c {
@@ -900,7 +818,7 @@ impl Backup<'_> {
             self.retrier.clone(),
             self.expected_size(sv, entry, kind),
         );
-        meter.show_cap(repo.store().throttles().upload);
+        meter.show_cap(repo.throttles().upload);
         let reporter = Reporter::start(
             meter.clone(),
             Duration::from_secs(self.cfg.global.progress_interval_seconds),
@@ -913,7 +831,7 @@ impl Backup<'_> {
                 inner: &mut send,
                 meter: &meter,
             },
-            repo.store().clone(),
+            repo.chunk_writer(),
             self.retrier.clone(),
             &pcfg,
             &key_for,
@@ -1081,38 +999,10 @@ impl Backup<'_> {
     /// Aborts multipart uploads a killed run left under this subvolume's prefix (we hold
     /// the lock, so none of them is live), except those a resume journal owns.
     pub fn sweep_stale_uploads(&self, sv: &Subvolume, owned: &HashSet<String>) -> Result<()> {
-        let Some(repo) = self.repo else {
-            return Ok(());
-        };
-        let prefix = repo.layout.subvolume_prefix(&sv.name);
-        let open = match repo.open_uploads(&sv.name) {
-            Ok(open) => open,
-            // Hygiene only: a service without ListMultipartUploads (or a policy without
-            // s3:ListBucketMultipartUploads) must not block backups.
-            Err(e) if !e.is_transient() => {
-                event!(
-                    Warn,
-                    "stale_upload_sweep_skipped",
-                    prefix = prefix,
-                    error = e
-                );
-                return Ok(());
-            }
-            Err(e) => {
-                return Err(anyhow::Error::from(e))
-                    .with_context(|| format!("listing open multipart uploads under {prefix}"))
-            }
-        };
-        for u in open.into_iter().filter(|u| !owned.contains(&u.upload_id)) {
-            repo.abort_upload(&u.key, &u.upload_id)?;
-            event!(
-                Info,
-                "stale_upload_aborted",
-                key = u.key,
-                upload_id = u.upload_id
-            );
+        match self.repo {
+            Some(repo) => repo.sweep_stale_uploads(&sv.name, owned),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Retention for one subvolume, always keeping `keep` (the published parent, and a

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use super::archive::{is_archive, ChunkState, RestoreHeader};
+use crate::repo::archive::{is_archive, ChunkState, RestoreHeader};
 use crate::repo::Chain;
 
 /// The day the prices below were taken from AWS's published S3 pricing and its archive
