@@ -825,7 +825,11 @@ impl Backup<'_> {
         );
         let watchdog = Watchdog::start(meter.clone(), Limits::from_env(), Actions::process());
         let mut send = self.btrfs.send(snap_path, parent, compressed)?;
-        let key_for = |i| repo.layout.chunk_key(&sv.name, kind, run_ts, i);
+        let key_for = |i| {
+            repo.layout
+                .chunk_key(&sv.name, kind, run_ts, i)
+                .into_string()
+        };
         let uploaded = pipeline::upload_stream(
             &mut Counted {
                 inner: &mut send,
@@ -941,7 +945,7 @@ impl Backup<'_> {
             extra: Default::default(),
         };
         journal.append(&Record::Publishing {
-            manifest_key: manifest_key.clone(),
+            manifest_key: manifest_key.to_string(),
         })?;
         repo.publish(&manifest_key, &manifest)?;
         let metrics = Metrics {
@@ -958,7 +962,7 @@ impl Backup<'_> {
         };
         Ok(Published {
             state: state_after(entry, begin, &manifest_key),
-            manifest_key,
+            manifest_key: manifest_key.into_string(),
             metrics,
             journal: journal.path().to_path_buf(),
             recovered: false,

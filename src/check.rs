@@ -161,7 +161,7 @@ impl Checker<'_> {
             }
             Err(e) => return Err(e),
         };
-        rep.manifests = chain.links.iter().map(|(k, _)| k.clone()).collect();
+        rep.manifests = chain.links.iter().map(|(k, _)| k.to_string()).collect();
         rep.chunks = chain.chunk_count();
         rep.bytes = chain.total_bytes();
         let needed = match self.locks {
@@ -186,7 +186,7 @@ impl Checker<'_> {
             match head {
                 Some(h) => locks.push((key, h.lock)),
                 None => rep.findings.push(Finding {
-                    key: key.clone(),
+                    key: key.to_string(),
                     problem: "the manifest is missing from the bucket".into(),
                     damage: true,
                 }),
@@ -206,7 +206,7 @@ impl Checker<'_> {
             if let Some(problem) = lock_problem(lock.as_ref(), needed) {
                 lr.short += 1;
                 rep.findings.push(Finding {
-                    key: key.clone(),
+                    key: key.to_string(),
                     problem,
                     damage: false,
                 });
@@ -431,7 +431,7 @@ impl Checker<'_> {
             }
             if let Some(Err(refused)) = guard.as_ref().map(|g| g.finish()) {
                 rep.findings.push(Finding {
-                    key: key.clone(),
+                    key: key.to_string(),
                     problem: refused.to_string(),
                     damage: true,
                 });
@@ -440,7 +440,7 @@ impl Checker<'_> {
                 let got = hex(&stream.finalize());
                 if !got.eq_ignore_ascii_case(want) {
                     rep.findings.push(Finding {
-                        key: key.clone(),
+                        key: key.to_string(),
                         problem: format!(
                             "the stream's SHA-256 is {got}, the manifest's stream_sha256 is {want}: \
                              every chunk matched its own hash, so the manifest is inconsistent"
@@ -535,7 +535,7 @@ mod tests {
                 stream.update(&data);
                 store.insert(&key, &data, opts(class, "AES256"));
                 ChunkEntry {
-                    key,
+                    key: key.into_string(),
                     size: 1000,
                     sha256: hex(&Sha256::digest(&data)),
                     etag: None,
@@ -571,7 +571,7 @@ mod tests {
         };
         let key = layout.manifest_key("data", Kind::Full, ts);
         repo.publish(&key, &m).unwrap();
-        (store, repo, key)
+        (store, repo, key.into_string())
     }
 
     fn check(repo: &Repo, key: &str, deep: Option<Archived>) -> Report {

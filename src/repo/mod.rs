@@ -25,7 +25,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 
 use crate::config::Config;
-use crate::manifest::{ChunkEntry, Layout, Manifest, Pointer};
+use crate::manifest::{ChunkEntry, Layout, Manifest, ManifestKey, Pointer};
 use crate::retry::Retrier;
 use crate::store::{Body, ObjectMeta, ObjectStore, OpenUpload, PutOptions, Retention, StoreResult};
 
@@ -224,7 +224,7 @@ impl Repo {
 
     /// The key of the manifest to restore or verify: `manifest_key` (which must lie under
     /// the subvolume's prefix), else what `current.json` names.
-    pub fn start_key(&self, subvolume: &str, manifest_key: Option<&str>) -> Result<String> {
+    pub fn start_key(&self, subvolume: &str, manifest_key: Option<&str>) -> Result<ManifestKey> {
         chain::start_key(
             self.store.as_ref(),
             &self.retrier,
@@ -291,7 +291,7 @@ impl Repo {
     /// (never locked: it is overwritten) as the final PUT.
     /// A manifest larger than readers accept ([`chain::MAX_MANIFEST_BYTES`]) is refused
     /// before anything is written: nothing is published that a restore could not read.
-    pub fn publish(&self, manifest_key: &str, manifest: &Manifest) -> Result<()> {
+    pub fn publish(&self, manifest_key: &ManifestKey, manifest: &Manifest) -> Result<()> {
         let body = manifest.to_json();
         if body.len() as u64 > chain::MAX_MANIFEST_BYTES {
             anyhow::bail!(
@@ -316,7 +316,7 @@ impl Repo {
             .with_context(|| format!("uploading manifest {manifest_key}"))?;
         crate::failpoint::hit("between_manifest_and_pointer");
         let pointer = Pointer {
-            manifest_key: manifest_key.to_string(),
+            manifest_key: manifest_key.as_str().to_string(),
             kind: manifest.kind,
             created_at: manifest.created_at.clone(),
             extra: Default::default(),
@@ -364,7 +364,7 @@ mod tests {
         Repo::new(&cfg, store, Arc::new(crate::testing::retrier()))
     }
 
-    fn manifest(repo: &Repo, chunks: u64, chunk_size: u64, pad: usize) -> (String, Manifest) {
+    fn manifest(repo: &Repo, chunks: u64, chunk_size: u64, pad: usize) -> (ManifestKey, Manifest) {
         let ts = Ts::from_unix(1_735_696_800);
         let sv = "home-user";
         let key = repo.layout.manifest_key(sv, Kind::Full, ts);
@@ -429,7 +429,7 @@ mod tests {
         let (key, m) = manifest(&r, 70_000, 1 << 20, 920);
         let e = r.publish(&key, &m).unwrap_err().to_string();
         assert!(
-            e.contains(&key) && e.contains("70000 chunks") && e.contains("64 MiB"),
+            e.contains(key.as_str()) && e.contains("70000 chunks") && e.contains("64 MiB"),
             "{e}"
         );
         assert!(e.contains("raise s3.chunk_size_bytes"), "{e}");
