@@ -9,11 +9,17 @@ blocks), resolves each to the module it names, and fails when
     imports another engine, unless the edge is in ALLOWED (documented, temporary);
   * the graph has a cycle: between top-level modules, or between the sibling
     submodules of one directory module (edges to a module's own ancestors are the
-    normal `mod.rs` facade and are left out). The cycle is printed.
+    normal `mod.rs` facade and are left out). The cycle is printed;
+  * the object store escapes `repo/` (the GATEWAY rule below): a module other than
+    `repo/`, the store layer and the wiring that builds a `Repo` names `ObjectStore`,
+    calls `.store()` or `.retrier()` (the `Repo`'s, private), opens a store
+    (`store::s3::open`, `MemoryStore`, `PinnedStore`), or runs a bucket request that is
+    not a chunk write (`.head(`, `.list_parts(`, … on something named `store`).
 
   python3 contrib/check-layers.py          # check; exit 1 on a violation
   python3 contrib/check-layers.py --graph  # also print the top-level graph
-  python3 contrib/check-layers.py --src DIR  # another tree (the script's own test)
+  python3 contrib/check-layers.py --src DIR  # another tree
+  python3 contrib/check-layers.py --self-test  # plants violations in a scratch tree
 """
 
 import os
@@ -53,11 +59,6 @@ ALLOWED = {
     # passes (Checker over the repo). Goes when that check is a method of repo/ (issue 22
     # item 1: chain resolution and archive readiness move into the repository).
     ("backup", "check"): "the parent chain's cheap check before an incremental",
-    # The verify engine's --deep reads chunks as restore does: restore/archive.rs
-    # (readiness of archive-class objects), restore/download.rs (verified download),
-    # restore/decrypt.rs. Too big to move this session (another helper is changing
-    # restore/); they move to repo/ with issue 22 item 1.
-    ("check", "restore"): "archive readiness and the verified download of --deep",
     # config.rs checks the part size with pipeline::effective_part_size, which now lives in
     # the leaf `parts` (pipeline re-exports it). config.rs is being rewritten (serde,
     # issue 22 item 4): it should call crate::parts::effective_part_size, and MIB,
@@ -65,6 +66,28 @@ ALLOWED = {
     # config today, so config -> parts would otherwise be a new cycle).
     ("config", "pipeline"): "effective_part_size, to be called from crate::parts",
 }
+
+# The gateway to the bucket (DESIGN.md, "Architecture"): only these top-level modules may
+# hold the object store itself. `repo` owns it; `store`, `retry` and `outage` are the
+# store layer; `app` and `cmd` are the wiring that opens the bucket and builds a `Repo`
+# (today they only call `Repo::open`). Everything else goes through `Repo`'s methods or
+# the narrow types it returns (`repo::writer::ChunkWriter` for the pipeline's writes).
+GATEWAY = {"repo", "store", "retry", "outage", "app", "cmd"}
+# ObjectStore requests that are not the pipeline's chunk writes: outside GATEWAY none of
+# them may be called on something named `store` (a raw store in disguise).
+STORE_REQUESTS = ["list_parts", "list_multipart_uploads", "list_objects", "delete_object",
+                  "head", "head_bucket", "probe", "get", "restore_object", "throttles",
+                  "object_lock_enabled", "put_retention", "list_versions", "head_version",
+                  "get_version", "restore_version", "delete_version"]
+GATEWAY_RULES = [
+    (re.compile(r"\bObjectStore\b"), "names `ObjectStore`"),
+    (re.compile(r"\.\s*(store|retrier)\s*\(\s*\)"),
+     "calls `.store()`/`.retrier()` (the repository's store and retrier are private)"),
+    (re.compile(r"\bstore\s*::\s*(s3\s*::\s*open|memory|pinned)\b|\b(MemoryStore|PinnedStore)\b"),
+     "opens an object store"),
+    (re.compile(r"\bstore\s*\.\s*(" + "|".join(STORE_REQUESTS) + r")\s*\("),
+     "sends a bucket request on a store"),
+]
 
 TEST_FILE = re.compile(r"(^|/)(tests|[a-z0-9_]+_tests)\.rs$")
 
@@ -206,6 +229,7 @@ def main():
                 return tuple(path[:k])
         return None
 
+    problems_gateway = []
     edges = {}  # (from module tuple, to module tuple) -> first "file:line"
     for rel, mod in sorted(files.items()):
         if TEST_FILE.search(rel) or rel == "testing.rs":
@@ -249,12 +273,25 @@ def main():
                 continue
             edges.setdefault((tuple(mod), t), f"src/{rel}:{line}")
 
+    # The gateway: the store does not leave repo/ (GATEWAY, GATEWAY_RULES).
+    for rel, mod in sorted(files.items()):
+        if TEST_FILE.search(rel) or rel == "testing.rs" or not mod or mod[0] in GATEWAY:
+            continue
+        with open(os.path.join(root, rel), encoding="utf-8") as fh:
+            code = strip_code(fh.read())
+        for pattern, what in GATEWAY_RULES:
+            for m in pattern.finditer(code):
+                line = code.count("\n", 0, m.start()) + 1
+                problems_gateway.append(
+                    f"src/{rel}:{line}: `{mod[0]}` {what}: only repo/ holds the store; "
+                    f"add a method to Repo (or a narrow type repo/ returns) instead")
+
     rank, peers = {}, {}
     for idx, (name, mods, p) in enumerate(LAYERS):
         for m in mods:
             rank[m] = len(LAYERS) - idx
             peers[m] = p
-    problems = []
+    problems = list(problems_gateway)
     top = {}
     for (a, b), where in edges.items():
         if not a or not b or a[0] == b[0]:
@@ -373,9 +410,62 @@ def main():
               f"contrib/check-layers.py and DESIGN.md, \"Architecture\"", file=sys.stderr)
         return 1
     print(f"check-layers: {len(modules)} modules, {len(edges)} edges, no upward import, "
-          f"no cycle ({len(ALLOWED)} documented exception(s))")
+          f"no cycle ({len(ALLOWED)} documented exception(s)), the store only in "
+          f"{', '.join(sorted(GATEWAY))}")
+    return 0
+
+
+def self_test():
+    """Plants each kind of gateway violation in a scratch tree and checks that each is
+    reported (and that the clean tree passes): the check can fail."""
+    import subprocess
+    import tempfile
+    clean = {
+        "lib.rs": "pub mod repo;\npub mod store;\npub mod backup;\n",
+        "store/mod.rs": "pub trait ObjectStore {}\n",
+        "repo/mod.rs": "use crate::store::ObjectStore;\n"
+                       "pub struct Repo { s: Box<dyn ObjectStore> }\n"
+                       "impl Repo { fn store(&self) {} }\n",
+        "backup.rs": "use crate::repo::Repo;\npub fn go(r: &Repo) { r.publish(); }\n",
+    }
+    plants = [
+        ("pub fn a(s: &dyn crate::store::ObjectStore) {}\n", "names `ObjectStore`"),
+        ("pub fn b(r: &Repo) { r.store(); }\n", "calls `.store()`"),
+        ("pub fn c(r: &Repo) { let x = r . retrier ( ); }\n", "calls `.store()`/`.retrier()`"),
+        ("pub fn d() { crate::store::s3::open(); }\n", "opens an object store"),
+        ("pub fn e(store: &W) { store.list_parts(k, u); }\n", "sends a bucket request"),
+        ("// store.head(k) and ObjectStore in a comment are fine\n", None),
+        ('pub fn f() { let s = "ObjectStore .store()"; }\n', None),
+    ]
+    me = os.path.abspath(__file__)
+
+    def run(files):
+        with tempfile.TemporaryDirectory() as d:
+            for rel, text in files.items():
+                os.makedirs(os.path.dirname(os.path.join(d, rel)), exist_ok=True)
+                with open(os.path.join(d, rel), "w", encoding="utf-8") as fh:
+                    fh.write(text)
+            r = subprocess.run([sys.executable, me, "--src", d], capture_output=True, text=True)
+            return r.returncode, r.stderr
+
+    failed = []
+    rc, err = run(clean)
+    if rc != 0:
+        failed.append(f"the clean tree fails: {err}")
+    for plant, want in plants:
+        files = dict(clean, **{"backup.rs": clean["backup.rs"] + plant})
+        rc, err = run(files)
+        if want is None and rc != 0:
+            failed.append(f"a harmless line is reported: {plant.strip()}: {err}")
+        if want is not None and (rc == 0 or want not in err):
+            failed.append(f"not reported ({want}): {plant.strip()}: rc={rc} {err}")
+    for f in failed:
+        print(f"check-layers --self-test: {f}", file=sys.stderr)
+    if failed:
+        return 1
+    print(f"check-layers --self-test: {len(plants)} plants, each reported or let pass as it should")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(self_test() if "--self-test" in sys.argv else main())

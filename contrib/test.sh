@@ -3,7 +3,7 @@
 #   bash contrib/test.sh
 # It installs what is missing (btrfs-progs, a Python venv with moto[server]==5.1.22 in
 # .test-tools/venv, systemd for `systemd-analyze verify`), then runs cargo fmt --check,
-# cargo clippy -D warnings, the module-layer check, and every unit and integration test.
+# cargo clippy -D warnings, the module-layer and gateway check, and every unit and integration test.
 # Nothing is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +28,8 @@ if cargo tree -e normal | grep -Eq '(^|[^a-z_])(tokio|async-std|smol|futures-exe
   echo "an async runtime is in cargo tree -e normal: the design is synchronous threads" >&2
   exit 1
 fi
-say "module layers: no upward import, no cycle (contrib/check-layers.py)"
+say "module layers: no upward import, no cycle, the store only in repo/ (contrib/check-layers.py)"
+python3 contrib/check-layers.py --self-test
 python3 contrib/check-layers.py
 say "cargo test (unit and integration)"
 cargo test --all-targets -- --test-threads="${TEST_THREADS:-2}"

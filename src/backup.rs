@@ -1,7 +1,9 @@
 //! One subvolume's backup, on the repository layer: a pending (journaled) backup first —
-//! resumed, recovered or abandoned — then facts → plan → snapshot → `btrfs send` through
-//! the pipeline → manifest → `current.json`. The caller (`cmd::backup`) records the state
-//! and then removes the journal. A failing subvolume does not stop the others.
+//! resumed, recovered or abandoned (`pending.rs`) — then facts → plan → snapshot →
+//! `btrfs send` through the pipeline → manifest → `current.json` (this file: the plan and
+//! a fresh run; `publish.rs`: the send, upload and publish both share). The stale-upload
+//! sweep is `Repo::sweep_stale_uploads`. The caller (`cmd::backup`) records the state and
+//! then removes the journal. A failing subvolume does not stop the others.
 //!
 //! Invariants: `current.json` is PUT only after every chunk and the manifest it names are
 //! stored; a journal exists from before the first upload until the backup is published
@@ -12,29 +14,25 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 
 use crate::btrfs::Btrfs;
-use crate::chunker::ChunkDone;
 use crate::config::{Config, Subvolume};
 use crate::event;
-use crate::journal::{
-    self, Begin, ChunkProgress, Journal, LoadError, PartDone, Pending, Record, Settings,
-};
-use crate::manifest::{ChunkEntry, Kind, Manifest, S3Info, SnapshotRef};
+use crate::journal::{self, Begin, Journal, LoadError, Pending, Settings};
+use crate::manifest::Kind;
 use crate::metrics::Metrics;
-use crate::pipeline::{self, PipelineConfig, Progress, ResumeMismatch};
+use crate::pipeline::{self, ResumeMismatch};
 use crate::planner::{plan, Action, Decision, Facts, Trigger};
-use crate::progress::{Counted, Expected, Meter, Metered, Reporter};
+use crate::progress::Expected;
 use crate::repo::Repo;
 use crate::retry::Retrier;
 use crate::snapshots::{self, SnapName};
 use crate::state::{State, SubvolState};
-use crate::store::{ErrorKind, StoreError};
+use crate::store::StoreError;
 use crate::ts::Ts;
-use crate::watchdog::{Actions, Limits, Watchdog};
 
 /// What a backup run works with. `repo` is `None` with `--no-s3`.
 pub struct Backup<'a> {
@@ -131,16 +129,6 @@ pub struct Published {
     pub chunks: Vec<(String, String)>,
 }
 
-/// What to do with a pending backup.
-enum PendingAction {
-    /// It was published and recorded; only the journal was left.
-    Done,
-    /// It was published (`current.json` names it) but not recorded.
-    Recover,
-    Abandon(String),
-    Resume,
-}
-
 /// The settings that shape a backup's stream and keys.
 fn settings(cfg: &Config, part_size: u64) -> Settings {
     Settings {
@@ -184,48 +172,6 @@ pub fn part_size(cfg: &Config) -> Result<u64> {
 /// same way again.
 fn resumable(e: &anyhow::Error, retrier: &Retrier) -> bool {
     retrier.cancelled() || e.chain().any(|c| c.is::<StoreError>())
-}
-
-/// The journal sink of the pipeline (also used by the pipeline's resume tests).
-pub(crate) struct JournalProgress<'a>(pub(crate) &'a mut Journal);
-
-impl Progress for JournalProgress<'_> {
-    fn upload_opened(&mut self, chunk: u64, key: &str, upload_id: &str) -> Result<()> {
-        self.0.append(&Record::Upload {
-            chunk,
-            key: key.into(),
-            upload_id: upload_id.into(),
-        })
-    }
-    fn part_stored(&mut self, chunk: u64, part: u32, p: &PartDone) -> Result<()> {
-        self.0.append(&Record::Part {
-            chunk,
-            part,
-            size: p.size,
-            sha256_through: p.sha256_through.clone(),
-            etag: p.etag.clone(),
-        })
-    }
-    fn chunk_sealed(&mut self, chunk: u64, sealing: &crate::age::Sealing) -> Result<()> {
-        self.0.append(&Record::Sealed {
-            chunk,
-            sealing: journal::SealingRecord::of(sealing),
-        })
-    }
-    fn chunk_stored(&mut self, chunk: u64, key: &str, d: &ChunkDone, etag: &str) -> Result<()> {
-        self.0.append(&Record::Chunk {
-            chunk,
-            key: key.into(),
-            size: d.len,
-            sha256: d.sha256.clone(),
-            etag: etag.into(),
-        })
-    }
-}
-
-/// ETags as the service quotes them or not: compared without quotes.
-fn same_etag(a: &str, b: &str) -> bool {
-    a.trim().trim_matches('"') == b.trim().trim_matches('"')
 }
 
 impl Backup<'_> {
@@ -442,280 +388,6 @@ impl Backup<'_> {
         }
     }
 
-    /// Whether a pending backup is resumed, recovered, dropped or abandoned, and why.
-    fn decide(
-        &self,
-        sv: &Subvolume,
-        entry: &SubvolState,
-        p: &Pending,
-        restart: bool,
-        trigger: Trigger,
-        now: Ts,
-    ) -> Result<PendingAction> {
-        let b = &p.begin;
-        let abandon = |why: String| Ok(PendingAction::Abandon(why));
-        if b.subvolume != sv.name {
-            return abandon(format!("the journal is of subvolume {:?}", b.subvolume));
-        }
-        if let Some(k) = &p.publishing {
-            if entry.last_manifest.as_deref() == Some(k.as_str()) {
-                return Ok(PendingAction::Done);
-            }
-            let pointer = self.repo()?.pointer(&sv.name)?;
-            if pointer.is_some_and(|ptr| &ptr.manifest_key == k) {
-                return Ok(PendingAction::Recover);
-            }
-        }
-        if restart {
-            return abandon("--restart".into());
-        }
-        if trigger == Trigger::Full && b.kind == Kind::Incremental {
-            return abandon("--full asks for a new full".into());
-        }
-        let want = settings(self.cfg, part_size(self.cfg)?);
-        if b.settings != want {
-            return abandon(format!(
-                "the settings changed since it began (journal {:?}, config {:?})",
-                b.settings, want
-            ));
-        }
-        if self.pending_snapshot(sv, p).is_none_or(|s| !s.is_dir()) {
-            return abandon(format!("its snapshot {} is gone", b.snapshot));
-        }
-        if b.kind == Kind::Incremental {
-            if !b.parent.as_deref().is_some_and(|x| Path::new(x).is_dir()) {
-                return abandon(format!("its parent snapshot {:?} is gone", b.parent));
-            }
-            if b.parent_manifest != entry.last_manifest {
-                return abandon(format!(
-                    "its parent manifest {:?} is no longer the last published one ({:?})",
-                    b.parent_manifest, entry.last_manifest
-                ));
-            }
-            let d = plan(
-                &self.facts(sv, entry)?,
-                &self.cfg.schedule,
-                now,
-                Trigger::Once,
-            );
-            if d.action == Action::Run(Kind::Full) {
-                return abandon(format!("a new full is due ({})", d.reason));
-            }
-        }
-        Ok(PendingAction::Resume)
-    }
-
-    /// The pending backup's snapshot, when the journal names one of ours: exactly
-    /// `snapshots.base_dir/<name>__<run_ts>__<kind>`.
-    fn pending_snapshot(&self, sv: &Subvolume, p: &Pending) -> Option<PathBuf> {
-        let ts = Ts::parse(&p.begin.run_ts).ok()?;
-        let name = SnapName {
-            subvolume: sv.name.clone(),
-            ts,
-            kind: p.begin.kind,
-        };
-        let want = self.cfg.snapshots.base_dir.join(name.file_name());
-        (Path::new(&p.begin.snapshot) == want).then_some(want)
-    }
-
-    /// Gives a pending backup up: aborts its uploads, deletes its snapshot (never the
-    /// published parent) and its journal.
-    fn abandon(&self, sv: &Subvolume, entry: &SubvolState, p: &Pending, reason: &str) {
-        event!(
-            Warn,
-            "resume_abandoned",
-            subvolume = sv.name,
-            run = p.begin.run_ts,
-            reason = reason
-        );
-        if let Some(repo) = self.repo {
-            for (key, id) in p.open_uploads() {
-                if let Err(e) = repo.abort_upload(&key, &id) {
-                    event!(
-                        Warn,
-                        "multipart_abort_failed",
-                        key = key,
-                        error = format!("{e:#}")
-                    );
-                }
-            }
-        }
-        if let Some(snap) = self.pending_snapshot(sv, p) {
-            let is_parent = entry.last_snapshot.as_deref() == Some(&*snap.to_string_lossy());
-            if snap.is_dir() && !is_parent {
-                match self.btrfs.delete_subvolume(&snap) {
-                    Ok(()) => event!(
-                        Info,
-                        "snapshot_removed",
-                        subvolume = sv.name,
-                        path = snap.display()
-                    ),
-                    Err(e) => event!(
-                        Error,
-                        "snapshot_remove_failed",
-                        subvolume = sv.name,
-                        path = snap.display(),
-                        error = format!("{e:#}")
-                    ),
-                }
-            }
-        }
-        if let Err(e) = journal::remove(&p.path) {
-            event!(Error, "journal_remove_failed", error = format!("{e:#}"));
-        }
-    }
-
-    /// A backup published by an earlier run that stopped before recording it: the state
-    /// is brought up to date from the journal; nothing is sent.
-    fn recover(&self, sv: &Subvolume, entry: &SubvolState, p: &Pending) -> Result<Outcome> {
-        let key = p
-            .publishing
-            .clone()
-            .ok_or_else(|| anyhow!("internal: recovering a backup that was not published"))?;
-        event!(
-            Info,
-            "backup_recovered",
-            subvolume = sv.name,
-            manifest = key
-        );
-        Ok(Outcome::Published(Box::new(Published {
-            state: state_after(entry, &p.begin, &key),
-            manifest_key: key,
-            metrics: Metrics::default(),
-            journal: p.path.clone(),
-            recovered: true,
-            kind: p.begin.kind,
-            chunks: Vec::new(),
-        })))
-    }
-
-    /// Checks what the journal says is stored against the store: chunks by HEAD (present,
-    /// same size), open uploads by ListParts (same number, size and ETag). An upload that
-    /// is gone but whose object is there with the parts' total size was completed before
-    /// the crash: its SHA-256 is the last part's hash-through.
-    fn stored(&self, p: &Pending) -> Result<BTreeMap<u64, ChunkProgress>> {
-        let repo = self.repo()?;
-        let store = repo.store();
-        let r = repo.retrier();
-        let mut out = BTreeMap::new();
-        for (i, c) in &p.chunks {
-            match c {
-                ChunkProgress::Stored { key, size, .. } => {
-                    let head = r
-                        .run(|| store.head(key))
-                        .with_context(|| format!("checking chunk {key}"))?;
-                    if head.is_some_and(|h| h.size == *size) {
-                        out.insert(*i, c.clone());
-                    }
-                }
-                ChunkProgress::Open {
-                    key,
-                    upload_id,
-                    parts,
-                } => match r.run(|| store.list_parts(key, upload_id)) {
-                    Ok(listed) => {
-                        let kept: BTreeMap<u32, PartDone> = parts
-                            .iter()
-                            .filter(|(n, d)| {
-                                listed.iter().any(|l| {
-                                    l.number == **n
-                                        && l.size == d.size
-                                        && same_etag(&l.etag, &d.etag)
-                                })
-                            })
-                            .map(|(n, d)| (*n, d.clone()))
-                            .collect();
-                        out.insert(
-                            *i,
-                            ChunkProgress::Open {
-                                key: key.clone(),
-                                upload_id: upload_id.clone(),
-                                parts: kept,
-                            },
-                        );
-                    }
-                    Err(e) if e.kind == ErrorKind::NotFound => {
-                        let total: u64 = parts.values().map(|d| d.size).sum();
-                        let contiguous = parts.keys().copied().eq(1..=parts.len() as u32);
-                        let head = r
-                            .run(|| store.head(key))
-                            .with_context(|| format!("checking chunk {key}"))?;
-                        if let (Some(h), Some(last), true) =
-                            (head, parts.values().last(), contiguous)
-                        {
-                            if h.size == total {
-                                out.insert(
-                                    *i,
-                                    ChunkProgress::Stored {
-                                        key: key.clone(),
-                                        size: total,
-                                        sha256: last.sha256_through.clone(),
-                                        etag: h.etag.unwrap_or_default(),
-                                    },
-                                );
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        return Err(anyhow::Error::from(e))
-                            .with_context(|| format!("listing the stored parts of chunk {key}"))
-                    }
-                },
-            }
-        }
-        Ok(out)
-    }
-
-    /// Sends the pending backup's snapshot again and uploads what is not stored yet.
-    fn resume(&self, sv: &Subvolume, entry: &SubvolState, p: &Pending) -> Result<Outcome> {
-        let stored = self.stored(p)?;
-        let parts: usize = stored
-            .values()
-            .map(|c| match c {
-                ChunkProgress::Open { parts, .. } => parts.len(),
-                ChunkProgress::Stored { .. } => 0,
-            })
-            .sum();
-        let bytes = journal::stored_bytes(&stored);
-        event!(
-            Info,
-            "backup_resumed",
-            subvolume = sv.name,
-            run = p.begin.run_ts,
-            kind = p.begin.kind.as_str(),
-            snapshot = p.begin.snapshot,
-            chunks_stored = stored
-                .values()
-                .filter(|c| matches!(c, ChunkProgress::Stored { .. }))
-                .count(),
-            uploads_open = stored
-                .values()
-                .filter(|c| matches!(c, ChunkProgress::Open { .. }))
-                .count(),
-            parts_stored = parts,
-            bytes_stored = bytes,
-        );
-        let mut journal = Journal::reopen(p)?;
-        let run_ts = Ts::parse(&p.begin.run_ts)
-            .map_err(|e| anyhow!("the journal's run timestamp {:?}: {e}", p.begin.run_ts))?;
-        let snap = self
-            .pending_snapshot(sv, p)
-            .ok_or_else(|| anyhow!("internal: resuming without a snapshot"))?;
-        let parent = p.begin.parent.as_deref().map(Path::new);
-        let result = self.upload_and_publish(
-            sv,
-            entry,
-            &p.begin,
-            &snap,
-            parent,
-            run_ts,
-            &stored,
-            &p.sealings,
-            &mut journal,
-        );
-        result.map(|pb| Outcome::Published(Box::new(pb)))
-    }
-
     /// A fresh backup as decided: snapshot, journal, upload, publish. On a failure worth
     /// resuming (network, S3, a signal) the snapshot, journal and open uploads stay for
     /// the next run; on any other the backup is abandoned.
@@ -845,274 +517,13 @@ impl Backup<'_> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn upload_and_publish(
-        &self,
-        sv: &Subvolume,
-        entry: &SubvolState,
-        begin: &Begin,
-        snap_path: &Path,
-        parent: Option<&Path>,
-        run_ts: Ts,
-        stored: &BTreeMap<u64, ChunkProgress>,
-        sealings: &BTreeMap<u64, journal::SealingRecord>,
-        journal: &mut Journal,
-    ) -> Result<Published> {
-        let repo = self.repo()?;
-        let kind = begin.kind;
-        let started = Instant::now();
-        let retries_before = self.retrier.retries();
-        let info = self
-            .btrfs
-            .show(snap_path)
-            .with_context(|| format!("reading the UUID of {}", snap_path.display()))?;
-        let pcfg = PipelineConfig {
-            chunk_size: begin.settings.chunk_size,
-            part_size: begin.settings.part_size,
-            concurrency: self.cfg.s3.concurrency,
-            chunk_opts: repo.chunk_opts().clone(),
-            spool: self.cfg.s3.spool_enabled.then(|| pipeline::Spool {
-                dir: self.cfg.global.spool_dir.clone(),
-                max_bytes: self.cfg.global.spool_size_bytes,
-            }),
-            keep_open_on_failure: true,
-            encryption: self.encrypt(begin, sealings)?,
-        };
-        event!(
-            Info,
-            "send_start",
-            subvolume = sv.name,
-            kind = kind.as_str(),
-            snapshot = snap_path.display(),
-            parent = parent
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "none".into()),
-            part_size = pcfg.part_size,
-            concurrency = pcfg.concurrency,
-            buffers = pcfg.max_buffers(),
-            spool = pcfg.spool.is_some(),
-            send_protocol = begin.send_protocol,
-        );
-        let compressed = begin.send_protocol >= 2;
-        let meter = Meter::new(
-            "backup_progress",
-            &sv.name,
-            self.retrier.clone(),
-            self.expected_size(sv, entry, kind),
-        );
-        meter.show_cap(repo.store().throttles().upload);
-        let reporter = Reporter::start(
-            meter.clone(),
-            Duration::from_secs(self.cfg.global.progress_interval_seconds),
-        );
-        let watchdog = Watchdog::start(meter.clone(), Limits::from_env(), Actions::process());
-        let mut send = self.btrfs.send(snap_path, parent, compressed)?;
-        let key_for = |i| repo.layout.chunk_key(&sv.name, kind, run_ts, i);
-        let uploaded = pipeline::upload_stream(
-            &mut Counted {
-                inner: &mut send,
-                meter: &meter,
-            },
-            repo.store().clone(),
-            self.retrier.clone(),
-            &pcfg,
-            &key_for,
-            stored,
-            &mut Metered {
-                inner: &mut JournalProgress(journal),
-                meter: &meter,
-            },
-        );
-        drop(reporter);
-        // A stall stopped the run (as SIGTERM would): that is the error to name.
-        let stalled = watchdog.finish();
-        let outcome = match uploaded {
-            Ok(o) => {
-                send.finish()?;
-                o
-            }
-            Err(e) => {
-                send.kill();
-                let stopped = StoppedAfter {
-                    uploaded_bytes: meter.uploaded_bytes(),
-                    retries: meter.retries(),
-                    upload_time: meter.upload_time(),
-                };
-                let e = match stalled {
-                    Some(s) => anyhow!(s),
-                    // A request the stop cut (CreateMultipartUpload says "Agent is shut
-                    // down"): what stopped the run is the signal.
-                    None if self.retrier.cancelled()
-                        && !format!("{e:#}").contains("interrupted by a signal") =>
-                    {
-                        e.context("interrupted by a signal")
-                    }
-                    None => e,
-                };
-                return Err(e.context(stopped));
-            }
-        };
-        if self.retrier.cancelled() {
-            return Err(stalled.map_or_else(
-                || anyhow!("interrupted by a signal; nothing published"),
-                |s| anyhow!(s),
-            ));
-        }
-        let snap_name = snap_path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let manifest_key = repo.layout.manifest_key(&sv.name, kind, run_ts);
-        let manifest = Manifest {
-            version: 1,
-            subvolume: sv.name.clone(),
-            kind,
-            created_at: run_ts.to_string(),
-            snapshot: SnapshotRef {
-                name: snap_name,
-                path: snap_path.display().to_string(),
-                uuid: info.uuid,
-                parent_uuid: info.parent_uuid,
-                extra: Default::default(),
-            },
-            parent_manifest: begin.parent_manifest.clone(),
-            chunks: outcome
-                .chunks
-                .iter()
-                .map(|c| ChunkEntry {
-                    key: c.key.clone(),
-                    size: c.size,
-                    sha256: c.sha256.clone(),
-                    etag: c.etag.clone(),
-                    extra: Default::default(),
-                })
-                .collect(),
-            total_bytes: outcome.summary.total_bytes,
-            chunk_size: begin.settings.chunk_size,
-            s3: S3Info {
-                storage_class: begin.settings.storage_class.clone(),
-                extra: Default::default(),
-            },
-            // Encrypted: no plaintext-derived value in the clear (the sealed part has
-            // what restore checks the plaintext against).
-            stream_sha256: pcfg
-                .encryption
-                .is_none()
-                .then(|| outcome.summary.sha256.clone()),
-            send_protocol: Some(begin.send_protocol),
-            compressed_data: Some(compressed),
-            encryption: match &pcfg.encryption {
-                None => None,
-                Some(e) => {
-                    let sealed: Vec<_> = outcome
-                        .chunks
-                        .iter()
-                        .map(|c| {
-                            c.sealed
-                                .clone()
-                                .ok_or_else(|| anyhow!("internal: chunk {} not sealed", c.key))
-                        })
-                        .collect::<Result<_>>()?;
-                    Some(crate::encryption::seal(
-                        &e.recipients,
-                        &sealed,
-                        outcome.stream_bytes,
-                    )?)
-                }
-            },
-            extra: Default::default(),
-        };
-        journal.append(&Record::Publishing {
-            manifest_key: manifest_key.clone(),
-        })?;
-        repo.publish(&manifest_key, &manifest)?;
-        let metrics = Metrics {
-            bytes: outcome.summary.total_bytes,
-            elapsed: started.elapsed(),
-            chunks: outcome.chunks.len() as u64,
-            parts: outcome.parts,
-            retries: self.retrier.retries() - retries_before,
-            uploaded_bytes: outcome.uploaded_bytes,
-            resumed_bytes: outcome.resumed_bytes,
-            compressed_data: compressed,
-            first_new_byte: outcome.first_new_byte,
-            upload_time: outcome.upload_time,
-        };
-        Ok(Published {
-            state: state_after(entry, begin, &manifest_key),
-            manifest_key,
-            metrics,
-            journal: journal.path().to_path_buf(),
-            recovered: false,
-            kind,
-            chunks: manifest
-                .chunks
-                .iter()
-                .map(|c| (c.key.clone(), c.sha256.clone()))
-                .collect(),
-        })
-    }
-
-    /// The pipeline's encryption for a backup that began with `begin`'s settings (the
-    /// journal's recipients on a resume), with the sealings an interrupted run kept.
-    fn encrypt(
-        &self,
-        begin: &Begin,
-        sealings: &BTreeMap<u64, journal::SealingRecord>,
-    ) -> Result<Option<pipeline::Encrypt>> {
-        let Some(recipients) = &begin.settings.encryption else {
-            return Ok(None);
-        };
-        let recipients = crate::age::parse_recipient_list(recipients)
-            .map_err(|e| anyhow!("the backup's encryption recipients{e}"))?;
-        let mut resumed = BTreeMap::new();
-        for (i, r) in sealings {
-            let s = r
-                .sealing()
-                .map_err(|e| anyhow!("the resume journal's age sealing of chunk {i}: {e}"))?;
-            resumed.insert(*i, s);
-        }
-        Ok(Some(pipeline::Encrypt {
-            recipients,
-            resumed,
-        }))
-    }
-
     /// Aborts multipart uploads a killed run left under this subvolume's prefix (we hold
     /// the lock, so none of them is live), except those a resume journal owns.
     pub fn sweep_stale_uploads(&self, sv: &Subvolume, owned: &HashSet<String>) -> Result<()> {
-        let Some(repo) = self.repo else {
-            return Ok(());
-        };
-        let prefix = repo.layout.subvolume_prefix(&sv.name);
-        let open = match repo.open_uploads(&sv.name) {
-            Ok(open) => open,
-            // Hygiene only: a service without ListMultipartUploads (or a policy without
-            // s3:ListBucketMultipartUploads) must not block backups.
-            Err(e) if !e.is_transient() => {
-                event!(
-                    Warn,
-                    "stale_upload_sweep_skipped",
-                    prefix = prefix,
-                    error = e
-                );
-                return Ok(());
-            }
-            Err(e) => {
-                return Err(anyhow::Error::from(e))
-                    .with_context(|| format!("listing open multipart uploads under {prefix}"))
-            }
-        };
-        for u in open.into_iter().filter(|u| !owned.contains(&u.upload_id)) {
-            repo.abort_upload(&u.key, &u.upload_id)?;
-            event!(
-                Info,
-                "stale_upload_aborted",
-                key = u.key,
-                upload_id = u.upload_id
-            );
+        match self.repo {
+            Some(repo) => repo.sweep_stale_uploads(&sv.name, owned),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Retention for one subvolume, always keeping `keep` (the published parent, and a
@@ -1125,19 +536,6 @@ impl Backup<'_> {
             self.cfg.snapshots.retain,
             keep,
         )
-    }
-}
-
-/// The state entry once the backup `begin` describes is published as `manifest_key`.
-fn state_after(entry: &SubvolState, begin: &Begin, manifest_key: &str) -> SubvolState {
-    SubvolState {
-        last_snapshot: Some(begin.snapshot.clone()),
-        last_manifest: Some(manifest_key.to_string()),
-        last_full_at: match begin.kind {
-            Kind::Full => Some(begin.run_ts.clone()),
-            Kind::Incremental => begin.last_full_at.clone(),
-        },
-        extra: entry.extra.clone(),
     }
 }
 
@@ -1189,6 +587,13 @@ pub fn record(
     state.last_run_at = Some(run_ts.to_string());
     state.save(state_path)
 }
+
+mod pending;
+mod publish;
+
+use pending::PendingAction;
+#[cfg(test)]
+pub(crate) use publish::JournalProgress;
 
 #[cfg(test)]
 mod tests;

@@ -1,11 +1,11 @@
 //! The `verify` engine: checks a published chain without restoring it. The cheap check
 //! resolves the chain as restore does (`repo::chain`) and HEADs every chunk: present,
 //! the manifest's size, the manifest's storage class, the configured SSE. The deep check
-//! also downloads every chunk that is readable now through restore's verified download
-//! (`restore::download`) into nothing, checking each SHA-256, the manifest's
+//! also downloads every chunk that is readable now through the repository's verified
+//! download (`repo::download`, as restore does) into nothing, checking each SHA-256, the manifest's
 //! `stream_sha256`, and the send stream's commands as restore would before `btrfs
 //! receive` (`sendstream::Guard`: no path that leaves the subvolume); archive-class chunks are checked only once restored
-//! (`restore::archive`). `backup` runs the cheap check on the parent chain before
+//! (`repo::archive`). `backup` runs the cheap check on the parent chain before
 //! building an incremental on it (damage only: class and SSE differences do not force a
 //! full). With `locks` (verify under `[object_lock]`) it also reads every manifest's and
 //! chunk's Object Lock (HEAD; the chunks' HEADs are the ones above) and names each object
@@ -13,15 +13,15 @@
 //! which a published backup gives its whole chain. Every finding names the key.
 
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
 use sha2::{Digest, Sha256};
 
 use crate::chunker::hex;
+use crate::repo::archive::{self, is_archive, parse_restore_header, RestoreHeader};
 use crate::repo::chain::is_damage;
 use crate::repo::{Chain, Repo};
-use crate::restore::archive::{self, is_archive, parse_restore_header, RestoreHeader};
 use crate::sendstream::Guard;
 use crate::store::{ErrorKind, StoreError};
 
@@ -161,7 +161,7 @@ impl Checker<'_> {
             }
             Err(e) => return Err(e),
         };
-        rep.manifests = chain.links.iter().map(|(k, _)| k.clone()).collect();
+        rep.manifests = chain.links.iter().map(|(k, _)| k.to_string()).collect();
         rep.chunks = chain.chunk_count();
         rep.bytes = chain.total_bytes();
         let needed = match self.locks {
@@ -178,16 +178,15 @@ impl Checker<'_> {
     /// HEADs every manifest of the chain for its lock; returns the date the chain needs
     /// (the newest manifest's), with each manifest short of it a finding.
     fn manifest_locks(&self, chain: &Chain, rep: &mut Report) -> Result<Option<crate::ts::Ts>> {
-        let store = self.repo.store().as_ref();
         let mut locks = Vec::with_capacity(chain.links.len());
         for (key, _) in &chain.links {
-            let head = self.repo.retrier().run(|| store.head(key)).map_err(|e| {
+            let head = self.repo.head(key).map_err(|e| {
                 anyhow::Error::from(e).context(format!("reading the Object Lock of manifest {key}"))
             })?;
             match head {
                 Some(h) => locks.push((key, h.lock)),
                 None => rep.findings.push(Finding {
-                    key: key.clone(),
+                    key: key.to_string(),
                     problem: "the manifest is missing from the bucket".into(),
                     damage: true,
                 }),
@@ -207,7 +206,7 @@ impl Checker<'_> {
             if let Some(problem) = lock_problem(lock.as_ref(), needed) {
                 lr.short += 1;
                 rep.findings.push(Finding {
-                    key: key.clone(),
+                    key: key.to_string(),
                     problem,
                     damage: false,
                 });
@@ -225,17 +224,12 @@ impl Checker<'_> {
         needed: Option<crate::ts::Ts>,
         rep: &mut Report,
     ) -> Result<Vec<String>> {
-        let store = self.repo.store().as_ref();
         let mut archived = Vec::new();
         for (_, m) in &chain.links {
             for c in &m.chunks {
-                let head = self
-                    .repo
-                    .retrier()
-                    .run(|| store.head(&c.key))
-                    .map_err(|e| {
-                        anyhow::Error::from(e).context(format!("checking chunk {}", c.key))
-                    })?;
+                let head = self.repo.head(&c.key).map_err(|e| {
+                    anyhow::Error::from(e).context(format!("checking chunk {}", c.key))
+                })?;
                 let Some(h) = head else {
                     rep.findings.push(Finding {
                         key: c.key.clone(),
@@ -318,8 +312,6 @@ impl Checker<'_> {
         tier: &str,
         rep: &mut Report,
     ) -> Result<()> {
-        let store = self.repo.store();
-        let retrier = self.repo.retrier();
         let mut unreadable: std::collections::HashSet<String> = archived.iter().cloned().collect();
         if !archived.is_empty() {
             match mode {
@@ -339,17 +331,10 @@ impl Checker<'_> {
                                 })
                         })
                         .collect();
-                    let pending = archive::request_all(store.as_ref(), retrier, &refs, tier)?;
+                    let pending = self.repo.request_all_restores(&refs, tier)?;
                     match mode {
                         Archived::Wait(timeout) => {
-                            archive::wait_all(
-                                store.as_ref(),
-                                retrier,
-                                pending,
-                                timeout,
-                                &std::thread::sleep,
-                                &Instant::now,
-                            )?;
+                            self.repo.wait_restored(pending, timeout)?;
                             unreadable.clear();
                         }
                         _ => rep.restores_pending = pending.len(),
@@ -407,34 +392,32 @@ impl Checker<'_> {
                     None => &mut hash,
                 };
                 let checked = match &sealed {
-                    None => crate::restore::download::stream_chunks(
-                        store.clone(),
-                        retrier.clone(),
+                    None => self.repo.stream_chunks(
                         std::slice::from_ref(c),
                         None,
                         self.piece_size,
                         self.concurrency,
                         out,
                     ),
-                    Some(s) => crate::restore::decrypt::stream_decrypted(
-                        store.clone(),
-                        retrier.clone(),
-                        std::slice::from_ref(c),
-                        &crate::manifest::SealedPart {
-                            stream_bytes: s.chunks[i].size,
-                            chunks: vec![s.chunks[i].clone()],
-                            extra: Default::default(),
-                        },
-                        self.identities,
-                        self.piece_size,
-                        self.concurrency,
-                        out,
-                    )
-                    .inspect(|_| rep.plaintext_checked += 1),
+                    Some(s) => self
+                        .repo
+                        .stream_decrypted(
+                            std::slice::from_ref(c),
+                            &crate::manifest::SealedPart {
+                                stream_bytes: s.chunks[i].size,
+                                chunks: vec![s.chunks[i].clone()],
+                                extra: Default::default(),
+                            },
+                            self.identities,
+                            self.piece_size,
+                            self.concurrency,
+                            out,
+                        )
+                        .inspect(|_| rep.plaintext_checked += 1),
                 };
                 match checked {
                     Ok(_) => rep.chunks_hashed += 1,
-                    Err(e) if retrier.cancelled() || failed_request(&e) => return Err(e),
+                    Err(e) if self.repo.cancelled() || failed_request(&e) => return Err(e),
                     Err(e) => {
                         whole = false;
                         guard = None;
@@ -448,7 +431,7 @@ impl Checker<'_> {
             }
             if let Some(Err(refused)) = guard.as_ref().map(|g| g.finish()) {
                 rep.findings.push(Finding {
-                    key: key.clone(),
+                    key: key.to_string(),
                     problem: refused.to_string(),
                     damage: true,
                 });
@@ -457,7 +440,7 @@ impl Checker<'_> {
                 let got = hex(&stream.finalize());
                 if !got.eq_ignore_ascii_case(want) {
                     rep.findings.push(Finding {
-                        key: key.clone(),
+                        key: key.to_string(),
                         problem: format!(
                             "the stream's SHA-256 is {got}, the manifest's stream_sha256 is {want}: \
                              every chunk matched its own hash, so the manifest is inconsistent"
@@ -552,7 +535,7 @@ mod tests {
                 stream.update(&data);
                 store.insert(&key, &data, opts(class, "AES256"));
                 ChunkEntry {
-                    key,
+                    key: key.into_string(),
                     size: 1000,
                     sha256: hex(&Sha256::digest(&data)),
                     etag: None,
@@ -588,7 +571,7 @@ mod tests {
         };
         let key = layout.manifest_key("data", Kind::Full, ts);
         repo.publish(&key, &m).unwrap();
-        (store, repo, key)
+        (store, repo, key.into_string())
     }
 
     fn check(repo: &Repo, key: &str, deep: Option<Archived>) -> Report {

@@ -439,7 +439,7 @@ impl Pending {
         }
         let key_problem = |i: u64, key: &str| -> Option<String> {
             let want = layout.chunk_key(name, b.kind, ts, i);
-            if key == want {
+            if want == *key {
                 None
             } else if !layout.owns(name, key) {
                 Some(format!(
@@ -516,7 +516,7 @@ impl Pending {
         }
         if let Some(k) = &self.publishing {
             let want = layout.manifest_key(name, b.kind, ts);
-            if *k != want {
+            if want != *k {
                 return bad(format!(
                     "it names the manifest {k:?}, which is {want} in this backup"
                 ));
@@ -1156,7 +1156,7 @@ mod tests {
         chunks.insert(
             0,
             ChunkProgress::Stored {
-                key: layout.chunk_key("data", kind, ts, 0),
+                key: layout.chunk_key("data", kind, ts, 0).into_string(),
                 size: 100,
                 sha256: "a".repeat(64),
                 etag: "\"e0\"".into(),
@@ -1165,7 +1165,7 @@ mod tests {
         chunks.insert(
             1,
             ChunkProgress::Open {
-                key: layout.chunk_key("data", kind, ts, 1),
+                key: layout.chunk_key("data", kind, ts, 1).into_string(),
                 upload_id: "upload-1".into(),
                 parts,
             },
@@ -1174,7 +1174,7 @@ mod tests {
             path: PathBuf::from("/state/state.json.resume-data.jsonl"),
             begin: b,
             chunks,
-            publishing: Some(layout.manifest_key("data", kind, ts)),
+            publishing: Some(layout.manifest_key("data", kind, ts).into_string()),
             sealings: BTreeMap::new(),
             valid_len: 0,
         }

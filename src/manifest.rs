@@ -216,6 +216,76 @@ impl Pointer {
     }
 }
 
+/// Keys of the layout, as types: only [`Layout`] makes one, by building it
+/// (`chunk_key`, `manifest_key`, `pointer_key`) or by reading a key from outside (a
+/// manifest field, a pointer, the state file, a flag) that lies under the subvolume's
+/// prefix (`owned_chunk_key`, `owned_manifest_key`). On the wire each is the same string
+/// as before (DESIGN.md, "Formats"); `Deref` to `str` reads it.
+macro_rules! layout_key {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The key as S3 names it.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            /// The key as an owned string (for the wire types and the journal).
+            pub fn into_string(self) -> String {
+                self.0
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+
+        impl PartialEq<String> for $name {
+            fn eq(&self, other: &String) -> bool {
+                &self.0 == other
+            }
+        }
+    };
+}
+
+layout_key!(
+    /// `P subvol/<name>/KIND/chunk-TS-<i>.bin`, or a chunk key a checked manifest names.
+    ChunkKey
+);
+layout_key!(
+    /// `P subvol/<name>/KIND/manifest-TS.json`, or a manifest key read from outside and
+    /// checked to lie under the subvolume's prefix.
+    ManifestKey
+);
+layout_key!(
+    /// `P subvol/<name>/current.json`.
+    PointerKey
+);
+
 /// The S3 key layout: `P subvol/<name>/KIND/chunk-TS-<i>.bin`, `.../manifest-TS.json`,
 /// `P subvol/<name>/current.json`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -241,24 +311,37 @@ impl Layout {
         format!("{}subvol/{name}/", self.prefix)
     }
 
-    pub fn chunk_key(&self, name: &str, kind: Kind, ts: Ts, index: u64) -> String {
-        format!(
+    pub fn chunk_key(&self, name: &str, kind: Kind, ts: Ts, index: u64) -> ChunkKey {
+        ChunkKey(format!(
             "{}{}/chunk-{ts}-{index}.bin",
             self.subvolume_prefix(name),
             kind.as_str()
-        )
+        ))
     }
 
-    pub fn manifest_key(&self, name: &str, kind: Kind, ts: Ts) -> String {
-        format!(
+    pub fn manifest_key(&self, name: &str, kind: Kind, ts: Ts) -> ManifestKey {
+        ManifestKey(format!(
             "{}{}/manifest-{ts}.json",
             self.subvolume_prefix(name),
             kind.as_str()
-        )
+        ))
     }
 
-    pub fn pointer_key(&self, name: &str) -> String {
-        format!("{}current.json", self.subvolume_prefix(name))
+    pub fn pointer_key(&self, name: &str) -> PointerKey {
+        PointerKey(format!("{}current.json", self.subvolume_prefix(name)))
+    }
+
+    /// `key`, read from outside (a manifest's `parent_manifest`, a pointer, the state
+    /// file, `--manifest-key`), as a manifest key of `name`: `None` unless [`Layout::owns`]
+    /// it (the rule such keys have always been held to; the shape is not required).
+    pub fn owned_manifest_key(&self, name: &str, key: &str) -> Option<ManifestKey> {
+        self.owns(name, key).then(|| ManifestKey(key.to_string()))
+    }
+
+    /// `key`, a chunk key a manifest names, as a chunk key of `name`: `None` unless
+    /// [`Layout::owns`] it.
+    pub fn owned_chunk_key(&self, name: &str, key: &str) -> Option<ChunkKey> {
+        self.owns(name, key).then(|| ChunkKey(key.to_string()))
     }
 
     /// True when `key` lies under `P subvol/<name>/` and has no empty, `.` or `..`

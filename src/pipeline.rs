@@ -39,8 +39,9 @@ use crate::age::{ciphertext_size, plaintext_size, Recipient, Sealing};
 use crate::chunker::{ChunkDone, Cutter, StreamSummary};
 use crate::event;
 use crate::journal::{ChunkProgress, PartDone};
+use crate::repo::writer::ChunkWriter;
 use crate::retry::Retrier;
-use crate::store::{Body, ObjectStore, PutOptions, StoreResult};
+use crate::store::{Body, PutOptions, StoreResult};
 
 // The part-size arithmetic is the leaf `parts`'s; named here too for older callers.
 pub use crate::parts::effective_part_size;
@@ -304,7 +305,7 @@ impl Slot {
 /// opened, part stored and chunk stored.
 pub fn upload_stream(
     input: &mut dyn Read,
-    store: Arc<dyn ObjectStore>,
+    store: ChunkWriter,
     retrier: Arc<Retrier>,
     cfg: &PipelineConfig,
     key_for: &dyn Fn(u64) -> String,
@@ -328,7 +329,7 @@ pub fn upload_stream(
             let opts = cfg.chunk_opts.clone();
             std::thread::Builder::new()
                 .name(format!("uploader-{i}"))
-                .spawn(move || worker(rx, tx, store.as_ref(), &retrier, &opts, &stop))
+                .spawn(move || worker(rx, tx, &store, &retrier, &opts, &stop))
         })
         .collect::<std::io::Result<_>>()
         .context("starting uploader threads")?;
@@ -338,7 +339,7 @@ pub fn upload_stream(
         progress.resuming(crate::journal::stored_bytes(resume));
     }
     let mut run = Run {
-        store: store.as_ref(),
+        store: &store,
         retrier: &retrier,
         cfg,
         resume,
@@ -399,7 +400,7 @@ pub fn upload_stream(
 fn worker(
     jobs: Receiver<Job>,
     done: Sender<Done>,
-    store: &dyn ObjectStore,
+    store: &ChunkWriter,
     retrier: &Retrier,
     opts: &PutOptions,
     stop: &AtomicBool,
@@ -463,7 +464,7 @@ fn worker(
 }
 
 struct Run<'a> {
-    store: &'a dyn ObjectStore,
+    store: &'a ChunkWriter,
     retrier: &'a Retrier,
     cfg: &'a PipelineConfig,
     resume: &'a BTreeMap<u64, ChunkProgress>,

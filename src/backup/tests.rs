@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::config::{Config, ProcessEnv};
+use crate::manifest::Manifest;
 use crate::store::memory::MemoryStore;
 use crate::store::{get_all, ErrorKind, ObjectStore, PutOptions};
 use crate::testing::{FakeBtrfs, Scratch};

@@ -529,8 +529,7 @@ fn dry_run(b: &Backup<'_>, state: &State, selected: &[&Subvolume], trigger: Trig
         .into());
     }
     if let Some(repo) = b.repo {
-        repo.retrier()
-            .run(|| repo.store().head_bucket())
+        repo.head_bucket()
             .context("S3 cannot be reached (a real run would fail): check the network, s3.endpoint_url, s3.bucket, s3.region and the credentials")?;
         if let Some(l) = &b.cfg.object_lock {
             crate::repo::object_lock::check_bucket(b.cfg, repo)?;

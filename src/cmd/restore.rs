@@ -114,6 +114,7 @@ pub fn run(config: &Config, args: &RestoreArgs) -> Result<u8> {
         cfg: config,
         btrfs: &btrfs,
         repo: &repo,
+        retrier: session.retrier.clone(),
     };
     if args.plan {
         let plan = r.plan(&req)?;

@@ -91,7 +91,7 @@ pub fn run(config: &Config, args: &VerifyArgs) -> Result<u8> {
         let start = match repo.start_key(name, args.manifest_key.as_deref()) {
             Ok(k) => k,
             Err(e) if is_damage(&e) => {
-                let key = repo.layout.pointer_key(name);
+                let key = repo.layout.pointer_key(name).into_string();
                 reports.push(Report {
                     subvolume: name.clone(),
                     start_key: key.clone(),

@@ -6,6 +6,7 @@ use super::*;
 use crate::config::{MAX_PART_SIZE, MIB};
 use crate::store::memory::MemoryStore;
 use crate::store::ErrorKind;
+use crate::store::ObjectStore;
 use sha2::{Digest, Sha256};
 
 fn retrier() -> Arc<Retrier> {
@@ -39,7 +40,7 @@ fn key(i: u64) -> String {
 }
 
 fn run(store: &Arc<MemoryStore>, d: &[u8], c: &PipelineConfig) -> Result<Uploaded> {
-    let s: Arc<dyn ObjectStore> = store.clone();
+    let s = ChunkWriter::new(store.clone());
     upload_stream(
         &mut &d[..],
         s,
@@ -142,7 +143,7 @@ fn transient_part_failure_is_retried() {
     store.fail("PUT p/chunk-1.bin", ErrorKind::Transient, 1);
     let d = data(1100);
     let r = retrier();
-    let s: Arc<dyn ObjectStore> = store.clone();
+    let s = ChunkWriter::new(store.clone());
     let o = upload_stream(
         &mut &d[..],
         s,
@@ -175,7 +176,7 @@ fn forbidden_is_not_retried() {
     let store = Arc::new(MemoryStore::new());
     store.fail("PUT p/chunk-0.bin", ErrorKind::Permanent, 1);
     let r = retrier();
-    let s: Arc<dyn ObjectStore> = store.clone();
+    let s = ChunkWriter::new(store.clone());
     let e = upload_stream(
         &mut &data(10)[..],
         s,
@@ -228,7 +229,7 @@ fn read_error_fails_and_aborts() {
         }
     }
     let store = Arc::new(MemoryStore::new());
-    let s: Arc<dyn ObjectStore> = store.clone();
+    let s = ChunkWriter::new(store.clone());
     let e = upload_stream(
         &mut Broken(700),
         s,
@@ -469,7 +470,7 @@ fn completing_a_chunk_does_not_stop_the_reader() {
     });
     let d = data(1200);
     let mut input = EofReader { data: &d, eof };
-    let s: Arc<dyn ObjectStore> = slow.clone();
+    let s = ChunkWriter::new(slow.clone());
     let o = upload_stream(
         &mut input,
         s,
@@ -548,7 +549,7 @@ fn run_with(
     resume: &BTreeMap<u64, crate::journal::ChunkProgress>,
     progress: &mut dyn Progress,
 ) -> Result<Uploaded> {
-    let s: Arc<dyn ObjectStore> = store.clone();
+    let s = ChunkWriter::new(store.clone());
     upload_stream(&mut &d[..], s, retrier(), c, &key, resume, progress)
 }
 
@@ -934,7 +935,7 @@ fn stored_parts_are_verified_while_every_part_buffer_is_with_a_slow_upload() {
             read: r,
         };
         let mut t = t;
-        let s: Arc<dyn ObjectStore> = s;
+        let s = ChunkWriter::new(s);
         upload_stream(
             &mut input,
             s,
@@ -1035,7 +1036,7 @@ fn a_network_outage_mid_upload_is_ridden_out_by_the_same_run() {
         s2.set_offline(false);
     });
     let d = data(5000);
-    let s: Arc<dyn ObjectStore> = store.clone();
+    let s = ChunkWriter::new(store.clone());
     let o = upload_stream(
         &mut &d[..],
         s,

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 
 use anyhow::{bail, Result};
 
-use crate::manifest::{Kind, Layout, Manifest, Pointer};
+use crate::manifest::{Kind, Layout, Manifest, ManifestKey, Pointer};
 use crate::retry::Retrier;
 use crate::store::{get_bounded, ErrorKind, ObjectStore};
 
@@ -84,11 +84,13 @@ impl Small {
 /// A resolved chain, oldest (the full) first, with each manifest's key.
 #[derive(Clone, Debug)]
 pub struct Chain {
-    pub links: Vec<(String, Manifest)>,
+    /// Oldest first; each key checked to lie under the subvolume's prefix, and each
+    /// manifest by `Manifest::check` (every chunk key under that prefix too).
+    pub links: Vec<(ManifestKey, Manifest)>,
 }
 
 impl Chain {
-    pub fn newest(&self) -> &(String, Manifest) {
+    pub fn newest(&self) -> &(ManifestKey, Manifest) {
         // A chain always has at least its full.
         &self.links[self.links.len() - 1]
     }
@@ -152,16 +154,16 @@ pub fn start_key(
     layout: &Layout,
     subvolume: &str,
     manifest_key: Option<&str>,
-) -> Result<String> {
+) -> Result<ManifestKey> {
     let within = layout.subvolume_prefix(subvolume);
     if let Some(k) = manifest_key {
-        if !layout.owns(subvolume, k) {
+        let Some(k) = layout.owned_manifest_key(subvolume, k) else {
             bail!(
                 "--manifest-key {k:?} is not a key under {within} (this subvolume's backups under s3.prefix); \
                  pick one from the bucket listing under that prefix"
             );
-        }
-        return Ok(k.to_string());
+        };
+        return Ok(k);
     }
     let pkey = layout.pointer_key(subvolume);
     // Only a pointer that is not there means "no backup": a request that failed (a
@@ -172,13 +174,13 @@ pub fn start_key(
              check --subvolume and s3.prefix)"
         );
     };
-    if !layout.owns(subvolume, &p.manifest_key) {
+    let Some(k) = layout.owned_manifest_key(subvolume, &p.manifest_key) else {
         damaged!(
             "pointer {pkey}: field manifest_key = {:?} is not a key under {within}; refusing to restore from it",
             p.manifest_key
         );
-    }
-    Ok(p.manifest_key)
+    };
+    Ok(k)
 }
 
 /// Reads one manifest of `subvolume` and checks it (`Manifest::check`, version 1). A
@@ -218,7 +220,7 @@ pub fn resolve(
     subvolume: &str,
     key: &str,
 ) -> Result<Chain> {
-    let mut links: Vec<(String, Manifest)> = Vec::new();
+    let mut links: Vec<(ManifestKey, Manifest)> = Vec::new();
     let mut seen = HashSet::new();
     let mut next = Some(key.to_string());
     while let Some(k) = next.take() {
@@ -228,12 +230,12 @@ pub fn resolve(
         if links.len() >= MAX_CHAIN {
             damaged!("manifest chain from {key} is longer than {MAX_CHAIN} links");
         }
-        if !layout.owns(subvolume, &k) {
+        let Some(k) = layout.owned_manifest_key(subvolume, &k) else {
             damaged!(
                 "manifest key {k:?} is not under {}; refusing to restore from it",
                 layout.subvolume_prefix(subvolume)
             );
-        }
+        };
         let m = read_manifest(store, retrier, layout, subvolume, &k)?;
         match (m.kind, &m.parent_manifest) {
             (Kind::Full, _) => {}

@@ -1,25 +1,33 @@
-//! The repository: one bucket prefix seen as backups. It owns the key layout, the object
-//! store and the retry policy every request runs under, reads manifests and pointers
-//! (always checked against the layout, see `chain`), and publishes (manifest, then
-//! `current.json`). Commands (`cmd/`) and the engines below them (`backup`, `restore`,
-//! `check`) reach S3 through it, but not yet only through it: `store()` and `retrier()`
-//! hand out the store, and the stale-upload sweep, the resume checks and prune's deletes
-//! call it directly (issue 22 item 1 makes them methods here).
+//! The repository: one bucket prefix seen as backups, and the engines' one gateway to
+//! it. It owns the key layout, the object store and the retry policy every request runs
+//! under (both private: no method hands them out), reads manifests and pointers (always
+//! checked against the layout, see `chain`), and publishes (manifest, then
+//! `current.json`). What the engines do in the bucket is a method here or of a type this
+//! module returns: the resume checks of stored parts (`resume`), the stale-upload sweep,
+//! archive readiness (`archive`), the verified download (`download`, `decrypt`), the
+//! upload pipeline's writes (`writer::ChunkWriter`), prune's execution (`prune`) and
+//! Object Lock (`object_lock`). Only the wiring that builds a `Repo` (`app`, `cmd/`)
+//! names the store; `contrib/check-layers.py` checks that nothing else does.
 
+pub mod archive;
 pub mod catalog;
 pub mod chain;
+pub mod decrypt;
+pub mod download;
 pub mod object_lock;
 pub mod prune;
+pub mod resume;
 pub mod versions;
+pub mod writer;
 
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
 use crate::config::Config;
-use crate::manifest::{Layout, Manifest, Pointer};
+use crate::manifest::{ChunkEntry, Layout, Manifest, ManifestKey, Pointer};
 use crate::retry::Retrier;
-use crate::store::{Body, ObjectStore, OpenUpload, PutOptions, Retention, StoreResult};
+use crate::store::{Body, ObjectMeta, ObjectStore, OpenUpload, PutOptions, Retention, StoreResult};
 
 pub use chain::Chain;
 
@@ -88,12 +96,125 @@ impl Repo {
         );
     }
 
-    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+    /// The store, for the modules of `repo/` only.
+    fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
     }
 
-    pub fn retrier(&self) -> &Arc<Retrier> {
+    /// The retry policy, for the modules of `repo/` only.
+    fn retrier(&self) -> &Arc<Retrier> {
         &self.retrier
+    }
+
+    /// Whether the run was stopped (a signal, the watchdog): the retrier's cancel flag.
+    pub fn cancelled(&self) -> bool {
+        self.retrier.cancelled()
+    }
+
+    /// The run's rate caps (upload and download), for the progress line.
+    pub fn throttles(&self) -> crate::ratelimit::Throttles {
+        self.store.throttles()
+    }
+
+    /// The upload pipeline's handle: chunk and part writes, nothing else.
+    pub fn chunk_writer(&self) -> writer::ChunkWriter {
+        writer::ChunkWriter::new(self.store.clone())
+    }
+
+    /// HEAD of an object of the repository (retried); `None` when it is not there.
+    /// The caller names the object in the error's context.
+    pub fn head(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
+        self.retrier.run(|| self.store.head(key))
+    }
+
+    /// HeadBucket (retried): whether the bucket answers at all (`backup --dry-run`).
+    pub fn head_bucket(&self) -> StoreResult<()> {
+        self.retrier.run(|| self.store.head_bucket())
+    }
+
+    /// One HEAD per chunk (present, size, class, restore status): see [`archive::survey`].
+    pub fn survey(&self, chunks: &[archive::ChunkRef<'_>]) -> Result<Vec<archive::ChunkState>> {
+        archive::survey(self.store.as_ref(), &self.retrier, chunks)
+    }
+
+    /// Requests the archive restores `surveyed` needs; the keys still pending
+    /// ([`archive::request`]).
+    pub fn request_restores(
+        &self,
+        surveyed: &[archive::ChunkState],
+        tier: &str,
+    ) -> Result<Vec<String>> {
+        archive::request(self.store.as_ref(), &self.retrier, surveyed, tier)
+    }
+
+    /// Survey, then request ([`archive::request_all`]).
+    pub fn request_all_restores(
+        &self,
+        chunks: &[archive::ChunkRef<'_>],
+        tier: &str,
+    ) -> Result<Vec<String>> {
+        archive::request_all(self.store.as_ref(), &self.retrier, chunks, tier)
+    }
+
+    /// Waits until every pending archive restore is done, up to `timeout`
+    /// ([`archive::wait_all`]); the time waited.
+    pub fn wait_restored(
+        &self,
+        pending: Vec<String>,
+        timeout: std::time::Duration,
+    ) -> Result<std::time::Duration> {
+        archive::wait_all(
+            self.store.as_ref(),
+            &self.retrier,
+            pending,
+            timeout,
+            &std::thread::sleep,
+            &std::time::Instant::now,
+        )
+    }
+
+    /// The verified download of `chunks` into `out` ([`download::stream_chunks`]).
+    pub fn stream_chunks(
+        &self,
+        chunks: &[ChunkEntry],
+        stream_sha256: Option<&str>,
+        piece_size: u64,
+        concurrency: usize,
+        out: &mut dyn std::io::Write,
+    ) -> Result<u64> {
+        download::stream_chunks(
+            self.store.clone(),
+            self.retrier.clone(),
+            chunks,
+            stream_sha256,
+            piece_size,
+            concurrency,
+            out,
+        )
+    }
+
+    /// The verified download of encrypted `chunks`, decrypted into `out`
+    /// ([`decrypt::stream_decrypted`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn stream_decrypted(
+        &self,
+        chunks: &[ChunkEntry],
+        sealed: &crate::manifest::SealedPart,
+        identities: &[crate::age::Identity],
+        piece_size: u64,
+        concurrency: usize,
+        out: &mut dyn std::io::Write,
+    ) -> Result<u64> {
+        decrypt::stream_decrypted(
+            self.store.clone(),
+            self.retrier.clone(),
+            chunks,
+            sealed,
+            identities,
+            piece_size,
+            concurrency,
+            out,
+        )
     }
 
     /// Headers of chunk objects (storage class, SSE).
@@ -103,7 +224,7 @@ impl Repo {
 
     /// The key of the manifest to restore or verify: `manifest_key` (which must lie under
     /// the subvolume's prefix), else what `current.json` names.
-    pub fn start_key(&self, subvolume: &str, manifest_key: Option<&str>) -> Result<String> {
+    pub fn start_key(&self, subvolume: &str, manifest_key: Option<&str>) -> Result<ManifestKey> {
         chain::start_key(
             self.store.as_ref(),
             &self.retrier,
@@ -170,7 +291,7 @@ impl Repo {
     /// (never locked: it is overwritten) as the final PUT.
     /// A manifest larger than readers accept ([`chain::MAX_MANIFEST_BYTES`]) is refused
     /// before anything is written: nothing is published that a restore could not read.
-    pub fn publish(&self, manifest_key: &str, manifest: &Manifest) -> Result<()> {
+    pub fn publish(&self, manifest_key: &ManifestKey, manifest: &Manifest) -> Result<()> {
         let body = manifest.to_json();
         if body.len() as u64 > chain::MAX_MANIFEST_BYTES {
             anyhow::bail!(
@@ -195,7 +316,7 @@ impl Repo {
             .with_context(|| format!("uploading manifest {manifest_key}"))?;
         crate::failpoint::hit("between_manifest_and_pointer");
         let pointer = Pointer {
-            manifest_key: manifest_key.to_string(),
+            manifest_key: manifest_key.as_str().to_string(),
             kind: manifest.kind,
             created_at: manifest.created_at.clone(),
             extra: Default::default(),
@@ -243,7 +364,7 @@ mod tests {
         Repo::new(&cfg, store, Arc::new(crate::testing::retrier()))
     }
 
-    fn manifest(repo: &Repo, chunks: u64, chunk_size: u64, pad: usize) -> (String, Manifest) {
+    fn manifest(repo: &Repo, chunks: u64, chunk_size: u64, pad: usize) -> (ManifestKey, Manifest) {
         let ts = Ts::from_unix(1_735_696_800);
         let sv = "home-user";
         let key = repo.layout.manifest_key(sv, Kind::Full, ts);
@@ -308,7 +429,7 @@ mod tests {
         let (key, m) = manifest(&r, 70_000, 1 << 20, 920);
         let e = r.publish(&key, &m).unwrap_err().to_string();
         assert!(
-            e.contains(&key) && e.contains("70000 chunks") && e.contains("64 MiB"),
+            e.contains(key.as_str()) && e.contains("70000 chunks") && e.contains("64 MiB"),
             "{e}"
         );
         assert!(e.contains("raise s3.chunk_size_bytes"), "{e}");

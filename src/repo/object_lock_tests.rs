@@ -87,7 +87,7 @@ impl World {
                     .put_object(&key, Body::Bytes(data.as_bytes()), repo.chunk_opts())
                     .unwrap();
                 ChunkEntry {
-                    key,
+                    key: key.into_string(),
                     size: data.len() as u64,
                     sha256: "0".repeat(64),
                     etag: None,
@@ -123,7 +123,7 @@ impl World {
             extra: Default::default(),
         };
         repo.publish(&key, &m).unwrap();
-        key
+        key.into_string()
     }
 
     fn retention_calls(&self) -> usize {
@@ -141,7 +141,7 @@ impl World {
             .links
             .iter()
             .flat_map(|(k, m)| {
-                std::iter::once(k.clone()).chain(m.chunks.iter().map(|c| c.key.clone()))
+                std::iter::once(k.to_string()).chain(m.chunks.iter().map(|c| c.key.clone()))
             })
             .map(|k| {
                 let until = self.store.object(&k).unwrap().lock.map(|l| l.until);
@@ -319,7 +319,7 @@ fn a_resumed_backups_chunks_from_an_earlier_run_get_this_runs_date() {
     w.advance_days(1);
     let repo = w.repo();
     let inc = w.backup(&repo, Some(&full), 2);
-    assert!(repo.chain("data", &inc).unwrap().newest().1.chunks[0].key == key);
+    assert!(key == repo.chain("data", &inc).unwrap().newest().1.chunks[0].key);
     // (the helper wrote every chunk anew: chunk 0 keeps the earlier run's date, as a
     // resume that finds it stored does not send it again)
     w.store.set_retention(&key, early.lock().cloned());

@@ -81,7 +81,7 @@ impl World {
                 self.store
                     .insert(&key, data.as_bytes(), self.opts(self.class));
                 ChunkEntry {
-                    key,
+                    key: key.into_string(),
                     size: data.len() as u64,
                     sha256: "0".repeat(64),
                     etag: None,
@@ -133,7 +133,7 @@ impl World {
             let o = self.opts("STANDARD");
             self.store.insert(&key, &m.to_json(), o);
         }
-        key
+        key.into_string()
     }
 
     fn plan(&self, keep: usize, early: bool, journal: Option<Ts>) -> Result<Plan> {

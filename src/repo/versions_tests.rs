@@ -59,7 +59,7 @@ fn two_backups(store: &Arc<MemoryStore>) -> (Repo, String, String) {
             parent_manifest: keys.last().cloned(),
             total_bytes: data.len() as u64,
             chunks: vec![ChunkEntry {
-                key: ck,
+                key: ck.into_string(),
                 size: data.len() as u64,
                 sha256: "0".repeat(64),
                 etag: None,
@@ -77,7 +77,7 @@ fn two_backups(store: &Arc<MemoryStore>) -> (Repo, String, String) {
             extra: Default::default(),
         };
         repo.publish(&key, &m).unwrap();
-        keys.push(key);
+        keys.push(key.into_string());
     }
     (repo, keys[0].clone(), keys[1].clone())
 }
@@ -96,7 +96,7 @@ fn a_pinned_chain_reads_what_the_backups_wrote_over_a_writers_versions() {
     let original = get_all(store.as_ref(), &full_chunk.key).unwrap();
     // A bucket writer: garbage over both manifests and current.json, a chunk of the same
     // size with other bytes, and a delete marker on top of the full's manifest.
-    for k in [&inc, &full, &repo.layout.pointer_key("data")] {
+    for k in [&inc, &full, &repo.layout.pointer_key("data").into_string()] {
         store
             .put_object(k, Body::Bytes(b"{garbage"), &garbage())
             .unwrap();

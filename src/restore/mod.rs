@@ -1,13 +1,10 @@
 //! The restore engine: resolve the checked chain (`repo::chain`), make archive-class chunks readable
-//! (`archive`), stream every manifest oldest first through SHA-256 verification into
-//! `btrfs receive` in a staging directory beside the target (`download`), move the newest
+//! (`repo::archive`), stream every manifest oldest first through SHA-256 verification into
+//! `btrfs receive` in a staging directory beside the target (`repo::download`), move the newest
 //! subvolume to `--target` and make it writable, then verify (`crate::verify`).
 //! Invariant: on any failure every partial subvolume is deleted and nothing is left at
 //! `--target`.
 
-pub mod archive;
-pub mod decrypt;
-pub mod download;
 pub mod plan;
 pub mod staging;
 
@@ -20,6 +17,7 @@ use crate::btrfs::Btrfs;
 use crate::config::{Config, VerifyMode};
 use crate::event;
 use crate::progress::{Counted, Expected, Meter, Reporter};
+use crate::repo::archive;
 use crate::repo::{Chain, Repo};
 use crate::sendstream::{Guard, Received};
 use staging::{Finished, Staging};
@@ -105,6 +103,9 @@ pub struct Restorer<'a> {
     pub cfg: &'a Config,
     pub btrfs: &'a dyn Btrfs,
     pub repo: &'a Repo,
+    /// The run's retry policy (the repository's): the progress meter counts its retries
+    /// and shows its outage.
+    pub retrier: std::sync::Arc<crate::retry::Retrier>,
 }
 
 /// Checks `--target` before anything else happens: new, parent exists. A relative target
@@ -132,8 +133,6 @@ impl Restorer<'_> {
         let started = Instant::now();
         // command() has resolved a relative --target already; check again right before use.
         let target = check_target(&req.target, Path::new("/"))?;
-        let store = self.repo.store().as_ref();
-        let retrier = self.repo.retrier();
         let key = self
             .repo
             .start_key(&req.subvolume, req.manifest_key.as_deref())?;
@@ -151,12 +150,12 @@ impl Restorer<'_> {
         self.preflight(&chain, &target, req.skip_space_check)?;
         let tier = self.cfg.restore.restore_tier.as_str();
         // The same survey `--plan` makes, and its summary, before anything is spent.
-        let surveyed = archive::survey(store, retrier, &chunk_refs(&chain))?;
+        let surveyed = self.repo.survey(&chunk_refs(&chain))?;
         let plan = self.plan_of(&req.subvolume, &chain, &surveyed, &target)?;
         let summary = plan.summary();
         event!(Info, "restore_plan", summary = summary);
         crate::outln!("{summary}");
-        let pending = archive::request(store, retrier, &surveyed, tier)?;
+        let pending = self.repo.request_restores(&surveyed, tier)?;
         let mut archive_wait = Duration::ZERO;
         if !pending.is_empty() {
             if !req.wait {
@@ -166,14 +165,7 @@ impl Restorer<'_> {
                 }
                 .into());
             }
-            archive_wait = archive::wait_all(
-                store,
-                retrier,
-                pending,
-                req.timeout,
-                &std::thread::sleep,
-                &Instant::now,
-            )?;
+            archive_wait = self.repo.wait_restored(pending, req.timeout)?;
             event!(
                 Info,
                 "archive_restores_ready",
@@ -295,13 +287,13 @@ impl Restorer<'_> {
         let meter = Meter::new(
             "restore_progress",
             &chain.newest().1.subvolume,
-            self.repo.retrier().clone(),
+            self.retrier.clone(),
             Some(Expected {
                 bytes: chain.total_bytes(),
                 source: "exact".into(),
             }),
         );
-        meter.show_cap(self.repo.store().throttles().download);
+        meter.show_cap(self.repo.throttles().download);
         let _reporter = Reporter::start(
             meter.clone(),
             Duration::from_secs(self.cfg.global.progress_interval_seconds),
@@ -332,18 +324,14 @@ impl Restorer<'_> {
                 };
                 let mut out = guard.writer(&mut counted);
                 match sealed {
-                    None => download::stream_chunks(
-                        self.repo.store().clone(),
-                        self.repo.retrier().clone(),
+                    None => self.repo.stream_chunks(
                         &m.chunks,
                         m.stream_sha256.as_deref(),
                         piece,
                         conc,
                         &mut out,
                     ),
-                    Some(s) => decrypt::stream_decrypted(
-                        self.repo.store().clone(),
-                        self.repo.retrier().clone(),
+                    Some(s) => self.repo.stream_decrypted(
                         &m.chunks,
                         s,
                         &keys.identities,
@@ -415,11 +403,7 @@ impl Restorer<'_> {
             .repo
             .start_key(&req.subvolume, req.manifest_key.as_deref())?;
         let chain = self.repo.chain(&req.subvolume, &key)?;
-        let surveyed = archive::survey(
-            self.repo.store().as_ref(),
-            self.repo.retrier(),
-            &chunk_refs(&chain),
-        )?;
+        let surveyed = self.repo.survey(&chunk_refs(&chain))?;
         self.plan_of(&req.subvolume, &chain, &surveyed, &req.target)
     }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use super::archive::{is_archive, ChunkState, RestoreHeader};
+use crate::repo::archive::{is_archive, ChunkState, RestoreHeader};
 use crate::repo::Chain;
 
 /// The day the prices below were taken from AWS's published S3 pricing and its archive
@@ -253,7 +253,7 @@ pub fn make(
             .iter()
             .map(|(k, m)| {
                 (
-                    k.clone(),
+                    k.to_string(),
                     m.kind.as_str().to_string(),
                     m.chunks.len(),
                     m.total_bytes,
@@ -591,7 +591,14 @@ mod tests {
             extra: Default::default(),
         };
         Chain {
-            links: vec![("m1".into(), m)],
+            links: vec![(
+                crate::manifest::Layout::new("p").manifest_key(
+                    "data",
+                    Kind::Full,
+                    crate::ts::Ts::from_unix(0),
+                ),
+                m,
+            )],
         }
     }
 

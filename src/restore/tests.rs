@@ -125,15 +125,13 @@ impl Rig {
     }
 
     fn run(&self, target: &Path, key: Option<&str>, wait: bool) -> Result<Report> {
-        let repo = Repo::new(
-            &self.cfg,
-            self.store.clone(),
-            Arc::new(crate::testing::retrier()),
-        );
+        let retrier = Arc::new(crate::testing::retrier());
+        let repo = Repo::new(&self.cfg, self.store.clone(), retrier.clone());
         let r = Restorer {
             cfg: &self.cfg,
             btrfs: &self.btrfs,
             repo: &repo,
+            retrier,
         };
         r.run(&Request {
             subvolume: "data".into(),
