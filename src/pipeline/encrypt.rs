@@ -4,15 +4,21 @@
 //! Each file's [`Sealing`] is handed in before its chunk's first byte is read
 //! ([`AgeChunks::start`]); plaintext is read straight into the caller's buffer and
 //! sealed there, block by block (only a block that straddles the end of a part, and the
-//! header, go through a side buffer).
+//! header, go through a side buffer). The send pipe itself is read [`PLAIN_READ`] bytes
+//! at a time: one 64 KiB read per block (and a 1-byte look-ahead read after each) cost
+//! more in system calls and `btrfs send` wake-ups than copying out of a buffer costs.
 
-use std::io::{self, Read};
+use std::io::{self, BufReader, Read};
 
 use crate::age::{BlockSealer, Sealing, BLOCK_LEN, TAG_BYTES};
 
+/// Bytes of plaintext asked of the send pipe at a time (the pipe holds 1 MiB, see
+/// `btrfs.rs`): the memory this adds to the pipeline's bound.
+pub const PLAIN_READ: usize = 1 << 20;
+
 /// The age files of one stream, one per chunk.
 pub struct AgeChunks<'a> {
-    inner: &'a mut dyn Read,
+    inner: BufReader<&'a mut dyn Read>,
     chunk_size: u64,
     /// The sealing of the next chunk's file, until its first byte is read.
     next: Option<Sealing>,
@@ -32,7 +38,7 @@ impl<'a> AgeChunks<'a> {
     /// `chunk_size` plaintext bytes per file (> 0).
     pub fn new(inner: &'a mut dyn Read, chunk_size: u64) -> AgeChunks<'a> {
         AgeChunks {
-            inner,
+            inner: BufReader::with_capacity(PLAIN_READ, inner),
             chunk_size: chunk_size.max(1),
             next: None,
             current: None,
