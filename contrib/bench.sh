@@ -41,7 +41,9 @@
 # Env: BENCH_DIR (/var/tmp/btrfs_to_s3-bench), CONCURRENCY (4), PART_MIB (16),
 #      CHUNK_MIB (512), ROUNDS (1): with ROUNDS=N the aws CLI row and both big backups are
 #      measured N times, interleaved, and the ratio to the aws CLI is printed per round
-#      (this shared machine varies by 10-20 % from run to run); BENCH_BIN: the binary to
+#      (this shared machine varies by 10-20 % from run to run), the encrypted backup's
+#      too (from round 2 on right after the unencrypted one; in round 1 after the restore
+#      rows), with its CPU s/GiB over the unencrypted row's; BENCH_BIN: the binary to
 #      measure (default: this tree's release build), for before/after comparisons;
 #      BENCH_ENCRYPTED (1): 0 leaves the encrypted rows out (for a BENCH_BIN without them);
 #      BENCH_RESUME (1): 0 leaves the resume table out, "only" measures nothing else;
@@ -221,7 +223,15 @@ PY
 
 # last_mbps: the MB/s column of the last row measured.
 last_mbps() { awk -F'|' '{v = $(NF - 4); gsub(/ /, "", v); print v}' <<< "${rows[-1]}"; }
+# last_cpu: its CPU s/GiB column.
+last_cpu() { awk -F'|' '{v = $(NF - 3); gsub(/ /, "", v); print v}' <<< "${rows[-1]}"; }
 ratios=()
+# enc_ratio ROUND: the encrypted backup just measured against the aws CLI row and the
+# unencrypted backup row of the same round (issue 23's targets: >= 1.3x, <= +0.5 s/GiB).
+enc_ratios=()
+enc_ratio() {
+  enc_ratios+=("round $1: $(python3 -c "print(f'{$(last_mbps)/$aws_mbps:.2f}x the aws CLI ({$big_mbps/$aws_mbps:.2f}x unencrypted); CPU {$(last_cpu):.2f} s/GiB, {$(last_cpu) - $big_cpu:+.2f} over unencrypted ({$big_cpu:.2f})')")")
+}
 
 if [ "$main" = 1 ]; then
 echo "==> measuring (each run starts with dropped caches)"
@@ -244,6 +254,7 @@ fi
 btrfs -q subvolume delete "$snap"
 measure "btrfs_to_s3 backup (${gib} GiB)" log "$bin" backup --config "$dir/big.toml" --once
 big_mbps=$(last_mbps)
+big_cpu=$(last_cpu)
 cp "$dir/out.log" "$dir/backup-big.log"
 grep -o 'event=backup_metrics.*' "$dir/out.log"
 measure "btrfs_to_s3 restore (${gib} GiB)" "$stream" "$bin" restore --config "$dir/big.toml" --subvolume big --target "$mnt/restored-big"
@@ -288,6 +299,7 @@ done
 if [ "${BENCH_ENCRYPTED:-1}" != 0 ]; then
 measure "btrfs_to_s3 backup (${gib} GiB, encrypted to 1 age recipient)" log "$bin" backup --config "$dir/enc.toml" --once
 grep -o 'event=backup_metrics.*' "$dir/out.log"
+enc_ratio 1
 btrfs -q subvolume delete "$mnt/restored-big"
 btrfs subvolume sync "$mnt" > /dev/null
 measure "btrfs_to_s3 restore (${gib} GiB, encrypted)" "$stream" "$bin" restore --config "$dir/enc.toml" --subvolume big --target "$mnt/restored-big"
@@ -325,6 +337,12 @@ for r in $(seq 2 "$rounds"); do
   fresh state-big.json bench-big
   measure "btrfs_to_s3 backup (${gib} GiB) (round $r)" log "$bin" backup --config "$dir/big.toml" --once
   big_mbps=$(last_mbps)
+  big_cpu=$(last_cpu)
+  if [ "${BENCH_ENCRYPTED:-1}" != 0 ]; then
+  fresh state-enc.json bench-enc
+  measure "btrfs_to_s3 backup (${gib} GiB, encrypted to 1 age recipient) (round $r)" log "$bin" backup --config "$dir/enc.toml" --once
+  enc_ratio "$r"
+  fi
   if [ "$extra" = 1 ]; then
   fresh state-chunked.json bench-chunked
   measure "btrfs_to_s3 backup (${gib} GiB, ${chunk_mib} MiB chunks) (round $r)" log "$bin" backup --config "$dir/chunked.toml" --once
@@ -653,6 +671,10 @@ printf '%s\n' "${rows[@]}"
 echo
 echo "btrfs_to_s3 backup throughput over the aws CLI's in the same round:"
 printf '  %s\n' "${ratios[@]}"
+if [ "${#enc_ratios[@]}" -gt 0 ]; then
+echo "The encrypted backup in the same round (targets: >= 1.3x the aws CLI, CPU within +0.5 s/GiB):"
+printf '  %s\n' "${enc_ratios[@]}"
+fi
 echo
 if [ "${#rratios[@]}" -gt 0 ]; then
 echo "Restore: the same chunks through aws s3 cp - | btrfs receive, and btrfs_to_s3 restore (each row with dropped caches):"

@@ -480,6 +480,10 @@ impl Read for ChildSend {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         self.stdout.read(buf)
     }
+    /// `readv` on the pipe (the encrypted pipeline reads many blocks at once).
+    fn read_vectored(&mut self, bufs: &mut [std::io::IoSliceMut<'_>]) -> std::io::Result<usize> {
+        self.stdout.read_vectored(bufs)
+    }
 }
 
 impl SendStream for ChildSend {

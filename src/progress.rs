@@ -485,6 +485,12 @@ impl<R: Read + ?Sized> Read for Counted<'_, R> {
         self.meter.add_through(n as u64);
         Ok(n)
     }
+    /// Forwarded: the encrypted pipeline reads many blocks with one `readv`.
+    fn read_vectored(&mut self, bufs: &mut [std::io::IoSliceMut<'_>]) -> std::io::Result<usize> {
+        let n = self.inner.read_vectored(bufs)?;
+        self.meter.add_through(n as u64);
+        Ok(n)
+    }
 }
 
 impl<W: Write + ?Sized> Write for Counted<'_, W> {

@@ -4,11 +4,22 @@
 //! Each file's [`Sealing`] is handed in before its chunk's first byte is read
 //! ([`AgeChunks::start`]); plaintext is read straight into the caller's buffer and
 //! sealed there, block by block (only a block that straddles the end of a part, and the
-//! header, go through a side buffer).
+//! header, go through a side buffer). Up to [`READ_BLOCKS`] blocks are read with one
+//! vectored read (`readv`: each block's plaintext straight into its place, and one byte
+//! of look-ahead that tells a final full block from a non-final one), then sealed, while
+//! they are in cache (one 64 KiB read per block and a 1-byte read after each, as before,
+//! cost more system time: twice the calls, and `btrfs send` woken as often).
 
-use std::io::{self, Read};
+use std::io::{self, IoSliceMut, Read};
 
 use crate::age::{BlockSealer, Sealing, BLOCK_LEN, TAG_BYTES};
+
+/// Blocks read (and then sealed) at a time: 1 MiB of plaintext, the send pipe's size
+/// (`btrfs.rs`), and within a core's L2 cache for the sealing and hashing that follow.
+pub const READ_BLOCKS: usize = 16;
+
+/// A sealed block's bytes: its plaintext and its tag.
+const SEALED: usize = BLOCK_LEN + TAG_BYTES;
 
 /// The age files of one stream, one per chunk.
 pub struct AgeChunks<'a> {
@@ -93,25 +104,75 @@ impl<'a> AgeChunks<'a> {
         Ok(false)
     }
 
-    /// Seals the current file's next block into `out` (plaintext length + tag room):
-    /// returns the bytes written there.
-    fn block_into(&mut self, out: &mut [u8]) -> io::Result<usize> {
+    /// Reads and seals the current file's next blocks into `out`, as many whole sealed
+    /// blocks as it has room for (at most [`READ_BLOCKS`]; at least one, for which the
+    /// caller leaves room: its plaintext and tag): returns the bytes written there.
+    fn blocks_into(&mut self, out: &mut [u8]) -> io::Result<usize> {
         let Some(left) = self.current.as_ref().map(|c| c.1) else {
             return Ok(0);
         };
-        let want = left.min(BLOCK_LEN as u64) as usize;
-        let n = self.read_plain(&mut out[..want])?;
+        let room = (out.len() / SEALED).clamp(1, READ_BLOCKS);
+        let want = left.min((room * BLOCK_LEN) as u64) as usize;
+        let blocks = want.div_ceil(BLOCK_LEN).max(1);
+        // The carried byte first; then one vectored read per turn into what is still
+        // empty of each block's plaintext, and one byte more.
+        let mut have = 0;
+        if let (Some(b), true) = (self.carry, want > 0) {
+            out[0] = b;
+            self.carry = None;
+            have = 1;
+        }
+        let mut ahead = [0u8; 1];
+        let mut got = 0;
+        if !self.eof {
+            let mut slices: Vec<IoSliceMut<'_>> = out
+                .chunks_mut(SEALED)
+                .take(blocks)
+                .enumerate()
+                .map(|(i, c)| {
+                    let len = (want - i * BLOCK_LEN).min(BLOCK_LEN);
+                    IoSliceMut::new(&mut c[if i == 0 { have } else { 0 }..len])
+                })
+                .collect();
+            slices.push(IoSliceMut::new(&mut ahead));
+            let mut bufs = &mut slices[..];
+            while !bufs.is_empty() {
+                match self.inner.read_vectored(bufs) {
+                    Ok(0) => {
+                        self.eof = true;
+                        break;
+                    }
+                    Ok(k) => {
+                        got += k;
+                        IoSliceMut::advance_slices(&mut bufs, k);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let n = have + got.min(want - have);
+        if got > want - have {
+            self.carry = Some(ahead[0]);
+        }
+        self.plain_total += n as u64;
         let left = left - n as u64;
-        let last = n < want || left == 0 || !self.more()?;
+        // Final: the input ended (within the blocks, or right after them), or the chunk.
+        let last = n < want || left == 0 || self.carry.is_none();
         let Some((sealer, l)) = &mut self.current else {
             return Ok(0);
         };
         *l = left;
-        sealer.seal_in_place(&mut out[..n + TAG_BYTES], last);
+        let sealed = n.div_ceil(BLOCK_LEN).max(1);
+        for i in 0..sealed {
+            let len = (n - i * BLOCK_LEN).min(BLOCK_LEN);
+            let at = i * SEALED;
+            sealer.seal_in_place(&mut out[at..at + len + TAG_BYTES], last && i + 1 == sealed);
+        }
         if last {
             self.current = None;
         }
-        Ok(n + TAG_BYTES)
+        Ok(n + sealed * TAG_BYTES)
     }
 }
 
@@ -144,11 +205,11 @@ impl Read for AgeChunks<'_> {
             };
             let room = left.min(BLOCK_LEN as u64) as usize + TAG_BYTES;
             if out.len() >= room {
-                return self.block_into(out);
+                return self.blocks_into(out);
             }
             let mut side = std::mem::take(&mut self.side);
             side.resize(room, 0);
-            let r = self.block_into(&mut side);
+            let r = self.blocks_into(&mut side);
             side.truncate(*r.as_ref().unwrap_or(&0));
             self.side = side;
             r?;
@@ -225,6 +286,104 @@ mod tests {
                     .sum::<u64>()
             );
         }
+    }
+
+    /// A pipe-like input: at most `most` bytes per read or `readv`, counting them.
+    struct Pipe<'a> {
+        data: &'a [u8],
+        most: usize,
+        reads: usize,
+    }
+
+    impl Read for Pipe<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.read_vectored(&mut [IoSliceMut::new(buf)])
+        }
+        fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+            self.reads += 1;
+            let mut n = 0;
+            for b in bufs {
+                let k = b.len().min(self.most - n).min(self.data.len());
+                b[..k].copy_from_slice(&self.data[..k]);
+                self.data = &self.data[k..];
+                n += k;
+            }
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn the_send_pipe_is_read_a_mebibyte_at_a_time() {
+        // 8 MiB and a bit, in 1 MiB chunks: about one read per READ_BLOCKS blocks (and
+        // per file, the look-ahead and the end), not two per 64 KiB block as before.
+        let data: Vec<u8> = (0..(8 << 20) + 77).map(|i| (i % 251) as u8).collect();
+        let r = recipient();
+        let mut pipe = Pipe {
+            data: &data,
+            most: usize::MAX,
+            reads: 0,
+        };
+        let mut a = AgeChunks::new(&mut pipe, 1 << 20);
+        let mut out = vec![0u8; 16 << 20];
+        let mut used = Vec::new();
+        let mut got = Vec::new();
+        loop {
+            if a.between_files() && a.next.is_none() {
+                let s = Sealing::new(std::slice::from_ref(&r)).expect("sealing");
+                used.push(s.clone());
+                a.start(s);
+            }
+            let n = a.read(&mut out).expect("read");
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&out[..n]);
+        }
+        drop(a);
+        let want: Vec<u8> = data
+            .chunks(1 << 20)
+            .zip(&used)
+            .flat_map(|(p, s)| encrypt_to_vec(s, p))
+            .collect();
+        assert!(got == want, "ciphertext differs");
+        let most = data.len().div_ceil(READ_BLOCKS * BLOCK_LEN) + 2 * used.len();
+        assert!(
+            pipe.reads <= most,
+            "{} reads of the pipe, want <= {most}",
+            pipe.reads
+        );
+    }
+
+    #[test]
+    fn short_pipe_reads_give_the_same_files() {
+        let data: Vec<u8> = (0..(3 * BLOCK_LEN + 5)).map(|i| (i % 241) as u8).collect();
+        let r = recipient();
+        let mut pipe = Pipe {
+            data: &data,
+            most: 1000,
+            reads: 0,
+        };
+        let mut a = AgeChunks::new(&mut pipe, 2 * BLOCK_LEN as u64);
+        let mut out = vec![0u8; 70_000];
+        let (mut used, mut got) = (Vec::new(), Vec::new());
+        loop {
+            if a.between_files() && a.next.is_none() {
+                let s = Sealing::new(std::slice::from_ref(&r)).expect("sealing");
+                used.push(s.clone());
+                a.start(s);
+            }
+            let n = a.read(&mut out).expect("read");
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&out[..n]);
+        }
+        let want: Vec<u8> = data
+            .chunks(2 * BLOCK_LEN)
+            .zip(&used)
+            .flat_map(|(p, s)| encrypt_to_vec(s, p))
+            .collect();
+        assert!(got == want, "ciphertext differs");
     }
 
     #[test]
