@@ -17,15 +17,21 @@ use crate::manifest::{ChunkEntry, SealedPart};
 use crate::retry::Retrier;
 use crate::store::ObjectStore;
 
+/// The largest message on the channel: a downloaded piece (a whole part, up to 5 GiB) goes
+/// over in slices of this size, so the channel's two slots and the reader's current one
+/// hold at most 3 MiB whatever the part size.
+const SLICE: usize = 1 << 20;
+
 /// The download's end of the channel.
 struct ChanWriter(Sender<Vec<u8>>);
 
 impl Write for ChanWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(SLICE);
         self.0
-            .send(buf.to_vec())
+            .send(buf[..n].to_vec())
             .map_err(|_| std::io::Error::other("the decryption stopped"))?;
-        Ok(buf.len())
+        Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
@@ -171,4 +177,24 @@ fn decrypt_all(
         written += n;
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_whole_part_crosses_the_channel_in_slices_of_at_most_a_mebibyte() {
+        let (tx, rx) = bounded::<Vec<u8>>(8);
+        let mut w = ChanWriter(tx);
+        let part: Vec<u8> = (0..(3 * SLICE + 5)).map(|i| i as u8).collect();
+        w.write_all(&part).unwrap();
+        drop(w);
+        let got: Vec<Vec<u8>> = rx.iter().collect();
+        assert_eq!(
+            got.iter().map(Vec::len).collect::<Vec<_>>(),
+            [SLICE, SLICE, SLICE, 5]
+        );
+        assert_eq!(got.concat(), part);
+    }
 }
