@@ -312,6 +312,10 @@ pub fn compare_with(
     if mode == VerifyMode::None {
         return Ok(Report::default());
     }
+    if let Some(p) = &pre {
+        // The download is over: what is left of the source is wanted now.
+        p.urgent.store(true, Ordering::Relaxed);
+    }
     let (stride, pre) = match pre {
         Some(p) if p.stride > 0 => (p.stride, Some(p)),
         _ => (stride(source, mode, sample_max_files)?, None),
@@ -565,13 +569,17 @@ fn fingerprint(rel: &Path) -> u64 {
 /// The source snapshot hashed on a thread of its own while the restore downloads and
 /// receives (the CPU `btrfs receive` leaves idle), in the order the comparison walk
 /// visits files and with the same choice of files (every one in `full` mode, every
-/// `stride`-th in `sample`). The comparison takes the hashes as they come, so the
-/// restored tree's hashing overlaps whatever source hashing is left. Dropping it stops
-/// the thread (within one read of 1 MiB) and joins it.
+/// `stride`-th in `sample`). It runs at nice [`PREHASH_NICE`], so on a busy machine the
+/// download, `btrfs receive` and the object store's server come first; once the
+/// comparison starts it is back at the process's priority. The comparison takes the
+/// hashes as they come, so the restored tree's hashing overlaps whatever source hashing
+/// is left. Dropping it stops the thread (within one read of 1 MiB) and joins it.
 pub struct Prehash {
     stride: u64,
     rx: crossbeam_channel::Receiver<Prehashed>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Set when the comparison starts: the thread goes back to normal priority.
+    urgent: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -588,17 +596,25 @@ impl Prehash {
         // it within PREHASH_QUEUE.
         let (tx, rx) = crossbeam_channel::unbounded();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let urgent = Arc::new(AtomicBool::new(false));
         let src = source.to_path_buf();
-        let halt = stop.clone();
+        let (halt, hurry) = (stop.clone(), urgent.clone());
         let thread = std::thread::Builder::new()
             .name("verify-source".into())
             .spawn(move || {
+                // On Linux the nice value is per thread (pid 0: the calling thread). A
+                // failure costs only the priority.
+                let _ = rustix::process::setpriority_process(None, PREHASH_NICE);
                 let mut w = PreWalk {
                     src: &src,
                     stride,
                     files: 0,
                     tx,
                     stop: &halt,
+                    nice: Nice {
+                        urgent: &hurry,
+                        done: std::cell::Cell::new(false),
+                    },
                 };
                 let _ = w.dir(Path::new(""));
             })
@@ -607,6 +623,7 @@ impl Prehash {
             stride,
             rx,
             stop,
+            urgent,
             thread: Some(thread),
         })
     }
@@ -629,6 +646,28 @@ struct PreWalk<'a> {
     files: u64,
     tx: crossbeam_channel::Sender<Prehashed>,
     stop: &'a std::sync::atomic::AtomicBool,
+    nice: Nice<'a>,
+}
+
+/// The nice value of [`Prehash`]'s thread until the comparison starts: below the
+/// download, `btrfs receive` and a local object store, which the restore waits for.
+const PREHASH_NICE: i32 = 10;
+
+/// The prehash thread's way back to normal priority once `urgent` is set.
+struct Nice<'a> {
+    urgent: &'a AtomicBool,
+    done: std::cell::Cell<bool>,
+}
+
+impl Nice<'_> {
+    fn check(&self) {
+        if !self.done.get() && self.urgent.load(Ordering::Relaxed) {
+            self.done.set(true);
+            // Raising a thread's priority needs CAP_SYS_NICE (restore runs as root);
+            // without it the hashing only stays slower.
+            let _ = rustix::process::setpriority_process(None, 0);
+        }
+    }
 }
 
 impl PreWalk<'_> {
@@ -654,7 +693,7 @@ impl PreWalk<'_> {
                         }
                         std::thread::sleep(std::time::Duration::from_millis(5));
                     }
-                    let h = hash_file_until(&self.src.join(&rel), self.stop);
+                    let h = hash_file_until(&self.src.join(&rel), self.stop, &self.nice);
                     let failed = h.is_none();
                     self.tx.send((fingerprint(&rel), h)).map_err(|_| ())?;
                     if failed {
@@ -668,15 +707,20 @@ impl PreWalk<'_> {
 }
 
 /// [`hash_file`] that gives up (`None`) when `stop` is set or on any error.
-fn hash_file_until(p: &Path, stop: &std::sync::atomic::AtomicBool) -> Option<([u8; 32], u64)> {
+fn hash_file_until(
+    p: &Path,
+    stop: &std::sync::atomic::AtomicBool,
+    nice: &Nice,
+) -> Option<([u8; 32], u64)> {
     let mut f = File::open(p).ok()?;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; HASH_READ];
     let mut n = 0u64;
     loop {
         if stop.load(std::sync::atomic::Ordering::Relaxed) {
             return None;
         }
+        nice.check();
         let k = f.read(&mut buf).ok()?;
         if k == 0 {
             break;
