@@ -4,15 +4,21 @@
 //! file types, permission bits (with setuid/setgid/sticky), owners, extended attributes,
 //! symlink targets and file sizes, and SHA-256 of file contents (every file
 //! in `full` mode, up to `sample_max_files` spread evenly in `sample` mode). Walks both
-//! trees in lockstep, one directory at a time, so memory stays small. The first
-//! difference, in sorted path order, fails with that path.
+//! trees in lockstep, one directory at a time, so memory stays small; the files' contents
+//! are hashed on a few threads of their own (`Hashers`), files in parallel, and their
+//! results are taken in walk order. The first difference, in sorted path order, fails
+//! with that path.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, Metadata};
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use crossbeam_channel::{Receiver, Sender};
 use sha2::{Digest, Sha256};
 
 use crate::config::VerifyMode;
@@ -67,12 +73,20 @@ fn sorted_names(dir: &Path) -> Result<Vec<std::ffi::OsString>> {
     Ok(v)
 }
 
-fn hash_file(p: &Path) -> Result<([u8; 32], u64)> {
+/// Bytes read at once when hashing a file.
+const HASH_READ: usize = 1 << 20;
+
+/// SHA-256 and length of the file at `p`; gives up (an error nobody reads) once `stop` is
+/// set.
+fn hash_file(p: &Path, stop: &AtomicBool) -> Result<([u8; 32], u64)> {
     let mut f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; HASH_READ];
     let mut n = 0u64;
     loop {
+        if stop.load(Ordering::Relaxed) {
+            bail!("hashing {} stopped", p.display());
+        }
         let k = f
             .read(&mut buf)
             .with_context(|| format!("reading {}", p.display()))?;
@@ -93,6 +107,8 @@ struct Walk<'a> {
     report: Report,
     /// The source's hashes, computed ahead in the same order (see [`Prehash`]).
     pre: Option<crossbeam_channel::Receiver<Prehashed>>,
+    /// Where the chosen files' contents are hashed and compared.
+    hashers: Hashers,
 }
 
 impl Walk<'_> {
@@ -227,16 +243,18 @@ impl Walk<'_> {
             }
             self.report.files += 1;
             if self.stride > 0 && (self.report.files - 1).is_multiple_of(self.stride) {
-                let (x, n) = match self.prehashed(rel) {
-                    Some(h) => h,
-                    None => hash_file(&sp)?,
+                let src = match self.prehashed(rel) {
+                    Some(h) => Source::Hashed(h),
+                    None => Source::Path(sp),
                 };
-                let (y, _) = hash_file(&dp)?;
-                if x != y {
-                    return Err(self.fail(rel, "content differs (SHA-256)"));
-                }
-                self.report.files_hashed += 1;
-                self.report.bytes_hashed += n;
+                self.hashers.submit(
+                    HashJob {
+                        rel: rel.to_path_buf(),
+                        src,
+                        dst: dp,
+                    },
+                    &mut self.report,
+                )?;
             }
         }
         Ok(())
@@ -293,6 +311,10 @@ pub fn compare_with(
     if mode == VerifyMode::None {
         return Ok(Report::default());
     }
+    if let Some(p) = &pre {
+        // The download is over: what is left of the source is wanted now.
+        p.urgent.store(true, Ordering::Relaxed);
+    }
     let (stride, pre) = match pre {
         Some(p) if p.stride > 0 => (p.stride, Some(p)),
         _ => (stride(source, mode, sample_max_files)?, None),
@@ -309,10 +331,221 @@ pub fn compare_with(
         stride,
         report: Report::default(),
         pre: pre.as_ref().map(|p| p.rx.clone()),
+        hashers: Hashers::start(hash_threads()),
     };
     // Dropping `pre` (after the walk, whatever its outcome) stops and joins its thread.
-    w.dir(Path::new(""))?;
+    let walked = w.dir(Path::new(""));
+    // Every file still being hashed comes before the walk's position: a difference among
+    // them is the first one.
+    w.hashers.finish(&mut w.report)?;
+    walked?;
     Ok(w.report)
+}
+
+/// Threads hashing files for one comparison: as many as the CPUs (several reads in flight
+/// help a disk too), at least 2, at most 8.
+fn hash_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8))
+}
+
+/// Files handed to [`Hashers`] and not yet checked, at most: their paths (about 100
+/// bytes each) are all the memory this takes.
+const HASH_IN_FLIGHT: u64 = 256;
+
+/// The source side of a [`HashJob`]: hashed ahead by [`Prehash`], or to hash here.
+enum Source {
+    Hashed(([u8; 32], u64)),
+    Path(PathBuf),
+}
+
+/// One file to compare by content: its path relative to both trees, the source's hash
+/// or path, the restored file's path.
+struct HashJob {
+    rel: PathBuf,
+    src: Source,
+    dst: PathBuf,
+}
+
+/// A job's outcome: whether the contents are equal and the source's length, or the
+/// error hashing one side gave (the source's first, as the walk always read it first).
+type HashDone = (u64, PathBuf, Result<(bool, u64)>);
+
+fn compare_contents(job: &HashJob, stop: &AtomicBool) -> Result<(bool, u64)> {
+    let (x, n) = match &job.src {
+        Source::Hashed(h) => *h,
+        Source::Path(p) => hash_file(p, stop)?,
+    };
+    let (y, _) = hash_file(&job.dst, stop)?;
+    Ok((x == y, n))
+}
+
+/// The comparison's file hashing on a pool of threads: jobs numbered in walk order, at
+/// most [`HASH_IN_FLIGHT`] unchecked, their results checked strictly in that order, so
+/// the first difference reported is the first in sorted path order, as on one thread.
+/// Without threads (none could start) each job runs in place.
+struct Hashers {
+    tx: Option<Sender<(u64, HashJob)>>,
+    rx: Option<Receiver<HashDone>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    /// Jobs submitted, and checked (in order).
+    sent: u64,
+    checked: u64,
+    /// Results that came before an earlier one.
+    early: BTreeMap<u64, HashDone>,
+    /// A difference was reported: nothing more is checked.
+    failed: bool,
+}
+
+impl Hashers {
+    fn start(n: usize) -> Hashers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, jobs) = crossbeam_channel::unbounded::<(u64, HashJob)>();
+        let (done, rx) = crossbeam_channel::unbounded::<HashDone>();
+        let mut threads = Vec::new();
+        for i in 0..n {
+            let (jobs, done, stop) = (jobs.clone(), done.clone(), stop.clone());
+            let t = std::thread::Builder::new()
+                .name(format!("verify-{i}"))
+                .spawn(move || {
+                    for (seq, job) in jobs {
+                        let r = if stop.load(Ordering::Relaxed) {
+                            Err(anyhow!("stopped"))
+                        } else {
+                            // A panic is this file's error, never a result that never comes.
+                            crate::worker::catch(|| compare_contents(&job, &stop)).unwrap_or_else(
+                                |m| Err(anyhow!("hashing {}: {m}", job.rel.display())),
+                            )
+                        };
+                        if done.send((seq, job.rel, r)).is_err() {
+                            return;
+                        }
+                    }
+                });
+            match t {
+                Ok(t) => threads.push(t),
+                Err(_) => break,
+            }
+        }
+        let pooled = !threads.is_empty();
+        Hashers {
+            tx: pooled.then_some(tx),
+            rx: pooled.then_some(rx),
+            threads,
+            stop,
+            sent: 0,
+            checked: 0,
+            early: BTreeMap::new(),
+            failed: false,
+        }
+    }
+
+    /// Hands `job` to the pool (waiting while [`HASH_IN_FLIGHT`] are unchecked), checking
+    /// whatever results are in; the first difference among them is the error.
+    fn submit(&mut self, job: HashJob, report: &mut Report) -> Result<()> {
+        let seq = self.sent;
+        self.sent += 1;
+        let Some(tx) = &self.tx else {
+            let r = compare_contents(&job, &self.stop);
+            return self.check((seq, job.rel, r), report);
+        };
+        if tx.send((seq, job)).is_err() {
+            bail!("verification: the hashing threads stopped unexpectedly");
+        }
+        while let Some(d) = self.next(self.sent - self.checked > HASH_IN_FLIGHT)? {
+            self.check(d, report)?;
+        }
+        Ok(())
+    }
+
+    /// The result due next (number `checked`) when it is in; waits for results when
+    /// `wait`, else `None` when it is not in yet.
+    fn next(&mut self, wait: bool) -> Result<Option<HashDone>> {
+        let Some(rx) = &self.rx else {
+            return Ok(None);
+        };
+        loop {
+            if let Some(d) = self.early.remove(&self.checked) {
+                return Ok(Some(d));
+            }
+            let d = if wait {
+                rx.recv().ok()
+            } else {
+                rx.try_recv().ok()
+            };
+            match d {
+                Some(d) => {
+                    self.early.insert(d.0, d);
+                }
+                None if wait => bail!("verification: the hashing threads stopped unexpectedly"),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    fn check(&mut self, (seq, rel, r): HashDone, report: &mut Report) -> Result<()> {
+        debug_assert_eq!(seq, self.checked);
+        self.checked += 1;
+        let r = r.and_then(|(same, n)| {
+            if !same {
+                self.failed = true;
+                bail!(
+                    "verification failed at {}: content differs (SHA-256)",
+                    rel.display()
+                );
+            }
+            Ok(n)
+        });
+        match r {
+            Ok(n) => {
+                report.files_hashed += 1;
+                report.bytes_hashed += n;
+                Ok(())
+            }
+            Err(e) => {
+                self.failed = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Checks every job still out, in order; the first difference is the error. When the
+    /// walk failed, every job out is for an earlier file, so its difference comes first;
+    /// after a difference the rest are abandoned. Stops and joins the threads.
+    fn finish(&mut self, report: &mut Report) -> Result<()> {
+        let mut r = Ok(());
+        while !self.failed && self.checked < self.sent {
+            match self.next(true) {
+                Ok(Some(d)) => {
+                    if let Err(e) = self.check(d, report) {
+                        r = Err(e);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    r = Err(e);
+                    break;
+                }
+            }
+        }
+        self.stop_and_join();
+        r
+    }
+
+    fn stop_and_join(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.tx = None;
+        self.rx = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Hashers {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
 }
 
 /// One file's hash from a [`Prehash`]: the fingerprint of its path relative to the
@@ -335,13 +568,17 @@ fn fingerprint(rel: &Path) -> u64 {
 /// The source snapshot hashed on a thread of its own while the restore downloads and
 /// receives (the CPU `btrfs receive` leaves idle), in the order the comparison walk
 /// visits files and with the same choice of files (every one in `full` mode, every
-/// `stride`-th in `sample`). The comparison takes the hashes as they come, so the
-/// restored tree's hashing overlaps whatever source hashing is left. Dropping it stops
-/// the thread (within one read of 1 MiB) and joins it.
+/// `stride`-th in `sample`). It runs at nice [`PREHASH_NICE`], so on a busy machine the
+/// download, `btrfs receive` and the object store's server come first; once the
+/// comparison starts it is back at the process's priority. The comparison takes the
+/// hashes as they come, so the restored tree's hashing overlaps whatever source hashing
+/// is left. Dropping it stops the thread (within one read of 1 MiB) and joins it.
 pub struct Prehash {
     stride: u64,
     rx: crossbeam_channel::Receiver<Prehashed>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Set when the comparison starts: the thread goes back to normal priority.
+    urgent: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -358,17 +595,25 @@ impl Prehash {
         // it within PREHASH_QUEUE.
         let (tx, rx) = crossbeam_channel::unbounded();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let urgent = Arc::new(AtomicBool::new(false));
         let src = source.to_path_buf();
-        let halt = stop.clone();
+        let (halt, hurry) = (stop.clone(), urgent.clone());
         let thread = std::thread::Builder::new()
             .name("verify-source".into())
             .spawn(move || {
+                // On Linux the nice value is per thread (pid 0: the calling thread). A
+                // failure costs only the priority.
+                let _ = rustix::process::setpriority_process(None, PREHASH_NICE);
                 let mut w = PreWalk {
                     src: &src,
                     stride,
                     files: 0,
                     tx,
                     stop: &halt,
+                    nice: Nice {
+                        urgent: &hurry,
+                        done: std::cell::Cell::new(false),
+                    },
                 };
                 let _ = w.dir(Path::new(""));
             })
@@ -377,6 +622,7 @@ impl Prehash {
             stride,
             rx,
             stop,
+            urgent,
             thread: Some(thread),
         })
     }
@@ -399,6 +645,28 @@ struct PreWalk<'a> {
     files: u64,
     tx: crossbeam_channel::Sender<Prehashed>,
     stop: &'a std::sync::atomic::AtomicBool,
+    nice: Nice<'a>,
+}
+
+/// The nice value of [`Prehash`]'s thread until the comparison starts: below the
+/// download, `btrfs receive` and a local object store, which the restore waits for.
+const PREHASH_NICE: i32 = 10;
+
+/// The prehash thread's way back to normal priority once `urgent` is set.
+struct Nice<'a> {
+    urgent: &'a AtomicBool,
+    done: std::cell::Cell<bool>,
+}
+
+impl Nice<'_> {
+    fn check(&self) {
+        if !self.done.get() && self.urgent.load(Ordering::Relaxed) {
+            self.done.set(true);
+            // Raising a thread's priority needs CAP_SYS_NICE (restore runs as root);
+            // without it the hashing only stays slower.
+            let _ = rustix::process::setpriority_process(None, 0);
+        }
+    }
 }
 
 impl PreWalk<'_> {
@@ -424,7 +692,7 @@ impl PreWalk<'_> {
                         }
                         std::thread::sleep(std::time::Duration::from_millis(5));
                     }
-                    let h = hash_file_until(&self.src.join(&rel), self.stop);
+                    let h = hash_file_until(&self.src.join(&rel), self.stop, &self.nice);
                     let failed = h.is_none();
                     self.tx.send((fingerprint(&rel), h)).map_err(|_| ())?;
                     if failed {
@@ -438,15 +706,20 @@ impl PreWalk<'_> {
 }
 
 /// [`hash_file`] that gives up (`None`) when `stop` is set or on any error.
-fn hash_file_until(p: &Path, stop: &std::sync::atomic::AtomicBool) -> Option<([u8; 32], u64)> {
+fn hash_file_until(
+    p: &Path,
+    stop: &std::sync::atomic::AtomicBool,
+    nice: &Nice,
+) -> Option<([u8; 32], u64)> {
     let mut f = File::open(p).ok()?;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; HASH_READ];
     let mut n = 0u64;
     loop {
         if stop.load(std::sync::atomic::Ordering::Relaxed) {
             return None;
         }
+        nice.check();
         let k = f.read(&mut buf).ok()?;
         if k == 0 {
             break;
@@ -562,6 +835,54 @@ mod tests {
         assert_eq!(r.files_hashed, 23);
         // Dropped before the comparison (a failed restore): the thread stops and is joined.
         drop(Prehash::start(&a, VerifyMode::Full, 5));
+    }
+
+    #[test]
+    fn files_hashed_in_parallel_report_the_first_difference_in_path_order() {
+        use std::os::unix::fs::PermissionsExt;
+        let s = Scratch::new("verify-parallel");
+        let (a, b) = (s.0.join("src"), s.0.join("dst"));
+        for root in [&a, &b] {
+            fs::create_dir_all(root.join("many")).unwrap();
+            // More files than HASH_IN_FLIGHT, so submitting waits for results.
+            for i in 0..600 {
+                fs::write(root.join(format!("many/f{i:04}")), format!("file {i:04}")).unwrap();
+            }
+            fs::write(root.join("big"), vec![7u8; 3 << 20]).unwrap();
+        }
+        let r = compare(&a, &b, VerifyMode::Full, 5).unwrap();
+        assert_eq!((r.files, r.files_hashed), (601, 601));
+        assert_eq!(r.bytes_hashed, (3 << 20) + 600 * 9);
+        // "big" sorts first and takes longest to hash; later files differ too.
+        let mut big = vec![7u8; 3 << 20];
+        big[(3 << 20) - 1] = 8;
+        fs::write(b.join("big"), &big).unwrap();
+        fs::write(b.join("many/f0100"), "file X100").unwrap();
+        fs::write(b.join("many/f0500"), "file X500").unwrap();
+        for _ in 0..3 {
+            let e = err(&a, &b, VerifyMode::Full);
+            assert!(e.contains("at big: content differs"), "{e}");
+        }
+        fs::write(b.join("big"), vec![7u8; 3 << 20]).unwrap();
+        assert!(err(&a, &b, VerifyMode::Full).contains("at many/f0100: content differs"));
+        // A later difference in metadata does not hide an earlier one in content...
+        fs::remove_file(b.join("many/f0599")).unwrap();
+        let e = err(&a, &b, VerifyMode::Full);
+        assert!(e.contains("at many/f0100: content differs"), "{e}");
+        // ...and an earlier one in metadata comes first.
+        fs::set_permissions(b.join("many/f0050"), fs::Permissions::from_mode(0o600)).unwrap();
+        let e = err(&a, &b, VerifyMode::Full);
+        assert!(e.contains("at many/f0050: mode"), "{e}");
+        // A different file type, earlier still.
+        fs::set_permissions(b.join("many/f0050"), fs::Permissions::from_mode(0o644)).unwrap();
+        fs::set_permissions(a.join("many/f0050"), fs::Permissions::from_mode(0o644)).unwrap();
+        fs::remove_file(b.join("many/f0020")).unwrap();
+        symlink("f0021", b.join("many/f0020")).unwrap();
+        let e = err(&a, &b, VerifyMode::Full);
+        assert!(
+            e.contains("at many/f0020: a file in the source, a symlink restored"),
+            "{e}"
+        );
     }
 
     #[test]
