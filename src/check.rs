@@ -19,7 +19,7 @@ use anyhow::Result;
 use sha2::{Digest, Sha256};
 
 use crate::chunker::hex;
-use crate::repo::chain::is_damage;
+use crate::repo::chain::ChainError;
 use crate::repo::{Chain, Repo};
 use crate::restore::archive::{self, is_archive, parse_restore_header, RestoreHeader};
 use crate::sendstream::Guard;
@@ -151,15 +151,15 @@ impl Checker<'_> {
         }
         let chain = match self.repo.chain(subvolume, key) {
             Ok(c) => c,
-            Err(e) if is_damage(&e) => {
+            Err(ChainError::Damaged(d)) => {
                 rep.findings.push(Finding {
                     key: key.to_string(),
-                    problem: format!("{e:#}"),
+                    problem: d.to_string(),
                     damage: true,
                 });
                 return Ok(rep);
             }
-            Err(e) => return Err(e),
+            Err(ChainError::Failed(e)) => return Err(e),
         };
         rep.manifests = chain.links.iter().map(|(k, _)| k.clone()).collect();
         rep.chunks = chain.chunk_count();

@@ -13,7 +13,7 @@ use crate::cli::VerifyArgs;
 use crate::cmd::Session;
 use crate::config::Config;
 use crate::exit;
-use crate::repo::chain::is_damage;
+use crate::repo::chain::ChainError;
 use crate::repo::Repo;
 use crate::{event, outln};
 
@@ -90,21 +90,21 @@ pub fn run(config: &Config, args: &VerifyArgs) -> Result<u8> {
     for name in &names {
         let start = match repo.start_key(name, args.manifest_key.as_deref()) {
             Ok(k) => k,
-            Err(e) if is_damage(&e) => {
+            Err(ChainError::Damaged(d)) => {
                 let key = repo.layout.pointer_key(name);
                 reports.push(Report {
                     subvolume: name.clone(),
                     start_key: key.clone(),
                     findings: vec![Finding {
                         key,
-                        problem: format!("{e:#}"),
+                        problem: d.to_string(),
                         damage: true,
                     }],
                     ..Default::default()
                 });
                 continue;
             }
-            Err(e) => return Err(e),
+            Err(ChainError::Failed(e)) => return Err(e),
         };
         let rep = checker.run(name, &start, deep, tier)?;
         for f in &rep.findings {

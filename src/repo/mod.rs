@@ -103,7 +103,11 @@ impl Repo {
 
     /// The key of the manifest to restore or verify: `manifest_key` (which must lie under
     /// the subvolume's prefix), else what `current.json` names.
-    pub fn start_key(&self, subvolume: &str, manifest_key: Option<&str>) -> Result<String> {
+    pub fn start_key(
+        &self,
+        subvolume: &str,
+        manifest_key: Option<&str>,
+    ) -> Result<String, chain::ChainError> {
         chain::start_key(
             self.store.as_ref(),
             &self.retrier,
@@ -114,7 +118,7 @@ impl Repo {
     }
 
     /// The checked chain from `key` back to its full, oldest first.
-    pub fn chain(&self, subvolume: &str, key: &str) -> Result<Chain> {
+    pub fn chain(&self, subvolume: &str, key: &str) -> Result<Chain, chain::ChainError> {
         chain::resolve(
             self.store.as_ref(),
             &self.retrier,
@@ -125,8 +129,8 @@ impl Repo {
     }
 
     /// What `current.json` of `subvolume` names, if it exists (checked like a chain; an
-    /// unusable pointer is `chain::Damaged`).
-    pub fn pointer(&self, subvolume: &str) -> Result<Option<Pointer>> {
+    /// unusable pointer is [`chain::ChainError::Damaged`]).
+    pub fn pointer(&self, subvolume: &str) -> Result<Option<Pointer>, chain::ChainError> {
         let key = self.layout.pointer_key(subvolume);
         let Some(p): Option<Pointer> = chain::fetch_json(
             self.store.as_ref(),
@@ -138,12 +142,11 @@ impl Repo {
             return Ok(None);
         };
         if !self.layout.owns(subvolume, &p.manifest_key) {
-            return Err(chain::Damaged(format!(
+            return Err(chain::ChainError::Damaged(chain::Damaged(format!(
                 "pointer {key}: field manifest_key = {:?} is not a key under {}",
                 p.manifest_key,
                 self.layout.subvolume_prefix(subvolume)
-            ))
-            .into());
+            ))));
         }
         Ok(Some(p))
     }
