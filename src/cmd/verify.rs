@@ -6,18 +6,19 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, Result};
 
 use crate::check::{Archived, Checker, Finding, Report};
 use crate::cli::VerifyArgs;
 use crate::cmd::Session;
 use crate::config::Config;
 use crate::exit;
+use crate::exit::Failure;
 use crate::repo::chain::ChainError;
 use crate::repo::Repo;
 use crate::{event, outln};
 
-pub fn run(config: &Config, args: &VerifyArgs) -> Result<u8> {
+pub fn run(config: &Config, args: &VerifyArgs) -> Result<u8, Failure> {
     let names = crate::cmd::subvolume_names(&args.subvolumes, Some(config))?;
     if args.manifest_key.is_some() && names.len() != 1 {
         return Err(crate::exit::UsageError(
@@ -104,7 +105,7 @@ pub fn run(config: &Config, args: &VerifyArgs) -> Result<u8> {
                 });
                 continue;
             }
-            Err(ChainError::Failed(e)) => return Err(e),
+            Err(ChainError::Failed(e)) => return Err(e.into()),
         };
         let rep = checker.run(name, &start, deep, tier)?;
         for f in &rep.findings {
@@ -136,7 +137,8 @@ pub fn run(config: &Config, args: &VerifyArgs) -> Result<u8> {
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "version": 1, "reports": reports }))?
+            serde_json::to_string_pretty(&serde_json::json!({ "version": 1, "reports": reports }))
+                .map_err(anyhow::Error::from)?
         );
     } else {
         for r in &reports {
@@ -151,15 +153,17 @@ pub fn run(config: &Config, args: &VerifyArgs) -> Result<u8> {
             .next()
             .map(|f| format!("{}: {}", f.key, f.problem))
             .unwrap_or_default();
-        bail!("verify found {findings} problems (first: {first})");
+        return Err(anyhow!("verify found {findings} problems (first: {first})").into());
     }
     let pending: usize = reports.iter().map(|r| r.restores_pending).sum();
     if pending > 0 {
-        return Err(crate::restore::ArchivePending {
-            chunks: pending,
-            tier: tier.to_string(),
-        }
-        .into());
+        return Err(Failure::Pending(
+            crate::restore::ArchivePending {
+                chunks: pending,
+                tier: tier.to_string(),
+            }
+            .into(),
+        ));
     }
     Ok(exit::OK)
 }

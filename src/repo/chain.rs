@@ -84,6 +84,13 @@ impl From<ChainError> for anyhow::Error {
     }
 }
 
+/// Outside the engines, damage is a failed run like any other (exit code 1).
+impl From<ChainError> for crate::exit::Failure {
+    fn from(e: ChainError) -> Self {
+        crate::exit::Failure::Run(e.into())
+    }
+}
+
 macro_rules! damaged {
     ($($t:tt)*) => { return Err(ChainError::Damaged(Damaged(format!($($t)*)))) };
 }
