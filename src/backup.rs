@@ -25,14 +25,15 @@ use crate::journal::{
 };
 use crate::manifest::{ChunkEntry, Kind, Manifest, S3Info, SnapshotRef};
 use crate::metrics::Metrics;
-use crate::pipeline::{self, PipelineConfig, Progress, ResumeMismatch};
+use crate::pipeline::{self, PipelineConfig, Progress, UploadError};
 use crate::planner::{plan, Action, Decision, Facts, Trigger};
 use crate::progress::{Counted, Expected, Meter, Metered, Reporter};
+use crate::repo::PublishError;
 use crate::repo::Repo;
 use crate::retry::Retrier;
 use crate::snapshots::{self, SnapName};
 use crate::state::{State, SubvolState};
-use crate::store::{ErrorKind, StoreError};
+use crate::store::ErrorKind;
 use crate::ts::Ts;
 use crate::watchdog::{Actions, Limits, Watchdog};
 
@@ -179,11 +180,68 @@ pub fn part_size(cfg: &Config) -> Result<u64> {
     })
 }
 
-/// True when a failure leaves a backup worth resuming: the network or S3 failed, or the
-/// run was stopped. Anything else (a failed `btrfs send`, a broken journal) would fail the
-/// same way again.
-fn resumable(e: &anyhow::Error, retrier: &Retrier) -> bool {
-    retrier.cancelled() || e.chain().any(|c| c.is::<StoreError>())
+/// Why one subvolume's backup did not publish: the error (printed), and what its upload
+/// had stored when it stopped, if it got that far (counted in the run's sums).
+#[derive(Debug)]
+pub struct BackupError {
+    pub error: anyhow::Error,
+    pub stopped: Option<StoppedAfter>,
+}
+
+impl std::fmt::Display for BackupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl From<anyhow::Error> for BackupError {
+    fn from(error: anyhow::Error) -> Self {
+        BackupError {
+            error,
+            stopped: None,
+        }
+    }
+}
+
+impl From<BackupError> for anyhow::Error {
+    fn from(e: BackupError) -> Self {
+        e.error
+    }
+}
+
+/// An upload (fresh or resumed) that did not publish: why, as the pipeline or the publish
+/// request said, and what it had stored.
+#[derive(Debug)]
+struct Unpublished {
+    cause: UploadError,
+    stopped: Option<StoppedAfter>,
+}
+
+impl Unpublished {
+    /// True when the backup is worth resuming: the network or S3 failed, or the run was
+    /// stopped. Anything else (a failed `btrfs send`, a broken journal) would fail the
+    /// same way again.
+    fn resumable(&self, retrier: &Retrier) -> bool {
+        retrier.cancelled() || matches!(self.cause, UploadError::Store(_))
+    }
+}
+
+impl From<anyhow::Error> for Unpublished {
+    fn from(e: anyhow::Error) -> Self {
+        Unpublished {
+            cause: UploadError::Other(e),
+            stopped: None,
+        }
+    }
+}
+
+impl From<Unpublished> for BackupError {
+    fn from(u: Unpublished) -> Self {
+        BackupError {
+            error: u.cause.into(),
+            stopped: u.stopped,
+        }
+    }
 }
 
 /// The journal sink of the pipeline (also used by the pipeline's resume tests).
@@ -359,7 +417,7 @@ impl Backup<'_> {
         trigger: Trigger,
         restart: bool,
         run_ts: Ts,
-    ) -> Result<Outcome> {
+    ) -> Result<Outcome, BackupError> {
         self.btrfs.show(&sv.path).with_context(|| {
             format!(
                 "subvolume {}: {} is not a readable btrfs subvolume; check subvolumes.paths",
@@ -373,7 +431,7 @@ impl Backup<'_> {
             Ok(p) => p,
             // Not ours, or not only ours: the run of this subvolume fails, and nothing
             // the journal names is aborted, deleted or published.
-            Err(LoadError::Refused(r)) => return Err(r.into()),
+            Err(LoadError::Refused(r)) => return Err(anyhow::Error::from(r).into()),
             Err(LoadError::Unreadable(e)) => {
                 // Unreadable: nothing in it can be trusted or resumed. Its uploads are
                 // aborted by the sweep below; its snapshot by retention.
@@ -391,17 +449,20 @@ impl Backup<'_> {
         if let (Some(p), Some(_)) = (pending, self.repo) {
             match self.decide(sv, entry, &p, restart, trigger, run_ts)? {
                 PendingAction::Done => journal::remove(&p.path)?,
-                PendingAction::Recover => return self.recover(sv, entry, &p),
+                PendingAction::Recover => return Ok(self.recover(sv, entry, &p)?),
                 PendingAction::Abandon(reason) => self.abandon(sv, entry, &p, &reason),
                 PendingAction::Resume => {
                     owned.extend(p.open_uploads().into_iter().map(|(_, id)| id));
                     self.sweep_stale_uploads(sv, &owned)?;
                     match self.resume(sv, entry, &p) {
-                        Err(e) if e.chain().any(|c| c.is::<ResumeMismatch>()) => {
+                        Err(Unpublished {
+                            cause: UploadError::Mismatch(e),
+                            ..
+                        }) => {
                             self.abandon(sv, entry, &p, &format!("{e:#}"));
                             event!(Warn, "backup_restarting", subvolume = sv.name);
                         }
-                        other => return other,
+                        other => return Ok(other?),
                     }
                 }
             }
@@ -667,7 +728,12 @@ impl Backup<'_> {
     }
 
     /// Sends the pending backup's snapshot again and uploads what is not stored yet.
-    fn resume(&self, sv: &Subvolume, entry: &SubvolState, p: &Pending) -> Result<Outcome> {
+    fn resume(
+        &self,
+        sv: &Subvolume,
+        entry: &SubvolState,
+        p: &Pending,
+    ) -> Result<Outcome, Unpublished> {
         let stored = self.stored(p)?;
         let parts: usize = stored
             .values()
@@ -701,6 +767,8 @@ impl Backup<'_> {
         let snap = self
             .pending_snapshot(sv, p)
             .ok_or_else(|| anyhow!("internal: resuming without a snapshot"))?;
+        // Abandoned by the caller only on a mismatch (`UploadError::Mismatch`); any other
+        // failure keeps it for the next run.
         let parent = p.begin.parent.as_deref().map(Path::new);
         let result = self.upload_and_publish(
             sv,
@@ -725,7 +793,7 @@ impl Backup<'_> {
         entry: &SubvolState,
         decision: &Decision,
         run_ts: Ts,
-    ) -> Result<Outcome> {
+    ) -> Result<Outcome, BackupError> {
         let kind = match decision.action {
             Action::Skip => return Ok(Outcome::Skipped(decision.clone())),
             Action::Run(kind) => kind,
@@ -789,7 +857,7 @@ impl Backup<'_> {
             Ok(j) => j,
             Err(e) => {
                 self.remove_snapshot(sv, &snap_path);
-                return Err(e);
+                return Err(e.into());
             }
         };
         crate::failpoint::hit("after_journal_begin");
@@ -806,7 +874,7 @@ impl Backup<'_> {
         );
         match result {
             Ok(p) => Ok(Outcome::Published(Box::new(p))),
-            Err(e) if resumable(&e, &self.retrier) => {
+            Err(u) if u.resumable(&self.retrier) => {
                 event!(
                     Warn,
                     "backup_kept_for_resume",
@@ -814,15 +882,15 @@ impl Backup<'_> {
                     snapshot = snap_path.display(),
                     journal = jpath.display()
                 );
-                Err(e)
+                Err(u.into())
             }
-            Err(e) => {
+            Err(u) => {
                 if let Ok(Some(p)) = self.load_journal(sv) {
-                    self.abandon(sv, entry, &p, &format!("{e:#}"));
+                    self.abandon(sv, entry, &p, &format!("{:#}", u.cause));
                 } else {
                     self.remove_snapshot(sv, &snap_path);
                 }
-                Err(e)
+                Err(u.into())
             }
         }
     }
@@ -857,7 +925,7 @@ impl Backup<'_> {
         stored: &BTreeMap<u64, ChunkProgress>,
         sealings: &BTreeMap<u64, journal::SealingRecord>,
         journal: &mut Journal,
-    ) -> Result<Published> {
+    ) -> Result<Published, Unpublished> {
         let repo = self.repo()?;
         let kind = begin.kind;
         let started = Instant::now();
@@ -939,7 +1007,7 @@ impl Backup<'_> {
                     upload_time: meter.upload_time(),
                 };
                 let e = match stalled {
-                    Some(s) => anyhow!(s),
+                    Some(s) => UploadError::Other(anyhow!(s)),
                     // A request the stop cut (CreateMultipartUpload says "Agent is shut
                     // down"): what stopped the run is the signal.
                     None if self.retrier.cancelled()
@@ -949,14 +1017,19 @@ impl Backup<'_> {
                     }
                     None => e,
                 };
-                return Err(e.context(stopped));
+                return Err(Unpublished {
+                    cause: e.context(stopped),
+                    stopped: Some(stopped),
+                });
             }
         };
         if self.retrier.cancelled() {
-            return Err(stalled.map_or_else(
-                || anyhow!("interrupted by a signal; nothing published"),
-                |s| anyhow!(s),
-            ));
+            return Err(stalled
+                .map_or_else(
+                    || anyhow!("interrupted by a signal; nothing published"),
+                    |s| anyhow!(s),
+                )
+                .into());
         }
         let snap_name = snap_path
             .file_name()
@@ -1025,7 +1098,15 @@ impl Backup<'_> {
         journal.append(&Record::Publishing {
             manifest_key: manifest_key.clone(),
         })?;
-        repo.publish(&manifest_key, &manifest)?;
+        repo.publish(&manifest_key, &manifest)
+            .map_err(|e| match e {
+                PublishError::Request(e) => UploadError::Store(e),
+                PublishError::TooLarge(e) => UploadError::Other(e),
+            })
+            .map_err(|cause| Unpublished {
+                cause,
+                stopped: None,
+            })?;
         let metrics = Metrics {
             bytes: outcome.summary.total_bytes,
             elapsed: started.elapsed(),

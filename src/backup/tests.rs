@@ -104,6 +104,7 @@ impl Rig {
             crate::planner::Trigger::Schedule
         };
         b.run(sv, entry, trigger, restart, Ts::parse(ts).unwrap())
+            .map_err(anyhow::Error::from)
     }
 
     fn journal(&self) -> Option<crate::journal::Pending> {

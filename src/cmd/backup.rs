@@ -170,7 +170,7 @@ pub fn run(config: &Config, args: &BackupArgs) -> Result<u8, Failure> {
                     kept.push(sv.name.clone());
                 }
                 // What the stopped upload did counts in the run's sums.
-                if let Some(s) = e.downcast_ref::<crate::backup::StoppedAfter>() {
+                if let Some(s) = &e.stopped {
                     total.uploaded_bytes += s.uploaded_bytes;
                     total.upload_time += s.upload_time;
                 }

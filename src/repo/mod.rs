@@ -173,10 +173,10 @@ impl Repo {
     /// (never locked: it is overwritten) as the final PUT.
     /// A manifest larger than readers accept ([`chain::MAX_MANIFEST_BYTES`]) is refused
     /// before anything is written: nothing is published that a restore could not read.
-    pub fn publish(&self, manifest_key: &str, manifest: &Manifest) -> Result<()> {
+    pub fn publish(&self, manifest_key: &str, manifest: &Manifest) -> Result<(), PublishError> {
         let body = manifest.to_json();
         if body.len() as u64 > chain::MAX_MANIFEST_BYTES {
-            anyhow::bail!(
+            return Err(PublishError::TooLarge(anyhow::anyhow!(
                 "manifest {manifest_key} would be {} bytes for {} chunks, more than the {} \
                  bytes ({}) a manifest may have; nothing is published: raise \
                  s3.chunk_size_bytes so a backup has fewer chunks",
@@ -184,7 +184,7 @@ impl Repo {
                 manifest.chunks.len(),
                 chain::MAX_MANIFEST_BYTES,
                 crate::store::human_bytes(chain::MAX_MANIFEST_BYTES)
-            );
+            )));
         }
         let manifest_opts = PutOptions {
             lock: self.lock.clone(),
@@ -195,7 +195,11 @@ impl Repo {
                 self.store
                     .put_object(manifest_key, Body::Bytes(&body), &manifest_opts)
             })
-            .with_context(|| format!("uploading manifest {manifest_key}"))?;
+            .map_err(|e| {
+                PublishError::Request(
+                    anyhow::Error::from(e).context(format!("uploading manifest {manifest_key}")),
+                )
+            })?;
         crate::failpoint::hit("between_manifest_and_pointer");
         let pointer = Pointer {
             manifest_key: manifest_key.to_string(),
@@ -210,7 +214,11 @@ impl Repo {
                 self.store
                     .put_object(&pointer_key, Body::Bytes(&body), &self.json_opts)
             })
-            .with_context(|| format!("publishing {pointer_key}"))?;
+            .map_err(|e| {
+                PublishError::Request(
+                    anyhow::Error::from(e).context(format!("publishing {pointer_key}")),
+                )
+            })?;
         Ok(())
     }
 
@@ -226,6 +234,23 @@ impl Repo {
         self.retrier
             .run(|| self.store.abort_multipart(key, upload_id))
             .with_context(|| format!("aborting the multipart upload {upload_id} of {key}"))
+    }
+}
+
+/// Why [`Repo::publish`] did not publish, decided where it is known.
+#[derive(Debug)]
+pub enum PublishError {
+    /// The manifest or pointer PUT failed after its retries: a resume publishes again.
+    Request(anyhow::Error),
+    /// The manifest is larger than readers accept: nothing was written.
+    TooLarge(anyhow::Error),
+}
+
+impl std::fmt::Display for PublishError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PublishError::Request(e) | PublishError::TooLarge(e) => std::fmt::Display::fmt(e, f),
+        }
     }
 }
 
