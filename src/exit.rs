@@ -86,3 +86,28 @@ impl From<UsageError> for Failure {
         Failure::Usage(e.into())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_failure_has_its_exit_code_and_keeps_it_under_context() {
+        let usage: Failure = UsageError("--subvolume x: no such subvolume".into()).into();
+        assert_eq!(usage.code(), USAGE);
+        assert_eq!(usage.context("backup").code(), USAGE);
+        let config: Failure = crate::config::ConfigError("s3.bucket is required".into()).into();
+        assert_eq!(config.code(), USAGE);
+        assert_eq!(
+            Failure::Pending(anyhow::anyhow!("4 chunks")).code(),
+            RESTORE_PENDING
+        );
+        assert_eq!(Failure::Busy(anyhow::anyhow!("lock held")).code(), FAILED);
+        let run: Failure = anyhow::anyhow!("S3 said no").into();
+        assert_eq!(run.code(), FAILED);
+        // The message is the error's, context and all.
+        let f = run.context("restore of data");
+        assert_eq!(format!("{f:#}"), "restore of data: S3 said no");
+        assert_eq!(format!("{:#}", f.error()), "restore of data: S3 said no");
+    }
+}

@@ -391,7 +391,9 @@ impl Restorer<'_> {
                     ),
                 }
             };
-            let streamed = streamed.and_then(|n| Ok((n, guard.finish()?.clone())));
+            let streamed = streamed
+                .map_err(anyhow::Error::from)
+                .and_then(|n| Ok((n, guard.finish()?.clone())));
             // Whatever the outcome, what the stream created is ours to clean up.
             if let Some(r) = guard.received() {
                 if !received.contains(r) {
