@@ -12,8 +12,7 @@ use crate::cli::{RestoreArgs, TierArg, VerifyArg};
 use crate::cmd::Session;
 use crate::config::{Config, RestoreTier, VerifyMode};
 use crate::event;
-use crate::exit::Failure;
-use crate::exit::{self, UsageError};
+use crate::exit::{self, Failure, UsageError};
 use crate::repo::Repo;
 use crate::restore::{check_target, Request, RestoreError, Restorer};
 
