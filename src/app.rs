@@ -10,6 +10,7 @@ use clap::{CommandFactory, Parser};
 use crate::cli::{Cli, Command, LogLevelArg};
 use crate::config::{Config, ConfigError, LogLevel, ProcessEnv};
 use crate::event;
+use crate::exit::Failure;
 
 // The exit codes and the usage error live in the leaf `exit`; `app::exit` and
 // `app::UsageError` stay as names for them.
@@ -20,19 +21,16 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            let code = exit_code_for(&e);
+        Err(f) => {
+            let code = f.code();
             // One line: the whole context chain, outermost first, with no credential
             // and no terminal control from the bucket or a server in it.
-            let what = if code == exit::RESTORE_PENDING {
-                "waiting"
-            } else {
-                "error"
-            };
-            let line = error_line(&e);
+            let pending = matches!(f, Failure::Pending(_));
+            let what = if pending { "waiting" } else { "error" };
+            let line = error_line(f.error());
             let prio = if !crate::logging::stderr_is_journal() {
                 ""
-            } else if code == exit::RESTORE_PENDING {
+            } else if pending {
                 crate::logging::priority(log::Level::Warn)
             } else {
                 crate::logging::priority(log::Level::Error)
@@ -49,19 +47,6 @@ pub fn error_line(e: &anyhow::Error) -> String {
     crate::term::inert(&crate::logging::redact(&format!("{e:#}")))
 }
 
-/// Maps an error to its exit code by the typed errors in its chain.
-pub fn exit_code_for(e: &anyhow::Error) -> u8 {
-    for cause in e.chain() {
-        if cause.is::<ConfigError>() || cause.is::<UsageError>() {
-            return exit::USAGE;
-        }
-        if cause.is::<crate::restore::ArchivePending>() {
-            return exit::RESTORE_PENDING;
-        }
-    }
-    exit::FAILED
-}
-
 fn level_of(arg: LogLevelArg) -> LogLevel {
     match arg {
         LogLevelArg::Debug => LogLevel::Debug,
@@ -73,14 +58,14 @@ fn level_of(arg: LogLevelArg) -> LogLevel {
 }
 
 /// Runs parsed flags: completions and man pages, else config, logging and the command.
-pub fn run(cli: Cli) -> Result<u8> {
+pub fn run(cli: Cli) -> Result<u8, Failure> {
     // Generated from the flags themselves: no config, no logging, nothing touched. Made
     // in memory first (clap_complete panics on a failed write, e.g. a closed pipe).
     let mut generated = Vec::new();
     match &cli.command {
         Command::Completions(a) => {
             clap_complete::generate(a.shell, &mut Cli::command(), "btrfs_to_s3", &mut generated);
-            return print_generated(&generated);
+            return Ok(print_generated(&generated)?);
         }
         Command::Man(a) => {
             if let Some(dir) = &a.dir {
@@ -99,7 +84,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             clap_mangen::Man::new(Cli::command())
                 .render(&mut generated)
                 .map_err(|e| anyhow::anyhow!("rendering the man page: {e}"))?;
-            return print_generated(&generated);
+            return Ok(print_generated(&generated)?);
         }
         _ => {}
     }
@@ -168,7 +153,7 @@ pub fn run(cli: Cli) -> Result<u8> {
                     Ok(code) => p.ping(crate::notify::Ping::Fail(&format!(
                         "btrfs_to_s3 backup exited with code {code}"
                     ))),
-                    Err(e) => p.ping(crate::notify::Ping::Fail(&error_line(e))),
+                    Err(f) => p.ping(crate::notify::Ping::Fail(&error_line(f.error()))),
                 }
             }
             r
@@ -185,14 +170,14 @@ pub fn run(cli: Cli) -> Result<u8> {
 /// Keeps the backup run's outcome for `status` (`lastrun`), unless it never started
 /// (another run holds the lock: that run's record is the one that counts). A record that
 /// cannot be written is a warning, not the run's failure.
-fn record_last_run(config: &Config, started: crate::ts::Ts, r: &Result<u8>) {
+fn record_last_run(config: &Config, started: crate::ts::Ts, r: &Result<u8, Failure>) {
     let (code, line) = match r {
         Ok(code) => (
             *code,
             "backup finished: every selected subvolume backed up or not due".to_string(),
         ),
-        Err(e) if e.chain().any(|c| c.is::<crate::lock::LockHeld>()) => return,
-        Err(e) => (exit_code_for(e), format!("{e:#}")),
+        Err(Failure::Busy(_)) => return,
+        Err(f) => (f.code(), format!("{:#}", f.error())),
     };
     let rec = crate::lastrun::LastRun::new(
         started.to_string(),

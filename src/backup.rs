@@ -24,14 +24,13 @@ use crate::event;
 use crate::journal::{self, Begin, Journal, LoadError, Pending, Settings};
 use crate::manifest::Kind;
 use crate::metrics::Metrics;
-use crate::pipeline::{self, ResumeMismatch};
+use crate::pipeline::{self, UploadError};
 use crate::planner::{plan, Action, Decision, Facts, Trigger};
 use crate::progress::Expected;
 use crate::repo::Repo;
 use crate::retry::Retrier;
 use crate::snapshots::{self, SnapName};
 use crate::state::{State, SubvolState};
-use crate::store::StoreError;
 use crate::ts::Ts;
 
 /// What a backup run works with. `repo` is `None` with `--no-s3`.
@@ -167,11 +166,68 @@ pub fn part_size(cfg: &Config) -> Result<u64> {
     })
 }
 
-/// True when a failure leaves a backup worth resuming: the network or S3 failed, or the
-/// run was stopped. Anything else (a failed `btrfs send`, a broken journal) would fail the
-/// same way again.
-fn resumable(e: &anyhow::Error, retrier: &Retrier) -> bool {
-    retrier.cancelled() || e.chain().any(|c| c.is::<StoreError>())
+/// Why one subvolume's backup did not publish: the error (printed), and what its upload
+/// had stored when it stopped, if it got that far (counted in the run's sums).
+#[derive(Debug)]
+pub struct BackupError {
+    pub error: anyhow::Error,
+    pub stopped: Option<StoppedAfter>,
+}
+
+impl std::fmt::Display for BackupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl From<anyhow::Error> for BackupError {
+    fn from(error: anyhow::Error) -> Self {
+        BackupError {
+            error,
+            stopped: None,
+        }
+    }
+}
+
+impl From<BackupError> for anyhow::Error {
+    fn from(e: BackupError) -> Self {
+        e.error
+    }
+}
+
+/// An upload (fresh or resumed) that did not publish: why, as the pipeline or the publish
+/// request said, and what it had stored.
+#[derive(Debug)]
+pub(crate) struct Unpublished {
+    pub(crate) cause: UploadError,
+    pub(crate) stopped: Option<StoppedAfter>,
+}
+
+impl Unpublished {
+    /// True when the backup is worth resuming: the network or S3 failed, or the run was
+    /// stopped. Anything else (a failed `btrfs send`, a broken journal) would fail the
+    /// same way again.
+    fn resumable(&self, retrier: &Retrier) -> bool {
+        retrier.cancelled() || matches!(self.cause, UploadError::Store(_))
+    }
+}
+
+impl From<anyhow::Error> for Unpublished {
+    fn from(e: anyhow::Error) -> Self {
+        Unpublished {
+            cause: UploadError::Other(e),
+            stopped: None,
+        }
+    }
+}
+
+impl From<Unpublished> for BackupError {
+    fn from(u: Unpublished) -> Self {
+        BackupError {
+            error: u.cause.into(),
+            stopped: u.stopped,
+        }
+    }
 }
 
 impl Backup<'_> {
@@ -305,7 +361,7 @@ impl Backup<'_> {
         trigger: Trigger,
         restart: bool,
         run_ts: Ts,
-    ) -> Result<Outcome> {
+    ) -> Result<Outcome, BackupError> {
         self.btrfs.show(&sv.path).with_context(|| {
             format!(
                 "subvolume {}: {} is not a readable btrfs subvolume; check subvolumes.paths",
@@ -319,7 +375,7 @@ impl Backup<'_> {
             Ok(p) => p,
             // Not ours, or not only ours: the run of this subvolume fails, and nothing
             // the journal names is aborted, deleted or published.
-            Err(LoadError::Refused(r)) => return Err(r.into()),
+            Err(LoadError::Refused(r)) => return Err(anyhow::Error::from(r).into()),
             Err(LoadError::Unreadable(e)) => {
                 // Unreadable: nothing in it can be trusted or resumed. Its uploads are
                 // aborted by the sweep below; its snapshot by retention.
@@ -337,17 +393,20 @@ impl Backup<'_> {
         if let (Some(p), Some(_)) = (pending, self.repo) {
             match self.decide(sv, entry, &p, restart, trigger, run_ts)? {
                 PendingAction::Done => journal::remove(&p.path)?,
-                PendingAction::Recover => return self.recover(sv, entry, &p),
+                PendingAction::Recover => return Ok(self.recover(sv, entry, &p)?),
                 PendingAction::Abandon(reason) => self.abandon(sv, entry, &p, &reason),
                 PendingAction::Resume => {
                     owned.extend(p.open_uploads().into_iter().map(|(_, id)| id));
                     self.sweep_stale_uploads(sv, &owned)?;
                     match self.resume(sv, entry, &p) {
-                        Err(e) if e.chain().any(|c| c.is::<ResumeMismatch>()) => {
+                        Err(Unpublished {
+                            cause: UploadError::Mismatch(e),
+                            ..
+                        }) => {
                             self.abandon(sv, entry, &p, &format!("{e:#}"));
                             event!(Warn, "backup_restarting", subvolume = sv.name);
                         }
-                        other => return other,
+                        other => return Ok(other?),
                     }
                 }
             }
@@ -397,7 +456,7 @@ impl Backup<'_> {
         entry: &SubvolState,
         decision: &Decision,
         run_ts: Ts,
-    ) -> Result<Outcome> {
+    ) -> Result<Outcome, BackupError> {
         let kind = match decision.action {
             Action::Skip => return Ok(Outcome::Skipped(decision.clone())),
             Action::Run(kind) => kind,
@@ -461,7 +520,7 @@ impl Backup<'_> {
             Ok(j) => j,
             Err(e) => {
                 self.remove_snapshot(sv, &snap_path);
-                return Err(e);
+                return Err(e.into());
             }
         };
         crate::failpoint::hit("after_journal_begin");
@@ -478,7 +537,7 @@ impl Backup<'_> {
         );
         match result {
             Ok(p) => Ok(Outcome::Published(Box::new(p))),
-            Err(e) if resumable(&e, &self.retrier) => {
+            Err(u) if u.resumable(&self.retrier) => {
                 event!(
                     Warn,
                     "backup_kept_for_resume",
@@ -486,15 +545,15 @@ impl Backup<'_> {
                     snapshot = snap_path.display(),
                     journal = jpath.display()
                 );
-                Err(e)
+                Err(u.into())
             }
-            Err(e) => {
+            Err(u) => {
                 if let Ok(Some(p)) = self.load_journal(sv) {
-                    self.abandon(sv, entry, &p, &format!("{e:#}"));
+                    self.abandon(sv, entry, &p, &format!("{:#}", u.cause));
                 } else {
                     self.remove_snapshot(sv, &snap_path);
                 }
-                Err(e)
+                Err(u.into())
             }
         }
     }

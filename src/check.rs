@@ -20,10 +20,10 @@ use sha2::{Digest, Sha256};
 
 use crate::chunker::hex;
 use crate::repo::archive::{self, is_archive, parse_restore_header, RestoreHeader};
-use crate::repo::chain::is_damage;
+use crate::repo::chain::ChainError;
+use crate::repo::download::DownloadError;
 use crate::repo::{Chain, Repo};
 use crate::sendstream::Guard;
-use crate::store::{ErrorKind, StoreError};
 
 /// One thing wrong, naming the key.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -151,15 +151,15 @@ impl Checker<'_> {
         }
         let chain = match self.repo.chain(subvolume, key) {
             Ok(c) => c,
-            Err(e) if is_damage(&e) => {
+            Err(ChainError::Damaged(d)) => {
                 rep.findings.push(Finding {
                     key: key.to_string(),
-                    problem: format!("{e:#}"),
+                    problem: d.to_string(),
                     damage: true,
                 });
                 return Ok(rep);
             }
-            Err(e) => return Err(e),
+            Err(ChainError::Failed(e)) => return Err(e),
         };
         rep.manifests = chain.links.iter().map(|(k, _)| k.to_string()).collect();
         rep.chunks = chain.chunk_count();
@@ -417,8 +417,9 @@ impl Checker<'_> {
                 };
                 match checked {
                     Ok(_) => rep.chunks_hashed += 1,
-                    Err(e) if self.repo.cancelled() || failed_request(&e) => return Err(e),
-                    Err(e) => {
+                    Err(DownloadError::Request(e)) => return Err(e),
+                    Err(e) if self.repo.cancelled() => return Err(e.into()),
+                    Err(DownloadError::Other(e)) => {
                         whole = false;
                         guard = None;
                         rep.findings.push(Finding {
@@ -454,14 +455,6 @@ impl Checker<'_> {
     }
 }
 
-/// A request that failed (after its retries), not bytes that were wrong.
-fn failed_request(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<StoreError>()
-            .is_some_and(|s| !matches!(s.kind, ErrorKind::NotFound))
-    })
-}
-
 /// A writer that only hashes (the deep check downloads into nothing).
 struct HashInto<'a>(&'a mut Sha256);
 
@@ -483,7 +476,7 @@ mod tests {
     use crate::manifest::{ChunkEntry, Kind, Layout, Manifest, S3Info, SnapshotRef};
     use crate::sendstream::build::Stream;
     use crate::store::memory::MemoryStore;
-    use crate::store::PutOptions;
+    use crate::store::{ErrorKind, PutOptions};
 
     fn opts(class: &str, sse: &str) -> PutOptions {
         PutOptions {
@@ -593,6 +586,49 @@ mod tests {
         let r = check(&repo, &key, Some(Archived::Skip));
         assert!(r.findings.is_empty(), "{:?}", r.findings);
         assert_eq!((r.chunks, r.chunks_hashed, r.bytes), (3, 3, 3000));
+    }
+
+    #[test]
+    fn damage_is_a_finding_and_a_failed_request_is_an_error() {
+        let checker = |repo| Checker {
+            repo,
+            sse: crate::config::Sse::Aes256,
+            concurrency: 2,
+            piece_size: 300,
+            identities: &[],
+            locks: false,
+        };
+        // The manifest does not parse: damage (ChainError::Damaged), a finding.
+        let (store, repo, key) = bucket("STANDARD");
+        store.insert(&key, b"{not json", opts("STANDARD", "AES256"));
+        let r = checker(&repo).run("data", &key, None, "Standard").unwrap();
+        assert!(r.findings.iter().any(|f| f.damage), "{:?}", r.findings);
+        // Its GET fails: the check could not be made (ChainError::Failed), an error.
+        let (store, repo, key) = bucket("STANDARD");
+        store.fail(&format!("GET {key}"), ErrorKind::Permanent, 10);
+        let e = checker(&repo)
+            .run("data", &key, None, "Standard")
+            .unwrap_err();
+        assert!(format!("{e:#}").contains(&key), "{e:#}");
+        // Deep: a chunk that is gone is a finding ...
+        let chunk = "p/subvol/data/full/chunk-20250101T020000Z-1.bin";
+        let (store, repo, key) = bucket("STANDARD");
+        store.remove(chunk);
+        let r = checker(&repo)
+            .run("data", &key, Some(Archived::Skip), "Standard")
+            .unwrap();
+        assert!(
+            r.findings.iter().any(|f| f.key == chunk),
+            "{:?}",
+            r.findings
+        );
+        // ... a chunk whose GET fails is an error (DownloadError::Request).
+        let (store, repo, key) = bucket("STANDARD");
+        store.fail(&format!("GET {chunk}"), ErrorKind::Permanent, 10);
+        let e = checker(&repo)
+            .run("data", &key, Some(Archived::Skip), "Standard")
+            .unwrap_err();
+        assert!(format!("{e:#}").contains(chunk), "{e:#}");
     }
 
     #[test]

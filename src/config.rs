@@ -60,6 +60,13 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// A config problem ends a command with exit code 2: nothing was done.
+impl From<ConfigError> for crate::exit::Failure {
+    fn from(e: ConfigError) -> Self {
+        crate::exit::Failure::Usage(e.into())
+    }
+}
+
 fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
     Err(ConfigError(msg.into()))
 }

@@ -19,7 +19,7 @@ use anyhow::{bail, Context, Result};
 /// How long a run that lost the race waits for the winner's PID to appear.
 const PID_WAIT: Duration = Duration::from_secs(2);
 
-/// Returned (inside `anyhow::Error`) when another process holds the lock.
+/// Another process holds the lock ([`LockError::Held`]).
 #[derive(Debug)]
 pub struct LockHeld {
     /// The lock file.
@@ -43,6 +43,31 @@ impl std::fmt::Display for LockHeld {
 
 impl std::error::Error for LockHeld {}
 
+/// Why the lock was not taken: another run holds it (that run goes on; this one did not
+/// start), or the lock file could not be used.
+#[derive(Debug)]
+pub enum LockError {
+    /// Another process holds it.
+    Held(LockHeld),
+    /// The lock file could not be opened, checked, locked or written.
+    Failed(anyhow::Error),
+}
+
+impl std::fmt::Display for LockError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LockError::Held(h) => std::fmt::Display::fmt(h, f),
+            LockError::Failed(e) => std::fmt::Display::fmt(e, f),
+        }
+    }
+}
+
+impl From<anyhow::Error> for LockError {
+    fn from(e: anyhow::Error) -> Self {
+        LockError::Failed(e)
+    }
+}
+
 /// Held for as long as this value lives; dropping it closes the file and releases the lock.
 pub struct RunLock {
     // The fd-lock guard is forgotten once taken: the flock lives as long as the open file.
@@ -53,7 +78,7 @@ pub struct RunLock {
 
 impl RunLock {
     /// Takes the lock without waiting, then writes our PID into the file.
-    pub fn acquire(path: &Path) -> Result<RunLock> {
+    pub fn acquire(path: &Path) -> Result<RunLock, LockError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating the lock directory {}", dir.display()))?;
@@ -68,14 +93,15 @@ impl RunLock {
                 std::mem::forget(guard);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                return Err(LockHeld {
+                return Err(LockError::Held(LockHeld {
                     path: path.to_path_buf(),
                     pid: wait_for_pid(path),
-                }
-                .into());
+                }));
             }
             Err(e) => {
-                return Err(e).with_context(|| format!("locking {}", path.display()));
+                return Err(anyhow::Error::from(e)
+                    .context(format!("locking {}", path.display()))
+                    .into());
             }
         }
         Ok(RunLock {
@@ -235,7 +261,9 @@ mod tests {
         assert_eq!(read_pid(&p), Some(std::process::id()));
         // A second lock in the same process on a new open file description conflicts too.
         let e = RunLock::acquire(&p).err().unwrap();
-        let held = e.downcast_ref::<LockHeld>().unwrap();
+        let LockError::Held(held) = &e else {
+            panic!("not LockHeld: {e}")
+        };
         assert_eq!(held.pid, Some(std::process::id()));
         assert!(e
             .to_string()

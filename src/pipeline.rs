@@ -16,7 +16,10 @@
 //! and so are the bytes verified and sent, which the run's timings come from.
 //! On failure the pool stops (no retries, no new jobs), requests in flight get a short
 //! grace period, and open multipart uploads are kept for the resume or aborted
-//! (`keep_open_on_failure`); the first error is returned. With a spool, part buffers are
+//! (`keep_open_on_failure`); the first error is returned, as an [`UploadError`] that says
+//! whether a store request failed, the stream differs from a resumed run's, or something
+//! else went wrong (decided where each is known: the uploader whose request failed, the
+//! comparison that found the difference). With a spool, part buffers are
 //! unnamed files in the spool directory instead of memory. With encryption
 //! ([`Encrypt`]), the stream is first turned into one age file per chunk
 //! (`pipeline/encrypt.rs`), and everything above (parts, hashes, sizes, resume) is about
@@ -202,6 +205,65 @@ impl std::fmt::Display for ResumeMismatch {
 
 impl std::error::Error for ResumeMismatch {}
 
+/// Why an upload stopped, decided where it was known; the caller matches on it (keep the
+/// backup for a resume, abandon it, start fresh). Each holds the message, context and all.
+#[derive(Debug)]
+pub enum UploadError {
+    /// A request to the store failed after its retries (the network or S3): what is
+    /// stored stays good, and the next run can go on from it.
+    Store(anyhow::Error),
+    /// The fresh stream differs from what the interrupted run stored
+    /// ([`ResumeMismatch`]): nothing of that run can be trusted.
+    Mismatch(anyhow::Error),
+    /// Anything else (the stream could not be read, a journal write, a stop, a bug):
+    /// it would fail the same way again.
+    Other(anyhow::Error),
+}
+
+impl UploadError {
+    /// Adds `what` in front of the message (as `anyhow`'s `context`), keeping the cause.
+    pub fn context(self, what: impl std::fmt::Display + Send + Sync + 'static) -> Self {
+        match self {
+            UploadError::Store(e) => UploadError::Store(e.context(what)),
+            UploadError::Mismatch(e) => UploadError::Mismatch(e.context(what)),
+            UploadError::Other(e) => UploadError::Other(e.context(what)),
+        }
+    }
+
+    /// The error, to print or to pass on.
+    pub fn error(&self) -> &anyhow::Error {
+        match self {
+            UploadError::Store(e) | UploadError::Mismatch(e) | UploadError::Other(e) => e,
+        }
+    }
+}
+
+impl std::fmt::Display for UploadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self.error(), f)
+    }
+}
+
+impl From<anyhow::Error> for UploadError {
+    fn from(e: anyhow::Error) -> Self {
+        UploadError::Other(e)
+    }
+}
+
+impl From<ResumeMismatch> for UploadError {
+    fn from(m: ResumeMismatch) -> Self {
+        UploadError::Mismatch(m.into())
+    }
+}
+
+impl From<UploadError> for anyhow::Error {
+    fn from(e: UploadError) -> Self {
+        match e {
+            UploadError::Store(e) | UploadError::Mismatch(e) | UploadError::Other(e) => e,
+        }
+    }
+}
+
 /// How long a stopping run waits for requests in flight before leaving them behind (the
 /// process exits soon after; a resume does not need them).
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
@@ -245,7 +307,7 @@ enum Did {
 struct Done {
     chunk: u64,
     did: Did,
-    result: Result<String>,
+    result: Result<String, UploadError>,
     buf: Option<PartBuf>,
 }
 
@@ -311,13 +373,14 @@ pub fn upload_stream(
     key_for: &dyn Fn(u64) -> String,
     resume: &BTreeMap<u64, ChunkProgress>,
     progress: &mut dyn Progress,
-) -> Result<Uploaded> {
+) -> Result<Uploaded, UploadError> {
     if cfg.max_buffers() < 1 {
         let spool = cfg.spool.as_ref().map(|s| s.max_bytes).unwrap_or(0);
         return Err(anyhow!(
             "global.spool_size_bytes = {spool} cannot hold one part of {} bytes; raise it",
             cfg.part_size
-        ));
+        )
+        .into());
     }
     let (job_tx, job_rx) = unbounded::<Job>();
     let (done_tx, done_rx) = unbounded::<Done>();
@@ -372,7 +435,7 @@ pub fn upload_stream(
     let drained = run.drain(result.is_err());
     let result = if drained {
         match (result, crate::worker::join_all(workers, "uploading")) {
-            (Ok(_), Err(e)) => Err(e),
+            (Ok(_), Err(e)) => Err(e.into()),
             (r, _) => r,
         }
     } else {
@@ -408,13 +471,13 @@ fn worker(
     // One request under the retry policy, unless the run is being stopped; retrying ends
     // as soon as it is. A panic in it is this job's error: the reader then stops the run
     // instead of waiting forever.
-    let attempt = |request: &mut dyn FnMut() -> StoreResult<String>| -> Result<String> {
+    let attempt = |request: &mut dyn FnMut() -> StoreResult<String>| {
         if stop.load(Ordering::SeqCst) || retrier.cancelled() {
-            return Err(anyhow!("cancelled"));
+            return Err(UploadError::Other(anyhow!("cancelled")));
         }
         crate::worker::catch(|| retrier.run_until(stop, request))
-            .map_err(|m| anyhow!(m))?
-            .map_err(anyhow::Error::from)
+            .map_err(|m| UploadError::Other(anyhow!(m)))?
+            .map_err(|e| UploadError::Store(e.into()))
     };
     for job in jobs {
         let (chunk, did, key, result, buf) = match job {
@@ -444,10 +507,12 @@ fn worker(
                 (chunk, Did::Complete, key, r, None)
             }
         };
-        let result = result.with_context(|| match did {
-            Did::Put => format!("uploading chunk {key}"),
-            Did::Part(n) => format!("uploading part {n} of chunk {key}"),
-            Did::Complete => format!("completing the multipart upload of chunk {key}"),
+        let result = result.map_err(|e| {
+            e.context(match did {
+                Did::Put => format!("uploading chunk {key}"),
+                Did::Part(n) => format!("uploading part {n} of chunk {key}"),
+                Did::Complete => format!("completing the multipart upload of chunk {key}"),
+            })
         });
         if done
             .send(Done {
@@ -486,7 +551,7 @@ struct Run<'a> {
     started: Instant,
     /// When the first part or PUT of this run was handed to an uploader.
     first_send: Option<Instant>,
-    error: Option<anyhow::Error>,
+    error: Option<UploadError>,
 }
 
 /// The stream as the pipeline reads it: the send stream, or its age files.
@@ -662,7 +727,7 @@ impl Run<'_> {
         &mut self,
         input: &mut dyn Read,
         key_for: &dyn Fn(u64) -> String,
-    ) -> Result<Uploaded> {
+    ) -> Result<Uploaded, UploadError> {
         // With encryption the cutter cuts age files: a full chunk's file is its plaintext
         // plus a header (of one length for given recipients), a nonce and block tags.
         let header_len = match &self.cfg.encryption {
@@ -691,10 +756,10 @@ impl Run<'_> {
         let mut input = Peek { inner, byte: None };
         loop {
             if self.error.is_some() {
-                return Err(anyhow!("upload failed"));
+                return Err(anyhow!("upload failed").into());
             }
             if self.retrier.cancelled() {
-                return Err(anyhow!("interrupted by a signal"));
+                return Err(anyhow!("interrupted by a signal").into());
             }
             let want = cutter.next_part_len();
             let index = cutter.chunk_index();
@@ -800,7 +865,7 @@ impl Run<'_> {
                 .ok_or_else(|| anyhow!("internal: chunk {i} was never closed"))?;
             let etag = match s.life {
                 Life::Resumed { etag, .. } | Life::Stored { etag } => etag,
-                _ => return Err(anyhow!("internal: chunk {} was never stored", s.key)),
+                _ => return Err(anyhow!("internal: chunk {} was never stored", s.key).into()),
             };
             let sealed = match (&s.sealing, header_len) {
                 (Some(sealing), Some(h)) => Some(SealedChunk {
@@ -810,7 +875,7 @@ impl Run<'_> {
                     })?,
                 }),
                 (None, None) => None,
-                _ => return Err(anyhow!("internal: chunk {} has no sealing", s.key)),
+                _ => return Err(anyhow!("internal: chunk {} has no sealing", s.key).into()),
             };
             chunks.push(ChunkRecord {
                 key: s.key.to_string(),
@@ -839,7 +904,7 @@ impl Run<'_> {
         index: u64,
         header_len: u64,
         age: &mut encrypt::AgeChunks<'_>,
-    ) -> Result<Sealing> {
+    ) -> Result<Sealing, UploadError> {
         let enc = self
             .cfg
             .encryption
@@ -848,7 +913,8 @@ impl Run<'_> {
         if !age.between_files() {
             return Err(anyhow!(
                 "internal: chunk {index} begins inside the previous chunk's age file"
-            ));
+            )
+            .into());
         }
         let sealing = match (enc.resumed.get(&index), self.resume.contains_key(&index)) {
             (Some(s), true) => s.clone(),
@@ -894,7 +960,7 @@ impl Run<'_> {
     }
 
     /// A free buffer, allocating up to the bound, else waiting for an upload to finish.
-    fn buffer(&mut self) -> Result<PartBuf> {
+    fn buffer(&mut self) -> Result<PartBuf, UploadError> {
         loop {
             if let Some(b) = self.free.pop() {
                 return Ok(b);
@@ -905,17 +971,17 @@ impl Run<'_> {
                     None => Ok(PartBuf::Mem(Vec::with_capacity(
                         self.cfg.part_size as usize,
                     ))),
-                    Some(s) => spool_file(&s.dir),
+                    Some(s) => Ok(spool_file(&s.dir)?),
                 };
             }
             self.wait_one()?;
             if self.error.is_some() {
-                return Err(anyhow!("upload failed"));
+                return Err(anyhow!("upload failed").into());
             }
         }
     }
 
-    fn send(&mut self, job: Job) -> Result<()> {
+    fn send(&mut self, job: Job) -> Result<(), UploadError> {
         let tx = self
             .jobs
             .as_ref()
@@ -1001,12 +1067,17 @@ impl Run<'_> {
         );
     }
 
-    fn start_multipart(&mut self, index: u64, key: String) -> Result<()> {
+    fn start_multipart(&mut self, index: u64, key: String) -> Result<(), UploadError> {
         let opts = self.cfg.chunk_opts.clone();
         let id = self
             .retrier
             .run(|| self.store.create_multipart(&key, &opts))
-            .with_context(|| format!("starting the multipart upload of chunk {key}"))?;
+            .map_err(|e| {
+                UploadError::Store(
+                    anyhow::Error::from(e)
+                        .context(format!("starting the multipart upload of chunk {key}")),
+                )
+            })?;
         event!(Debug, "multipart_started", key = key, upload_id = id);
         crate::failpoint::hit("after_upload_created");
         self.progress.upload_opened(index, &key, &id)?;
@@ -1033,7 +1104,13 @@ impl Run<'_> {
     /// One part's bytes of chunk `index`: uploaded from `buf`, or (stored by an earlier
     /// run, read without a part buffer) compared with the journal. `through` is the
     /// chunk's SHA-256 through this part.
-    fn part(&mut self, index: u64, buf: Option<PartBuf>, n: u64, through: String) -> Result<()> {
+    fn part(
+        &mut self,
+        index: u64,
+        buf: Option<PartBuf>,
+        n: u64,
+        through: String,
+    ) -> Result<(), UploadError> {
         let slot = self.slot(index)?;
         let key = slot.key.clone();
         let needed = |buf: Option<PartBuf>| {
@@ -1091,13 +1168,13 @@ impl Run<'_> {
                     buf,
                 })
             }
-            Life::Completing { .. } | Life::Stored { .. } => Err(anyhow!(
-                "internal: a part for chunk {key}, which is already complete"
-            )),
+            Life::Completing { .. } | Life::Stored { .. } => {
+                Err(anyhow!("internal: a part for chunk {key}, which is already complete").into())
+            }
         }
     }
 
-    fn close(&mut self, d: ChunkDone) -> Result<()> {
+    fn close(&mut self, d: ChunkDone) -> Result<(), UploadError> {
         let index = d.index;
         let slot = self.slot(index)?;
         if let Life::Resumed { size, sha256, .. } = &slot.life {
@@ -1116,7 +1193,7 @@ impl Run<'_> {
     /// Moves chunk `index` on when it can: a multipart upload whose end was read and
     /// whose parts are all stored gets its CompleteMultipartUpload queued; a chunk stored
     /// and read to its end is reported to the journal.
-    fn advance(&mut self, index: u64) -> Result<()> {
+    fn advance(&mut self, index: u64) -> Result<(), UploadError> {
         let slot = self.slot(index)?;
         if let (
             Life::Open {
@@ -1135,7 +1212,8 @@ impl Run<'_> {
                     slot.key,
                     etags.len(),
                     next_part - 1
-                ));
+                )
+                .into());
             }
             let parts: Vec<(u32, String)> = etags.iter().map(|(n, e)| (*n, e.clone())).collect();
             let upload_id = upload_id.clone();
@@ -1160,17 +1238,17 @@ impl Run<'_> {
     }
 
     /// Takes one finished job off the done channel; gives up when the run is cancelled.
-    fn wait_one(&mut self) -> Result<()> {
+    fn wait_one(&mut self) -> Result<(), UploadError> {
         let d = loop {
             match self.done.recv_timeout(WAIT_SLICE) {
                 Ok(d) => break d,
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                     if self.retrier.cancelled() {
-                        return Err(anyhow!("interrupted by a signal"));
+                        return Err(anyhow!("interrupted by a signal").into());
                     }
                 }
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                    return Err(anyhow!("uploader threads stopped unexpectedly"))
+                    return Err(anyhow!("uploader threads stopped unexpectedly").into())
                 }
             }
         };
@@ -1251,14 +1329,14 @@ impl Run<'_> {
             }
             _ => {
                 self.error.get_or_insert_with(|| {
-                    anyhow!("internal: a reply out of order for chunk {}", slot.key)
+                    anyhow!("internal: a reply out of order for chunk {}", slot.key).into()
                 });
                 return false;
             }
         }
         if let Some((n, p)) = stored_part {
             if let Err(e) = self.progress.part_stored(d.chunk, n, &p) {
-                self.error.get_or_insert(e);
+                self.error.get_or_insert(e.into());
                 return false;
             }
             crate::failpoint::hit("after_part_journaled");

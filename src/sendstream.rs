@@ -102,7 +102,9 @@ impl std::fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
-/// The `Refused` inside an I/O error from [`Checked`], if that is what it is.
+/// The `Refused` inside an I/O error from [`Checked`], if that is what it is. A downcast,
+/// and the right tool: `Write` can only return an `io::Error`, whose one slot for a
+/// cause of our own is a boxed `dyn Error`.
 pub fn refusal(e: &io::Error) -> Option<&Refused> {
     e.get_ref().and_then(|i| i.downcast_ref::<Refused>())
 }

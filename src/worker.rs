@@ -8,7 +8,8 @@ use std::thread::JoinHandle;
 
 use anyhow::{anyhow, Result};
 
-/// The text of a panic payload (`panic!("...")` gives a `&str` or a `String`).
+/// The text of a panic payload (`panic!("...")` gives a `&str` or a `String`). A
+/// downcast, and the right tool: a panic's payload is a `Box<dyn Any>` by definition.
 pub fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()

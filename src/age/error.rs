@@ -198,6 +198,8 @@ impl std::error::Error for AgeError {}
 
 impl AgeError {
     /// The age error inside an I/O error from [`super::Decryptor`]'s `Read`, if any.
+    /// A downcast, and the right tool: `Read` can only return an `io::Error`, whose one
+    /// slot for a cause of our own is a boxed `dyn Error`.
     pub fn from_io(e: &std::io::Error) -> Option<&AgeError> {
         e.get_ref()
             .and_then(|inner| inner.downcast_ref::<AgeError>())

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Result};
 
 use super::publish::state_after;
-use super::{part_size, settings, Backup, Outcome, Published};
+use super::{part_size, settings, Backup, Outcome, Published, Unpublished};
 use crate::config::Subvolume;
 use crate::event;
 use crate::journal::{self, ChunkProgress, Journal, Pending};
@@ -189,7 +189,7 @@ impl Backup<'_> {
         sv: &Subvolume,
         entry: &SubvolState,
         p: &Pending,
-    ) -> Result<Outcome> {
+    ) -> Result<Outcome, Unpublished> {
         let stored = self.repo()?.stored(&p.chunks)?;
         let parts: usize = stored
             .values()
@@ -223,6 +223,8 @@ impl Backup<'_> {
         let snap = self
             .pending_snapshot(sv, p)
             .ok_or_else(|| anyhow!("internal: resuming without a snapshot"))?;
+        // Abandoned by the caller only on a mismatch (`UploadError::Mismatch`); any other
+        // failure keeps it for the next run.
         let parent = p.begin.parent.as_deref().map(Path::new);
         let result = self.upload_and_publish(
             sv,

@@ -9,15 +9,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 
-use super::{Backup, Published, StoppedAfter};
+use super::{Backup, Published, StoppedAfter, Unpublished};
 use crate::chunker::ChunkDone;
 use crate::config::Subvolume;
 use crate::event;
 use crate::journal::{self, Begin, ChunkProgress, Journal, PartDone, Record};
 use crate::manifest::{ChunkEntry, Kind, Manifest, S3Info, SnapshotRef};
 use crate::metrics::Metrics;
-use crate::pipeline::{self, PipelineConfig, Progress};
+use crate::pipeline::{self, PipelineConfig, Progress, UploadError};
 use crate::progress::{Counted, Meter, Metered, Reporter};
+use crate::repo::PublishError;
 use crate::state::SubvolState;
 use crate::ts::Ts;
 use crate::watchdog::{Actions, Limits, Watchdog};
@@ -72,7 +73,7 @@ impl Backup<'_> {
         stored: &BTreeMap<u64, ChunkProgress>,
         sealings: &BTreeMap<u64, journal::SealingRecord>,
         journal: &mut Journal,
-    ) -> Result<Published> {
+    ) -> Result<Published, Unpublished> {
         let repo = self.repo()?;
         let kind = begin.kind;
         let started = Instant::now();
@@ -158,7 +159,7 @@ impl Backup<'_> {
                     upload_time: meter.upload_time(),
                 };
                 let e = match stalled {
-                    Some(s) => anyhow!(s),
+                    Some(s) => UploadError::Other(anyhow!(s)),
                     // A request the stop cut (CreateMultipartUpload says "Agent is shut
                     // down"): what stopped the run is the signal.
                     None if self.retrier.cancelled()
@@ -168,14 +169,19 @@ impl Backup<'_> {
                     }
                     None => e,
                 };
-                return Err(e.context(stopped));
+                return Err(Unpublished {
+                    cause: e.context(stopped),
+                    stopped: Some(stopped),
+                });
             }
         };
         if self.retrier.cancelled() {
-            return Err(stalled.map_or_else(
-                || anyhow!("interrupted by a signal; nothing published"),
-                |s| anyhow!(s),
-            ));
+            return Err(stalled
+                .map_or_else(
+                    || anyhow!("interrupted by a signal; nothing published"),
+                    |s| anyhow!(s),
+                )
+                .into());
         }
         let snap_name = snap_path
             .file_name()
@@ -244,7 +250,15 @@ impl Backup<'_> {
         journal.append(&Record::Publishing {
             manifest_key: manifest_key.to_string(),
         })?;
-        repo.publish(&manifest_key, &manifest)?;
+        repo.publish(&manifest_key, &manifest)
+            .map_err(|e| match e {
+                PublishError::Request(e) => UploadError::Store(e),
+                PublishError::TooLarge(e) => UploadError::Other(e),
+            })
+            .map_err(|cause| Unpublished {
+                cause,
+                stopped: None,
+            })?;
         let metrics = Metrics {
             bytes: outcome.summary.total_bytes,
             elapsed: started.elapsed(),

@@ -105,6 +105,7 @@ impl Rig {
             crate::planner::Trigger::Schedule
         };
         b.run(sv, entry, trigger, restart, Ts::parse(ts).unwrap())
+            .map_err(anyhow::Error::from)
     }
 
     fn journal(&self) -> Option<crate::journal::Pending> {
@@ -468,6 +469,41 @@ fn restart_and_abandonment_rules() {
     assert!(!rig
         .snaps()
         .contains(&"data__20250109T020000Z__inc".to_string()));
+}
+
+#[test]
+fn a_resumed_stream_that_differs_abandons_the_pending_backup_and_starts_fresh() {
+    let mut rig = Rig::new();
+    rig.cfg.s3.concurrency = 1;
+    rig.store
+        .fail("chunk-20250101T020000Z-1.bin", ErrorKind::Permanent, 1);
+    rig.run(&SubvolState::default(), "20250101T020000Z", false)
+        .unwrap_err();
+    // A failed request: kept for the resume.
+    assert!(rig.journal().is_some());
+    assert_eq!(rig.snaps(), ["data__20250101T020000Z__full"]);
+    // The kept snapshot now sends other bytes: chunk 0 no longer matches the journal.
+    let old = rig
+        .cfg
+        .snapshots
+        .base_dir
+        .join("data__20250101T020000Z__full");
+    rig.btrfs
+        .streams
+        .lock()
+        .unwrap()
+        .insert(old, vec![7u8; 1000]);
+    let p = published(
+        rig.run(&SubvolState::default(), "20250102T020000Z", false)
+            .unwrap(),
+    );
+    // The mismatch abandoned it (snapshot and journal gone) and a fresh backup ran.
+    assert_eq!(
+        p.manifest_key,
+        "pre/subvol/data/full/manifest-20250102T020000Z.json"
+    );
+    assert_eq!(rig.snaps(), ["data__20250102T020000Z__full"]);
+    assert!(rig.journal().is_none());
 }
 
 #[test]

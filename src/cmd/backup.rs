@@ -15,7 +15,7 @@ use crate::cli::BackupArgs;
 use crate::cmd::Session;
 use crate::config::{Config, Subvolume};
 use crate::event;
-use crate::exit::{self, UsageError};
+use crate::exit::{self, Failure, UsageError};
 use crate::metrics::{write_textfile, Metrics, SubvolResult};
 use crate::planner::Trigger;
 use crate::repo::Repo;
@@ -23,7 +23,7 @@ use crate::state::State;
 use crate::ts::Ts;
 
 /// The configured subvolumes named by `--subvolume` (all when none is given).
-pub fn select<'a>(config: &'a Config, names: &[String]) -> Result<Vec<&'a Subvolume>> {
+pub fn select<'a>(config: &'a Config, names: &[String]) -> Result<Vec<&'a Subvolume>, UsageError> {
     if names.is_empty() {
         return Ok(config.subvolumes.iter().collect());
     }
@@ -37,8 +37,7 @@ pub fn select<'a>(config: &'a Config, names: &[String]) -> Result<Vec<&'a Subvol
                 return Err(UsageError(format!(
                     "--subvolume {n}: no configured subvolume has that name (configured: {})",
                     known.join(", ")
-                ))
-                .into());
+                )));
             }
         }
     }
@@ -60,7 +59,7 @@ fn check_state_writable(state_path: &Path) -> Result<()> {
         })
 }
 
-pub fn run(config: &Config, args: &BackupArgs) -> Result<u8> {
+pub fn run(config: &Config, args: &BackupArgs) -> Result<u8, Failure> {
     // --limit-upload replaces the configured cap for this run.
     let mut capped;
     let config = match &args.limit_upload {
@@ -170,7 +169,7 @@ pub fn run(config: &Config, args: &BackupArgs) -> Result<u8> {
                     kept.push(sv.name.clone());
                 }
                 // What the stopped upload did counts in the run's sums.
-                if let Some(s) = e.downcast_ref::<crate::backup::StoppedAfter>() {
+                if let Some(s) = &e.stopped {
                     total.uploaded_bytes += s.uploaded_bytes;
                     total.upload_time += s.upload_time;
                 }
@@ -241,11 +240,13 @@ pub fn run(config: &Config, args: &BackupArgs) -> Result<u8> {
                 error = format!("{e:#}")
             );
             if failed.is_empty() {
-                return Err(e.context(format!(
-                    "the backups succeeded but the metrics textfile {} (global.metrics_path) \
+                return Err(e
+                    .context(format!(
+                        "the backups succeeded but the metrics textfile {} (global.metrics_path) \
                      could not be written",
-                    path.display()
-                )));
+                        path.display()
+                    ))
+                    .into());
             }
         }
     }
@@ -253,7 +254,8 @@ pub fn run(config: &Config, args: &BackupArgs) -> Result<u8> {
         return Err(anyhow!(
             "the backups succeeded, but prune after backup (retention.prune_after_backup) failed: {}",
             prune_failed.join("; ")
-        ));
+        )
+        .into());
     }
     if failed.is_empty() {
         // One closing line at every log level: what the run did, per subvolume.
@@ -276,7 +278,8 @@ pub fn run(config: &Config, args: &BackupArgs) -> Result<u8> {
             failed.len(),
             selected.len(),
             failed.join("; ")
-        ))
+        )
+        .into())
     }
 }
 
@@ -515,7 +518,12 @@ fn trigger(args: &BackupArgs) -> Trigger {
 /// (each named); S3 out of reach exits 1; else the plan, one line per subvolume (a
 /// refused resume journal says so: that subvolume's run will fail), the chunk objects a
 /// full would make, exit 0.
-fn dry_run(b: &Backup<'_>, state: &State, selected: &[&Subvolume], trigger: Trigger) -> Result<u8> {
+fn dry_run(
+    b: &Backup<'_>,
+    state: &State,
+    selected: &[&Subvolume],
+    trigger: Trigger,
+) -> Result<u8, Failure> {
     let problems = config_problems(b, selected);
     for p in &problems {
         println!("config: {p}");

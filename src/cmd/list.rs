@@ -13,13 +13,13 @@ use serde_json::{json, Value};
 use crate::cli::ListArgs;
 use crate::cmd::Session;
 use crate::config::Config;
-use crate::exit;
+use crate::exit::{self, Failure};
 use crate::outln;
 use crate::repo::catalog::{self, Catalog, Subvol};
 use crate::repo::Repo;
 use crate::store::{ListedObject, ListedVersion};
 
-pub fn run(config: &Config, args: &ListArgs) -> Result<u8> {
+pub fn run(config: &Config, args: &ListArgs) -> Result<u8, Failure> {
     let names = crate::cmd::subvolume_names(&args.subvolumes, None)?;
     let session = Session::start(config, false)?;
     let repo = Repo::open(config, session.retrier.clone())?;
@@ -44,7 +44,10 @@ pub fn run(config: &Config, args: &ListArgs) -> Result<u8> {
                 sv["versions"] = Value::Array(v);
             }
         }
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).map_err(anyhow::Error::from)?
+        );
     } else {
         print_text(&cat);
         for (name, vs) in &versions {

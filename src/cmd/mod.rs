@@ -17,23 +17,26 @@ use std::sync::Arc;
 use anyhow::Result;
 
 use crate::config::Config;
-use crate::lock::RunLock;
+use crate::exit::{Failure, UsageError};
+use crate::lock::{LockError, RunLock};
 use crate::retry::{Policy, Retrier};
 
 /// `--subvolume` names of `list`, `verify` and `prune`, checked to be plain names (they
 /// name keys); none given means the configured subvolumes when `default` has a config
 /// (an empty list otherwise: `list` then shows every subvolume under the prefix).
-pub fn subvolume_names(names: &[String], default: Option<&Config>) -> Result<Vec<String>> {
+pub fn subvolume_names(
+    names: &[String],
+    default: Option<&Config>,
+) -> Result<Vec<String>, UsageError> {
     if let (true, Some(c)) = (names.is_empty(), default) {
         return Ok(c.subvolumes.iter().map(|s| s.name.clone()).collect());
     }
     let mut out: Vec<String> = Vec::new();
     for n in names {
         if let Some(why) = crate::manifest::subvolume_name_problem(n) {
-            return Err(crate::exit::UsageError(format!(
+            return Err(UsageError(format!(
                 "--subvolume {n:?} {why}: give the subvolume's name (the last component of its path)"
-            ))
-            .into());
+            )));
         }
         if !out.contains(n) {
             out.push(n.clone());
@@ -82,13 +85,16 @@ pub struct Session {
 impl Session {
     /// Installs the signal handlers, then takes the lock when `lock` (never for read-only
     /// commands such as `backup --dry-run`).
-    pub fn start(config: &Config, lock: bool) -> Result<Session> {
+    pub fn start(config: &Config, lock: bool) -> Result<Session, Failure> {
         let cancel = crate::signals::install()?;
         let retrier = Arc::new(Retrier::new(policy(), cancel));
-        let lock = if lock {
-            Some(RunLock::acquire(&config.global.lock_path)?)
-        } else {
-            None
+        let lock = match lock {
+            false => None,
+            true => match RunLock::acquire(&config.global.lock_path) {
+                Ok(l) => Some(l),
+                Err(LockError::Held(h)) => return Err(Failure::Busy(h.into())),
+                Err(LockError::Failed(e)) => return Err(Failure::Run(e)),
+            },
         };
         Ok(Session {
             retrier,

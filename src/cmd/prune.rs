@@ -14,7 +14,7 @@ use crate::cli::PruneArgs;
 use crate::cmd::list::human;
 use crate::cmd::Session;
 use crate::config::Config;
-use crate::exit;
+use crate::exit::{self, Failure};
 use crate::repo::prune::{self, Action, Plan, Rules};
 use crate::repo::Repo;
 use crate::repo::{catalog, object_lock};
@@ -187,7 +187,7 @@ pub fn prune_all(config: &Config, repo: &Repo, req: &Request) -> Result<(Vec<Pla
     Ok((plans, refused))
 }
 
-pub fn run(config: &Config, args: &PruneArgs) -> Result<u8> {
+pub fn run(config: &Config, args: &PruneArgs) -> Result<u8, Failure> {
     let names = crate::cmd::subvolume_names(&args.subvolumes, Some(config))?;
     let req = Request {
         names,
@@ -211,7 +211,8 @@ pub fn run(config: &Config, args: &PruneArgs) -> Result<u8> {
                 "keep_generations": req.keep,
                 "plans": plans,
                 "refused": refused,
-            }))?
+            }))
+            .map_err(anyhow::Error::from)?
         );
     } else {
         print_text(&plans, &refused, &req);
@@ -223,7 +224,8 @@ pub fn run(config: &Config, args: &PruneArgs) -> Result<u8> {
             "prune refused for {}: {}",
             refused.len(),
             refused.join("; ")
-        ))
+        )
+        .into())
     }
 }
 

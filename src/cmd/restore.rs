@@ -12,12 +12,12 @@ use crate::cli::{RestoreArgs, TierArg, VerifyArg};
 use crate::cmd::Session;
 use crate::config::{Config, RestoreTier, VerifyMode};
 use crate::event;
-use crate::exit::{self, UsageError};
+use crate::exit::{self, Failure, UsageError};
 use crate::repo::Repo;
-use crate::restore::{check_target, ArchivePending, Request, Restorer};
+use crate::restore::{check_target, Request, RestoreError, Restorer};
 
 /// `btrfs_to_s3 restore`: flags over config, session (lock), run, metrics.
-pub fn run(config: &Config, args: &RestoreArgs) -> Result<u8> {
+pub fn run(config: &Config, args: &RestoreArgs) -> Result<u8, Failure> {
     // --limit-download replaces the configured cap for this run.
     let mut capped;
     let config = match &args.limit_download {
@@ -119,7 +119,10 @@ pub fn run(config: &Config, args: &RestoreArgs) -> Result<u8> {
     if args.plan {
         let plan = r.plan(&req)?;
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&plan.json())?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&plan.json()).map_err(anyhow::Error::from)?
+            );
         } else {
             for line in plan.text().lines() {
                 crate::outln!("{line}");
@@ -129,13 +132,15 @@ pub fn run(config: &Config, args: &RestoreArgs) -> Result<u8> {
     }
     let report = match r.run(&req) {
         Ok(rep) => rep,
-        Err(e) if e.is::<ArchivePending>() => return Err(e),
-        Err(e) => {
-            return Err(e.context(format!(
-                "restore of {} into {} failed; nothing was left at the target",
-                req.subvolume,
-                req.target.display()
-            )))
+        Err(pending @ RestoreError::Pending(_)) => return Err(pending.into()),
+        Err(RestoreError::Failed(e)) => {
+            return Err(e
+                .context(format!(
+                    "restore of {} into {} failed; nothing was left at the target",
+                    req.subvolume,
+                    req.target.display()
+                ))
+                .into())
         }
     };
     let secs = report.elapsed.as_secs_f64();

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::cli::StatusArgs;
 use crate::cmd::Session;
 use crate::config::Config;
-use crate::exit;
+use crate::exit::{self, Failure};
 use crate::lastrun::LastRun;
 use crate::outln;
 use crate::planner::next_due;
@@ -42,7 +42,7 @@ struct Pending {
     stored_bytes: u64,
 }
 
-pub fn run(config: &Config, args: &StatusArgs) -> Result<u8> {
+pub fn run(config: &Config, args: &StatusArgs) -> Result<u8, Failure> {
     let names: Vec<String> = if args.subvolumes.is_empty() {
         config.subvolumes.iter().map(|s| s.name.clone()).collect()
     } else {
@@ -68,7 +68,8 @@ pub fn run(config: &Config, args: &StatusArgs) -> Result<u8> {
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&to_json(&rows, last.as_ref()))?
+            serde_json::to_string_pretty(&to_json(&rows, last.as_ref()))
+                .map_err(anyhow::Error::from)?
         );
     } else {
         print_text(&rows, last.as_ref(), Ts::now());

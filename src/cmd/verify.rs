@@ -6,18 +6,18 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, Result};
 
 use crate::check::{Archived, Checker, Finding, Report};
 use crate::cli::VerifyArgs;
 use crate::cmd::Session;
 use crate::config::Config;
-use crate::exit;
-use crate::repo::chain::is_damage;
+use crate::exit::{self, Failure};
+use crate::repo::chain::ChainError;
 use crate::repo::Repo;
 use crate::{event, outln};
 
-pub fn run(config: &Config, args: &VerifyArgs) -> Result<u8> {
+pub fn run(config: &Config, args: &VerifyArgs) -> Result<u8, Failure> {
     let names = crate::cmd::subvolume_names(&args.subvolumes, Some(config))?;
     if args.manifest_key.is_some() && names.len() != 1 {
         return Err(crate::exit::UsageError(
@@ -90,21 +90,21 @@ pub fn run(config: &Config, args: &VerifyArgs) -> Result<u8> {
     for name in &names {
         let start = match repo.start_key(name, args.manifest_key.as_deref()) {
             Ok(k) => k,
-            Err(e) if is_damage(&e) => {
+            Err(ChainError::Damaged(d)) => {
                 let key = repo.layout.pointer_key(name).into_string();
                 reports.push(Report {
                     subvolume: name.clone(),
                     start_key: key.clone(),
                     findings: vec![Finding {
                         key,
-                        problem: format!("{e:#}"),
+                        problem: d.to_string(),
                         damage: true,
                     }],
                     ..Default::default()
                 });
                 continue;
             }
-            Err(e) => return Err(e),
+            Err(ChainError::Failed(e)) => return Err(e.into()),
         };
         let rep = checker.run(name, &start, deep, tier)?;
         for f in &rep.findings {
@@ -136,7 +136,8 @@ pub fn run(config: &Config, args: &VerifyArgs) -> Result<u8> {
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "version": 1, "reports": reports }))?
+            serde_json::to_string_pretty(&serde_json::json!({ "version": 1, "reports": reports }))
+                .map_err(anyhow::Error::from)?
         );
     } else {
         for r in &reports {
@@ -151,15 +152,17 @@ pub fn run(config: &Config, args: &VerifyArgs) -> Result<u8> {
             .next()
             .map(|f| format!("{}: {}", f.key, f.problem))
             .unwrap_or_default();
-        bail!("verify found {findings} problems (first: {first})");
+        return Err(anyhow!("verify found {findings} problems (first: {first})").into());
     }
     let pending: usize = reports.iter().map(|r| r.restores_pending).sum();
     if pending > 0 {
-        return Err(crate::restore::ArchivePending {
-            chunks: pending,
-            tier: tier.to_string(),
-        }
-        .into());
+        return Err(Failure::Pending(
+            crate::restore::ArchivePending {
+                chunks: pending,
+                tier: tier.to_string(),
+            }
+            .into(),
+        ));
     }
     Ok(exit::OK)
 }

@@ -36,8 +36,8 @@ fn parse_err(text: &str) -> String {
         Ok(_) => panic!("expected an error for:\n{text}"),
         Err(e) => {
             let msg = e.0.clone();
-            let wrapped = anyhow::Error::from(e).context("loading the config");
-            assert_eq!(crate::app::exit_code_for(&wrapped), 2, "{msg}");
+            let wrapped = crate::exit::Failure::from(e).context("loading the config");
+            assert_eq!(wrapped.code(), 2, "{msg}");
             msg
         }
     }

@@ -39,7 +39,7 @@ fn key(i: u64) -> String {
     format!("p/chunk-{i}.bin")
 }
 
-fn run(store: &Arc<MemoryStore>, d: &[u8], c: &PipelineConfig) -> Result<Uploaded> {
+fn run(store: &Arc<MemoryStore>, d: &[u8], c: &PipelineConfig) -> Result<Uploaded, UploadError> {
     let s = ChunkWriter::new(store.clone());
     upload_stream(
         &mut &d[..],
@@ -201,6 +201,8 @@ fn failing_create_and_complete_abort() {
     );
     let e = run(&store, &data(3000), &cfg(1000, 300, 2)).unwrap_err();
     assert!(format!("{e:#}").contains("starting the multipart upload of chunk p/chunk-1.bin"));
+    // A failed request, from the reader's own call: the backup is worth resuming.
+    assert!(matches!(e, UploadError::Store(_)), "{e:#}");
     assert_eq!(store.open_uploads(), 0);
 
     let store = Arc::new(MemoryStore::new());
@@ -211,6 +213,8 @@ fn failing_create_and_complete_abort() {
     );
     let e = run(&store, &data(3000), &cfg(1000, 300, 2)).unwrap_err();
     assert!(format!("{e:#}").contains("completing the multipart upload of chunk p/chunk-0.bin"));
+    // A failed request, from an uploader thread: the same.
+    assert!(matches!(e, UploadError::Store(_)), "{e:#}");
     assert_eq!(store.open_uploads(), 0);
 }
 
@@ -548,7 +552,7 @@ fn run_with(
     c: &PipelineConfig,
     resume: &BTreeMap<u64, crate::journal::ChunkProgress>,
     progress: &mut dyn Progress,
-) -> Result<Uploaded> {
+) -> Result<Uploaded, UploadError> {
     let s = ChunkWriter::new(store.clone());
     upload_stream(&mut &d[..], s, retrier(), c, &key, resume, progress)
 }
@@ -648,7 +652,7 @@ fn a_stored_part_whose_bytes_differ_is_a_mismatch() {
         (d[..900].to_vec(), "chunk p/chunk-0.bin: 900 bytes"),
     ] {
         let e = run_with(&store, &input, &c, &pending.chunks, &mut NoProgress).unwrap_err();
-        assert!(e.chain().any(|c| c.is::<ResumeMismatch>()), "{e:#}");
+        assert!(matches!(e, UploadError::Mismatch(_)), "{e:#}");
         assert!(format!("{e:#}").contains(says), "{e:#}");
     }
 }
@@ -715,7 +719,7 @@ fn a_resume_with_a_kept_sealing_that_was_changed_is_a_mismatch() {
             &mut NoProgress,
         )
         .unwrap_err();
-        assert!(e.chain().any(|c| c.is::<ResumeMismatch>()), "{e:#}");
+        assert!(matches!(e, UploadError::Mismatch(_)), "{e:#}");
         assert!(format!("{e:#}").contains("chunk p/chunk-1.bin"), "{e:#}");
     }
     // The kept sealing as written resumes, and the chunks decrypt to the stream.

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use anyhow::{Context, Result};
 
 use crate::manifest::{Kind, Manifest, Shape};
-use crate::repo::chain::{self, is_damage};
+use crate::repo::chain::{self, ChainError};
 use crate::repo::Repo;
 use crate::store::ListedObject;
 use crate::ts::Ts;
@@ -227,8 +227,8 @@ fn read_manifest(
             kind.as_str()
         ))),
         Ok(m) => Ok(Ok(m)),
-        Err(e) if is_damage(&e) => Ok(Err(format!("{e:#}"))),
-        Err(e) => Err(e),
+        Err(ChainError::Damaged(d)) => Ok(Err(d.to_string())),
+        Err(ChainError::Failed(e)) => Err(e),
     }
 }
 
@@ -237,8 +237,8 @@ fn read_pointer(repo: &Repo, name: &str) -> Result<Result<String, String>> {
     match repo.pointer(name) {
         Ok(Some(p)) => Ok(Ok(p.manifest_key)),
         Ok(None) => Ok(Err("it disappeared while being listed".into())),
-        Err(e) if is_damage(&e) => Ok(Err(format!("{e:#}"))),
-        Err(e) => Err(e),
+        Err(ChainError::Damaged(d)) => Ok(Err(d.to_string())),
+        Err(ChainError::Failed(e)) => Err(e),
     }
 }
 

@@ -9,7 +9,7 @@
 
 use std::collections::HashSet;
 
-use anyhow::{bail, Result};
+use anyhow::anyhow;
 
 use crate::manifest::{Kind, Layout, Manifest, ManifestKey, Pointer};
 use crate::retry::Retrier;
@@ -29,13 +29,70 @@ impl std::fmt::Display for Damaged {
 
 impl std::error::Error for Damaged {}
 
-/// Whether `e` is damage in the bucket rather than a failed request.
-pub fn is_damage(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.is::<Damaged>())
+/// Why a chain, a manifest or a pointer could not be had, decided where it is known:
+/// damage in the bucket (a finding) or a request that failed (the run's error). Callers
+/// match on it; `?` into `anyhow` keeps the message as it was.
+#[derive(Debug)]
+pub enum ChainError {
+    /// What the bucket holds is missing, unreadable, untrustworthy or misplaced:
+    /// `verify` and `list` report it, a pinned restore tries another version.
+    Damaged(Damaged),
+    /// A request failed (after its retries), or a flag named a key outside the layout:
+    /// the check could not be made.
+    Failed(anyhow::Error),
+}
+
+impl ChainError {
+    /// Adds `what` in front of the message (as `anyhow`'s `context`), keeping which it is.
+    pub fn context(self, what: impl std::fmt::Display + Send + Sync + 'static) -> Self {
+        match self {
+            ChainError::Damaged(d) => ChainError::Damaged(Damaged(format!("{what}: {}", d.0))),
+            ChainError::Failed(e) => ChainError::Failed(e.context(what)),
+        }
+    }
+}
+
+impl std::fmt::Display for ChainError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChainError::Damaged(d) => std::fmt::Display::fmt(d, f),
+            ChainError::Failed(e) => std::fmt::Display::fmt(e, f),
+        }
+    }
+}
+
+impl From<Damaged> for ChainError {
+    fn from(d: Damaged) -> Self {
+        ChainError::Damaged(d)
+    }
+}
+
+impl From<anyhow::Error> for ChainError {
+    fn from(e: anyhow::Error) -> Self {
+        ChainError::Failed(e)
+    }
+}
+
+// Not `std::error::Error` (which would make the failed side's context chain one
+// opaque link): into `anyhow`, each side is the error it holds, message unchanged.
+impl From<ChainError> for anyhow::Error {
+    fn from(e: ChainError) -> Self {
+        match e {
+            ChainError::Damaged(d) => anyhow::Error::new(d),
+            ChainError::Failed(e) => e,
+        }
+    }
+}
+
+/// Outside the engines, damage is a failed run like any other (exit code 1).
+impl From<ChainError> for crate::exit::Failure {
+    fn from(e: ChainError) -> Self {
+        crate::exit::Failure::Run(e.into())
+    }
 }
 
 macro_rules! damaged {
-    ($($t:tt)*) => { return Err(Damaged(format!($($t)*)).into()) };
+    ($($t:tt)*) => { return Err(ChainError::Damaged(Damaged(format!($($t)*)))) };
 }
 
 /// No real chain is this long; a longer one is treated as damage.
@@ -114,7 +171,7 @@ pub fn fetch_json<T: serde::de::DeserializeOwned>(
     retrier: &Retrier,
     key: &str,
     what: Small,
-) -> Result<Option<T>> {
+) -> Result<Option<T>, ChainError> {
     let bytes = match retrier.run(|| get_bounded(store, key, what.cap())) {
         Ok(b) => b,
         Err(e) if e.kind == ErrorKind::NotFound => return Ok(None),
@@ -122,15 +179,16 @@ pub fn fetch_json<T: serde::de::DeserializeOwned>(
             return Err(what.too_large(key, &e.message).into())
         }
         Err(e) => {
-            return Err(anyhow::Error::from(e).context(format!("reading {} {key}", what.name())))
+            return Err(ChainError::Failed(
+                anyhow::Error::from(e).context(format!("reading {} {key}", what.name())),
+            ))
         }
     };
     serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-        Damaged(format!(
+        ChainError::Damaged(Damaged(format!(
             "{} {key} is not valid JSON of the expected shape: {e}",
             what.name()
-        ))
-        .into()
+        )))
     })
 }
 
@@ -140,7 +198,7 @@ fn fetch_existing<T: serde::de::DeserializeOwned>(
     retrier: &Retrier,
     key: &str,
     what: Small,
-) -> Result<T> {
+) -> Result<T, ChainError> {
     match fetch_json(store, retrier, key, what)? {
         Some(v) => Ok(v),
         None => damaged!("{} {key} is missing from the bucket", what.name()),
@@ -154,14 +212,14 @@ pub fn start_key(
     layout: &Layout,
     subvolume: &str,
     manifest_key: Option<&str>,
-) -> Result<ManifestKey> {
+) -> Result<ManifestKey, ChainError> {
     let within = layout.subvolume_prefix(subvolume);
     if let Some(k) = manifest_key {
         let Some(k) = layout.owned_manifest_key(subvolume, k) else {
-            bail!(
+            return Err(ChainError::Failed(anyhow!(
                 "--manifest-key {k:?} is not a key under {within} (this subvolume's backups under s3.prefix); \
                  pick one from the bucket listing under that prefix"
-            );
+            )));
         };
         return Ok(k);
     }
@@ -192,7 +250,7 @@ pub fn read_manifest(
     layout: &Layout,
     subvolume: &str,
     k: &str,
-) -> Result<Manifest> {
+) -> Result<Manifest, ChainError> {
     let m: Manifest = fetch_existing(store, retrier, k, Small::Manifest)?;
     if m.subvolume != subvolume {
         damaged!(
@@ -219,7 +277,7 @@ pub fn resolve(
     layout: &Layout,
     subvolume: &str,
     key: &str,
-) -> Result<Chain> {
+) -> Result<Chain, ChainError> {
     let mut links: Vec<(ManifestKey, Manifest)> = Vec::new();
     let mut seen = HashSet::new();
     let mut next = Some(key.to_string());
@@ -422,7 +480,10 @@ mod tests {
             !e.contains("no published backup") && e.contains("injected failure"),
             "{e}"
         );
-        assert!(!is_damage(&err), "a failed request is not damage: {e}");
+        assert!(
+            !matches!(err, ChainError::Damaged(_)),
+            "a failed request is not damage: {e}"
+        );
     }
 
     #[test]
@@ -481,7 +542,7 @@ mod tests {
         let big = "p/subvol/data/full/manifest-20250101T020000Z.json";
         s.insert(big, &vec![b' '; MAX_MANIFEST_BYTES as usize + 1], opts());
         let e = resolve(&s, &retrier(), &layout, "data", big).unwrap_err();
-        assert!(is_damage(&e), "{e:#}");
+        assert!(matches!(e, ChainError::Damaged(_)), "{e:#}");
         let e = format!("{e:#}");
         for w in [
             &format!("manifest {big} is too large"),
@@ -503,7 +564,7 @@ mod tests {
         let pkey = "p/subvol/data/current.json";
         s.insert(pkey, &vec![b' '; MAX_POINTER_BYTES as usize + 1], opts());
         let e = start_key(&s, &retrier(), &layout, "data", None).unwrap_err();
-        assert!(is_damage(&e));
+        assert!(matches!(e, ChainError::Damaged(_)));
         let e = format!("{e:#}");
         assert!(
             e.contains(&format!("pointer {pkey} is too large"))

@@ -80,7 +80,7 @@ pub fn stream_decrypted(
     piece_size: u64,
     concurrency: usize,
     out: &mut dyn Write,
-) -> Result<u64> {
+) -> Result<u64, super::download::DownloadError> {
     std::thread::scope(|s| {
         let (tx, rx) = bounded::<Vec<u8>>(2);
         let download = std::thread::Builder::new()
@@ -115,10 +115,10 @@ pub fn stream_decrypted(
         // download ended first (a hash mismatch, the network): then that is the cause.
         match (decrypted, downloaded) {
             (Ok(n), Ok(_)) => Ok(n),
-            (Err(e), Ok(_)) => Err(e),
+            (Err(e), Ok(_)) => Err(e.into()),
             (Ok(_), Err(e)) => Err(e),
             (Err(_), Err(d)) if ran_dry => Err(d),
-            (Err(e), Err(_)) => Err(e),
+            (Err(e), Err(_)) => Err(e.into()),
         }
     })
 }

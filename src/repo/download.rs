@@ -22,6 +22,40 @@ use crate::retry::Retrier;
 use crate::sha256x2::StreamHashes;
 use crate::store::{ErrorKind, ObjectStore, StoreError};
 
+/// Why a verified download stopped, decided where it is known: `verify --deep` reports a
+/// chunk as damaged unless its GET failed.
+#[derive(Debug)]
+pub enum DownloadError {
+    /// A GET failed after its retries (not a missing object): nothing was learnt about
+    /// the chunk.
+    Request(anyhow::Error),
+    /// Anything else: wrong bytes (size, SHA-256, the stream's hash, the send-stream
+    /// guard's refusal), a missing chunk, a writer that stopped, a stop.
+    Other(anyhow::Error),
+}
+
+impl std::fmt::Display for DownloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DownloadError::Request(e) | DownloadError::Other(e) => std::fmt::Display::fmt(e, f),
+        }
+    }
+}
+
+impl From<anyhow::Error> for DownloadError {
+    fn from(e: anyhow::Error) -> Self {
+        DownloadError::Other(e)
+    }
+}
+
+impl From<DownloadError> for anyhow::Error {
+    fn from(e: DownloadError) -> Self {
+        match e {
+            DownloadError::Request(e) | DownloadError::Other(e) => e,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Piece {
     pub chunk: usize,
@@ -99,7 +133,7 @@ pub fn stream_chunks(
     piece_size: u64,
     concurrency: usize,
     out: &mut dyn Write,
-) -> Result<u64> {
+) -> Result<u64, DownloadError> {
     let pieces = plan_pieces(chunks, piece_size);
     let window = concurrency.max(1) + 1;
     let (job_tx, job_rx) = bounded::<Job>(window);
@@ -135,16 +169,17 @@ pub fn stream_chunks(
     let mut job_tx = Some(job_tx);
     let result = consume(&pieces, chunks, window, &mut job_tx, &res_rx, &retrier, out)
         .and_then(|(written, got)| match stream_sha256 {
-            Some(want) if !got.eq_ignore_ascii_case(want) => bail!(
+            Some(want) if !got.eq_ignore_ascii_case(want) => Err(anyhow!(
                 "the whole stream's SHA-256 is {got}, but the manifest's stream_sha256 is {want}: every chunk matched its own hash, so the manifest itself is inconsistent (damaged or edited)"
-            ),
+            )
+            .into()),
             _ => Ok(written),
         });
     drop(job_tx);
     for _ in res_rx.iter() {}
     let joined = crate::worker::join_all(workers, "downloading");
     match (result, joined) {
-        (Ok(_), Err(e)) => Err(e),
+        (Ok(_), Err(e)) => Err(e.into()),
         (r, _) => r,
     }
 }
@@ -157,7 +192,7 @@ fn consume(
     res_rx: &crossbeam_channel::Receiver<Fetched>,
     retrier: &Retrier,
     out: &mut dyn Write,
-) -> Result<(u64, String)> {
+) -> Result<(u64, String), DownloadError> {
     // Buffers are allocated here, at most `window + 1`, and reused: no allocator churn
     // across threads.
     let mut free: Vec<Vec<u8>> = Vec::new();
@@ -192,13 +227,21 @@ fn consume(
                 break b;
             }
             if retrier.cancelled() {
-                bail!("interrupted by a signal");
+                return Err(anyhow!("interrupted by a signal").into());
             }
             let (s, r, b) = res_rx
                 .recv()
                 .map_err(|_| anyhow!("downloader threads stopped unexpectedly"))?;
             r.map_err(|e| {
-                anyhow::Error::from(e).context(format!("downloading chunk {}", pieces[s].key))
+                // A missing chunk is a fact about the bucket; any other failed GET (a
+                // panic in the fetch is one) says nothing about the bytes.
+                let missing = e.kind == ErrorKind::NotFound;
+                let e =
+                    anyhow::Error::from(e).context(format!("downloading chunk {}", pieces[s].key));
+                match missing {
+                    true => DownloadError::Other(e),
+                    false => DownloadError::Request(e),
+                }
             })?;
             ready.insert(s, b);
         };
@@ -314,6 +357,30 @@ mod tests {
         let p = plan_pieces(&chunks, 4);
         let v: Vec<(usize, u64, u64)> = p.iter().map(|p| (p.chunk, p.offset, p.len)).collect();
         assert_eq!(v, [(0, 0, 4), (0, 4, 4), (0, 8, 2), (2, 0, 3)]);
+    }
+
+    #[test]
+    fn a_failed_get_is_a_request_failure_and_wrong_or_missing_bytes_are_not() {
+        let stream = |s: &Arc<MemoryStore>, chunks: &[ChunkEntry]| {
+            stream_chunks(s.clone(), retrier(), chunks, None, 100, 2, &mut Vec::new())
+        };
+        // A GET that fails after its retries: nothing was learnt about the chunk.
+        let (s, chunks, _) = setup(&[300, 200]);
+        s.fail("GET c1", ErrorKind::Permanent, 1);
+        let e = stream(&s, &chunks).unwrap_err();
+        assert!(matches!(e, DownloadError::Request(_)), "{e:#}");
+        assert!(format!("{e:#}").contains("downloading chunk c1"), "{e:#}");
+        // A missing chunk is a fact about the bucket.
+        let (s, chunks, _) = setup(&[300, 200]);
+        s.remove("c1");
+        let e = stream(&s, &chunks).unwrap_err();
+        assert!(matches!(e, DownloadError::Other(_)), "{e:#}");
+        // So are bytes that do not hash to the manifest's SHA-256.
+        let (s, mut chunks, _) = setup(&[300, 200]);
+        chunks[0].sha256 = "0".repeat(64);
+        let e = stream(&s, &chunks).unwrap_err();
+        assert!(matches!(e, DownloadError::Other(_)), "{e:#}");
+        assert!(format!("{e:#}").contains("SHA-256 mismatch"), "{e:#}");
     }
 
     #[test]

@@ -181,7 +181,7 @@ impl Repo {
         piece_size: u64,
         concurrency: usize,
         out: &mut dyn std::io::Write,
-    ) -> Result<u64> {
+    ) -> Result<u64, download::DownloadError> {
         download::stream_chunks(
             self.store.clone(),
             self.retrier.clone(),
@@ -204,7 +204,7 @@ impl Repo {
         piece_size: u64,
         concurrency: usize,
         out: &mut dyn std::io::Write,
-    ) -> Result<u64> {
+    ) -> Result<u64, download::DownloadError> {
         decrypt::stream_decrypted(
             self.store.clone(),
             self.retrier.clone(),
@@ -224,7 +224,11 @@ impl Repo {
 
     /// The key of the manifest to restore or verify: `manifest_key` (which must lie under
     /// the subvolume's prefix), else what `current.json` names.
-    pub fn start_key(&self, subvolume: &str, manifest_key: Option<&str>) -> Result<ManifestKey> {
+    pub fn start_key(
+        &self,
+        subvolume: &str,
+        manifest_key: Option<&str>,
+    ) -> Result<ManifestKey, chain::ChainError> {
         chain::start_key(
             self.store.as_ref(),
             &self.retrier,
@@ -235,7 +239,7 @@ impl Repo {
     }
 
     /// The checked chain from `key` back to its full, oldest first.
-    pub fn chain(&self, subvolume: &str, key: &str) -> Result<Chain> {
+    pub fn chain(&self, subvolume: &str, key: &str) -> Result<Chain, chain::ChainError> {
         chain::resolve(
             self.store.as_ref(),
             &self.retrier,
@@ -246,8 +250,8 @@ impl Repo {
     }
 
     /// What `current.json` of `subvolume` names, if it exists (checked like a chain; an
-    /// unusable pointer is `chain::Damaged`).
-    pub fn pointer(&self, subvolume: &str) -> Result<Option<Pointer>> {
+    /// unusable pointer is [`chain::ChainError::Damaged`]).
+    pub fn pointer(&self, subvolume: &str) -> Result<Option<Pointer>, chain::ChainError> {
         let key = self.layout.pointer_key(subvolume);
         let Some(p): Option<Pointer> = chain::fetch_json(
             self.store.as_ref(),
@@ -259,12 +263,11 @@ impl Repo {
             return Ok(None);
         };
         if !self.layout.owns(subvolume, &p.manifest_key) {
-            return Err(chain::Damaged(format!(
+            return Err(chain::ChainError::Damaged(chain::Damaged(format!(
                 "pointer {key}: field manifest_key = {:?} is not a key under {}",
                 p.manifest_key,
                 self.layout.subvolume_prefix(subvolume)
-            ))
-            .into());
+            ))));
         }
         Ok(Some(p))
     }
@@ -291,10 +294,14 @@ impl Repo {
     /// (never locked: it is overwritten) as the final PUT.
     /// A manifest larger than readers accept ([`chain::MAX_MANIFEST_BYTES`]) is refused
     /// before anything is written: nothing is published that a restore could not read.
-    pub fn publish(&self, manifest_key: &ManifestKey, manifest: &Manifest) -> Result<()> {
+    pub fn publish(
+        &self,
+        manifest_key: &ManifestKey,
+        manifest: &Manifest,
+    ) -> Result<(), PublishError> {
         let body = manifest.to_json();
         if body.len() as u64 > chain::MAX_MANIFEST_BYTES {
-            anyhow::bail!(
+            return Err(PublishError::TooLarge(anyhow::anyhow!(
                 "manifest {manifest_key} would be {} bytes for {} chunks, more than the {} \
                  bytes ({}) a manifest may have; nothing is published: raise \
                  s3.chunk_size_bytes so a backup has fewer chunks",
@@ -302,7 +309,7 @@ impl Repo {
                 manifest.chunks.len(),
                 chain::MAX_MANIFEST_BYTES,
                 crate::store::human_bytes(chain::MAX_MANIFEST_BYTES)
-            );
+            )));
         }
         let manifest_opts = PutOptions {
             lock: self.lock.clone(),
@@ -313,7 +320,11 @@ impl Repo {
                 self.store
                     .put_object(manifest_key, Body::Bytes(&body), &manifest_opts)
             })
-            .with_context(|| format!("uploading manifest {manifest_key}"))?;
+            .map_err(|e| {
+                PublishError::Request(
+                    anyhow::Error::from(e).context(format!("uploading manifest {manifest_key}")),
+                )
+            })?;
         crate::failpoint::hit("between_manifest_and_pointer");
         let pointer = Pointer {
             manifest_key: manifest_key.as_str().to_string(),
@@ -328,7 +339,11 @@ impl Repo {
                 self.store
                     .put_object(&pointer_key, Body::Bytes(&body), &self.json_opts)
             })
-            .with_context(|| format!("publishing {pointer_key}"))?;
+            .map_err(|e| {
+                PublishError::Request(
+                    anyhow::Error::from(e).context(format!("publishing {pointer_key}")),
+                )
+            })?;
         Ok(())
     }
 
@@ -344,6 +359,23 @@ impl Repo {
         self.retrier
             .run(|| self.store.abort_multipart(key, upload_id))
             .with_context(|| format!("aborting the multipart upload {upload_id} of {key}"))
+    }
+}
+
+/// Why [`Repo::publish`] did not publish, decided where it is known.
+#[derive(Debug)]
+pub enum PublishError {
+    /// The manifest or pointer PUT failed after its retries: a resume publishes again.
+    Request(anyhow::Error),
+    /// The manifest is larger than readers accept: nothing was written.
+    TooLarge(anyhow::Error),
+}
+
+impl std::fmt::Display for PublishError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PublishError::Request(e) | PublishError::TooLarge(e) => std::fmt::Display::fmt(e, f),
+        }
     }
 }
 

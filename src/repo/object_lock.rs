@@ -39,7 +39,7 @@ pub fn slack_secs(l: &ObjectLock) -> i64 {
 /// Fails unless the bucket has Object Lock enabled (GetObjectLockConfiguration): a
 /// bucket without it is a config error (exit 2) naming the fix, found before any upload,
 /// never a run that silently stores unlocked objects.
-pub fn check_bucket(cfg: &Config, repo: &Repo) -> Result<()> {
+pub fn check_bucket(cfg: &Config, repo: &Repo) -> Result<(), crate::exit::Failure> {
     let Some(l) = &cfg.object_lock else {
         return Ok(());
     };
@@ -64,13 +64,17 @@ pub fn check_bucket(cfg: &Config, repo: &Repo) -> Result<()> {
             ))
             .into())
         }
-        Err(e) if e.is_access_denied() => Err(anyhow!(e).context(format!(
-            "checking that bucket {bucket} has Object Lock enabled: the credentials need \
-             s3:GetBucketObjectLockConfiguration"
-        ))),
-        Err(e) => Err(anyhow!(e).context(format!(
-            "checking that bucket {bucket} has Object Lock enabled"
-        ))),
+        Err(e) if e.is_access_denied() => Err(anyhow!(e)
+            .context(format!(
+                "checking that bucket {bucket} has Object Lock enabled: the credentials need \
+                 s3:GetBucketObjectLockConfiguration"
+            ))
+            .into()),
+        Err(e) => Err(anyhow!(e)
+            .context(format!(
+                "checking that bucket {bucket} has Object Lock enabled"
+            ))
+            .into()),
     }
 }
 

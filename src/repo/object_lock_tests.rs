@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::app::exit_code_for;
 use crate::config::ProcessEnv;
 use crate::manifest::{ChunkEntry, Kind, Manifest, S3Info, SnapshotRef};
 use crate::store::memory::MemoryStore;
@@ -189,7 +188,7 @@ fn a_bucket_without_object_lock_is_a_config_error_naming_the_fix() {
     let plain = Arc::new(MemoryStore::new());
     let repo = Repo::new(&cfg, plain.clone(), Arc::new(crate::testing::retrier()));
     let e = check_bucket(&cfg, &repo).unwrap_err();
-    assert_eq!(exit_code_for(&e), 2, "{e:#}");
+    assert_eq!(e.code(), 2, "{e:#}");
     let msg = format!("{e:#}");
     assert!(
         msg.contains("bucket b does not have Object Lock enabled"),
@@ -200,7 +199,7 @@ fn a_bucket_without_object_lock_is_a_config_error_naming_the_fix() {
     // A failed request is a run failure (exit 1), not a verdict on the bucket.
     plain.fail("GetObjectLockConfiguration", ErrorKind::Permanent, 1);
     let e = check_bucket(&cfg, &repo).unwrap_err();
-    assert_eq!(exit_code_for(&e), 1, "{e:#}");
+    assert_eq!(e.code(), 1, "{e:#}");
     plain.enable_object_lock();
     check_bucket(&cfg, &repo).unwrap();
     // Without [object_lock] nothing is asked.

@@ -10,10 +10,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 
 use crate::manifest::{Kind, Shape};
-use crate::repo::chain::{self, is_damage, Damaged, MAX_CHAIN};
+use crate::repo::chain::{self, ChainError, Damaged, MAX_CHAIN};
 use crate::repo::Repo;
 use crate::store::pinned::Pinned;
 use crate::store::ListedVersion;
@@ -82,19 +82,20 @@ fn by_key(listed: Vec<ListedVersion>) -> HashMap<String, Vec<ListedVersion>> {
 
 /// The versions to read for a restore (or verify) of `key` at `version`: that manifest
 /// version, and for its parents and every chunk of the chain the oldest version that
-/// fits. Fails naming the key when none does.
+/// fits. Fails naming the key when none does ([`ChainError::Damaged`]: the bucket
+/// holds no usable version).
 pub fn pin_chain(
     repo: &Repo,
     subvolume: &str,
     key: &str,
     version: &str,
-) -> Result<HashMap<String, String>> {
+) -> Result<HashMap<String, String>, ChainError> {
     if !repo.layout.owns(subvolume, key) {
-        bail!(
+        return Err(ChainError::Failed(anyhow!(
             "--manifest-key {key:?} is not a key under {} (this subvolume's backups under \
              s3.prefix); pick one from list --versions",
             repo.layout.subvolume_prefix(subvolume)
-        );
+        )));
     }
     let versions = by_key(listing(repo, subvolume)?);
     let store = repo.store();
@@ -114,7 +115,7 @@ pub fn pin_chain(
         }
         let (v, m) = match asked {
             Some(v) => {
-                let m = read(&k, &v).with_context(|| format!("manifest {k} version {v}"))?;
+                let m = read(&k, &v).map_err(|e| e.context(format!("manifest {k} version {v}")))?;
                 (v, m)
             }
             None => {
@@ -125,13 +126,13 @@ pub fn pin_chain(
                             found = Some((cand.version_id.clone(), m));
                             break;
                         }
-                        Err(e) if is_damage(&e) => {
+                        Err(ChainError::Damaged(d)) => {
                             crate::event!(
                                 Warn,
                                 "version_skipped",
                                 key = k,
                                 version = cand.version_id,
-                                reason = format!("{e:#}")
+                                reason = d.to_string()
                             );
                         }
                         Err(e) => return Err(e),

@@ -42,6 +42,45 @@ impl std::fmt::Display for ArchivePending {
 
 impl std::error::Error for ArchivePending {}
 
+/// Why a restore did not finish, decided where it is known: archived chunks are being
+/// restored and the request said not to wait (rerun later: exit code 3), or it failed.
+#[derive(Debug)]
+pub enum RestoreError {
+    Pending(ArchivePending),
+    Failed(anyhow::Error),
+}
+
+impl std::fmt::Display for RestoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RestoreError::Pending(p) => std::fmt::Display::fmt(p, f),
+            RestoreError::Failed(e) => std::fmt::Display::fmt(e, f),
+        }
+    }
+}
+
+/// How the command ends: pending is exit code 3, a failure 1.
+impl From<RestoreError> for crate::exit::Failure {
+    fn from(e: RestoreError) -> Self {
+        match e {
+            RestoreError::Pending(p) => crate::exit::Failure::Pending(p.into()),
+            RestoreError::Failed(e) => crate::exit::Failure::Run(e),
+        }
+    }
+}
+
+impl From<anyhow::Error> for RestoreError {
+    fn from(e: anyhow::Error) -> Self {
+        RestoreError::Failed(e)
+    }
+}
+
+impl From<crate::repo::chain::ChainError> for RestoreError {
+    fn from(e: crate::repo::chain::ChainError) -> Self {
+        RestoreError::Failed(e.into())
+    }
+}
+
 /// One restore, resolved from flags and config.
 #[derive(Clone, Debug)]
 pub struct Request {
@@ -129,7 +168,7 @@ pub fn check_target(target: &Path, base: &Path) -> Result<PathBuf> {
 }
 
 impl Restorer<'_> {
-    pub fn run(&self, req: &Request) -> Result<Report> {
+    pub fn run(&self, req: &Request) -> Result<Report, RestoreError> {
         let started = Instant::now();
         // command() has resolved a relative --target already; check again right before use.
         let target = check_target(&req.target, Path::new("/"))?;
@@ -159,11 +198,10 @@ impl Restorer<'_> {
         let mut archive_wait = Duration::ZERO;
         if !pending.is_empty() {
             if !req.wait {
-                return Err(ArchivePending {
+                return Err(RestoreError::Pending(ArchivePending {
                     chunks: pending.len(),
                     tier: tier.to_string(),
-                }
-                .into());
+                }));
             }
             archive_wait = self.repo.wait_restored(pending, req.timeout)?;
             event!(
@@ -197,14 +235,14 @@ impl Restorer<'_> {
                 if target.exists() {
                     self.remove_target(&target);
                 }
-                return Err(e);
+                return Err(e.into());
             }
         };
         let verified = match self.verify(&chain, &target, req.verify, pre) {
             Ok(v) => v,
             Err(e) => {
                 self.remove_target(&target);
-                return Err(e);
+                return Err(e.into());
             }
         };
         Ok(Report {
@@ -341,7 +379,9 @@ impl Restorer<'_> {
                     ),
                 }
             };
-            let streamed = streamed.and_then(|n| Ok((n, guard.finish()?.clone())));
+            let streamed = streamed
+                .map_err(anyhow::Error::from)
+                .and_then(|n| Ok((n, guard.finish()?.clone())));
             // Whatever the outcome, what the stream created is ours to clean up.
             if let Some(r) = guard.received() {
                 if !received.contains(r) {

@@ -124,7 +124,7 @@ impl Rig {
         }
     }
 
-    fn run(&self, target: &Path, key: Option<&str>, wait: bool) -> Result<Report> {
+    fn run(&self, target: &Path, key: Option<&str>, wait: bool) -> Result<Report, RestoreError> {
         let retrier = Arc::new(crate::testing::retrier());
         let repo = Repo::new(&self.cfg, self.store.clone(), retrier.clone());
         let r = Restorer {
@@ -264,10 +264,12 @@ fn archive_chunks_pending_without_wait() {
     let e = rig
         .run(&target, Some("p/subvol/data/full/m1"), false)
         .unwrap_err();
-    let p = e.downcast_ref::<ArchivePending>().expect("ArchivePending");
+    let RestoreError::Pending(p) = &e else {
+        panic!("not ArchivePending: {e:#}")
+    };
     assert_eq!(p.chunks, 4);
     assert_eq!(
-        crate::app::exit_code_for(&e),
+        crate::exit::Failure::from(e).code(),
         crate::app::exit::RESTORE_PENDING
     );
     assert!(!target.exists());
