@@ -55,10 +55,6 @@ LAYERS = [
 # Edges that break the rules today, each with why and what removes it. Temporary: the
 # check fails when a listed edge no longer exists, so the list cannot go stale.
 ALLOWED = {
-    # backup plans an incremental only on a parent chain the verify engine's cheap check
-    # passes (Checker over the repo). Goes when that check is a method of repo/ (issue 22
-    # item 1: chain resolution and archive readiness move into the repository).
-    ("backup", "check"): "the parent chain's cheap check before an incremental",
     # config.rs checks the part size with pipeline::effective_part_size, which now lives in
     # the leaf `parts` (pipeline re-exports it). config.rs is being rewritten (serde,
     # issue 22 item 4): it should call crate::parts::effective_part_size, and MIB,
