@@ -70,11 +70,11 @@ impl Backup<'_> {
         let retrier = &self.retrier;
         let state_path = &config.global.state_path;
         check_state_writable(state_path)?;
-        if let Some(repo) = &repo {
+        if let Some(repo) = repo {
             crate::repo::object_lock::check_bucket(config, repo)?;
         }
         let harness = crate::harness::dir()?;
-        let run_ts = crate::backup::run_timestamp(config, selected, &Ts::now)?;
+        let run_ts = super::run_timestamp(config, selected, &Ts::now)?;
         let started = Instant::now();
         let mut failed: Vec<String> = Vec::new();
         // Failed subvolumes whose snapshot, journal and uploads are kept for the next run.
@@ -152,7 +152,7 @@ impl Backup<'_> {
             }
         }
         let mut prune_failed: Vec<String> = Vec::new();
-        if let (true, Some(repo)) = (config.retention.prune_after_backup, &repo) {
+        if let (true, Some(repo)) = (config.retention.prune_after_backup, repo) {
             let names: Vec<String> = results
                 .iter()
                 .filter(|(_, ok, _)| *ok)
