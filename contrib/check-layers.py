@@ -59,12 +59,6 @@ ALLOWED = {
     # passes (Checker over the repo). Goes when that check is a method of repo/ (issue 22
     # item 1: chain resolution and archive readiness move into the repository).
     ("backup", "check"): "the parent chain's cheap check before an incremental",
-    # config.rs checks the part size with pipeline::effective_part_size, which now lives in
-    # the leaf `parts` (pipeline re-exports it). config.rs is being rewritten (serde,
-    # issue 22 item 4): it should call crate::parts::effective_part_size, and MIB,
-    # MIN_PART_SIZE and MAX_PART_SIZE should move into parts.rs (parts imports them from
-    # config today, so config -> parts would otherwise be a new cycle).
-    ("config", "pipeline"): "effective_part_size, to be called from crate::parts",
 }
 
 # The gateway to the bucket (DESIGN.md, "Architecture"): only these top-level modules may
