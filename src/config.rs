@@ -12,10 +12,8 @@ pub const KIB: u64 = 1024;
 pub const MIB: u64 = 1024 * KIB;
 pub const GIB: u64 = 1024 * MIB;
 
-/// Smallest part S3 accepts (except for the last part of an upload).
-pub const MIN_PART_SIZE: u64 = 5 * MIB;
-/// Largest part S3 accepts.
-pub const MAX_PART_SIZE: u64 = 5 * GIB;
+/// S3's part-size limits (smallest but for an upload's last part, largest): `parts`'.
+pub use crate::parts::{MAX_PART_SIZE, MIN_PART_SIZE};
 /// Default part size (extension key `s3.part_size_bytes`).
 pub const DEFAULT_PART_SIZE: u64 = 16 * MIB;
 
@@ -769,7 +767,7 @@ fn check_buffer_bound(s3: &S3) -> Result<(), ConfigError> {
     if s3.spool_enabled {
         return Ok(());
     }
-    let part = crate::pipeline::effective_part_size(s3.part_size_bytes, s3.chunk_size_bytes)
+    let part = crate::parts::effective_part_size(s3.part_size_bytes, s3.chunk_size_bytes)
         .unwrap_or(MAX_PART_SIZE);
     let buffers = (s3.concurrency as u64 + 1).saturating_mul(part);
     if buffers > limits::MAX_BUFFER_BYTES {

@@ -1,8 +1,13 @@
-//! Part-size arithmetic for multipart uploads: S3's part-count limit and the part size a
-//! chunk size needs. A leaf under both the config's checks and the pipeline (which had
-//! it, and names it still).
+//! Part-size arithmetic for multipart uploads: S3's limits on parts (count and size) and
+//! the part size a chunk size needs. A leaf under both the config's checks and the
+//! pipeline (which had it, and names it still).
 
-use crate::config::{MAX_PART_SIZE, MIB, MIN_PART_SIZE};
+const MIB: u64 = 1 << 20;
+
+/// S3's smallest part (all but the last).
+pub const MIN_PART_SIZE: u64 = 5 * MIB;
+/// S3's largest part.
+pub const MAX_PART_SIZE: u64 = 5 << 30;
 
 /// S3's limit on parts per multipart upload.
 pub const MAX_PARTS: u64 = 10_000;

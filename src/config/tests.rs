@@ -869,7 +869,7 @@ fn the_largest_encrypted_chunk_fits_s3s_object_and_part_limits() {
     assert!(ciphertext_size(max + 1, header) > 5 * TIB);
     // 16 bytes of tag per 64 KiB block (1.25 GiB in 5 TiB) and the header.
     assert!((GIB..2 * GIB).contains(&(5 * TIB - max)), "{max}");
-    let part = crate::pipeline::effective_part_size(5 * MIB, stored).expect("a part size");
+    let part = crate::parts::effective_part_size(5 * MIB, stored).expect("a part size");
     assert!(part <= 5 * GIB, "{part}");
     assert!(stored.div_ceil(part) <= 10_000, "{part}");
     // The bound is exact around block edges, tiny limits and real header sizes.

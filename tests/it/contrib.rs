@@ -303,6 +303,11 @@ fn the_layer_check_passes_on_src_and_fails_on_a_cycle_or_an_upward_import() {
         err.contains("cycle inside `store`: store::a -> store::b -> store::a"),
         "{err}"
     );
+    // The gateway rule (issue 22 item 1): only repo/ names the store.
+    assert!(
+        err.contains("src/restore.rs:1: `restore` names `ObjectStore`"),
+        "{err}"
+    );
     assert!(!err.contains("`store` imports `backup`"), "{err}");
-    assert_eq!(err.matches("check-layers: ").count(), 5, "{err}");
+    assert_eq!(err.matches("check-layers: ").count(), 6, "{err}");
 }
