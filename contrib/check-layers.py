@@ -55,10 +55,8 @@ LAYERS = [
 # Edges that break the rules today, each with why and what removes it. Temporary: the
 # check fails when a listed edge no longer exists, so the list cannot go stale.
 ALLOWED = {
-    # backup plans an incremental only on a parent chain the verify engine's cheap check
-    # passes (Checker over the repo). Goes when that check is a method of repo/ (issue 22
-    # item 1: chain resolution and archive readiness move into the repository).
-    ("backup", "check"): "the parent chain's cheap check before an incremental",
+    # None today: every edge keeps the rules. An entry names an edge, why it breaks
+    # them and what removes it.
 }
 
 # The gateway to the bucket (DESIGN.md, "Architecture"): only these top-level modules may

@@ -308,9 +308,9 @@ impl Backup<'_> {
 
     /// The plan for `sv`. A skip depends on the state, the disk and the schedule only, so
     /// it asks S3 nothing (a run with nothing due is cheap, e.g. the timer's run at boot).
-    /// When it is an incremental, the parent's chain gets the cheap check first (`check`:
-    /// manifests resolve to a full, every chunk is there with its size); damage turns the
-    /// plan into a full, saying why.
+    /// When it is an incremental, the parent's chain gets the cheap check first
+    /// (`Repo::check_chain`: manifests resolve to a full, every chunk is there with its
+    /// size); damage turns the plan into a full, saying why.
     pub fn decide_plan(
         &self,
         sv: &Subvolume,
@@ -334,16 +334,8 @@ impl Backup<'_> {
         else {
             return Ok(d);
         };
-        let checker = crate::check::Checker {
-            repo,
-            sse: self.cfg.s3.sse,
-            concurrency: self.cfg.s3.concurrency,
-            piece_size: self.cfg.s3.part_size_bytes,
-            identities: &[],
-            locks: false,
-        };
-        let rep = checker
-            .run(&sv.name, key, None, self.cfg.restore.restore_tier.as_str())
+        let rep = repo
+            .check_chain(&sv.name, key, self.cfg.s3.sse, false)
             .with_context(|| format!("checking the parent chain of {key}"))?;
         let Some(f) = rep.findings.iter().find(|f| f.damage) else {
             return Ok(d);
@@ -647,12 +639,15 @@ pub fn record(
     state.save(state_path)
 }
 
+pub mod dry_run;
 mod pending;
 mod publish;
+mod run;
 
 use pending::PendingAction;
 #[cfg(test)]
 pub(crate) use publish::JournalProgress;
+pub use run::RunReport;
 
 #[cfg(test)]
 mod tests;

@@ -1,16 +1,14 @@
 //! The `verify` engine: checks a published chain without restoring it. The cheap check
-//! resolves the chain as restore does (`repo::chain`) and HEADs every chunk: present,
-//! the manifest's size, the manifest's storage class, the configured SSE. The deep check
-//! also downloads every chunk that is readable now through the repository's verified
-//! download (`repo::download`, as restore does) into nothing, checking each SHA-256, the manifest's
-//! `stream_sha256`, and the send stream's commands as restore would before `btrfs
-//! receive` (`sendstream::Guard`: no path that leaves the subvolume); archive-class chunks are checked only once restored
-//! (`repo::archive`). `backup` runs the cheap check on the parent chain before
-//! building an incremental on it (damage only: class and SSE differences do not force a
-//! full). With `locks` (verify under `[object_lock]`) it also reads every manifest's and
-//! chunk's Object Lock (HEAD; the chunks' HEADs are the ones above) and names each object
-//! that is unlocked or locked for less than the chain needs: the newest manifest's date,
-//! which a published backup gives its whole chain. Every finding names the key.
+//! is the repository's (`repo::chain_check`, shared with `backup`'s parent-chain check):
+//! the chain resolved as restore does and every chunk HEADed (present, the manifest's
+//! size, the manifest's storage class, the configured SSE), with `locks` (verify under
+//! `[object_lock]`) every object's Object Lock held against what the chain needs. The
+//! deep check also downloads every chunk that is readable now through the repository's
+//! verified download (`repo::download`, as restore does) into nothing, checking each
+//! SHA-256, the manifest's `stream_sha256`, and the send stream's commands as restore
+//! would before `btrfs receive` (`sendstream::Guard`: no path that leaves the
+//! subvolume); archive-class chunks are checked only once restored (`repo::archive`).
+//! Every finding names the key.
 
 use std::io::Write;
 use std::time::Duration;
@@ -19,21 +17,11 @@ use anyhow::Result;
 use sha2::{Digest, Sha256};
 
 use crate::chunker::hex;
-use crate::repo::archive::{self, is_archive, parse_restore_header, RestoreHeader};
-use crate::repo::chain::ChainError;
+use crate::repo::archive;
+pub use crate::repo::chain_check::{Finding, LockReport};
 use crate::repo::download::DownloadError;
 use crate::repo::{Chain, Repo};
 use crate::sendstream::Guard;
-
-/// One thing wrong, naming the key.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Finding {
-    pub key: String,
-    pub problem: String,
-    /// The bytes are missing or wrong (a restore would fail), as opposed to stored
-    /// differently than configured (storage class, SSE).
-    pub damage: bool,
-}
 
 /// What `verify` does with archive-class chunks under `--deep`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,18 +56,6 @@ pub struct Report {
     pub object_lock: Option<LockReport>,
 }
 
-/// The Object Lock of a chain as `verify` read it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct LockReport {
-    /// Objects whose lock was read (manifests and the chunks present).
-    pub objects: usize,
-    /// What every object must be locked until: the newest manifest's retain-until date
-    /// (ISO 8601), `None` when that manifest is not locked itself.
-    pub needed_until: Option<String>,
-    /// Objects unlocked or locked for less than that (each is also a finding).
-    pub short: usize,
-}
-
 impl Report {
     /// Whether any finding is damage (not a failed request).
     pub fn damaged(&self) -> bool {
@@ -102,30 +78,6 @@ pub struct Checker<'a> {
     pub locks: bool,
 }
 
-/// What is wrong with an object's lock `lock` in a chain that needs `needed` (the newest
-/// manifest's date; `None`: that manifest is unlocked, so any lock will do).
-pub fn lock_problem(
-    lock: Option<&crate::store::Retention>,
-    needed: Option<crate::ts::Ts>,
-) -> Option<String> {
-    match (lock, needed) {
-        (None, _) => Some(
-            "not locked ([object_lock] is set, but the object has no Object Lock retention): \
-             whoever may delete in the bucket can remove it; the next incremental on this \
-             chain locks the whole chain"
-                .into(),
-        ),
-        (Some(l), Some(n)) if l.until < n => Some(format!(
-            "locked ({}) only until {}, shorter than the chain needs (until {}, the newest \
-             backup's date): the next incremental on this chain extends it",
-            l.mode,
-            l.until.iso(),
-            n.iso()
-        )),
-        _ => None,
-    }
-}
-
 impl Checker<'_> {
     /// Checks the chain from `key` (cheap; `deep` also hashes). An error is a failed
     /// request (the check could not be done); damage is in the report's findings.
@@ -141,167 +93,21 @@ impl Checker<'_> {
             start_key: key.to_string(),
             ..Default::default()
         };
-        if !self.repo.exists(key)? {
-            rep.findings.push(Finding {
-                key: key.to_string(),
-                problem: "the manifest is missing from the bucket".into(),
-                damage: true,
-            });
+        let cheap = self
+            .repo
+            .check_chain(subvolume, key, self.sse, self.locks)?;
+        rep.findings = cheap.findings;
+        rep.object_lock = cheap.object_lock;
+        let Some(chain) = cheap.chain else {
             return Ok(rep);
-        }
-        let chain = match self.repo.chain(subvolume, key) {
-            Ok(c) => c,
-            Err(ChainError::Damaged(d)) => {
-                rep.findings.push(Finding {
-                    key: key.to_string(),
-                    problem: d.to_string(),
-                    damage: true,
-                });
-                return Ok(rep);
-            }
-            Err(ChainError::Failed(e)) => return Err(e),
         };
         rep.manifests = chain.links.iter().map(|(k, _)| k.to_string()).collect();
         rep.chunks = chain.chunk_count();
         rep.bytes = chain.total_bytes();
-        let needed = match self.locks {
-            true => Some(self.manifest_locks(&chain, &mut rep)?),
-            false => None,
-        };
-        let archived = self.heads(&chain, needed.flatten(), &mut rep)?;
         if let Some(mode) = deep {
-            self.deep(&chain, archived, mode, tier, &mut rep)?;
+            self.deep(&chain, cheap.archived, mode, tier, &mut rep)?;
         }
         Ok(rep)
-    }
-
-    /// HEADs every manifest of the chain for its lock; returns the date the chain needs
-    /// (the newest manifest's), with each manifest short of it a finding.
-    fn manifest_locks(&self, chain: &Chain, rep: &mut Report) -> Result<Option<crate::ts::Ts>> {
-        let mut locks = Vec::with_capacity(chain.links.len());
-        for (key, _) in &chain.links {
-            let head = self.repo.head(key).map_err(|e| {
-                anyhow::Error::from(e).context(format!("reading the Object Lock of manifest {key}"))
-            })?;
-            match head {
-                Some(h) => locks.push((key, h.lock)),
-                None => rep.findings.push(Finding {
-                    key: key.to_string(),
-                    problem: "the manifest is missing from the bucket".into(),
-                    damage: true,
-                }),
-            }
-        }
-        let needed = chain
-            .links
-            .last()
-            .and_then(|(newest, _)| locks.iter().find(|(k, _)| *k == newest))
-            .and_then(|(_, l)| l.as_ref().map(|l| l.until));
-        let mut lr = LockReport {
-            needed_until: needed.map(|n| n.iso()),
-            ..Default::default()
-        };
-        for (key, lock) in locks {
-            lr.objects += 1;
-            if let Some(problem) = lock_problem(lock.as_ref(), needed) {
-                lr.short += 1;
-                rep.findings.push(Finding {
-                    key: key.to_string(),
-                    problem,
-                    damage: false,
-                });
-            }
-        }
-        rep.object_lock = Some(lr);
-        Ok(needed)
-    }
-
-    /// HEADs every chunk; returns the archive-class chunks not readable now. With
-    /// `locks`, each chunk's lock is held against `needed` too.
-    fn heads(
-        &self,
-        chain: &Chain,
-        needed: Option<crate::ts::Ts>,
-        rep: &mut Report,
-    ) -> Result<Vec<String>> {
-        let mut archived = Vec::new();
-        for (_, m) in &chain.links {
-            for c in &m.chunks {
-                let head = self.repo.head(&c.key).map_err(|e| {
-                    anyhow::Error::from(e).context(format!("checking chunk {}", c.key))
-                })?;
-                let Some(h) = head else {
-                    rep.findings.push(Finding {
-                        key: c.key.clone(),
-                        problem: "the chunk is missing from the bucket".into(),
-                        damage: true,
-                    });
-                    continue;
-                };
-                if let Some(lr) = rep.object_lock.as_mut() {
-                    lr.objects += 1;
-                    if let Some(problem) = lock_problem(h.lock.as_ref(), needed) {
-                        lr.short += 1;
-                        rep.findings.push(Finding {
-                            key: c.key.clone(),
-                            problem,
-                            damage: false,
-                        });
-                    }
-                }
-                let mut find = |problem: String, damage: bool| {
-                    rep.findings.push(Finding {
-                        key: c.key.clone(),
-                        problem,
-                        damage,
-                    })
-                };
-                if h.size != c.size {
-                    find(
-                        format!(
-                            "the chunk has {} bytes, the manifest says {}",
-                            h.size, c.size
-                        ),
-                        true,
-                    );
-                    continue;
-                }
-                let class = h.storage_class_or_standard();
-                if class != m.s3.storage_class {
-                    find(
-                        format!(
-                            "the chunk is in storage class {class}, the manifest says {} \
-                             (a lifecycle rule, or a copy by another tool?)",
-                            m.s3.storage_class
-                        ),
-                        false,
-                    );
-                }
-                let want = self.sse.header_value();
-                if want.is_some() && h.sse.as_deref() != want {
-                    find(
-                        match &h.sse {
-                            Some(s) => format!(
-                                "the chunk is stored with server-side encryption {s}, s3.sse is {}",
-                                self.sse
-                            ),
-                            None => format!(
-                                "the service reports no server-side encryption for the chunk \
-                                 (no x-amz-server-side-encryption), s3.sse is {}",
-                                self.sse
-                            ),
-                        },
-                        false,
-                    );
-                }
-                if is_archive(class)
-                    && parse_restore_header(h.restore.as_deref()) != RestoreHeader::Done
-                {
-                    archived.push(c.key.clone());
-                }
-            }
-        }
-        Ok(archived)
     }
 
     fn deep(

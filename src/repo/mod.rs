@@ -12,10 +12,12 @@
 pub mod archive;
 pub mod catalog;
 pub mod chain;
+pub mod chain_check;
 pub mod decrypt;
 pub mod download;
 pub mod object_lock;
 pub mod prune;
+pub mod prune_all;
 pub mod resume;
 pub mod versions;
 pub mod writer;

@@ -576,7 +576,7 @@ fn current_json_must_be_the_hosts_last_backup_or_chain_back_to_it() {
 
 #[test]
 fn prune_all_refuses_what_the_state_disagrees_with_unless_forced() {
-    use crate::cmd::prune::{prune_all, Request};
+    use crate::repo::prune_all::{prune_all, Request};
     use crate::state::{State, SubvolState};
     let dir = crate::testing::Scratch::new("prune-state");
     let state_path = dir.0.join("state.json");
