@@ -221,6 +221,18 @@ impl Pointer {
 /// manifest field, a pointer, the state file, a flag) that lies under the subvolume's
 /// prefix (`owned_chunk_key`, `owned_manifest_key`). On the wire each is the same string
 /// as before (DESIGN.md, "Formats"); `Deref` to `str` reads it.
+/// Any key of the layout ([`ChunkKey`], [`ManifestKey`], [`PointerKey`]): what the
+/// `Repo` methods that may touch any object of the repository (`head`, `exists`) take.
+/// Sealed: a plain string is not one.
+pub trait ObjectKey: std::fmt::Display + sealed::Sealed {
+    /// The key as S3 names it.
+    fn as_str(&self) -> &str;
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
 macro_rules! layout_key {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -236,6 +248,14 @@ macro_rules! layout_key {
             /// The key as an owned string (for the wire types and the journal).
             pub fn into_string(self) -> String {
                 self.0
+            }
+        }
+
+        impl sealed::Sealed for $name {}
+
+        impl ObjectKey for $name {
+            fn as_str(&self) -> &str {
+                &self.0
             }
         }
 

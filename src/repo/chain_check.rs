@@ -11,6 +11,7 @@ use anyhow::Result;
 use super::archive::{is_archive, parse_restore_header, RestoreHeader};
 use super::chain::ChainError;
 use super::{Chain, Repo};
+use crate::manifest::ManifestKey;
 
 /// One thing wrong, naming the key.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -78,7 +79,7 @@ impl Repo {
     pub fn check_chain(
         &self,
         subvolume: &str,
-        key: &str,
+        key: &ManifestKey,
         sse: crate::config::Sse,
         locks: bool,
     ) -> Result<ChainCheck> {
@@ -107,7 +108,7 @@ impl Repo {
             true => Some(self.manifest_locks(&chain, &mut rep)?),
             false => None,
         };
-        rep.archived = self.heads(&chain, sse, needed.flatten(), &mut rep)?;
+        rep.archived = self.heads(subvolume, &chain, sse, needed.flatten(), &mut rep)?;
         rep.chain = Some(chain);
         Ok(rep)
     }
@@ -157,6 +158,7 @@ impl Repo {
     /// `locks`, each chunk's lock is held against `needed` too.
     fn heads(
         &self,
+        subvolume: &str,
         chain: &Chain,
         sse: crate::config::Sse,
         needed: Option<crate::ts::Ts>,
@@ -165,7 +167,15 @@ impl Repo {
         let mut archived = Vec::new();
         for (_, m) in &chain.links {
             for c in &m.chunks {
-                let head = self.head(&c.key).map_err(|e| {
+                // The chain's manifests are checked: every chunk key is owned.
+                let Some(key) = self.layout.owned_chunk_key(subvolume, &c.key) else {
+                    anyhow::bail!(
+                        "internal: chunk {} of a checked chain is not under {}",
+                        c.key,
+                        self.layout.subvolume_prefix(subvolume)
+                    );
+                };
+                let head = self.head(&key).map_err(|e| {
                     anyhow::Error::from(e).context(format!("checking chunk {}", c.key))
                 })?;
                 let Some(h) = head else {
