@@ -135,7 +135,7 @@ impl World {
 
     /// Every object of the chain from `key`: its lock date (none: unlocked).
     fn dates(&self, repo: &Repo, key: &str) -> Vec<(String, Option<Ts>)> {
-        let chain = repo.chain("data", &mk(&repo, key)).unwrap();
+        let chain = repo.chain("data", &mk(repo, key)).unwrap();
         chain
             .links
             .iter()
