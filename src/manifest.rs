@@ -364,6 +364,13 @@ impl Layout {
         self.owns(name, key).then(|| ChunkKey(key.to_string()))
     }
 
+    /// A chunk key of any spelling, for the pipeline's unit tests (which name chunks
+    /// `p/chunk-<i>.bin`); never compiled into the tool.
+    #[cfg(test)]
+    pub(crate) fn test_chunk_key(key: &str) -> ChunkKey {
+        ChunkKey(key.to_string())
+    }
+
     /// True when `key` lies under `P subvol/<name>/` and has no empty, `.` or `..`
     /// segment: a key from a manifest, a pointer or a flag that may be used for `name`.
     pub fn owns(&self, name: &str, key: &str) -> bool {
