@@ -208,6 +208,27 @@ impl Manifest {
     }
 }
 
+impl Manifest {
+    /// Each chunk with its key as a [`ChunkKey`] of this manifest's subvolume
+    /// ([`Layout::owned_chunk_key`]). In a manifest [`Manifest::check`] passed every key
+    /// is owned; in another, a key outside the prefix is the check's error for it.
+    pub fn chunk_keys<'a>(
+        &'a self,
+        layout: &'a Layout,
+    ) -> impl Iterator<Item = Result<(&'a ChunkEntry, ChunkKey), String>> + 'a {
+        self.chunks.iter().enumerate().map(move |(i, c)| {
+            match layout.owned_chunk_key(&self.subvolume, &c.key) {
+                Some(k) => Ok((c, k)),
+                None => Err(format!(
+                    "field chunks[{i}].key = {:?} is not a key under {}",
+                    c.key,
+                    layout.subvolume_prefix(&self.subvolume)
+                )),
+            }
+        })
+    }
+}
+
 impl Pointer {
     pub fn to_json(&self) -> Vec<u8> {
         let mut v = serde_json::to_vec_pretty(self).unwrap_or_default();
@@ -596,6 +617,26 @@ mod tests {
             assert!(subvolume_name_problem(bad).is_some(), "{bad:?}");
         }
         assert_eq!(subvolume_name_problem("my data"), None);
+    }
+
+    /// A checked manifest hands out its chunk keys as `ChunkKey`s (the same strings, the
+    /// JSON unchanged); a key outside the prefix is the check's own error.
+    #[test]
+    fn a_checked_manifest_hands_out_typed_chunk_keys() {
+        let l = Layout::new("p");
+        let m = good();
+        m.check(&l, "data").unwrap();
+        let keys: Vec<ChunkKey> = m.chunk_keys(&l).map(|r| r.unwrap().1).collect();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0], m.chunks[0].key);
+        assert_eq!(
+            Some(keys[0].clone()),
+            l.owned_chunk_key("data", &m.chunks[0].key)
+        );
+        let mut bad = good();
+        bad.chunks[0].key = "p/subvol/home/full/c.bin".into();
+        let e = bad.chunk_keys(&l).next().unwrap().unwrap_err();
+        assert_eq!(e, bad.check(&l, "data").unwrap_err());
     }
 
     #[test]

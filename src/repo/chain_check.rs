@@ -108,7 +108,7 @@ impl Repo {
             true => Some(self.manifest_locks(&chain, &mut rep)?),
             false => None,
         };
-        rep.archived = self.heads(subvolume, &chain, sse, needed.flatten(), &mut rep)?;
+        rep.archived = self.heads(&chain, sse, needed.flatten(), &mut rep)?;
         rep.chain = Some(chain);
         Ok(rep)
     }
@@ -158,23 +158,17 @@ impl Repo {
     /// `locks`, each chunk's lock is held against `needed` too.
     fn heads(
         &self,
-        subvolume: &str,
         chain: &Chain,
         sse: crate::config::Sse,
         needed: Option<crate::ts::Ts>,
         rep: &mut ChainCheck,
     ) -> Result<Vec<String>> {
         let mut archived = Vec::new();
-        for (_, m) in &chain.links {
-            for c in &m.chunks {
+        for (k, m) in &chain.links {
+            for c in m.chunk_keys(&self.layout) {
                 // The chain's manifests are checked: every chunk key is owned.
-                let Some(key) = self.layout.owned_chunk_key(subvolume, &c.key) else {
-                    anyhow::bail!(
-                        "internal: chunk {} of a checked chain is not under {}",
-                        c.key,
-                        self.layout.subvolume_prefix(subvolume)
-                    );
-                };
+                let (c, key) =
+                    c.map_err(|why| anyhow::anyhow!("internal: checked manifest {k}: {why}"))?;
                 let head = self.head(&key).map_err(|e| {
                     anyhow::Error::from(e).context(format!("checking chunk {}", c.key))
                 })?;
