@@ -239,10 +239,11 @@ impl Backup<'_> {
     /// What the stream of a new `kind` backup may come to: the size of the previous one
     /// of the same kind in the parent's chain (a guess, said to be one).
     fn expected_size(&self, sv: &Subvolume, entry: &SubvolState, kind: Kind) -> Option<Expected> {
-        let chain = self
-            .repo?
-            .chain(&sv.name, entry.last_manifest.as_deref()?)
+        let repo = self.repo?;
+        let key = repo
+            .manifest_key_of(&sv.name, entry.last_manifest.as_deref()?)
             .ok()?;
+        let chain = repo.chain(&sv.name, &key).ok()?;
         let (_, m) = match kind {
             Kind::Full => chain.links.first()?,
             Kind::Incremental => chain.links.last().filter(|(_, m)| m.kind == kind)?,
@@ -271,16 +272,26 @@ impl Backup<'_> {
         Ok(Some(p))
     }
 
-    /// What the planner needs; consults S3 only for the parent manifest.
+    /// What the planner needs; consults S3 only for the parent manifest. A parent
+    /// manifest key outside this subvolume's prefix (`s3.prefix` changed) is not looked
+    /// up: it is a broken parent chain, with the finding the chain check reports for it.
     pub fn facts(&self, sv: &Subvolume, entry: &SubvolState) -> Result<Facts> {
+        let mut parent_chain_problem = None;
         let parent_manifest_in_s3 = match (self.repo, &entry.last_manifest) {
-            (Some(repo), Some(key)) => repo
-                .exists(key)
-                .with_context(|| format!("checking the parent manifest {key}"))?,
+            (Some(repo), Some(key)) => match repo.manifest_key_of(&sv.name, key) {
+                Ok(k) => repo
+                    .exists(&k)
+                    .with_context(|| format!("checking the parent manifest {key}"))?,
+                Err(e) => {
+                    parent_chain_problem = Some(format!("{key}: {e}"));
+                    true
+                }
+            },
             _ => true,
         };
         Ok(Facts {
             parent_manifest_in_s3,
+            parent_chain_problem,
             ..self.local_facts(sv, entry)
         })
     }
@@ -334,8 +345,12 @@ impl Backup<'_> {
         else {
             return Ok(d);
         };
+        // `facts` made a key outside the prefix a problem already (no incremental).
+        let Ok(key) = repo.manifest_key_of(&sv.name, key) else {
+            return Ok(d);
+        };
         let rep = repo
-            .check_chain(&sv.name, key, self.cfg.s3.sse, false)
+            .check_chain(&sv.name, &key, self.cfg.s3.sse, false)
             .with_context(|| format!("checking the parent chain of {key}"))?;
         let Some(f) = rep.findings.iter().find(|f| f.damage) else {
             return Ok(d);

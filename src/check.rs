@@ -17,6 +17,7 @@ use anyhow::Result;
 use sha2::{Digest, Sha256};
 
 use crate::chunker::hex;
+use crate::manifest::ManifestKey;
 use crate::repo::archive;
 pub use crate::repo::chain_check::{Finding, LockReport};
 use crate::repo::download::DownloadError;
@@ -84,7 +85,7 @@ impl Checker<'_> {
     pub fn run(
         &self,
         subvolume: &str,
-        key: &str,
+        key: &ManifestKey,
         deep: Option<Archived>,
         tier: &str,
     ) -> Result<Report> {
@@ -373,6 +374,11 @@ mod tests {
         (store, repo, key.into_string())
     }
 
+    /// `k` as a manifest key of `data` (the tests' keys are all owned).
+    fn mk(repo: &Repo, k: &str) -> ManifestKey {
+        repo.manifest_key_of("data", k).unwrap()
+    }
+
     fn check(repo: &Repo, key: &str, deep: Option<Archived>) -> Report {
         Checker {
             repo,
@@ -382,7 +388,7 @@ mod tests {
             identities: &[],
             locks: false,
         }
-        .run("data", key, deep, "Standard")
+        .run("data", &mk(repo, key), deep, "Standard")
         .unwrap()
     }
 
@@ -407,13 +413,15 @@ mod tests {
         // The manifest does not parse: damage (ChainError::Damaged), a finding.
         let (store, repo, key) = bucket("STANDARD");
         store.insert(&key, b"{not json", opts("STANDARD", "AES256"));
-        let r = checker(&repo).run("data", &key, None, "Standard").unwrap();
+        let r = checker(&repo)
+            .run("data", &mk(&repo, &key), None, "Standard")
+            .unwrap();
         assert!(r.findings.iter().any(|f| f.damage), "{:?}", r.findings);
         // Its GET fails: the check could not be made (ChainError::Failed), an error.
         let (store, repo, key) = bucket("STANDARD");
         store.fail(&format!("GET {key}"), ErrorKind::Permanent, 10);
         let e = checker(&repo)
-            .run("data", &key, None, "Standard")
+            .run("data", &mk(&repo, &key), None, "Standard")
             .unwrap_err();
         assert!(format!("{e:#}").contains(&key), "{e:#}");
         // Deep: a chunk that is gone is a finding ...
@@ -421,7 +429,7 @@ mod tests {
         let (store, repo, key) = bucket("STANDARD");
         store.remove(chunk);
         let r = checker(&repo)
-            .run("data", &key, Some(Archived::Skip), "Standard")
+            .run("data", &mk(&repo, &key), Some(Archived::Skip), "Standard")
             .unwrap();
         assert!(
             r.findings.iter().any(|f| f.key == chunk),
@@ -432,7 +440,7 @@ mod tests {
         let (store, repo, key) = bucket("STANDARD");
         store.fail(&format!("GET {chunk}"), ErrorKind::Permanent, 10);
         let e = checker(&repo)
-            .run("data", &key, Some(Archived::Skip), "Standard")
+            .run("data", &mk(&repo, &key), Some(Archived::Skip), "Standard")
             .unwrap_err();
         assert!(format!("{e:#}").contains(chunk), "{e:#}");
     }

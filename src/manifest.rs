@@ -208,6 +208,27 @@ impl Manifest {
     }
 }
 
+impl Manifest {
+    /// Each chunk with its key as a [`ChunkKey`] of this manifest's subvolume
+    /// ([`Layout::owned_chunk_key`]). In a manifest [`Manifest::check`] passed every key
+    /// is owned; in another, a key outside the prefix is the check's error for it.
+    pub fn chunk_keys<'a>(
+        &'a self,
+        layout: &'a Layout,
+    ) -> impl Iterator<Item = Result<(&'a ChunkEntry, ChunkKey), String>> + 'a {
+        self.chunks.iter().enumerate().map(move |(i, c)| {
+            match layout.owned_chunk_key(&self.subvolume, &c.key) {
+                Some(k) => Ok((c, k)),
+                None => Err(format!(
+                    "field chunks[{i}].key = {:?} is not a key under {}",
+                    c.key,
+                    layout.subvolume_prefix(&self.subvolume)
+                )),
+            }
+        })
+    }
+}
+
 impl Pointer {
     pub fn to_json(&self) -> Vec<u8> {
         let mut v = serde_json::to_vec_pretty(self).unwrap_or_default();
@@ -221,6 +242,18 @@ impl Pointer {
 /// manifest field, a pointer, the state file, a flag) that lies under the subvolume's
 /// prefix (`owned_chunk_key`, `owned_manifest_key`). On the wire each is the same string
 /// as before (DESIGN.md, "Formats"); `Deref` to `str` reads it.
+/// Any key of the layout ([`ChunkKey`], [`ManifestKey`], [`PointerKey`]): what the
+/// `Repo` methods that may touch any object of the repository (`head`, `exists`) take.
+/// Sealed: a plain string is not one.
+pub trait ObjectKey: std::fmt::Display + sealed::Sealed {
+    /// The key as S3 names it.
+    fn as_str(&self) -> &str;
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
 macro_rules! layout_key {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -236,6 +269,14 @@ macro_rules! layout_key {
             /// The key as an owned string (for the wire types and the journal).
             pub fn into_string(self) -> String {
                 self.0
+            }
+        }
+
+        impl sealed::Sealed for $name {}
+
+        impl ObjectKey for $name {
+            fn as_str(&self) -> &str {
+                &self.0
             }
         }
 
@@ -342,6 +383,13 @@ impl Layout {
     /// [`Layout::owns`] it.
     pub fn owned_chunk_key(&self, name: &str, key: &str) -> Option<ChunkKey> {
         self.owns(name, key).then(|| ChunkKey(key.to_string()))
+    }
+
+    /// A chunk key of any spelling, for the pipeline's unit tests (which name chunks
+    /// `p/chunk-<i>.bin`); never compiled into the tool.
+    #[cfg(test)]
+    pub(crate) fn test_chunk_key(key: &str) -> ChunkKey {
+        ChunkKey(key.to_string())
     }
 
     /// True when `key` lies under `P subvol/<name>/` and has no empty, `.` or `..`
@@ -569,6 +617,26 @@ mod tests {
             assert!(subvolume_name_problem(bad).is_some(), "{bad:?}");
         }
         assert_eq!(subvolume_name_problem("my data"), None);
+    }
+
+    /// A checked manifest hands out its chunk keys as `ChunkKey`s (the same strings, the
+    /// JSON unchanged); a key outside the prefix is the check's own error.
+    #[test]
+    fn a_checked_manifest_hands_out_typed_chunk_keys() {
+        let l = Layout::new("p");
+        let m = good();
+        m.check(&l, "data").unwrap();
+        let keys: Vec<ChunkKey> = m.chunk_keys(&l).map(|r| r.unwrap().1).collect();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0], m.chunks[0].key);
+        assert_eq!(
+            Some(keys[0].clone()),
+            l.owned_chunk_key("data", &m.chunks[0].key)
+        );
+        let mut bad = good();
+        bad.chunks[0].key = "p/subvol/home/full/c.bin".into();
+        let e = bad.chunk_keys(&l).next().unwrap().unwrap_err();
+        assert_eq!(e, bad.check(&l, "data").unwrap_err());
     }
 
     #[test]

@@ -42,6 +42,7 @@ use crate::age::{ciphertext_size, plaintext_size, Recipient, Sealing};
 use crate::chunker::{ChunkDone, Cutter, StreamSummary};
 use crate::event;
 use crate::journal::{ChunkProgress, PartDone};
+use crate::manifest::ChunkKey;
 use crate::repo::writer::ChunkWriter;
 use crate::retry::Retrier;
 use crate::store::{Body, PutOptions, StoreResult};
@@ -278,19 +279,19 @@ const VERIFY_READ: usize = 256 << 10;
 enum Job {
     Put {
         chunk: u64,
-        key: Arc<str>,
+        key: Arc<ChunkKey>,
         buf: PartBuf,
     },
     Part {
         chunk: u64,
-        key: Arc<str>,
+        key: Arc<ChunkKey>,
         upload_id: Arc<str>,
         part: u32,
         buf: PartBuf,
     },
     Complete {
         chunk: u64,
-        key: Arc<str>,
+        key: Arc<ChunkKey>,
         upload_id: Arc<str>,
         parts: Vec<(u32, String)>,
     },
@@ -343,7 +344,7 @@ enum Life {
 }
 
 struct Slot {
-    key: Arc<str>,
+    key: Arc<ChunkKey>,
     life: Life,
     /// With encryption: the chunk's sealing.
     sealing: Option<Sealing>,
@@ -362,6 +363,24 @@ impl Slot {
     }
 }
 
+/// The key of chunk `index` that an earlier run stored or opened: `key_for(index)`, which
+/// the journal's `key` must be (`Pending::check` held it to that; a differing one is a
+/// bug, not a key to write at).
+fn resumed_key(
+    key_for: &dyn Fn(u64) -> ChunkKey,
+    index: u64,
+    key: &str,
+) -> Result<ChunkKey, UploadError> {
+    let want = key_for(index);
+    if want != *key {
+        return Err(anyhow!(
+            "internal: the resume journal names {key:?} for chunk {index}, which is {want}"
+        )
+        .into());
+    }
+    Ok(want)
+}
+
 /// Uploads everything `input` yields; `key_for(i)` names chunk `i`. What `resume` says is
 /// stored is not sent again, only hashed and compared; `progress` hears of every upload
 /// opened, part stored and chunk stored.
@@ -370,7 +389,7 @@ pub fn upload_stream(
     store: ChunkWriter,
     retrier: Arc<Retrier>,
     cfg: &PipelineConfig,
-    key_for: &dyn Fn(u64) -> String,
+    key_for: &dyn Fn(u64) -> ChunkKey,
     resume: &BTreeMap<u64, ChunkProgress>,
     progress: &mut dyn Progress,
 ) -> Result<Uploaded, UploadError> {
@@ -726,7 +745,7 @@ impl Run<'_> {
     fn read_all(
         &mut self,
         input: &mut dyn Read,
-        key_for: &dyn Fn(u64) -> String,
+        key_for: &dyn Fn(u64) -> ChunkKey,
     ) -> Result<Uploaded, UploadError> {
         // With encryption the cutter cuts age files: a full chunk's file is its plaintext
         // plus a header (of one length for given recipients), a nonce and block tags.
@@ -797,12 +816,18 @@ impl Run<'_> {
                         size,
                         sha256,
                         etag,
-                    }) => self.begin_resumed(index, key, *size, sha256, etag),
+                    }) => {
+                        let key = resumed_key(key_for, index, key)?;
+                        self.begin_resumed(index, key, *size, sha256, etag)
+                    }
                     Some(ChunkProgress::Open {
                         key,
                         upload_id,
                         parts,
-                    }) => self.begin_reopened(index, key, upload_id, parts),
+                    }) => {
+                        let key = resumed_key(key_for, index, key)?;
+                        self.begin_reopened(index, key, upload_id, parts)
+                    }
                     None => {
                         // A chunk that fits in this one part is a single PUT. When the
                         // part is full and the chunk could go on, one byte of look-ahead
@@ -1011,7 +1036,7 @@ impl Run<'_> {
             .ok_or_else(|| anyhow!("internal: no chunk {index}"))
     }
 
-    fn begin_put(&mut self, index: u64, key: String) {
+    fn begin_put(&mut self, index: u64, key: ChunkKey) {
         self.slots.insert(
             index,
             Slot {
@@ -1024,7 +1049,7 @@ impl Run<'_> {
         );
     }
 
-    fn begin_resumed(&mut self, index: u64, key: &str, size: u64, sha256: &str, etag: &str) {
+    fn begin_resumed(&mut self, index: u64, key: ChunkKey, size: u64, sha256: &str, etag: &str) {
         self.slots.insert(
             index,
             Slot {
@@ -1044,7 +1069,7 @@ impl Run<'_> {
     fn begin_reopened(
         &mut self,
         index: u64,
-        key: &str,
+        key: ChunkKey,
         upload_id: &str,
         parts: &BTreeMap<u32, PartDone>,
     ) {
@@ -1067,7 +1092,7 @@ impl Run<'_> {
         );
     }
 
-    fn start_multipart(&mut self, index: u64, key: String) -> Result<(), UploadError> {
+    fn start_multipart(&mut self, index: u64, key: ChunkKey) -> Result<(), UploadError> {
         let opts = self.cfg.chunk_opts.clone();
         let id = self
             .retrier

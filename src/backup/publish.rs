@@ -123,11 +123,7 @@ impl Backup<'_> {
         );
         let watchdog = Watchdog::start(meter.clone(), Limits::from_env(), Actions::process());
         let mut send = self.btrfs.send(snap_path, parent, compressed)?;
-        let key_for = |i| {
-            repo.layout
-                .chunk_key(&sv.name, kind, run_ts, i)
-                .into_string()
-        };
+        let key_for = |i| repo.layout.chunk_key(&sv.name, kind, run_ts, i);
         let uploaded = pipeline::upload_stream(
             &mut Counted {
                 inner: &mut send,

@@ -253,7 +253,9 @@ fn protect(b: &Backup<'_>, sv: &Subvolume, p: &Published) -> Result<()> {
     let Some(repo) = b.repo else {
         return Ok(());
     };
-    crate::repo::object_lock::protect_chain(b.cfg, repo, &sv.name, &p.manifest_key)
+    repo.manifest_key_of(&sv.name, &p.manifest_key)
+        .map_err(anyhow::Error::from)
+        .and_then(|key| crate::repo::object_lock::protect_chain(b.cfg, repo, &sv.name, &key))
         .map(drop)
         .with_context(|| {
             format!(
@@ -269,7 +271,7 @@ fn protect(b: &Backup<'_>, sv: &Subvolume, p: &Published) -> Result<()> {
 fn harness_file(b: &Backup<'_>, dir: &Path, sv: &Subvolume, p: &Published) -> Result<()> {
     let chunks = match (p.recovered, b.repo) {
         (true, Some(repo)) => repo
-            .chain(&sv.name, &p.manifest_key)?
+            .chain(&sv.name, &repo.manifest_key_of(&sv.name, &p.manifest_key)?)?
             .newest()
             .1
             .chunks

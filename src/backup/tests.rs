@@ -718,3 +718,36 @@ fn the_send_protocol_follows_the_config_and_what_the_machine_can_do() {
         .iter()
         .any(|c| c.starts_with("send") && c.contains("proto=2")));
 }
+
+/// A state file naming a parent manifest outside this subvolume's prefix (`s3.prefix`
+/// changed): not looked up in the bucket, and the parent chain is broken with the text
+/// the chain check has always given it, so the plan is a full.
+#[test]
+fn a_parent_manifest_outside_the_prefix_is_a_broken_chain() {
+    let rig = Rig::new();
+    let p1 = published(
+        rig.run(&SubvolState::default(), "20250101T020000Z", false)
+            .unwrap(),
+    );
+    let old = "old-prefix/subvol/data/full/manifest-20250101T020000Z.json";
+    let mut entry = p1.state.clone();
+    entry.last_manifest = Some(old.into());
+    let f = rig.backup().facts(&rig.cfg.subvolumes[0], &entry).unwrap();
+    let within = crate::manifest::Layout::new(&rig.cfg.s3.prefix).subvolume_prefix("data");
+    assert_eq!(
+        f.parent_chain_problem.as_deref(),
+        Some(
+            format!(
+                "{old}: manifest key \"{old}\" is not under {within}; refusing to restore from it"
+            )
+            .as_str()
+        )
+    );
+    assert!(
+        !rig.store.log().iter().any(|l| l.contains(old)),
+        "{:?}",
+        rig.store.log()
+    );
+    let p2 = published(rig.run(&entry, "20250109T020000Z", false).unwrap());
+    assert!(p2.manifest_key.contains("/full/"), "{}", p2.manifest_key);
+}

@@ -35,8 +35,8 @@ fn data(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 31 % 253) as u8).collect()
 }
 
-fn key(i: u64) -> String {
-    format!("p/chunk-{i}.bin")
+fn key(i: u64) -> crate::manifest::ChunkKey {
+    crate::manifest::Layout::test_chunk_key(&format!("p/chunk-{i}.bin"))
 }
 
 fn run(store: &Arc<MemoryStore>, d: &[u8], c: &PipelineConfig) -> Result<Uploaded, UploadError> {
@@ -1064,4 +1064,26 @@ fn a_network_outage_mid_upload_is_ridden_out_by_the_same_run() {
     assert!(heads as u64 == r.outage().probes(), "{log:?}");
     // 5 chunks of 4 parts (create, 4 parts, complete) and at most 3 requests × 2 lost.
     assert!(sends <= 5 * 6 + 3 * 2, "{sends}: {log:?}");
+}
+
+/// A resumed chunk is written only at the key the pipeline names it (`key_for`): a
+/// journal that names another key (which `Pending::check` refuses first) stops the run
+/// before anything is sent.
+#[test]
+fn a_resumed_chunk_at_another_key_is_refused() {
+    let store = Arc::new(MemoryStore::new());
+    let d = data(1000);
+    let mut resume = BTreeMap::new();
+    resume.insert(
+        0,
+        stored_upload(store.as_ref(), "p/elsewhere.bin", &d, 100, 1..=2),
+    );
+    let before = store.log().len();
+    let e = run_with(&store, &d, &cfg(1000, 100, 1), &resume, &mut NoProgress).unwrap_err();
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("\"p/elsewhere.bin\" for chunk 0, which is p/chunk-0.bin"),
+        "{e}"
+    );
+    assert_eq!(store.log().len(), before, "{:?}", store.log());
 }

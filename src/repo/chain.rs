@@ -270,13 +270,22 @@ pub fn read_manifest(
     Ok(m)
 }
 
+/// The damage of a manifest key (a `parent_manifest`, the state file's last manifest)
+/// that does not lie under `subvolume`'s prefix: [`Layout::owned_manifest_key`] said no.
+pub fn not_owned(layout: &Layout, subvolume: &str, k: &str) -> Damaged {
+    Damaged(format!(
+        "manifest key {k:?} is not under {}; refusing to restore from it",
+        layout.subvolume_prefix(subvolume)
+    ))
+}
+
 /// Follows `parent_manifest` from `key` back to a full.
 pub fn resolve(
     store: &dyn ObjectStore,
     retrier: &Retrier,
     layout: &Layout,
     subvolume: &str,
-    key: &str,
+    key: &ManifestKey,
 ) -> Result<Chain, ChainError> {
     let mut links: Vec<(ManifestKey, Manifest)> = Vec::new();
     let mut seen = HashSet::new();
@@ -289,10 +298,7 @@ pub fn resolve(
             damaged!("manifest chain from {key} is longer than {MAX_CHAIN} links");
         }
         let Some(k) = layout.owned_manifest_key(subvolume, &k) else {
-            damaged!(
-                "manifest key {k:?} is not under {}; refusing to restore from it",
-                layout.subvolume_prefix(subvolume)
-            );
+            return Err(not_owned(layout, subvolume, &k).into());
         };
         let m = read_manifest(store, retrier, layout, subvolume, &k)?;
         match (m.kind, &m.parent_manifest) {
@@ -317,6 +323,25 @@ mod tests {
 
     fn retrier() -> Retrier {
         crate::testing::retrier()
+    }
+
+    /// `k` as a manifest key of `data` under `prefix` (the tests' keys are all owned).
+    fn mk(prefix: &str, k: &str) -> ManifestKey {
+        Layout::new(prefix).owned_manifest_key("data", k).unwrap()
+    }
+
+    /// A manifest key outside the subvolume's prefix (the state file's, after `s3.prefix`
+    /// changed) is refused with the text chain resolution has always used for it.
+    #[test]
+    fn a_key_outside_the_prefix_keeps_its_message() {
+        let layout = Layout::new("p");
+        assert!(layout
+            .owned_manifest_key("data", "q/subvol/data/m")
+            .is_none());
+        assert_eq!(
+            not_owned(&layout, "data", "q/subvol/data/m").to_string(),
+            "manifest key \"q/subvol/data/m\" is not under p/subvol/data/; refusing to restore from it"
+        );
     }
 
     fn opts() -> PutOptions {
@@ -382,14 +407,28 @@ mod tests {
             "subvol/data/i2",
             &manifest("data", Kind::Incremental, Some("subvol/data/i1")),
         );
-        let c = resolve(&s, &retrier(), &Layout::new(""), "data", "subvol/data/i2").unwrap();
+        let c = resolve(
+            &s,
+            &retrier(),
+            &Layout::new(""),
+            "data",
+            &mk("", "subvol/data/i2"),
+        )
+        .unwrap();
         let keys: Vec<&str> = c.links.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["subvol/data/f", "subvol/data/i1", "subvol/data/i2"]);
         assert_eq!(c.newest().0, "subvol/data/i2");
         assert_eq!(c.chunk_count(), 3);
         assert_eq!(c.total_bytes(), 3);
         // From an older key.
-        let c = resolve(&s, &retrier(), &Layout::new(""), "data", "subvol/data/i1").unwrap();
+        let c = resolve(
+            &s,
+            &retrier(),
+            &Layout::new(""),
+            "data",
+            &mk("", "subvol/data/i1"),
+        )
+        .unwrap();
         assert_eq!(c.links.len(), 2);
     }
 
@@ -461,7 +500,7 @@ mod tests {
         ] {
             let e = format!(
                 "{:#}",
-                resolve(&s, &retrier(), &Layout::new(""), "data", start).unwrap_err()
+                resolve(&s, &retrier(), &Layout::new(""), "data", &mk("", start)).unwrap_err()
             );
             for w in words {
                 assert!(e.contains(w), "{start}: {e:?} lacks {w:?}");
@@ -541,7 +580,7 @@ mod tests {
         let layout = Layout::new("p");
         let big = "p/subvol/data/full/manifest-20250101T020000Z.json";
         s.insert(big, &vec![b' '; MAX_MANIFEST_BYTES as usize + 1], opts());
-        let e = resolve(&s, &retrier(), &layout, "data", big).unwrap_err();
+        let e = resolve(&s, &retrier(), &layout, "data", &mk("p", big)).unwrap_err();
         assert!(matches!(e, ChainError::Damaged(_)), "{e:#}");
         let e = format!("{e:#}");
         for w in [
@@ -558,7 +597,7 @@ mod tests {
         s.insert(big, &vec![b' '; MAX_MANIFEST_BYTES as usize], opts());
         let e = format!(
             "{:#}",
-            resolve(&s, &retrier(), &layout, "data", big).unwrap_err()
+            resolve(&s, &retrier(), &layout, "data", &mk("p", big)).unwrap_err()
         );
         assert!(e.contains("not valid JSON"), "{e}");
         let pkey = "p/subvol/data/current.json";
@@ -580,11 +619,25 @@ mod tests {
         let s = MemoryStore::new();
         put(&s, "subvol/data/f", &manifest("data", Kind::Full, None));
         s.fail("GET subvol/data/f", ErrorKind::Transient, 2);
-        assert!(resolve(&s, &retrier(), &Layout::new(""), "data", "subvol/data/f").is_ok());
+        assert!(resolve(
+            &s,
+            &retrier(),
+            &Layout::new(""),
+            "data",
+            &mk("", "subvol/data/f")
+        )
+        .is_ok());
         s.fail("GET subvol/data/f", ErrorKind::Permanent, 1);
         let e = format!(
             "{:#}",
-            resolve(&s, &retrier(), &Layout::new(""), "data", "subvol/data/f").unwrap_err()
+            resolve(
+                &s,
+                &retrier(),
+                &Layout::new(""),
+                "data",
+                &mk("", "subvol/data/f")
+            )
+            .unwrap_err()
         );
         assert!(e.contains("reading manifest subvol/data/f"), "{e}");
     }

@@ -11,6 +11,7 @@ use anyhow::Result;
 use super::archive::{is_archive, parse_restore_header, RestoreHeader};
 use super::chain::ChainError;
 use super::{Chain, Repo};
+use crate::manifest::ManifestKey;
 
 /// One thing wrong, naming the key.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -78,7 +79,7 @@ impl Repo {
     pub fn check_chain(
         &self,
         subvolume: &str,
-        key: &str,
+        key: &ManifestKey,
         sse: crate::config::Sse,
         locks: bool,
     ) -> Result<ChainCheck> {
@@ -163,9 +164,12 @@ impl Repo {
         rep: &mut ChainCheck,
     ) -> Result<Vec<String>> {
         let mut archived = Vec::new();
-        for (_, m) in &chain.links {
-            for c in &m.chunks {
-                let head = self.head(&c.key).map_err(|e| {
+        for (k, m) in &chain.links {
+            for c in m.chunk_keys(&self.layout) {
+                // The chain's manifests are checked: every chunk key is owned.
+                let (c, key) =
+                    c.map_err(|why| anyhow::anyhow!("internal: checked manifest {k}: {why}"))?;
+                let head = self.head(&key).map_err(|e| {
                     anyhow::Error::from(e).context(format!("checking chunk {}", c.key))
                 })?;
                 let Some(h) = head else {

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 
 use crate::config::Config;
-use crate::manifest::{ChunkEntry, Layout, Manifest, ManifestKey, Pointer};
+use crate::manifest::{ChunkEntry, Layout, Manifest, ManifestKey, ObjectKey, Pointer};
 use crate::retry::Retrier;
 use crate::store::{Body, ObjectMeta, ObjectStore, OpenUpload, PutOptions, Retention, StoreResult};
 
@@ -125,8 +125,8 @@ impl Repo {
 
     /// HEAD of an object of the repository (retried); `None` when it is not there.
     /// The caller names the object in the error's context.
-    pub fn head(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
-        self.retrier.run(|| self.store.head(key))
+    pub fn head(&self, key: &impl ObjectKey) -> StoreResult<Option<ObjectMeta>> {
+        self.retrier.run(|| self.store.head(key.as_str()))
     }
 
     /// HeadBucket (retried): whether the bucket answers at all (`backup --dry-run`).
@@ -240,8 +240,21 @@ impl Repo {
         )
     }
 
+    /// `key`, read from the state file or a journal, as a manifest key of `subvolume`;
+    /// one outside its prefix is the damage chain resolution reports for it
+    /// ([`chain::not_owned`], the same text).
+    pub fn manifest_key_of(
+        &self,
+        subvolume: &str,
+        key: &str,
+    ) -> Result<ManifestKey, chain::ChainError> {
+        self.layout
+            .owned_manifest_key(subvolume, key)
+            .ok_or_else(|| chain::not_owned(&self.layout, subvolume, key).into())
+    }
+
     /// The checked chain from `key` back to its full, oldest first.
-    pub fn chain(&self, subvolume: &str, key: &str) -> Result<Chain, chain::ChainError> {
+    pub fn chain(&self, subvolume: &str, key: &ManifestKey) -> Result<Chain, chain::ChainError> {
         chain::resolve(
             self.store.as_ref(),
             &self.retrier,
@@ -277,10 +290,10 @@ impl Repo {
     /// Whether the object `key` exists (HEAD). "No" only when the bucket itself answers
     /// (HeadBucket): a 404 from a missing bucket or from an endpoint that is not S3 is an
     /// error with its real cause, never a missing object (which would plan a full).
-    pub fn exists(&self, key: &str) -> Result<bool> {
+    pub fn exists(&self, key: &impl ObjectKey) -> Result<bool> {
         if self
             .retrier
-            .run(|| self.store.head(key))
+            .run(|| self.store.head(key.as_str()))
             .with_context(|| format!("checking {key} in S3"))?
             .is_some()
         {

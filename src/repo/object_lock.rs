@@ -104,7 +104,7 @@ pub fn protect_chain(
     cfg: &Config,
     repo: &Repo,
     subvolume: &str,
-    manifest_key: &str,
+    manifest_key: &crate::manifest::ManifestKey,
 ) -> Result<Protected> {
     let (Some(l), Some(needed)) = (&cfg.object_lock, repo.lock()) else {
         return Ok(Protected::default());

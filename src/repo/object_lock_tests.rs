@@ -135,7 +135,7 @@ impl World {
 
     /// Every object of the chain from `key`: its lock date (none: unlocked).
     fn dates(&self, repo: &Repo, key: &str) -> Vec<(String, Option<Ts>)> {
-        let chain = repo.chain("data", key).unwrap();
+        let chain = repo.chain("data", &mk(repo, key)).unwrap();
         chain
             .links
             .iter()
@@ -159,7 +159,7 @@ fn chunks_and_manifests_are_locked_and_the_pointer_is_not() {
         mode: "COMPLIANCE".into(),
         until: Ts::from_unix(T0 + 30 * DAY),
     };
-    let chain = repo.chain("data", &key).unwrap();
+    let chain = repo.chain("data", &mk(&repo, &key)).unwrap();
     for c in &chain.newest().1.chunks {
         assert_eq!(w.store.object(&c.key).unwrap().lock.as_ref(), Some(&want));
     }
@@ -179,7 +179,9 @@ fn chunks_and_manifests_are_locked_and_the_pointer_is_not() {
         .keys()
         .iter()
         .all(|k| w.store.object(k).unwrap().lock.is_none()));
-    assert!(protect_chain(&w.cfg, &repo, "data", &key).unwrap() == Protected::default());
+    assert!(
+        protect_chain(&w.cfg, &repo, "data", &mk(&repo, &key)).unwrap() == Protected::default()
+    );
 }
 
 #[test]
@@ -214,7 +216,7 @@ fn after_an_incremental_its_parents_are_locked_at_least_as_long() {
     let repo = w.repo();
     let full = w.backup(&repo, None, 2);
     assert_eq!(
-        protect_chain(&w.cfg, &repo, "data", &full)
+        protect_chain(&w.cfg, &repo, "data", &mk(&repo, &full))
             .unwrap()
             .extended,
         0
@@ -222,7 +224,7 @@ fn after_an_incremental_its_parents_are_locked_at_least_as_long() {
     w.advance_days(7);
     let repo = w.repo();
     let inc = w.backup(&repo, Some(&full), 1);
-    let done = protect_chain(&w.cfg, &repo, "data", &inc).unwrap();
+    let done = protect_chain(&w.cfg, &repo, "data", &mk(&repo, &inc)).unwrap();
     assert_eq!((done.objects, done.extended), (5, 3));
     let needed = Ts::from_unix(w.now + 60 * DAY);
     // Extended by the slack (60 / 6 = 10 days) beyond what is needed.
@@ -236,7 +238,7 @@ fn after_an_incremental_its_parents_are_locked_at_least_as_long() {
         assert_eq!(until, Some(want), "{k}");
     }
     // Run again: nothing is short, nothing is asked.
-    let done = protect_chain(&w.cfg, &repo, "data", &inc).unwrap();
+    let done = protect_chain(&w.cfg, &repo, "data", &mk(&repo, &inc)).unwrap();
     assert_eq!(done.extended, 0);
 }
 
@@ -251,14 +253,14 @@ fn compliance_is_never_weakened_and_a_refusal_names_the_key() {
     let repo = w.repo();
     let inc = w.backup(&repo, Some(&full), 1);
     w.store.fail("PutObjectRetention", ErrorKind::Permanent, 1);
-    let e = protect_chain(&w.cfg, &repo, "data", &inc).unwrap_err();
+    let e = protect_chain(&w.cfg, &repo, "data", &mk(&repo, &inc)).unwrap_err();
     let msg = format!("{e:#}");
     assert!(
         msg.contains("extending the Object Lock of p/subvol/data/full/"),
         "{msg}"
     );
     assert!(msg.contains("s3:PutObjectRetention"), "{msg}");
-    protect_chain(&w.cfg, &repo, "data", &inc).unwrap();
+    protect_chain(&w.cfg, &repo, "data", &mk(&repo, &inc)).unwrap();
     let f = w.store.object(&full).unwrap().lock.unwrap();
     assert_eq!(f.mode, "COMPLIANCE");
     assert_eq!(f.until, Ts::from_unix(w.now + 14 * DAY));
@@ -276,7 +278,7 @@ fn a_chain_of_26_weekly_incrementals_extends_only_short_dates() {
             let repo = w.repo();
             let before = w.retention_calls();
             let k = w.backup(&repo, key.as_deref(), chunks);
-            let done = protect_chain(&w.cfg, &repo, "data", &k).unwrap();
+            let done = protect_chain(&w.cfg, &repo, "data", &mk(&repo, &k)).unwrap();
             assert_eq!(done.extended, w.retention_calls() - before);
             per_run.push(done.extended);
             // Every object of the chain now stays at least as long as the new backup.
@@ -318,11 +320,19 @@ fn a_resumed_backups_chunks_from_an_earlier_run_get_this_runs_date() {
     w.advance_days(1);
     let repo = w.repo();
     let inc = w.backup(&repo, Some(&full), 2);
-    assert!(key == repo.chain("data", &inc).unwrap().newest().1.chunks[0].key);
+    assert!(
+        key == repo
+            .chain("data", &mk(&repo, &inc))
+            .unwrap()
+            .newest()
+            .1
+            .chunks[0]
+            .key
+    );
     // (the helper wrote every chunk anew: chunk 0 keeps the earlier run's date, as a
     // resume that finds it stored does not send it again)
     w.store.set_retention(&key, early.lock().cloned());
-    let done = protect_chain(&w.cfg, &repo, "data", &inc).unwrap();
+    let done = protect_chain(&w.cfg, &repo, "data", &mk(&repo, &inc)).unwrap();
     // The full (manifest and chunk) and the early chunk were short.
     assert_eq!(done.extended, 3);
     let needed = repo.lock().unwrap().until;
@@ -431,7 +441,7 @@ fn a_service_that_keeps_no_dates_fails_the_run_instead_of_leaving_unlocked_objec
         .with_lock(retention(&w.cfg, Ts::from_unix(w.now)));
     check_bucket(&w.cfg, &repo).unwrap();
     let key = w.backup(&repo, None, 1);
-    let e = protect_chain(&w.cfg, &repo, "data", &key).unwrap_err();
+    let e = protect_chain(&w.cfg, &repo, "data", &mk(&repo, &key)).unwrap_err();
     let msg = format!("{e:#}");
     assert!(msg.contains("it does not keep Object Lock dates"), "{msg}");
     assert!(
@@ -451,7 +461,7 @@ fn verify_locks(w: &World, repo: &Repo, key: &str) -> crate::check::Report {
         identities: &[],
         locks: true,
     }
-    .run("data", key, None, "Standard")
+    .run("data", &mk(repo, key), None, "Standard")
     .unwrap_or_else(|e| panic!("{e:#} {:?}", w.store.log()));
     r.findings.retain(|f| !f.problem.contains("storage class"));
     r
@@ -465,7 +475,7 @@ fn verify_names_each_object_unlocked_or_locked_shorter_than_its_chain_needs() {
     w.advance_days(7);
     let repo = w.repo();
     let inc = w.backup(&repo, Some(&full), 1);
-    protect_chain(&w.cfg, &repo, "data", &inc).unwrap();
+    protect_chain(&w.cfg, &repo, "data", &mk(&repo, &inc)).unwrap();
     let needed = Ts::from_unix(w.now + 60 * DAY);
 
     // A protected chain: no finding, every object counted, the newest backup's date.
@@ -503,7 +513,7 @@ fn verify_names_each_object_unlocked_or_locked_shorter_than_its_chain_needs() {
         identities: &[],
         locks: false,
     }
-    .run("data", &inc, None, "Standard")
+    .run("data", &mk(&repo, &inc), None, "Standard")
     .unwrap();
     assert!(plain.object_lock.take().is_none());
     assert!(plain
@@ -513,7 +523,7 @@ fn verify_names_each_object_unlocked_or_locked_shorter_than_its_chain_needs() {
 
     // One chunk of the full lost its lock (a bucket without default retention, a
     // copy by another tool), another was locked for less than the chain needs.
-    let chain = repo.chain("data", &inc).unwrap();
+    let chain = repo.chain("data", &mk(&repo, &inc)).unwrap();
     let full_chunks: Vec<String> = chain.links[0]
         .1
         .chunks
@@ -551,7 +561,7 @@ fn verify_names_each_object_unlocked_or_locked_shorter_than_its_chain_needs() {
     w.advance_days(1);
     let repo = w.repo();
     let inc2 = w.backup(&repo, Some(&inc), 1);
-    protect_chain(&w.cfg, &repo, "data", &inc2).unwrap();
+    protect_chain(&w.cfg, &repo, "data", &mk(&repo, &inc2)).unwrap();
     let r = verify_locks(&w, &repo, &inc2);
     assert!(r.findings.is_empty(), "{:?}", r.findings);
     assert_eq!(r.object_lock.map(|l| l.objects), Some(7));
@@ -577,4 +587,9 @@ fn verify_names_each_object_unlocked_or_locked_shorter_than_its_chain_needs() {
             short: 3
         })
     );
+}
+
+/// `k` as a manifest key of `data` (the tests' keys are all owned).
+fn mk(repo: &Repo, k: &str) -> crate::manifest::ManifestKey {
+    repo.manifest_key_of("data", k).unwrap()
 }

@@ -468,7 +468,7 @@ fn random_histories_never_leave_a_kept_chain_incomplete() {
                         format!("seed {seed} step {step} keep {keep} early {early} class {class}");
                     // current.json still names a whole chain, every chunk there.
                     assert_eq!(w.current().as_deref(), Some(cur.as_str()), "{ctx}");
-                    let chain = w.repo.chain("data", &cur).unwrap();
+                    let chain = w.repo.chain("data", &mk(&w.repo, &cur)).unwrap();
                     for (_, m) in &chain.links {
                         for c in &m.chunks {
                             let h = w.store.head(&c.key).unwrap();
@@ -769,4 +769,9 @@ fn a_deletion_the_service_refuses_keeps_the_object_and_what_it_needs() {
     assert!(w.store.object(&f1).is_some());
     let cat = catalog::load(&w.repo, &["data".to_string()]).unwrap();
     assert!(cat.subvolumes["data"].backup(&f1).unwrap().is_sound());
+}
+
+/// `k` as a manifest key of `data` (the tests' keys are all owned).
+fn mk(repo: &Repo, k: &str) -> crate::manifest::ManifestKey {
+    repo.manifest_key_of("data", k).unwrap()
 }

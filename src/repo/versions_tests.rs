@@ -92,7 +92,10 @@ fn a_pinned_chain_reads_what_the_backups_wrote_over_a_writers_versions() {
     store.enable_object_lock();
     let (repo, full, inc) = two_backups(&store);
     let inc_v = version_of(&store, &inc);
-    let full_chunk = repo.chain("data", &inc).unwrap().links[0].1.chunks[0].clone();
+    let full_chunk = repo.chain("data", &mk(&repo, &inc)).unwrap().links[0]
+        .1
+        .chunks[0]
+        .clone();
     let original = get_all(store.as_ref(), &full_chunk.key).unwrap();
     // A bucket writer: garbage over both manifests and current.json, a chunk of the same
     // size with other bytes, and a delete marker on top of the full's manifest.
@@ -109,12 +112,12 @@ fn a_pinned_chain_reads_what_the_backups_wrote_over_a_writers_versions() {
         )
         .unwrap();
     store.delete_object(&full).unwrap();
-    assert!(repo.chain("data", &inc).is_err());
+    assert!(repo.chain("data", &mk(&repo, &inc)).is_err());
 
     let pins = pin_chain(&repo, "data", &inc, &inc_v).unwrap();
     assert_eq!(pins.len(), 4, "{pins:?}");
     let pinned = pinned_repo(&cfg(), &repo, pins);
-    let chain = pinned.chain("data", &inc).unwrap();
+    let chain = pinned.chain("data", &mk(&pinned, &inc)).unwrap();
     assert_eq!(chain.links.len(), 2);
     assert_eq!(chain.links[0].0, full);
     let read = get_all(pinned.store().as_ref(), &full_chunk.key).unwrap();
@@ -144,7 +147,9 @@ fn a_version_that_does_not_fit_is_named() {
     let (repo, full, inc) = two_backups(&store);
     let inc_v = version_of(&store, &inc);
     // The full's chunk only exists in another size: nothing fits.
-    let chunk = repo.chain("data", &inc).unwrap().links[0].1.chunks[0]
+    let chunk = repo.chain("data", &mk(&repo, &inc)).unwrap().links[0]
+        .1
+        .chunks[0]
         .key
         .clone();
     let v = version_of(&store, &chunk);
@@ -189,4 +194,9 @@ fn a_version_that_does_not_fit_is_named() {
         version_id_problem("3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrHY"),
         None
     );
+}
+
+/// `k` as a manifest key of `data` (the tests' keys are all owned).
+fn mk(repo: &Repo, k: &str) -> crate::manifest::ManifestKey {
+    repo.manifest_key_of("data", k).unwrap()
 }
