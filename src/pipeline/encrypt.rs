@@ -235,12 +235,22 @@ mod tests {
         let r = recipient();
         let mut input = data;
         let mut a = AgeChunks::new(&mut input, chunk);
-        let mut out = Vec::new();
-        let mut used = Vec::new();
+        let (out, mut used) = drain(&mut a, &r, step);
+        // The last sealing was never used when the stream ended between files.
+        if a.next.is_some() {
+            used.pop();
+        }
+        (out, used)
+    }
+
+    /// Reads `a` to its end with reads of `step` bytes, starting a fresh sealing to `r`
+    /// whenever a file may begin; returns the output and the sealings started.
+    fn drain(a: &mut AgeChunks, r: &Recipient, step: usize) -> (Vec<u8>, Vec<Sealing>) {
+        let (mut out, mut used) = (Vec::new(), Vec::new());
         let mut buf = vec![0u8; step];
         loop {
             if a.between_files() && a.next.is_none() {
-                let s = Sealing::new(std::slice::from_ref(&r)).expect("sealing");
+                let s = Sealing::new(std::slice::from_ref(r)).expect("sealing");
                 used.push(s.clone());
                 a.start(s);
             }
@@ -249,10 +259,6 @@ mod tests {
                 break;
             }
             out.extend_from_slice(&buf[..n]);
-        }
-        // The last sealing was never used when the stream ended between files.
-        if a.next.is_some() {
-            used.pop();
         }
         (out, used)
     }
@@ -324,21 +330,7 @@ mod tests {
             reads: 0,
         };
         let mut a = AgeChunks::new(&mut pipe, 1 << 20);
-        let mut out = vec![0u8; 16 << 20];
-        let mut used = Vec::new();
-        let mut got = Vec::new();
-        loop {
-            if a.between_files() && a.next.is_none() {
-                let s = Sealing::new(std::slice::from_ref(&r)).expect("sealing");
-                used.push(s.clone());
-                a.start(s);
-            }
-            let n = a.read(&mut out).expect("read");
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&out[..n]);
-        }
+        let (got, used) = drain(&mut a, &r, 16 << 20);
         drop(a);
         let want: Vec<u8> = data
             .chunks(1 << 20)
@@ -364,20 +356,7 @@ mod tests {
             reads: 0,
         };
         let mut a = AgeChunks::new(&mut pipe, 2 * BLOCK_LEN as u64);
-        let mut out = vec![0u8; 70_000];
-        let (mut used, mut got) = (Vec::new(), Vec::new());
-        loop {
-            if a.between_files() && a.next.is_none() {
-                let s = Sealing::new(std::slice::from_ref(&r)).expect("sealing");
-                used.push(s.clone());
-                a.start(s);
-            }
-            let n = a.read(&mut out).expect("read");
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&out[..n]);
-        }
+        let (got, used) = drain(&mut a, &r, 70_000);
         let want: Vec<u8> = data
             .chunks(2 * BLOCK_LEN)
             .zip(&used)
