@@ -203,28 +203,49 @@ cfg big state-enc.json enc
 printf '[encryption]\nrecipients = ["%s"]\nidentity_files = ["%s"]\n' \
   "$(age-keygen -y "$dir/age-key.txt")" "$dir/age-key.txt" >> "$dir/enc.toml"
 
-# measure NAME BYTES CMD...: runs CMD under /usr/bin/time, prints a table row.
+# cpu_snap: the machine's jiffies (all, idle, iowait) from /proc/stat and the s3s-fs
+# server's (user+system, all its threads), for the columns that show whether a row is
+# bound by the two CPUs it shares with the server, by the disk, or by neither.
+cpu_snap() {
+  local _c u n s i w q sq st sv=0
+  read -r _c u n s i w q sq st _ < /proc/stat
+  [ -n "$s3pid" ] && [ -r "/proc/$s3pid/stat" ] && sv=$(awk '{print $14 + $15}' "/proc/$s3pid/stat")
+  echo "$(( u + n + s + i + w + q + sq + st )) $i $w $sv"
+}
+# measure NAME BYTES CMD...: runs CMD under /usr/bin/time, prints a table row: MB/s, CPU
+# s/GiB of CMD and its children, peak RSS, seconds, then the server's CPU s/GiB and the
+# machine's busy and iowait shares over the run (100 % busy: CPU-bound on this machine).
 rows=()
 measure() {
   local name=$1 bytes=$2; shift 2
   sync; [ "${warm:-0}" = 1 ] || echo 3 > /proc/sys/vm/drop_caches
+  local before after
+  before=$(cpu_snap)
   /usr/bin/time -f '%e %U %S %M' -o "$dir/time" "$@" > "$dir/out.log" 2>&1 || { cat "$dir/out.log"; echo "$name failed" >&2; exit 1; }
+  after=$(cpu_snap)
   read -r el us sy rss < "$dir/time"
-  rows+=("$(python3 - "$name" "$bytes" "$el" "$us" "$sy" "$rss" "$dir/out.log" <<'PY'
-import re, sys
+  rows+=("$(python3 - "$name" "$bytes" "$el" "$us" "$sy" "$rss" "$dir/out.log" "$before" "$after" "${s3pid:-}" <<'PY'
+import os, re, sys
 name, b, el, us, sy, rss = sys.argv[1], sys.argv[2], *map(float, sys.argv[3:7])
 # "log": the stream size is the total_bytes btrfs_to_s3 logged.
 b = int(re.search(r"total_bytes=(\d+)", open(sys.argv[7]).read()).group(1)) if b == "log" else int(b)
 gib = b / 2**30
-print(f"| {name} | {b/1e6/el:8.1f} | {(us+sy)/gib:6.2f} | {rss/1024:8.1f} | {el:7.1f} |")
+t0, i0, w0, s0 = map(int, sys.argv[8].split())
+t1, i1, w1, s1 = map(int, sys.argv[9].split())
+dt = max(t1 - t0, 1)
+hz = os.sysconf("SC_CLK_TCK")
+server = f"{(s1 - s0) / hz / gib:6.2f}" if sys.argv[10] else "     -"
+busy = 100 * (dt - (i1 - i0) - (w1 - w0)) / dt
+print(f"| {name} | {b/1e6/el:8.1f} | {(us+sy)/gib:6.2f} | {rss/1024:8.1f} | {el:7.1f} | {server} | {busy:5.1f} | {100 * (w1 - w0) / dt:5.1f} |")
 PY
 )")
 }
 
-# last_mbps: the MB/s column of the last row measured.
-last_mbps() { awk -F'|' '{v = $(NF - 4); gsub(/ /, "", v); print v}' <<< "${rows[-1]}"; }
+# last_mbps: the MB/s column of the last row measured (counted from the end: a row's name
+# may hold a "|").
+last_mbps() { awk -F'|' '{v = $(NF - 7); gsub(/ /, "", v); print v}' <<< "${rows[-1]}"; }
 # last_cpu: its CPU s/GiB column.
-last_cpu() { awk -F'|' '{v = $(NF - 3); gsub(/ /, "", v); print v}' <<< "${rows[-1]}"; }
+last_cpu() { awk -F'|' '{v = $(NF - 6); gsub(/ /, "", v); print v}' <<< "${rows[-1]}"; }
 ratios=()
 # enc_ratio ROUND: the encrypted backup just measured against the aws CLI row and the
 # unencrypted backup row of the same round (issue 23's targets: >= 1.3x, <= +0.5 s/GiB).
@@ -665,8 +686,8 @@ eff=$(grep -o 'part_size=[0-9]*' "$dir/backup-big.log" | head -n 1 | cut -d= -f2
 eff_mib=$(( eff / 1024 / 1024 ))
 echo "stream ${stream} bytes; concurrency ${conc}; part size ${eff_mib} MiB (configured ${part_mib} MiB, raised for the 200 GiB default chunk to stay within 10,000 parts)"
 echo "buffers (concurrency+1) x part = $(( (conc + 1) * eff_mib )) MiB; RSS target concurrency x part + 64 = $(( conc * eff_mib + 64 )) MiB"
-echo "| command | MB/s | CPU s/GiB | peak RSS MiB | seconds |"
-echo "| --- | ---: | ---: | ---: | ---: |"
+echo "| command | MB/s | CPU s/GiB | peak RSS MiB | seconds | server CPU s/GiB | busy % | iowait % |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 printf '%s\n' "${rows[@]}"
 echo
 echo "btrfs_to_s3 backup throughput over the aws CLI's in the same round:"
@@ -678,8 +699,8 @@ fi
 echo
 if [ "${#rratios[@]}" -gt 0 ]; then
 echo "Restore: the same chunks through aws s3 cp - | btrfs receive, and btrfs_to_s3 restore (each row with dropped caches):"
-echo "| command | MB/s | CPU s/GiB | peak RSS MiB | seconds |"
-echo "| --- | ---: | ---: | ---: | ---: |"
+echo "| command | MB/s | CPU s/GiB | peak RSS MiB | seconds | server CPU s/GiB | busy % | iowait % |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 printf '%s\n' "${rrows[@]}"
 python3 - "${rratios[@]}" <<'PY'
 import statistics, sys
@@ -700,8 +721,8 @@ if [ "$extra" = 1 ]; then
 echo
 echo "Compressible data (compress=zstd): logical ${logical} bytes, on disk ${disk} bytes (compsize);"
 echo "protocol-1 stream ${zstream1} bytes; btrfs_to_s3 uploaded ${zbytes} bytes = $(python3 -c "print(f'{$zbytes/$disk:.3f}')") x the on-disk size (target <= 1.05)"
-echo "| command | MB/s of its stream | CPU s/GiB | peak RSS MiB | seconds |"
-echo "| --- | ---: | ---: | ---: | ---: |"
+echo "| command | MB/s of its stream | CPU s/GiB | peak RSS MiB | seconds | server CPU s/GiB | busy % | iowait % |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 printf '%s\n' "${zrows[@]}"
 echo
 echo "| transport (client CPU only) | MB/s | CPU s/GiB |"
@@ -722,8 +743,8 @@ if [ "$resume" != 0 ]; then
   echo "| resume | GiB stored of the stream | seconds to first new byte | verify MB/s | hours per TiB stored | run seconds | CPU s/GiB of stream |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
   printf '%s\n' "${resume_rows[@]}"
-  echo "| command | MB/s | CPU s/GiB | peak RSS MiB | seconds |"
-  echo "| --- | ---: | ---: | ---: | ---: |"
+  echo "| command | MB/s | CPU s/GiB | peak RSS MiB | seconds | server CPU s/GiB | busy % | iowait % |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
   printf '%s\n' "${floor[@]}"
 fi
 if [ "$cap" != 0 ]; then
