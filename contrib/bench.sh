@@ -4,7 +4,9 @@
 #   and btrfs_to_s3 restore (of the default and of the chunked backup),
 # on a loop-device btrfs holding GIB GiB (default 2) of mixed data, uploading to a local
 # s3s-fs 0.14.1 on 127.0.0.1. Columns: MB/s of the send stream, CPU seconds (user+sys, the
-# btrfs send child included) per GiB of stream, peak RSS. A 200 MiB subvolume is backed up
+# btrfs send child included) per GiB of stream, peak RSS, seconds, then the server's CPU
+# seconds per GiB and the machine's busy and iowait shares over the row (the server shares
+# the two CPUs: a row near 100 % busy is bound by CPU, whoever spends it). A 200 MiB subvolume is backed up
 # too, to show that peak RSS does not grow with the stream. The big stream is also backed up
 # with CHUNK_MIB chunks instead of the contract's 200 GiB default, to show what overlapping
 # one chunk's CompleteMultipartUpload with the next chunk's parts buys and costs (chunks
