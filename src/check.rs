@@ -379,7 +379,8 @@ mod tests {
         repo.manifest_key_of("data", k).unwrap()
     }
 
-    fn check(repo: &Repo, key: &str, deep: Option<Archived>) -> Report {
+    /// The checker these tests use: SSE-S3 required, two downloaders, 300-byte pieces.
+    fn checker(repo: &Repo) -> Checker<'_> {
         Checker {
             repo,
             sse: crate::config::Sse::Aes256,
@@ -388,8 +389,12 @@ mod tests {
             identities: &[],
             locks: false,
         }
-        .run("data", &mk(repo, key), deep, "Standard")
-        .unwrap()
+    }
+
+    fn check(repo: &Repo, key: &str, deep: Option<Archived>) -> Report {
+        checker(repo)
+            .run("data", &mk(repo, key), deep, "Standard")
+            .unwrap()
     }
 
     #[test]
@@ -402,14 +407,6 @@ mod tests {
 
     #[test]
     fn damage_is_a_finding_and_a_failed_request_is_an_error() {
-        let checker = |repo| Checker {
-            repo,
-            sse: crate::config::Sse::Aes256,
-            concurrency: 2,
-            piece_size: 300,
-            identities: &[],
-            locks: false,
-        };
         // The manifest does not parse: damage (ChainError::Damaged), a finding.
         let (store, repo, key) = bucket("STANDARD");
         store.insert(&key, b"{not json", opts("STANDARD", "AES256"));

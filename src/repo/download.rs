@@ -424,19 +424,7 @@ mod tests {
     #[test]
     fn tampered_chunk_is_named() {
         let (s, mut chunks, _) = setup(&[500, 500]);
-        let mut bad = s.object("c1").unwrap().data;
-        bad[250] ^= 1;
-        s.insert(
-            "c1",
-            &bad,
-            PutOptions {
-                storage_class: "STANDARD".into(),
-                sse: crate::config::Sse::Aes256,
-                content_type: "x",
-                kms_key_id: None,
-                lock: None,
-            },
-        );
+        s.corrupt("c1", 250, 1);
         let mut out = Vec::new();
         let e = format!(
             "{:#}",
@@ -479,19 +467,7 @@ mod tests {
             }
         }
         let (s, chunks, _) = setup(&[300, 300]);
-        let mut bad = s.object("c0").unwrap().data;
-        bad[0] ^= 0xff;
-        s.insert(
-            "c0",
-            &bad,
-            PutOptions {
-                storage_class: "STANDARD".into(),
-                sse: crate::config::Sse::Aes256,
-                content_type: "x",
-                kms_key_id: None,
-                lock: None,
-            },
-        );
+        s.corrupt("c0", 0, 0xff);
         let e = format!(
             "{:#}",
             stream_chunks(s.clone(), retrier(), &chunks, None, 50, 2, &mut Dies(1)).unwrap_err()

@@ -223,17 +223,8 @@ fn tampered_chunk_leaves_nothing() {
         Some("p/subvol/data/full/m1"),
         "STANDARD",
     );
-    let mut bad = rig
-        .store
-        .object("p/subvol/data/incremental/m2.chunk2")
-        .unwrap()
-        .data;
-    bad[3] ^= 1;
-    rig.store.insert(
-        "p/subvol/data/incremental/m2.chunk2",
-        &bad,
-        opts("STANDARD"),
-    );
+    rig.store
+        .corrupt("p/subvol/data/incremental/m2.chunk2", 3, 1);
     let target = rig.dir.0.join("restored");
     let e = format!(
         "{:#}",

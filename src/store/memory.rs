@@ -225,6 +225,14 @@ impl MemoryStore {
         );
     }
 
+    /// XORs byte `at` of the stored object `key` with `mask`: damage at rest, everything
+    /// else about the object (class, SSE, ETag, version, dates) unchanged.
+    pub fn corrupt(&self, key: &str, at: usize, mask: u8) {
+        let mut g = self.lock();
+        let o = g.objects.get_mut(key).expect("corrupt: no such object");
+        o.data[at] ^= mask;
+    }
+
     pub fn remove(&self, key: &str) {
         self.lock().objects.remove(key);
     }
