@@ -13,6 +13,17 @@ use anyhow::{bail, Result};
 use crate::btrfs::{Btrfs, ReceiveSink, SendStream, SubvolInfo};
 use crate::retry::{Policy, Retrier};
 
+/// What the unit tests store objects with: `class`, SSE-S3, no lock.
+pub fn put_opts(class: &str) -> crate::store::PutOptions {
+    crate::store::PutOptions {
+        storage_class: class.into(),
+        sse: crate::config::Sse::Aes256,
+        content_type: "x",
+        kms_key_id: None,
+        lock: None,
+    }
+}
+
 /// The default retry policy, without the sleeping.
 pub fn retrier() -> Retrier {
     Retrier::with_sleep(

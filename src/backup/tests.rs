@@ -5,7 +5,7 @@ use super::*;
 use crate::config::{Config, ProcessEnv};
 use crate::manifest::Manifest;
 use crate::store::memory::MemoryStore;
-use crate::store::{get_all, ErrorKind, ObjectStore, PutOptions};
+use crate::store::{get_all, ErrorKind, ObjectStore};
 use crate::testing::{FakeBtrfs, Scratch};
 
 fn config(dir: &Path) -> Config {
@@ -562,13 +562,7 @@ fn retention_keeps_parent() {
 #[test]
 fn sweep_aborts_stale_uploads() {
     let rig = Rig::new();
-    let opts = PutOptions {
-        storage_class: "STANDARD".into(),
-        sse: crate::config::Sse::Aes256,
-        content_type: "x",
-        kms_key_id: None,
-        lock: None,
-    };
+    let opts = crate::testing::put_opts("STANDARD");
     rig.store
         .create_multipart("pre/subvol/data/full/chunk-20240101T000000Z-0.bin", &opts)
         .unwrap();

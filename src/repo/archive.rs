@@ -222,7 +222,6 @@ pub fn wait_all(
 mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
-    use crate::store::PutOptions;
     use std::cell::Cell;
 
     fn retrier() -> Retrier {
@@ -230,17 +229,7 @@ mod tests {
     }
 
     fn put(s: &MemoryStore, key: &str, class: &str) {
-        s.insert(
-            key,
-            b"abc",
-            PutOptions {
-                storage_class: class.into(),
-                sse: crate::config::Sse::Aes256,
-                content_type: "x",
-                kms_key_id: None,
-                lock: None,
-            },
-        );
+        s.insert(key, b"abc", crate::testing::put_opts(class));
     }
 
     fn refs<'a>(keys: &'a [&'a str], class: &'a str) -> Vec<ChunkRef<'a>> {

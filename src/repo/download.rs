@@ -314,7 +314,6 @@ impl ChunkCheck<'_> {
 mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
-    use crate::store::PutOptions;
     use sha2::{Digest, Sha256};
 
     fn retrier() -> Arc<Retrier> {
@@ -328,17 +327,7 @@ mod tests {
         for (i, n) in sizes.iter().enumerate() {
             let data: Vec<u8> = (0..*n).map(|j| ((i * 7 + j * 3) % 256) as u8).collect();
             let key = format!("c{i}");
-            s.insert(
-                &key,
-                &data,
-                PutOptions {
-                    storage_class: "STANDARD".into(),
-                    sse: crate::config::Sse::Aes256,
-                    content_type: "x",
-                    kms_key_id: None,
-                    lock: None,
-                },
-            );
+            s.insert(&key, &data, crate::testing::put_opts("STANDARD"));
             chunks.push(ChunkEntry {
                 key,
                 size: *n as u64,

@@ -22,13 +22,7 @@ fn cfg() -> Config {
 }
 
 fn garbage() -> PutOptions {
-    PutOptions {
-        storage_class: "STANDARD".into(),
-        sse: crate::config::Sse::Aes256,
-        content_type: "x",
-        kms_key_id: None,
-        lock: None,
-    }
+    crate::testing::put_opts("STANDARD")
 }
 
 /// A full and an incremental on it, published; returns the repo and their keys.

@@ -23,13 +23,7 @@ fn config(dir: &Path) -> Config {
 }
 
 fn opts(class: &str) -> PutOptions {
-    PutOptions {
-        storage_class: class.into(),
-        sse: crate::config::Sse::Aes256,
-        content_type: "x",
-        kms_key_id: None,
-        lock: None,
-    }
+    crate::testing::put_opts(class)
 }
 
 /// Stores a manifest whose stream starts with the snapshot name (the fake receive uses it).
