@@ -706,6 +706,12 @@ impl PreWalk<'_> {
 }
 
 /// [`hash_file`] that gives up (`None`) when `stop` is set or on any error.
+///
+/// The source snapshot is read once, while `btrfs receive` writes the restored tree: each
+/// read's pages are dropped from the page cache as soon as they are hashed
+/// (`POSIX_FADV_DONTNEED`; clean pages of a read-only snapshot, so nothing is lost but
+/// cache), so a large source does not evict the host's working set or crowd the receive's
+/// writes (DESIGN.md, *Restore*, has the numbers).
 fn hash_file_until(
     p: &Path,
     stop: &std::sync::atomic::AtomicBool,
@@ -725,6 +731,13 @@ fn hash_file_until(
             break;
         }
         h.update(&buf[..k]);
+        // Advice only: a filesystem that ignores it costs nothing but cache.
+        let _ = rustix::fs::fadvise(
+            &f,
+            n,
+            std::num::NonZeroU64::new(k as u64),
+            rustix::fs::Advice::DontNeed,
+        );
         n += k as u64;
     }
     Some((h.finalize().into(), n))

@@ -2,7 +2,8 @@
 //! incrementals, restored from `current.json` and from an older `--manifest-key`, each
 //! checked against its source snapshot by `diff -r`, `find -printf` and `getfattr`; and
 //! the refusals: a tampered chunk, a missing chunk, an existing target, archive classes;
-//! and the verifier catching a changed owner (chown needs root).
+//! and the verifier catching a changed owner (chown needs root); a full verification
+//! leaving the source's pages out of the page cache.
 
 use btrfs_to_s3::store::{get_all, Body, ErrorKind, ObjectStore, PutOptions};
 
@@ -361,6 +362,43 @@ fn deep_archive_chunks_go_through_the_archive_path() {
         &std::path::PathBuf::from(m["snapshot"]["path"].as_str().unwrap()),
         &target,
     );
+}
+
+/// Bytes of `f` in the page cache (util-linux `fincore`).
+fn resident(f: &std::path::Path) -> u64 {
+    let out = run(&format!(
+        "fincore --bytes --noheadings --output RES {}",
+        f.display()
+    ));
+    out.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("fincore said {out:?}"))
+}
+
+#[test]
+fn full_verification_leaves_the_source_out_of_the_page_cache() {
+    if !require_root("full_verification_leaves_the_source_out_of_the_page_cache") {
+        return;
+    }
+    let s = Setup::new(SetupOpts::default());
+    let v = s.vol("data");
+    random_file(&v.join("big.bin"), 8 * MIB);
+    assert_eq!(s.backup(&[]).code, 0);
+    let key = manifest_key(&s, "data");
+    let src = std::path::PathBuf::from(s.get_json(&key)["snapshot"]["path"].as_str().unwrap());
+    let f = src.join("big.bin");
+    run(&format!("cat {} > /dev/null", f.display()));
+    assert!(
+        resident(&f) >= 4 * MIB as u64,
+        "the read put it in the cache"
+    );
+    let t = s.fs.path("restored");
+    let r = s.restore(&["--subvolume", "data", "--target", t.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("event=verify_ok mode=full"), "{r:?}");
+    // The source was read once, for its hashes, and its pages dropped behind the reads.
+    assert_eq!(resident(&f), 0, "source pages left in the page cache");
+    assert_same_tree(&src, &t);
 }
 
 #[test]
