@@ -76,9 +76,31 @@ fn sorted_names(dir: &Path) -> Result<Vec<std::ffi::OsString>> {
 /// Bytes read at once when hashing a file.
 const HASH_READ: usize = 1 << 20;
 
+/// Drops `len` bytes at `at` of `f` from the page cache once they are hashed: the source
+/// snapshot is read once, while `btrfs receive` writes the restored tree, and its pages
+/// (clean, of a read-only snapshot) would only evict the host's working set and crowd
+/// the receive's writes (DESIGN.md, *Restore*, has the numbers). Advice only: a
+/// filesystem that ignores it costs nothing but cache.
+fn drop_behind(f: &File, at: u64, len: usize) {
+    let _ = rustix::fs::fadvise(
+        f,
+        at,
+        std::num::NonZeroU64::new(len as u64),
+        rustix::fs::Advice::DontNeed,
+    );
+}
+
+/// Whose file [`hash_file`] reads: the source's pages are dropped behind the reads, the
+/// restored tree's (just written, likely wanted next) are left.
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    Source,
+    Restored,
+}
+
 /// SHA-256 and length of the file at `p`; gives up (an error nobody reads) once `stop` is
 /// set.
-fn hash_file(p: &Path, stop: &AtomicBool) -> Result<([u8; 32], u64)> {
+fn hash_file(p: &Path, side: Side, stop: &AtomicBool) -> Result<([u8; 32], u64)> {
     let mut f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; HASH_READ];
@@ -94,6 +116,9 @@ fn hash_file(p: &Path, stop: &AtomicBool) -> Result<([u8; 32], u64)> {
             break;
         }
         h.update(&buf[..k]);
+        if side == Side::Source {
+            drop_behind(&f, n, k);
+        }
         n += k as u64;
     }
     Ok((h.finalize().into(), n))
@@ -373,9 +398,9 @@ type HashDone = (u64, PathBuf, Result<(bool, u64)>);
 fn compare_contents(job: &HashJob, stop: &AtomicBool) -> Result<(bool, u64)> {
     let (x, n) = match &job.src {
         Source::Hashed(h) => *h,
-        Source::Path(p) => hash_file(p, stop)?,
+        Source::Path(p) => hash_file(p, Side::Source, stop)?,
     };
-    let (y, _) = hash_file(&job.dst, stop)?;
+    let (y, _) = hash_file(&job.dst, Side::Restored, stop)?;
     Ok((x == y, n))
 }
 
@@ -705,13 +730,8 @@ impl PreWalk<'_> {
     }
 }
 
-/// [`hash_file`] that gives up (`None`) when `stop` is set or on any error.
-///
-/// The source snapshot is read once, while `btrfs receive` writes the restored tree: each
-/// read's pages are dropped from the page cache as soon as they are hashed
-/// (`POSIX_FADV_DONTNEED`; clean pages of a read-only snapshot, so nothing is lost but
-/// cache), so a large source does not evict the host's working set or crowd the receive's
-/// writes (DESIGN.md, *Restore*, has the numbers).
+/// [`hash_file`] of a source file that gives up (`None`) when `stop` is set or on any
+/// error; each read's pages are dropped once hashed ([`drop_behind`]).
 fn hash_file_until(
     p: &Path,
     stop: &std::sync::atomic::AtomicBool,
@@ -731,13 +751,7 @@ fn hash_file_until(
             break;
         }
         h.update(&buf[..k]);
-        // Advice only: a filesystem that ignores it costs nothing but cache.
-        let _ = rustix::fs::fadvise(
-            &f,
-            n,
-            std::num::NonZeroU64::new(k as u64),
-            rustix::fs::Advice::DontNeed,
-        );
+        drop_behind(&f, n, k);
         n += k as u64;
     }
     Some((h.finalize().into(), n))

@@ -398,6 +398,17 @@ fn full_verification_leaves_the_source_out_of_the_page_cache() {
     assert!(r.stderr.contains("event=verify_ok mode=full"), "{r:?}");
     // The source was read once, for its hashes, and its pages dropped behind the reads.
     assert_eq!(resident(&f), 0, "source pages left in the page cache");
+    // The comparison hashing the source itself (no hashes computed ahead) drops them too,
+    // and leaves the restored tree's.
+    use btrfs_to_s3::config::VerifyMode;
+    run(&format!("cat {} > /dev/null", f.display()));
+    run(&format!("cat {} > /dev/null", t.join("big.bin").display()));
+    btrfs_to_s3::treecmp::compare(&src, &t, VerifyMode::Full, 5).unwrap();
+    assert_eq!(resident(&f), 0, "source pages left by the comparison");
+    assert!(
+        resident(&t.join("big.bin")) >= 4 * MIB as u64,
+        "the restored file's pages were dropped"
+    );
     assert_same_tree(&src, &t);
 }
 
