@@ -101,6 +101,16 @@ enum Side {
 /// SHA-256 and length of the file at `p`; gives up (an error nobody reads) once `stop` is
 /// set.
 fn hash_file(p: &Path, side: Side, stop: &AtomicBool) -> Result<([u8; 32], u64)> {
+    hash_file_with(p, side, stop, &|| {})
+}
+
+/// [`hash_file`], calling `before_read` before each read (the prehash's priority check).
+fn hash_file_with(
+    p: &Path,
+    side: Side,
+    stop: &AtomicBool,
+    before_read: &dyn Fn(),
+) -> Result<([u8; 32], u64)> {
     let mut f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; HASH_READ];
@@ -109,6 +119,7 @@ fn hash_file(p: &Path, side: Side, stop: &AtomicBool) -> Result<([u8; 32], u64)>
         if stop.load(Ordering::Relaxed) {
             bail!("hashing {} stopped", p.display());
         }
+        before_read();
         let k = f
             .read(&mut buf)
             .with_context(|| format!("reading {}", p.display()))?;
@@ -731,30 +742,13 @@ impl PreWalk<'_> {
 }
 
 /// [`hash_file`] of a source file that gives up (`None`) when `stop` is set or on any
-/// error; each read's pages are dropped once hashed ([`drop_behind`]).
+/// error, checking the thread's priority before each read.
 fn hash_file_until(
     p: &Path,
     stop: &std::sync::atomic::AtomicBool,
     nice: &Nice,
 ) -> Option<([u8; 32], u64)> {
-    let mut f = File::open(p).ok()?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; HASH_READ];
-    let mut n = 0u64;
-    loop {
-        if stop.load(std::sync::atomic::Ordering::Relaxed) {
-            return None;
-        }
-        nice.check();
-        let k = f.read(&mut buf).ok()?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        drop_behind(&f, n, k);
-        n += k as u64;
-    }
-    Some((h.finalize().into(), n))
+    hash_file_with(p, Side::Source, stop, &|| nice.check()).ok()
 }
 
 #[cfg(test)]
