@@ -3,7 +3,7 @@
 #   btrfs_to_s3 backup, btrfs send > /dev/null, btrfs send | aws s3 cp -, btrfs send | rclone rcat,
 #   and btrfs_to_s3 restore (of the default and of the chunked backup),
 # on a loop-device btrfs holding GIB GiB (default 2) of mixed data, uploading to a local
-# s3s-fs 0.14.1 on 127.0.0.1. Columns: MB/s of the send stream, CPU seconds (user+sys, the
+# s3s-fs 0.14.1 (or Garage: BENCH_SERVER below) on 127.0.0.1. Columns: MB/s of the send stream, CPU seconds (user+sys, the
 # btrfs send child included) per GiB of stream, peak RSS, seconds, then the server's CPU
 # seconds per GiB and the machine's busy and iowait shares over the row (the server shares
 # the two CPUs: a row near 100 % busy is bound by CPU, whoever spends it). A 200 MiB subvolume is backed up
@@ -67,6 +67,20 @@
 # Scale rows (BENCH_SCALE_GIB=N): a backup and a restore (--verify none) of N GiB of random
 # data, each with the MB/s of every GiB from start to end (from progress reports every
 # second, stamped as they arrive) and peak RSS, to show both stay flat.
+#
+# BENCH_SERVER=garage runs the upload rows (the aws CLI, the backup, the encrypted backup,
+# ROUNDS of them) and the backups' restores against a single-node Garage 2.5.0 instead of
+# s3s-fs, each upload row on a freshly started, empty server (Garage stores a block once
+# per content hash: without the fresh start, a plain row that re-uploads bytes already
+# stored would skip its writes while an encrypted row, new ciphertext every run, could
+# not). Why a second server: s3s-fs answers CompleteMultipartUpload by copying every
+# part into the object on one thread (about 3 s per GiB here, the same for both tools, with
+# the other CPU idle), which pulls every ratio towards 1; Garage, like S3, completes
+# by reference, so the ratio shows what the clients spend. Garage's own CPU (MD5,
+# BLAKE2 and the block writes of every part; compression off) still shares the two CPUs.
+# GARAGE: its binary (default .test-tools/garage/bin/garage, installed when missing:
+# cargo install garage@2.5.0, 7-25 minutes). The other tables need s3s-fs (restore, scale)
+# or moto (resume, caps): BENCH_SERVER=garage leaves them out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -82,6 +96,12 @@ cap=${BENCH_CAP:-1}
 extra=${BENCH_EXTRA:-1}
 rrounds=${BENCH_RESTORE_ROUNDS:-$rounds}
 scale_gib=${BENCH_SCALE_GIB:-0}
+server=${BENCH_SERVER:-s3s-fs}
+case "$server" in
+  s3s-fs) ;;
+  garage) extra=0; resume=0; cap=0; scale_gib=0 ;;
+  *) echo "bench.sh: BENCH_SERVER=$server: not a server this script runs; use s3s-fs (the default) or garage" >&2; exit 2 ;;
+esac
 main=1
 [ "$resume" = only ] && main=0
 if [ "$cap" = only ]; then main=0; resume=0; fi
@@ -104,7 +124,12 @@ if [ "$main" = 1 ] && ! command -v aws >/dev/null; then
   PATH=$repo/.test-tools/awscli/bin:$PATH
 fi
 s3s=${S3S_FS:-$repo/.test-tools/s3s-fs/bin/s3s-fs}
-if [ ! -x "$s3s" ] && [ "$cap" != only ]; then
+garage=${GARAGE:-$repo/.test-tools/garage/bin/garage}
+if [ "$server" = garage ] && [ ! -x "$garage" ]; then
+  echo "==> installing Garage 2.5.0 (7-25 minutes)"
+  cargo install garage@2.5.0 --locked --no-default-features --features bundled-libs,sqlite --root "$repo/.test-tools/garage" --quiet
+fi
+if [ "$server" = s3s-fs ] && [ ! -x "$s3s" ] && [ "$cap" != only ]; then
   echo "==> installing s3s-fs 0.14.1 (about 5 minutes)"
   cargo install s3s-fs@0.14.1 --features binary --root "$repo/.test-tools/s3s-fs" --quiet
 fi
@@ -163,10 +188,51 @@ if [ "$scale_gib" -gt 0 ]; then
 fi
 sync
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret AWS_DEFAULT_REGION=us-east-1
-if [ -x "$s3s" ]; then
-"$s3s" --host 127.0.0.1 --port "$port" --access-key bench --secret-key benchsecret "$dir/s3data" > "$dir/s3s.log" 2>&1 &
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+# Garage wants a key id of 8 characters or more and a secret of 16 or more.
+akey=benchkey01 skey=benchsecret0123456789
+export AWS_ACCESS_KEY_ID=$akey AWS_SECRET_ACCESS_KEY=$skey AWS_DEFAULT_REGION=us-east-1
+# fresh_server: in garage mode, stops the server, removes its data and starts an empty
+# one on the same port (nothing in s3s-fs mode: its rows keep one server, as before).
+fresh_server() {
+  [ "$server" = garage ] || return 0
+  local gd=$dir/garage g
+  if [ -n "$s3pid" ]; then kill "$s3pid" 2>/dev/null; wait "$s3pid" 2>/dev/null || true; s3pid=; fi
+  # What the last server warned of (a stalled row is explained here, not lost with it).
+  [ -f "$gd/garage.log" ] && sed 's/\x1b\[[0-9;]*m//g' "$gd/garage.log" | grep -E ' (WARN|ERROR) ' | head -n 5 | sed 's/^/garage: /' >&2 || true
+  rm -rf "$gd"; mkdir -p "$gd/meta" "$gd/data"
+  cat > "$gd/garage.toml" <<TOML
+metadata_dir = "$gd/meta"
+data_dir = "$gd/data"
+db_engine = "sqlite"
+replication_factor = 1
+compression_level = "none"
+rpc_bind_addr = "127.0.0.1:$(free_port)"
+rpc_secret = "$(openssl rand -hex 32)"
+[s3_api]
+s3_region = "us-east-1"
+api_bind_addr = "127.0.0.1:$port"
+[admin]
+api_bind_addr = "127.0.0.1:$(free_port)"
+TOML
+  chmod 600 "$gd/garage.toml"
+  g() { "$garage" -c "$gd/garage.toml" "$@"; }
+  "$garage" -c "$gd/garage.toml" server > "$gd/garage.log" 2>&1 &
+  s3pid=$!
+  for _ in $(seq 1 100); do g status > /dev/null 2>&1 && break; sleep 0.2; done
+  g layout assign -z dc1 -c 20G "$(g node id -q | cut -d@ -f1)" > /dev/null
+  g layout apply --version 1 > /dev/null
+  g key import --yes -n bench "$akey" "$skey" > /dev/null
+  g bucket create bench > /dev/null
+  g bucket allow --read --write --owner bench --key bench > /dev/null
+  for _ in $(seq 1 100); do aws --endpoint-url "http://127.0.0.1:$port" s3 ls s3://bench > /dev/null 2>&1 && return 0; sleep 0.2; done
+  echo "bench.sh: Garage did not start; see $gd/garage.log" >&2; exit 1
+}
+if [ "$server" = garage ]; then
+  fresh_server
+elif [ -x "$s3s" ]; then
+"$s3s" --host 127.0.0.1 --port "$port" --access-key "$akey" --secret-key "$skey" "$dir/s3data" > "$dir/s3s.log" 2>&1 &
 s3pid=$!
 for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
 fi
@@ -265,16 +331,18 @@ measure "btrfs send > /dev/null" "$stream" sh -c "btrfs send -q '$snap' > /dev/n
 aws_cp() { # $1 = read-only snapshot; prints the pipeline for sh -c
   echo "btrfs send -q '$1' | aws --endpoint-url '$endpoint' s3 cp - s3://bench/aws.bin --only-show-errors"
 }
+fresh_server
 measure "btrfs send | aws s3 cp -" "$stream" sh -c "$(aws_cp "$snap")"
 aws_mbps=$(last_mbps)
 rm -rf "$dir/s3data/bench/aws.bin"
 if [ "$extra" = 1 ]; then
 measure "btrfs send | rclone rcat" "$stream" env -u AWS_CA_BUNDLE RCLONE_CONFIG_B_TYPE=s3 RCLONE_CONFIG_B_PROVIDER=Other \
-  RCLONE_CONFIG_B_ENDPOINT="$endpoint" RCLONE_CONFIG_B_ACCESS_KEY_ID=bench RCLONE_CONFIG_B_SECRET_ACCESS_KEY=benchsecret \
+  RCLONE_CONFIG_B_ENDPOINT="$endpoint" RCLONE_CONFIG_B_ACCESS_KEY_ID="$akey" RCLONE_CONFIG_B_SECRET_ACCESS_KEY="$skey" \
   sh -c "btrfs send -q '$snap' | rclone rcat b:bench/rclone.bin"
 rm -rf "$dir/s3data/bench/rclone.bin"
 fi
 btrfs -q subvolume delete "$snap"
+fresh_server
 measure "btrfs_to_s3 backup (${gib} GiB)" log "$bin" backup --config "$dir/big.toml" --once
 big_mbps=$(last_mbps)
 big_cpu=$(last_cpu)
@@ -284,7 +352,11 @@ measure "btrfs_to_s3 restore (${gib} GiB)" "$stream" "$bin" restore --config "$d
 grep -o 'event=restore_metrics.*' "$dir/out.log"
 
 # The restore table: the same chunks through the aws CLI into btrfs receive, and
-# btrfs_to_s3 restore with full and with no verification, alternating.
+# btrfs_to_s3 restore with full and with no verification, alternating (on s3s-fs: the
+# chunk keys are read from its directory).
+rrows=()
+rratios=()
+if [ "$server" = s3s-fs ]; then
 big_snap=$(ls -d "$mnt"/snapshots/big__* | tail -n 1)
 big_keys=$(python3 - "$dir/s3data/bench" <<'PY'
 import json, sys
@@ -295,8 +367,6 @@ print(" ".join(c["key"] for c in m["chunks"]))
 PY
 )
 mkdir -p "$mnt/recv-aws"
-rrows=()
-rratios=()
 for r in $(seq 1 "$rrounds"); do
   echo "==> restore round $r of $rrounds"
   rows_before=${#rows[@]}
@@ -318,8 +388,10 @@ for r in $(seq 1 "$rrounds"); do
   rrows+=("${rows[@]:$rows_before}")
   rows=("${rows[@]:0:$rows_before}")
 done
+fi
 # BENCH_ENCRYPTED=0 leaves these rows out (a BENCH_BIN from before [encryption]).
 if [ "${BENCH_ENCRYPTED:-1}" != 0 ]; then
+fresh_server
 measure "btrfs_to_s3 backup (${gib} GiB, encrypted to 1 age recipient)" log "$bin" backup --config "$dir/enc.toml" --once
 grep -o 'event=backup_metrics.*' "$dir/out.log"
 enc_ratio 1
@@ -354,15 +426,18 @@ if [ "$rounds" -gt 1 ]; then
 fi
 for r in $(seq 2 "$rounds"); do
   echo "==> round $r of $rounds"
+  fresh_server
   measure "btrfs send | aws s3 cp - (round $r)" "$aws_stream" sh -c "$(aws_cp "$mnt/aws-snap")"
   aws_mbps=$(last_mbps)
   rm -rf "$dir/s3data/bench/aws.bin"
   fresh state-big.json bench-big
+  fresh_server
   measure "btrfs_to_s3 backup (${gib} GiB) (round $r)" log "$bin" backup --config "$dir/big.toml" --once
   big_mbps=$(last_mbps)
   big_cpu=$(last_cpu)
   if [ "${BENCH_ENCRYPTED:-1}" != 0 ]; then
   fresh state-enc.json bench-enc
+  fresh_server
   measure "btrfs_to_s3 backup (${gib} GiB, encrypted to 1 age recipient) (round $r)" log "$bin" backup --config "$dir/enc.toml" --once
   enc_ratio "$r"
   fi
@@ -686,6 +761,7 @@ if [ "$main" = 1 ]; then
 echo
 eff=$(grep -o 'part_size=[0-9]*' "$dir/backup-big.log" | head -n 1 | cut -d= -f2)
 eff_mib=$(( eff / 1024 / 1024 ))
+if [ "$server" = garage ]; then echo "server: Garage 2.5.0, single node, compression off, started empty before each upload row"; else echo "server: s3s-fs 0.14.1"; fi
 echo "stream ${stream} bytes; concurrency ${conc}; part size ${eff_mib} MiB (configured ${part_mib} MiB, raised for the 200 GiB default chunk to stay within 10,000 parts)"
 echo "buffers (concurrency+1) x part = $(( (conc + 1) * eff_mib )) MiB; RSS target concurrency x part + 64 = $(( conc * eff_mib + 64 )) MiB"
 echo "| command | MB/s | CPU s/GiB | peak RSS MiB | seconds | server CPU s/GiB | busy % | iowait % |"
