@@ -17,12 +17,13 @@ use anyhow::Result;
 use sha2::{Digest, Sha256};
 
 use crate::chunker::hex;
+use crate::kind::Kind;
 use crate::manifest::ManifestKey;
 use crate::repo::archive;
 pub use crate::repo::chain_check::{Finding, LockReport};
 use crate::repo::download::DownloadError;
 use crate::repo::{Chain, Repo};
-use crate::sendstream::Guard;
+use crate::sendstream::{Guard, Origin};
 
 /// What `verify` does with archive-class chunks under `--deep`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,9 +156,16 @@ impl Checker<'_> {
             .filter(|f| f.damage)
             .map(|f| f.key.clone())
             .collect();
+        // The UUID the previous link's stream created, when it was read whole.
+        let mut previous: Option<Option<String>> = None;
         for (key, m) in &chain.links {
             let mut stream = Sha256::new();
             let mut whole = true;
+            let origin = match (previous.take(), m.kind) {
+                (None, Kind::Full) => Origin::Full,
+                (None, _) => Origin::After(None),
+                (Some(p), _) => Origin::After(p),
+            };
             // Encrypted: the plaintext is checked only with identities (the sealed part
             // opens first: a wrong identity is a failed check, not damage).
             let sealed = match (&m.encryption, self.identities.is_empty()) {
@@ -175,6 +183,7 @@ impl Checker<'_> {
                 Guard::new(
                     m.chunks.iter().zip(sizes).map(|(c, n)| (c.key.as_str(), n)),
                     &m.snapshot.name,
+                    origin,
                 )
             });
             for (i, c) in m.chunks.iter().enumerate() {
@@ -237,12 +246,17 @@ impl Checker<'_> {
                     }
                 }
             }
-            if let Some(Err(refused)) = guard.as_ref().map(|g| g.finish()) {
-                rep.findings.push(Finding {
-                    key: key.to_string(),
-                    problem: refused.to_string(),
-                    damage: true,
-                });
+            match guard.as_ref().map(|g| g.finish()) {
+                Some(Err(refused)) => {
+                    rep.findings.push(Finding {
+                        key: key.to_string(),
+                        problem: refused.to_string(),
+                        damage: true,
+                    });
+                    previous = Some(None);
+                }
+                Some(Ok(r)) => previous = Some(Some(r.uuid.clone())),
+                None => previous = Some(None),
             }
             if let (true, Some(want)) = (whole, &m.stream_sha256) {
                 let got = hex(&stream.finalize());

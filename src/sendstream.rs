@@ -6,8 +6,12 @@
 //! command's CRC32C and applies it.
 //!
 //! What a stream must be to pass: the `btrfs-stream` header (protocol 1 to 3); first a
-//! `subvol` or `snapshot` command whose path is exactly the manifest's snapshot name, and no
-//! second one; only known commands and attributes, each inside its command; every path
+//! command creating the subvolume, whose path is exactly the manifest's snapshot name, and
+//! no second one: a full backup's is `subvol`; an incremental's is a `snapshot` of the
+//! subvolume the chain's previous stream created (its UUID), since `btrfs receive` finds a
+//! snapshot's source by UUID anywhere on the target filesystem; every `clone` names as its
+//! source the stream's own subvolume or that parent, nothing else on the filesystem; only
+//! known commands and attributes, each inside its command; every path
 //! (`path`, `path_to`, `clone_path`, and a `link`'s target) relative, without an empty,
 //! `.` or `..` component or a NUL byte, and not empty except where a command acts on the
 //! subvolume's own root (`chown`, `chmod`, `utimes`, xattrs, `fileattr`); then an `end`
@@ -32,6 +36,7 @@ mod cmd {
     pub const SET_XATTR: u16 = 13;
     pub const REMOVE_XATTR: u16 = 14;
     pub const WRITE: u16 = 15;
+    pub const CLONE: u16 = 16;
     pub const CHMOD: u16 = 18;
     pub const CHOWN: u16 = 19;
     pub const UTIMES: u16 = 20;
@@ -75,6 +80,7 @@ mod attr {
     pub const PATH_TO: u16 = 16;
     pub const PATH_LINK: u16 = 17;
     pub const DATA: u16 = 19;
+    pub const CLONE_UUID: u16 = 20;
     pub const CLONE_PATH: u16 = 22;
     /// The last attribute of protocol 3.
     pub const MAX: u16 = 35;
@@ -109,11 +115,27 @@ pub fn refusal(e: &io::Error) -> Option<&Refused> {
     e.get_ref().and_then(|i| i.downcast_ref::<Refused>())
 }
 
+/// What a stream's first command must build on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A full backup: `subvol`, a new empty subvolume.
+    Full,
+    /// An incremental: a `snapshot` of the subvolume with this UUID (as
+    /// `btrfs subvolume show` prints it: the previous stream's [`Received::uuid`]), or, with
+    /// `None` where the previous stream was not read (`verify` of one link), of the one
+    /// subvolume the snapshot names.
+    After(Option<String>),
+}
+
 /// Checks one manifest's stream as it passes (see the module comment).
 pub struct Guard {
     /// Each chunk's key and the stream offset where it ends, to name the chunk at fault.
     chunks: Vec<(String, u64)>,
     expect_name: String,
+    origin: Origin,
+    /// The UUID a `snapshot` first command named as its source; with the subvolume's own
+    /// (in `received`), the only sources a `clone` may name.
+    parent: Option<String>,
     /// Stream offset of the first byte not yet passed on (the start of `carry`).
     offset: u64,
     /// A header or command split across writes, at most `CMD_HEADER_LEN + MAX_CMD_LEN`.
@@ -132,8 +154,13 @@ enum Len {
 }
 
 impl Guard {
-    /// A guard for the stream of `chunks` (key, size) that must create `expect_name`.
-    pub fn new<'a>(chunks: impl IntoIterator<Item = (&'a str, u64)>, expect_name: &str) -> Guard {
+    /// A guard for the stream of `chunks` (key, size) that must create `expect_name` from
+    /// `origin`.
+    pub fn new<'a>(
+        chunks: impl IntoIterator<Item = (&'a str, u64)>,
+        expect_name: &str,
+        origin: Origin,
+    ) -> Guard {
         let mut end = 0u64;
         let chunks = chunks
             .into_iter()
@@ -145,6 +172,8 @@ impl Guard {
         Guard {
             chunks,
             expect_name: expect_name.to_string(),
+            origin,
+            parent: None,
             offset: 0,
             carry: Vec::new(),
             version: None,
@@ -269,6 +298,21 @@ impl Guard {
         if self.commands > 1 && creates {
             return bad(self, "a second subvolume in one backup's stream");
         }
+        match (&self.origin, c) {
+            (Origin::Full, cmd::SNAPSHOT) => {
+                return bad(
+                    self,
+                    "a full backup's stream must create a new subvolume, not snapshot one",
+                )
+            }
+            (Origin::After(_), cmd::SUBVOL) => {
+                return bad(
+                    self,
+                    "an incremental backup's stream must snapshot its parent, not create a new subvolume",
+                )
+            }
+            _ => {}
+        }
         let root_ok = matches!(
             c,
             cmd::CHOWN
@@ -279,7 +323,7 @@ impl Guard {
                 | cmd::FILEATTR
         );
         let payload = &unit[CMD_HEADER_LEN..];
-        let (mut p, mut name, mut uuid) = (0usize, None, None);
+        let (mut p, mut name, mut uuid, mut source) = (0usize, None, None, None);
         while p < payload.len() {
             let Some(t) = payload.get(p..p + 2) else {
                 return bad(self, "an attribute header is cut off");
@@ -320,6 +364,43 @@ impl Guard {
             }
             if creates && t == attr::UUID {
                 uuid = Some(value);
+            }
+            if t == attr::CLONE_UUID && (c == cmd::SNAPSHOT || c == cmd::CLONE) {
+                source = Some(value);
+            }
+        }
+        // `btrfs receive` looks a snapshot's or a clone's source up by UUID across the
+        // whole target filesystem: only the parent and the subvolume itself may be named.
+        let source = match (c, source) {
+            (cmd::SNAPSHOT | cmd::CLONE, Some(u)) if u.len() == 16 => Some(format_uuid(u)),
+            (cmd::SNAPSHOT | cmd::CLONE, _) => {
+                return bad(self, "it names no 16-byte source UUID (clone_uuid)")
+            }
+            _ => None,
+        };
+        if c == cmd::SNAPSHOT {
+            let source = source.unwrap_or_default();
+            if let Origin::After(Some(want)) = &self.origin {
+                if &source != want {
+                    return bad(
+                        self,
+                        &format!(
+                            "it snapshots subvolume {source}, not the previous backup's {want}"
+                        ),
+                    );
+                }
+            }
+            self.parent = Some(source);
+        } else if let Some(source) = source {
+            let own = self.received.as_ref().map(|r| r.uuid.as_str());
+            if Some(source.as_str()) != own && Some(&source) != self.parent.as_ref() {
+                return bad(
+                    self,
+                    &format!(
+                        "it clones from subvolume {source}, which is neither this backup's \
+                         subvolume nor its parent"
+                    ),
+                );
             }
         }
         if creates {

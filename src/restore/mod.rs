@@ -19,7 +19,7 @@ use crate::event;
 use crate::progress::{Counted, Expected, Meter, Reporter};
 use crate::repo::archive;
 use crate::repo::{Chain, Repo};
-use crate::sendstream::{Guard, Received};
+use crate::sendstream::{Guard, Origin, Received};
 use staging::{Finished, Staging};
 
 /// Archive restores were requested and not waited for: exit code 3.
@@ -350,9 +350,16 @@ impl Restorer<'_> {
                 None => m.chunks.iter().map(|c| c.size).collect(),
                 Some(s) => s.chunks.iter().map(|c| c.size).collect(),
             };
+            // The chain's first stream creates a subvolume; each later one snapshots the
+            // subvolume the stream before it created, and nothing else on the filesystem.
+            let origin = match &previous {
+                None => Origin::Full,
+                Some(p) => Origin::After(Some(p.uuid.clone())),
+            };
             let mut guard = Guard::new(
                 m.chunks.iter().zip(sizes).map(|(c, n)| (c.key.as_str(), n)),
                 &m.snapshot.name,
+                origin,
             );
             let mut recv = self.btrfs.receive(staging.path())?;
             let streamed = {

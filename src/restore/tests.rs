@@ -37,11 +37,16 @@ fn put_backup(
 ) -> Vec<u8> {
     // A send stream the guard and the fake receive read; 4 chunks, the last two inside
     // the write command's data.
-    let uuid = [name.len() as u8; 16];
+    // Each backup's subvolume UUID from its manifest key, so that an incremental's
+    // snapshot names its parent's, as `btrfs send -p` writes it.
+    let uuid = |k: &str| -> [u8; 16] {
+        let h = Sha256::digest(k.as_bytes());
+        h[..16].try_into().expect("16 bytes")
+    };
     let start = Stream::new(1);
     let start = match parent {
-        None => start.subvol(name, uuid),
-        Some(_) => start.snapshot(name, uuid, [1; 16]),
+        None => start.subvol(name, uuid(key)),
+        Some(p) => start.snapshot(name, uuid(key), uuid(p)),
     };
     let stream = start.write("f", "x".repeat(200).as_bytes()).end().bytes();
     put_stream(s, key, name, kind, parent, class, stream)

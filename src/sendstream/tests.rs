@@ -17,11 +17,29 @@ fn unhex(s: &str) -> Vec<u8> {
         .collect()
 }
 
-/// Feeds `data` in writes of `step` bytes; what came out and the outcome.
+/// Feeds `data` in writes of `step` bytes; what came out and the outcome. The origin is
+/// the one the first command claims (a snapshot of any parent): see [`pass_from`].
 fn pass(data: &[u8], name: &str, step: usize) -> (Vec<u8>, Result<Received, Refused>) {
+    let snapshot = data.get(HEADER_LEN + 4..HEADER_LEN + 6) == Some(&[2, 0][..]);
+    let origin = if snapshot {
+        Origin::After(None)
+    } else {
+        Origin::Full
+    };
+    pass_from(data, name, step, origin)
+}
+
+/// [`pass`] with the origin given.
+fn pass_from(
+    data: &[u8],
+    name: &str,
+    step: usize,
+    origin: Origin,
+) -> (Vec<u8>, Result<Received, Refused>) {
     let mut g = Guard::new(
         [("c0", data.len() as u64 / 2), ("c1", data.len() as u64)],
         name,
+        origin,
     );
     let mut out = Vec::new();
     let mut w = g.writer(&mut out);
@@ -152,6 +170,94 @@ fn the_stream_must_create_the_manifests_subvolume_first_and_only() {
     assert!(e.contains("a second subvolume"), "{e}");
 }
 
+/// `btrfs receive` finds a snapshot's and a clone's source by UUID anywhere on the target
+/// filesystem: a doctored stream could copy any subvolume there (the root filesystem,
+/// another user's) into the restored tree. Only the chain's own subvolumes may be named.
+#[test]
+fn a_stream_may_build_only_on_its_parent_and_clone_only_from_itself_or_it() {
+    const PARENT: &str = "82fde361-ebd9-604b-9b43-c1737fc3495a";
+    let incremental = unhex(INCREMENTAL);
+    let after = |p: &str| Origin::After(Some(p.to_string()));
+    assert!(pass_from(&incremental, "snap2", 7, after(PARENT)).1.is_ok());
+    let refused_from = |s: &[u8], name: &str, origin: Origin| {
+        let e = pass_from(s, name, 5, origin.clone())
+            .1
+            .expect_err("refused");
+        assert_eq!(
+            pass_from(s, name, s.len(), origin).1.expect_err("refused"),
+            e
+        );
+        e.0
+    };
+    let other = "00000000-0000-0000-0000-000000000009";
+    let e = refused_from(&incremental, "snap2", after(other));
+    assert!(
+        e.contains(&format!(
+            "it snapshots subvolume {PARENT}, not the previous backup's {other}"
+        )) && e.contains("command 1 (snapshot)"),
+        "{e}"
+    );
+    // A full backup's stream creates an empty subvolume; an incremental's snapshots.
+    let e = refused_from(&incremental, "snap2", Origin::Full);
+    assert!(
+        e.contains("a full backup's stream must create a new subvolume"),
+        "{e}"
+    );
+    let e = refused_from(&good().end().bytes(), "data", Origin::After(None));
+    assert!(e.contains("must snapshot its parent"), "{e}");
+    let e = refused_from(
+        &Stream::new(1)
+            .command(2, &[(15, b"data"), (1, &[7; 16])])
+            .end()
+            .bytes(),
+        "data",
+        Origin::After(None),
+    );
+    assert!(e.contains("no 16-byte source UUID"), "{e}");
+
+    // Clones: from the subvolume itself and from the parent, nothing else.
+    let clone = |s: Stream, from: [u8; 16]| {
+        s.command(
+            16,
+            &[
+                (15, b"a"),
+                (18, &0u64.to_le_bytes()),
+                (19, &4096u64.to_le_bytes()),
+                (20, &from),
+                (21, &1u64.to_le_bytes()),
+                (22, b"b"),
+                (23, &0u64.to_le_bytes()),
+            ],
+        )
+    };
+    let own = clone(good(), [7; 16]).end().bytes();
+    assert!(pass_from(&own, "data", 3, Origin::Full).1.is_ok());
+    let e = refused_from(&clone(good(), [9; 16]).end().bytes(), "data", Origin::Full);
+    assert!(
+        e.contains("clones from subvolume 09090909-0909-0909-0909-090909090909, which is neither")
+            && e.contains("command 3 (clone)"),
+        "{e}"
+    );
+    let inc = || Stream::new(1).snapshot("data", [7; 16], [8; 16]);
+    let parent = "08080808-0808-0808-0808-080808080808";
+    for from in [[7; 16], [8; 16]] {
+        let s = clone(inc(), from).end().bytes();
+        assert!(pass_from(&s, "data", 3, after(parent)).1.is_ok());
+        assert!(pass_from(&s, "data", 3, Origin::After(None)).1.is_ok());
+    }
+    let e = refused_from(&clone(inc(), [9; 16]).end().bytes(), "data", after(parent));
+    assert!(e.contains("which is neither"), "{e}");
+    let e = refused_from(
+        &inc().command(16, &[(15, b"a"), (22, b"b")]).end().bytes(),
+        "data",
+        after(parent),
+    );
+    assert!(
+        e.contains("command 2 (clone)") && e.contains("no 16-byte source UUID"),
+        "{e}"
+    );
+}
+
 #[test]
 fn framing_lies_are_refused() {
     let e = refused(b"not a stream at all, just bytes".to_vec());
@@ -218,12 +324,12 @@ fn nothing_of_a_refused_command_is_passed_on() {
 fn the_chunk_named_is_the_one_where_the_command_starts() {
     let s = good().symlink("../x", "/").end().bytes();
     let at = good().bytes().len() as u64;
-    let mut g = Guard::new([("first", at + 3), ("second", 1000)], "data");
+    let mut g = Guard::new([("first", at + 3), ("second", 1000)], "data", Origin::Full);
     let mut out = Vec::new();
     let e = g.writer(&mut out).write_all(&s).unwrap_err();
     let r = refusal(&e).unwrap();
     assert!(r.0.starts_with("chunk first: "), "{r}");
-    let mut g = Guard::new([("first", at), ("second", 1000)], "data");
+    let mut g = Guard::new([("first", at), ("second", 1000)], "data", Origin::Full);
     let e = g.writer(&mut out).write_all(&s).unwrap_err();
     assert!(refusal(&e).unwrap().0.starts_with("chunk second: "));
 }

@@ -595,3 +595,155 @@ fn a_doctored_send_stream_cannot_make_restore_delete_a_host_subvolume() {
     assert_eq!(r.code, 0, "{r:?}");
     assert_same_tree(&s.vol("data"), &target);
 }
+
+/// `btrfs receive` finds a `snapshot`'s source (and a `clone`'s) by UUID anywhere on the
+/// target filesystem. A bucket writer who learns a subvolume's UUID (any local user can
+/// read it with `btrfs subvolume show`) published a doctored incremental whose stream
+/// snapshots that subvolume instead of its parent and makes a private file in it world
+/// readable: before, the restore received a copy of the victim at `--target` (with the
+/// file opened up) and exited 0; a doctored full that starts with such a snapshot did the
+/// same. Now the guard refuses the first command before receive sees it, and `verify
+/// --deep` (which reads the chain from its full) finds both.
+#[test]
+fn a_doctored_stream_cannot_copy_another_subvolume_into_the_restore() {
+    if !require_root("a_doctored_stream_cannot_copy_another_subvolume_into_the_restore") {
+        return;
+    }
+    use btrfs_to_s3::sendstream::build::Stream;
+    use sha2::{Digest, Sha256};
+
+    let s = Setup::new(SetupOpts {
+        storage_class_chunks: "STANDARD",
+        ..Default::default()
+    });
+    random_file(&s.vol("data").join("f.bin"), MIB);
+    let r = s.backup(&[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let (full_key, m) = current_manifest(&s);
+
+    let victim = s.fs.path("victim");
+    run(&format!("btrfs subvolume create {}", victim.display()));
+    let secret = victim.join("secret");
+    std::fs::write(&secret, "the victim's secret").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let victim_tree = describe_tree(&victim);
+    let show = run(&format!("btrfs subvolume show {}", victim.display()));
+    let uuid_text = show
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("UUID:"))
+        .expect("btrfs subvolume show prints the UUID")
+        .trim()
+        .replace('-', "");
+    let victim_uuid: [u8; 16] = (0..16)
+        .map(|i| u8::from_str_radix(&uuid_text[2 * i..2 * i + 2], 16).unwrap())
+        .collect::<Vec<u8>>()
+        .try_into()
+        .unwrap();
+
+    let store = s.moto.store();
+    // Publishes a manifest of `kind` whose one chunk is `stream`; returns its key and the
+    // chunk's.
+    let doctor = |kind: &str, name: &str, stream: &[u8]| {
+        let chunk = format!("backups/subvol/data/{kind}/chunk-20990101T000000Z-0.bin");
+        store
+            .put_object(
+                &chunk,
+                Body::Bytes(stream),
+                &PutOptions {
+                    content_type: "application/octet-stream",
+                    ..json_opts()
+                },
+            )
+            .unwrap();
+        let mut d = m.clone();
+        d["kind"] = serde_json::json!(kind);
+        d["snapshot"]["name"] = serde_json::json!(name);
+        d["parent_manifest"] = if kind == "full" {
+            serde_json::Value::Null
+        } else {
+            serde_json::json!(full_key)
+        };
+        d["chunks"] = serde_json::json!([{
+            "key": chunk,
+            "size": stream.len(),
+            "sha256": format!("{:x}", Sha256::digest(stream)),
+            "etag": null,
+        }]);
+        d["total_bytes"] = serde_json::json!(stream.len());
+        d.as_object_mut().unwrap().remove("stream_sha256");
+        let key = format!("backups/subvol/data/{kind}/manifest-20990101T000000Z.json");
+        store
+            .put_object(
+                &key,
+                Body::Bytes(&serde_json::to_vec(&d).unwrap()),
+                &json_opts(),
+            )
+            .unwrap();
+        (key, chunk)
+    };
+    // snapshot the victim, open the secret up.
+    let steal = |name: &str| {
+        Stream::new(1)
+            .snapshot(name, [0x42; 16], victim_uuid)
+            .command(18, &[(15, b"secret"), (5, &0o644u64.to_le_bytes())])
+            .end()
+            .bytes()
+    };
+    let target = s.fs.path("restored");
+    let cfg = s.cfg.display().to_string();
+    for (kind, name, why) in [
+        (
+            "incremental",
+            "data__20990101T000000Z__inc",
+            "not the previous backup's",
+        ),
+        (
+            "full",
+            "data__20990101T000000Z__full",
+            "a full backup's stream must create a new subvolume",
+        ),
+    ] {
+        let (key, chunk) = doctor(kind, name, &steal(name));
+        let r = s.restore(&[
+            "--subvolume",
+            "data",
+            "--target",
+            target.to_str().unwrap(),
+            "--manifest-key",
+            &key,
+            "--verify",
+            "none",
+        ]);
+        assert_eq!(r.code, 1, "{kind}: {r:?}");
+        let last = r.stderr.trim().lines().last().unwrap_or("").to_string();
+        assert!(
+            last.contains(&chunk) && last.contains("command 1 (snapshot)") && last.contains(why),
+            "{kind}: the error names the chunk, the command and why: {r:?}"
+        );
+        assert!(
+            !target.exists(),
+            "{kind}: a copy of the victim was restored"
+        );
+        assert!(s.staging_left(&s.fs.mnt).is_empty(), "{kind}");
+        assert_eq!(describe_tree(&victim), victim_tree, "{kind}");
+
+        let r = run_bin(&[
+            "verify",
+            "--config",
+            &cfg,
+            "--subvolume",
+            "data",
+            "--manifest-key",
+            &key,
+            "--deep",
+        ]);
+        assert_eq!(r.code, 1, "{kind}: {r:?}");
+        let all = format!("{}{}", r.stdout, r.stderr);
+        assert!(all.contains(&chunk) && all.contains(why), "{kind}: {r:?}");
+    }
+
+    // The real backup still restores.
+    let r = s.restore(&["--subvolume", "data", "--target", target.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_same_tree(&s.vol("data"), &target);
+}
