@@ -158,10 +158,19 @@ impl Manifest {
                 ));
             }
         }
+        let mut keys = std::collections::HashSet::with_capacity(self.chunks.len());
         for (i, c) in self.chunks.iter().enumerate() {
             if !layout.owns(subvolume, &c.key) {
                 return Err(format!(
                     "field chunks[{i}].key = {:?} is not a key under {within}",
+                    c.key
+                ));
+            }
+            // Every chunk is its own object: a key listed twice would be checked (size,
+            // storage class) once and read twice, at whatever size each entry claims.
+            if !keys.insert(c.key.as_str()) {
+                return Err(format!(
+                    "field chunks[{i}].key = {:?} is listed twice",
                     c.key
                 ));
             }
@@ -603,6 +612,14 @@ mod tests {
             ),
             (|m| m.chunks[0].size = u64::MAX, "chunks[0].size"),
             (|m| m.chunks[0].sha256 = "../etc".into(), "chunks[0].sha256"),
+            (
+                |m| {
+                    let mut twice = m.chunks[0].clone();
+                    twice.size = 5 << 40;
+                    m.chunks.push(twice);
+                },
+                "chunks[1].key = \"p/subvol/data/incremental/chunk-20250108T020000Z-0.bin\" is listed twice",
+            ),
         ];
         for (edit, field) in cases {
             let mut m = good();

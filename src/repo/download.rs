@@ -64,24 +64,56 @@ pub struct Piece {
     pub len: u64,
 }
 
-/// Splits chunks into ranged reads of at most `piece_size` bytes, in stream order.
-pub fn plan_pieces(chunks: &[ChunkEntry], piece_size: u64) -> Vec<Piece> {
-    let mut out = Vec::new();
-    for (i, c) in chunks.iter().enumerate() {
-        let key: Arc<str> = c.key.as_str().into();
-        let mut off = 0;
-        while off < c.size {
-            let len = piece_size.max(1).min(c.size - off);
-            out.push(Piece {
-                chunk: i,
-                key: key.clone(),
-                offset: off,
-                len,
-            });
-            off += len;
+/// The chunks' ranged reads of at most `piece_size` bytes, in stream order, each made when
+/// it is asked for: the sizes a manifest claims (up to 5 TiB a chunk) cost one number per
+/// chunk here, never memory per piece.
+pub struct Pieces<'a> {
+    chunks: &'a [ChunkEntry],
+    piece_size: u64,
+    /// The sequence number of each chunk's first piece; zero-length chunks have none.
+    first: Vec<u64>,
+    total: u64,
+}
+
+impl<'a> Pieces<'a> {
+    pub fn new(chunks: &'a [ChunkEntry], piece_size: u64) -> Pieces<'a> {
+        let piece_size = piece_size.max(1);
+        let mut first = Vec::with_capacity(chunks.len());
+        let mut total = 0u64;
+        for c in chunks {
+            first.push(total);
+            total = total.saturating_add(c.size.div_ceil(piece_size));
+        }
+        Pieces {
+            chunks,
+            piece_size,
+            first,
+            total,
         }
     }
-    out
+
+    /// How many pieces there are.
+    pub fn len(&self) -> usize {
+        usize::try_from(self.total).unwrap_or(usize::MAX)
+    }
+
+    /// Piece number `seq`, if there is one.
+    pub fn get(&self, seq: usize) -> Option<Piece> {
+        let seq = seq as u64;
+        if seq >= self.total {
+            return None;
+        }
+        // The last chunk whose first piece is at or before `seq` (skipping empty ones).
+        let i = self.first.partition_point(|f| *f <= seq).checked_sub(1)?;
+        let c = &self.chunks[i];
+        let offset = (seq - self.first[i]) * self.piece_size;
+        Some(Piece {
+            chunk: i,
+            key: c.key.as_str().into(),
+            offset,
+            len: self.piece_size.min(c.size - offset),
+        })
+    }
 }
 
 /// Fetches one piece into `buf` (resized to exactly the piece: no over-allocation).
@@ -134,7 +166,7 @@ pub fn stream_chunks(
     concurrency: usize,
     out: &mut dyn Write,
 ) -> Result<u64, DownloadError> {
-    let pieces = plan_pieces(chunks, piece_size);
+    let pieces = Pieces::new(chunks, piece_size);
     let window = concurrency.max(1) + 1;
     let (job_tx, job_rx) = bounded::<Job>(window);
     let (res_tx, res_rx) = bounded::<Fetched>(window);
@@ -185,7 +217,7 @@ pub fn stream_chunks(
 }
 
 fn consume(
-    pieces: &[Piece],
+    pieces: &Pieces,
     chunks: &[ChunkEntry],
     window: usize,
     job_tx: &mut Option<crossbeam_channel::Sender<Job>>,
@@ -202,7 +234,7 @@ fn consume(
      -> Result<()> {
         if let (Some(tx), Some(p)) = (tx, pieces.get(seq)) {
             let buf = free.pop().unwrap_or_default();
-            tx.send((seq, p.clone(), buf))
+            tx.send((seq, p, buf))
                 .map_err(|_| anyhow!("downloader threads stopped unexpectedly"))?;
         }
         Ok(())
@@ -219,7 +251,8 @@ fn consume(
         in_chunk: 0,
         write_error: None,
     };
-    for (seq, p) in pieces.iter().enumerate() {
+    for seq in 0..pieces.len() {
+        let Some(p) = pieces.get(seq) else { break };
         // Zero-length chunks have no pieces: they are checked as they come up.
         check.finish_until(p.chunk)?;
         let buf = loop {
@@ -236,8 +269,8 @@ fn consume(
                 // A missing chunk is a fact about the bucket; any other failed GET (a
                 // panic in the fetch is one) says nothing about the bytes.
                 let missing = e.kind == ErrorKind::NotFound;
-                let e =
-                    anyhow::Error::from(e).context(format!("downloading chunk {}", pieces[s].key));
+                let key = pieces.get(s).map(|p| p.key).unwrap_or_default();
+                let e = anyhow::Error::from(e).context(format!("downloading chunk {key}"));
                 match missing {
                     true => DownloadError::Other(e),
                     false => DownloadError::Request(e),
@@ -343,9 +376,41 @@ mod tests {
     #[test]
     fn pieces_cover_chunks() {
         let (_, chunks, _) = setup(&[10, 0, 3]);
-        let p = plan_pieces(&chunks, 4);
-        let v: Vec<(usize, u64, u64)> = p.iter().map(|p| (p.chunk, p.offset, p.len)).collect();
+        let p = Pieces::new(&chunks, 4);
+        let v: Vec<(usize, u64, u64)> = (0..p.len() + 2)
+            .filter_map(|s| p.get(s))
+            .map(|p| (p.chunk, p.offset, p.len))
+            .collect();
         assert_eq!(v, [(0, 0, 4), (0, 4, 4), (0, 8, 2), (2, 0, 3)]);
+        let (_, chunks, _) = setup(&[0, 0, 5, 0, 4, 0]);
+        let p = Pieces::new(&chunks, 2);
+        let v: Vec<(usize, u64, u64)> = (0..p.len())
+            .filter_map(|s| p.get(s))
+            .map(|p| (p.chunk, p.offset, p.len))
+            .collect();
+        assert_eq!(v, [(2, 0, 2), (2, 2, 2), (2, 4, 1), (4, 0, 2), (4, 2, 2)]);
+        assert_eq!(p.get(5), None);
+    }
+
+    /// A doctored manifest's sizes (here a thousand 5 TiB chunks, 16 MiB pieces: 327
+    /// million pieces, 13 GB as a list) cost nothing until a piece is asked for.
+    #[test]
+    fn claimed_sizes_cost_no_memory_per_piece() {
+        let (_, mut chunks, _) = setup(&[1]);
+        let one = chunks[0].clone();
+        chunks = (0..1000)
+            .map(|_| ChunkEntry {
+                size: 5 << 40,
+                ..one.clone()
+            })
+            .collect();
+        let p = Pieces::new(&chunks, 16 << 20);
+        assert_eq!(p.len(), 1000 * (5 << 20) / 16);
+        let last = p.get(p.len() - 1).expect("the last piece");
+        assert_eq!(
+            (last.chunk, last.offset, last.len),
+            (999, (5 << 40) - (16 << 20), 16 << 20)
+        );
     }
 
     #[test]
