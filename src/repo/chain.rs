@@ -104,6 +104,19 @@ pub const MAX_CHAIN: usize = 10_000;
 pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
 /// The largest `current.json` read (ours are a few hundred bytes).
 pub const MAX_POINTER_BYTES: u64 = 1 << 20;
+/// The most JSON values ([`json_values`]: an object's member counts two) a manifest may
+/// hold: one of 250,000 chunks holds about 2.3 million. Parsed, a value costs tens of
+/// bytes, many times its text (`[0,0,...]` is two bytes a value): 64 MiB of it would take
+/// gigabytes, this many at most about 300 MB while parsing (measured: 1.5 million
+/// one-character members 270 MB, 3 million zeros 190 MB) and 180 MB parsed.
+pub const MAX_MANIFEST_VALUES: u64 = 3_000_000;
+/// The most JSON values a pointer may hold (ours hold 4).
+pub const MAX_POINTER_VALUES: u64 = 1_000;
+/// The most JSON values the manifests of one chain may hold together: a chain is held
+/// whole while it is restored or checked, so this bounds its memory (at most about
+/// 400 MB), where `MAX_CHAIN` manifests of 64 MiB could take terabytes. A real chain of a
+/// 250,000-chunk full and 10,000 incrementals holds about 3 million.
+pub const MAX_CHAIN_VALUES: u64 = 6_000_000;
 
 /// A small JSON object of the layout: its cap, and its name in errors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,6 +137,14 @@ impl Small {
         match self {
             Small::Manifest => "manifest",
             Small::Pointer => "pointer",
+        }
+    }
+
+    /// The most JSON values it may hold ([`MAX_MANIFEST_VALUES`]).
+    pub fn max_values(self) -> u64 {
+        match self {
+            Small::Manifest => MAX_MANIFEST_VALUES,
+            Small::Pointer => MAX_POINTER_VALUES,
         }
     }
 
@@ -172,6 +193,16 @@ pub fn fetch_json<T: serde::de::DeserializeOwned>(
     key: &str,
     what: Small,
 ) -> Result<Option<T>, ChainError> {
+    Ok(fetch_counted(store, retrier, key, what)?.map(|(v, _)| v))
+}
+
+/// [`fetch_json`], with the number of JSON values the object holds ([`json_values`]).
+fn fetch_counted<T: serde::de::DeserializeOwned>(
+    store: &dyn ObjectStore,
+    retrier: &Retrier,
+    key: &str,
+    what: Small,
+) -> Result<Option<(T, u64)>, ChainError> {
     let bytes = match retrier.run(|| get_bounded(store, key, what.cap())) {
         Ok(b) => b,
         Err(e) if e.kind == ErrorKind::NotFound => return Ok(None),
@@ -184,25 +215,49 @@ pub fn fetch_json<T: serde::de::DeserializeOwned>(
             ))
         }
     };
-    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-        ChainError::Damaged(Damaged(format!(
-            "{} {key} is not valid JSON of the expected shape: {e}",
-            what.name()
-        )))
-    })
+    // Counted before parsing: a small object of many tiny values would take many times
+    // its size once parsed.
+    let values = json_values(&bytes);
+    if values > what.max_values() {
+        damaged!(
+            "{what} {key} holds {values} JSON values, more than the {max} this tool reads; \
+             this tool writes no {what} that large, so delete or replace the object",
+            what = what.name(),
+            max = what.max_values()
+        );
+    }
+    serde_json::from_slice(&bytes)
+        .map(|v| Some((v, values)))
+        .map_err(|e| {
+            ChainError::Damaged(Damaged(format!(
+                "{} {key} is not valid JSON of the expected shape: {e}",
+                what.name()
+            )))
+        })
 }
 
-/// [`fetch_json`] of an object that must exist: a missing one is [`Damaged`].
-fn fetch_existing<T: serde::de::DeserializeOwned>(
-    store: &dyn ObjectStore,
-    retrier: &Retrier,
-    key: &str,
-    what: Small,
-) -> Result<T, ChainError> {
-    match fetch_json(store, retrier, key, what)? {
-        Some(v) => Ok(v),
-        None => damaged!("{} {key} is missing from the bucket", what.name()),
+/// About how many values a JSON text holds, counting an object's member twice (its name
+/// and value: parsed, a member costs about twice a value): every `,`, `:`, `[` and `{`
+/// outside strings, plus one. One pass, no allocation.
+pub fn json_values(text: &[u8]) -> u64 {
+    let (mut n, mut in_string, mut escaped) = (1u64, false, false);
+    for &b in text {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b',' | b':' | b'[' | b'{' => n += 1,
+                _ => {}
+            }
+        }
     }
+    n
 }
 
 /// The key of the manifest to restore: `--manifest-key`, else what `current.json` names.
@@ -251,7 +306,20 @@ pub fn read_manifest(
     subvolume: &str,
     k: &str,
 ) -> Result<Manifest, ChainError> {
-    let m: Manifest = fetch_existing(store, retrier, k, Small::Manifest)?;
+    Ok(read_counted(store, retrier, layout, subvolume, k)?.0)
+}
+
+/// [`read_manifest`], with the number of JSON values the manifest holds.
+fn read_counted(
+    store: &dyn ObjectStore,
+    retrier: &Retrier,
+    layout: &Layout,
+    subvolume: &str,
+    k: &str,
+) -> Result<(Manifest, u64), ChainError> {
+    let Some((m, values)) = fetch_counted::<Manifest>(store, retrier, k, Small::Manifest)? else {
+        damaged!("manifest {k} is missing from the bucket");
+    };
     if m.subvolume != subvolume {
         damaged!(
             "manifest {k} belongs to subvolume {:?}, not {subvolume:?}",
@@ -267,7 +335,7 @@ pub fn read_manifest(
     if let Err(why) = m.check(layout, subvolume) {
         damaged!("manifest {k}: {why}; refusing to restore from it");
     }
-    Ok(m)
+    Ok((m, values))
 }
 
 /// The damage of a manifest key (a `parent_manifest`, the state file's last manifest)
@@ -287,8 +355,21 @@ pub fn resolve(
     subvolume: &str,
     key: &ManifestKey,
 ) -> Result<Chain, ChainError> {
+    resolve_within(store, retrier, layout, subvolume, key, MAX_CHAIN_VALUES)
+}
+
+/// [`resolve`], the chain's manifests holding at most `budget` JSON values together.
+fn resolve_within(
+    store: &dyn ObjectStore,
+    retrier: &Retrier,
+    layout: &Layout,
+    subvolume: &str,
+    key: &ManifestKey,
+    budget: u64,
+) -> Result<Chain, ChainError> {
     let mut links: Vec<(ManifestKey, Manifest)> = Vec::new();
     let mut seen = HashSet::new();
+    let mut values = 0u64;
     let mut next = Some(key.to_string());
     while let Some(k) = next.take() {
         if !seen.insert(k.clone()) {
@@ -300,7 +381,15 @@ pub fn resolve(
         let Some(k) = layout.owned_manifest_key(subvolume, &k) else {
             return Err(not_owned(layout, subvolume, &k).into());
         };
-        let m = read_manifest(store, retrier, layout, subvolume, &k)?;
+        let (m, n) = read_counted(store, retrier, layout, subvolume, &k)?;
+        values = values.saturating_add(n);
+        if values > budget {
+            damaged!(
+                "manifest chain from {key}: its manifests down to {k} hold {values} JSON values, \
+                 more than the {budget} this tool holds for one chain; \
+                 this tool writes no chain that large"
+            );
+        }
         match (m.kind, &m.parent_manifest) {
             (Kind::Full, _) => {}
             (Kind::Incremental, Some(p)) => next = Some(p.clone()),
@@ -391,6 +480,80 @@ mod tests {
 
     fn put(s: &MemoryStore, key: &str, m: &Manifest) {
         s.insert(key, &m.to_json(), opts());
+    }
+
+    #[test]
+    fn values_are_counted_outside_strings() {
+        assert_eq!(json_values(br#"{"a":[1,2],"b":"x,y:{[\"}"}"#), 7);
+        assert_eq!(json_values(b"0"), 1);
+        let m = manifest("data", Kind::Full, None).to_json();
+        let n = json_values(&m);
+        assert!((20..80).contains(&n), "{n}");
+    }
+
+    /// A bucket writer's padding: a manifest of many tiny values is refused before it is
+    /// parsed (parsed, 64 MiB of `0,` would take gigabytes), and a chain's manifests
+    /// together are held to a budget (a chain is held whole).
+    #[test]
+    fn padded_manifests_and_chains_are_refused_before_they_take_memory() {
+        let s = MemoryStore::new();
+        let pad = format!(
+            "{{\"pad\":[{}0]}}",
+            "0,".repeat(MAX_MANIFEST_VALUES as usize)
+        );
+        s.insert("subvol/data/padded", pad.as_bytes(), opts());
+        let e = read_manifest(
+            &s,
+            &retrier(),
+            &Layout::new(""),
+            "data",
+            "subvol/data/padded",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("manifest subvol/data/padded holds 3000004 JSON values, more than the 3000000 this tool reads"),
+            "{e}"
+        );
+        s.insert(
+            "subvol/data/current.json",
+            format!("[{}0]", "0,".repeat(1000)).as_bytes(),
+            opts(),
+        );
+        let fetched: Result<Option<Pointer>, _> =
+            fetch_json(&s, &retrier(), "subvol/data/current.json", Small::Pointer);
+        let e = fetched.unwrap_err().to_string();
+        assert!(
+            e.contains(
+                "pointer subvol/data/current.json holds 1002 JSON values, more than the 1000"
+            ),
+            "{e}"
+        );
+
+        put(&s, "subvol/data/f", &manifest("data", Kind::Full, None));
+        let inc = manifest("data", Kind::Incremental, Some("subvol/data/f"));
+        put(&s, "subvol/data/i", &inc);
+        let both = json_values(&manifest("data", Kind::Full, None).to_json())
+            + json_values(&inc.to_json());
+        let resolve = |budget| {
+            resolve_within(
+                &s,
+                &retrier(),
+                &Layout::new(""),
+                "data",
+                &mk("", "subvol/data/i"),
+                budget,
+            )
+        };
+        assert_eq!(resolve(both).unwrap().links.len(), 2);
+        let e = resolve(both - 1).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "manifest chain from subvol/data/i: its manifests down to subvol/data/f hold {both} JSON values, more than the {}",
+                both - 1
+            )),
+            "{e}"
+        );
     }
 
     #[test]
