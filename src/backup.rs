@@ -538,7 +538,7 @@ impl Backup<'_> {
             &snap_path,
             parent.as_deref().map(Path::new),
             run_ts,
-            &BTreeMap::new(),
+            &crate::repo::resume::Stored::default(),
             &BTreeMap::new(),
             &mut journal,
         );

@@ -45,7 +45,7 @@ use crate::journal::{ChunkProgress, PartDone};
 use crate::manifest::ChunkKey;
 use crate::repo::writer::ChunkWriter;
 use crate::retry::Retrier;
-use crate::store::{Body, PutOptions, StoreResult};
+use crate::store::{Body, ListedPart, PutOptions, StoreResult};
 
 // The part-size arithmetic is the leaf `parts`'s; named here too for older callers.
 pub use crate::parts::effective_part_size;
@@ -77,6 +77,14 @@ pub struct PipelineConfig {
 pub struct Encrypt {
     pub recipients: Vec<Recipient>,
     pub resumed: BTreeMap<u64, Sealing>,
+    /// Parts of resumed chunks the bucket holds but the journal does not record, as
+    /// ListParts showed them (`Repo::stored`): such a part is sent again only when its new
+    /// bytes have the listed checksum, or when none is listed the listed ETag as their MD5
+    /// (the same ciphertext); otherwise the resume is a [`ResumeMismatch`] (the backup
+    /// starts afresh, new keys), never other plaintext under a key and nonce already used.
+    pub unrecorded: BTreeMap<u64, BTreeMap<u32, ListedPart>>,
+    /// The algorithm of the listed checksums (`s3.checksum`).
+    pub checksum: crate::config::Checksum,
 }
 
 /// An encrypted chunk, as the manifest's sealed part records it (defined in the leaf
@@ -684,6 +692,50 @@ fn fill_mem(
     Ok((n, done))
 }
 
+/// Before an encrypted part goes again where the bucket holds one the journal does not
+/// record: its bytes must be the listed part's (the same ciphertext, so the same plaintext
+/// under the chunk's kept key and nonce), by the listed checksum, or, when the service
+/// lists none, by the ETag as the part's MD5 (what S3 and its peers make it, except with
+/// SSE-KMS). Otherwise a [`ResumeMismatch`]: the backup starts afresh with new keys.
+fn same_as_listed(
+    buf: &PartBuf,
+    algo: crate::config::Checksum,
+    listed: &ListedPart,
+    part: u32,
+    key: &str,
+) -> Result<(), UploadError> {
+    let reading = || format!("reading the spooled part {part} of chunk {key}");
+    // Positioned reads: a spool file's offset is not moved.
+    let (ours, theirs, what) = match &listed.checksum {
+        Some(sum) => {
+            let ours = match buf {
+                PartBuf::Mem(v) => algo.of_bytes(v),
+                PartBuf::Spool { .. } => algo
+                    .of_reader(&mut buf.body().reader())
+                    .with_context(reading)?,
+            };
+            (ours.unwrap_or_default(), sum.clone(), "checksum")
+        }
+        None => {
+            use md5::{Digest, Md5};
+            let mut h = Md5::new();
+            std::io::copy(&mut buf.body().reader(), &mut h).with_context(reading)?;
+            let ours: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+            let etag = listed.etag.trim().trim_matches('"').to_ascii_lowercase();
+            (ours, etag, "ETag")
+        }
+    };
+    if ours == theirs {
+        return Ok(());
+    }
+    Err(ResumeMismatch(format!(
+        "part {part} of chunk {key} is in the bucket but not in the journal, with {what} \
+         {theirs}; encrypted again now it is other bytes ({what} {ours}); not storing other \
+         data under the same key"
+    ))
+    .into())
+}
+
 /// Fills one part (memory or spool file) with up to `want` bytes, feeding the cutter;
 /// returns the bytes read and the chunk these bytes completed, if any.
 fn fill(
@@ -1136,6 +1188,12 @@ impl Run<'_> {
         n: u64,
         through: String,
     ) -> Result<(), UploadError> {
+        // With encryption, the parts of this chunk the bucket holds unrecorded.
+        let unrecorded = self
+            .cfg
+            .encryption
+            .as_ref()
+            .and_then(|e| Some((e.unrecorded.get(&index)?.clone(), e.checksum)));
         let slot = self.slot(index)?;
         let key = slot.key.clone();
         let needed = |buf: Option<PartBuf>| {
@@ -1182,6 +1240,11 @@ impl Run<'_> {
                     return Ok(());
                 }
                 let buf = needed(buf)?;
+                if let Some((parts, algo)) = &unrecorded {
+                    if let Some(listed) = parts.get(&part) {
+                        same_as_listed(&buf, *algo, listed, part, &key)?;
+                    }
+                }
                 *in_flight += 1;
                 sent.insert(part, (n, through));
                 let upload_id = upload_id.clone();

@@ -190,7 +190,8 @@ impl Backup<'_> {
         entry: &SubvolState,
         p: &Pending,
     ) -> Result<Outcome, Unpublished> {
-        let stored = self.repo()?.stored(&p.chunks)?;
+        let found = self.repo()?.stored(&p.chunks)?;
+        let stored = &found.chunks;
         let parts: usize = stored
             .values()
             .map(|c| match c {
@@ -198,7 +199,7 @@ impl Backup<'_> {
                 ChunkProgress::Stored { .. } => 0,
             })
             .sum();
-        let bytes = journal::stored_bytes(&stored);
+        let bytes = journal::stored_bytes(stored);
         event!(
             Info,
             "backup_resumed",
@@ -233,7 +234,7 @@ impl Backup<'_> {
             &snap,
             parent,
             run_ts,
-            &stored,
+            &found,
             &p.sealings,
             &mut journal,
         );

@@ -13,11 +13,12 @@ use super::{Backup, Published, StoppedAfter, Unpublished};
 use crate::chunker::ChunkDone;
 use crate::config::Subvolume;
 use crate::event;
-use crate::journal::{self, Begin, ChunkProgress, Journal, PartDone, Record};
+use crate::journal::{self, Begin, Journal, PartDone, Record};
 use crate::manifest::{ChunkEntry, Kind, Manifest, S3Info, SnapshotRef};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, PipelineConfig, Progress, UploadError};
 use crate::progress::{Counted, Meter, Metered, Reporter};
+use crate::repo::resume::Stored;
 use crate::repo::PublishError;
 use crate::state::SubvolState;
 use crate::ts::Ts;
@@ -70,7 +71,7 @@ impl Backup<'_> {
         snap_path: &Path,
         parent: Option<&Path>,
         run_ts: Ts,
-        stored: &BTreeMap<u64, ChunkProgress>,
+        stored: &Stored,
         sealings: &BTreeMap<u64, journal::SealingRecord>,
         journal: &mut Journal,
     ) -> Result<Published, Unpublished> {
@@ -92,7 +93,7 @@ impl Backup<'_> {
                 max_bytes: self.cfg.global.spool_size_bytes,
             }),
             keep_open_on_failure: true,
-            encryption: self.encrypt(begin, sealings)?,
+            encryption: self.encrypt(begin, sealings, &stored.unrecorded)?,
         };
         event!(
             Info,
@@ -133,7 +134,7 @@ impl Backup<'_> {
             self.retrier.clone(),
             &pcfg,
             &key_for,
-            stored,
+            &stored.chunks,
             &mut Metered {
                 inner: &mut JournalProgress(journal),
                 meter: &meter,
@@ -288,6 +289,7 @@ impl Backup<'_> {
         &self,
         begin: &Begin,
         sealings: &BTreeMap<u64, journal::SealingRecord>,
+        unrecorded: &BTreeMap<u64, BTreeMap<u32, crate::store::ListedPart>>,
     ) -> Result<Option<pipeline::Encrypt>> {
         let Some(recipients) = &begin.settings.encryption else {
             return Ok(None);
@@ -304,6 +306,8 @@ impl Backup<'_> {
         Ok(Some(pipeline::Encrypt {
             recipients,
             resumed,
+            unrecorded: unrecorded.clone(),
+            checksum: self.cfg.s3.checksum,
         }))
     }
 }

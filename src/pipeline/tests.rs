@@ -675,6 +675,8 @@ fn a_resume_with_a_kept_sealing_that_was_changed_is_a_mismatch() {
     c.encryption = Some(Encrypt {
         recipients: vec![id.recipient().clone()],
         resumed: BTreeMap::new(),
+        unrecorded: BTreeMap::new(),
+        checksum: crate::config::Checksum::Crc32c,
     });
     let mut j = journal_at(&dir.0);
     assert!(run_with(
@@ -696,6 +698,8 @@ fn a_resume_with_a_kept_sealing_that_was_changed_is_a_mismatch() {
         c.encryption = Some(Encrypt {
             recipients: vec![id.recipient().clone()],
             resumed,
+            unrecorded: BTreeMap::new(),
+            checksum: crate::config::Checksum::Crc32c,
         });
         c
     };
@@ -732,6 +736,114 @@ fn a_resume_with_a_kept_sealing_that_was_changed_is_a_mismatch() {
         dec.read_to_end(&mut plain).unwrap();
     }
     assert_eq!(plain, d);
+}
+
+/// A part the bucket holds but the journal lost (sent, then killed before its record) is
+/// sent again under the chunk's kept key and nonce only when its new ciphertext has the
+/// checksum ListParts shows for it: the same bytes. Other bytes there (the stream changed
+/// after the parts checked), or no checksum to compare, make the resume a mismatch (the
+/// backup starts afresh with new keys) before anything of that part is sent.
+#[test]
+fn a_part_stored_but_not_recorded_is_sent_again_only_as_the_same_ciphertext() {
+    use crate::backup::JournalProgress;
+    use crate::journal::ChunkProgress;
+    use crate::store::ListedPart;
+    use std::io::Read;
+    let id = crate::age::Identity::generate().unwrap();
+    let d = data(2500);
+    let mut c = cfg(1000, 300, 1);
+    c.keep_open_on_failure = true;
+    c.encryption = Some(Encrypt {
+        recipients: vec![id.recipient().clone()],
+        resumed: BTreeMap::new(),
+        unrecorded: BTreeMap::new(),
+        checksum: crate::config::Checksum::Crc32c,
+    });
+    // An interrupted run that stored parts 1 and 2 of chunk 1, whose journal lost part 2:
+    // the store, the journal's chunks, part 2 as listed, and the resume's config with
+    // `listed` (edited from it) as that part.
+    let interrupted = |edit: &dyn Fn(&mut ListedPart)| {
+        let dir = crate::testing::Scratch::new("pipeline-unrecorded");
+        let store = Arc::new(MemoryStore::new());
+        store.fail("UploadPart p/chunk-1.bin part 3", ErrorKind::Permanent, 1);
+        let mut j = journal_at(&dir.0);
+        assert!(run_with(
+            &store,
+            &d,
+            &c,
+            &BTreeMap::new(),
+            &mut JournalProgress(&mut j)
+        )
+        .is_err());
+        let pending = crate::journal::load(&dir.0.join("j")).unwrap().unwrap();
+        let mut chunks = pending.chunks.clone();
+        let Some(ChunkProgress::Open {
+            key,
+            upload_id,
+            parts,
+        }) = chunks.get_mut(&1)
+        else {
+            panic!("chunk 1 is open: {chunks:?}");
+        };
+        assert!(parts.remove(&2).is_some());
+        let mut two = store.list_parts(key, upload_id).unwrap().remove(1);
+        assert_eq!(two.number, 2);
+        assert!(two.checksum.is_some());
+        edit(&mut two);
+        let mut c = c.clone();
+        let resumed = pending
+            .sealings
+            .iter()
+            .map(|(i, r)| (*i, r.sealing().unwrap()));
+        c.encryption = Some(Encrypt {
+            recipients: vec![id.recipient().clone()],
+            resumed: resumed.collect(),
+            unrecorded: BTreeMap::from([(1, BTreeMap::from([(2, two)]))]),
+            checksum: crate::config::Checksum::Crc32c,
+        });
+        (store, chunks, c)
+    };
+    // Other bytes by the checksum; with no checksum listed, by the ETag as their MD5.
+    let other_sum = |l: &mut ListedPart| l.checksum = Some("AAAAAA==".into());
+    let other_md5 = |l: &mut ListedPart| {
+        l.checksum = None;
+        l.etag = format!("\"{}\"", "0".repeat(32));
+    };
+    for (edit, why) in [
+        (
+            &other_sum as &dyn Fn(&mut ListedPart),
+            "with checksum AAAAAA==; encrypted again now it is other bytes",
+        ),
+        (
+            &other_md5,
+            "with ETag 00000000000000000000000000000000; encrypted again now",
+        ),
+    ] {
+        let (store, chunks, c) = interrupted(edit);
+        let e = run_with(&store, &d, &c, &chunks, &mut NoProgress).unwrap_err();
+        assert!(matches!(e, UploadError::Mismatch(_)), "{e:#}");
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("part 2 of chunk p/chunk-1.bin") && e.contains(why),
+            "{e}"
+        );
+    }
+    // The same ciphertext goes again (told by its checksum, or by its MD5 when no checksum
+    // is listed: moto, Ceph), and the chunks decrypt to the stream.
+    let as_listed = |_: &mut ListedPart| {};
+    let no_sum = |l: &mut ListedPart| l.checksum = None;
+    for edit in [&as_listed as &dyn Fn(&mut ListedPart), &no_sum] {
+        let (store, chunks, c) = interrupted(edit);
+        let o = run_with(&store, &d, &c, &chunks, &mut NoProgress).unwrap();
+        let mut plain = Vec::new();
+        for ch in &o.chunks {
+            let obj = store.object(&ch.key).unwrap();
+            let mut dec =
+                crate::age::Decryptor::new(&obj.data[..], std::slice::from_ref(&id)).unwrap();
+            dec.read_to_end(&mut plain).unwrap();
+        }
+        assert_eq!(plain, d);
+    }
 }
 
 /// A store whose UploadParts and PUTs wait until the gate opens (a slow link): the

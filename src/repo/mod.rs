@@ -482,4 +482,52 @@ mod tests {
         assert!(e.contains("raise s3.chunk_size_bytes"), "{e}");
         assert!(store.keys().is_empty(), "{:?}", store.keys());
     }
+
+    /// What a resume finds: parts the journal records and the bucket lists alike are
+    /// kept; parts the bucket lists that the journal does not record (or records with
+    /// another size or ETag) are reported with their listed checksum, for an encrypted
+    /// resume to compare before it sends such a part again.
+    #[test]
+    fn stored_reports_the_parts_the_journal_does_not_record() {
+        use crate::journal::{ChunkProgress, PartDone};
+        use crate::store::{Body, ObjectStore};
+        use std::collections::BTreeMap;
+        let store = Arc::new(MemoryStore::new());
+        let r = repo(store.clone());
+        let key = "backups/hostname/subvol/home-user/full/chunk-20250101T020000Z-0.bin";
+        let id = store.create_multipart(key, r.chunk_opts()).unwrap();
+        let mut etags = Vec::new();
+        for (n, body) in [(1, &b"one"[..]), (2, b"two"), (3, b"three")] {
+            etags.push(store.upload_part(key, &id, n, Body::Bytes(body)).unwrap());
+        }
+        let done = |i: usize, size| PartDone {
+            size,
+            sha256_through: String::new(),
+            etag: etags[i].clone(),
+        };
+        // The journal has part 1 as it is, part 2 with another ETag, no part 3.
+        let mut wrong = done(1, 3);
+        wrong.etag = "\"other\"".into();
+        let journal = BTreeMap::from([(
+            0,
+            ChunkProgress::Open {
+                key: key.into(),
+                upload_id: id.clone(),
+                parts: BTreeMap::from([(1, done(0, 3)), (2, wrong)]),
+            },
+        )]);
+        let found = r.stored(&journal).unwrap();
+        let Some(ChunkProgress::Open { parts, .. }) = found.chunks.get(&0) else {
+            panic!("{found:?}");
+        };
+        assert_eq!(parts.keys().copied().collect::<Vec<_>>(), [1]);
+        let listed = store.list_parts(key, &id).unwrap();
+        assert_eq!(
+            found.unrecorded,
+            BTreeMap::from([(
+                0,
+                BTreeMap::from([(2, listed[1].clone()), (3, listed[2].clone())])
+            )])
+        );
+    }
 }

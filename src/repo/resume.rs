@@ -8,7 +8,21 @@ use anyhow::{Context, Result};
 
 use super::Repo;
 use crate::journal::{ChunkProgress, PartDone};
-use crate::store::ErrorKind;
+use crate::store::{ErrorKind, ListedPart};
+
+/// What an interrupted run left in the bucket, as far as it checks out against its journal.
+#[derive(Clone, Debug, Default)]
+pub struct Stored {
+    /// The journal's chunks that are stored as it says (open uploads with the parts that
+    /// check out).
+    pub chunks: BTreeMap<u64, ChunkProgress>,
+    /// Per open upload's chunk, the parts ListParts shows that the journal does not record
+    /// as they are (sent, then killed before the record; or recorded otherwise), as
+    /// listed (ETag, and checksum when the service keeps one). Sent again, such a part
+    /// must be the same bytes: with encryption, other bytes there would be other
+    /// plaintext under the same key and nonce.
+    pub unrecorded: BTreeMap<u64, BTreeMap<u32, ListedPart>>,
+}
 
 /// ETags as the service quotes them or not: compared without quotes.
 fn same_etag(a: &str, b: &str) -> bool {
@@ -21,13 +35,11 @@ impl Repo {
     /// is gone but whose object is there with the parts' total size was completed before
     /// the crash: its SHA-256 is the last part's hash-through. What does not check out is
     /// left out (sent again).
-    pub fn stored(
-        &self,
-        chunks: &BTreeMap<u64, ChunkProgress>,
-    ) -> Result<BTreeMap<u64, ChunkProgress>> {
+    pub fn stored(&self, chunks: &BTreeMap<u64, ChunkProgress>) -> Result<Stored> {
         let store = self.store();
         let r = self.retrier();
         let mut out = BTreeMap::new();
+        let mut unrecorded = BTreeMap::new();
         for (i, c) in chunks {
             match c {
                 ChunkProgress::Stored { key, size, .. } => {
@@ -55,6 +67,14 @@ impl Repo {
                             })
                             .map(|(n, d)| (*n, d.clone()))
                             .collect();
+                        let others: BTreeMap<u32, ListedPart> = listed
+                            .iter()
+                            .filter(|l| !kept.contains_key(&l.number))
+                            .map(|l| (l.number, l.clone()))
+                            .collect();
+                        if !others.is_empty() {
+                            unrecorded.insert(*i, others);
+                        }
                         out.insert(
                             *i,
                             ChunkProgress::Open {
@@ -93,7 +113,10 @@ impl Repo {
                 },
             }
         }
-        Ok(out)
+        Ok(Stored {
+            chunks: out,
+            unrecorded,
+        })
     }
 
     /// Aborts multipart uploads a killed run left under this subvolume's prefix (the

@@ -347,7 +347,8 @@ impl ObjectStore for MemoryStore {
             .map_err(|e| StoreError::new(ErrorKind::Transient, op.clone(), e.to_string()))?;
         let mut g = self.enter(op.clone())?;
         let u = g.uploads.get_mut(upload_id).ok_or_else(|| not_found(op))?;
-        let etag = format!("\"part-{n}-{}\"", body.len());
+        // A part's ETag is its MD5, as S3 makes it (without SSE-KMS).
+        let etag = md5_etag(&body);
         u.parts.insert(n, body);
         Ok(etag)
     }
@@ -412,8 +413,9 @@ impl ObjectStore for MemoryStore {
             .map(|(n, b)| ListedPart {
                 number: *n,
                 size: b.len() as u64,
-                etag: format!("\"part-{n}-{}\"", b.len()),
-                checksum: None,
+                etag: md5_etag(b),
+                // As S3 lists them for an upload created with the default algorithm.
+                checksum: crate::config::Checksum::Crc32c.of_bytes(b),
             })
             .collect())
     }
@@ -651,4 +653,11 @@ impl ObjectStore for MemoryStore {
         };
         Ok(())
     }
+}
+
+/// `"<MD5 in hex>"`, the ETag S3 gives a part or a single-PUT object (without SSE-KMS).
+fn md5_etag(b: &[u8]) -> String {
+    use md5::{Digest, Md5};
+    let hex: String = Md5::digest(b).iter().map(|x| format!("{x:02x}")).collect();
+    format!("\"{hex}\"")
 }
