@@ -197,7 +197,8 @@ export AWS_ACCESS_KEY_ID=$akey AWS_SECRET_ACCESS_KEY=$skey AWS_DEFAULT_REGION=us
 # one on the same port (nothing in s3s-fs mode: its rows keep one server, as before).
 fresh_server() {
   [ "$server" = garage ] || return 0
-  local gd=$dir/garage g
+  local gd=$dir/garage g rpc
+  rpc=$(free_port)
   if [ -n "$s3pid" ]; then kill "$s3pid" 2>/dev/null; wait "$s3pid" 2>/dev/null || true; s3pid=; fi
   # What the last server warned of (a stalled row is explained here, not lost with it).
   [ -f "$gd/garage.log" ] && sed 's/\x1b\[[0-9;]*m//g' "$gd/garage.log" | grep -E ' (WARN|ERROR) ' | head -n 5 | sed 's/^/garage: /' >&2 || true
@@ -208,7 +209,8 @@ data_dir = "$gd/data"
 db_engine = "sqlite"
 replication_factor = 1
 compression_level = "none"
-rpc_bind_addr = "127.0.0.1:$(free_port)"
+rpc_bind_addr = "127.0.0.1:$rpc"
+rpc_public_addr = "127.0.0.1:$rpc"
 rpc_secret = "$(openssl rand -hex 32)"
 [s3_api]
 s3_region = "us-east-1"
