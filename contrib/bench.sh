@@ -775,6 +775,16 @@ printf '  %s\n' "${ratios[@]}"
 if [ "${#enc_ratios[@]}" -gt 0 ]; then
 echo "The encrypted backup in the same round (targets: >= 1.3x the aws CLI, CPU within +0.5 s/GiB):"
 printf '  %s\n' "${enc_ratios[@]}"
+# Medians from round 2 on (round 1's encrypted row follows the restore rows, not the
+# unencrypted backup).
+python3 - "${enc_ratios[@]}" <<'PY'
+import re, statistics, sys
+rows = [re.match(r"round (\d+): ([\d.]+)x .*\(([\d.]+)x unencrypted\); CPU [\d.]+ s/GiB, ([-+][\d.]+)", a) for a in sys.argv[1:]]
+later = [m for m in rows if m and int(m.group(1)) >= 2]
+if later:
+    med = lambda i: statistics.median(float(m.group(i)) for m in later)
+    print(f"  medians of rounds 2-{len(rows)}: encrypted {med(2):.2f}x, unencrypted {med(3):.2f}x the aws CLI; CPU {med(4):+.2f} s/GiB over unencrypted")
+PY
 fi
 echo
 if [ "${#rratios[@]}" -gt 0 ]; then
