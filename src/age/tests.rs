@@ -568,6 +568,21 @@ fn an_identity_file_is_read_only_when_only_its_owner_can_read_it() {
     assert!(err.to_string().contains("a symbolic link"), "{err}");
     let err = read_identity_file(dir.path()).expect_err("directory");
     assert!(err.to_string().contains("not a regular file"), "{err}");
+    // A FIFO planted at the path is refused at once, for both kinds of key file (an
+    // open that waited for a writer would hang the run).
+    let fifo = dir.path().join("fifo");
+    rustix::fs::mkfifoat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+    )
+    .expect("mkfifo");
+    let err = read_identity_file(&fifo).expect_err("fifo");
+    assert!(err.to_string().ends_with(": not a regular file"), "{err}");
+    let err = read_recipients_file(&fifo).expect_err("fifo");
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    let err = read_recipients_file(dir.path()).expect_err("directory");
+    assert!(err.to_string().contains("not a regular file"), "{err}");
     let err = read_identity_file(&dir.path().join("missing")).expect_err("missing");
     assert!(err.to_string().contains("cannot open"), "{err}");
 
