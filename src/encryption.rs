@@ -94,6 +94,17 @@ pub fn open(key: &str, m: &Manifest, identities: &[Identity]) -> Result<SealedPa
         let why = AgeError::from_io(&e).map_or(e.to_string(), |a| a.to_string());
         anyhow!("manifest {key}: field encryption.sealed: {why}")
     })?;
+    // Counted before parsing (as manifests are, `repo::chain`): what this tool writes
+    // holds about five values a chunk, so this bounds it by the manifest's own chunks.
+    let values = crate::manifest::json_values(&json);
+    let most = 8 * m.chunks.len() as u64 + 64;
+    if values > most {
+        bail!(
+            "manifest {key}: the sealed part holds {values} JSON values, more than one of {} \
+             chunks holds ({most}): not what this tool writes",
+            m.chunks.len()
+        );
+    }
     let part: SealedPart = serde_json::from_slice(&json).map_err(|e| {
         anyhow!("manifest {key}: the sealed part is not what this tool writes: {e}")
     })?;
@@ -149,4 +160,64 @@ pub fn identities_for(flags: &[PathBuf], config: &[PathBuf]) -> Result<Vec<Ident
         );
     }
     load_identities(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sealed part padded with tiny values (a writer who knows the recipients) is
+    /// refused before it is parsed; what `seal` writes passes the count.
+    #[test]
+    fn a_padded_sealed_part_is_refused_before_it_is_parsed() {
+        let id = crate::age::Identity::generate().expect("identity");
+        let recipients = vec![id.recipient().clone()];
+        let mut m: Manifest = serde_json::from_str(
+            r#"{"version": 1, "subvolume": "data", "kind": "full", "created_at": "20250101T020000Z",
+            "snapshot": {"name": "data__20250101T020000Z__full", "path": "/s", "uuid": null, "parent_uuid": null},
+            "parent_manifest": null,
+            "chunks": [{"key": "p/subvol/data/full/c", "size": 3, "sha256": "00", "etag": null}],
+            "total_bytes": 3, "chunk_size": 1, "s3": {"storage_class": "STANDARD"}}"#,
+        )
+        .expect("manifest");
+        let sealed = |json: &[u8]| {
+            let sealing = Sealing::new(&recipients).expect("sealing");
+            EncryptionInfo {
+                scheme: AGE_V1.to_string(),
+                recipients: vec![id.recipient().fingerprint()],
+                sealed: base64::engine::general_purpose::STANDARD
+                    .encode(age::encrypt_to_vec(&sealing, json)),
+                extra: Default::default(),
+            }
+        };
+        let padded = format!(
+            r#"{{"stream_bytes":3,"chunks":[{{"header_sha256":"{}","size":3}}],"pad":[{}0]}}"#,
+            "0".repeat(64),
+            "0,".repeat(100)
+        );
+        m.encryption = Some(sealed(padded.as_bytes()));
+        let e = open("k", &m, std::slice::from_ref(&id))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("manifest k: the sealed part holds 113 JSON values, more than one of 1 chunks holds (72)"),
+            "{e}"
+        );
+        m.encryption = Some(
+            seal(
+                &recipients,
+                &[SealedChunk {
+                    header_sha256: [0; 32],
+                    plain_size: 3,
+                }],
+                3,
+            )
+            .expect("seal"),
+        );
+        let e = open("k", &m, std::slice::from_ref(&id))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("JSON values"), "{e}");
+    }
 }

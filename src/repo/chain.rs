@@ -117,6 +117,10 @@ pub const MAX_POINTER_VALUES: u64 = 1_000;
 /// 400 MB), where `MAX_CHAIN` manifests of 64 MiB could take terabytes. A real chain of a
 /// 250,000-chunk full and 10,000 incrementals holds about 3 million.
 pub const MAX_CHAIN_VALUES: u64 = 6_000_000;
+/// The most bytes the manifests of one chain may hold together: a long string is one
+/// value, so values alone do not bound a chain held whole. A real chain of a 64 MiB full
+/// and 10,000 incrementals of a few KiB is well under.
+pub const MAX_CHAIN_BYTES: u64 = 256 << 20;
 
 /// A small JSON object of the layout: its cap, and its name in errors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,16 +197,17 @@ pub fn fetch_json<T: serde::de::DeserializeOwned>(
     key: &str,
     what: Small,
 ) -> Result<Option<T>, ChainError> {
-    Ok(fetch_counted(store, retrier, key, what)?.map(|(v, _)| v))
+    Ok(fetch_counted(store, retrier, key, what)?.map(|(v, _, _)| v))
 }
 
-/// [`fetch_json`], with the number of JSON values the object holds ([`json_values`]).
+/// [`fetch_json`], with the number of JSON values the object holds ([`json_values`]) and
+/// its bytes.
 fn fetch_counted<T: serde::de::DeserializeOwned>(
     store: &dyn ObjectStore,
     retrier: &Retrier,
     key: &str,
     what: Small,
-) -> Result<Option<(T, u64)>, ChainError> {
+) -> Result<Option<(T, u64, u64)>, ChainError> {
     let bytes = match retrier.run(|| get_bounded(store, key, what.cap())) {
         Ok(b) => b,
         Err(e) if e.kind == ErrorKind::NotFound => return Ok(None),
@@ -217,7 +222,7 @@ fn fetch_counted<T: serde::de::DeserializeOwned>(
     };
     // Counted before parsing: a small object of many tiny values would take many times
     // its size once parsed.
-    let values = json_values(&bytes);
+    let values = crate::manifest::json_values(&bytes);
     if values > what.max_values() {
         damaged!(
             "{what} {key} holds {values} JSON values, more than the {max} this tool reads; \
@@ -227,37 +232,13 @@ fn fetch_counted<T: serde::de::DeserializeOwned>(
         );
     }
     serde_json::from_slice(&bytes)
-        .map(|v| Some((v, values)))
+        .map(|v| Some((v, values, bytes.len() as u64)))
         .map_err(|e| {
             ChainError::Damaged(Damaged(format!(
                 "{} {key} is not valid JSON of the expected shape: {e}",
                 what.name()
             )))
         })
-}
-
-/// About how many values a JSON text holds, counting an object's member twice (its name
-/// and value: parsed, a member costs about twice a value): every `,`, `:`, `[` and `{`
-/// outside strings, plus one. One pass, no allocation.
-pub fn json_values(text: &[u8]) -> u64 {
-    let (mut n, mut in_string, mut escaped) = (1u64, false, false);
-    for &b in text {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-        } else {
-            match b {
-                b'"' => in_string = true,
-                b',' | b':' | b'[' | b'{' => n += 1,
-                _ => {}
-            }
-        }
-    }
-    n
 }
 
 /// The key of the manifest to restore: `--manifest-key`, else what `current.json` names.
@@ -309,15 +290,16 @@ pub fn read_manifest(
     Ok(read_counted(store, retrier, layout, subvolume, k)?.0)
 }
 
-/// [`read_manifest`], with the number of JSON values the manifest holds.
+/// [`read_manifest`], with the number of JSON values the manifest holds and its bytes.
 fn read_counted(
     store: &dyn ObjectStore,
     retrier: &Retrier,
     layout: &Layout,
     subvolume: &str,
     k: &str,
-) -> Result<(Manifest, u64), ChainError> {
-    let Some((m, values)) = fetch_counted::<Manifest>(store, retrier, k, Small::Manifest)? else {
+) -> Result<(Manifest, u64, u64), ChainError> {
+    let Some((m, values, bytes)) = fetch_counted::<Manifest>(store, retrier, k, Small::Manifest)?
+    else {
         damaged!("manifest {k} is missing from the bucket");
     };
     if m.subvolume != subvolume {
@@ -335,7 +317,7 @@ fn read_counted(
     if let Err(why) = m.check(layout, subvolume) {
         damaged!("manifest {k}: {why}; refusing to restore from it");
     }
-    Ok((m, values))
+    Ok((m, values, bytes))
 }
 
 /// The damage of a manifest key (a `parent_manifest`, the state file's last manifest)
@@ -355,21 +337,23 @@ pub fn resolve(
     subvolume: &str,
     key: &ManifestKey,
 ) -> Result<Chain, ChainError> {
-    resolve_within(store, retrier, layout, subvolume, key, MAX_CHAIN_VALUES)
+    let budget = (MAX_CHAIN_VALUES, MAX_CHAIN_BYTES);
+    resolve_within(store, retrier, layout, subvolume, key, budget)
 }
 
-/// [`resolve`], the chain's manifests holding at most `budget` JSON values together.
+/// [`resolve`], the chain's manifests holding at most `budget` (JSON values, bytes)
+/// together.
 fn resolve_within(
     store: &dyn ObjectStore,
     retrier: &Retrier,
     layout: &Layout,
     subvolume: &str,
     key: &ManifestKey,
-    budget: u64,
+    budget: (u64, u64),
 ) -> Result<Chain, ChainError> {
     let mut links: Vec<(ManifestKey, Manifest)> = Vec::new();
     let mut seen = HashSet::new();
-    let mut values = 0u64;
+    let (mut values, mut bytes) = (0u64, 0u64);
     let mut next = Some(key.to_string());
     while let Some(k) = next.take() {
         if !seen.insert(k.clone()) {
@@ -381,13 +365,16 @@ fn resolve_within(
         let Some(k) = layout.owned_manifest_key(subvolume, &k) else {
             return Err(not_owned(layout, subvolume, &k).into());
         };
-        let (m, n) = read_counted(store, retrier, layout, subvolume, &k)?;
+        let (m, n, b) = read_counted(store, retrier, layout, subvolume, &k)?;
         values = values.saturating_add(n);
-        if values > budget {
+        bytes = bytes.saturating_add(b);
+        if values > budget.0 || bytes > budget.1 {
             damaged!(
-                "manifest chain from {key}: its manifests down to {k} hold {values} JSON values, \
-                 more than the {budget} this tool holds for one chain; \
-                 this tool writes no chain that large"
+                "manifest chain from {key}: its manifests down to {k} hold {values} JSON values \
+                 in {bytes} bytes, more than the {} values or {} bytes this tool holds for one \
+                 chain; this tool writes no chain that large",
+                budget.0,
+                budget.1
             );
         }
         match (m.kind, &m.parent_manifest) {
@@ -484,10 +471,13 @@ mod tests {
 
     #[test]
     fn values_are_counted_outside_strings() {
-        assert_eq!(json_values(br#"{"a":[1,2],"b":"x,y:{[\"}"}"#), 7);
-        assert_eq!(json_values(b"0"), 1);
+        assert_eq!(
+            crate::manifest::json_values(br#"{"a":[1,2],"b":"x,y:{[\"}"}"#),
+            7
+        );
+        assert_eq!(crate::manifest::json_values(b"0"), 1);
         let m = manifest("data", Kind::Full, None).to_json();
-        let n = json_values(&m);
+        let n = crate::manifest::json_values(&m);
         assert!((20..80).contains(&n), "{n}");
     }
 
@@ -533,8 +523,9 @@ mod tests {
         put(&s, "subvol/data/f", &manifest("data", Kind::Full, None));
         let inc = manifest("data", Kind::Incremental, Some("subvol/data/f"));
         put(&s, "subvol/data/i", &inc);
-        let both = json_values(&manifest("data", Kind::Full, None).to_json())
-            + json_values(&inc.to_json());
+        let (f, i) = (manifest("data", Kind::Full, None).to_json(), inc.to_json());
+        let both = crate::manifest::json_values(&f) + crate::manifest::json_values(&i);
+        let size = (f.len() + i.len()) as u64;
         let resolve = |budget| {
             resolve_within(
                 &s,
@@ -545,15 +536,18 @@ mod tests {
                 budget,
             )
         };
-        assert_eq!(resolve(both).unwrap().links.len(), 2);
-        let e = resolve(both - 1).unwrap_err().to_string();
-        assert!(
-            e.contains(&format!(
-                "manifest chain from subvol/data/i: its manifests down to subvol/data/f hold {both} JSON values, more than the {}",
-                both - 1
-            )),
-            "{e}"
-        );
+        assert_eq!(resolve((both, size)).unwrap().links.len(), 2);
+        // One value or one byte over (a long string is one value: bytes count too).
+        for budget in [(both - 1, size), (both, size - 1)] {
+            let e = resolve(budget).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!(
+                    "manifest chain from subvol/data/i: its manifests down to subvol/data/f hold {both} JSON values in {size} bytes, more than the {} values or {} bytes",
+                    budget.0, budget.1
+                )),
+                "{e}"
+            );
+        }
     }
 
     #[test]
