@@ -73,6 +73,8 @@ pub struct FakeBtrfs {
     /// Streams written to `receive`, by target directory.
     pub received: Received,
     pub received_uuids: ReceivedUuids,
+    /// The parent UUID (`show`) of each snapshot the fake receive created.
+    pub parent_uuids: ReceivedUuids,
     /// What `send_support` says (default: protocol 2 and btrfs-progs 6.2).
     pub support: Mutex<Option<crate::btrfs::SendSupport>>,
 }
@@ -131,6 +133,7 @@ struct FakeReceive {
     buf: Vec<u8>,
     out: Received,
     uuids: ReceivedUuids,
+    parents: ReceivedUuids,
 }
 
 impl Write for FakeReceive {
@@ -145,12 +148,27 @@ impl Write for FakeReceive {
 
 impl ReceiveSink for FakeReceive {
     /// Like `btrfs receive`, creates the subvolume the stream's first command names (read
-    /// with the guard) and records its received UUID for `show`.
+    /// with the guard) and records its received UUID for `show`; a snapshot's source is
+    /// the subvolume of this directory with the received UUID it names, as receive looks
+    /// it up, and becomes its parent for `show`.
     fn finish(self: Box<Self>) -> Result<()> {
-        if let Some((name, uuid)) = first_command(&self.buf) {
+        if let Some((name, uuid, source)) = first_command(&self.buf) {
             let p = self.dir.join(name);
             std::fs::create_dir_all(&p)?;
-            self.uuids.lock().unwrap().insert(p, uuid);
+            let mut uuids = self.uuids.lock().unwrap();
+            if let Some(source) = source {
+                let from = uuids
+                    .iter()
+                    .find(|(q, u)| q.parent() == Some(&self.dir) && **u == source)
+                    .map(|(q, _)| q.clone());
+                if let Some(from) = from {
+                    self.parents
+                        .lock()
+                        .unwrap()
+                        .insert(p.clone(), format!("uuid-{}", from.display()));
+                }
+            }
+            uuids.insert(p, uuid);
         }
         self.out.lock().unwrap().push((self.dir, self.buf));
         Ok(())
@@ -160,13 +178,14 @@ impl ReceiveSink for FakeReceive {
     }
 }
 
-/// The path and UUID (formatted as `btrfs subvolume show` prints it) of a send stream's
-/// first command, read without checks (the fake receive trusts the guard before it).
-fn first_command(buf: &[u8]) -> Option<(String, String)> {
+/// The path, UUID and source UUID (of a snapshot; formatted as `btrfs subvolume show`
+/// prints them) of a send stream's first command, read without checks (the fake receive
+/// trusts the guard before it).
+fn first_command(buf: &[u8]) -> Option<(String, String, Option<String>)> {
     let payload = buf.get(27..)?;
     let len = u32::from_le_bytes(buf.get(17..21)?.try_into().ok()?) as usize;
     let payload = payload.get(..len)?;
-    let (mut p, mut name, mut uuid) = (0, None, None);
+    let (mut p, mut name, mut uuid, mut source) = (0, None, None, None);
     while p + 4 <= payload.len() {
         let t = u16::from_le_bytes([payload[p], payload[p + 1]]);
         let l = u16::from_le_bytes([payload[p + 2], payload[p + 3]]) as usize;
@@ -174,11 +193,12 @@ fn first_command(buf: &[u8]) -> Option<(String, String)> {
         match t {
             15 => name = Some(String::from_utf8_lossy(v).into_owned()),
             1 if v.len() == 16 => uuid = Some(crate::sendstream::format_uuid(v)),
+            20 if v.len() == 16 => source = Some(crate::sendstream::format_uuid(v)),
             _ => {}
         }
         p += 4 + l;
     }
-    Some((name?, uuid?))
+    Some((name?, uuid?, source))
 }
 
 impl Btrfs for FakeBtrfs {
@@ -206,7 +226,14 @@ impl Btrfs for FakeBtrfs {
         }
         Ok(SubvolInfo {
             uuid: Some(format!("uuid-{}", path.display())),
-            parent_uuid: Some("uuid-source".into()),
+            parent_uuid: Some(
+                self.parent_uuids
+                    .lock()
+                    .unwrap()
+                    .get(path)
+                    .cloned()
+                    .unwrap_or_else(|| "uuid-source".into()),
+            ),
             received_uuid: self.received_uuids.lock().unwrap().get(path).cloned(),
         })
     }
@@ -273,6 +300,7 @@ impl Btrfs for FakeBtrfs {
             buf: Vec::new(),
             out: self.received.clone(),
             uuids: self.received_uuids.clone(),
+            parents: self.parent_uuids.clone(),
         }))
     }
 

@@ -412,9 +412,34 @@ impl Restorer<'_> {
                     return Err(e.context(format!("restoring manifest {key}")));
                 }
             };
-            staging
+            let made = staging
                 .subvolume(self.btrfs, &got, Finished::Yes)
                 .with_context(|| format!("btrfs receive of manifest {key}"))?;
+            // The guard made the stream name the previous subvolume's received UUID as its
+            // parent, but receive takes the first subvolume of the filesystem with that
+            // received UUID: one that was there before (an earlier receive of the same
+            // backup, or a subvolume a doctored stream claimed the UUID of) would have
+            // been used instead. The snapshot's parent must be the subvolume we received.
+            if let Some(prev) = &previous {
+                let prev_path = staging.subvolume(self.btrfs, prev, Finished::Yes)?;
+                let want = self.btrfs.show(&prev_path)?.uuid;
+                let got_parent = self.btrfs.show(&made)?.parent_uuid;
+                let same =
+                    matches!((&want, &got_parent), (Some(w), Some(g)) if w.eq_ignore_ascii_case(g));
+                if !same {
+                    bail!(
+                        "restoring manifest {key}: btrfs receive built {} on subvolume {}, not on \
+                         the previous backup's {} ({}): another subvolume of this filesystem \
+                         holds received UUID {}; delete it or make it writable (btrfs property \
+                         set -f PATH ro false), or restore to another filesystem",
+                        got.name,
+                        got_parent.as_deref().unwrap_or("(none)"),
+                        prev.name,
+                        want.as_deref().unwrap_or("(none)"),
+                        prev.uuid
+                    );
+                }
+            }
             // Only the newest received subvolume is needed (as the next one's parent):
             // the one before goes now, and its space is back before the next download,
             // so a long chain restores in about the space of its result.

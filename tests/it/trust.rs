@@ -747,3 +747,77 @@ fn a_doctored_stream_cannot_copy_another_subvolume_into_the_restore() {
     assert_eq!(r.code, 0, "{r:?}");
     assert_same_tree(&s.vol("data"), &target);
 }
+
+/// `btrfs receive` takes an incremental's parent as the first subvolume of the target
+/// filesystem with the received UUID the stream names, so a read-only subvolume received
+/// earlier from the same UUID (here: the full's stream, received by hand as the README's
+/// manual recovery does; a bucket writer could also claim such a subvolume's UUID in a
+/// doctored full) is used instead of the one the restore just received. The restore
+/// checks the snapshot's parent after each link and refuses, naming the way out; once
+/// that subvolume is writable (its received UUID cleared) the same restore succeeds.
+#[test]
+fn an_incremental_built_on_another_subvolume_with_the_same_received_uuid_is_refused() {
+    if !require_root(
+        "an_incremental_built_on_another_subvolume_with_the_same_received_uuid_is_refused",
+    ) {
+        return;
+    }
+    let s = Setup::new(SetupOpts {
+        storage_class_chunks: "STANDARD",
+        ..Default::default()
+    });
+    random_file(&s.vol("data").join("f.bin"), MIB);
+    assert_eq!(s.backup(&[]).code, 0);
+    let (full_key, full) = current_manifest(&s);
+    std::fs::write(s.vol("data").join("g.txt"), "changed").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let r = s.backup(&["--once"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let (inc_key, _) = current_manifest(&s);
+    assert_ne!(inc_key, full_key);
+
+    // The full's stream, received by hand beside the restore's target.
+    let store = s.moto.store();
+    let mut stream = Vec::new();
+    for c in full["chunks"].as_array().unwrap() {
+        let k = c["key"].as_str().unwrap();
+        stream.extend(btrfs_to_s3::store::get_all(&store, k).unwrap());
+    }
+    let by_hand = s.fs.path("by-hand");
+    std::fs::create_dir(&by_hand).unwrap();
+    let f = s.fs.path("full.stream");
+    std::fs::write(&f, &stream).unwrap();
+    run(&format!(
+        "btrfs receive -q -f {} {}",
+        f.display(),
+        by_hand.display()
+    ));
+    let name = full["snapshot"]["name"].as_str().unwrap();
+    let other = by_hand.join(name);
+    assert!(is_readonly(&other));
+
+    let target = s.fs.path("restored");
+    let r = s.restore(&["--subvolume", "data", "--target", target.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let last = r.stderr.trim().lines().last().unwrap_or("").to_string();
+    assert!(
+        last.contains(&format!("restoring manifest {inc_key}"))
+            && last.contains("another subvolume of this filesystem holds received UUID")
+            && last.contains("btrfs property set -f PATH ro false"),
+        "{r:?}"
+    );
+    assert!(!target.exists());
+    assert!(s.staging_left(&s.fs.mnt).is_empty());
+    assert!(
+        other.join("f.bin").exists(),
+        "the other subvolume was touched"
+    );
+
+    run(&format!(
+        "btrfs property set -f {} ro false",
+        other.display()
+    ));
+    let r = s.restore(&["--subvolume", "data", "--target", target.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_same_tree(&s.vol("data"), &target);
+}
