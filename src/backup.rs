@@ -230,6 +230,22 @@ impl From<Unpublished> for BackupError {
     }
 }
 
+/// Why a chain should end with a full now: its manifests hold more than three quarters
+/// of what a restore holds for one chain (`repo::chain::MAX_CHAIN_VALUES` and
+/// `MAX_CHAIN_BYTES`), so that no incremental this tool publishes makes a chain a restore
+/// refuses (a quarter is room for an incremental of 150,000 chunks or 64 MiB).
+fn chain_near_its_bound(chain: &crate::repo::Chain) -> Option<String> {
+    use crate::repo::chain::{MAX_CHAIN_BYTES, MAX_CHAIN_VALUES};
+    let (values, bytes) = chain.size;
+    (values > MAX_CHAIN_VALUES / 4 * 3 || bytes > MAX_CHAIN_BYTES / 4 * 3).then(|| {
+        format!(
+            "the chain's manifests hold {values} JSON values in {bytes} bytes, near the \
+             {MAX_CHAIN_VALUES} values or {MAX_CHAIN_BYTES} bytes a restore holds for one chain: \
+             a full starts a new chain"
+        )
+    })
+}
+
 impl Backup<'_> {
     fn repo(&self) -> Result<&Repo> {
         self.repo
@@ -352,10 +368,13 @@ impl Backup<'_> {
         let rep = repo
             .check_chain(&sv.name, &key, self.cfg.s3.sse, false)
             .with_context(|| format!("checking the parent chain of {key}"))?;
-        let Some(f) = rep.findings.iter().find(|f| f.damage) else {
+        if let Some(f) = rep.findings.iter().find(|f| f.damage) {
+            facts.parent_chain_problem = Some(format!("{}: {}", f.key, f.problem));
+        } else if let Some(why) = rep.chain.as_ref().and_then(chain_near_its_bound) {
+            facts.parent_chain_problem = Some(format!("{key}: {why}"));
+        } else {
             return Ok(d);
-        };
-        facts.parent_chain_problem = Some(format!("{}: {}", f.key, f.problem));
+        }
         Ok(plan(&facts, &self.cfg.schedule, now, trigger))
     }
 

@@ -26,7 +26,8 @@ pub struct Facts {
     /// The last manifest still exists in S3 (`true` when S3 is not consulted).
     pub parent_manifest_in_s3: bool,
     /// What the cheap check found wrong with the parent's chain (`check`), if anything:
-    /// an incremental on a broken chain could never be restored.
+    /// an incremental on a broken chain could never be restored, nor one that would make
+    /// the chain larger than a restore holds.
     pub parent_chain_problem: Option<String>,
 }
 
@@ -151,7 +152,7 @@ pub fn plan(f: &Facts, s: &Schedule, now: Ts, trigger: Trigger) -> Decision {
     if let Some(p) = &f.parent_chain_problem {
         return decide(
             Action::Run(Kind::Full),
-            format!("{why}, but the parent's chain in S3 is broken ({p})"),
+            format!("{why}, but the parent's chain in S3 cannot take an incremental ({p})"),
         );
     }
     decide(Action::Run(Kind::Incremental), why)
@@ -299,7 +300,7 @@ mod tests {
             f.clone(),
             false,
             Action::Run(Kind::Full),
-            "parent's chain in S3 is broken (chunk k is missing)",
+            "parent's chain in S3 cannot take an incremental (chunk k is missing)",
         );
         // ... but a broken chain alone does not make a run due.
         let mut f = facts(Some(8 * day), Some(day));

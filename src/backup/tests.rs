@@ -745,3 +745,29 @@ fn a_parent_manifest_outside_the_prefix_is_a_broken_chain() {
     let p2 = published(rig.run(&entry, "20250109T020000Z", false).unwrap());
     assert!(p2.manifest_key.contains("/full/"), "{}", p2.manifest_key);
 }
+
+/// A chain whose manifests hold more than three quarters of what a restore holds for one
+/// chain ends with a full: the next incremental could otherwise publish a chain restore
+/// refuses.
+#[test]
+fn a_chain_near_the_size_restore_holds_ends_with_a_full() {
+    use crate::repo::chain::{MAX_CHAIN_BYTES, MAX_CHAIN_VALUES};
+    let chain = |values, bytes| crate::repo::Chain {
+        links: Vec::new(),
+        size: (values, bytes),
+    };
+    assert_eq!(
+        super::chain_near_its_bound(&chain(4_500_000, 192 << 20)),
+        None
+    );
+    for (v, b) in [(4_500_001, 0), (0, (192 << 20) + 1)] {
+        let why = super::chain_near_its_bound(&chain(v, b)).expect("near");
+        assert!(
+            why.contains(&format!(
+                "hold {v} JSON values in {b} bytes, near the {MAX_CHAIN_VALUES} values or \
+                 {MAX_CHAIN_BYTES} bytes a restore holds for one chain: a full starts a new chain"
+            )),
+            "{why}"
+        );
+    }
+}

@@ -169,6 +169,9 @@ pub struct Chain {
     /// Oldest first; each key checked to lie under the subvolume's prefix, and each
     /// manifest by `Manifest::check` (every chunk key under that prefix too).
     pub links: Vec<(ManifestKey, Manifest)>,
+    /// The JSON values and bytes its manifests hold together (what [`MAX_CHAIN_VALUES`]
+    /// and [`MAX_CHAIN_BYTES`] bound).
+    pub size: (u64, u64),
 }
 
 impl Chain {
@@ -387,7 +390,10 @@ fn resolve_within(
         links.push((k, m));
     }
     links.reverse();
-    Ok(Chain { links })
+    Ok(Chain {
+        links,
+        size: (values, bytes),
+    })
 }
 
 #[cfg(test)]
