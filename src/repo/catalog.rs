@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::manifest::{Kind, Manifest, Shape};
 use crate::repo::chain::{self, ChainError};
@@ -119,6 +119,15 @@ pub struct Catalog {
 /// Lists what `repo` holds: the subvolumes in `only`, or every subvolume under the prefix
 /// (plus the keys there that are not of the layout) when `only` is empty.
 pub fn load(repo: &Repo, only: &[String]) -> Result<Catalog> {
+    load_within(
+        repo,
+        only,
+        (chain::MAX_CATALOG_VALUES, chain::MAX_CATALOG_BYTES),
+    )
+}
+
+/// [`load`], its manifests holding at most `budget` (JSON values, bytes) together.
+pub(super) fn load_within(repo: &Repo, only: &[String], budget: (u64, u64)) -> Result<Catalog> {
     let store = repo.store().as_ref();
     let retrier = repo.retrier();
     let prefixes: Vec<String> = if only.is_empty() {
@@ -180,8 +189,24 @@ pub fn load(repo: &Repo, only: &[String]) -> Result<Catalog> {
             None => cat.outside.push(o),
         }
     }
+    let mut held = (0u64, 0u64);
     for (name, o, kind, ts) in manifests {
-        let manifest = read_manifest(repo, &name, &o, kind)?;
+        let manifest = read_manifest(repo, &name, &o, kind, &mut held)?;
+        if held.0 > budget.0 || held.1 > budget.1 {
+            // Not a finding about one manifest: one left unread would look unrestorable
+            // to prune, which deletes such manifests and the chunks only they name.
+            bail!(
+                "the manifests under {} hold {} JSON values in {} bytes, more than the {} \
+                 values or {} bytes this tool holds for one listing (reached at {}): check \
+                 for manifests this tool did not write, or name the subvolumes one at a time",
+                prefixes.join(", "),
+                held.0,
+                held.1,
+                budget.0,
+                budget.1,
+                o.key
+            );
+        }
         if let Some(sv) = cat.subvolumes.get_mut(&name) {
             sv.backups.push(Backup {
                 key: o.key.clone(),
@@ -213,6 +238,7 @@ fn read_manifest(
     name: &str,
     o: &ListedObject,
     kind: Kind,
+    held: &mut (u64, u64),
 ) -> Result<Result<Manifest, String>> {
     let (key, small) = (o.key.as_str(), chain::Small::Manifest);
     if o.size > small.cap() {
@@ -220,7 +246,14 @@ fn read_manifest(
         return Ok(Err(small.too_large(key, &why).to_string()));
     }
     let store = repo.store().as_ref();
-    match chain::read_manifest(store, repo.retrier(), &repo.layout, name, key) {
+    let read = chain::read_counted(store, repo.retrier(), &repo.layout, name, key).map(
+        |(m, values, bytes)| {
+            held.0 = held.0.saturating_add(values);
+            held.1 = held.1.saturating_add(bytes);
+            m
+        },
+    );
+    match read {
         Ok(m) if m.kind != kind => Ok(Err(format!(
             "field kind = {:?} but it is stored under {}/",
             m.kind.as_str(),

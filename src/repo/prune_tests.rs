@@ -775,3 +775,42 @@ fn a_deletion_the_service_refuses_keeps_the_object_and_what_it_needs() {
 fn mk(repo: &Repo, k: &str) -> crate::manifest::ManifestKey {
     repo.manifest_key_of("data", k).unwrap()
 }
+
+/// The manifests one listing reads are held at once, so together they are held to a
+/// budget; over it, the whole command fails (a manifest left unread would look
+/// unrestorable to prune, which deletes such manifests and the chunks only they name).
+#[test]
+fn the_manifests_of_one_listing_are_held_to_a_budget_and_over_it_nothing_is_planned() {
+    let mut w = World::new("STANDARD");
+    let first = w.backup(Kind::Full, true);
+    w.advance(86_400);
+    let second = w.backup(Kind::Incremental, true);
+    let size = |k: &str| {
+        let b = crate::store::get_all(w.store.as_ref(), k).unwrap();
+        (crate::manifest::json_values(&b), b.len() as u64)
+    };
+    let (a, b) = (size(&first), size(&second));
+    let all = (a.0 + b.0, a.1 + b.1);
+    let names = ["data".to_string()];
+    assert_eq!(
+        catalog::load_within(&w.repo, &names, all)
+            .unwrap()
+            .subvolumes["data"]
+            .backups
+            .len(),
+        2
+    );
+    for budget in [(all.0 - 1, all.1), (all.0, all.1 - 1)] {
+        let e = format!(
+            "{:#}",
+            catalog::load_within(&w.repo, &names, budget).err().unwrap()
+        );
+        assert!(
+            e.contains(&format!(
+                "hold {} JSON values in {} bytes, more than the {} values or {} bytes this tool holds for one listing (reached at {second})",
+                all.0, all.1, budget.0, budget.1
+            )),
+            "{e}"
+        );
+    }
+}
