@@ -398,6 +398,31 @@ impl Env for ProcessEnv {
     }
 }
 
+/// The most bytes a config file may hold (ours are a few KiB).
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// The text of the config file at `path` (see [`Config::load`]).
+fn read_config_text(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::CLOEXEC;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits() as i32)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut text = String::new();
+    file.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(std::io::Error::other(
+            "larger than 1 MiB, not a config file",
+        ));
+    }
+    Ok(text)
+}
+
 impl Config {
     /// For the commands that act on the configured subvolumes: `subvolumes.paths` must be
     /// there (a config with only `[s3]` serves restore, list and verify).
@@ -411,9 +436,10 @@ impl Config {
         Ok(())
     }
 
-    /// Reads and validates the file at `path`.
+    /// Reads and validates the file at `path`: a regular file of at most 1 MiB, opened
+    /// without waiting (a FIFO or a device there is refused, not read forever).
     pub fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
-        let text = match std::fs::read_to_string(path) {
+        let text = match read_config_text(path) {
             Ok(t) => t,
             Err(e) => {
                 return err(format!(

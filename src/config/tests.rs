@@ -495,6 +495,31 @@ fn load_names_the_file() {
     assert!(msg.contains("c.toml") && msg.contains("s3.bucket"), "{msg}");
     std::fs::write(&f, MINIMAL).unwrap();
     assert!(Config::load(&f, &env()).is_ok());
+    // Not a regular file, or too large to be one of ours: refused at once, not read
+    // forever or waited on (a FIFO has no writer here).
+    let fifo = dir.join("fifo.toml");
+    rustix::fs::mkfifoat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+    )
+    .unwrap();
+    for p in [fifo.as_path(), dir.as_path(), Path::new("/dev/zero")] {
+        let msg = Config::load(p, &env()).unwrap_err().0;
+        assert!(
+            msg.contains(&format!(
+                "cannot read config file {}: not a regular file",
+                p.display()
+            )),
+            "{msg}"
+        );
+    }
+    std::fs::write(&f, "#".repeat((1 << 20) + 1)).unwrap();
+    let msg = Config::load(&f, &env()).unwrap_err().0;
+    assert!(
+        msg.contains("larger than 1 MiB, not a config file"),
+        "{msg}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
