@@ -308,7 +308,9 @@ impl Repo {
     /// Publication order: the manifest (locked with `[object_lock]`), then `current.json`
     /// (never locked: it is overwritten) as the final PUT.
     /// A manifest larger than readers accept ([`chain::MAX_MANIFEST_BYTES`]) is refused
-    /// before anything is written: nothing is published that a restore could not read.
+    /// before anything is written: nothing is published that a restore could not read
+    /// (within that many bytes, what this tool writes holds fewer JSON values than
+    /// [`chain::MAX_MANIFEST_VALUES`]: see the test).
     pub fn publish(
         &self,
         manifest_key: &ManifestKey,
@@ -481,6 +483,19 @@ mod tests {
         );
         assert!(e.contains("raise s3.chunk_size_bytes"), "{e}");
         assert!(store.keys().is_empty(), "{:?}", store.keys());
+
+        // The densest manifest this tool writes (the shortest keys: no prefix, a
+        // one-letter subvolume; no ETags; 1 MiB chunks) holds fewer JSON values at the
+        // byte cap than a reader takes, so the byte cap is the only one publish needs.
+        let (_, mut m) = manifest(&r, 100_000, 1 << 20, 0);
+        for (i, c) in m.chunks.iter_mut().enumerate() {
+            c.key = format!("subvol/d/full/chunk-20250101T020000Z-{i}.bin");
+            c.etag = None;
+        }
+        let body = m.to_json();
+        let at_cap = crate::manifest::json_values(&body) as f64 * chain::MAX_MANIFEST_BYTES as f64
+            / body.len() as f64;
+        assert!(at_cap < chain::MAX_MANIFEST_VALUES as f64 * 0.8, "{at_cap}");
     }
 
     /// What a resume finds: parts the journal records and the bucket lists alike are
