@@ -48,7 +48,7 @@ LAYERS = [
     # imports nothing.
     ("leaves", ["age", "atomic", "btrfs", "chunker", "cli", "config", "encryption", "exit",
                 "failpoint", "journal", "kind", "lastrun", "lock", "logging", "manifest",
-                "parts", "planner", "ratelimit", "sha256x2", "signals", "size", "snapshots", "state",
+                "parts", "planner", "ratelimit", "regular", "sha256x2", "signals", "size", "snapshots", "state",
                 "term", "ts", "worker", "xattr"], True),
 ]
 

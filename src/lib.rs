@@ -43,6 +43,7 @@ pub(crate) mod pipeline;
 pub(crate) mod planner;
 pub(crate) mod progress;
 pub(crate) mod ratelimit;
+pub(crate) mod regular;
 pub(crate) mod repo;
 pub(crate) mod restore;
 pub(crate) mod retry;

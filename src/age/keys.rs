@@ -13,7 +13,7 @@ use bech32::{Bech32, Hrp};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::{Zeroize, Zeroizing};
@@ -206,30 +206,11 @@ pub fn parse_recipients_file(text: &str) -> Result<Vec<Recipient>, KeyError> {
     Ok(out)
 }
 
-/// Opens a key file for reading without waiting: a FIFO or a device planted at the path
-/// (by whoever can write its directory) is refused as not a regular file instead of
-/// hanging the run. `nofollow` refuses a symbolic link too (`ELOOP`).
-fn open_key_file(path: &Path, nofollow: bool) -> std::io::Result<std::fs::File> {
-    use rustix::fs::OFlags;
-    let mut flags = OFlags::NONBLOCK | OFlags::CLOEXEC;
-    if nofollow {
-        flags |= OFlags::NOFOLLOW;
-    }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(flags.bits() as i32)
-        .open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    Ok(file)
-}
-
 /// Reads and parses a recipients file (see [`parse_recipients_file`]); errors name the
 /// file. It must be a regular file (a link to one is followed).
 pub fn read_recipients_file(path: &Path) -> Result<Vec<Recipient>, KeyError> {
     let named = |e: KeyError| e.in_file(path, "recipients file");
-    let file = open_key_file(path, false)
+    let file = crate::regular::open(path, false)
         .map_err(|e| named(KeyError::new(Position::None, &format!("cannot open: {e}"))))?;
     let mut text = String::new();
     file.take(MAX_KEY_FILE + 1)
@@ -407,7 +388,7 @@ pub fn parse_identity_file(text: &str) -> Result<Vec<Identity>, KeyError> {
 pub fn read_identity_file(path: &Path) -> Result<Vec<Identity>, KeyError> {
     let named = |e: KeyError| e.in_file(path, "identity file");
     let fail = |what: String| named(KeyError::new(Position::None, &what));
-    let file = open_key_file(path, true).map_err(|e| {
+    let file = crate::regular::open(path, true).map_err(|e| {
         if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
             fail("a symbolic link: name the file itself".to_string())
         } else if e.kind() == std::io::ErrorKind::Other {
