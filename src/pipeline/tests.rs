@@ -545,6 +545,23 @@ fn journal_at(dir: &std::path::Path) -> crate::journal::Journal {
     crate::journal::Journal::create(&dir.join("j"), &begin).unwrap()
 }
 
+/// A run of `d` with `c` (parts left open) cut by a failure of part 3 of chunk 1, with
+/// a journal: the store as it left it, and the journal as a resume loads it.
+fn interrupted_run(
+    d: &[u8],
+    c: &PipelineConfig,
+    tag: &str,
+) -> (Arc<MemoryStore>, crate::journal::Pending) {
+    let dir = crate::testing::Scratch::new(tag);
+    let store = Arc::new(MemoryStore::new());
+    store.fail("UploadPart p/chunk-1.bin part 3", ErrorKind::Permanent, 1);
+    let mut j = journal_at(&dir.0);
+    let progress = &mut crate::backup::JournalProgress(&mut j);
+    assert!(run_with(&store, d, c, &BTreeMap::new(), progress).is_err());
+    let pending = crate::journal::load(&dir.0.join("j")).unwrap().unwrap();
+    (store, pending)
+}
+
 /// One run of `d` through the pipeline with `resume` as stored and `progress` told.
 fn run_with(
     store: &Arc<MemoryStore>,
@@ -623,23 +640,10 @@ fn a_resume_sends_only_what_is_not_stored_and_gives_the_same_chunks() {
 
 #[test]
 fn a_stored_part_whose_bytes_differ_is_a_mismatch() {
-    use crate::backup::JournalProgress;
-    let dir = crate::testing::Scratch::new("pipeline-mismatch");
     let d = data(2500);
-    let store = Arc::new(MemoryStore::new());
-    store.fail("UploadPart p/chunk-1.bin part 3", ErrorKind::Permanent, 1);
     let mut c = cfg(1000, 300, 1);
     c.keep_open_on_failure = true;
-    let mut j = journal_at(&dir.0);
-    assert!(run_with(
-        &store,
-        &d,
-        &c,
-        &BTreeMap::new(),
-        &mut JournalProgress(&mut j)
-    )
-    .is_err());
-    let pending = crate::journal::load(&dir.0.join("j")).unwrap().unwrap();
+    let (store, pending) = interrupted_run(&d, &c, "pipeline-mismatch");
     let flipped = |at: usize| {
         let mut v = d.clone();
         v[at] ^= 1;
@@ -663,13 +667,9 @@ fn a_stored_part_whose_bytes_differ_is_a_mismatch() {
 /// with new keys) instead of encrypting the rest of the chunk under it.
 #[test]
 fn a_resume_with_a_kept_sealing_that_was_changed_is_a_mismatch() {
-    use crate::backup::JournalProgress;
     use std::io::Read;
-    let dir = crate::testing::Scratch::new("pipeline-sealed");
     let id = crate::age::Identity::generate().unwrap();
     let d = data(2500);
-    let store = Arc::new(MemoryStore::new());
-    store.fail("UploadPart p/chunk-1.bin part 3", ErrorKind::Permanent, 1);
     let mut c = cfg(1000, 300, 1);
     c.keep_open_on_failure = true;
     c.encryption = Some(Encrypt {
@@ -678,16 +678,7 @@ fn a_resume_with_a_kept_sealing_that_was_changed_is_a_mismatch() {
         unrecorded: BTreeMap::new(),
         checksum: crate::config::Checksum::Crc32c,
     });
-    let mut j = journal_at(&dir.0);
-    assert!(run_with(
-        &store,
-        &d,
-        &c,
-        &BTreeMap::new(),
-        &mut JournalProgress(&mut j)
-    )
-    .is_err());
-    let pending = crate::journal::load(&dir.0.join("j")).unwrap().unwrap();
+    let (store, pending) = interrupted_run(&d, &c, "pipeline-sealed");
     let kept = pending.sealings[&1].clone();
     let with = |rec: &crate::journal::SealingRecord| {
         let mut c = c.clone();
@@ -745,7 +736,6 @@ fn a_resume_with_a_kept_sealing_that_was_changed_is_a_mismatch() {
 /// backup starts afresh with new keys) before anything of that part is sent.
 #[test]
 fn a_part_stored_but_not_recorded_is_sent_again_only_as_the_same_ciphertext() {
-    use crate::backup::JournalProgress;
     use crate::journal::ChunkProgress;
     use crate::store::ListedPart;
     use std::io::Read;
@@ -763,19 +753,7 @@ fn a_part_stored_but_not_recorded_is_sent_again_only_as_the_same_ciphertext() {
     // the store, the journal's chunks, part 2 as listed, and the resume's config with
     // `listed` (edited from it) as that part.
     let interrupted = |edit: &dyn Fn(&mut ListedPart)| {
-        let dir = crate::testing::Scratch::new("pipeline-unrecorded");
-        let store = Arc::new(MemoryStore::new());
-        store.fail("UploadPart p/chunk-1.bin part 3", ErrorKind::Permanent, 1);
-        let mut j = journal_at(&dir.0);
-        assert!(run_with(
-            &store,
-            &d,
-            &c,
-            &BTreeMap::new(),
-            &mut JournalProgress(&mut j)
-        )
-        .is_err());
-        let pending = crate::journal::load(&dir.0.join("j")).unwrap().unwrap();
+        let (store, pending) = interrupted_run(&d, &c, "pipeline-unrecorded");
         let mut chunks = pending.chunks.clone();
         let Some(ChunkProgress::Open {
             key,

@@ -34,6 +34,48 @@ fn is_readonly(p: &Path) -> bool {
     run(&format!("btrfs property get {} ro", p.display())).trim() == "ro=true"
 }
 
+/// Publishes a doctored backup of subvolume `data` at timestamp 20990101T000000Z: a
+/// copy of manifest `base` made a `kind` backup of snapshot `name` (on `parent`, for an
+/// incremental) whose one chunk is `stream`, correctly hashed. Returns the manifest's
+/// key and the chunk's.
+fn publish_doctored(
+    s: &Setup,
+    base: &serde_json::Value,
+    kind: &str,
+    name: &str,
+    parent: Option<&str>,
+    stream: &[u8],
+) -> (String, String) {
+    use sha2::{Digest, Sha256};
+    let store = s.moto.store();
+    let chunk = format!("backups/subvol/data/{kind}/chunk-20990101T000000Z-0.bin");
+    let chunk_opts = PutOptions {
+        content_type: "application/octet-stream",
+        ..json_opts()
+    };
+    store
+        .put_object(&chunk, Body::Bytes(stream), &chunk_opts)
+        .unwrap();
+    let mut d = base.clone();
+    d["kind"] = serde_json::json!(kind);
+    d["snapshot"]["name"] = serde_json::json!(name);
+    d["parent_manifest"] = serde_json::json!(parent);
+    d["chunks"] = serde_json::json!([{
+        "key": chunk,
+        "size": stream.len(),
+        "sha256": format!("{:x}", Sha256::digest(stream)),
+        "etag": null,
+    }]);
+    d["total_bytes"] = serde_json::json!(stream.len());
+    d.as_object_mut().unwrap().remove("stream_sha256");
+    let key = format!("backups/subvol/data/{kind}/manifest-20990101T000000Z.json");
+    let body = serde_json::to_vec(&d).unwrap();
+    store
+        .put_object(&key, Body::Bytes(&body), &json_opts())
+        .unwrap();
+    (key, chunk)
+}
+
 #[test]
 fn doctored_manifests_are_refused_and_touch_nothing_outside_staging() {
     if !require_root("doctored_manifests_are_refused_and_touch_nothing_outside_staging") {
@@ -494,7 +536,6 @@ fn a_doctored_send_stream_cannot_make_restore_delete_a_host_subvolume() {
         return;
     }
     use btrfs_to_s3::sendstream::build::Stream;
-    use sha2::{Digest, Sha256};
 
     let s = Setup::new(SetupOpts {
         storage_class_chunks: "STANDARD",
@@ -516,35 +557,8 @@ fn a_doctored_send_stream_cannot_make_restore_delete_a_host_subvolume() {
         .symlink("../victim-link", victim.to_str().unwrap())
         .end()
         .bytes();
-    let chunk = "backups/subvol/data/full/chunk-20990101T000000Z-0.bin";
-    let store = s.moto.store();
-    store
-        .put_object(
-            chunk,
-            Body::Bytes(&stream),
-            &PutOptions {
-                content_type: "application/octet-stream",
-                ..json_opts()
-            },
-        )
-        .unwrap();
-    let mut d = m.clone();
-    d["chunks"] = serde_json::json!([{
-        "key": chunk,
-        "size": stream.len(),
-        "sha256": format!("{:x}", Sha256::digest(&stream)),
-        "etag": null,
-    }]);
-    d["total_bytes"] = serde_json::json!(stream.len());
-    d.as_object_mut().unwrap().remove("stream_sha256");
-    let key = "backups/subvol/data/full/manifest-20990101T000000Z.json";
-    store
-        .put_object(
-            key,
-            Body::Bytes(&serde_json::to_vec(&d).unwrap()),
-            &json_opts(),
-        )
-        .unwrap();
+    let (key, chunk) = publish_doctored(&s, &m, "full", &name, None, &stream);
+    let (key, chunk) = (key.as_str(), chunk.as_str());
 
     // verify --deep finds it before the bad day.
     let cfg = s.cfg.display().to_string();
@@ -610,7 +624,6 @@ fn a_doctored_stream_cannot_copy_another_subvolume_into_the_restore() {
         return;
     }
     use btrfs_to_s3::sendstream::build::Stream;
-    use sha2::{Digest, Sha256};
 
     let s = Setup::new(SetupOpts {
         storage_class_chunks: "STANDARD",
@@ -640,46 +653,11 @@ fn a_doctored_stream_cannot_copy_another_subvolume_into_the_restore() {
         .try_into()
         .unwrap();
 
-    let store = s.moto.store();
     // Publishes a manifest of `kind` whose one chunk is `stream`; returns its key and the
     // chunk's.
     let doctor = |kind: &str, name: &str, stream: &[u8]| {
-        let chunk = format!("backups/subvol/data/{kind}/chunk-20990101T000000Z-0.bin");
-        store
-            .put_object(
-                &chunk,
-                Body::Bytes(stream),
-                &PutOptions {
-                    content_type: "application/octet-stream",
-                    ..json_opts()
-                },
-            )
-            .unwrap();
-        let mut d = m.clone();
-        d["kind"] = serde_json::json!(kind);
-        d["snapshot"]["name"] = serde_json::json!(name);
-        d["parent_manifest"] = if kind == "full" {
-            serde_json::Value::Null
-        } else {
-            serde_json::json!(full_key)
-        };
-        d["chunks"] = serde_json::json!([{
-            "key": chunk,
-            "size": stream.len(),
-            "sha256": format!("{:x}", Sha256::digest(stream)),
-            "etag": null,
-        }]);
-        d["total_bytes"] = serde_json::json!(stream.len());
-        d.as_object_mut().unwrap().remove("stream_sha256");
-        let key = format!("backups/subvol/data/{kind}/manifest-20990101T000000Z.json");
-        store
-            .put_object(
-                &key,
-                Body::Bytes(&serde_json::to_vec(&d).unwrap()),
-                &json_opts(),
-            )
-            .unwrap();
-        (key, chunk)
+        let parent = (kind != "full").then_some(full_key.as_str());
+        publish_doctored(&s, &m, kind, name, parent, stream)
     };
     // snapshot the victim, open the secret up.
     let steal = |name: &str| {
